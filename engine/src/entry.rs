@@ -1,0 +1,222 @@
+//! Entries: the one stored version of a key, and the last-writer-wins order between versions.
+//!
+//! Invariant kept here: [`Entry::lww_cmp`] is a total order that every replica computes the same
+//! way, so merging by "keep the greater" is commutative, associative and idempotent.
+
+use crate::hlc::Stamp;
+use crate::ids::{Dot, Seq};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+
+/// A live value with its optional expiry and metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Value {
+    /// The value's bytes.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+    /// Absolute expiry time in wall-clock milliseconds; `None` lives until overwritten.
+    pub expires_at_ms: Option<u64>,
+    /// Opaque user metadata, replicated with the value.
+    #[serde(with = "serde_bytes")]
+    pub metadata: Option<Vec<u8>>,
+}
+
+/// What a write left behind: a value, a deletion, or a value whose TTL passed and whose bytes were
+/// dropped locally.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// A value (possibly already expired, if it has not been purged yet).
+    Value(Value),
+    /// A value whose TTL passed; its bytes are gone but its stamp still beats older versions of
+    /// the key, which a replica that never saw it may hold. Made locally by purge, never sent as
+    /// a new write.
+    Expired {
+        /// When the value expired, in wall-clock milliseconds.
+        expires_at_ms: u64,
+    },
+    /// A deletion.
+    Tombstone,
+}
+
+impl Payload {
+    /// Rank used to break ties between payloads with the same stamp (which only differ when one
+    /// side purged an expired value): the more-forgotten state wins, so merge stays commutative.
+    fn rank(&self) -> u8 {
+        match self {
+            Payload::Value(_) => 0,
+            Payload::Expired { .. } => 1,
+            Payload::Tombstone => 2,
+        }
+    }
+}
+
+/// The winning version of one key, as stored and as replicated.
+///
+/// The stamp and the dot share their replica: a write is stamped and numbered by the same writer,
+/// so an entry holds the writer once (in `stamp`) and its sequence number beside it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The LWW stamp (HLC and writer).
+    pub stamp: Stamp,
+    /// The writer's sequence number for this write.
+    pub seq: Seq,
+    /// What the write left.
+    pub payload: Payload,
+}
+
+impl Entry {
+    /// The write's dot: (writer, seq).
+    #[must_use]
+    pub fn dot(&self) -> Dot {
+        Dot { replica: self.stamp.replica, seq: self.seq }
+    }
+
+    /// The live value at wall time `now_ms`, if there is one.
+    #[must_use]
+    pub fn live_value(&self, now_ms: u64) -> Option<&Value> {
+        match &self.payload {
+            Payload::Value(v) if v.expires_at_ms.is_none_or(|t| t > now_ms) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Whether a read at `now_ms` sees this entry.
+    #[must_use]
+    pub fn is_live_at(&self, now_ms: u64) -> bool {
+        self.live_value(now_ms).is_some()
+    }
+
+    /// Whether this is a deletion.
+    #[must_use]
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.payload, Payload::Tombstone)
+    }
+
+    /// This entry as it should be kept or sent at `now_ms`: an expired value becomes an
+    /// [`Payload::Expired`] record (same stamp and dot, no bytes); anything else is unchanged.
+    #[must_use]
+    pub fn settled_at(self, now_ms: u64) -> Entry {
+        match self.payload {
+            Payload::Value(Value { expires_at_ms: Some(t), .. }) if t <= now_ms => {
+                Entry { payload: Payload::Expired { expires_at_ms: t }, ..self }
+            }
+            _ => self,
+        }
+    }
+
+    /// The last-writer-wins order: stamp first; between equal stamps (the same write, one copy
+    /// purged) the payload rank, then the content, so the order is total.
+    #[must_use]
+    pub fn lww_cmp(&self, other: &Entry) -> Ordering {
+        self.stamp
+            .cmp(&other.stamp)
+            .then_with(|| self.seq.cmp(&other.seq))
+            .then_with(|| self.payload.rank().cmp(&other.payload.rank()))
+            .then_with(|| content_cmp(&self.payload, &other.payload))
+    }
+
+    /// Whether this entry beats `other` in LWW order.
+    #[must_use]
+    pub fn wins_over(&self, other: &Entry) -> bool {
+        self.lww_cmp(other) == Ordering::Greater
+    }
+}
+
+fn content_cmp(a: &Payload, b: &Payload) -> Ordering {
+    match (a, b) {
+        (Payload::Value(x), Payload::Value(y)) => (&x.bytes, x.expires_at_ms, &x.metadata)
+            .cmp(&(&y.bytes, y.expires_at_ms, &y.metadata)),
+        (Payload::Expired { expires_at_ms: x }, Payload::Expired { expires_at_ms: y }) => x.cmp(y),
+        _ => Ordering::Equal,
+    }
+}
+
+/// The LWW merge of two versions of the same key: the winner.
+#[must_use]
+pub fn merge(a: Entry, b: Entry) -> Entry {
+    debug_assert_eq!(a.key, b.key, "merge compares versions of one key");
+    if b.wins_over(&a) { b } else { a }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::hlc::Hlc;
+    use crate::ids::ReplicaId;
+    use proptest::prelude::*;
+
+    pub(crate) fn arb_entry(key: Vec<u8>) -> impl Strategy<Value = Entry> {
+        let payload = prop_oneof![
+            (proptest::collection::vec(any::<u8>(), 0..4), proptest::option::of(0u64..50)).prop_map(
+                |(bytes, expires_at_ms)| Payload::Value(Value { bytes, expires_at_ms, metadata: None })
+            ),
+            (0u64..50).prop_map(|expires_at_ms| Payload::Expired { expires_at_ms }),
+            Just(Payload::Tombstone),
+        ];
+        // Few distinct clocks and replicas, so equal stamps (and equal wall clocks) are common.
+        (0u64..4, 0u16..2, 0u64..3, 1u64..4, payload).prop_map(move |(w, l, r, s, payload)| Entry {
+            key: key.clone(),
+            stamp: Stamp { hlc: Hlc::new(w, l), replica: ReplicaId(r) },
+            seq: Seq(s),
+            payload,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in arb_entry(b"k".to_vec()), b in arb_entry(b"k".to_vec())) {
+            prop_assert_eq!(merge(a.clone(), b.clone()), merge(b, a));
+        }
+
+        #[test]
+        fn merge_is_associative(
+            a in arb_entry(b"k".to_vec()),
+            b in arb_entry(b"k".to_vec()),
+            c in arb_entry(b"k".to_vec()),
+        ) {
+            let left = merge(merge(a.clone(), b.clone()), c.clone());
+            let right = merge(a, merge(b, c));
+            prop_assert_eq!(left, right);
+        }
+
+        #[test]
+        fn merge_is_idempotent(a in arb_entry(b"k".to_vec()), b in arb_entry(b"k".to_vec())) {
+            prop_assert_eq!(merge(a.clone(), a.clone()), a.clone());
+            let ab = merge(a.clone(), b.clone());
+            prop_assert_eq!(merge(ab.clone(), b), ab);
+        }
+    }
+
+    #[test]
+    fn higher_clock_wins_and_replica_id_breaks_ties() {
+        let mk = |w, r| Entry {
+            key: b"k".to_vec(),
+            stamp: Stamp { hlc: Hlc::new(w, 0), replica: ReplicaId(r) },
+            seq: Seq(1),
+            payload: Payload::Tombstone,
+        };
+        assert!(mk(2, 0).wins_over(&mk(1, 9)));
+        assert!(mk(1, 9).wins_over(&mk(1, 2)));
+        assert!(!mk(1, 2).wins_over(&mk(1, 2)));
+    }
+
+    #[test]
+    fn an_expired_value_settles_into_a_record_with_the_same_stamp_and_dot() {
+        let e = Entry {
+            key: b"k".to_vec(),
+            stamp: Stamp { hlc: Hlc::new(10, 0), replica: ReplicaId(1) },
+            seq: Seq(3),
+            payload: Payload::Value(Value { bytes: b"v".to_vec(), expires_at_ms: Some(20), metadata: None }),
+        };
+        assert!(e.is_live_at(19));
+        assert!(!e.is_live_at(20));
+        assert_eq!(e.clone().settled_at(19), e);
+        let settled = e.clone().settled_at(20);
+        assert_eq!(settled.payload, Payload::Expired { expires_at_ms: 20 });
+        assert_eq!((settled.stamp, settled.dot()), (e.stamp, e.dot()));
+        assert!(settled.wins_over(&e), "the purged copy of a write beats its unpurged copy");
+    }
+}

@@ -1,0 +1,123 @@
+//! The engine's errors. Each variant says what was wrong, carries the values, and (in its message)
+//! what the caller can do about it.
+
+use crate::ids::{Dot, ReplicaId, Seq};
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A key was empty.
+    #[error("key is empty; keys must be 1 to {max} bytes")]
+    KeyEmpty {
+        /// The configured maximum key length.
+        max: usize,
+    },
+    /// A key was longer than the configured limit.
+    #[error("key is {len} bytes, more than the limit of {max}; use a shorter key")]
+    KeyTooLarge {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value was longer than the configured limit.
+    #[error("value is {len} bytes, more than the limit of {max}; split it or raise the limit")]
+    ValueTooLarge {
+        /// The value's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Metadata was longer than the configured limit.
+    #[error("metadata is {len} bytes, more than the limit of {max}")]
+    MetadataTooLarge {
+        /// The metadata's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A TTL of zero or one that overflows the clock was given.
+    #[error("ttl of {ttl_ms} ms is out of range; use 1 ms up to about 8,900 years")]
+    TtlOutOfRange {
+        /// The TTL asked for.
+        ttl_ms: u64,
+    },
+    /// A remote stamp was further ahead of the local wall clock than `max_drift_ms`; it was
+    /// rejected, not adopted, and nothing in the batch that carried it was applied.
+    #[error(
+        "remote clock {remote_ms} ms is more than {max_drift_ms} ms ahead of local clock {local_ms} ms; \
+         rejected (check the sender's clock, or raise max_drift)"
+    )]
+    ClockDrift {
+        /// The remote stamp's wall time.
+        remote_ms: u64,
+        /// The local wall time when it arrived.
+        local_ms: u64,
+        /// The tolerated drift.
+        max_drift_ms: u64,
+    },
+    /// A remote entry carried a dot with sequence number 0, which names no write.
+    #[error("remote entry has dot {dot}, but sequence numbers start at 1; the sender is broken")]
+    ZeroSeq {
+        /// The offending dot.
+        dot: Dot,
+    },
+    /// A peer sent a write of this replica's that this replica has no record of making: its
+    /// store is older than its identity (restored from an old backup, say). Writing on would
+    /// reuse sequence numbers.
+    #[error(
+        "peer holds write {seq} of this replica ({replica}) but this replica's own counter is at {own}; \
+         its store is older than writes it made. Restore the newest store, or start a new replica identity"
+    )]
+    OwnWriteFromTheFuture {
+        /// This replica.
+        replica: ReplicaId,
+        /// The seq the peer had.
+        seq: Seq,
+        /// This replica's own counter.
+        own: Seq,
+    },
+    /// A store belongs to another replica.
+    #[error("store belongs to replica {stored}, not {requested}; open it with its own identity")]
+    WrongReplica {
+        /// The replica recorded in the store.
+        stored: ReplicaId,
+        /// The replica that tried to open it.
+        requested: ReplicaId,
+    },
+    /// The storage backend failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Failures of a storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The backend's own I/O or transaction failure.
+    #[error("storage backend failed during {during}: {source}")]
+    Backend {
+        /// What the engine was doing.
+        during: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A stored record did not decode: the file is damaged or was written by something else.
+    #[error("stored {what} is corrupt: {detail}; restore the store from a replica or a backup")]
+    Corrupt {
+        /// Which kind of record.
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+}
+
+impl StorageError {
+    /// Wraps a backend error with what was being done.
+    pub fn backend(during: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StorageError::Backend { during, source: Box::new(source) }
+    }
+}
+
+/// Shorthand for engine results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,547 @@
+//! A replica: one copy of the key-value state, its clock and its version vector, over a store.
+//!
+//! Invariants kept here:
+//! - every local write gets a fresh stamp above every stamp seen (HLC) and the next dot, and the
+//!   entry, the vector and the clock are committed in one batch, so a restart resumes exactly;
+//! - the version vector advances only by own writes and by merging a sender's vector after a
+//!   complete transfer (`apply_remote` with `Some(vector)`);
+//! - "covered and absent means dead": a remote entry whose dot the vector covers but that is not
+//!   the stored entry of its key was superseded or deleted here, and is dropped;
+//! - a remote batch is applied whole or not at all: one stamp beyond `max_drift_ms`, one oversized
+//!   key, one impossible dot rejects it, and the store is unchanged (I7, I8);
+//! - TTL expiry writes nothing and sends nothing (I6): an expired value is hidden from reads at
+//!   once and, when purged, becomes an `Expired` record with its original stamp and dot.
+
+use crate::entry::{Entry, Payload, Value};
+use crate::error::{Error, Result, StorageError};
+use crate::hlc::{HLC_WALL_MS_MAX, HybridClock, Stamp, WallClock};
+use crate::ids::{Dot, ReplicaId, Seq};
+use crate::limits::Limits;
+use crate::storage::{
+    Batch, KeyRange, Meta, Snapshot, Storage, decode_clock, decode_replica, decode_vector, encode_clock, encode_replica,
+    encode_vector,
+};
+use crate::vector::VersionVector;
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+/// The default tolerated lead of a remote clock over the local one: 1 s.
+pub const MAX_DRIFT_MS_DEFAULT: u64 = 1000;
+/// How many entries one purge commit rewrites at most.
+const PURGE_BATCH_ENTRIES: usize = 1024;
+
+/// A replica's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Size limits for keys, values and metadata.
+    pub limits: Limits,
+    /// How far ahead of the local wall clock a remote stamp may be before it is rejected.
+    pub max_drift_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { limits: Limits::default(), max_drift_ms: MAX_DRIFT_MS_DEFAULT }
+    }
+}
+
+/// Options for one put.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Time to live: the value expires this many milliseconds after the write's HLC wall time.
+    pub ttl_ms: Option<u64>,
+    /// Opaque metadata stored and replicated with the value.
+    pub metadata: Option<Vec<u8>>,
+}
+
+/// What a durable local write returns: its dot (whose `seq` a client can later check against a
+/// peer's vector, the role atServer's commit id plays) and its stamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteReceipt {
+    /// The write's dot.
+    pub dot: Dot,
+    /// The write's LWW stamp.
+    pub stamp: Stamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum WriteOp {
+    Put { key: Vec<u8>, value: Vec<u8>, options: PutOptions },
+    Delete { key: Vec<u8> },
+}
+
+/// Several local writes committed together, in order, in one durable batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    #[must_use]
+    pub fn new() -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, options: PutOptions) -> &mut Self {
+        self.ops.push(WriteOp::Put { key: key.into(), value: value.into(), options });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(WriteOp::Delete { key: key.into() });
+        self
+    }
+
+    /// Number of writes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether there are no writes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A live key as a read returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Its metadata, if any.
+    pub metadata: Option<Vec<u8>>,
+    /// When it expires, if it has a TTL.
+    pub expires_at_ms: Option<u64>,
+    /// The write's stamp.
+    pub stamp: Stamp,
+    /// The write's dot.
+    pub dot: Dot,
+}
+
+impl Item {
+    fn from_live(entry: Entry, now_ms: u64) -> Option<Item> {
+        if !entry.is_live_at(now_ms) {
+            return None;
+        }
+        let dot = entry.dot();
+        match entry.payload {
+            Payload::Value(Value { bytes, expires_at_ms, metadata }) => {
+                Some(Item { key: entry.key, value: bytes, metadata, expires_at_ms, stamp: entry.stamp, dot })
+            }
+            Payload::Expired { .. } | Payload::Tombstone => None,
+        }
+    }
+}
+
+/// What a peer with a given vector is missing: every entry here whose dot that vector does not
+/// cover (one per key; superseded versions are never stored, so never sent), and the vector to
+/// merge once all of them are applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delta {
+    /// The entries, in dot order. Expired values go as `Expired` records, without their bytes.
+    pub entries: Vec<Entry>,
+    /// The sender's vector at the snapshot the entries were read from.
+    pub vector: VersionVector,
+}
+
+/// What [`Replica::apply_remote`] did with a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Entries stored (they won over what was here, or the key was unknown).
+    pub applied: usize,
+    /// Entries dropped because the vector covers their dot and they are not stored here: they
+    /// were superseded or deleted ("covered and absent means dead").
+    pub stale: usize,
+    /// Entries that lost in LWW order to what is stored, or that were already here.
+    pub superseded: usize,
+    /// Whether the sender's vector was merged (a complete transfer).
+    pub vector_merged: bool,
+}
+
+/// Counts of what a replica stores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Values visible to reads now.
+    pub live: u64,
+    /// Tombstones not yet collected.
+    pub tombstones: u64,
+    /// Values whose TTL passed (purged or not) not yet collected.
+    pub expired: u64,
+}
+
+/// One replica of the key-value state.
+pub struct Replica<S: Storage> {
+    id: ReplicaId,
+    store: S,
+    clock: HybridClock,
+    wall: Arc<dyn WallClock>,
+    vector: VersionVector,
+    config: Config,
+    drift_rejections: u64,
+}
+
+impl<S: Storage> std::fmt::Debug for Replica<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .field("vector", &self.vector)
+            .field("clock", &self.clock.last())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage> Replica<S> {
+    /// Opens replica `id` on `store`: a new store is claimed for `id`; an existing one resumes its
+    /// vector and clock (so no stamp or dot is ever issued twice).
+    ///
+    /// Fails with [`Error::WrongReplica`] if the store belongs to another replica, and with
+    /// [`StorageError::Corrupt`] if its records do not agree with each other.
+    pub fn open(mut store: S, id: ReplicaId, config: Config, wall: Arc<dyn WallClock>) -> Result<Replica<S>> {
+        let snap = store.snapshot()?;
+        let (vector, clock) = match snap.meta(Meta::ReplicaId)? {
+            Some(stored) => {
+                let stored = decode_replica(&stored)?;
+                if stored != id {
+                    return Err(Error::WrongReplica { stored, requested: id });
+                }
+                let vector = snap.meta(Meta::Vector)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default();
+                let last = snap.meta(Meta::Clock)?.map(|b| decode_clock(&b)).transpose()?.unwrap_or_default();
+                check_own_writes_covered(&snap, id, &vector)?;
+                (vector, HybridClock::resume(last, config.max_drift_ms))
+            }
+            None => {
+                drop(snap);
+                let mut batch = Batch::new();
+                batch.set_meta(Meta::ReplicaId, encode_replica(id));
+                store.commit(&batch)?;
+                (VersionVector::new(), HybridClock::new(config.max_drift_ms))
+            }
+        };
+        Ok(Replica { id, store, clock, wall, vector, config, drift_rejections: 0 })
+    }
+
+    /// This replica's id.
+    #[must_use]
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+
+    /// The version vector: what this replica has seen.
+    #[must_use]
+    pub fn vector(&self) -> &VersionVector {
+        &self.vector
+    }
+
+    /// The settings.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The last HLC value issued or absorbed.
+    #[must_use]
+    pub fn clock(&self) -> crate::hlc::Hlc {
+        self.clock.last()
+    }
+
+    /// How many remote batches were rejected for a stamp beyond `max_drift_ms` since opening.
+    #[must_use]
+    pub fn drift_rejections(&self) -> u64 {
+        self.drift_rejections
+    }
+
+    /// The store, for reads that the replica does not offer.
+    #[must_use]
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Closes the replica and hands back its store (everything in it is durable).
+    #[must_use]
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// The wall clock, read once per operation.
+    fn now_ms(&self) -> u64 {
+        self.wall.now_ms()
+    }
+
+    /// Stores `value` under `key`. Returns once the write is durable.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, options: PutOptions) -> Result<WriteReceipt> {
+        let mut batch = WriteBatch::new();
+        batch.put(key, value, options);
+        self.write_one(batch)
+    }
+
+    /// Deletes `key` by writing a tombstone (whether or not a value is known here: a peer may
+    /// hold one). Returns once the tombstone is durable.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> Result<WriteReceipt> {
+        let mut batch = WriteBatch::new();
+        batch.delete(key);
+        self.write_one(batch)
+    }
+
+    fn write_one(&mut self, batch: WriteBatch) -> Result<WriteReceipt> {
+        let receipts = self.write(batch)?;
+        debug_assert_eq!(receipts.len(), 1);
+        receipts.into_iter().next().ok_or_else(|| {
+            Error::Storage(StorageError::Corrupt { what: "write batch", detail: "one write gave no receipt".into() })
+        })
+    }
+
+    /// Commits several writes in one durable batch; returns one receipt per write, in order.
+    /// Validates every write first: if one is invalid, none is made.
+    pub fn write(&mut self, batch: WriteBatch) -> Result<Vec<WriteReceipt>> {
+        let limits = self.config.limits;
+        for op in &batch.ops {
+            match op {
+                WriteOp::Put { key, value, options } => {
+                    limits.check_key(key)?;
+                    limits.check_value(value, options.metadata.as_deref())?;
+                    if options.ttl_ms.is_some_and(|t| t == 0 || t > HLC_WALL_MS_MAX) {
+                        return Err(Error::TtlOutOfRange { ttl_ms: options.ttl_ms.unwrap_or_default() });
+                    }
+                }
+                WriteOp::Delete { key } => limits.check_key(key)?,
+            }
+        }
+        let wall_ms = self.now_ms();
+        let mut clock = self.clock;
+        let mut seq = self.vector.get(self.id);
+        let mut store_batch = Batch::new();
+        let mut receipts = Vec::with_capacity(batch.ops.len());
+        for op in batch.ops {
+            let stamp = Stamp { hlc: clock.now(wall_ms), replica: self.id };
+            seq = seq.next();
+            let (key, payload) = match op {
+                WriteOp::Put { key, value, options } => {
+                    let expires_at_ms = options.ttl_ms.map(|t| stamp.hlc.wall_ms().saturating_add(t));
+                    (key, Payload::Value(Value { bytes: value, expires_at_ms, metadata: options.metadata }))
+                }
+                WriteOp::Delete { key } => (key, Payload::Tombstone),
+            };
+            store_batch.put(Entry { key, stamp, seq, payload });
+            receipts.push(WriteReceipt { dot: Dot { replica: self.id, seq }, stamp });
+        }
+        let mut vector = self.vector.clone();
+        vector.advance(self.id, seq);
+        store_batch.set_meta(Meta::Vector, encode_vector(&vector));
+        store_batch.set_meta(Meta::Clock, encode_clock(clock.last()));
+        self.store.commit(&store_batch)?;
+        self.vector = vector;
+        self.clock = clock;
+        Ok(receipts)
+    }
+
+    /// Whether this replica's write `seq` is covered by `peer_vector` (the peer has it, or has
+    /// something that superseded it).
+    #[must_use]
+    pub fn is_acknowledged(&self, seq: Seq, peer_vector: &VersionVector) -> bool {
+        peer_vector.covers(Dot { replica: self.id, seq })
+    }
+
+    /// The live value of `key`, or `None` if it is absent, deleted or expired.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Item>> {
+        let now_ms = self.now_ms();
+        Ok(self.store.snapshot()?.entry(key)?.and_then(|e| Item::from_live(e, now_ms)))
+    }
+
+    /// Live keys in `range`, in key order, at most `limit` of them.
+    pub fn scan(&self, range: &KeyRange, limit: usize) -> Result<Vec<Item>> {
+        let now_ms = self.now_ms();
+        let mut items = Vec::new();
+        if limit == 0 {
+            return Ok(items);
+        }
+        self.store.snapshot()?.scan_keys(range, &mut |entry| {
+            if let Some(item) = Item::from_live(entry, now_ms) {
+                items.push(item);
+                if items.len() >= limit {
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(items)
+    }
+
+    /// Counts live values, tombstones and expired records (a full scan).
+    pub fn counts(&self) -> Result<Counts> {
+        let now_ms = self.now_ms();
+        let mut counts = Counts::default();
+        self.store.snapshot()?.scan_keys(&KeyRange::all(), &mut |entry| {
+            match &entry.payload {
+                Payload::Tombstone => counts.tombstones += 1,
+                _ if entry.is_live_at(now_ms) => counts.live += 1,
+                _ => counts.expired += 1,
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(counts)
+    }
+
+    /// What a peer whose vector is `peer` is missing (see [`Delta`]). Reads one snapshot and walks
+    /// the dot index from `peer`'s seq for each writer, so the cost follows the changes, not the
+    /// store.
+    pub fn delta_for(&self, peer: &VersionVector) -> Result<Delta> {
+        let now_ms = self.now_ms();
+        let snap = self.store.snapshot()?;
+        let mut keys = Vec::new();
+        let mut writer = Some(ReplicaId(0));
+        while let Some(from) = writer {
+            // The next writer with anything in the dot index.
+            let mut next = None;
+            snap.scan_dots(Dot { replica: from, seq: Seq(0) }, max_dot(), &mut |dot, _| {
+                next = Some(dot.replica);
+                ControlFlow::Break(())
+            })?;
+            let Some(r) = next else { break };
+            let start = Dot { replica: r, seq: peer.get(r).next() };
+            snap.scan_dots(start, Dot { replica: r, seq: Seq(u64::MAX) }, &mut |_, key| {
+                keys.push(key.to_vec());
+                ControlFlow::Continue(())
+            })?;
+            writer = r.0.checked_add(1).map(ReplicaId);
+        }
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            let entry = snap.entry(&key)?.ok_or_else(|| StorageError::Corrupt {
+                what: "dot index",
+                detail: format!("names key {key:?}, which has no entry"),
+            })?;
+            entries.push(entry.settled_at(now_ms));
+        }
+        Ok(Delta { entries, vector: self.vector.clone() })
+    }
+
+    /// Applies entries from a peer. With `sender_vector` (a complete transfer: every entry the
+    /// sender holds beyond this replica's vector), the sender's vector is merged afterwards;
+    /// without it (a partial transfer), only the entries are applied.
+    ///
+    /// The batch is validated whole before anything is applied: sizes, dots, and every stamp
+    /// against `max_drift_ms`. Any failure rejects the whole batch and leaves the store unchanged.
+    pub fn apply_remote(&mut self, entries: Vec<Entry>, sender_vector: Option<&VersionVector>) -> Result<ApplyReport> {
+        let wall_ms = self.now_ms();
+        self.validate_remote(&entries, sender_vector, wall_ms)?;
+        let snap = self.store.snapshot()?;
+        let mut report = ApplyReport::default();
+        // Winners so far in this batch, so that two versions of a key in one batch merge too.
+        let mut winners: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+        let mut clock = self.clock;
+        for entry in entries {
+            clock.observe(entry.stamp.hlc, wall_ms)?;
+            let entry = entry.settled_at(wall_ms);
+            let current = match winners.get(&entry.key) {
+                Some(e) => Some(e.clone()),
+                None => snap.entry(&entry.key)?,
+            };
+            match current {
+                Some(cur) if cur.dot() == entry.dot() && !entry.wins_over(&cur) => report.superseded += 1,
+                Some(cur) if cur.dot() != entry.dot() && self.vector.covers(entry.dot()) => report.stale += 1,
+                None if self.vector.covers(entry.dot()) => report.stale += 1,
+                Some(cur) if !entry.wins_over(&cur) => report.superseded += 1,
+                _ => {
+                    report.applied += 1;
+                    winners.insert(entry.key.clone(), entry);
+                }
+            }
+        }
+        let mut vector = self.vector.clone();
+        if let Some(sender) = sender_vector {
+            vector.merge(sender);
+            report.vector_merged = true;
+        }
+        if winners.is_empty() && vector == self.vector && clock == self.clock {
+            return Ok(report);
+        }
+        let mut batch = Batch::new();
+        for entry in winners.into_values() {
+            batch.put(entry);
+        }
+        batch.set_meta(Meta::Vector, encode_vector(&vector));
+        batch.set_meta(Meta::Clock, encode_clock(clock.last()));
+        self.store.commit(&batch)?;
+        self.vector = vector;
+        self.clock = clock;
+        Ok(report)
+    }
+
+    fn validate_remote(&mut self, entries: &[Entry], sender_vector: Option<&VersionVector>, wall_ms: u64) -> Result<()> {
+        let own = self.vector.get(self.id);
+        let own_ahead = |seq: Seq| Error::OwnWriteFromTheFuture { replica: self.id, seq, own };
+        if let Some(v) = sender_vector.filter(|v| v.get(self.id) > own) {
+            return Err(own_ahead(v.get(self.id)));
+        }
+        for entry in entries {
+            self.config.limits.check_entry(entry)?;
+            if entry.seq == Seq(0) {
+                return Err(Error::ZeroSeq { dot: entry.dot() });
+            }
+            if entry.stamp.replica == self.id && entry.seq > own {
+                return Err(own_ahead(entry.seq));
+            }
+        }
+        if let Some(err) = entries.iter().find_map(|e| self.clock.check(e.stamp.hlc, wall_ms).err()) {
+            self.drift_rejections += 1;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Drops the bytes of every value whose TTL has passed, keeping its stamp and dot as an
+    /// `Expired` record. Writes no delete, issues no dot, sends nothing. Returns how many values
+    /// were purged.
+    pub fn purge_expired(&mut self) -> Result<usize> {
+        let now_ms = self.now_ms();
+        let mut settled = Vec::new();
+        self.store.snapshot()?.scan_keys(&KeyRange::all(), &mut |entry| {
+            if matches!(entry.payload, Payload::Value(_)) && !entry.is_live_at(now_ms) {
+                settled.push(entry.settled_at(now_ms));
+            }
+            ControlFlow::Continue(())
+        })?;
+        let purged = settled.len();
+        for chunk in settled.chunks(PURGE_BATCH_ENTRIES) {
+            let mut batch = Batch::new();
+            for entry in chunk {
+                batch.put(entry.clone());
+            }
+            self.store.commit(&batch)?;
+        }
+        Ok(purged)
+    }
+}
+
+fn max_dot() -> Dot {
+    Dot { replica: ReplicaId(u64::MAX), seq: Seq(u64::MAX) }
+}
+
+/// A store whose dot index holds own writes beyond its vector was written by something that did
+/// not keep the two in step: refuse it rather than reissue those dots.
+fn check_own_writes_covered(snap: &impl Snapshot, id: ReplicaId, vector: &VersionVector) -> Result<()> {
+    let mut beyond = None;
+    let from = Dot { replica: id, seq: vector.get(id).next() };
+    snap.scan_dots(from, Dot { replica: id, seq: Seq(u64::MAX) }, &mut |dot, _| {
+        beyond = Some(dot);
+        ControlFlow::Break(())
+    })?;
+    match beyond {
+        Some(dot) => Err(Error::Storage(StorageError::Corrupt {
+            what: "version vector",
+            detail: format!("own write {dot} is stored but the vector is at {}", vector.get(id)),
+        })),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
