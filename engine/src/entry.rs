@@ -127,8 +127,9 @@ impl Entry {
 
 fn content_cmp(a: &Payload, b: &Payload) -> Ordering {
     match (a, b) {
-        (Payload::Value(x), Payload::Value(y)) => (&x.bytes, x.expires_at_ms, &x.metadata)
-            .cmp(&(&y.bytes, y.expires_at_ms, &y.metadata)),
+        (Payload::Value(x), Payload::Value(y)) => {
+            (&x.bytes, x.expires_at_ms, &x.metadata).cmp(&(&y.bytes, y.expires_at_ms, &y.metadata))
+        }
         (Payload::Expired { expires_at_ms: x }, Payload::Expired { expires_at_ms: y }) => x.cmp(y),
         _ => Ordering::Equal,
     }
@@ -150,9 +151,8 @@ pub(crate) mod tests {
 
     pub(crate) fn arb_entry(key: Vec<u8>) -> impl Strategy<Value = Entry> {
         let payload = prop_oneof![
-            (proptest::collection::vec(any::<u8>(), 0..4), proptest::option::of(0u64..50)).prop_map(
-                |(bytes, expires_at_ms)| Payload::Value(Value { bytes, expires_at_ms, metadata: None })
-            ),
+            (proptest::collection::vec(any::<u8>(), 0..4), proptest::option::of(0u64..50))
+                .prop_map(|(bytes, expires_at_ms)| Payload::Value(Value { bytes, expires_at_ms, metadata: None })),
             (0u64..50).prop_map(|expires_at_ms| Payload::Expired { expires_at_ms }),
             Just(Payload::Tombstone),
         ];

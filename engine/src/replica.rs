@@ -18,8 +18,8 @@ use crate::hlc::{HLC_WALL_MS_MAX, HybridClock, Stamp, WallClock};
 use crate::ids::{Dot, ReplicaId, Seq};
 use crate::limits::Limits;
 use crate::storage::{
-    Batch, KeyRange, Meta, Snapshot, Storage, decode_clock, decode_replica, decode_vector, encode_clock, encode_replica,
-    encode_vector,
+    Batch, KeyRange, Meta, Snapshot, Storage, decode_clock, decode_replica, decode_vector, encode_clock,
+    encode_replica, encode_vector,
 };
 use crate::vector::VersionVector;
 use std::collections::BTreeMap;
@@ -276,7 +276,12 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Stores `value` under `key`. Returns once the write is durable.
-    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, options: PutOptions) -> Result<WriteReceipt> {
+    pub fn put(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        options: PutOptions,
+    ) -> Result<WriteReceipt> {
         let mut batch = WriteBatch::new();
         batch.put(key, value, options);
         self.write_one(batch)
@@ -475,7 +480,12 @@ impl<S: Storage> Replica<S> {
         Ok(report)
     }
 
-    fn validate_remote(&mut self, entries: &[Entry], sender_vector: Option<&VersionVector>, wall_ms: u64) -> Result<()> {
+    fn validate_remote(
+        &mut self,
+        entries: &[Entry],
+        sender_vector: Option<&VersionVector>,
+        wall_ms: u64,
+    ) -> Result<()> {
         let own = self.vector.get(self.id);
         let own_ahead = |seq: Seq| Error::OwnWriteFromTheFuture { replica: self.id, seq, own };
         if let Some(v) = sender_vector.filter(|v| v.get(self.id) > own) {

@@ -89,13 +89,7 @@ impl VersionVector {
     /// Component-wise minimum: what both have seen.
     #[must_use]
     pub fn meet(&self, other: &VersionVector) -> VersionVector {
-        VersionVector(
-            self.0
-                .iter()
-                .map(|(r, s)| (*r, (*s).min(other.get(*r))))
-                .filter(|(_, s)| *s > Seq(0))
-                .collect(),
-        )
+        VersionVector(self.0.iter().map(|(r, s)| (*r, (*s).min(other.get(*r)))).filter(|(_, s)| *s > Seq(0)).collect())
     }
 
     /// How this vector relates to `other`.
@@ -150,9 +144,8 @@ mod tests {
     }
 
     fn arb_vv() -> impl Strategy<Value = VersionVector> {
-        proptest::collection::vec((0u64..4, 0u64..5), 0..4).prop_map(|p| {
-            p.into_iter().map(|(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into()
-        })
+        proptest::collection::vec((0u64..4, 0u64..5), 0..4)
+            .prop_map(|p| p.into_iter().map(|(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into())
     }
 
     #[test]

@@ -47,7 +47,10 @@ fn bad_writes_are_refused_with_their_sizes_and_change_nothing() {
     config.limits.value_bytes_max = 8;
     r.config = config;
     assert!(matches!(r.put("", "v", PutOptions::default()), Err(Error::KeyEmpty { .. })));
-    assert!(matches!(r.put(vec![b'k'; 1025], "v", PutOptions::default()), Err(Error::KeyTooLarge { len: 1025, max: 1024 })));
+    assert!(matches!(
+        r.put(vec![b'k'; 1025], "v", PutOptions::default()),
+        Err(Error::KeyTooLarge { len: 1025, max: 1024 })
+    ));
     assert!(matches!(r.put("k", vec![0; 9], PutOptions::default()), Err(Error::ValueTooLarge { len: 9, max: 8 })));
     let big_meta = PutOptions { ttl_ms: None, metadata: Some(vec![0; 5000]) };
     assert!(matches!(r.put("k", "v", big_meta), Err(Error::MetadataTooLarge { .. })));

@@ -34,8 +34,8 @@ pub(crate) fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
     out.extend_from_slice(&entry.seq.0.to_be_bytes());
     match &entry.payload {
         Payload::Value(v) => {
-            let flags = u8::from(v.expires_at_ms.is_some()) * FLAG_EXPIRES
-                + u8::from(v.metadata.is_some()) * FLAG_METADATA;
+            let flags =
+                u8::from(v.expires_at_ms.is_some()) * FLAG_EXPIRES + u8::from(v.metadata.is_some()) * FLAG_METADATA;
             out.push(flags);
             if let Some(t) = v.expires_at_ms {
                 out.extend_from_slice(&t.to_be_bytes());
@@ -168,10 +168,9 @@ pub(crate) fn decode_vector(bytes: &[u8]) -> Result<VersionVector, StorageError>
 }
 
 fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64, StorageError> {
-    let arr: [u8; 8] = bytes.try_into().map_err(|_| StorageError::Corrupt {
-        what,
-        detail: format!("{} bytes, expected 8", bytes.len()),
-    })?;
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StorageError::Corrupt { what, detail: format!("{} bytes, expected 8", bytes.len()) })?;
     Ok(u64::from_be_bytes(arr))
 }
 

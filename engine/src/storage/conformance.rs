@@ -3,7 +3,7 @@
 //! Each check takes a [`Harness`] that opens a fresh store and can reopen it (for redb: close the
 //! file and open it again), and states one rule of the [`Storage`] contract.
 
-use super::{Batch, KeyRange, Meta, MemoryStore, RedbStore, Snapshot, Storage};
+use super::{Batch, KeyRange, MemoryStore, Meta, RedbStore, Snapshot, Storage};
 use crate::entry::{Entry, Payload, Value};
 use crate::hlc::{Hlc, Stamp};
 use crate::ids::{Dot, ReplicaId, Seq};
@@ -98,11 +98,8 @@ fn every_dot(snap: &impl Snapshot) -> Vec<(Dot, Vec<u8>)> {
 
 fn stores_every_payload_kind_exactly(h: &mut impl Harness) {
     let mut s = h.open();
-    let with_all = Payload::Value(Value {
-        bytes: vec![0, 255, 7],
-        expires_at_ms: Some(42),
-        metadata: Some(b"meta".to_vec()),
-    });
+    let with_all =
+        Payload::Value(Value { bytes: vec![0, 255, 7], expires_at_ms: Some(42), metadata: Some(b"meta".to_vec()) });
     let entries = [
         entry("a", 1, 1, with_all),
         entry("b", 1, 2, value("")),
@@ -193,12 +190,15 @@ fn key_scans_are_ordered_and_bounded(h: &mut impl Harness) {
 
 fn dot_scans_are_ordered_and_bounded(h: &mut impl Harness) {
     let mut s = h.open();
-    commit(&mut s, &[
-        entry("x", 2, 7, value("")),
-        entry("y", 1, 3, value("")),
-        entry("z", 2, 2, value("")),
-        entry("w", u64::MAX, 1, value("")),
-    ]);
+    commit(
+        &mut s,
+        &[
+            entry("x", 2, 7, value("")),
+            entry("y", 1, 3, value("")),
+            entry("z", 2, 2, value("")),
+            entry("w", u64::MAX, 1, value("")),
+        ],
+    );
     let snap = s.snapshot().unwrap();
     let dots: Vec<_> = every_dot(&snap).into_iter().map(|(d, _)| d).collect();
     assert_eq!(dots, vec![dot(1, 3), dot(2, 2), dot(2, 7), dot(u64::MAX, 1)]);

@@ -53,10 +53,10 @@ impl Storage for MemoryStore {
             match op {
                 Op::Put(entry) => {
                     let dot = entry.dot();
-                    if let Some(old) = next.entries.insert(entry.key.clone(), entry.clone()) {
-                        if old.dot() != dot {
-                            next.dots.remove(&old.dot());
-                        }
+                    if let Some(old) = next.entries.insert(entry.key.clone(), entry.clone())
+                        && old.dot() != dot
+                    {
+                        next.dots.remove(&old.dot());
                     }
                     next.dots.insert(dot, entry.key.clone());
                 }
@@ -84,11 +84,7 @@ impl Snapshot for MemorySnapshot {
         Ok(self.tables.dots.get(&dot).cloned())
     }
 
-    fn scan_keys(
-        &self,
-        range: &KeyRange,
-        visit: &mut dyn FnMut(Entry) -> ControlFlow<()>,
-    ) -> Result<(), StorageError> {
+    fn scan_keys(&self, range: &KeyRange, visit: &mut dyn FnMut(Entry) -> ControlFlow<()>) -> Result<(), StorageError> {
         for (_, entry) in self.tables.entries.range::<_, [u8]>(range.as_slices()) {
             if visit(entry.clone()).is_break() {
                 break;

@@ -169,11 +169,7 @@ pub trait Snapshot {
     fn key_at(&self, dot: Dot) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Visits stored entries with keys in `range`, in key order, until `visit` breaks.
-    fn scan_keys(
-        &self,
-        range: &KeyRange,
-        visit: &mut dyn FnMut(Entry) -> ControlFlow<()>,
-    ) -> Result<(), StorageError>;
+    fn scan_keys(&self, range: &KeyRange, visit: &mut dyn FnMut(Entry) -> ControlFlow<()>) -> Result<(), StorageError>;
 
     /// Visits dot-index rows from `from` up to `to` (both included), in dot order, until `visit`
     /// breaks.

@@ -79,10 +79,11 @@ impl Storage for RedbStore {
                         let dot = entry.dot();
                         self.scratch.clear();
                         encode_entry(entry, &mut self.scratch);
-                        let old_dot = match entries.insert(entry.key.as_slice(), self.scratch.as_slice()).map_err(write_err)? {
-                            Some(old) => Some(decode_dot(old.value())?),
-                            None => None,
-                        };
+                        let old_dot =
+                            match entries.insert(entry.key.as_slice(), self.scratch.as_slice()).map_err(write_err)? {
+                                Some(old) => Some(decode_dot(old.value())?),
+                                None => None,
+                            };
                         if let Some(old_dot) = old_dot.filter(|d| *d != dot) {
                             dots.remove(dot_key(old_dot)).map_err(write_err)?;
                         }
@@ -126,11 +127,7 @@ impl Snapshot for RedbSnapshot {
         Ok(ReadableTable::get(&table, dot_key(dot)).map_err(read_err)?.map(|k| k.value().to_vec()))
     }
 
-    fn scan_keys(
-        &self,
-        range: &KeyRange,
-        visit: &mut dyn FnMut(Entry) -> ControlFlow<()>,
-    ) -> Result<(), StorageError> {
+    fn scan_keys(&self, range: &KeyRange, visit: &mut dyn FnMut(Entry) -> ControlFlow<()>) -> Result<(), StorageError> {
         let table = self.txn.open_table(ENTRIES).map_err(read_err)?;
         for row in ReadableTable::range::<&[u8]>(&table, range.as_slices()).map_err(read_err)? {
             let (key, record) = row.map_err(read_err)?;
