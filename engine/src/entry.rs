@@ -3,27 +3,25 @@
 //! Invariant kept here: [`Entry::lww_cmp`] is a total order that every replica computes the same
 //! way, so merging by "keep the greater" is commutative, associative and idempotent.
 
-use crate::hlc::Stamp;
-use crate::ids::{Dot, Seq};
+use crate::hlc::{Hlc, Stamp};
+use crate::ids::{Dot, ReplicaId, Seq};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 
 /// A live value with its optional expiry and metadata.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Value {
     /// The value's bytes.
-    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
     /// Absolute expiry time in wall-clock milliseconds; `None` lives until overwritten.
     pub expires_at_ms: Option<u64>,
     /// Opaque user metadata, replicated with the value.
-    #[serde(with = "serde_bytes")]
     pub metadata: Option<Vec<u8>>,
 }
 
 /// What a write left behind: a value, a deletion, or a value whose TTL passed and whose bytes were
 /// dropped locally.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Payload {
     /// A value (possibly already expired, if it has not been purged yet).
     Value(Value),
@@ -54,10 +52,13 @@ impl Payload {
 ///
 /// The stamp and the dot share their replica: a write is stamped and numbered by the same writer,
 /// so an entry holds the writer once (in `stamp`) and its sequence number beside it.
+///
+/// Serialized as one flat array (see [`EntryWire`]), so CBOR carries no field names: about 20
+/// bytes of framing per entry besides its key and value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "EntryWire", try_from = "EntryWire")]
 pub struct Entry {
     /// The key.
-    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The LWW stamp (HLC and writer).
     pub stamp: Stamp,
@@ -125,6 +126,53 @@ impl Entry {
     }
 }
 
+const WIRE_VALUE: u8 = 0;
+const WIRE_EXPIRED: u8 = 1;
+const WIRE_TOMBSTONE: u8 = 2;
+
+/// The serialized form of an [`Entry`]: `[key, hlc, writer, seq, kind, value, expires_at_ms,
+/// metadata]`, kind 0 = value (value present), 1 = expired (expires_at_ms present), 2 = tombstone;
+/// byte fields as CBOR byte strings, absent fields as null.
+#[derive(Serialize, Deserialize)]
+pub struct EntryWire(
+    #[serde(with = "serde_bytes")] Vec<u8>,
+    u64,
+    u64,
+    u64,
+    u8,
+    #[serde(with = "serde_bytes")] Option<Vec<u8>>,
+    Option<u64>,
+    #[serde(with = "serde_bytes")] Option<Vec<u8>>,
+);
+
+impl From<Entry> for EntryWire {
+    fn from(e: Entry) -> Self {
+        let (kind, value, expires, metadata) = match e.payload {
+            Payload::Value(v) => (WIRE_VALUE, Some(v.bytes), v.expires_at_ms, v.metadata),
+            Payload::Expired { expires_at_ms } => (WIRE_EXPIRED, None, Some(expires_at_ms), None),
+            Payload::Tombstone => (WIRE_TOMBSTONE, None, None, None),
+        };
+        EntryWire(e.key, e.stamp.hlc.0, e.stamp.replica.0, e.seq.0, kind, value, expires, metadata)
+    }
+}
+
+impl TryFrom<EntryWire> for Entry {
+    type Error = String;
+
+    fn try_from(w: EntryWire) -> Result<Self, String> {
+        let EntryWire(key, hlc, replica, seq, kind, value, expires_at_ms, metadata) = w;
+        let payload = match (kind, value, expires_at_ms, metadata) {
+            (WIRE_VALUE, Some(bytes), expires_at_ms, metadata) => {
+                Payload::Value(Value { bytes, expires_at_ms, metadata })
+            }
+            (WIRE_EXPIRED, None, Some(expires_at_ms), None) => Payload::Expired { expires_at_ms },
+            (WIRE_TOMBSTONE, None, None, None) => Payload::Tombstone,
+            (kind, ..) => return Err(format!("entry of kind {kind} has fields that do not fit it")),
+        };
+        Ok(Entry { key, stamp: Stamp { hlc: Hlc(hlc), replica: ReplicaId(replica) }, seq: Seq(seq), payload })
+    }
+}
+
 fn content_cmp(a: &Payload, b: &Payload) -> Ordering {
     match (a, b) {
         (Payload::Value(x), Payload::Value(y)) => {
@@ -145,8 +193,6 @@ pub fn merge(a: Entry, b: Entry) -> Entry {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::hlc::Hlc;
-    use crate::ids::ReplicaId;
     use proptest::prelude::*;
 
     pub(crate) fn arb_entry(key: Vec<u8>) -> impl Strategy<Value = Entry> {
@@ -183,11 +229,39 @@ pub(crate) mod tests {
         }
 
         #[test]
+        fn cbor_encode_then_decode_is_identity(a in arb_entry(b"k".to_vec()), meta in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4))) {
+            let mut a = a;
+            if let Payload::Value(v) = &mut a.payload { v.metadata = meta; }
+            let mut buf = Vec::new();
+            ciborium::into_writer(&a, &mut buf).unwrap();
+            let back: Entry = ciborium::from_reader(buf.as_slice()).unwrap();
+            prop_assert_eq!(back, a);
+        }
+
+        #[test]
         fn merge_is_idempotent(a in arb_entry(b"k".to_vec()), b in arb_entry(b"k".to_vec())) {
             prop_assert_eq!(merge(a.clone(), a.clone()), a.clone());
             let ab = merge(a.clone(), b.clone());
             prop_assert_eq!(merge(ab.clone(), b), ab);
         }
+    }
+
+    #[test]
+    fn cbor_framing_is_small_and_bytes_are_byte_strings() {
+        let e = Entry {
+            key: vec![b'k'; 24],
+            stamp: Stamp { hlc: Hlc::new(1_700_000_000_000, 3), replica: ReplicaId(0x1234_5678_9abc_def0) },
+            seq: Seq(1_000_000),
+            payload: Payload::Value(Value { bytes: vec![7; 100], expires_at_ms: None, metadata: None }),
+        };
+        let mut buf = Vec::new();
+        ciborium::into_writer(&e, &mut buf).unwrap();
+        // array(8) 1 + key 2+24 + hlc 9 + writer 9 + seq 5 + kind 1 + value 2+100 + 2 nulls.
+        assert_eq!(buf.len(), 155);
+        let mut wrong_shape = Vec::new();
+        let tomb_with_value = EntryWire(b"k".to_vec(), 1, 1, 1, WIRE_TOMBSTONE, Some(vec![1]), None, None);
+        ciborium::into_writer(&tomb_with_value, &mut wrong_shape).unwrap();
+        assert!(ciborium::from_reader::<Entry, _>(wrong_shape.as_slice()).is_err());
     }
 
     #[test]

@@ -6,7 +6,29 @@
 //! state goes out through the [`Storage`] trait. Given the same inputs it produces the same
 //! outputs, which is what the simulation tests and the fuzzers rely on.
 //!
-//! Start with [`Replica`].
+//! Start with [`Replica`]:
+//!
+//! ```
+//! use lethe_engine::{Config, MemoryStore, PutOptions, Replica, ReplicaId, SystemClock};
+//! use std::sync::Arc;
+//!
+//! # fn main() -> lethe_engine::Result<()> {
+//! let clock = Arc::new(SystemClock);
+//! let mut server = Replica::open(MemoryStore::new(), ReplicaId(1), Config::default(), clock.clone())?;
+//! let mut phone = Replica::open(MemoryStore::new(), ReplicaId(2), Config::default(), clock)?;
+//!
+//! let receipt = server.put("user:alice", "hello", PutOptions::default())?;
+//! server.put("otp:alice", "491823", PutOptions { ttl_ms: Some(30_000), metadata: None })?;
+//! server.delete("user:bob")?;
+//!
+//! // What the phone lacks, by its version vector; applied whole, then its vector merges.
+//! let delta = server.delta_for(phone.vector())?;
+//! phone.apply_remote(delta.entries, Some(&delta.vector))?;
+//! assert_eq!(phone.get(b"user:alice")?.map(|item| item.value), Some(b"hello".to_vec()));
+//! assert!(server.is_acknowledged(receipt.dot.seq, phone.vector()));
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod entry;
 pub mod error;

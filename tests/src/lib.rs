@@ -1,14 +1,3 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+//! Cross-crate tests for lethe live in this crate's `tests/` directory: the deterministic
+//! simulation of many replicas under faults (sync issue) and multi-process clusters of real
+//! `lethe serve` processes (node issue). Tests of one crate stay next to that crate.
