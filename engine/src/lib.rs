@@ -32,9 +32,13 @@
 
 pub mod entry;
 pub mod error;
+pub mod fingerprint;
+pub mod gc;
 pub mod hlc;
 pub mod ids;
+pub(crate) mod index;
 pub mod limits;
+pub mod membership;
 pub mod replica;
 pub mod storage;
 pub mod vector;

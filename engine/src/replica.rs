@@ -16,9 +16,11 @@ use crate::entry::{Entry, Payload, Value};
 use crate::error::{Error, Result, StorageError};
 use crate::hlc::{HLC_WALL_MS_MAX, HybridClock, Stamp, WallClock};
 use crate::ids::{Dot, ReplicaId, Seq};
+use crate::index::KeyIndex;
 use crate::limits::Limits;
+use crate::membership::{Checkpoint, LEASE_MS_DEFAULT, Membership};
 use crate::storage::{
-    Batch, KeyRange, Meta, Snapshot, Storage, decode_clock, decode_replica, decode_vector, encode_clock,
+    Batch, KeyRange, Meta, Snapshot, Storage, decode_cbor, decode_clock, decode_replica, decode_vector, encode_clock,
     encode_replica, encode_vector,
 };
 use crate::vector::VersionVector;
@@ -38,11 +40,13 @@ pub struct Config {
     pub limits: Limits,
     /// How far ahead of the local wall clock a remote stamp may be before it is rejected.
     pub max_drift_ms: u64,
+    /// How long a member may stay silent before it is evicted from the stable frontier.
+    pub lease_ms: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { limits: Limits::default(), max_drift_ms: MAX_DRIFT_MS_DEFAULT }
+        Config { limits: Limits::default(), max_drift_ms: MAX_DRIFT_MS_DEFAULT, lease_ms: LEASE_MS_DEFAULT }
     }
 }
 
@@ -186,6 +190,9 @@ pub struct Replica<S: Storage> {
     vector: VersionVector,
     config: Config,
     drift_rejections: u64,
+    pub(crate) index: KeyIndex,
+    pub(crate) membership: Membership,
+    pub(crate) checkpoint: Option<Checkpoint>,
 }
 
 impl<S: Storage> std::fmt::Debug for Replica<S> {
@@ -206,7 +213,7 @@ impl<S: Storage> Replica<S> {
     /// [`StorageError::Corrupt`] if its records do not agree with each other.
     pub fn open(mut store: S, id: ReplicaId, config: Config, wall: Arc<dyn WallClock>) -> Result<Replica<S>> {
         let snap = store.snapshot()?;
-        let (vector, clock) = match snap.meta(Meta::ReplicaId)? {
+        let mut replica = match snap.meta(Meta::ReplicaId)? {
             Some(stored) => {
                 let stored = decode_replica(&stored)?;
                 if stored != id {
@@ -215,17 +222,56 @@ impl<S: Storage> Replica<S> {
                 let vector = snap.meta(Meta::Vector)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default();
                 let last = snap.meta(Meta::Clock)?.map(|b| decode_clock(&b)).transpose()?.unwrap_or_default();
                 check_own_writes_covered(&snap, id, &vector)?;
-                (vector, HybridClock::resume(last, config.max_drift_ms))
+                let membership = snap.meta(Meta::Members)?.map(|b| decode_cbor("membership", &b)).transpose()?;
+                let checkpoint = snap.meta(Meta::Checkpoint)?.map(|b| decode_cbor("checkpoint", &b)).transpose()?;
+                Replica {
+                    id,
+                    clock: HybridClock::resume(last, config.max_drift_ms),
+                    wall,
+                    vector,
+                    config,
+                    drift_rejections: 0,
+                    index: KeyIndex::load(&snap)?,
+                    membership: membership.unwrap_or_default(),
+                    checkpoint: checkpoint.flatten(),
+                    store,
+                }
             }
             None => {
                 drop(snap);
                 let mut batch = Batch::new();
                 batch.set_meta(Meta::ReplicaId, encode_replica(id));
                 store.commit(&batch)?;
-                (VersionVector::new(), HybridClock::new(config.max_drift_ms))
+                Replica {
+                    id,
+                    store,
+                    clock: HybridClock::new(config.max_drift_ms),
+                    wall,
+                    vector: VersionVector::new(),
+                    config,
+                    drift_rejections: 0,
+                    index: KeyIndex::default(),
+                    membership: Membership::default(),
+                    checkpoint: None,
+                }
             }
         };
-        Ok(Replica { id, store, clock, wall, vector, config, drift_rejections: 0 })
+        // Values that expired while the replica was closed are purged before anything reads.
+        replica.purge_expired()?;
+        Ok(replica)
+    }
+
+    /// Commits `batch` durably and mirrors it into the in-memory index. Every change to the
+    /// store goes through here.
+    pub(crate) fn commit(&mut self, batch: &Batch) -> Result<()> {
+        self.store.commit(batch)?;
+        self.index.apply(batch);
+        Ok(())
+    }
+
+    /// The wall clock, read once per operation.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.wall.now_ms()
     }
 
     /// This replica's id.
@@ -268,11 +314,6 @@ impl<S: Storage> Replica<S> {
     #[must_use]
     pub fn into_store(self) -> S {
         self.store
-    }
-
-    /// The wall clock, read once per operation.
-    fn now_ms(&self) -> u64 {
-        self.wall.now_ms()
     }
 
     /// Stores `value` under `key`. Returns once the write is durable.
@@ -341,7 +382,7 @@ impl<S: Storage> Replica<S> {
         vector.advance(self.id, seq);
         store_batch.set_meta(Meta::Vector, encode_vector(&vector));
         store_batch.set_meta(Meta::Clock, encode_clock(clock.last()));
-        self.store.commit(&store_batch)?;
+        self.commit(&store_batch)?;
         self.vector = vector;
         self.clock = clock;
         Ok(receipts)
@@ -474,7 +515,7 @@ impl<S: Storage> Replica<S> {
         }
         batch.set_meta(Meta::Vector, encode_vector(&vector));
         batch.set_meta(Meta::Clock, encode_clock(clock.last()));
-        self.store.commit(&batch)?;
+        self.commit(&batch)?;
         self.vector = vector;
         self.clock = clock;
         Ok(report)
@@ -510,24 +551,23 @@ impl<S: Storage> Replica<S> {
     /// Drops the bytes of every value whose TTL has passed, keeping its stamp and dot as an
     /// `Expired` record. Writes no delete, issues no dot, sends nothing. Returns how many values
     /// were purged.
+    ///
+    /// Cost follows what expired: the index keeps values with a TTL in expiry order.
     pub fn purge_expired(&mut self) -> Result<usize> {
         let now_ms = self.now_ms();
-        let mut settled = Vec::new();
-        self.store.snapshot()?.scan_keys(&KeyRange::all(), &mut |entry| {
-            if matches!(entry.payload, Payload::Value(_)) && !entry.is_live_at(now_ms) {
-                settled.push(entry.settled_at(now_ms));
-            }
-            ControlFlow::Continue(())
-        })?;
-        let purged = settled.len();
-        for chunk in settled.chunks(PURGE_BATCH_ENTRIES) {
+        let keys = self.index.expired_keys(now_ms);
+        for chunk in keys.chunks(PURGE_BATCH_ENTRIES) {
+            let snap = self.store.snapshot()?;
             let mut batch = Batch::new();
-            for entry in chunk {
-                batch.put(entry.clone());
+            for key in chunk {
+                if let Some(entry) = snap.entry(key)? {
+                    batch.put(entry.settled_at(now_ms));
+                }
             }
-            self.store.commit(&batch)?;
+            drop(snap);
+            self.commit(&batch)?;
         }
-        Ok(purged)
+        Ok(keys.len())
     }
 }
 

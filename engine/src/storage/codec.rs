@@ -194,6 +194,21 @@ pub(crate) fn decode_replica(bytes: &[u8]) -> Result<ReplicaId, StorageError> {
     decode_u64("replica id", bytes).map(ReplicaId)
 }
 
+/// Encodes a structured metadata record (membership, checkpoint) as CBOR.
+pub(crate) fn encode_cbor<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail, and these records hold no maps with non-string keys.
+    if let Err(e) = ciborium::into_writer(value, &mut out) {
+        debug_assert!(false, "encoding a metadata record failed: {e}");
+    }
+    out
+}
+
+/// Decodes a structured metadata record.
+pub(crate) fn decode_cbor<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StorageError> {
+    ciborium::from_reader(bytes).map_err(|e| StorageError::Corrupt { what, detail: e.to_string() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,9 @@ mod redb;
 
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
-pub(crate) use codec::{decode_clock, decode_replica, decode_vector, encode_clock, encode_replica, encode_vector};
+pub(crate) use codec::{
+    decode_cbor, decode_clock, decode_replica, decode_vector, encode_cbor, encode_clock, encode_replica, encode_vector,
+};
 
 use crate::entry::Entry;
 use crate::error::StorageError;
@@ -33,6 +35,10 @@ pub enum Meta {
     Vector,
     /// The last HLC value the replica issued or absorbed.
     Clock,
+    /// The other members and their acknowledged vectors.
+    Members,
+    /// The pending GC checkpoint (F, J).
+    Checkpoint,
 }
 
 impl Meta {
@@ -43,6 +49,8 @@ impl Meta {
             Meta::ReplicaId => "replica_id",
             Meta::Vector => "vector",
             Meta::Clock => "clock",
+            Meta::Members => "members",
+            Meta::Checkpoint => "checkpoint",
         }
     }
 }

@@ -1,0 +1,117 @@
+//! The replica's in-memory view of its store: every stored entry is in exactly one of
+//! - `live`: values not yet purged (live, or expired but not purged), with range fingerprints;
+//! - `dead`: tombstones and expired records, by dot and by key, for collection.
+//!
+//! plus `expiring`: the values with a TTL, by expiry time, so a purge touches only what expired.
+//!
+//! Rebuilt from a snapshot at open, then updated from each committed batch, so it always mirrors
+//! the store (checked against a scan in tests).
+
+use crate::entry::{Entry, Payload};
+use crate::error::StorageError;
+use crate::fingerprint::{LiveIndex, LiveItem};
+use crate::ids::{Dot, ReplicaId, Seq};
+use crate::storage::{Batch, KeyRange, Op, Snapshot};
+use crate::vector::VersionVector;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
+
+#[derive(Debug, Default)]
+pub(crate) struct KeyIndex {
+    pub(crate) live: LiveIndex,
+    dead_by_dot: BTreeMap<Dot, Vec<u8>>,
+    dead_by_key: BTreeMap<Vec<u8>, Dot>,
+    expiring: BTreeSet<(u64, Vec<u8>)>,
+}
+
+impl KeyIndex {
+    pub(crate) fn load(snap: &impl Snapshot) -> Result<KeyIndex, StorageError> {
+        let mut index = KeyIndex::default();
+        snap.scan_keys(&KeyRange::all(), &mut |e| {
+            index.put(&e);
+            ControlFlow::Continue(())
+        })?;
+        Ok(index)
+    }
+
+    /// The dot of the entry stored for `key`, if any.
+    pub(crate) fn dot_of(&self, key: &[u8]) -> Option<Dot> {
+        match self.live.get(key) {
+            Some(item) => Some(item.dot()),
+            None => self.dead_by_key.get(key).copied(),
+        }
+    }
+
+    fn forget(&mut self, key: &[u8]) {
+        if let Some(old) = self.live.remove(key) {
+            if let Some(t) = old.expires_at_ms {
+                self.expiring.remove(&(t, key.to_vec()));
+            }
+        } else if let Some(dot) = self.dead_by_key.remove(key) {
+            self.dead_by_dot.remove(&dot);
+        }
+    }
+
+    pub(crate) fn put(&mut self, e: &Entry) {
+        self.forget(&e.key);
+        match &e.payload {
+            Payload::Value(v) => {
+                let item = LiveItem { stamp: e.stamp, seq: e.seq, expires_at_ms: v.expires_at_ms };
+                self.live.insert(&e.key, item);
+                if let Some(t) = v.expires_at_ms {
+                    self.expiring.insert((t, e.key.clone()));
+                }
+            }
+            Payload::Expired { .. } | Payload::Tombstone => {
+                self.dead_by_dot.insert(e.dot(), e.key.clone());
+                self.dead_by_key.insert(e.key.clone(), e.dot());
+            }
+        }
+    }
+
+    /// Mirrors a committed batch.
+    pub(crate) fn apply(&mut self, batch: &Batch) {
+        for op in &batch.ops {
+            match op {
+                Op::Put(e) => self.put(e),
+                Op::Remove(key) => self.forget(key),
+                Op::SetMeta(..) => {}
+            }
+        }
+    }
+
+    /// Keys of values whose TTL passed at `now_ms`, in expiry order.
+    pub(crate) fn expired_keys(&self, now_ms: u64) -> Vec<Vec<u8>> {
+        self.expiring.range(..(now_ms.saturating_add(1), Vec::new())).map(|(_, k)| k.clone()).collect()
+    }
+
+    /// Keys of tombstones and expired records whose dot `frontier` covers.
+    pub(crate) fn dead_covered_by(&self, frontier: &VersionVector) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        for (replica, seq) in frontier.iter() {
+            let from = Dot { replica, seq: Seq(0) };
+            let to = Dot { replica, seq };
+            keys.extend(self.dead_by_dot.range(from..=to).map(|(_, k)| k.clone()));
+        }
+        keys
+    }
+
+    /// Number of tombstones and expired records.
+    pub(crate) fn dead_count(&self) -> usize {
+        self.dead_by_dot.len()
+    }
+
+    /// Tombstones and expired records whose dot `peer` does not cover, as (dot, key).
+    pub(crate) fn dead_beyond(&self, peer: &VersionVector) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        let mut writer = Some(ReplicaId(0));
+        while let Some(from) = writer {
+            let Some((first, _)) = self.dead_by_dot.range(Dot { replica: from, seq: Seq(0) }..).next() else { break };
+            let r = first.replica;
+            let start = Dot { replica: r, seq: peer.get(r).next() };
+            keys.extend(self.dead_by_dot.range(start..=Dot { replica: r, seq: Seq(u64::MAX) }).map(|(_, k)| k.clone()));
+            writer = r.0.checked_add(1).map(ReplicaId);
+        }
+        keys
+    }
+}

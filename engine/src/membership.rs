@@ -1,0 +1,199 @@
+//! Membership and causal stability: which replicas' acknowledgements count, what each has
+//! acknowledged, and the two-step checkpoint that decides when tombstones may be collected.
+//!
+//! Invariants kept here (DESIGN.md §2):
+//! - an acknowledged vector only grows (gossip joins, never replaces);
+//! - the stable frontier F is the meet of this replica's vector and every member's acknowledged
+//!   vector; J is their join;
+//! - a tombstone is collected only after a checkpoint (F₀, J₀) was noted with its dot under F₀ and
+//!   a later F covers J₀, so every write concurrent with it has been seen by every member;
+//! - a member silent for longer than the lease is evicted and no longer holds collection back;
+//! - **a replica becomes a member only when its acknowledged vector covers the stable frontier at
+//!   that moment.** Every tombstone collected so far is under that frontier, so the newcomer has
+//!   seen each of them (or something newer) and holds none of the versions they deleted. Without
+//!   this, an evicted replica re-added by gossip would drag the frontier down to its old vector,
+//!   look "up to date" for delta sync, and keep what was deleted while it was away.
+
+use crate::ids::ReplicaId;
+use crate::vector::VersionVector;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The default lease: a member silent for 30 days stops counting.
+pub const LEASE_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
+
+/// What this replica knows of one other member.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The newest vector the member is known to have made durable.
+    pub acked: VersionVector,
+    /// When it was last heard from (directly or through gossip), in wall-clock ms.
+    pub last_heard_ms: u64,
+}
+
+/// One member as gossiped in a handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The member.
+    pub replica: ReplicaId,
+    /// Its acknowledged vector.
+    pub acked: VersionVector,
+    /// When it was last heard from.
+    pub last_heard_ms: u64,
+}
+
+/// The other members (this replica is implicitly one).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    members: BTreeMap<ReplicaId, Member>,
+}
+
+/// A noted stable frontier and the join of acknowledged vectors at that moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// F₀: what every member had acknowledged.
+    pub frontier: VersionVector,
+    /// J₀: what any member had acknowledged; covers every write concurrent with what F₀ covers.
+    pub join: VersionVector,
+}
+
+impl Membership {
+    /// Whether `replica` counts.
+    #[must_use]
+    pub fn contains(&self, replica: ReplicaId) -> bool {
+        self.members.contains_key(&replica)
+    }
+
+    /// The members and what is known of them.
+    pub fn iter(&self) -> impl Iterator<Item = (ReplicaId, &Member)> {
+        self.members.iter().map(|(r, m)| (*r, m))
+    }
+
+    /// Number of other members.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there are no other members.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The stable frontier: the meet of `own` and every member's acknowledged vector.
+    #[must_use]
+    pub fn frontier(&self, own: &VersionVector) -> VersionVector {
+        self.members.values().fold(own.clone(), |f, m| f.meet(&m.acked))
+    }
+
+    /// The join of `own` and every member's acknowledged vector.
+    #[must_use]
+    pub fn join(&self, own: &VersionVector) -> VersionVector {
+        self.members.values().fold(own.clone(), |mut j, m| {
+            j.merge(&m.acked);
+            j
+        })
+    }
+
+    /// Records that `replica` has made `acked` durable, heard at `now_ms`. A member's record
+    /// grows; a non-member is admitted only if `acked` covers the current frontier (with this
+    /// replica's vector `own`). Returns whether `replica` is a member afterwards.
+    pub fn acknowledge(&mut self, replica: ReplicaId, acked: &VersionVector, now_ms: u64, own: &VersionVector) -> bool {
+        if let Some(m) = self.members.get_mut(&replica) {
+            m.acked.merge(acked);
+            m.last_heard_ms = m.last_heard_ms.max(now_ms);
+            return true;
+        }
+        if !acked.dominates(&self.frontier(own)) {
+            return false;
+        }
+        self.members.insert(replica, Member { acked: acked.clone(), last_heard_ms: now_ms });
+        true
+    }
+
+    /// Merges a peer's gossip under the same admission rule (never admitting `me`).
+    pub fn merge_gossip(&mut self, gossip: &[MemberInfo], me: ReplicaId, own: &VersionVector) {
+        for g in gossip.iter().filter(|g| g.replica != me) {
+            self.acknowledge(g.replica, &g.acked, g.last_heard_ms, own);
+        }
+    }
+
+    /// This membership as gossip, with this replica itself (vector `own`, heard `now_ms`).
+    #[must_use]
+    pub fn gossip(&self, me: ReplicaId, own: &VersionVector, now_ms: u64) -> Vec<MemberInfo> {
+        let mut out = vec![MemberInfo { replica: me, acked: own.clone(), last_heard_ms: now_ms }];
+        out.extend(self.members.iter().map(|(r, m)| MemberInfo {
+            replica: *r,
+            acked: m.acked.clone(),
+            last_heard_ms: m.last_heard_ms,
+        }));
+        out
+    }
+
+    /// Removes members not heard from since `now_ms - lease_ms`; returns them.
+    pub fn evict_silent(&mut self, now_ms: u64, lease_ms: u64) -> Vec<ReplicaId> {
+        let cutoff = now_ms.saturating_sub(lease_ms);
+        let evicted: Vec<_> = self.members.iter().filter(|(_, m)| m.last_heard_ms < cutoff).map(|(r, _)| *r).collect();
+        for r in &evicted {
+            self.members.remove(r);
+        }
+        evicted
+    }
+
+    /// Forgets `replica` (eviction by an operator).
+    pub fn remove(&mut self, replica: ReplicaId) -> bool {
+        self.members.remove(&replica).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Seq;
+
+    fn vv(pairs: &[(u64, u64)]) -> VersionVector {
+        pairs.iter().map(|&(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into()
+    }
+
+    #[test]
+    fn frontier_is_the_meet_and_join_the_join() {
+        let mut m = Membership::default();
+        let none = VersionVector::new();
+        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 5), (2, 3)]), 10, &none));
+        assert!(m.acknowledge(ReplicaId(3), &vv(&[(1, 2), (2, 9)]), 10, &none));
+        let own = vv(&[(1, 7), (2, 4)]);
+        assert_eq!(m.frontier(&own), vv(&[(1, 2), (2, 3)]));
+        assert_eq!(m.join(&own), vv(&[(1, 7), (2, 9)]));
+    }
+
+    #[test]
+    fn a_replica_behind_the_frontier_is_not_admitted() {
+        let mut m = Membership::default();
+        let own = vv(&[(1, 10)]);
+        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 10)]), 10, &own));
+        // The frontier is now {1:10}: a replica that has seen only {1:4} stays out.
+        assert!(!m.acknowledge(ReplicaId(3), &vv(&[(1, 4)]), 10, &own));
+        assert!(!m.contains(ReplicaId(3)));
+        // A member's own record grows whatever it reports.
+        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 3)]), 20, &own));
+    }
+
+    #[test]
+    fn gossip_only_grows_what_is_known_and_eviction_follows_the_lease() {
+        let mut m = Membership::default();
+        let own = VersionVector::new();
+        m.acknowledge(ReplicaId(2), &vv(&[(1, 5)]), 100, &own);
+        let gossip = vec![
+            MemberInfo { replica: ReplicaId(2), acked: vv(&[(1, 3)]), last_heard_ms: 50 },
+            MemberInfo { replica: ReplicaId(3), acked: vv(&[(3, 1)]), last_heard_ms: 900 },
+            MemberInfo { replica: ReplicaId(1), acked: vv(&[(1, 9)]), last_heard_ms: 900 },
+        ];
+        m.merge_gossip(&gossip, ReplicaId(1), &own);
+        assert!(!m.contains(ReplicaId(1)), "never a member of itself");
+        assert_eq!(m.iter().find(|(r, _)| *r == ReplicaId(2)).unwrap().1.acked, vv(&[(1, 5)]));
+        assert!(m.contains(ReplicaId(3)));
+        assert_eq!(m.evict_silent(1000, 500), vec![ReplicaId(2)]);
+        assert!(m.contains(ReplicaId(3)) && !m.contains(ReplicaId(2)));
+    }
+}
