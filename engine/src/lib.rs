@@ -40,6 +40,7 @@ pub(crate) mod index;
 pub mod limits;
 pub mod membership;
 pub mod replica;
+pub mod session;
 pub mod storage;
 pub mod vector;
 

@@ -469,6 +469,20 @@ impl<S: Storage> Replica<S> {
         Ok(Delta { entries, vector: self.vector.clone() })
     }
 
+    /// The tombstones and expired records whose dots `peer` does not cover: the compact records
+    /// a bootstrap or reconciliation sends first. Their number is bounded by the deletes of one
+    /// GC interval, not by the deletion history.
+    pub fn dead_entries_beyond(&self, peer: &VersionVector) -> Result<Vec<Entry>> {
+        let snap = self.store.snapshot()?;
+        let mut entries = Vec::new();
+        for key in self.index.dead_beyond(peer) {
+            if let Some(e) = snap.entry(&key)? {
+                entries.push(e);
+            }
+        }
+        Ok(entries)
+    }
+
     /// Applies entries from a peer. With `sender_vector` (a complete transfer: every entry the
     /// sender holds beyond this replica's vector), the sender's vector is merged afterwards;
     /// without it (a partial transfer), only the entries are applied.

@@ -1,0 +1,153 @@
+//! The messages of a sync session, and their CBOR frames.
+//!
+//! Every frame is one CBOR-encoded [`Message`], at most [`FRAME_BYTES_MAX`] bytes. Decoding
+//! checks the length before it reads and fails with a [`SyncError`] rather than panicking; the
+//! decoded message is checked again by the session before anything is applied.
+
+use crate::entry::Entry;
+use crate::fingerprint::ItemId;
+use crate::ids::ReplicaId;
+use crate::membership::MemberInfo;
+use crate::session::SyncError;
+use crate::vector::VersionVector;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version carried in every handshake (and, by the transport, in ALPN).
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest frame a session sends or accepts: 4 MiB (a chunk of up to 1 MiB of entries plus
+/// one entry of the largest size).
+pub const FRAME_BYTES_MAX: usize = 4 << 20;
+
+/// The handshake each side sends first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// The sender.
+    pub replica: ReplicaId,
+    /// The sender's version vector.
+    pub vector: VersionVector,
+    /// The sender's stable frontier.
+    pub frontier: VersionVector,
+    /// The sender's members and their acknowledged vectors (the sender included).
+    pub members: Vec<MemberInfo>,
+    /// How many unpurged values the sender holds (0 with an empty vector means "bootstrap me").
+    pub values: u64,
+}
+
+/// A key range `[lower, upper)`; `None` is unbounded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyBounds(
+    /// Lower bound, included.
+    #[serde(with = "serde_bytes")]
+    pub Option<Vec<u8>>,
+    /// Upper bound, excluded.
+    #[serde(with = "serde_bytes")]
+    pub Option<Vec<u8>>,
+);
+
+/// What a source says about one part of a range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartContent {
+    /// The part's fingerprint (first 16 bytes of the sum) and item count.
+    Fingerprint(#[serde(with = "serde_bytes")] Vec<u8>, u64),
+    /// The ids of every item in the part (small parts).
+    Items(Vec<ItemId>),
+}
+
+/// One part of a [`RangeGroup`]: it ends at `upper` (excluded; `None` = unbounded) and starts
+/// where the previous part ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangePart(#[serde(with = "serde_bytes")] pub Option<Vec<u8>>, pub PartContent);
+
+/// Contiguous parts starting at `lower` (included; `None` = unbounded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeGroup(#[serde(with = "serde_bytes")] pub Option<Vec<u8>>, pub Vec<RangePart>);
+
+/// One message of a session. "Source" is the side sending its data, "sink" the side receiving
+/// it; both sides are both at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Handshake, both ways.
+    Hello(Hello),
+    /// Source → sink: entries to apply (delta, bootstrap chunk, tombstone records, or items a
+    /// reconciliation found missing). Partial: the sink applies them, not the vector.
+    Entries(Vec<Entry>),
+    /// Source → sink: range summaries for reconciliation.
+    Ranges(Vec<RangeGroup>),
+    /// Source → sink: the sink now has everything the source held beyond the sink's vector, as of
+    /// this vector. The sink merges it.
+    Done(VersionVector),
+    /// Sink → source: ranges whose fingerprints differ (split them), ranges where the sink holds
+    /// nothing (send them whole), and items the sink lacks.
+    Reply {
+        /// Ranges to split further.
+        split: Vec<KeyBounds>,
+        /// Ranges to send whole.
+        send: Vec<KeyBounds>,
+        /// Items to send.
+        want: Vec<ItemId>,
+    },
+    /// Sink → source: the sink's vector after applying `Done`.
+    Ack(VersionVector),
+}
+
+impl Message {
+    /// The message's name, for errors and logs.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Entries(_) => "Entries",
+            Message::Ranges(_) => "Ranges",
+            Message::Done(_) => "Done",
+            Message::Reply { .. } => "Reply",
+            Message::Ack(_) => "Ack",
+        }
+    }
+
+    /// Encodes the message as one frame.
+    pub fn encode(&self) -> Result<Vec<u8>, SyncError> {
+        let mut out = Vec::new();
+        ciborium::into_writer(self, &mut out).map_err(|e| SyncError::Encode(e.to_string()))?;
+        if out.len() > FRAME_BYTES_MAX {
+            return Err(SyncError::FrameTooLarge { len: out.len(), max: FRAME_BYTES_MAX });
+        }
+        Ok(out)
+    }
+
+    /// Decodes one frame, refusing one longer than [`FRAME_BYTES_MAX`] before reading it.
+    pub fn decode(frame: &[u8]) -> Result<Message, SyncError> {
+        if frame.len() > FRAME_BYTES_MAX {
+            return Err(SyncError::FrameTooLarge { len: frame.len(), max: FRAME_BYTES_MAX });
+        }
+        let mut reader = frame;
+        let msg = ciborium::from_reader(&mut reader).map_err(|e| SyncError::Malformed(e.to_string()))?;
+        if !reader.is_empty() {
+            return Err(SyncError::Malformed(format!("{} bytes after the message", reader.len())));
+        }
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_garbage_is_refused() {
+        let msg = Message::Reply {
+            split: vec![KeyBounds(None, Some(b"m".to_vec()))],
+            send: vec![],
+            want: vec![ItemId(7), ItemId(u64::MAX)],
+        };
+        let frame = msg.encode().unwrap();
+        assert_eq!(Message::decode(&frame).unwrap(), msg);
+        assert!(matches!(Message::decode(&frame[..frame.len() - 1]), Err(SyncError::Malformed(_))));
+        let mut longer = frame.clone();
+        longer.push(0);
+        assert!(matches!(Message::decode(&longer), Err(SyncError::Malformed(_))));
+        assert!(matches!(Message::decode(&vec![0; FRAME_BYTES_MAX + 1]), Err(SyncError::FrameTooLarge { .. })));
+        assert!(Message::decode(&[0xff, 0x00, 0x13]).is_err());
+    }
+}

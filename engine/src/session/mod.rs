@@ -1,0 +1,459 @@
+//! One sync session between two replicas, as a sans-IO state machine: frames in
+//! ([`Session::handle`]), frames out ([`Session::poll_transmit`]). No sockets, no clock of its
+//! own, no tasks; the transport carries the frames, the simulation shuffles them.
+//!
+//! Both sides send a [`Hello`] and then play two roles at once: **source** (sending what the
+//! other lacks) and **sink** (receiving). Each source picks its mode from the sink's handshake
+//! (DESIGN.md §3):
+//!
+//! | sink's handshake | mode |
+//! | --- | --- |
+//! | vector covers the source's handshake vector | nothing (the sink knows it too, by the same rule) |
+//! | empty vector, no values | **bootstrap**: tombstone records, then live entries in key order, chunked |
+//! | a member whose vector covers the source's stable frontier | **delta**: entries beyond the sink's vector |
+//! | anything else (evicted, unknown, interrupted) | **reconcile**: tombstone records beyond the sink's vector, then range fingerprints |
+//!
+//! Every mode ends with `Done(v)`: the source's vector when the flow began. The sink merges it
+//! (a complete transfer) and answers `Ack` with its new vector, which the source records as that
+//! member's acknowledgement (feeding the stable frontier). Tombstone records go first, read when
+//! the flow begins, so a tombstone the source collects mid-session has already been sent.
+//!
+//! Invariants kept here: a frame that fails to decode, or a message that does not fit the
+//! session's state, ends the session with a [`SyncError`] before anything is applied; a sink
+//! merges the source's vector only on `Done`, after every entry of the flow; entries travel as
+//! partial transfers, which the replica applies whole-batch-or-nothing.
+
+pub mod message;
+pub mod reconcile;
+
+use crate::entry::{Entry, Payload};
+use crate::error::Error;
+use crate::fingerprint::ItemId;
+use crate::ids::ReplicaId;
+use crate::replica::Replica;
+use crate::storage::{KeyRange, Snapshot, Storage};
+use crate::vector::VersionVector;
+pub use message::{FRAME_BYTES_MAX, Hello, KeyBounds, Message, PROTOCOL_VERSION};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::{Bound, ControlFlow};
+
+/// Entries per `Entries` message are cut at about this many bytes.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The peer speaks another protocol version.
+    #[error("peer speaks protocol version {theirs}, this replica speaks {ours}; upgrade the older side")]
+    Version {
+        /// Ours.
+        ours: u32,
+        /// Theirs.
+        theirs: u32,
+    },
+    /// The peer is not the replica this session was opened for (or is this replica itself).
+    #[error("peer says it is replica {actual}, but this session is for {expected}")]
+    WrongPeer {
+        /// Who was expected.
+        expected: String,
+        /// Who answered.
+        actual: ReplicaId,
+    },
+    /// A frame was longer than [`FRAME_BYTES_MAX`].
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A frame did not decode, or a message broke the protocol's rules.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A message could not be encoded (a bug: every message type encodes).
+    #[error("could not encode a message: {0}")]
+    Encode(String),
+    /// A message arrived that the session's state does not allow.
+    #[error("unexpected {got} while {state}; the peer is broken or out of step")]
+    Unexpected {
+        /// The message.
+        got: &'static str,
+        /// What the session was doing.
+        state: &'static str,
+    },
+    /// A reply named an item this side never offered.
+    #[error("reply asks for item {0:?}, which was not offered")]
+    UnknownItem(ItemId),
+    /// The replica refused the data or its store failed.
+    #[error(transparent)]
+    Engine(#[from] Error),
+}
+
+/// How a source sent its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The sink had everything.
+    Nothing,
+    /// Entries beyond the sink's vector.
+    Delta,
+    /// Live entries in key order (plus uncollected tombstone records) to an empty sink.
+    Bootstrap,
+    /// Range fingerprints.
+    Reconcile,
+}
+
+/// What a session cost, from this side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// How this side sent its data (once decided).
+    pub mode: Option<Mode>,
+    /// Frames sent.
+    pub messages_sent: u64,
+    /// Bytes sent (the CBOR frames).
+    pub bytes_sent: u64,
+    /// Frames received.
+    pub messages_received: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Live values sent.
+    pub live_sent: u64,
+    /// Tombstones and expired records sent.
+    pub tombstones_sent: u64,
+    /// Live values received.
+    pub live_received: u64,
+    /// Tombstones and expired records received.
+    pub tombstones_received: u64,
+    /// Own entries dropped because the peer's vector showed them dead.
+    pub dropped: u64,
+}
+
+#[derive(Debug)]
+enum Source {
+    AwaitHello,
+    Nothing,
+    /// Bootstrap: live entries from `cursor` on are still to be read and sent.
+    Streaming {
+        v0: VersionVector,
+        cursor: Bound<Vec<u8>>,
+    },
+    /// Reconcile: waiting for the sink's reply to the last `Ranges`.
+    Reconciling {
+        v0: VersionVector,
+        offered: BTreeMap<ItemId, Vec<u8>>,
+    },
+    AwaitAck,
+    Finished,
+}
+
+#[derive(Debug)]
+enum Sink {
+    AwaitHello,
+    Nothing,
+    Receiving { source_vector: VersionVector },
+    Finished,
+}
+
+/// One sync session with one peer. See the module docs.
+#[derive(Debug)]
+pub struct Session {
+    hello_vector: VersionVector,
+    expected_peer: Option<ReplicaId>,
+    peer: Option<ReplicaId>,
+    outbox: VecDeque<Message>,
+    source: Source,
+    sink: Sink,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// Opens a session on `replica`, optionally only with `expected_peer`. Purges expired values
+    /// first (so fingerprints leave them out) and queues the handshake.
+    pub fn new<S: Storage>(replica: &mut Replica<S>, expected_peer: Option<ReplicaId>) -> Result<Session, SyncError> {
+        replica.purge_expired()?;
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            replica: replica.id(),
+            vector: replica.vector().clone(),
+            frontier: replica.frontier(),
+            members: replica.gossip(),
+            values: replica.index.live.len(),
+        };
+        Ok(Session {
+            hello_vector: hello.vector.clone(),
+            expected_peer,
+            peer: None,
+            outbox: VecDeque::from([Message::Hello(hello)]),
+            source: Source::AwaitHello,
+            sink: Sink::AwaitHello,
+            stats: SessionStats::default(),
+        })
+    }
+
+    /// The peer, once its handshake arrived.
+    #[must_use]
+    pub fn peer(&self) -> Option<ReplicaId> {
+        self.peer
+    }
+
+    /// What the session has cost so far.
+    #[must_use]
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// Whether both flows are complete and nothing is left to send.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.outbox.is_empty()
+            && matches!(self.source, Source::Nothing | Source::Finished)
+            && matches!(self.sink, Sink::Nothing | Sink::Finished)
+    }
+
+    /// The next frame to send, if any. Bootstrap chunks are read from the replica here, one at a
+    /// time, so a large bootstrap never sits in memory whole.
+    pub fn poll_transmit<S: Storage>(&mut self, replica: &Replica<S>) -> Result<Option<Vec<u8>>, SyncError> {
+        if self.outbox.is_empty() {
+            self.stream_next_chunk(replica)?;
+        }
+        let Some(msg) = self.outbox.pop_front() else { return Ok(None) };
+        let frame = msg.encode()?;
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += frame.len() as u64;
+        Ok(Some(frame))
+    }
+
+    /// Handles one frame from the peer. An error ends the session; nothing of the failing
+    /// message was applied.
+    pub fn handle<S: Storage>(&mut self, replica: &mut Replica<S>, frame: &[u8]) -> Result<(), SyncError> {
+        let msg = Message::decode(frame)?;
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += frame.len() as u64;
+        match msg {
+            Message::Hello(hello) => self.on_hello(replica, hello),
+            Message::Entries(entries) => {
+                self.receiving("Entries")?;
+                let (live, dead) = count_kinds(&entries);
+                replica.apply_remote(entries, None)?;
+                self.stats.live_received += live;
+                self.stats.tombstones_received += dead;
+                Ok(())
+            }
+            Message::Ranges(groups) => {
+                let source_vector = self.receiving("Ranges")?.clone();
+                let cmp = reconcile::compare(&replica.index.live, &groups, &source_vector)?;
+                self.stats.dropped += replica.drop_dead(&cmp.dead)? as u64;
+                self.outbox.push_back(Message::Reply { split: cmp.split, send: cmp.send, want: cmp.want });
+                Ok(())
+            }
+            Message::Done(vector) => {
+                self.receiving("Done")?;
+                replica.apply_remote(Vec::new(), Some(&vector))?;
+                self.outbox.push_back(Message::Ack(replica.vector().clone()));
+                self.sink = Sink::Finished;
+                Ok(())
+            }
+            Message::Reply { split, send, want } => self.on_reply(replica, split, send, want),
+            Message::Ack(vector) => {
+                if !matches!(self.source, Source::AwaitAck) {
+                    return Err(SyncError::Unexpected { got: "Ack", state: self.source_state() });
+                }
+                if let Some(peer) = self.peer {
+                    replica.acknowledge(peer, &vector);
+                }
+                self.source = Source::Finished;
+                Ok(())
+            }
+        }
+    }
+
+    fn receiving(&self, got: &'static str) -> Result<&VersionVector, SyncError> {
+        match &self.sink {
+            Sink::Receiving { source_vector } => Ok(source_vector),
+            Sink::AwaitHello => Err(SyncError::Unexpected { got, state: "awaiting the handshake" }),
+            Sink::Nothing => Err(SyncError::Unexpected { got, state: "expecting nothing (peer had nothing new)" }),
+            Sink::Finished => Err(SyncError::Unexpected { got, state: "finished receiving" }),
+        }
+    }
+
+    fn source_state(&self) -> &'static str {
+        match self.source {
+            Source::AwaitHello => "awaiting the handshake",
+            Source::Nothing => "sending nothing",
+            Source::Streaming { .. } => "streaming a bootstrap",
+            Source::Reconciling { .. } => "awaiting a reconciliation reply",
+            Source::AwaitAck => "awaiting the acknowledgement",
+            Source::Finished => "finished sending",
+        }
+    }
+
+    fn on_hello<S: Storage>(&mut self, replica: &mut Replica<S>, hello: Hello) -> Result<(), SyncError> {
+        if !matches!(self.source, Source::AwaitHello) {
+            return Err(SyncError::Unexpected { got: "Hello", state: self.source_state() });
+        }
+        if hello.version != PROTOCOL_VERSION {
+            return Err(SyncError::Version { ours: PROTOCOL_VERSION, theirs: hello.version });
+        }
+        if hello.replica == replica.id() || self.expected_peer.is_some_and(|p| p != hello.replica) {
+            let expected = self.expected_peer.map_or_else(|| "any other replica".to_string(), |p| p.to_string());
+            return Err(SyncError::WrongPeer { expected, actual: hello.replica });
+        }
+        let peer = hello.replica;
+        self.peer = Some(peer);
+        // The handshake vector is durable state of the peer: an acknowledgement.
+        replica.acknowledge(peer, &hello.vector);
+        replica.merge_gossip(&hello.members);
+
+        self.sink = if self.hello_vector.dominates(&hello.vector) {
+            Sink::Nothing
+        } else {
+            Sink::Receiving { source_vector: hello.vector.clone() }
+        };
+        if hello.vector.dominates(&self.hello_vector) {
+            self.source = Source::Nothing;
+            self.stats.mode = Some(Mode::Nothing);
+            return Ok(());
+        }
+        let v0 = replica.vector().clone();
+        let dead_beyond = replica.dead_entries_beyond(&hello.vector)?;
+        if hello.vector.is_empty() && hello.values == 0 {
+            self.stats.mode = Some(Mode::Bootstrap);
+            self.queue_entries(dead_beyond);
+            self.source = Source::Streaming { v0, cursor: Bound::Unbounded };
+        } else if replica.membership().contains(peer) && hello.vector.dominates(&replica.frontier()) {
+            self.stats.mode = Some(Mode::Delta);
+            let delta = replica.delta_for(&hello.vector)?;
+            self.queue_entries(delta.entries);
+            self.outbox.push_back(Message::Done(delta.vector));
+            self.source = Source::AwaitAck;
+        } else {
+            self.stats.mode = Some(Mode::Reconcile);
+            self.queue_entries(dead_beyond);
+            let mut offered = BTreeMap::new();
+            let group = reconcile::describe(&replica.index.live, &KeyBounds(None, None), &mut offered);
+            self.outbox.push_back(Message::Ranges(vec![group]));
+            self.source = Source::Reconciling { v0, offered };
+        }
+        Ok(())
+    }
+
+    fn on_reply<S: Storage>(
+        &mut self,
+        replica: &Replica<S>,
+        split: Vec<KeyBounds>,
+        send: Vec<KeyBounds>,
+        want: Vec<ItemId>,
+    ) -> Result<(), SyncError> {
+        let Source::Reconciling { offered, .. } = &self.source else {
+            return Err(SyncError::Unexpected { got: "Reply", state: self.source_state() });
+        };
+        let mut keys = Vec::with_capacity(want.len());
+        for id in &want {
+            keys.push(offered.get(id).ok_or(SyncError::UnknownItem(*id))?.clone());
+        }
+        let snap = replica.store().snapshot().map_err(Error::from)?;
+        let now_ms = replica.now_ms();
+        let mut entries = Vec::new();
+        for key in keys {
+            if let Some(e) = snap.entry(&key).map_err(Error::from)? {
+                entries.push(e.settled_at(now_ms));
+            }
+        }
+        for KeyBounds(lo, hi) in &send {
+            let range = KeyRange {
+                start: lo.clone().map_or(Bound::Unbounded, Bound::Included),
+                end: hi.clone().map_or(Bound::Unbounded, Bound::Excluded),
+            };
+            snap.scan_keys(&range, &mut |e| {
+                if e.is_live_at(now_ms) {
+                    entries.push(e);
+                }
+                ControlFlow::Continue(())
+            })
+            .map_err(Error::from)?;
+        }
+        drop(snap);
+        self.queue_entries(entries);
+        let Source::Reconciling { v0, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
+            return Ok(());
+        };
+        if split.is_empty() {
+            self.outbox.push_back(Message::Done(v0));
+            return Ok(());
+        }
+        let mut offered = BTreeMap::new();
+        let groups = split.iter().map(|b| reconcile::describe(&replica.index.live, b, &mut offered)).collect();
+        self.outbox.push_back(Message::Ranges(groups));
+        self.source = Source::Reconciling { v0, offered };
+        Ok(())
+    }
+
+    /// Queues `entries` as `Entries` messages of about [`CHUNK_BYTES`] each.
+    fn queue_entries(&mut self, entries: Vec<Entry>) {
+        let (live, dead) = count_kinds(&entries);
+        self.stats.live_sent += live;
+        self.stats.tombstones_sent += dead;
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for e in entries {
+            bytes += approx_bytes(&e);
+            chunk.push(e);
+            if bytes >= CHUNK_BYTES {
+                self.outbox.push_back(Message::Entries(std::mem::take(&mut chunk)));
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            self.outbox.push_back(Message::Entries(chunk));
+        }
+    }
+
+    /// Bootstrap: reads the next chunk of live entries after the cursor, or ends the flow.
+    fn stream_next_chunk<S: Storage>(&mut self, replica: &Replica<S>) -> Result<(), SyncError> {
+        let Source::Streaming { cursor, .. } = &self.source else { return Ok(()) };
+        let now_ms = replica.now_ms();
+        let range = KeyRange { start: cursor.clone(), end: Bound::Unbounded };
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        let mut last = None;
+        replica
+            .store()
+            .snapshot()
+            .and_then(|snap| {
+                snap.scan_keys(&range, &mut |e| {
+                    last = Some(e.key.clone());
+                    if e.is_live_at(now_ms) {
+                        bytes += approx_bytes(&e);
+                        chunk.push(e);
+                    }
+                    if bytes >= CHUNK_BYTES { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                })
+            })
+            .map_err(Error::from)?;
+        let exhausted = bytes < CHUNK_BYTES;
+        let Source::Streaming { v0, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
+            return Ok(());
+        };
+        self.queue_entries(chunk);
+        match (exhausted, last) {
+            (false, Some(key)) => self.source = Source::Streaming { v0, cursor: Bound::Excluded(key) },
+            _ => self.outbox.push_back(Message::Done(v0)),
+        }
+        Ok(())
+    }
+}
+
+fn approx_bytes(e: &Entry) -> usize {
+    let value = match &e.payload {
+        Payload::Value(v) => v.bytes.len() + v.metadata.as_ref().map_or(0, Vec::len),
+        _ => 0,
+    };
+    e.key.len() + value + 32
+}
+
+fn count_kinds(entries: &[Entry]) -> (u64, u64) {
+    let live = entries.iter().filter(|e| matches!(e.payload, Payload::Value(_))).count() as u64;
+    (live, entries.len() as u64 - live)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+use super::*;
+use crate::hlc::ManualClock;
+use crate::replica::{Config, PutOptions};
+use crate::storage::MemoryStore;
+use std::sync::Arc;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn replica(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
+    Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap()
+}
+
+struct Outcome {
+    /// One-way deliveries of everything pending, both directions at once.
+    waves: usize,
+    a: SessionStats,
+    b: SessionStats,
+}
+
+fn drain(s: &mut Session, r: &Replica<MemoryStore>) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| s.poll_transmit(r).unwrap()).collect()
+}
+
+fn run(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>) -> Outcome {
+    let mut sa = Session::new(a, Some(b.id())).unwrap();
+    let mut sb = Session::new(b, Some(a.id())).unwrap();
+    let mut waves = 0;
+    loop {
+        let (fa, fb) = (drain(&mut sa, a), drain(&mut sb, b));
+        if fa.is_empty() && fb.is_empty() {
+            break;
+        }
+        waves += 1;
+        assert!(waves < 100, "session does not end");
+        for f in fa {
+            sb.handle(b, &f).unwrap();
+        }
+        for f in fb {
+            sa.handle(a, &f).unwrap();
+        }
+    }
+    assert!(sa.is_finished() && sb.is_finished());
+    Outcome { waves, a: sa.stats().clone(), b: sb.stats().clone() }
+}
+
+fn live(r: &Replica<MemoryStore>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    r.scan(&KeyRange::all(), usize::MAX).unwrap().into_iter().map(|i| (i.key, i.value)).collect()
+}
+
+#[test]
+fn equal_vectors_finish_in_one_round_trip() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b) = (replica(1, &clock), replica(2, &clock));
+    let out = run(&mut a, &mut b);
+    assert_eq!(out.waves, 1);
+    assert_eq!((out.a.mode, out.b.mode), (Some(Mode::Nothing), Some(Mode::Nothing)));
+}
+
+#[test]
+fn a_fresh_replica_bootstraps_and_becomes_a_member() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b) = (replica(1, &clock), replica(2, &clock));
+    for i in 0..100 {
+        a.put(format!("k{i:03}"), "v", PutOptions::default()).unwrap();
+    }
+    a.delete("k000").unwrap();
+    // a alone: its frontier is its own vector, so two GC steps collect the tombstone.
+    a.collect_garbage().unwrap();
+    a.collect_garbage().unwrap();
+    assert_eq!(a.tombstone_count(), 0);
+    let out = run(&mut a, &mut b);
+    assert_eq!(out.a.mode, Some(Mode::Bootstrap));
+    assert_eq!((out.a.live_sent, out.a.tombstones_sent), (99, 0));
+    assert_eq!(live(&a), live(&b));
+    assert_eq!(b.vector(), a.vector());
+    assert!(a.membership().contains(ReplicaId(2)), "b's ack covers a's frontier");
+}
+
+#[test]
+fn members_then_sync_by_delta() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b) = (replica(1, &clock), replica(2, &clock));
+    a.put("x", "1", PutOptions::default()).unwrap();
+    run(&mut a, &mut b);
+    a.put("y", "2", PutOptions::default()).unwrap();
+    a.delete("x").unwrap();
+    b.put("z", "3", PutOptions::default()).unwrap();
+    let out = run(&mut a, &mut b);
+    assert_eq!((out.a.mode, out.b.mode), (Some(Mode::Delta), Some(Mode::Delta)));
+    assert_eq!((out.a.live_sent, out.a.tombstones_sent), (1, 1));
+    assert_eq!(live(&a), live(&b));
+    assert_eq!(a.vector(), b.vector());
+}
+
+#[test]
+fn an_evicted_replica_rejoins_by_reconciliation_and_drops_what_was_deleted_meanwhile() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b) = (replica(1, &clock), replica(2, &clock));
+    for i in 0..500 {
+        a.put(format!("k{i:03}"), "v", PutOptions::default()).unwrap();
+    }
+    run(&mut a, &mut b);
+    // b goes away; a evicts it, deletes and collects.
+    assert!(a.evict(ReplicaId(2)));
+    for i in 0..100 {
+        a.delete(format!("k{i:03}")).unwrap();
+    }
+    a.collect_garbage().unwrap();
+    a.collect_garbage().unwrap();
+    assert_eq!(a.tombstone_count(), 0);
+    // b wrote offline.
+    b.put("offline", "mine", PutOptions::default()).unwrap();
+    let out = run(&mut a, &mut b);
+    assert_eq!(out.a.mode, Some(Mode::Reconcile), "b is no member and does not cover a's frontier");
+    assert_eq!(out.b.dropped, 100, "b drops what a's vector covers and a lacks");
+    assert_eq!(b.get(b"k000").unwrap(), None);
+    assert_eq!(a.get(b"offline").unwrap().unwrap().value, b"mine".to_vec());
+    assert_eq!(live(&a), live(&b));
+    assert!(out.waves <= 2 * 7, "{} waves", out.waves);
+}
+
+#[test]
+fn a_garbage_frame_ends_the_session_and_changes_nothing() {
+    let clock = ManualClock::new(T0);
+    let mut a = replica(1, &clock);
+    a.put("k", "v", PutOptions::default()).unwrap();
+    let before = (live(&a), a.vector().clone());
+    let mut s = Session::new(&mut a, None).unwrap();
+    assert!(matches!(s.handle(&mut a, &[0xff, 0x00]), Err(SyncError::Malformed(_))));
+    let early_done = Message::Done(a.vector().clone()).encode().unwrap();
+    assert!(matches!(s.handle(&mut a, &early_done), Err(SyncError::Unexpected { got: "Done", .. })));
+    let hello_from_self = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        replica: ReplicaId(1),
+        vector: VersionVector::new(),
+        frontier: VersionVector::new(),
+        members: Vec::new(),
+        values: 0,
+    });
+    assert!(matches!(s.handle(&mut a, &hello_from_self.encode().unwrap()), Err(SyncError::WrongPeer { .. })));
+    let future = Message::Hello(Hello {
+        version: 99,
+        replica: ReplicaId(2),
+        ..match hello_from_self {
+            Message::Hello(h) => h,
+            _ => unreachable!(),
+        }
+    });
+    assert!(matches!(s.handle(&mut a, &future.encode().unwrap()), Err(SyncError::Version { theirs: 99, .. })));
+    assert_eq!((live(&a), a.vector().clone()), before);
+}
