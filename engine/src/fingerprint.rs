@@ -43,10 +43,13 @@ impl Fingerprint {
         };
         Fingerprint { sum: [limb(0), limb(1), limb(2), limb(3)], count: 1 }
     }
+}
 
-    /// The fingerprint of the union of two disjoint sets.
-    #[must_use]
-    pub fn add(self, other: Fingerprint) -> Fingerprint {
+/// The fingerprint of the union of two disjoint sets.
+impl std::ops::Add for Fingerprint {
+    type Output = Fingerprint;
+
+    fn add(self, other: Fingerprint) -> Fingerprint {
         let mut sum = [0; 4];
         let mut carry = false;
         for (i, out) in sum.iter_mut().enumerate() {
@@ -57,10 +60,13 @@ impl Fingerprint {
         }
         Fingerprint { sum, count: self.count.wrapping_add(other.count) }
     }
+}
 
-    /// The fingerprint of `self` without the subset `other`.
-    #[must_use]
-    pub fn sub(self, other: Fingerprint) -> Fingerprint {
+/// The fingerprint of a set without one of its subsets.
+impl std::ops::Sub for Fingerprint {
+    type Output = Fingerprint;
+
+    fn sub(self, other: Fingerprint) -> Fingerprint {
         let mut sum = [0; 4];
         let mut borrow = false;
         for (i, out) in sum.iter_mut().enumerate() {
@@ -71,7 +77,9 @@ impl Fingerprint {
         }
         Fingerprint { sum, count: self.count.wrapping_sub(other.count) }
     }
+}
 
+impl Fingerprint {
     /// The first 16 bytes of the sum, as sent on the wire (a false match needs a 2^-128 accident).
     #[must_use]
     pub fn wire(&self) -> [u8; 16] {
@@ -134,10 +142,10 @@ impl Node {
     fn update(&mut self) {
         let mut total = self.hash;
         if let Some(l) = &self.left {
-            total = total.add(l.total);
+            total = total + l.total;
         }
         if let Some(r) = &self.right {
-            total = total.add(r.total);
+            total = total + r.total;
         }
         self.total = total;
     }
@@ -324,7 +332,7 @@ impl LiveIndex {
         let mut link = &self.root;
         while let Some(n) = link {
             if below(b, &n.key) {
-                acc = acc.add(total(&n.left)).add(n.hash);
+                acc = acc + total(&n.left) + n.hash;
                 link = &n.right;
             } else {
                 link = &n.left;
@@ -341,7 +349,7 @@ impl LiveIndex {
             if above(b, &n.key) {
                 link = &n.left;
             } else {
-                acc = acc.add(total(&n.left)).add(n.hash);
+                acc = acc + total(&n.left) + n.hash;
                 link = &n.right;
             }
         }
@@ -356,7 +364,7 @@ impl LiveIndex {
         if upto.count <= before.count {
             return Fingerprint::default();
         }
-        upto.sub(before)
+        upto - before
     }
 
     /// The key of the item at `rank` (0-based, in key order).
@@ -427,7 +435,7 @@ mod tests {
     fn naive(model: &BTreeMap<Vec<u8>, LiveItem>, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Fingerprint {
         model
             .range::<[u8], _>((lo, hi))
-            .fold(Fingerprint::default(), |acc, (k, i)| acc.add(Fingerprint::of_item(k, i.stamp)))
+            .fold(Fingerprint::default(), |acc, (k, i)| acc + Fingerprint::of_item(k, i.stamp))
     }
 
     fn bound(kind: u8, key: &[u8]) -> Bound<&[u8]> {
@@ -485,11 +493,11 @@ mod tests {
             b in proptest::collection::btree_set(500u16..1000, 0..50),
         ) {
             let fp = |set: &std::collections::BTreeSet<u16>| set.iter().fold(Fingerprint::default(), |acc, k| {
-                acc.add(Fingerprint::of_item(&k.to_be_bytes(), item(0).stamp))
+                acc + Fingerprint::of_item(&k.to_be_bytes(), item(0).stamp)
             });
             let union: std::collections::BTreeSet<u16> = a.union(&b).copied().collect();
-            prop_assert_eq!(fp(&a).add(fp(&b)), fp(&union));
-            prop_assert_eq!(fp(&union).sub(fp(&b)), fp(&a));
+            prop_assert_eq!(fp(&a) + fp(&b), fp(&union));
+            prop_assert_eq!(fp(&union) - fp(&b), fp(&a));
         }
     }
 
