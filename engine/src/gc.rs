@@ -54,6 +54,13 @@ impl<S: Storage> Replica<S> {
         self.checkpoint.as_ref()
     }
 
+    /// The fingerprint of every unpurged value: equal on replicas that hold the same live
+    /// entries (once both have purged what expired). O(1).
+    #[must_use]
+    pub fn digest(&self) -> crate::fingerprint::Fingerprint {
+        self.index.live.fingerprint(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
+    }
+
     /// Tombstones and expired records currently held (not yet collected).
     #[must_use]
     pub fn tombstone_count(&self) -> usize {
@@ -61,15 +68,14 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Records that `peer` has made `vector` durable (a handshake or an acknowledgement). A
-    /// member's record grows; a non-member is admitted only if `vector` covers the stable
-    /// frontier. Returns whether `peer` is a member afterwards.
+    /// member's record grows; a non-member is admitted only if `vector` covers every tombstone
+    /// collected here. Returns whether `peer` is a member afterwards.
     pub fn acknowledge(&mut self, peer: ReplicaId, vector: &VersionVector) -> bool {
         if peer == self.id() {
             return false;
         }
         let now_ms = self.now_ms();
-        let own = self.vector().clone();
-        self.membership.acknowledge(peer, vector, now_ms, &own)
+        self.membership.acknowledge(peer, vector, now_ms)
     }
 
     /// This replica's membership as gossip for a handshake (itself included).
@@ -80,8 +86,7 @@ impl<S: Storage> Replica<S> {
 
     /// Merges a peer's gossip under the admission rule of [`Replica::acknowledge`].
     pub fn merge_gossip(&mut self, gossip: &[MemberInfo]) {
-        let own = self.vector().clone();
-        self.membership.merge_gossip(gossip, self.id(), &own);
+        self.membership.merge_gossip(gossip, self.id());
     }
 
     /// Stops counting `replica` (an operator's eviction). It rejoins by reconciliation.
@@ -112,6 +117,7 @@ impl<S: Storage> Replica<S> {
                 }
                 self.commit(&removals)?;
             }
+            self.membership.collected_under(&f0);
             self.checkpoint = Some(Checkpoint { frontier, join });
         }
         report.pending = self.checkpoint.is_some();

@@ -8,11 +8,14 @@
 //! - a tombstone is collected only after a checkpoint (F₀, J₀) was noted with its dot under F₀ and
 //!   a later F covers J₀, so every write concurrent with it has been seen by every member;
 //! - a member silent for longer than the lease is evicted and no longer holds collection back;
-//! - **a replica becomes a member only when its acknowledged vector covers the stable frontier at
-//!   that moment.** Every tombstone collected so far is under that frontier, so the newcomer has
-//!   seen each of them (or something newer) and holds none of the versions they deleted. Without
-//!   this, an evicted replica re-added by gossip would drag the frontier down to its old vector,
-//!   look "up to date" for delta sync, and keep what was deleted while it was away.
+//! - **a replica becomes a member only when its acknowledged vector covers `collected`**, the join
+//!   of every frontier under which tombstones were collected here. The newcomer has then seen each
+//!   collected tombstone (or something newer) and holds none of the versions they deleted.
+//!   Tombstones still pending are safe too: the newcomer now holds the frontier back until it
+//!   catches up. Without this rule, an evicted replica re-added by gossip would drag the frontier
+//!   down to its old vector, look up to date for delta sync, and keep what was deleted while it
+//!   was away. (Requiring the whole stable frontier instead would be safe but could starve: a
+//!   replica that keeps writing moves its frontier faster than a peer can catch up.)
 
 use crate::ids::ReplicaId;
 use crate::vector::VersionVector;
@@ -46,6 +49,8 @@ pub struct MemberInfo {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     members: BTreeMap<ReplicaId, Member>,
+    /// The join of every frontier under which tombstones were collected here.
+    collected: VersionVector,
 }
 
 /// A noted stable frontier and the join of acknowledged vectors at that moment.
@@ -97,15 +102,15 @@ impl Membership {
     }
 
     /// Records that `replica` has made `acked` durable, heard at `now_ms`. A member's record
-    /// grows; a non-member is admitted only if `acked` covers the current frontier (with this
-    /// replica's vector `own`). Returns whether `replica` is a member afterwards.
-    pub fn acknowledge(&mut self, replica: ReplicaId, acked: &VersionVector, now_ms: u64, own: &VersionVector) -> bool {
+    /// grows; a non-member is admitted only if `acked` covers every collected tombstone. Returns
+    /// whether `replica` is a member afterwards.
+    pub fn acknowledge(&mut self, replica: ReplicaId, acked: &VersionVector, now_ms: u64) -> bool {
         if let Some(m) = self.members.get_mut(&replica) {
             m.acked.merge(acked);
             m.last_heard_ms = m.last_heard_ms.max(now_ms);
             return true;
         }
-        if !acked.dominates(&self.frontier(own)) {
+        if !acked.dominates(&self.collected) {
             return false;
         }
         self.members.insert(replica, Member { acked: acked.clone(), last_heard_ms: now_ms });
@@ -113,10 +118,21 @@ impl Membership {
     }
 
     /// Merges a peer's gossip under the same admission rule (never admitting `me`).
-    pub fn merge_gossip(&mut self, gossip: &[MemberInfo], me: ReplicaId, own: &VersionVector) {
+    pub fn merge_gossip(&mut self, gossip: &[MemberInfo], me: ReplicaId) {
         for g in gossip.iter().filter(|g| g.replica != me) {
-            self.acknowledge(g.replica, &g.acked, g.last_heard_ms, own);
+            self.acknowledge(g.replica, &g.acked, g.last_heard_ms);
         }
+    }
+
+    /// Notes that tombstones under `frontier` were collected.
+    pub fn collected_under(&mut self, frontier: &VersionVector) {
+        self.collected.merge(frontier);
+    }
+
+    /// The join of every frontier under which tombstones were collected.
+    #[must_use]
+    pub fn collected(&self) -> &VersionVector {
+        &self.collected
     }
 
     /// This membership as gossip, with this replica itself (vector `own`, heard `now_ms`).
@@ -159,37 +175,37 @@ mod tests {
     #[test]
     fn frontier_is_the_meet_and_join_the_join() {
         let mut m = Membership::default();
-        let none = VersionVector::new();
-        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 5), (2, 3)]), 10, &none));
-        assert!(m.acknowledge(ReplicaId(3), &vv(&[(1, 2), (2, 9)]), 10, &none));
+        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 5), (2, 3)]), 10));
+        assert!(m.acknowledge(ReplicaId(3), &vv(&[(1, 2), (2, 9)]), 10));
         let own = vv(&[(1, 7), (2, 4)]);
         assert_eq!(m.frontier(&own), vv(&[(1, 2), (2, 3)]));
         assert_eq!(m.join(&own), vv(&[(1, 7), (2, 9)]));
     }
 
     #[test]
-    fn a_replica_behind_the_frontier_is_not_admitted() {
+    fn a_replica_that_missed_collected_tombstones_is_not_admitted() {
         let mut m = Membership::default();
-        let own = vv(&[(1, 10)]);
-        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 10)]), 10, &own));
-        // The frontier is now {1:10}: a replica that has seen only {1:4} stays out.
-        assert!(!m.acknowledge(ReplicaId(3), &vv(&[(1, 4)]), 10, &own));
+        // Before anything is collected, anyone is admitted.
+        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 1)]), 10));
+        m.collected_under(&vv(&[(1, 6)]));
+        // Tombstones up to {1:6} are gone: a replica that has seen only {1:4} stays out.
+        assert!(!m.acknowledge(ReplicaId(3), &vv(&[(1, 4)]), 10));
         assert!(!m.contains(ReplicaId(3)));
+        assert!(m.acknowledge(ReplicaId(3), &vv(&[(1, 6), (3, 1)]), 10));
         // A member's own record grows whatever it reports.
-        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 3)]), 20, &own));
+        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 3)]), 20));
     }
 
     #[test]
     fn gossip_only_grows_what_is_known_and_eviction_follows_the_lease() {
         let mut m = Membership::default();
-        let own = VersionVector::new();
-        m.acknowledge(ReplicaId(2), &vv(&[(1, 5)]), 100, &own);
+        m.acknowledge(ReplicaId(2), &vv(&[(1, 5)]), 100);
         let gossip = vec![
             MemberInfo { replica: ReplicaId(2), acked: vv(&[(1, 3)]), last_heard_ms: 50 },
             MemberInfo { replica: ReplicaId(3), acked: vv(&[(3, 1)]), last_heard_ms: 900 },
             MemberInfo { replica: ReplicaId(1), acked: vv(&[(1, 9)]), last_heard_ms: 900 },
         ];
-        m.merge_gossip(&gossip, ReplicaId(1), &own);
+        m.merge_gossip(&gossip, ReplicaId(1));
         assert!(!m.contains(ReplicaId(1)), "never a member of itself");
         assert_eq!(m.iter().find(|(r, _)| *r == ReplicaId(2)).unwrap().1.acked, vv(&[(1, 5)]));
         assert!(m.contains(ReplicaId(3)));

@@ -1,3 +1,5 @@
-//! Cross-crate tests for lethe live in this crate's `tests/` directory: the deterministic
-//! simulation of many replicas under faults (sync issue) and multi-process clusters of real
-//! `lethe serve` processes (node issue). Tests of one crate stay next to that crate.
+//! Cross-crate tests for lethe: the deterministic simulation ([`sim`]) used by
+//! `tests/simulation.rs`, the `lethe-sim` replay command and the `simulation` fuzz target; later,
+//! multi-process clusters of real `lethe serve` processes. Tests of one crate stay next to it.
+
+pub mod sim;

@@ -33,6 +33,10 @@ pub struct Hello {
     pub members: Vec<MemberInfo>,
     /// How many unpurged values the sender holds (0 with an empty vector means "bootstrap me").
     pub values: u64,
+    /// The sender asks for anti-entropy: both sides reconcile by fingerprints, even with equal
+    /// vectors. This is what repairs a write that won by the documented exception at some
+    /// replicas while others know it as dead.
+    pub anti_entropy: bool,
 }
 
 /// A key range `[lower, upper)`; `None` is unbounded.

@@ -8,6 +8,7 @@
 //!
 //! | sink's handshake | mode |
 //! | --- | --- |
+//! | either side asked for anti-entropy | **reconcile**, whatever the vectors say |
 //! | vector covers the source's handshake vector | nothing (the sink knows it too, by the same rule) |
 //! | empty vector, no values | **bootstrap**: tombstone records, then live entries in key order, chunked |
 //! | a member whose vector covers the source's stable frontier | **delta**: entries beyond the sink's vector |
@@ -29,7 +30,7 @@ pub mod reconcile;
 use crate::entry::{Entry, Payload};
 use crate::error::Error;
 use crate::fingerprint::ItemId;
-use crate::ids::ReplicaId;
+use crate::ids::{Dot, ReplicaId};
 use crate::replica::Replica;
 use crate::storage::{KeyRange, Snapshot, Storage};
 use crate::vector::VersionVector;
@@ -149,7 +150,13 @@ enum Source {
 enum Sink {
     AwaitHello,
     Nothing,
-    Receiving { source_vector: VersionVector },
+    /// Receiving a flow. Items the source's vector shows dead are dropped only at `Done`, once
+    /// every entry of the flow is in: dropping earlier would leave the key empty while its newer
+    /// version is still on the way, and let an older one from elsewhere in meanwhile.
+    Receiving {
+        source_vector: VersionVector,
+        dead: Vec<(Vec<u8>, Dot)>,
+    },
     Finished,
 }
 
@@ -157,6 +164,7 @@ enum Sink {
 #[derive(Debug)]
 pub struct Session {
     hello_vector: VersionVector,
+    anti_entropy: bool,
     expected_peer: Option<ReplicaId>,
     peer: Option<ReplicaId>,
     outbox: VecDeque<Message>,
@@ -169,6 +177,23 @@ impl Session {
     /// Opens a session on `replica`, optionally only with `expected_peer`. Purges expired values
     /// first (so fingerprints leave them out) and queues the handshake.
     pub fn new<S: Storage>(replica: &mut Replica<S>, expected_peer: Option<ReplicaId>) -> Result<Session, SyncError> {
+        Session::open(replica, expected_peer, false)
+    }
+
+    /// Opens an anti-entropy session: both sides reconcile by fingerprints even when their
+    /// vectors are equal. Run it periodically (DESIGN.md §3).
+    pub fn anti_entropy<S: Storage>(
+        replica: &mut Replica<S>,
+        expected_peer: Option<ReplicaId>,
+    ) -> Result<Session, SyncError> {
+        Session::open(replica, expected_peer, true)
+    }
+
+    fn open<S: Storage>(
+        replica: &mut Replica<S>,
+        expected_peer: Option<ReplicaId>,
+        anti_entropy: bool,
+    ) -> Result<Session, SyncError> {
         replica.purge_expired()?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -177,9 +202,11 @@ impl Session {
             frontier: replica.frontier(),
             members: replica.gossip(),
             values: replica.index.live.len(),
+            anti_entropy,
         };
         Ok(Session {
             hello_vector: hello.vector.clone(),
+            anti_entropy,
             expected_peer,
             peer: None,
             outbox: VecDeque::from([Message::Hello(hello)]),
@@ -239,17 +266,22 @@ impl Session {
                 Ok(())
             }
             Message::Ranges(groups) => {
-                let source_vector = self.receiving("Ranges")?.clone();
-                let cmp = reconcile::compare(&replica.index.live, &groups, &source_vector)?;
-                self.stats.dropped += replica.drop_dead(&cmp.dead)? as u64;
+                self.receiving("Ranges")?;
+                let Sink::Receiving { source_vector, dead } = &mut self.sink else { return Ok(()) };
+                let cmp = reconcile::compare(&replica.index.live, &groups, source_vector)?;
+                dead.extend(cmp.dead);
                 self.outbox.push_back(Message::Reply { split: cmp.split, send: cmp.send, want: cmp.want });
                 Ok(())
             }
             Message::Done(vector) => {
                 self.receiving("Done")?;
+                let Sink::Receiving { dead, .. } = std::mem::replace(&mut self.sink, Sink::Finished) else {
+                    return Ok(());
+                };
+                // Drop first: a crash before the merge leaves the vector behind, which is safe.
+                self.stats.dropped += replica.drop_dead(&dead)? as u64;
                 replica.apply_remote(Vec::new(), Some(&vector))?;
                 self.outbox.push_back(Message::Ack(replica.vector().clone()));
-                self.sink = Sink::Finished;
                 Ok(())
             }
             Message::Reply { split, send, want } => self.on_reply(replica, split, send, want),
@@ -266,9 +298,9 @@ impl Session {
         }
     }
 
-    fn receiving(&self, got: &'static str) -> Result<&VersionVector, SyncError> {
+    fn receiving(&self, got: &'static str) -> Result<(), SyncError> {
         match &self.sink {
-            Sink::Receiving { source_vector } => Ok(source_vector),
+            Sink::Receiving { .. } => Ok(()),
             Sink::AwaitHello => Err(SyncError::Unexpected { got, state: "awaiting the handshake" }),
             Sink::Nothing => Err(SyncError::Unexpected { got, state: "expecting nothing (peer had nothing new)" }),
             Sink::Finished => Err(SyncError::Unexpected { got, state: "finished receiving" }),
@@ -303,23 +335,24 @@ impl Session {
         replica.acknowledge(peer, &hello.vector);
         replica.merge_gossip(&hello.members);
 
-        self.sink = if self.hello_vector.dominates(&hello.vector) {
+        let anti_entropy = self.anti_entropy || hello.anti_entropy;
+        self.sink = if self.hello_vector.dominates(&hello.vector) && !anti_entropy {
             Sink::Nothing
         } else {
-            Sink::Receiving { source_vector: hello.vector.clone() }
+            Sink::Receiving { source_vector: hello.vector.clone(), dead: Vec::new() }
         };
-        if hello.vector.dominates(&self.hello_vector) {
+        if hello.vector.dominates(&self.hello_vector) && !anti_entropy {
             self.source = Source::Nothing;
             self.stats.mode = Some(Mode::Nothing);
             return Ok(());
         }
         let v0 = replica.vector().clone();
         let dead_beyond = replica.dead_entries_beyond(&hello.vector)?;
-        if hello.vector.is_empty() && hello.values == 0 {
+        if hello.vector.is_empty() && hello.values == 0 && !anti_entropy {
             self.stats.mode = Some(Mode::Bootstrap);
             self.queue_entries(dead_beyond);
             self.source = Source::Streaming { v0, cursor: Bound::Unbounded };
-        } else if replica.membership().contains(peer) && hello.vector.dominates(&replica.frontier()) {
+        } else if !anti_entropy && replica.membership().contains(peer) && hello.vector.dominates(&replica.frontier()) {
             self.stats.mode = Some(Mode::Delta);
             let delta = replica.delta_for(&hello.vector)?;
             self.queue_entries(delta.entries);
@@ -440,6 +473,66 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// What [`sync_in_process`] measured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PairOutcome {
+    /// The first replica's session.
+    pub a: SessionStats,
+    /// The second replica's session.
+    pub b: SessionStats,
+    /// One-way trips: each delivers everything both sides had queued. Round trips = ⌈trips / 2⌉.
+    pub trips: u32,
+}
+
+impl PairOutcome {
+    /// Round trips the session took.
+    #[must_use]
+    pub fn round_trips(&self) -> u32 {
+        self.trips.div_ceil(2)
+    }
+}
+
+/// Runs one complete session between two replicas in the same process (no transport): both
+/// state machines pumped against each other until both finish. For embedding several replicas
+/// in one program, for tests and for the demo.
+pub fn sync_in_process<S: Storage, T: Storage>(
+    a: &mut Replica<S>,
+    b: &mut Replica<T>,
+    anti_entropy: bool,
+) -> Result<PairOutcome, SyncError> {
+    let (ida, idb) = (a.id(), b.id());
+    let open = |r: &mut Replica<S>| {
+        if anti_entropy { Session::anti_entropy(r, Some(idb)) } else { Session::new(r, Some(idb)) }
+    };
+    let mut sa = open(a)?;
+    let mut sb = if anti_entropy { Session::anti_entropy(b, Some(ida))? } else { Session::new(b, Some(ida))? };
+    let mut trips = 0;
+    loop {
+        let mut to_b = Vec::new();
+        while let Some(f) = sa.poll_transmit(a)? {
+            to_b.push(f);
+        }
+        let mut to_a = Vec::new();
+        while let Some(f) = sb.poll_transmit(b)? {
+            to_a.push(f);
+        }
+        if to_a.is_empty() && to_b.is_empty() {
+            break;
+        }
+        trips += 1;
+        for f in &to_b {
+            sb.handle(b, f)?;
+        }
+        for f in &to_a {
+            sa.handle(a, f)?;
+        }
+    }
+    if !(sa.is_finished() && sb.is_finished()) {
+        return Err(SyncError::Malformed("session stalled with nothing to send".into()));
+    }
+    Ok(PairOutcome { a: sa.stats().clone(), b: sb.stats().clone(), trips })
 }
 
 fn approx_bytes(e: &Entry) -> usize {

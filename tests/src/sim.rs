@@ -1,0 +1,811 @@
+//! Deterministic simulation of a lethe cluster: 3–7 replicas on in-memory stores, driven by a
+//! stream of choices (a seeded RNG, or fuzzer bytes), then healed and checked against the
+//! invariants of DESIGN.md §6.
+//!
+//! What it does at random points: puts, deletes, re-creates and TTL writes; sync sessions
+//! between random pairs, several at once (so the same data arrives twice, through different
+//! sessions, in any order); frame loss (which kills its session, as a reset stream would);
+//! sessions abandoned mid-way; partitions; crashes and restarts from the durable store; clocks
+//! skewed within and beyond `max_drift`; time jumps past TTLs and past the membership lease; GC
+//! steps; operator evictions.
+//!
+//! Within one session frames arrive in order, exactly once: that is the transport's job (a QUIC
+//! stream), and the session relies on it.
+//!
+//! After the run: heal (restart everyone, end partitions, zero skews, let time pass), run full
+//! sync rounds with GC between them, and check I1–I6 and I8.
+
+use lethe_engine::fingerprint::Fingerprint;
+use lethe_engine::session::Session;
+use lethe_engine::{
+    Config, Entry, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Snapshot, Storage, WallClock,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Where the simulation's decisions come from.
+pub trait Choices {
+    /// A number in `0..n` (`n ≥ 1`).
+    fn below(&mut self, n: u64) -> u64;
+
+    /// True with probability `percent`/100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// SplitMix64 (Steele et al. 2014): small, fast, and fixed here so that a seed replays the same
+/// run whatever version of any crate is in use.
+#[derive(Clone, Debug)]
+pub struct SeededChoices(u64);
+
+impl SeededChoices {
+    /// The choices for `seed`.
+    #[must_use]
+    pub fn new(seed: u64) -> SeededChoices {
+        SeededChoices(seed)
+    }
+}
+
+impl Choices for SeededChoices {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n.max(1)
+    }
+}
+
+/// Choices read from bytes (a fuzzer's input); zeros once they run out.
+#[derive(Clone, Debug)]
+pub struct ByteChoices<'a>(&'a [u8]);
+
+impl<'a> ByteChoices<'a> {
+    /// Choices from `bytes`.
+    #[must_use]
+    pub fn new(bytes: &'a [u8]) -> ByteChoices<'a> {
+        ByteChoices(bytes)
+    }
+
+    /// Whether the bytes are used up.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Choices for ByteChoices<'_> {
+    fn below(&mut self, n: u64) -> u64 {
+        let take = self.0.len().min(2);
+        let (head, rest) = self.0.split_at(take);
+        self.0 = rest;
+        head.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)) % n.max(1)
+    }
+}
+
+/// Settings of one run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Random steps before healing.
+    pub steps: usize,
+    /// Print every step.
+    pub verbose: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig { steps: 300, verbose: false }
+    }
+}
+
+/// What a run saw.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// Replicas in the run.
+    pub replicas: usize,
+    /// Writes made.
+    pub writes: u64,
+    /// Sessions that ran to the end during the random phase.
+    pub sessions_finished: u64,
+    /// Sessions that ended early (loss, abandonment, crash, drift, protocol error).
+    pub sessions_aborted: u64,
+    /// Tombstones and expired records collected by GC.
+    pub collected: u64,
+    /// Remote batches rejected for clock drift.
+    pub drift_rejections: u64,
+    /// Writes that won by the documented exception (writer outside a collector's membership).
+    pub exception_wins: u64,
+}
+
+/// An invariant that did not hold.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// Which invariant.
+    pub invariant: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+const T0: u64 = 1_700_000_000_000;
+const KEYS: u64 = 12;
+const LEASE_MS: u64 = 120_000;
+const MAX_DRIFT_MS: u64 = 1_000;
+
+fn violation(invariant: &'static str, detail: impl Into<String>) -> Violation {
+    Violation { invariant, detail: detail.into() }
+}
+
+/// A replica's wall clock: the shared time plus its own skew (which may change).
+struct SkewedClock {
+    base: ManualClock,
+    skew_ms: AtomicI64,
+}
+
+impl WallClock for SkewedClock {
+    fn now_ms(&self) -> u64 {
+        self.base.now_ms().saturating_add_signed(self.skew_ms.load(Ordering::SeqCst))
+    }
+}
+
+struct Node {
+    id: ReplicaId,
+    replica: Option<Replica<MemoryStore>>,
+    crashed_store: Option<MemoryStore>,
+    clock: Arc<SkewedClock>,
+    writes: u64,
+    max_wall_ms: u64,
+    /// The highest stamp this replica has held for each key: holding an older one later is a
+    /// resurrection (I2), checked after every step.
+    floor: BTreeMap<Vec<u8>, lethe_engine::Stamp>,
+}
+
+impl Node {
+    fn open(&mut self) -> Result<(), Violation> {
+        let store = self.crashed_store.take().unwrap_or_default();
+        let config = Config { max_drift_ms: MAX_DRIFT_MS, lease_ms: LEASE_MS, ..Config::default() };
+        let replica = Replica::open(store, self.id, config, self.clock.clone())
+            .map_err(|e| violation("I3 restart", format!("replica {} did not reopen: {e}", self.id)))?;
+        self.replica = Some(replica);
+        Ok(())
+    }
+}
+
+struct Link {
+    a: usize,
+    b: usize,
+    sa: Session,
+    sb: Session,
+    to_a: VecDeque<Vec<u8>>,
+    to_b: VecDeque<Vec<u8>>,
+}
+
+/// One simulated cluster.
+pub struct Sim<'c, C: Choices> {
+    choices: &'c mut C,
+    config: SimConfig,
+    time: ManualClock,
+    nodes: Vec<Node>,
+    links: Vec<Link>,
+    partitioned: BTreeSet<usize>,
+    /// Every write ever made, per key.
+    history: BTreeMap<Vec<u8>, Vec<Entry>>,
+    /// Collections, for the documented exception: a tombstone or expired record (key, dot) was
+    /// collected by a replica that did not count these writers as members.
+    collections: Vec<(Vec<u8>, lethe_engine::Dot, BTreeSet<ReplicaId>)>,
+    /// Each write's dot → its writer's vector just before it (what the writer had seen).
+    seen_at_write: BTreeMap<lethe_engine::Dot, lethe_engine::VersionVector>,
+    report: SimReport,
+}
+
+impl<'c, C: Choices> Sim<'c, C> {
+    /// A cluster of 3–7 replicas, sized by the first choice.
+    pub fn new(choices: &'c mut C, config: SimConfig) -> Result<Sim<'c, C>, Violation> {
+        let n = 3 + choices.below(5) as usize;
+        let time = ManualClock::new(T0);
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let clock = Arc::new(SkewedClock { base: time.clone(), skew_ms: AtomicI64::new(0) });
+            let mut node = Node {
+                id: ReplicaId(i as u64 + 1),
+                replica: None,
+                crashed_store: None,
+                clock,
+                writes: 0,
+                max_wall_ms: T0,
+                floor: BTreeMap::new(),
+            };
+            node.open()?;
+            nodes.push(node);
+        }
+        let report = SimReport { replicas: n, ..SimReport::default() };
+        Ok(Sim {
+            choices,
+            config,
+            time,
+            nodes,
+            links: Vec::new(),
+            partitioned: BTreeSet::new(),
+            history: BTreeMap::new(),
+            collections: Vec::new(),
+            seen_at_write: BTreeMap::new(),
+            report,
+        })
+    }
+
+    fn log(&self, what: impl FnOnce() -> String) {
+        if self.config.verbose {
+            println!("[t={}] {}", self.time.now_ms() - T0, what());
+        }
+    }
+
+    fn pick_live(&mut self) -> Option<usize> {
+        let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some()).collect();
+        if live.is_empty() {
+            return None;
+        }
+        Some(live[self.choices.below(live.len() as u64) as usize])
+    }
+
+    /// Runs the random phase, heals, runs the final rounds and checks the invariants.
+    pub fn run(mut self) -> Result<SimReport, Violation> {
+        for _ in 0..self.config.steps {
+            self.step()?;
+            self.check_clocks()?;
+            self.check_floors()?;
+        }
+        self.heal()?;
+        self.final_rounds()?;
+        self.check_floors()?;
+        self.check()?;
+        Ok(self.report)
+    }
+
+    fn step(&mut self) -> Result<(), Violation> {
+        match self.choices.below(100) {
+            0..=29 => self.write(),
+            30..=41 => self.open_link(),
+            42..=71 => {
+                for _ in 0..1 + self.choices.below(4) {
+                    self.deliver()?;
+                }
+                Ok(())
+            }
+            72..=73 => {
+                if self.choices.chance(25) {
+                    self.abort_random_link("abandoned");
+                }
+                Ok(())
+            }
+            74..=81 => {
+                let ms = if self.choices.chance(5) {
+                    LEASE_MS + 1 + self.choices.below(LEASE_MS)
+                } else {
+                    1 + self.choices.below(3000)
+                };
+                self.time.advance(ms);
+                self.log(|| format!("time +{ms} ms"));
+                Ok(())
+            }
+            82..=83 => {
+                let i = self.choices.below(self.nodes.len() as u64) as usize;
+                let skew = self.choices.below(6001) as i64 - 3000;
+                self.nodes[i].clock.skew_ms.store(skew, Ordering::SeqCst);
+                self.log(|| format!("node {i} skew {skew} ms"));
+                Ok(())
+            }
+            84..=89 => self.gc(),
+            90 => {
+                self.crash();
+                Ok(())
+            }
+            91 => {
+                // Partitions heal sooner than they form.
+                if !self.partitioned.is_empty() {
+                    self.toggle_partition();
+                }
+                Ok(())
+            }
+            92..=94 => self.restart(),
+            95 => {
+                self.toggle_partition();
+                Ok(())
+            }
+            _ => {
+                self.evict();
+                Ok(())
+            }
+        }
+    }
+
+    fn write(&mut self) -> Result<(), Violation> {
+        let Some(i) = self.pick_live() else { return Ok(()) };
+        let key = format!("k{:02}", self.choices.below(KEYS)).into_bytes();
+        let op = self.choices.below(4);
+        let node = &mut self.nodes[i];
+        let Some(r) = node.replica.as_mut() else { return Ok(()) };
+        let seen = r.vector().clone();
+        let result = match op {
+            0 => r.delete(key.clone()),
+            1 => {
+                let ttl = PutOptions { ttl_ms: Some(1 + self.choices.below(8_000)), metadata: None };
+                r.put(key.clone(), format!("v{}", node.writes).into_bytes(), ttl)
+            }
+            _ => r.put(key.clone(), format!("v{}", node.writes).into_bytes(), PutOptions::default()),
+        };
+        result.map_err(|e| violation("I3 write", format!("local write failed: {e}")))?;
+        node.writes += 1;
+        self.report.writes += 1;
+        let entry = entry_of(r, &key)?;
+        self.seen_at_write.insert(entry.dot(), seen);
+        self.log(|| format!("node {i} writes {} {:?}", String::from_utf8_lossy(&key), entry.payload));
+        self.history.entry(key).or_default().push(entry);
+        Ok(())
+    }
+
+    fn open_link(&mut self) -> Result<(), Violation> {
+        let (Some(a), Some(b)) = (self.pick_live(), self.pick_live()) else { return Ok(()) };
+        if a == b || self.links.iter().filter(|l| (l.a, l.b) == (a, b) || (l.a, l.b) == (b, a)).count() >= 2 {
+            return Ok(());
+        }
+        let (ida, idb) = (self.nodes[a].id, self.nodes[b].id);
+        let anti_entropy = self.choices.chance(15);
+        let Some(ra) = self.nodes[a].replica.as_mut() else { return Ok(()) };
+        let sa = if anti_entropy { Session::anti_entropy(ra, Some(idb)) } else { Session::new(ra, Some(idb)) }
+            .map_err(|e| violation("session", format!("opening on node {a}: {e}")))?;
+        let Some(rb) = self.nodes[b].replica.as_mut() else { return Ok(()) };
+        let sb = Session::new(rb, Some(ida)).map_err(|e| violation("session", format!("opening on node {b}: {e}")))?;
+        self.links.push(Link { a, b, sa, sb, to_a: VecDeque::new(), to_b: VecDeque::new() });
+        let k = self.links.len() - 1;
+        self.log(|| format!("session {a}<->{b} opens{}", if anti_entropy { " (anti-entropy)" } else { "" }));
+        self.pump(k)
+    }
+
+    /// Moves every frame both sessions of link `k` want to send into the link's queues.
+    fn pump(&mut self, k: usize) -> Result<(), Violation> {
+        let link = &mut self.links[k];
+        let (Some(ra), Some(rb)) = (self.nodes[link.a].replica.as_ref(), self.nodes[link.b].replica.as_ref()) else {
+            return Ok(());
+        };
+        loop {
+            match link.sa.poll_transmit(ra) {
+                Ok(Some(f)) => link.to_b.push_back(f),
+                Ok(None) => break,
+                Err(e) => return Err(violation("session", format!("encoding failed: {e}"))),
+            }
+        }
+        loop {
+            match link.sb.poll_transmit(rb) {
+                Ok(Some(f)) => link.to_a.push_back(f),
+                Ok(None) => break,
+                Err(e) => return Err(violation("session", format!("encoding failed: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self) -> Result<(), Violation> {
+        let ready: Vec<usize> = (0..self.links.len())
+            .filter(|&k| !self.links[k].to_a.is_empty() || !self.links[k].to_b.is_empty())
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let k = ready[self.choices.below(ready.len() as u64) as usize];
+        let to_b = {
+            let l = &self.links[k];
+            !l.to_b.is_empty() && (l.to_a.is_empty() || self.choices.chance(50))
+        };
+        let (a, b) = (self.links[k].a, self.links[k].b);
+        let crosses = self.partitioned.contains(&a) != self.partitioned.contains(&b);
+        if crosses || self.choices.below(1000) < 5 {
+            self.log(|| format!("session {a}<->{b}: frame lost{}", if crosses { " (partition)" } else { "" }));
+            self.abort_link(k, "frame lost");
+            return Ok(());
+        }
+        let link = &mut self.links[k];
+        let (frame, to) = if to_b { (link.to_b.pop_front(), b) } else { (link.to_a.pop_front(), a) };
+        let Some(frame) = frame else { return Ok(()) };
+        let Some(r) = self.nodes[to].replica.as_mut() else { return Ok(()) };
+        let session = if to_b { &mut link.sb } else { &mut link.sa };
+        if let Err(e) = session.handle(r, &frame) {
+            let msg = e.to_string();
+            self.log(|| format!("session {a}<->{b}: node {to} ends it: {msg}"));
+            self.abort_link(k, "error");
+            return Ok(());
+        }
+        self.pump(k)?;
+        let l = &self.links[k];
+        if l.sa.is_finished() && l.sb.is_finished() && l.to_a.is_empty() && l.to_b.is_empty() {
+            self.log(|| format!("session {a}<->{b} finished"));
+            self.links.remove(k);
+            self.report.sessions_finished += 1;
+        }
+        Ok(())
+    }
+
+    fn abort_link(&mut self, k: usize, _why: &str) {
+        self.links.remove(k);
+        self.report.sessions_aborted += 1;
+    }
+
+    fn abort_random_link(&mut self, why: &str) {
+        if !self.links.is_empty() {
+            let k = self.choices.below(self.links.len() as u64) as usize;
+            self.log(|| format!("session {}<->{} {why}", self.links[k].a, self.links[k].b));
+            self.abort_link(k, why);
+        }
+    }
+
+    fn gc(&mut self) -> Result<(), Violation> {
+        let Some(i) = self.pick_live() else { return Ok(()) };
+        self.gc_at(i)
+    }
+
+    /// One GC step at node `i`, noting for every collected key which writers it did not count as
+    /// members (the documented exception then covers their writes to that key).
+    fn gc_at(&mut self, i: usize) -> Result<(), Violation> {
+        let ids: Vec<ReplicaId> = self.nodes.iter().map(|n| n.id).collect();
+        let now_ms = self.nodes[i].clock.now_ms();
+        let Some(r) = self.nodes[i].replica.as_mut() else { return Ok(()) };
+        let before = dead_keys(r, now_ms)?;
+        let report = r.collect_garbage().map_err(|e| violation("gc", format!("node {i}: {e}")))?;
+        // The step evicts before it collects: who counted is the membership after it.
+        let members: BTreeSet<ReplicaId> = r.membership().iter().map(|(id, _)| id).chain([r.id()]).collect();
+        let after = dead_keys(r, now_ms)?;
+        let outside: BTreeSet<ReplicaId> = ids.into_iter().filter(|id| !members.contains(id)).collect();
+        for (key, dot) in &before {
+            if !after.contains_key(key) && !outside.is_empty() {
+                self.collections.push((key.clone(), *dot, outside.clone()));
+            }
+        }
+        self.report.collected += report.collected as u64;
+        self.log(|| format!("node {i} gc: {report:?}"));
+        Ok(())
+    }
+
+    fn crash(&mut self) {
+        let Some(i) = self.pick_live() else { return };
+        let Some(r) = self.nodes[i].replica.take() else { return };
+        self.report.drift_rejections += r.drift_rejections();
+        self.nodes[i].crashed_store = Some(r.into_store());
+        let before = self.links.len();
+        self.links.retain(|l| l.a != i && l.b != i);
+        self.report.sessions_aborted += (before - self.links.len()) as u64;
+        self.log(|| format!("node {i} crashes"));
+    }
+
+    fn restart(&mut self) -> Result<(), Violation> {
+        let crashed: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_none()).collect();
+        if crashed.is_empty() {
+            return Ok(());
+        }
+        let i = crashed[self.choices.below(crashed.len() as u64) as usize];
+        self.nodes[i].open()?;
+        self.log(|| format!("node {i} restarts"));
+        Ok(())
+    }
+
+    fn toggle_partition(&mut self) {
+        if self.partitioned.is_empty() {
+            for i in 0..self.nodes.len() {
+                if self.choices.chance(40) {
+                    self.partitioned.insert(i);
+                }
+            }
+        } else {
+            self.partitioned.clear();
+        }
+        self.log(|| format!("partition {:?}", self.partitioned));
+    }
+
+    fn evict(&mut self) {
+        let Some(i) = self.pick_live() else { return };
+        let j = self.choices.below(self.nodes.len() as u64) as usize;
+        let target = self.nodes[j].id;
+        if let Some(r) = self.nodes[i].replica.as_mut()
+            && r.evict(target)
+        {
+            self.log(|| format!("node {i} evicts node {j}"));
+        }
+    }
+
+    /// I8: a replica's clock never runs further ahead of the wall clocks it has had than
+    /// `max_drift`, however far ahead a peer's clock was.
+    fn check_clocks(&mut self) -> Result<(), Violation> {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            node.max_wall_ms = node.max_wall_ms.max(node.clock.now_ms());
+            if let Some(r) = &node.replica
+                && r.clock().wall_ms() > node.max_wall_ms + MAX_DRIFT_MS
+            {
+                return Err(violation(
+                    "I8 clock safety",
+                    format!("node {i} clock {} ms, its wall never passed {} ms", r.clock().wall_ms(), node.max_wall_ms),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// I2 at every step: no replica ever shows a live version of a key older than one it held
+    /// (a deleted key coming back is exactly that), save the documented exception.
+    fn check_floors(&mut self) -> Result<(), Violation> {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            let Some(r) = &node.replica else { continue };
+            let now_ms = node.clock.now_ms();
+            let mut entries = Vec::new();
+            r.store()
+                .snapshot()
+                .and_then(|s| {
+                    s.scan_keys(&KeyRange::all(), &mut |e| {
+                        entries.push(e);
+                        ControlFlow::Continue(())
+                    })
+                })
+                .map_err(|e| violation("storage", e.to_string()))?;
+            for e in entries {
+                match node.floor.get(&e.key) {
+                    // An older dead record coming back is garbage for the next GC, not visible.
+                    Some(floor) if e.stamp < *floor && !e.is_live_at(now_ms) => {}
+                    Some(floor) if e.stamp < *floor => {
+                        if !excepted(&self.collections, &self.seen_at_write, &e) {
+                            return Err(violation(
+                                "I2 no resurrection",
+                                format!(
+                                    "node {i} held {} at {} and now holds the older {}",
+                                    String::from_utf8_lossy(&e.key),
+                                    floor,
+                                    e.stamp
+                                ),
+                            ));
+                        }
+                        self.report.exception_wins += 1;
+                        node.floor.insert(e.key, e.stamp);
+                    }
+                    Some(floor) if e.stamp <= *floor => {}
+                    _ => {
+                        node.floor.insert(e.key, e.stamp);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn heal(&mut self) -> Result<(), Violation> {
+        self.links.clear();
+        self.partitioned.clear();
+        for node in &mut self.nodes {
+            node.clock.skew_ms.store(0, Ordering::SeqCst);
+            if node.replica.is_none() {
+                node.open()?;
+            }
+        }
+        // Past every skewed stamp, so no final session is refused for drift.
+        self.time.advance(10_000);
+        self.log(|| "healed".to_string());
+        Ok(())
+    }
+
+    /// Runs one session between `a` and `b` to the end, with no faults.
+    fn sync_pair(&mut self, a: usize, b: usize, anti_entropy: bool) -> Result<(), Violation> {
+        let (ida, idb) = (self.nodes[a].id, self.nodes[b].id);
+        let (mut ra, mut rb) = (self.nodes[a].replica.take(), self.nodes[b].replica.take());
+        let result = (|| {
+            let (Some(ra), Some(rb)) = (ra.as_mut(), rb.as_mut()) else {
+                return Err(violation("final round", "replica missing after heal"));
+            };
+            run_session(ra, rb, anti_entropy)
+                .map_err(|e| violation("final round", format!("session {ida}<->{idb} failed: {e}")))
+        })();
+        self.nodes[a].replica = ra;
+        self.nodes[b].replica = rb;
+        result.map(|_| ())
+    }
+
+    fn final_rounds(&mut self) -> Result<(), Violation> {
+        let n = self.nodes.len();
+        // Round 0 brings every vector level; round 1 is anti-entropy, which repairs what deltas
+        // cannot (a write that won by the documented exception at some replicas while others
+        // know it as dead); rounds 2-4 acknowledge and collect.
+        for round in 0..5 {
+            for a in 0..n {
+                for b in (a + 1)..n {
+                    self.sync_pair(a, b, round == 1)?;
+                }
+            }
+            if round >= 2 {
+                for i in 0..n {
+                    self.gc_at(i)?;
+                }
+            }
+        }
+        for a in 0..n {
+            for b in (a + 1)..n {
+                self.sync_pair(a, b, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&mut self) -> Result<(), Violation> {
+        let now_ms = self.time.now_ms();
+        let replicas: Vec<&Replica<MemoryStore>> = self.nodes.iter().filter_map(|n| n.replica.as_ref()).collect();
+        for r in &replicas {
+            self.report.drift_rejections += r.drift_rejections();
+        }
+        // I1: same live entries and digest everywhere.
+        let first = live_entries(replicas[0])?;
+        let digest: Fingerprint = replicas[0].digest();
+        for r in &replicas[1..] {
+            let live = live_entries(r)?;
+            if live != first {
+                let diff = first.keys().chain(live.keys()).find(|k| first.get(*k) != live.get(*k));
+                let show = |m: &BTreeMap<Vec<u8>, Entry>| {
+                    diff.and_then(|k| m.get(k)).map(|e| format!("{} {:?}", e.stamp, e.payload))
+                };
+                return Err(violation(
+                    "I1 convergence",
+                    format!(
+                        "{} and {} differ at {:?}: {:?} vs {:?}",
+                        replicas[0].id(),
+                        r.id(),
+                        diff.map(|k| String::from_utf8_lossy(k)),
+                        show(&first),
+                        show(&live)
+                    ),
+                ));
+            }
+            if r.digest() != digest {
+                return Err(violation("I1 convergence", format!("{} digest differs", r.id())));
+            }
+        }
+        // I2 and I3 against the model: every key holds the LWW winner of all writes to it, live
+        // if that winner is a live value, absent if it is a delete or expired (save the
+        // documented exception).
+        for (key, writes) in &self.history {
+            let Some(winner) = writes.iter().cloned().reduce(lethe_engine::entry::merge) else { continue };
+            let held = first.get(key);
+            let name = String::from_utf8_lossy(key);
+            if winner.is_live_at(now_ms) {
+                if held.map(|e| e.stamp) != Some(winner.stamp) {
+                    return Err(violation(
+                        "I3 no lost write",
+                        format!(
+                            "key {name}: winner {} is live but replicas hold {:?}",
+                            winner.stamp,
+                            held.map(|e| e.stamp)
+                        ),
+                    ));
+                }
+            } else if let Some(e) = held {
+                if excepted(&self.collections, &self.seen_at_write, e) {
+                    self.report.exception_wins += 1;
+                } else {
+                    return Err(violation(
+                        "I2 no resurrection",
+                        format!("key {name}: winner {} is dead but {} is live", winner.stamp, e.stamp),
+                    ));
+                }
+            }
+        }
+        for key in first.keys() {
+            if !self.history.contains_key(key) {
+                return Err(violation("I2 no resurrection", format!("key {:?} was never written", key)));
+            }
+        }
+        // I5: after every member acknowledged twice, no tombstone or expired record remains.
+        for r in &replicas {
+            if r.tombstone_count() != 0 {
+                return Err(violation(
+                    "I5 bounded tombstones",
+                    format!("{} still holds {}", r.id(), r.tombstone_count()),
+                ));
+            }
+        }
+        // I6: expiry issued no write: each replica's own seq counts exactly the writes it made.
+        for node in &self.nodes {
+            if let Some(r) = &node.replica
+                && r.vector().get(node.id).0 != node.writes
+            {
+                return Err(violation(
+                    "I6 local TTL",
+                    format!("{} made {} writes but its vector says {}", node.id, node.writes, r.vector().get(node.id)),
+                ));
+            }
+        }
+        // I4: a new replica bootstraps live entries only.
+        let config = Config { max_drift_ms: MAX_DRIFT_MS, lease_ms: LEASE_MS, ..Config::default() };
+        let clock = Arc::new(SkewedClock { base: self.time.clone(), skew_ms: AtomicI64::new(0) });
+        let mut fresh = Replica::open(MemoryStore::new(), ReplicaId(1000), config, clock)
+            .map_err(|e| violation("I4", e.to_string()))?;
+        let Some(source) = self.nodes[0].replica.as_mut() else { return Err(violation("I4", "no source")) };
+        let stats = run_session(source, &mut fresh, false).map_err(|e| violation("I4 live-only bootstrap", e))?;
+        if stats.tombstones_sent != 0 || live_entries(&fresh)? != first {
+            return Err(violation(
+                "I4 live-only bootstrap",
+                format!(
+                    "sent {} tombstones; live state equal: {}",
+                    stats.tombstones_sent,
+                    live_entries(&fresh)? == first
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether the documented exception lets `e` win: a delete of its key was collected by a
+/// replica that did not count `e`'s writer as a member, and `e` was made before its writer saw
+/// that delete (concurrent with it).
+fn excepted(
+    collections: &[(Vec<u8>, lethe_engine::Dot, BTreeSet<ReplicaId>)],
+    seen_at_write: &BTreeMap<lethe_engine::Dot, lethe_engine::VersionVector>,
+    e: &Entry,
+) -> bool {
+    let Some(seen) = seen_at_write.get(&e.dot()) else { return false };
+    collections
+        .iter()
+        .any(|(key, dot, outside)| *key == e.key && outside.contains(&e.stamp.replica) && !seen.covers(*dot))
+}
+
+fn entry_of(r: &Replica<MemoryStore>, key: &[u8]) -> Result<Entry, Violation> {
+    r.store()
+        .snapshot()
+        .and_then(|s| s.entry(key))
+        .map_err(|e| violation("storage", e.to_string()))?
+        .ok_or_else(|| violation("I3 write", "a write is not stored"))
+}
+
+/// Keys whose stored entry is a tombstone or an expired value at `now`, with its dot.
+fn dead_keys(r: &Replica<MemoryStore>, now: u64) -> Result<BTreeMap<Vec<u8>, lethe_engine::Dot>, Violation> {
+    let mut keys = BTreeMap::new();
+    r.store()
+        .snapshot()
+        .and_then(|s| {
+            s.scan_keys(&KeyRange::all(), &mut |e| {
+                if !e.is_live_at(now) || e.is_tombstone() {
+                    keys.insert(e.key.clone(), e.dot());
+                }
+                ControlFlow::Continue(())
+            })
+        })
+        .map_err(|e| violation("storage", e.to_string()))?;
+    Ok(keys)
+}
+
+fn live_entries(r: &Replica<MemoryStore>) -> Result<BTreeMap<Vec<u8>, Entry>, Violation> {
+    let items = r.scan(&KeyRange::all(), usize::MAX).map_err(|e| violation("storage", e.to_string()))?;
+    let snap = r.store().snapshot().map_err(|e| violation("storage", e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for item in items {
+        let e = snap.entry(&item.key).map_err(|e| violation("storage", e.to_string()))?;
+        if let Some(e) = e {
+            out.insert(item.key, e);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs one complete session between two replicas with no faults; returns `a`'s stats.
+fn run_session<S: Storage>(
+    a: &mut Replica<S>,
+    b: &mut Replica<S>,
+    anti_entropy: bool,
+) -> Result<lethe_engine::session::SessionStats, String> {
+    lethe_engine::session::sync_in_process(a, b, anti_entropy).map(|o| o.a).map_err(|e| e.to_string())
+}
+
+/// Runs the simulation for `seed`.
+pub fn run_seed(seed: u64, config: SimConfig) -> Result<SimReport, Violation> {
+    let mut choices = SeededChoices::new(seed);
+    Sim::new(&mut choices, config)?.run()
+}

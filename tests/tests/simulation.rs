@@ -1,0 +1,27 @@
+//! The deterministic simulation (see `lethe_tests::sim`) over 2,000 seeds, split in two so the
+//! test runner can use two cores. A failure names its seed and the command that replays it.
+//! More seeds: `cargo run --release -p lethe-tests --bin lethe-sim -- --seeds 100000`.
+
+use lethe_tests::sim::{SimConfig, run_seed};
+
+fn run_seeds(seeds: std::ops::Range<u64>) {
+    let mut failures = Vec::new();
+    for seed in seeds {
+        if let Err(v) = run_seed(seed, SimConfig::default()) {
+            failures.push(format!(
+                "seed {seed}: {v}\n  replay: cargo run --release -p lethe-tests --bin lethe-sim -- --seed {seed} --verbose"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn invariants_hold_for_seeds_0_to_999() {
+    run_seeds(0..1000);
+}
+
+#[test]
+fn invariants_hold_for_seeds_1000_to_1999() {
+    run_seeds(1000..2000);
+}
