@@ -89,17 +89,19 @@ impl Fingerprint {
         out
     }
 
-    /// A short id for one item (the first 8 bytes of its hash), used in item lists.
+    /// A short id for one item (the first 4 bytes of its hash), used in item lists. Lists hold
+    /// at most a few dozen items, so a collision inside one needs a 2^-25 accident, and costs
+    /// only a missed difference until the next anti-entropy round changes the fingerprints.
     #[must_use]
     pub fn item_id(&self) -> ItemId {
-        ItemId(self.sum[0])
+        ItemId(self.sum[0] as u32)
     }
 }
 
 /// The short id of one item in a reconciliation item list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ItemId(pub u64);
+pub struct ItemId(pub u32);
 
 /// What the index knows of one live entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

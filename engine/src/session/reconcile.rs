@@ -16,8 +16,11 @@ use std::ops::Bound;
 
 /// Parts per split range.
 pub const BRANCHING: u64 = 16;
-/// A part with at most this many items is sent as an item list.
+/// A range the sink asks to split that holds at most this many items is answered with its item
+/// list instead.
 pub const LEAF_ITEMS: u64 = 32;
+/// A part this small goes as item ids (4 bytes each), cheaper than a fingerprint (16 bytes).
+const INLINE_ITEMS: u64 = 3;
 
 fn lower(b: &Option<Vec<u8>>) -> Bound<&[u8]> {
     b.as_deref().map_or(Bound::Unbounded, Bound::Included)
@@ -64,10 +67,10 @@ pub fn describe(live: &LiveIndex, bounds: &KeyBounds, offered: &mut BTreeMap<Ite
     for cut in cuts {
         let (plo, phi) = (lower(&part_lower), upper(&cut));
         let fp = live.fingerprint(plo, phi);
-        let content = if fp.count <= LEAF_ITEMS {
+        let content = if fp.count <= INLINE_ITEMS {
             items(live, plo, phi, offered)
         } else {
-            PartContent::Fingerprint(fp.wire().to_vec(), fp.count)
+            PartContent::Fingerprint(fp.wire(), fp.count)
         };
         parts.push(RangePart(cut.clone(), content));
         part_lower = cut;
@@ -108,9 +111,6 @@ pub fn compare(
             let bounds = KeyBounds(part_lower.clone(), part_upper.clone());
             match content {
                 PartContent::Fingerprint(fp, count) => {
-                    if fp.len() != 16 {
-                        return Err(SyncError::Malformed(format!("fingerprint of {} bytes, expected 16", fp.len())));
-                    }
                     let mine = live.fingerprint(lo, hi);
                     if mine.count == 0 {
                         out.send.push(bounds);
