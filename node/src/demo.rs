@@ -1,16 +1,15 @@
 //! `lethe demo`: the engine's replication on real redb files, in one process.
 //!
 //! A server replica writes keys, deletes most of them and writes keys with a short TTL; a client
-//! that synced before keeps up by delta; the TTL keys expire on both without a message; then a
-//! fresh client catches up from nothing. Every transfer is counted as it would travel (CBOR, as
-//! the transport will frame it). The run fails if the replicas do not end with the same live
+//! that synced before keeps up by delta; the TTL keys expire on both without a message; two
+//! acknowledgement rounds let GC collect the tombstones; then a fresh client bootstraps. Every
+//! transfer is a real sync session whose frames are counted as they would travel (the CBOR
+//! frames the transport will carry). The run fails if the replicas do not end with the same live
 //! state.
 
 use anyhow::{Context, Result, bail};
-use lethe_engine::{
-    Config, Delta, KeyRange, PutOptions, RedbStore, Replica, ReplicaId, SystemClock, VersionVector, WriteBatch,
-    entry::Payload,
-};
+use lethe_engine::session::{SessionStats, sync_in_process};
+use lethe_engine::{KeyRange, PutOptions, RedbStore, Replica, ReplicaId, SystemClock, VersionVector, WriteBatch};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,17 +35,17 @@ impl Default for DemoParams {
     }
 }
 
-/// One transfer, as counted.
+/// One sync session, as counted (both directions).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransferCost {
     /// Live values sent.
-    pub live: usize,
-    /// Tombstones sent.
-    pub tombstones: usize,
-    /// Expired records sent (writes that expired before the receiver saw them).
-    pub expired: usize,
-    /// Bytes as CBOR (entries and vector).
-    pub bytes: usize,
+    pub live: u64,
+    /// Tombstones and expired records sent.
+    pub tombstones: u64,
+    /// Bytes of all frames, both ways.
+    pub bytes: u64,
+    /// Round trips.
+    pub round_trips: u32,
 }
 
 /// What the demo measured.
@@ -58,6 +57,8 @@ pub struct DemoReport {
     pub after_expiry: TransferCost,
     /// The fresh client's catch-up from nothing.
     pub fresh: TransferCost,
+    /// Tombstones the server held before GC, and after two acknowledgement rounds.
+    pub server_tombstones: (usize, usize),
     /// Live keys on every replica at the end.
     pub live_keys: usize,
     /// Sum of live key and value bytes.
@@ -69,25 +70,15 @@ pub struct DemoReport {
 fn open(dir: &Path, name: &str, id: u64) -> Result<Replica<RedbStore>> {
     let path = dir.join(format!("{name}.redb"));
     let store = RedbStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(Replica::open(store, ReplicaId(id), Config::default(), Arc::new(SystemClock))?)
+    Ok(Replica::open(store, ReplicaId(id), lethe_engine::Config::default(), Arc::new(SystemClock))?)
 }
 
-/// Sends what `to` lacks from `from` as one complete delta, and counts it.
-fn sync(from: &Replica<RedbStore>, to: &mut Replica<RedbStore>) -> Result<TransferCost> {
-    let Delta { entries, vector } = from.delta_for(to.vector())?;
-    let mut cost = TransferCost::default();
-    for e in &entries {
-        match e.payload {
-            Payload::Value(_) => cost.live += 1,
-            Payload::Tombstone => cost.tombstones += 1,
-            Payload::Expired { .. } => cost.expired += 1,
-        }
-    }
-    let mut wire = Vec::new();
-    ciborium::into_writer(&(&entries, &vector), &mut wire).context("encoding the delta")?;
-    cost.bytes = wire.len();
-    to.apply_remote(entries, Some(&vector))?;
-    Ok(cost)
+/// Runs one sync session between two replicas and counts it.
+fn sync(a: &mut Replica<RedbStore>, b: &mut Replica<RedbStore>) -> Result<TransferCost> {
+    let out = sync_in_process(a, b, false).context("sync session")?;
+    let sent = |s: &SessionStats| (s.live_sent, s.tombstones_sent, s.bytes_sent);
+    let ((la, ta, ba), (lb, tb, bb)) = (sent(&out.a), sent(&out.b));
+    Ok(TransferCost { live: la + lb, tombstones: ta + tb, bytes: ba + bb, round_trips: out.round_trips() })
 }
 
 fn write_all(
@@ -127,15 +118,15 @@ pub fn run(dir: &Path, p: DemoParams) -> Result<DemoReport> {
     let key = |i: usize| format!("user:{i:08}");
     let value = vec![b'v'; p.value_bytes];
     write_all(&mut server, (0..p.keys).map(|i| (key(i), Some(value.clone()), PutOptions::default())))?;
-    let first = sync(&server, &mut client)?;
+    let first = sync(&mut server, &mut client)?;
     println!("server wrote {} keys; client-a synced them: {} live, {} bytes", p.keys, first.live, first.bytes);
 
     write_all(&mut server, (0..p.deleted).map(|i| (key(i), None, PutOptions::default())))?;
     let ttl = PutOptions { ttl_ms: Some(p.ttl_ms), metadata: None };
     write_all(&mut server, (0..p.ttl_keys).map(|i| (format!("otp:{i:08}"), Some(value.clone()), ttl.clone())))?;
-    report.incremental = sync(&server, &mut client)?;
+    report.incremental = sync(&mut server, &mut client)?;
     println!(
-        "server deleted {} keys and wrote {} keys with a {} ms TTL; client-a caught up by delta: {} tombstones, {} live, {} bytes",
+        "server deleted {} keys and wrote {} keys with a {} ms TTL; client-a caught up: {} tombstones, {} live, {} bytes",
         p.deleted,
         p.ttl_keys,
         p.ttl_ms,
@@ -147,22 +138,39 @@ pub fn run(dir: &Path, p: DemoParams) -> Result<DemoReport> {
     std::thread::sleep(Duration::from_millis(p.ttl_ms));
     let vector_before: VersionVector = server.vector().clone();
     let purged = (server.purge_expired()?, client.purge_expired()?);
-    report.after_expiry = sync(&server, &mut client)?;
+    report.after_expiry = sync(&mut server, &mut client)?;
     if server.vector() != &vector_before {
         bail!("expiry advanced the server's vector: it wrote something");
     }
     println!(
-        "TTL passed: server purged {}, client-a purged {} locally; the delta between them now carries {} entries",
+        "TTL passed: server purged {}, client-a purged {} locally; the next session carried {} entries",
         purged.0,
         purged.1,
-        report.after_expiry.live + report.after_expiry.tombstones + report.after_expiry.expired
+        report.after_expiry.live + report.after_expiry.tombstones
+    );
+
+    // Two acknowledgement rounds: the deletes become stable, then collectable (DESIGN.md §2).
+    let before_gc = server.tombstone_count();
+    for _ in 0..2 {
+        server.collect_garbage()?;
+        client.collect_garbage()?;
+        sync(&mut server, &mut client)?;
+    }
+    server.collect_garbage()?;
+    client.collect_garbage()?;
+    report.server_tombstones = (before_gc, server.tombstone_count());
+    println!(
+        "GC: every member acknowledged twice; server tombstones and expired records {} -> {}, client-a {}",
+        before_gc,
+        server.tombstone_count(),
+        client.tombstone_count()
     );
 
     let mut fresh = open(dir, "client-b", 3)?;
-    report.fresh = sync(&server, &mut fresh)?;
+    report.fresh = sync(&mut server, &mut fresh)?;
     println!(
-        "fresh client-b caught up by delta: {} live, {} tombstones, {} expired records, {} bytes",
-        report.fresh.live, report.fresh.tombstones, report.fresh.expired, report.fresh.bytes
+        "fresh client-b bootstrapped: {} live, {} tombstones, {} bytes, {} round trips",
+        report.fresh.live, report.fresh.tombstones, report.fresh.bytes, report.fresh.round_trips
     );
 
     let expected = live_state(&server)?;

@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the engine on redb files in a temporary directory: writes, deletes, local TTL expiry,
-    /// and a fresh replica catching up; prints what each transfer cost.
+    /// tombstone collection, and a fresh replica bootstrapping; prints what each session cost.
     Demo {
         /// Keys the server writes.
         #[arg(long, default_value_t = DemoParams::default().keys)]
@@ -39,20 +39,21 @@ fn main() -> Result<()> {
             let params = DemoParams { keys, deleted, ttl_keys, ttl_ms, ..DemoParams::default() };
             let r = demo::run(dir.path(), params)?;
             println!();
-            println!("{:<34} {:>8} {:>11} {:>8} {:>12}", "transfer", "live", "tombstones", "expired", "bytes (CBOR)");
+            println!("{:<34} {:>8} {:>11} {:>12} {:>12}", "session", "live", "tombstones", "bytes", "round trips");
             for (name, c) in [
                 ("client-a, after deletes + TTL", r.incremental),
                 ("client-a, after the TTL passed", r.after_expiry),
-                ("client-b, fresh", r.fresh),
+                ("client-b, fresh (after GC)", r.fresh),
             ] {
-                println!("{name:<34} {:>8} {:>11} {:>8} {:>12}", c.live, c.tombstones, c.expired, c.bytes);
+                println!("{name:<34} {:>8} {:>11} {:>12} {:>12}", c.live, c.tombstones, c.bytes, c.round_trips);
             }
             println!();
             println!(
-                "converged: yes ({} live keys, {} live bytes, {:.2} s). Tombstones still travel to a fresh \
-                 replica until causal-stability GC lands.",
+                "converged: yes ({} live keys, {} live bytes; server tombstones {} -> {}; {:.2} s)",
                 r.live_keys,
                 r.live_bytes,
+                r.server_tombstones.0,
+                r.server_tombstones.1,
                 r.elapsed.as_secs_f64()
             );
             Ok(())
