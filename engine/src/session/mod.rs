@@ -132,9 +132,10 @@ pub struct SessionStats {
 enum Source {
     AwaitHello,
     Nothing,
-    /// Bootstrap: live entries from `cursor` on are still to be read and sent.
+    /// Bootstrap: live entries from `cursor` on are still to be read from `snapshot` and sent.
     Streaming {
         v0: VersionVector,
+        snapshot: HeldSnapshot,
         cursor: Bound<Vec<u8>>,
     },
     /// Reconcile: waiting for the sink's reply to the last `Ranges`.
@@ -144,6 +145,16 @@ enum Source {
     },
     AwaitAck,
     Finished,
+}
+
+/// The snapshot a bootstrap reads every chunk from, taken when the flow began, so the stream is
+/// one consistent view whatever the store commits meanwhile.
+struct HeldSnapshot(Box<dyn Snapshot + Send>);
+
+impl std::fmt::Debug for HeldSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldSnapshot")
+    }
 }
 
 #[derive(Debug)]
@@ -351,7 +362,8 @@ impl Session {
         if hello.vector.is_empty() && hello.values == 0 && !anti_entropy {
             self.stats.mode = Some(Mode::Bootstrap);
             self.queue_entries(dead_beyond);
-            self.source = Source::Streaming { v0, cursor: Bound::Unbounded };
+            let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));
+            self.source = Source::Streaming { v0, snapshot, cursor: Bound::Unbounded };
         } else if !anti_entropy && replica.membership().contains(peer) && hello.vector.dominates(&replica.frontier()) {
             self.stats.mode = Some(Mode::Delta);
             let delta = replica.delta_for(&hello.vector)?;
@@ -440,35 +452,33 @@ impl Session {
         }
     }
 
-    /// Bootstrap: reads the next chunk of live entries after the cursor, or ends the flow.
+    /// Bootstrap: reads the next chunk of live entries after the cursor from the held snapshot,
+    /// or ends the flow.
     fn stream_next_chunk<S: Storage>(&mut self, replica: &Replica<S>) -> Result<(), SyncError> {
-        let Source::Streaming { cursor, .. } = &self.source else { return Ok(()) };
+        let Source::Streaming { snapshot, cursor, .. } = &self.source else { return Ok(()) };
         let now_ms = replica.now_ms();
         let range = KeyRange { start: cursor.clone(), end: Bound::Unbounded };
         let mut chunk = Vec::new();
         let mut bytes = 0;
         let mut last = None;
-        replica
-            .store()
-            .snapshot()
-            .and_then(|snap| {
-                snap.scan_keys(&range, &mut |e| {
-                    last = Some(e.key.clone());
-                    if e.is_live_at(now_ms) {
-                        bytes += approx_bytes(&e);
-                        chunk.push(e);
-                    }
-                    if bytes >= CHUNK_BYTES { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-                })
+        snapshot
+            .0
+            .scan_keys(&range, &mut |e| {
+                last = Some(e.key.clone());
+                if e.is_live_at(now_ms) {
+                    bytes += approx_bytes(&e);
+                    chunk.push(e);
+                }
+                if bytes >= CHUNK_BYTES { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             })
             .map_err(Error::from)?;
         let exhausted = bytes < CHUNK_BYTES;
-        let Source::Streaming { v0, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
+        let Source::Streaming { v0, snapshot, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
             return Ok(());
         };
         self.queue_entries(chunk);
         match (exhausted, last) {
-            (false, Some(key)) => self.source = Source::Streaming { v0, cursor: Bound::Excluded(key) },
+            (false, Some(key)) => self.source = Source::Streaming { v0, snapshot, cursor: Bound::Excluded(key) },
             _ => self.outbox.push_back(Message::Done(v0)),
         }
         Ok(())

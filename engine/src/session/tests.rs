@@ -121,3 +121,51 @@ fn a_garbage_frame_ends_the_session_and_changes_nothing() {
     assert!(matches!(s.handle(&mut a, &future.encode().unwrap()), Err(SyncError::Version { theirs: 99, .. })));
     assert_eq!((live(&a), a.vector().clone()), before);
 }
+
+#[test]
+fn a_bootstrap_streams_one_snapshot_while_the_source_keeps_writing() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b) = (replica(1, &clock), replica(2, &clock));
+    let value = vec![7u8; 1000];
+    for i in 0..3000 {
+        a.put(format!("k{i:04}"), value.clone(), PutOptions::default()).unwrap();
+    }
+    let v0 = a.vector().clone();
+    let mut sa = Session::new(&mut a, Some(ReplicaId(2))).unwrap();
+    let mut sb = Session::new(&mut b, Some(ReplicaId(1))).unwrap();
+    let mut wrote = false;
+    let mut chunks = 0;
+    // One frame at a time each way, so the source reads each chunk only when it is sent.
+    loop {
+        let to_b = sa.poll_transmit(&a).unwrap();
+        let to_a = sb.poll_transmit(&b).unwrap();
+        if to_a.is_none() && to_b.is_none() {
+            break;
+        }
+        if let Some(f) = to_b {
+            chunks += usize::from(matches!(Message::decode(&f).unwrap(), Message::Entries(_)));
+            sb.handle(&mut b, &f).unwrap();
+            // After the first chunk, the source overwrites and deletes keys the stream has not
+            // reached yet.
+            if chunks == 1 && !wrote {
+                a.put("k2999", "new", PutOptions::default()).unwrap();
+                a.delete("k2998").unwrap();
+                wrote = true;
+            }
+        }
+        if let Some(f) = to_a {
+            sa.handle(&mut a, &f).unwrap();
+        }
+    }
+    assert!(wrote && chunks >= 3, "the stream took {chunks} chunks");
+    assert_eq!(sa.stats().mode, Some(Mode::Bootstrap));
+    // b holds exactly the snapshot: the old k2999 and the k2998 deleted after it was taken.
+    assert_eq!(b.get(b"k2999").unwrap().unwrap().value, value);
+    assert_eq!(b.get(b"k2998").unwrap().unwrap().value, value);
+    assert_eq!(b.vector(), &v0);
+    // The next session brings the two later writes, by delta.
+    let out = run(&mut a, &mut b);
+    assert_eq!(out.a.mode, Some(Mode::Delta));
+    assert_eq!((out.a.live_sent, out.a.tombstones_sent), (1, 1));
+    assert_eq!(live(&a), live(&b));
+}

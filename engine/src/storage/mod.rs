@@ -197,8 +197,9 @@ pub trait Snapshot {
 
 /// A backend: atomic, durable batches and consistent snapshots.
 pub trait Storage: Send {
-    /// The backend's snapshot type.
-    type Snapshot: Snapshot;
+    /// The backend's snapshot type. It owns its view (no borrow of the store), so a session can
+    /// keep reading one snapshot across many frames while the store takes new commits.
+    type Snapshot: Snapshot + Send + 'static;
 
     /// A consistent view of everything committed so far.
     fn snapshot(&self) -> Result<Self::Snapshot, StorageError>;
