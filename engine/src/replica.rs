@@ -20,8 +20,8 @@ use crate::index::KeyIndex;
 use crate::limits::Limits;
 use crate::membership::{Checkpoint, LEASE_MS_DEFAULT, Membership};
 use crate::storage::{
-    Batch, KeyRange, Meta, Snapshot, Storage, decode_cbor, decode_clock, decode_replica, decode_vector, encode_clock,
-    encode_replica, encode_vector,
+    Batch, KeyRange, Meta, Op, Snapshot, Storage, decode_cbor, decode_clock, decode_replica, decode_vector,
+    encode_clock, encode_replica, encode_vector,
 };
 use crate::vector::VersionVector;
 use std::collections::BTreeMap;
@@ -193,6 +193,33 @@ pub struct Replica<S: Storage> {
     pub(crate) index: KeyIndex,
     pub(crate) membership: Membership,
     pub(crate) checkpoint: Option<Checkpoint>,
+    /// Changes committed since the last [`Replica::take_changes`], when recording.
+    changes: Option<Vec<Change>>,
+}
+
+/// A change to what reads of one key return, as recorded for subscribers
+/// ([`Replica::record_changes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The key now holds this value (a local write, or one received from a peer).
+    Put(Item),
+    /// The key was deleted (a local or received tombstone, or an entry dropped because a peer
+    /// showed it dead).
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+impl Change {
+    /// The key that changed.
+    #[must_use]
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Change::Put(item) => &item.key,
+            Change::Delete { key } => key,
+        }
+    }
 }
 
 impl<S: Storage> std::fmt::Debug for Replica<S> {
@@ -234,6 +261,7 @@ impl<S: Storage> Replica<S> {
                     index: KeyIndex::load(&snap)?,
                     membership: membership.unwrap_or_default(),
                     checkpoint: checkpoint.flatten(),
+                    changes: None,
                     store,
                 }
             }
@@ -253,6 +281,7 @@ impl<S: Storage> Replica<S> {
                     index: KeyIndex::default(),
                     membership: Membership::default(),
                     checkpoint: None,
+                    changes: None,
                 }
             }
         };
@@ -265,8 +294,40 @@ impl<S: Storage> Replica<S> {
     /// store goes through here.
     pub(crate) fn commit(&mut self, batch: &Batch) -> Result<()> {
         self.store.commit(batch)?;
+        if let Some(changes) = self.changes.as_mut() {
+            let now_ms = self.wall.now_ms();
+            for op in &batch.ops {
+                match op {
+                    Op::Put(e) => match Item::from_live(e.clone(), now_ms) {
+                        Some(item) => changes.push(Change::Put(item)),
+                        None if matches!(e.payload, Payload::Tombstone) => {
+                            changes.push(Change::Delete { key: e.key.clone() });
+                        }
+                        // A purge or an already expired write: expiry is local and silent.
+                        None => {}
+                    },
+                    // Collection removes dead entries; a live one removed was shown dead by a peer.
+                    Op::Remove(key) if self.index.live.get(key).is_some() => {
+                        changes.push(Change::Delete { key: key.clone() });
+                    }
+                    Op::Remove(_) | Op::SetMeta(..) => {}
+                }
+            }
+        }
         self.index.apply(batch);
         Ok(())
+    }
+
+    /// Starts (or stops) recording the changes each commit makes to what reads return, for
+    /// [`Replica::take_changes`]. Off by default: an embedder that does not subscribe pays
+    /// nothing.
+    pub fn record_changes(&mut self, on: bool) {
+        self.changes = on.then(Vec::new);
+    }
+
+    /// The changes committed since the last call, in commit order (empty when not recording).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.changes.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The wall clock, read once per operation.

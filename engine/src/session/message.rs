@@ -7,6 +7,7 @@
 use crate::entry::Entry;
 use crate::fingerprint::ItemId;
 use crate::ids::ReplicaId;
+use crate::live::Push;
 use crate::membership::MemberInfo;
 use crate::session::SyncError;
 use crate::vector::VersionVector;
@@ -169,8 +170,11 @@ pub enum Message {
         /// Items to send.
         want: Vec<ItemId>,
     },
-    /// Sink → source: the sink's vector after applying `Done`.
+    /// Sink → source: the sink's vector after applying `Done` (or, on a live stream, a push that
+    /// ended a delta).
     Ack(VersionVector),
+    /// On a live stream, not in a session: entries committed since the last push.
+    Push(Push),
 }
 
 impl Message {
@@ -184,6 +188,7 @@ impl Message {
             Message::Done(_) => "Done",
             Message::Reply { .. } => "Reply",
             Message::Ack(_) => "Ack",
+            Message::Push(_) => "Push",
         }
     }
 

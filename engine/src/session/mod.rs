@@ -296,6 +296,7 @@ impl Session {
                 Ok(())
             }
             Message::Reply { split, send, want } => self.on_reply(replica, split, send, want),
+            Message::Push(_) => Err(SyncError::Unexpected { got: "Push", state: "in a session" }),
             Message::Ack(vector) => {
                 if !matches!(self.source, Source::AwaitAck) {
                     return Err(SyncError::Unexpected { got: "Ack", state: self.source_state() });
@@ -545,7 +546,8 @@ pub fn sync_in_process<S: Storage, T: Storage>(
     Ok(PairOutcome { a: sa.stats().clone(), b: sb.stats().clone(), trips })
 }
 
-fn approx_bytes(e: &Entry) -> usize {
+/// About how many bytes an entry takes in a frame, for cutting chunks.
+pub(crate) fn approx_bytes(e: &Entry) -> usize {
     let value = match &e.payload {
         Payload::Value(v) => v.bytes.len() + v.metadata.as_ref().map_or(0, Vec::len),
         _ => 0,
