@@ -1,0 +1,163 @@
+//! quinn endpoints that speak only pinned-key TLS 1.3 and the lethe ALPN.
+
+use crate::error::Error;
+use crate::frame::{FrameReader, FrameWriter};
+use crate::identity::{Identity, NodeId};
+use crate::tls::{TrustList, client_config, server_config};
+use lethe_engine::session::FRAME_BYTES_MAX;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{RecvStream, SendStream, TransportConfig, VarInt};
+use rustls::pki_types::CertificateDer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a connection was closed, sent to the peer as the QUIC application error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CloseCode {
+    /// Finished normally (or the node is shutting down).
+    Done = 0,
+    /// A frame did not decode or broke the protocol.
+    Malformed = 1,
+    /// A frame exceeded the size limit.
+    TooLarge = 2,
+    /// The peer's data was refused by the engine (for example a clock beyond the drift bound).
+    Refused = 3,
+}
+
+impl CloseCode {
+    /// The code for an error that ends a connection.
+    #[must_use]
+    pub fn for_error(e: &Error) -> CloseCode {
+        match e {
+            Error::FrameTooLarge { .. } => CloseCode::TooLarge,
+            _ => CloseCode::Malformed,
+        }
+    }
+}
+
+/// Flow-control windows and timers. The stream window holds one maximal frame; the connection
+/// window a few; so a peer that stops reading stalls its sender at a bounded amount of memory.
+fn transport_config() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    let frame = FRAME_BYTES_MAX as u32;
+    t.stream_receive_window(VarInt::from_u32(frame + 1024));
+    t.receive_window(VarInt::from_u32(4 * frame));
+    t.send_window(4 * u64::from(frame));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(64));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
+    t
+}
+
+/// A connection to an authenticated peer.
+#[derive(Clone, Debug)]
+pub struct PeerConnection {
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// Who is on the other end (checked in the TLS handshake).
+    pub peer: NodeId,
+}
+
+/// One stream of frames each way.
+pub type FrameStream = (FrameWriter<SendStream>, FrameReader<RecvStream>);
+
+impl PeerConnection {
+    fn new(conn: quinn::Connection) -> Result<PeerConnection, Error> {
+        let certs = conn
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or(Error::NoPeerIdentity)?;
+        let cert = certs.first().ok_or(Error::NoPeerIdentity)?;
+        Ok(PeerConnection { peer: NodeId::from_cert(cert)?, conn })
+    }
+
+    /// Opens a stream to the peer.
+    pub async fn open(&self) -> Result<FrameStream, Error> {
+        let (send, recv) = self.conn.open_bi().await?;
+        Ok((FrameWriter::new(send, FRAME_BYTES_MAX), FrameReader::new(recv, FRAME_BYTES_MAX)))
+    }
+
+    /// Waits for the peer to open a stream.
+    pub async fn accept(&self) -> Result<FrameStream, Error> {
+        let (send, recv) = self.conn.accept_bi().await?;
+        Ok((FrameWriter::new(send, FRAME_BYTES_MAX), FrameReader::new(recv, FRAME_BYTES_MAX)))
+    }
+
+    /// Closes the connection with `code` and a reason the peer can log.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        self.conn.close(VarInt::from_u32(code as u32), reason.as_bytes());
+    }
+}
+
+/// A node's QUIC endpoint: accepts trusted peers, dials peers by pinned id.
+#[derive(Debug)]
+pub struct Endpoint {
+    inner: quinn::Endpoint,
+    identity: Arc<Identity>,
+    trust: TrustList,
+}
+
+impl Endpoint {
+    /// Binds `addr` (use port 0 for any). Must be called inside a tokio runtime.
+    pub fn bind(addr: SocketAddr, identity: Identity, trust: TrustList) -> Result<Endpoint, Error> {
+        let tls = server_config(&identity, trust.clone())?;
+        let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config()));
+        let inner = quinn::Endpoint::server(config, addr).map_err(|source| Error::Bind { addr, source })?;
+        Ok(Endpoint { inner, identity: Arc::new(identity), trust })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.inner.local_addr().map_err(|e| Error::Stream(e.to_string()))
+    }
+
+    /// This node's id.
+    #[must_use]
+    pub fn id(&self) -> NodeId {
+        self.identity.id()
+    }
+
+    /// The trust list incoming connections are checked against.
+    #[must_use]
+    pub fn trust(&self) -> &TrustList {
+        &self.trust
+    }
+
+    /// Connects to the node `expected` at `addr`; fails unless the peer proves it holds the key
+    /// of `expected`.
+    pub async fn connect(&self, addr: SocketAddr, expected: NodeId) -> Result<PeerConnection, Error> {
+        let tls = client_config(&self.identity, expected)?;
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config()));
+        let connecting = self
+            .inner
+            .connect_with(config, addr, "lethe")
+            .map_err(|e| Error::Connect { addr, reason: e.to_string() })?;
+        let conn = connecting.await?;
+        PeerConnection::new(conn)
+    }
+
+    /// The next incoming connection that completed its handshake. `None` once the endpoint is
+    /// closed; `Some(Err)` for one that failed (an untrusted key, say), which the caller logs
+    /// and moves past.
+    pub async fn accept(&self) -> Option<Result<PeerConnection, Error>> {
+        let incoming = self.inner.accept().await?;
+        Some(async move { PeerConnection::new(incoming.await?) }.await)
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.inner.close(VarInt::from_u32(CloseCode::Done as u32), b"node shutting down");
+    }
+
+    /// Waits until every connection has been closed cleanly.
+    pub async fn wait_idle(&self) {
+        self.inner.wait_idle().await;
+    }
+}

@@ -1,0 +1,77 @@
+//! The transport's errors.
+
+use crate::identity::NodeId;
+use std::net::SocketAddr;
+
+/// What went wrong in the transport. Each variant says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A key or certificate could not be made or read.
+    #[error("identity: {0}; if the key file is damaged, restore it from a backup (the node id depends on it)")]
+    Identity(String),
+    /// TLS could not be configured.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// The UDP socket could not be bound.
+    #[error("could not listen on {addr}: {source}; pick a free address with --listen")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A connection could not be started.
+    #[error("could not connect to {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection failed or was closed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The peer presented no certificate we could read.
+    #[error("the peer presented no usable certificate")]
+    NoPeerIdentity,
+    /// A peer not on the trust list.
+    #[error("node {0} is not trusted; add it with --trust or --peer if it should be")]
+    Untrusted(NodeId),
+    /// A frame longer than the limit was announced.
+    #[error("frame of {len} bytes exceeds the limit of {max}; the peer is broken or hostile")]
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({got} of {expected} bytes)")]
+    Truncated {
+        /// Bytes read.
+        got: usize,
+        /// Bytes announced.
+        expected: usize,
+    },
+    /// Reading or writing a stream failed.
+    #[error("stream: {0}")]
+    Stream(String),
+}
+
+impl From<quinn::ReadError> for Error {
+    fn from(e: quinn::ReadError) -> Self {
+        match e {
+            quinn::ReadError::ConnectionLost(c) => Error::Connection(c),
+            other => Error::Stream(other.to_string()),
+        }
+    }
+}
+
+impl From<quinn::WriteError> for Error {
+    fn from(e: quinn::WriteError) -> Self {
+        match e {
+            quinn::WriteError::ConnectionLost(c) => Error::Connection(c),
+            other => Error::Stream(other.to_string()),
+        }
+    }
+}
