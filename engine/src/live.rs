@@ -90,16 +90,26 @@ impl LiveSender {
         Ok(LivePoll::Frames(frames))
     }
 
-    /// Handles the receiver's `Ack`: its vector is an acknowledgement (feeding the stable
-    /// frontier). Any other message is refused.
+    /// Handles the receiver's `Ack` (see [`handle_ack`]).
     pub fn handle<S: Storage>(&mut self, replica: &mut Replica<S>, frame: &[u8]) -> std::result::Result<(), SyncError> {
-        match Message::decode(frame)? {
-            Message::Ack(vector) => {
-                replica.acknowledge(self.peer, &vector);
-                Ok(())
-            }
-            other => Err(SyncError::Unexpected { got: other.name(), state: "sending live pushes" }),
+        handle_ack(replica, self.peer, frame)
+    }
+}
+
+/// Handles a frame a live stream's receiver sent back to `peer`'s sender: its `Ack` vector is an
+/// acknowledgement (feeding the stable frontier). Any other message is refused. A free function
+/// so that the task reading acknowledgements need not share the sender.
+pub fn handle_ack<S: Storage>(
+    replica: &mut Replica<S>,
+    peer: ReplicaId,
+    frame: &[u8],
+) -> std::result::Result<(), SyncError> {
+    match Message::decode(frame)? {
+        Message::Ack(vector) => {
+            replica.acknowledge(peer, &vector);
+            Ok(())
         }
+        other => Err(SyncError::Unexpected { got: other.name(), state: "sending live pushes" }),
     }
 }
 

@@ -1,6 +1,14 @@
-//! The embeddable lethe node and the pieces of the `lethe` binary.
+//! The lethe node: the embeddable library and the pieces of the `lethe` command.
 //!
-//! Today this holds the in-process demonstration ([`demo`]); the networked node (QUIC peers,
-//! live replication, the CLI that talks to a running node) arrives with the transport.
+//! - [`node`]: [`Node`], one replica on redb kept in step with its peers over QUIC;
+//! - [`data_dir`]: a node's identity, store and address on disk;
+//! - [`control`]: how the CLI talks to a running node;
+//! - [`demo`]: `lethe demo`, the main job on the embedded default.
 
+pub mod control;
+pub mod data_dir;
 pub mod demo;
+pub mod node;
+
+pub use data_dir::DataDir;
+pub use node::{Node, NodeConfig, NodeError, PeerAddr, Status, Subscription};

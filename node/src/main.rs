@@ -1,18 +1,86 @@
 //! The `lethe` command.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
+use lethe_node::control::{self, Request, Response};
 use lethe_node::demo::{self, DemoParams};
+use lethe_node::{DataDir, Node, NodeConfig, PeerAddr, Status};
+use lethe_transport::{Endpoint, NodeId, TrustList};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "lethe", version, about = "A CRDT replication engine whose sync cost follows the live state")]
 struct Cli {
+    /// The node's data directory (identity and store).
+    #[arg(long, global = true)]
+    data: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create a node's identity and store in --data DIR and print its node id.
+    Init,
+    /// Run the node of --data DIR until SIGINT or SIGTERM.
+    Serve {
+        /// Address to listen on (UDP), e.g. 127.0.0.1:7000.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// A peer to keep connected, as NODEID@ADDR (trusted). Repeat for more.
+        #[arg(long = "peer")]
+        peers: Vec<PeerAddr>,
+        /// A node id allowed to connect (a client device, say). Repeat for more.
+        #[arg(long = "trust")]
+        trust: Vec<NodeId>,
+        /// How often a GC step runs.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        gc_interval: Duration,
+        /// How often an anti-entropy session runs with each peer this node dials.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        anti_entropy_interval: Duration,
+        /// How long a member may stay silent before it stops holding tombstone collection back.
+        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        lease: Duration,
+    },
+    /// Write KEY = VALUE on the running node.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Time to live, like 2s, 10m, 7d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Print the value of KEY (exit status 1 if it is absent).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Delete KEY.
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// List live keys and values in key order.
+    List {
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Print the node's id, counts, vectors, members, peers and digest.
+    Status {
+        /// As one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the engine on redb files in a temporary directory: writes, deletes, local TTL expiry,
     /// tombstone collection, and a fresh replica bootstrapping; prints what each session cost.
     Demo {
@@ -31,32 +99,218 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Demo { keys, deleted, ttl_keys, ttl_ms } => {
-            let dir = tempfile::tempdir().context("creating a temporary directory")?;
-            println!("lethe demo: replicas on redb in {}", dir.path().display());
-            let params = DemoParams { keys, deleted, ttl_keys, ttl_ms, ..DemoParams::default() };
-            let r = demo::run(dir.path(), params)?;
-            println!();
-            println!("{:<34} {:>8} {:>11} {:>12} {:>12}", "session", "live", "tombstones", "bytes", "round trips");
-            for (name, c) in [
-                ("client-a, after deletes + TTL", r.incremental),
-                ("client-a, after the TTL passed", r.after_expiry),
-                ("client-b, fresh (after GC)", r.fresh),
-            ] {
-                println!("{name:<34} {:>8} {:>11} {:>12} {:>12}", c.live, c.tombstones, c.bytes, c.round_trips);
-            }
-            println!();
-            println!(
-                "converged: yes ({} live keys, {} live bytes; server tombstones {} -> {}; {:.2} s)",
-                r.live_keys,
-                r.live_bytes,
-                r.server_tombstones.0,
-                r.server_tombstones.1,
-                r.elapsed.as_secs_f64()
-            );
-            Ok(())
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
     }
+}
+
+fn data_dir(data: Option<PathBuf>) -> Result<DataDir> {
+    data.map(DataDir::new).ok_or_else(|| anyhow!("this command needs --data DIR (the node's data directory)"))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init => {
+            let dir = data_dir(cli.data)?;
+            let identity = dir.init()?;
+            println!("{}", identity.id());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { listen, peers, trust, gc_interval, anti_entropy_interval, lease } => {
+            let dir = data_dir(cli.data)?;
+            let mut config = NodeConfig::new(dir, listen);
+            config.peers = peers;
+            config.trust = trust;
+            config.gc_interval = gc_interval;
+            config.anti_entropy_interval = anti_entropy_interval;
+            config.engine.lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+            serve(config)
+        }
+        Command::Put { key, value, ttl } => {
+            let ttl_ms = ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+            match request(cli.data, Request::Put { key: key.into_bytes(), value: value.into_bytes(), ttl_ms })? {
+                Response::Written { seq } => println!("ok seq={seq}"),
+                other => bail!("unexpected answer {other:?}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { key } => match request(cli.data, Request::Get { key: key.into_bytes() })? {
+            Response::Value(Some(value)) => {
+                println!("{}", String::from_utf8_lossy(&value));
+                Ok(ExitCode::SUCCESS)
+            }
+            Response::Value(None) => Ok(ExitCode::from(1)),
+            other => bail!("unexpected answer {other:?}"),
+        },
+        Command::Del { key } => match request(cli.data, Request::Delete { key: key.into_bytes() })? {
+            Response::Written { seq } => {
+                println!("ok seq={seq}");
+                Ok(ExitCode::SUCCESS)
+            }
+            other => bail!("unexpected answer {other:?}"),
+        },
+        Command::List { prefix, limit } => {
+            match request(cli.data, Request::List { prefix: prefix.into_bytes(), limit })? {
+                Response::Listed(items) => {
+                    for item in items {
+                        println!("{}\t{}", String::from_utf8_lossy(&item.key), String::from_utf8_lossy(&item.value));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => bail!("unexpected answer {other:?}"),
+            }
+        }
+        Command::Status { json } => match request(cli.data, Request::Status)? {
+            Response::Status(status) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print_status(&status);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            other => bail!("unexpected answer {other:?}"),
+        },
+        Command::Demo { keys, deleted, ttl_keys, ttl_ms } => {
+            run_demo(DemoParams { keys, deleted, ttl_keys, ttl_ms, ..DemoParams::default() })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(config: NodeConfig) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async {
+        let dir = config.data.clone();
+        let node = Node::start(config).await?;
+        dir.write_addr(node.local_addr())?;
+        println!("node {} listening on {}", node.id(), node.local_addr());
+        let reason = shutdown_signal().await?;
+        tracing::info!("{reason}: shutting down");
+        node.shutdown().await;
+        dir.clear_addr();
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() -> Result<&'static str> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; Ok("SIGINT") }
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}
+
+/// Sends one request to the running node of DIR, authenticated with the node's own key.
+fn request(data: Option<PathBuf>, request: Request) -> Result<Response> {
+    let dir = data_dir(data)?;
+    let identity = dir.identity()?;
+    let id = identity.id();
+    let mut addr = dir.addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let response = runtime.block_on(async {
+        let local =
+            SocketAddr::new(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() }, 0);
+        let endpoint = Endpoint::bind(local, identity, TrustList::default())?;
+        let not_answering = || {
+            anyhow!(
+                "the node of {} is not answering at {addr}; is `lethe serve --data {}` running?",
+                dir.path().display(),
+                dir.path().display()
+            )
+        };
+        let conn = tokio::time::timeout(Duration::from_secs(5), endpoint.connect(addr, id))
+            .await
+            .map_err(|_| not_answering())?
+            .map_err(|_| not_answering())?;
+        let (mut w, mut r) = conn.open().await?;
+        w.send(&control::encode(&request).map_err(|e| anyhow!(e))?).await?;
+        let mut send = w.into_inner().await?;
+        send.finish().context("sending the request")?;
+        let frame = tokio::time::timeout(Duration::from_secs(60), r.next())
+            .await
+            .map_err(|_| anyhow!("the node did not answer within 60 s"))??
+            .ok_or_else(|| anyhow!("the node closed the stream without answering"))?;
+        conn.close(lethe_transport::CloseCode::Done, "done");
+        endpoint.wait_idle().await;
+        control::decode::<Response>(&frame).map_err(|e| anyhow!(e))
+    })?;
+    match response {
+        Response::Error(e) => bail!("{e}"),
+        other => Ok(other),
+    }
+}
+
+fn print_status(s: &Status) {
+    let vector = |v: &std::collections::BTreeMap<String, u64>| {
+        v.iter().map(|(r, n)| format!("{r}:{n}")).collect::<Vec<_>>().join(" ")
+    };
+    println!("node id      {}", s.node_id);
+    println!("replica      {}", s.replica);
+    println!("listen       {}", s.listen);
+    println!("live keys    {}", s.live);
+    println!("tombstones   {}", s.tombstones);
+    println!("expired      {}", s.expired);
+    println!("vector       {}", vector(&s.vector));
+    println!("frontier     {}", vector(&s.frontier));
+    println!("digest       {}", s.digest);
+    println!("connected    {}", if s.connected.is_empty() { "-".to_string() } else { s.connected.join(" ") });
+    println!("members      {}", s.members.len());
+    for m in &s.members {
+        println!("  {}  acked {}  last heard {} ms", m.replica, vector(&m.acked), m.last_heard_ms);
+    }
+}
+
+fn run_demo(params: DemoParams) -> Result<()> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    println!("lethe demo: replicas on redb in {}", dir.path().display());
+    let r = demo::run(dir.path(), params)?;
+    println!();
+    println!("{:<34} {:>8} {:>11} {:>12} {:>12}", "session", "live", "tombstones", "bytes", "round trips");
+    for (name, c) in [
+        ("client-a, after deletes + TTL", r.incremental),
+        ("client-a, after the TTL passed", r.after_expiry),
+        ("client-b, fresh (after GC)", r.fresh),
+    ] {
+        println!("{name:<34} {:>8} {:>11} {:>12} {:>12}", c.live, c.tombstones, c.bytes, c.round_trips);
+    }
+    println!();
+    println!(
+        "converged: yes ({} live keys, {} live bytes; server tombstones {} -> {}; {:.2} s)",
+        r.live_keys,
+        r.live_bytes,
+        r.server_tombstones.0,
+        r.server_tombstones.1,
+        r.elapsed.as_secs_f64()
+    );
+    Ok(())
 }
