@@ -22,6 +22,9 @@ pub(crate) struct KeyIndex {
     dead_by_dot: BTreeMap<Dot, Vec<u8>>,
     dead_by_key: BTreeMap<Vec<u8>, Dot>,
     expiring: BTreeSet<(u64, Vec<u8>)>,
+    /// The highest seq of each writer with an entry stored here (never lowered: an upper
+    /// bound), so a delta scans the dot index only for writers that may have news.
+    max_seq: BTreeMap<ReplicaId, Seq>,
 }
 
 impl KeyIndex {
@@ -54,6 +57,8 @@ impl KeyIndex {
 
     pub(crate) fn put(&mut self, e: &Entry) {
         self.forget(&e.key);
+        let top = self.max_seq.entry(e.stamp.replica).or_default();
+        *top = (*top).max(e.seq);
         match &e.payload {
             Payload::Value(v) => {
                 let item = LiveItem { stamp: e.stamp, seq: e.seq, expires_at_ms: v.expires_at_ms };
@@ -94,6 +99,11 @@ impl KeyIndex {
             keys.extend(self.dead_by_dot.range(from..=to).map(|(_, k)| k.clone()));
         }
         keys
+    }
+
+    /// Writers that may have entries stored here beyond `peer`'s vector.
+    pub(crate) fn writers_beyond<'a>(&'a self, peer: &'a VersionVector) -> impl Iterator<Item = ReplicaId> + 'a {
+        self.max_seq.iter().filter(|(r, top)| **top > peer.get(**r)).map(|(r, _)| *r)
     }
 
     /// Number of tombstones and expired records.

@@ -13,7 +13,7 @@
 use crate::entry::Entry;
 use crate::ids::ReplicaId;
 use crate::replica::{ApplyReport, Replica};
-use crate::session::{CHUNK_BYTES, Message, SyncError, approx_bytes};
+use crate::session::{CHUNK_BYTES, Message, SyncError, approx_bytes, count_kinds};
 use crate::storage::Storage;
 use crate::vector::VersionVector;
 use serde::{Deserialize, Serialize};
@@ -123,6 +123,10 @@ pub struct Received {
     pub gap: bool,
     /// The frame to answer with (an `Ack` after the last push of a delta).
     pub reply: Option<Vec<u8>>,
+    /// Live values the push carried.
+    pub live: u64,
+    /// Tombstones and expired records the push carried.
+    pub tombstones: u64,
 }
 
 /// The receiving half of a live stream from one peer.
@@ -150,14 +154,15 @@ impl LiveReceiver {
             other => return Err(SyncError::Unexpected { got: other.name(), state: "receiving live pushes" }),
         };
         let in_step = replica.vector().dominates(&push.base);
+        let (live, tombstones) = count_kinds(&push.entries);
         let report = replica.apply_remote(push.entries, push.vector.as_ref().filter(|_| in_step))?;
         let Some(sender_vector) = push.vector else {
-            return Ok(Received { report, gap: false, reply: None });
+            return Ok(Received { report, gap: false, reply: None, live, tombstones });
         };
         // The sender's vector is its durable state: an acknowledgement, as a handshake's is.
         replica.acknowledge(self.peer, &sender_vector);
         let reply = Message::Ack(replica.vector().clone()).encode()?;
-        Ok(Received { report, gap: !in_step, reply: Some(reply) })
+        Ok(Received { report, gap: !in_step, reply: Some(reply), live, tombstones })
     }
 }
 

@@ -497,27 +497,19 @@ impl<S: Storage> Replica<S> {
     }
 
     /// What a peer whose vector is `peer` is missing (see [`Delta`]). Reads one snapshot and walks
-    /// the dot index from `peer`'s seq for each writer, so the cost follows the changes, not the
-    /// store.
+    /// the dot index from `peer`'s seq for each writer that has stored entries beyond it (the
+    /// index knows each writer's highest seq), so the cost follows the changes, not the store or
+    /// the number of writers.
     pub fn delta_for(&self, peer: &VersionVector) -> Result<Delta> {
         let now_ms = self.now_ms();
         let snap = self.store.snapshot()?;
         let mut keys = Vec::new();
-        let mut writer = Some(ReplicaId(0));
-        while let Some(from) = writer {
-            // The next writer with anything in the dot index.
-            let mut next = None;
-            snap.scan_dots(Dot { replica: from, seq: Seq(0) }, max_dot(), &mut |dot, _| {
-                next = Some(dot.replica);
-                ControlFlow::Break(())
-            })?;
-            let Some(r) = next else { break };
+        for r in self.index.writers_beyond(peer) {
             let start = Dot { replica: r, seq: peer.get(r).next() };
             snap.scan_dots(start, Dot { replica: r, seq: Seq(u64::MAX) }, &mut |_, key| {
                 keys.push(key.to_vec());
                 ControlFlow::Continue(())
             })?;
-            writer = r.0.checked_add(1).map(ReplicaId);
         }
         let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
@@ -644,10 +636,6 @@ impl<S: Storage> Replica<S> {
         }
         Ok(keys.len())
     }
-}
-
-fn max_dot() -> Dot {
-    Dot { replica: ReplicaId(u64::MAX), seq: Seq(u64::MAX) }
 }
 
 /// A store whose dot index holds own writes beyond its vector was written by something that did

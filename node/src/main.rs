@@ -283,6 +283,7 @@ fn print_status(s: &Status) {
     println!("vector       {}", vector(&s.vector));
     println!("frontier     {}", vector(&s.frontier));
     println!("digest       {}", s.digest);
+    println!("received     {} live, {} tombstones (since start)", s.live_received, s.tombstones_received);
     println!("connected    {}", if s.connected.is_empty() { "-".to_string() } else { s.connected.join(" ") });
     println!("members      {}", s.members.len());
     for m in &s.members {

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
@@ -40,6 +41,9 @@ const STREAM_SESSION: u8 = 0;
 const STREAM_LIVE: u8 = 1;
 /// Writes committed together at most.
 const GROUP_COMMIT_MAX: usize = 1024;
+/// How long a pusher waits after a commit for more before it sends (Kafka's `linger.ms`): a
+/// burst of commits becomes one push, one receiving commit, one fsync at the peer.
+const PUSH_LINGER: Duration = Duration::from_millis(5);
 /// How many changes a slow subscriber may fall behind before it is told it lagged.
 const SUBSCRIBER_BUFFER: usize = 4096;
 
@@ -198,6 +202,10 @@ pub struct Status {
     pub connected: Vec<String>,
     /// The fingerprint of every live entry (equal on converged nodes): sum prefix and count.
     pub digest: String,
+    /// Live values received from peers since the node started (sessions and pushes).
+    pub live_received: u64,
+    /// Tombstones and expired records received from peers since the node started.
+    pub tombstones_received: u64,
 }
 
 fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -255,6 +263,10 @@ struct Inner {
     connected: Mutex<BTreeMap<NodeId, usize>>,
     /// Node ids this node knows, by replica id, for `status`.
     known: Mutex<BTreeMap<ReplicaId, NodeId>>,
+    /// Live values received since start.
+    live_received: AtomicU64,
+    /// Tombstones and expired records received since start.
+    tombstones_received: AtomicU64,
     /// The writer task, awaited at shutdown so that queued writes are committed.
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -287,6 +299,11 @@ impl Inner {
 
     fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    fn count_received(&self, live: u64, tombstones: u64) {
+        self.live_received.fetch_add(live, Ordering::Relaxed);
+        self.tombstones_received.fetch_add(tombstones, Ordering::Relaxed);
     }
 }
 
@@ -333,6 +350,8 @@ impl Node {
             connected: Mutex::new(BTreeMap::new()),
             known: Mutex::new(known),
             writer: Mutex::new(None),
+            live_received: AtomicU64::new(0),
+            tombstones_received: AtomicU64::new(0),
         });
         info!(node = %id, %listen, "node started");
         *lock(&inner.writer) = Some(tokio::spawn(write_loop(inner.clone(), write_rx)));
@@ -441,6 +460,8 @@ impl Node {
                 members,
                 connected,
                 digest: format!("{}/{}", hex(&digest.wire()), digest.count),
+                live_received: self.inner.live_received.load(Ordering::Relaxed),
+                tombstones_received: self.inner.tombstones_received.load(Ordering::Relaxed),
             })
         })?;
         Ok(status)
@@ -581,14 +602,14 @@ async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) {
     info!("connected to {} at {}", conn.peer, conn.conn.remote_address());
     *lock(&inner.connected).entry(conn.peer).or_default() += 1;
     lock(&inner.known).insert(conn.peer.replica_id(), conn.peer);
-    let want_session = Arc::new(Notify::new());
+    let link = Arc::new(Link::default());
     if dialer {
-        want_session.notify_one();
+        link.ask_session();
     }
     let tasks = [
-        tokio::spawn(accept_streams(inner.clone(), conn.clone(), want_session.clone()).in_current_span()),
-        tokio::spawn(initiate_sessions(inner.clone(), conn.clone(), want_session.clone(), dialer).in_current_span()),
-        tokio::spawn(push_loop(inner.clone(), conn.clone(), want_session).in_current_span()),
+        tokio::spawn(accept_streams(inner.clone(), conn.clone(), link.clone()).in_current_span()),
+        tokio::spawn(initiate_sessions(inner.clone(), conn.clone(), link.clone(), dialer).in_current_span()),
+        tokio::spawn(push_loop(inner.clone(), conn.clone(), link).in_current_span()),
     ];
     let mut stop = inner.shutdown.subscribe();
     tokio::select! {
@@ -607,6 +628,46 @@ async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) {
     }
 }
 
+/// What the tasks of one connection share.
+#[derive(Debug, Default)]
+struct Link {
+    want_session: Notify,
+    /// Sessions running on this connection, started by either side.
+    running: AtomicUsize,
+    /// Sessions finished on this connection.
+    finished: AtomicU64,
+}
+
+/// Counts a session as running until dropped.
+struct Running<'a>(&'a Link);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Link {
+    fn ask_session(&self) {
+        self.want_session.notify_one();
+    }
+
+    /// Asks for a session for a peer that is not (yet) a member, unless one is running or none
+    /// has run yet: the dialer starts one at connect time, and a second would send the same
+    /// bootstrap twice.
+    fn ask_session_if_idle(&self) {
+        if self.finished.load(Ordering::Relaxed) > 0 && self.running.load(Ordering::Relaxed) == 0 {
+            self.ask_session();
+        }
+    }
+
+    fn session_started(&self) -> Running<'_> {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        Running(self)
+    }
+}
+
 /// Ends the connection if `failure` means the peer broke the protocol.
 fn close_on(conn: &PeerConnection, what: &str, failure: &Failure) {
     match failure.close_code() {
@@ -618,7 +679,7 @@ fn close_on(conn: &PeerConnection, what: &str, failure: &Failure) {
     }
 }
 
-async fn accept_streams(inner: Arc<Inner>, conn: PeerConnection, want_session: Arc<Notify>) {
+async fn accept_streams(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>) {
     while let Ok((w, mut r)) = conn.accept().await {
         let kind = match r.next().await {
             Ok(Some(kind)) => kind,
@@ -628,12 +689,12 @@ async fn accept_streams(inner: Arc<Inner>, conn: PeerConnection, want_session: A
                 continue;
             }
         };
-        let (inner, conn, want_session) = (inner.clone(), conn.clone(), want_session.clone());
+        let (inner, conn, link) = (inner.clone(), conn.clone(), link.clone());
         tokio::spawn(
             async move {
                 let result = match kind.as_slice() {
-                    [STREAM_SESSION] => run_session(&inner, conn.peer, (w, r), false).await.map(|_| ()),
-                    [STREAM_LIVE] => receive_pushes(&inner, conn.peer, (w, r), &want_session).await,
+                    [STREAM_SESSION] => run_session(&inner, &link, conn.peer, (w, r), false).await.map(|_| ()),
+                    [STREAM_LIVE] => receive_pushes(&inner, conn.peer, (w, r), &link).await,
                     _ => Err(Failure::StreamKind(kind)),
                 };
                 if let Err(failure) = result {
@@ -645,32 +706,45 @@ async fn accept_streams(inner: Arc<Inner>, conn: PeerConnection, want_session: A
     }
 }
 
-async fn initiate_sessions(inner: Arc<Inner>, conn: PeerConnection, want_session: Arc<Notify>, dialer: bool) {
+async fn initiate_sessions(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>, dialer: bool) {
     loop {
         let anti_entropy = tokio::select! {
-            _ = want_session.notified() => false,
+            _ = link.want_session.notified() => false,
             _ = tokio::time::sleep(inner.config.anti_entropy_interval), if dialer => true,
         };
         let result = async {
             let (mut w, r) = conn.open().await?;
             w.send(&[STREAM_SESSION]).await?;
-            run_session(&inner, conn.peer, (w, r), anti_entropy).await
+            run_session(&inner, &link, conn.peer, (w, r), anti_entropy).await
         }
         .await;
         if let Err(failure) = result {
-            close_on(&conn, "session", &failure);
-            return;
+            if !survive(&conn, "session", &failure) {
+                return;
+            }
+            // The session did not finish: try again shortly.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            link.ask_session();
         }
     }
+}
+
+/// Logs `failure` of one stream; closes the connection if the peer broke the protocol. Whether
+/// the connection is still usable.
+fn survive(conn: &PeerConnection, what: &str, failure: &Failure) -> bool {
+    close_on(conn, what, failure);
+    failure.close_code().is_none() && conn.conn.close_reason().is_none()
 }
 
 /// Runs one engine session over a stream, both roles at once.
 async fn run_session(
     inner: &Inner,
+    link: &Link,
     peer: NodeId,
     (mut w, mut r): FrameStream,
     anti_entropy: bool,
 ) -> Result<SessionStats, Failure> {
+    let _running = link.session_started();
     let expected = Some(peer.replica_id());
     let mut session = inner.with_replica(|rep| {
         if anti_entropy { Session::anti_entropy(rep, expected) } else { Session::new(rep, expected) }
@@ -692,6 +766,7 @@ async fn run_session(
     // The stream may already be reset by a peer that finished first; its data is delivered.
     let _ = send.finish();
     let stats = session.stats().clone();
+    inner.count_received(stats.live_received, stats.tombstones_received);
     let level_info = stats.live_received + stats.tombstones_received + stats.live_sent + stats.tombstones_sent > 0;
     if level_info {
         info!(
@@ -709,71 +784,81 @@ async fn run_session(
     Ok(stats)
 }
 
-async fn receive_pushes(
-    inner: &Inner,
-    peer: NodeId,
-    (mut w, mut r): FrameStream,
-    want_session: &Notify,
-) -> Result<(), Failure> {
+async fn receive_pushes(inner: &Inner, peer: NodeId, (mut w, mut r): FrameStream, link: &Link) -> Result<(), Failure> {
     let mut rx = LiveReceiver::new(peer.replica_id());
     while let Some(frame) = r.next().await? {
         let got = inner.with_replica(|rep| rx.handle(rep, &frame))?;
+        inner.count_received(got.live, got.tombstones);
         if let Some(reply) = got.reply {
             w.send(&reply).await?;
             w.flush().await?;
         }
         if got.gap {
             debug!("live stream has a gap; asking for a session");
-            want_session.notify_one();
+            link.ask_session();
         }
     }
     Ok(())
 }
 
-/// Pushes every commit to the peer once it is a member; asks for a session when it is not.
-async fn push_loop(inner: Arc<Inner>, conn: PeerConnection, want_session: Arc<Notify>) {
-    let peer = conn.peer.replica_id();
+/// Pushes every commit to the peer while it is a member; asks for a session while it is not (a
+/// session's acknowledgement is what admits it).
+async fn push_loop(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>) {
     let mut committed = inner.committed.subscribe();
-    let mut live: Option<(lethe_transport::FrameWriter<SendStream>, LiveSender)> = None;
+    let mut live: Option<LiveStream> = None;
     loop {
-        if live.is_none() {
-            let acked =
-                inner.with_replica(|r| r.membership().iter().find(|(m, _)| *m == peer).map(|(_, m)| m.acked.clone()));
-            if let Some(acked) = acked {
-                match open_live(&inner, &conn).await {
-                    Ok(w) => live = Some((w, LiveSender::new(peer, acked))),
-                    Err(failure) => return close_on(&conn, "opening the live stream", &failure),
-                }
+        match push_once(&inner, &conn, &mut live).await {
+            Ok(false) => {}
+            Ok(true) => {
+                link.ask_session_if_idle();
+                live = None;
             }
-        }
-        if let Some((w, sender)) = live.as_mut() {
-            let result = async {
-                match inner.with_replica(|r| sender.poll(r))? {
-                    LivePoll::Idle => {}
-                    LivePoll::Frames(frames) => {
-                        for f in &frames {
-                            w.send(f).await?;
-                        }
-                        w.flush().await?;
-                    }
-                    LivePoll::NeedSession => return Ok(false),
+            Err(failure) => {
+                if !survive(&conn, "live push", &failure) {
+                    return;
                 }
-                Ok::<bool, Failure>(true)
-            }
-            .await;
-            match result {
-                Ok(true) => {}
-                Ok(false) => {
-                    want_session.notify_one();
-                    live = None;
-                }
-                Err(failure) => return close_on(&conn, "live push", &failure),
+                live = None;
             }
         }
         tokio::select! {
-            changed = committed.changed() => if changed.is_err() { return },
+            changed = committed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Linger a moment so a burst of commits goes out as one push.
+                tokio::time::sleep(PUSH_LINGER).await;
+            }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+type LiveStream = (lethe_transport::FrameWriter<SendStream>, LiveSender);
+
+/// Sends what the peer lacks on the live stream (opened once the peer is a member). Whether a
+/// session is needed instead.
+async fn push_once(inner: &Arc<Inner>, conn: &PeerConnection, live: &mut Option<LiveStream>) -> Result<bool, Failure> {
+    let peer = conn.peer.replica_id();
+    let (w, sender) = match live {
+        Some(stream) => stream,
+        None => {
+            let member = |r: &mut Replica<RedbStore>| {
+                r.membership().iter().find(|(m, _)| *m == peer).map(|(_, m)| m.acked.clone())
+            };
+            let Some(acked) = inner.with_replica(member) else { return Ok(true) };
+            live.insert((open_live(inner, conn).await?, LiveSender::new(peer, acked)))
+        }
+    };
+    match inner.with_replica(|r| sender.poll(r))? {
+        LivePoll::Idle => Ok(false),
+        LivePoll::Frames(frames) => {
+            for f in &frames {
+                w.send(f).await?;
+            }
+            w.flush().await?;
+            Ok(false)
+        }
+        LivePoll::NeedSession => Ok(true),
     }
 }
 

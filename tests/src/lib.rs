@@ -1,5 +1,7 @@
 //! Cross-crate tests for lethe: the deterministic simulation ([`sim`]) used by
-//! `tests/simulation.rs`, the `lethe-sim` replay command and the `simulation` fuzz target; later,
-//! multi-process clusters of real `lethe serve` processes. Tests of one crate stay next to it.
+//! `tests/simulation.rs`, the `lethe-sim` replay command and the `simulation` fuzz target; and
+//! the harness ([`cluster`]) for multi-process clusters of real `lethe serve` processes
+//! (`tests/cluster.rs`). Tests of one crate stay next to it.
 
+pub mod cluster;
 pub mod sim;

@@ -6,7 +6,7 @@ use crate::identity::{Identity, NodeId};
 use crate::tls::{TrustList, client_config, server_config};
 use lethe_engine::session::FRAME_BYTES_MAX;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-pub use quinn::{RecvStream, SendStream};
+pub use quinn::{ConnectionError, RecvStream, SendStream};
 use quinn::{TransportConfig, VarInt};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
@@ -48,8 +48,9 @@ fn transport_config() -> TransportConfig {
     t.send_window(4 * u64::from(frame));
     t.max_concurrent_bidi_streams(VarInt::from_u32(64));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    t.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));
+    // A peer that vanishes without a close (killed, unplugged) is noticed within 10 s.
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
     t
 }
 

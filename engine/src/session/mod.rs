@@ -555,7 +555,8 @@ pub(crate) fn approx_bytes(e: &Entry) -> usize {
     e.key.len() + value + 32
 }
 
-fn count_kinds(entries: &[Entry]) -> (u64, u64) {
+/// Live values and dead records (tombstones, expired records) among `entries`.
+pub(crate) fn count_kinds(entries: &[Entry]) -> (u64, u64) {
     let live = entries.iter().filter(|e| matches!(e.payload, Payload::Value(_))).count() as u64;
     (live, entries.len() as u64 - live)
 }
