@@ -65,10 +65,16 @@ impl LiveSender {
     /// Frames carrying everything the replica holds beyond what was sent, cut into pushes of
     /// about [`CHUNK_BYTES`] each.
     pub fn poll<S: Storage>(&mut self, replica: &Replica<S>) -> std::result::Result<LivePoll, SyncError> {
+        // What the peer acknowledged (to us or, by gossip, to others) it holds already: never
+        // push it, and never count it as missing.
+        let member = replica.membership().get(self.peer);
+        if let Some(m) = member {
+            self.sent.merge(&m.acked);
+        }
         if self.sent.dominates(replica.vector()) {
             return Ok(LivePoll::Idle);
         }
-        if !replica.membership().contains(self.peer) || !self.sent.dominates(&replica.frontier()) {
+        if member.is_none() || !self.sent.dominates(&replica.frontier()) {
             return Ok(LivePoll::NeedSession);
         }
         let delta = replica.delta_for(&self.sent)?;
@@ -237,6 +243,21 @@ mod tests {
         // A session closes the gap.
         sync_in_process(&mut a, &mut b, false).unwrap();
         assert_eq!(live(&a), live(&b));
+    }
+
+    #[test]
+    fn what_the_peer_received_from_us_is_not_echoed_back() {
+        let (mut a, mut b) = pair();
+        sync_in_process(&mut a, &mut b, false).unwrap();
+        let mut a_to_b = LiveSender::new(ReplicaId(2), b.vector().clone());
+        let mut b_to_a = LiveSender::new(ReplicaId(1), a.vector().clone());
+        let mut b_rx = LiveReceiver::new(ReplicaId(1));
+        a.put("x", "1", PutOptions::default()).unwrap();
+        for f in frames(a_to_b.poll(&a).unwrap()) {
+            b_rx.handle(&mut b, &f).unwrap();
+        }
+        // b now holds a's write and knows (from the push's vector) that a holds it.
+        assert_eq!(b_to_a.poll(&b).unwrap(), LivePoll::Idle);
     }
 
     #[test]

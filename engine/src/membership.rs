@@ -101,6 +101,12 @@ impl Membership {
         })
     }
 
+    /// The member `replica`, if it is one.
+    #[must_use]
+    pub fn get(&self, replica: ReplicaId) -> Option<&Member> {
+        self.members.get(&replica)
+    }
+
     /// Records that `replica` has made `acked` durable, heard at `now_ms`. A member's record
     /// grows; a non-member is admitted only if `acked` covers every collected tombstone. Returns
     /// whether `replica` is a member afterwards.

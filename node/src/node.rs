@@ -206,6 +206,11 @@ pub struct Status {
     pub live_received: u64,
     /// Tombstones and expired records received from peers since the node started.
     pub tombstones_received: u64,
+    /// Bytes of sync frames received from peers since the node started (CBOR, sessions and
+    /// pushes).
+    pub bytes_received: u64,
+    /// Round trips of the sessions this node took part in since it started.
+    pub session_round_trips: u64,
 }
 
 fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -267,6 +272,10 @@ struct Inner {
     live_received: AtomicU64,
     /// Tombstones and expired records received since start.
     tombstones_received: AtomicU64,
+    /// Sync frame bytes received since start.
+    bytes_received: AtomicU64,
+    /// Session round trips since start.
+    round_trips: AtomicU64,
     /// The writer task, awaited at shutdown so that queued writes are committed.
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -301,7 +310,8 @@ impl Inner {
         *self.shutdown.borrow()
     }
 
-    fn count_received(&self, live: u64, tombstones: u64) {
+    fn count_received(&self, live: u64, tombstones: u64, bytes: u64) {
+        self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
         self.live_received.fetch_add(live, Ordering::Relaxed);
         self.tombstones_received.fetch_add(tombstones, Ordering::Relaxed);
     }
@@ -352,6 +362,8 @@ impl Node {
             writer: Mutex::new(None),
             live_received: AtomicU64::new(0),
             tombstones_received: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            round_trips: AtomicU64::new(0),
         });
         info!(node = %id, %listen, "node started");
         *lock(&inner.writer) = Some(tokio::spawn(write_loop(inner.clone(), write_rx)));
@@ -462,6 +474,8 @@ impl Node {
                 digest: format!("{}/{}", hex(&digest.wire()), digest.count),
                 live_received: self.inner.live_received.load(Ordering::Relaxed),
                 tombstones_received: self.inner.tombstones_received.load(Ordering::Relaxed),
+                bytes_received: self.inner.bytes_received.load(Ordering::Relaxed),
+                session_round_trips: self.inner.round_trips.load(Ordering::Relaxed),
             })
         })?;
         Ok(status)
@@ -636,6 +650,8 @@ struct Link {
     running: AtomicUsize,
     /// Sessions finished on this connection.
     finished: AtomicU64,
+    /// This replica's vector when the last session on this connection finished.
+    synced: Mutex<Option<VersionVector>>,
 }
 
 /// Counts a session as running until dropped.
@@ -750,23 +766,40 @@ async fn run_session(
         if anti_entropy { Session::anti_entropy(rep, expected) } else { Session::new(rep, expected) }
     })?;
     let started = std::time::Instant::now();
+    // A round trip: frames went out, then this side waited for the peer's answer.
+    let mut sent = false;
     loop {
         // Frames are read from the replica one at a time, so a bootstrap streams chunk by chunk.
         while let Some(frame) = inner.with_replica(|rep| session.poll_transmit(rep))? {
             w.send(&frame).await?;
+            sent = true;
         }
         w.flush().await?;
         if session.is_finished() {
             break;
         }
         let frame = r.next().await?.ok_or(Failure::ClosedEarly)?;
-        inner.with_replica(|rep| session.handle(rep, &frame))?;
+        let round_trip = u64::from(std::mem::take(&mut sent));
+        inner.with_replica(|rep| {
+            inner.round_trips.fetch_add(round_trip, Ordering::Relaxed);
+            let before = session.stats().clone();
+            let handled = session.handle(rep, &frame);
+            // Counted under the replica's lock, as `status` reads them: a status that shows the
+            // data also counts it.
+            let now = session.stats();
+            inner.count_received(
+                now.live_received - before.live_received,
+                now.tombstones_received - before.tombstones_received,
+                now.bytes_received - before.bytes_received,
+            );
+            handled
+        })?;
     }
+    *lock(&link.synced) = Some(inner.with_replica(|rep| rep.vector().clone()));
     let mut send = w.into_inner().await?;
     // The stream may already be reset by a peer that finished first; its data is delivered.
     let _ = send.finish();
     let stats = session.stats().clone();
-    inner.count_received(stats.live_received, stats.tombstones_received);
     let level_info = stats.live_received + stats.tombstones_received + stats.live_sent + stats.tombstones_sent > 0;
     if level_info {
         info!(
@@ -787,8 +820,13 @@ async fn run_session(
 async fn receive_pushes(inner: &Inner, peer: NodeId, (mut w, mut r): FrameStream, link: &Link) -> Result<(), Failure> {
     let mut rx = LiveReceiver::new(peer.replica_id());
     while let Some(frame) = r.next().await? {
-        let got = inner.with_replica(|rep| rx.handle(rep, &frame))?;
-        inner.count_received(got.live, got.tombstones);
+        let got = inner.with_replica(|rep| {
+            let got = rx.handle(rep, &frame);
+            if let Ok(got) = &got {
+                inner.count_received(got.live, got.tombstones, frame.len() as u64);
+            }
+            got
+        })?;
         if let Some(reply) = got.reply {
             w.send(&reply).await?;
             w.flush().await?;
@@ -807,9 +845,10 @@ async fn push_loop(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>) {
     let mut committed = inner.committed.subscribe();
     let mut live: Option<LiveStream> = None;
     loop {
-        match push_once(&inner, &conn, &mut live).await {
+        match push_once(&inner, &conn, &link, &mut live).await {
             Ok(false) => {}
             Ok(true) => {
+                debug!("peer not eligible for pushes; asking for a session");
                 link.ask_session_if_idle();
                 live = None;
             }
@@ -836,16 +875,21 @@ async fn push_loop(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>) {
 type LiveStream = (lethe_transport::FrameWriter<SendStream>, LiveSender);
 
 /// Sends what the peer lacks on the live stream (opened once the peer is a member). Whether a
-/// session is needed instead.
-async fn push_once(inner: &Arc<Inner>, conn: &PeerConnection, live: &mut Option<LiveStream>) -> Result<bool, Failure> {
+/// session is needed instead: the peer is not a member and this replica has news since the last
+/// session, or the sender found the peer behind the stable frontier.
+async fn push_once(
+    inner: &Arc<Inner>,
+    conn: &PeerConnection,
+    link: &Link,
+    live: &mut Option<LiveStream>,
+) -> Result<bool, Failure> {
     let peer = conn.peer.replica_id();
     let (w, sender) = match live {
         Some(stream) => stream,
         None => {
-            let member = |r: &mut Replica<RedbStore>| {
-                r.membership().iter().find(|(m, _)| *m == peer).map(|(_, m)| m.acked.clone())
-            };
-            let Some(acked) = inner.with_replica(member) else { return Ok(true) };
+            let (member, vector) =
+                inner.with_replica(|r| (r.membership().get(peer).map(|m| m.acked.clone()), r.vector().clone()));
+            let Some(acked) = member else { return Ok(lock(&link.synced).as_ref() != Some(&vector)) };
             live.insert((open_live(inner, conn).await?, LiveSender::new(peer, acked)))
         }
     };
