@@ -5,6 +5,42 @@
 //! - [`control`]: how the CLI talks to a running node;
 //! - [`demo`]: `lethe demo`, the main job on the embedded default;
 //! - [`baseline`]: the model of atServer's commit-log sync that the demo and benchmarks compare with.
+//!
+//! Two nodes in one program, talking QUIC on loopback:
+//!
+//! ```
+//! use lethe_engine::PutOptions;
+//! use lethe_node::{DataDir, Node, NodeConfig, PeerAddr};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tmp = tempfile::tempdir()?;
+//! let (server_dir, phone_dir) = (DataDir::new(tmp.path().join("server")), DataDir::new(tmp.path().join("phone")));
+//! let phone_id = phone_dir.init()?.id();
+//! server_dir.init()?;
+//!
+//! let mut config = NodeConfig::new(server_dir, "127.0.0.1:0".parse()?);
+//! config.trust = vec![phone_id];
+//! let server = Node::start(config).await?;
+//! let mut config = NodeConfig::new(phone_dir, "127.0.0.1:0".parse()?);
+//! config.peers = vec![PeerAddr { id: server.id(), addr: server.local_addr() }];
+//! let phone = Node::start(config).await?;
+//!
+//! let mut changes = phone.subscribe("user:");
+//! let receipt = server.put("user:alice", "hello", PutOptions::default()).await?; // durable now
+//! let change = tokio::time::timeout(Duration::from_secs(10), changes.next()).await??;
+//! assert_eq!(change.key(), b"user:alice");
+//! assert_eq!(phone.get(b"user:alice")?.map(|item| item.value), Some(b"hello".to_vec()));
+//! // The phone's acknowledgement reaches the server shortly after.
+//! while server.acknowledged_by(receipt.dot.seq) != [(phone_id.replica_id(), true)] {
+//!     tokio::time::sleep(Duration::from_millis(10)).await;
+//! }
+//! phone.shutdown().await;
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod baseline;
 pub mod control;
