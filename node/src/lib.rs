@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use lethe_engine::PutOptions;
-//! use lethe_node::{DataDir, Node, NodeConfig, PeerAddr};
+//! use lethe_node::{DataDir, NodeConfig, PeerAddr};
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -20,12 +20,9 @@
 //! let phone_id = phone_dir.init()?.id();
 //! server_dir.init()?;
 //!
-//! let mut config = NodeConfig::new(server_dir, "127.0.0.1:0".parse()?);
-//! config.trust = vec![phone_id];
-//! let server = Node::start(config).await?;
-//! let mut config = NodeConfig::new(phone_dir, "127.0.0.1:0".parse()?);
-//! config.peers = vec![PeerAddr { id: server.id(), addr: server.local_addr() }];
-//! let phone = Node::start(config).await?;
+//! let server = NodeConfig::new(server_dir, "127.0.0.1:0".parse()?).with_trust(phone_id).start().await?;
+//! let server_addr = PeerAddr { id: server.id(), addr: server.local_addr() };
+//! let phone = NodeConfig::new(phone_dir, "127.0.0.1:0".parse()?).with_peer(server_addr).start().await?;
 //!
 //! let mut changes = phone.subscribe("user:");
 //! let receipt = server.put("user:alice", "hello", PutOptions::default()).await?; // durable now

@@ -89,6 +89,32 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Dials and trusts `peer` (builder style).
+    #[must_use]
+    pub fn with_peer(mut self, peer: PeerAddr) -> NodeConfig {
+        self.peers.push(peer);
+        self
+    }
+
+    /// Lets `id` connect (builder style).
+    #[must_use]
+    pub fn with_trust(mut self, id: NodeId) -> NodeConfig {
+        self.trust.push(id);
+        self
+    }
+
+    /// Runs a GC step this often (builder style).
+    #[must_use]
+    pub fn with_gc_interval(mut self, every: Duration) -> NodeConfig {
+        self.gc_interval = every;
+        self
+    }
+
+    /// Starts the node (see [`Node::start`]).
+    pub async fn start(self) -> Result<Node, NodeError> {
+        Node::start(self).await
+    }
+
     /// Defaults for the node of `data` listening on `listen`.
     pub fn new(data: DataDir, listen: SocketAddr) -> NodeConfig {
         NodeConfig {

@@ -309,3 +309,37 @@ fn a_hundred_client_nodes_on_one_server_all_converge() {
     });
     server.stop();
 }
+
+#[test]
+fn the_cli_says_when_the_node_is_down_and_ttl_expires_locally() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    let (code, _, err) = a.cli(&["get", "k"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no node is running for") && err.contains("lethe serve --data"), "{err}");
+    let (code, _, err) = NodeProc::init(root.path(), "b").cli(&["init"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already holds a node identity"), "{err}");
+
+    a.start(&serve_args(&[], &[]));
+    assert_eq!(a.cli(&["put", "otp", "491823", "--ttl", "1s"]).0, 0);
+    assert_eq!(a.cli(&["put", "kept", "yes", "--ttl", "7d"]).0, 0);
+    let (code, out, _) = a.cli(&["get", "otp"]);
+    assert_eq!((code, out.trim()), (0, "491823"));
+    wait_until("the TTL key expires", CONVERGE, || {
+        let (code, _, _) = a.cli(&["get", "otp"]);
+        (code == 1, code)
+    });
+    assert_eq!(a.cli(&["get", "kept"]).1.trim(), "yes");
+    let (code, out, _) = a.cli(&["status"]);
+    assert_eq!(code, 0);
+    for field in ["node id", "live keys", "tombstones", "vector", "frontier", "digest", "connected", "members"] {
+        assert!(out.contains(field), "status lacks {field}: {out}");
+    }
+    let (code, _, err) = a.cli(&["put", "k", "v", "--ttl", "soon"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--ttl"), "{err}");
+    a.stop();
+    let (code, _, err) = a.cli(&["status"]);
+    assert_eq!(code, 2, "{err}");
+}
