@@ -137,7 +137,7 @@ type Link = Option<Box<Node>>;
 impl Node {
     fn new(key: &[u8], item: LiveItem) -> Box<Node> {
         let hash = Fingerprint::of_item(key, item.stamp);
-        let priority = u64::from_le_bytes(blake3::hash(key).as_bytes()[..8].try_into().unwrap_or_default());
+        let priority = priority_of(key);
         Box::new(Node { key: key.into(), item, hash, priority, total: hash, left: None, right: None })
     }
 
@@ -175,6 +175,19 @@ fn split(t: Link, key: &[u8]) -> (Link, Link) {
             }
         }
     }
+}
+
+/// A key's treap priority: FNV-1a with a SplitMix64 finish. It only shapes the tree (every output
+/// is a function of the item set), so it needs to be cheap and well spread, not cryptographic; it
+/// must depend on the key alone, which `upsert` relies on.
+fn priority_of(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// Joins two treaps where every key of `a` is below every key of `b`.
@@ -216,27 +229,38 @@ fn remove(t: &mut Link, key: &[u8]) -> Option<LiveItem> {
     removed
 }
 
-/// Inserts a new node (its key must be absent).
-fn insert(t: Link, node: Box<Node>) -> Link {
+/// Inserts `node`, or replaces the item of the node with its key, in one walk down; returns the
+/// item replaced. A key's priority is a function of the key, so a node that outranks `n` cannot
+/// have its key below `n`: splitting there is safe.
+fn upsert(t: Link, mut node: Box<Node>) -> (Link, Option<LiveItem>) {
     match t {
-        None => Some(node),
+        None => (Some(node), None),
         Some(mut n) => {
-            if node.priority > n.priority {
-                let (l, r) = split(Some(n), &node.key);
-                let mut node = node;
-                node.left = l;
-                node.right = r;
-                node.update();
-                Some(node)
-            } else {
-                if *node.key < *n.key {
-                    n.left = insert(n.left.take(), node);
-                } else {
-                    n.right = insert(n.right.take(), node);
+            let old = match node.key.cmp(&n.key) {
+                Ordering::Equal => {
+                    n.hash = node.hash;
+                    Some(std::mem::replace(&mut n.item, node.item))
                 }
-                n.update();
-                Some(n)
-            }
+                _ if node.priority > n.priority => {
+                    let (l, r) = split(Some(n), &node.key);
+                    node.left = l;
+                    node.right = r;
+                    node.update();
+                    return (Some(node), None);
+                }
+                Ordering::Less => {
+                    let (l, old) = upsert(n.left.take(), node);
+                    n.left = l;
+                    old
+                }
+                Ordering::Greater => {
+                    let (r, old) = upsert(n.right.take(), node);
+                    n.right = r;
+                    old
+                }
+            };
+            n.update();
+            (Some(n), old)
         }
     }
 }
@@ -303,8 +327,8 @@ impl LiveIndex {
 
     /// Sets `key`'s item, replacing any other; returns the one replaced.
     pub fn insert(&mut self, key: &[u8], item: LiveItem) -> Option<LiveItem> {
-        let old = self.remove(key);
-        self.root = insert(self.root.take(), Node::new(key, item));
+        let (root, old) = upsert(self.root.take(), Node::new(key, item));
+        self.root = root;
         old
     }
 

@@ -45,29 +45,43 @@ impl KeyIndex {
         }
     }
 
-    fn forget(&mut self, key: &[u8]) {
-        if let Some(old) = self.live.remove(key) {
-            if let Some(t) = old.expires_at_ms {
-                self.expiring.remove(&(t, key.to_vec()));
+    /// Forgets `key`'s dead record, or, if `old` (the live item just removed or replaced) had
+    /// a TTL, its expiry.
+    fn forget_old(&mut self, key: &[u8], old: Option<LiveItem>) {
+        match old {
+            Some(old) => {
+                if let Some(t) = old.expires_at_ms {
+                    self.expiring.remove(&(t, key.to_vec()));
+                }
             }
-        } else if let Some(dot) = self.dead_by_key.remove(key) {
-            self.dead_by_dot.remove(&dot);
+            None => {
+                if let Some(dot) = self.dead_by_key.remove(key) {
+                    self.dead_by_dot.remove(&dot);
+                }
+            }
         }
     }
 
+    fn forget(&mut self, key: &[u8]) {
+        let old = self.live.remove(key);
+        self.forget_old(key, old);
+    }
+
     pub(crate) fn put(&mut self, e: &Entry) {
-        self.forget(&e.key);
         let top = self.max_seq.entry(e.stamp.replica).or_default();
         *top = (*top).max(e.seq);
         match &e.payload {
             Payload::Value(v) => {
+                // One walk down the treap: insert or replace.
                 let item = LiveItem { stamp: e.stamp, seq: e.seq, expires_at_ms: v.expires_at_ms };
-                self.live.insert(&e.key, item);
+                let old = self.live.insert(&e.key, item);
+                self.forget_old(&e.key, old);
                 if let Some(t) = v.expires_at_ms {
                     self.expiring.insert((t, e.key.clone()));
                 }
             }
             Payload::Expired { .. } | Payload::Tombstone => {
+                self.forget(&e.key);
                 self.dead_by_dot.insert(e.dot(), e.key.clone());
                 self.dead_by_key.insert(e.key.clone(), e.dot());
             }
