@@ -24,6 +24,7 @@ pub struct Push {
     /// What the sender assumed the receiver holds.
     pub base: VersionVector,
     /// Entries whose dots `base` does not cover.
+    #[serde(with = "crate::session::batch")]
     pub entries: Vec<Entry>,
     /// On the last push of a delta: the sender's vector, to merge once everything since `base`
     /// is in.

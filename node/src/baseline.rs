@@ -117,43 +117,77 @@ impl CommitLogModel {
         WireEntry { at_key: &e.key, value: e.value.as_deref(), metadata, commit_id: id, operation: e.op.to_string() }
     }
 
-    /// A new client's initial sync from id -1; with `skip_deletes_until`, as late-2024 atServer
-    /// does it.
+    /// The server's latest commit id.
     #[must_use]
-    pub fn replay(&self, skip_deletes_until: bool) -> ReplayCost {
-        let latest = self.log.keys().next_back().copied();
-        let mut cost = ReplayCost::default();
-        let mut page: Vec<u8> = Vec::new();
-        let mut in_page = 0;
-        let flush = |cost: &mut ReplayCost, page: &mut Vec<u8>, in_page: &mut usize| {
-            if *in_page > 0 {
-                cost.bytes += page.len() as u64 + 2; // the brackets
-                cost.round_trips += 1;
-                page.clear();
-                *in_page = 0;
-            }
-        };
-        for (&id, e) in &self.log {
-            if skip_deletes_until && e.op == '-' && Some(id) != latest {
+    pub fn latest(&self) -> Option<u64> {
+        self.log.keys().next_back().copied()
+    }
+
+    /// One page of a sync: entries with an id above `from` (all with `None`), at most
+    /// [`PAGE_ENTRIES`] and [`PAGE_BYTES_MAX`], as the JSON array the server sends. With
+    /// `skip_until = Some(S)`, deletes with an id up to S are left out, except the entry at the
+    /// latest id (the server still walks them).
+    #[must_use]
+    pub fn page(&self, from: Option<u64>, skip_until: Option<u64>) -> Page {
+        let latest = self.latest();
+        let start = from.map_or(0, |f| f.saturating_add(1));
+        let mut page = Page { json: vec![b'['], ..Page::default() };
+        for (&id, e) in self.log.range(start..) {
+            page.last_id = Some(id);
+            if skip_until.is_some_and(|s| e.op == '-' && id <= s && Some(id) != latest) {
                 continue;
             }
             let json = serde_json::to_vec(&Self::wire(id, e)).unwrap_or_default();
-            if in_page == PAGE_ENTRIES || page.len() + json.len() > PAGE_BYTES_MAX {
-                flush(&mut cost, &mut page, &mut in_page);
+            if page.entries > 0 && page.json.len() + json.len() + 1 > PAGE_BYTES_MAX {
+                page.last_id = Some(id - 1);
+                break;
             }
-            if in_page > 0 {
-                page.push(b',');
+            if page.entries > 0 {
+                page.json.push(b',');
             }
-            page.extend_from_slice(&json);
-            in_page += 1;
-            cost.entries += 1;
-            cost.deletes += u64::from(e.op == '-');
+            page.json.extend_from_slice(&json);
+            page.entries += 1;
+            page.deletes += u64::from(e.op == '-');
+            if page.entries == PAGE_ENTRIES as u64 {
+                break;
+            }
         }
-        flush(&mut cost, &mut page, &mut in_page);
-        // The client learns it is done from one more (empty) answer.
-        cost.round_trips += 1;
+        page.json.push(b']');
+        page
+    }
+
+    /// A new client's initial sync from id -1, paged as [`CommitLogModel::page`] does it, without
+    /// a network: what it would cost. With `skip_deletes_until`, as late-2024 atServer does it.
+    #[must_use]
+    pub fn replay(&self, skip_deletes_until: bool) -> ReplayCost {
+        let latest = self.latest();
+        let skip = if skip_deletes_until { latest } else { None };
+        // The client first asks for the latest id; then one page per round trip.
+        let mut cost = ReplayCost { round_trips: 1, ..ReplayCost::default() };
+        let mut from = None;
+        while from < latest {
+            let page = self.page(from, skip);
+            cost.bytes += page.json.len() as u64;
+            cost.round_trips += 1;
+            cost.entries += page.entries;
+            cost.deletes += page.deletes;
+            from = page.last_id;
+        }
         cost
     }
+}
+
+/// One page of a sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The JSON array sent.
+    pub json: Vec<u8>,
+    /// The last commit id the page covers (walked, sent or skipped).
+    pub last_id: Option<u64>,
+    /// Entries in it.
+    pub entries: u64,
+    /// Of them, deletes.
+    pub deletes: u64,
 }
 
 /// atServer's metadata: every field, as strings (absent ones as "null").
@@ -206,7 +240,7 @@ mod tests {
         assert_eq!(log.len(), 251, "one entry per key ever written");
         let full = log.replay(false);
         assert_eq!((full.entries, full.deletes), (251, 201));
-        assert_eq!(full.round_trips, 3 + 1);
+        assert_eq!(full.round_trips, 1 + 3, "the latest id, then three pages");
         let skipped = log.replay(true);
         // Every delete is skipped except the one at the latest id (the expiry of "ttl").
         assert_eq!((skipped.entries, skipped.deletes), (51, 1));

@@ -4,7 +4,8 @@
 //! - [`data_dir`]: a node's identity, store and address on disk;
 //! - [`control`]: how the CLI talks to a running node;
 //! - [`demo`]: `lethe demo`, the main job on the embedded default;
-//! - [`baseline`]: the model of atServer's commit-log sync that the demo and benchmarks compare with.
+//! - [`baseline`]: the model of atServer's commit-log sync that the demo and benchmarks compare with;
+//! - [`bench`]: `lethe bench`, lethe and the models side by side over QUIC.
 //!
 //! Two nodes in one program, talking QUIC on loopback:
 //!
@@ -40,6 +41,7 @@
 //! ```
 
 pub mod baseline;
+pub mod bench;
 pub mod control;
 pub mod data_dir;
 pub mod demo;

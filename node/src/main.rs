@@ -81,6 +81,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure lethe beside the models of atServer's sync, over QUIC on 127.0.0.1.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run the engine on redb files in a temporary directory: writes, deletes, local TTL expiry,
     /// tombstone collection, and a fresh replica bootstrapping; prints what each session cost.
     Demo {
@@ -96,6 +99,34 @@ enum Command {
         /// That TTL, in milliseconds.
         #[arg(long, default_value_t = DemoParams::default().ttl_ms)]
         ttl_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// A fresh client's initial sync after a history of writes, deletes and expiries.
+    Bootstrap {
+        /// Keys live at the end.
+        #[arg(long)]
+        live: usize,
+        /// Keys written and then deleted.
+        #[arg(long, default_value_t = 0)]
+        deleted: usize,
+        /// Keys written with a TTL that has passed.
+        #[arg(long, default_value_t = 0)]
+        expired: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Leave tombstones uncollected (they travel as compact records).
+        #[arg(long)]
+        no_gc: bool,
+        /// Also measure another system (only `automerge` is known; not built yet).
+        #[arg(long)]
+        with: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -177,6 +208,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             other => bail!("unexpected answer {other:?}"),
         },
+        Command::Bench(BenchCommand::Bootstrap { live, deleted, expired, value_size, no_gc, with, json }) => {
+            if let Some(other) = with {
+                bail!("--with {other}: the automerge comparison is not built yet; run without --with");
+            }
+            let params = lethe_node::bench::BootstrapParams { live, deleted, expired, value_bytes: value_size, no_gc };
+            run_bench_bootstrap(params, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { keys, deleted, ttl_keys, ttl_ms } => {
             run_demo(DemoParams { keys, deleted, ttl_keys, ttl_ms, ..DemoParams::default() })?;
             Ok(ExitCode::SUCCESS)
@@ -297,6 +336,40 @@ fn print_status(s: &Status) {
     for m in &s.members {
         println!("  {}  acked {}  last heard {} ms", m.replica, vector(&m.acked), m.last_heard_ms);
     }
+}
+
+fn run_bench_bootstrap(params: lethe_node::bench::BootstrapParams, json: bool) -> Result<()> {
+    init_logs("warn");
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let r = runtime.block_on(lethe_node::bench::bootstrap(dir.path(), params))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "bootstrap of {} live keys ({} live bytes) after {} deletes and {} expiries{}",
+        params.live,
+        r.live_bytes,
+        params.deleted,
+        params.expired,
+        if params.no_gc { ", tombstones not collected" } else { "" }
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>7} {:>9} {:>9} {:>11}",
+        "system", "wire bytes", "udp bytes", "trips", "seconds", "entries", "tombstones"
+    );
+    for (name, s) in [
+        ("lethe", r.lethe),
+        ("commit-log replay (2024 model)", r.commitlog_replay),
+        ("skipDeletesUntil (late-2024 model)", r.skip_deletes_until),
+    ] {
+        println!(
+            "{name:<34} {:>12} {:>12} {:>7} {:>9.3} {:>9} {:>11}",
+            s.wire_bytes, s.udp_bytes, s.round_trips, s.seconds, s.entries_received, s.tombstones_received
+        );
+    }
+    Ok(())
 }
 
 fn run_demo(params: DemoParams) -> Result<()> {

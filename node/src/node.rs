@@ -24,7 +24,7 @@ use lethe_engine::{
     Change, Config, Item, KeyRange, PutOptions, RedbStore, Replica, ReplicaId, Seq, SystemClock, VersionVector,
     WriteBatch, WriteReceipt,
 };
-use lethe_transport::endpoint::{FrameStream, SendStream};
+use lethe_transport::endpoint::{Connection, FrameStream, SendStream};
 use lethe_transport::{CloseCode, Endpoint, NodeId, PeerConnection, TrustList};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -235,6 +235,8 @@ pub struct Status {
     /// Bytes of sync frames received from peers since the node started (CBOR, sessions and
     /// pushes).
     pub bytes_received: u64,
+    /// Bytes of sync frames sent to peers since the node started.
+    pub bytes_sent: u64,
     /// Round trips of the sessions this node took part in since it started.
     pub session_round_trips: u64,
 }
@@ -290,8 +292,8 @@ struct Inner {
     committed: watch::Sender<u64>,
     writes: mpsc::Sender<WriteRequest>,
     shutdown: watch::Sender<bool>,
-    /// Connected peers and how many connections each has.
-    connected: Mutex<BTreeMap<NodeId, usize>>,
+    /// Connected peers and their connections.
+    connected: Mutex<BTreeMap<NodeId, Vec<Connection>>>,
     /// Node ids this node knows, by replica id, for `status`.
     known: Mutex<BTreeMap<ReplicaId, NodeId>>,
     /// Live values received since start.
@@ -302,6 +304,8 @@ struct Inner {
     bytes_received: AtomicU64,
     /// Session round trips since start.
     round_trips: AtomicU64,
+    /// Sync frame bytes sent since start.
+    bytes_sent: AtomicU64,
     /// The writer task, awaited at shutdown so that queued writes are committed.
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -334,6 +338,10 @@ impl Inner {
 
     fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    fn count_sent(&self, bytes: usize) {
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn count_received(&self, live: u64, tombstones: u64, bytes: u64) {
@@ -390,6 +398,7 @@ impl Node {
             tombstones_received: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             round_trips: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
         });
         info!(node = %id, %listen, "node started");
         *lock(&inner.writer) = Some(tokio::spawn(write_loop(inner.clone(), write_rx)));
@@ -464,6 +473,30 @@ impl Node {
         })
     }
 
+    /// UDP bytes sent and received on this node's connections to `peer` so far, as quinn counts
+    /// them (datagrams including QUIC and TLS overhead).
+    #[must_use]
+    pub fn udp_bytes(&self, peer: NodeId) -> u64 {
+        lock(&self.inner.connected).get(&peer).map_or(0, |conns| {
+            conns
+                .iter()
+                .map(|c| {
+                    let s = c.stats();
+                    s.udp_tx.bytes + s.udp_rx.bytes
+                })
+                .sum()
+        })
+    }
+
+    /// Commits `batch` at once, as one durable transaction, bypassing the group-commit queue:
+    /// for bulk loads.
+    pub fn write_batch(&self, batch: WriteBatch) -> Result<Vec<WriteReceipt>, NodeError> {
+        if self.inner.shutting_down() {
+            return Err(NodeError::ShuttingDown);
+        }
+        Ok(self.inner.with_replica(|r| r.write(batch))?)
+    }
+
     /// Asks every connected peer for a session now (normally they happen on their own).
     pub fn sync_now(&self) {
         self.inner.committed.send_modify(|n| *n = n.wrapping_add(1));
@@ -502,6 +535,7 @@ impl Node {
                 tombstones_received: self.inner.tombstones_received.load(Ordering::Relaxed),
                 bytes_received: self.inner.bytes_received.load(Ordering::Relaxed),
                 session_round_trips: self.inner.round_trips.load(Ordering::Relaxed),
+                bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
             })
         })?;
         Ok(status)
@@ -640,7 +674,7 @@ async fn dial_loop(inner: Arc<Inner>, peer: PeerAddr) {
 /// Serves one peer connection until it closes.
 async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) {
     info!("connected to {} at {}", conn.peer, conn.conn.remote_address());
-    *lock(&inner.connected).entry(conn.peer).or_default() += 1;
+    lock(&inner.connected).entry(conn.peer).or_default().push(conn.conn.clone());
     lock(&inner.known).insert(conn.peer.replica_id(), conn.peer);
     let link = Arc::new(Link::default());
     if dialer {
@@ -660,9 +694,9 @@ async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) {
         task.abort();
     }
     let mut connected = lock(&inner.connected);
-    if let Some(n) = connected.get_mut(&conn.peer) {
-        *n -= 1;
-        if *n == 0 {
+    if let Some(conns) = connected.get_mut(&conn.peer) {
+        conns.retain(|c| c.stable_id() != conn.conn.stable_id());
+        if conns.is_empty() {
             connected.remove(&conn.peer);
         }
     }
@@ -796,7 +830,13 @@ async fn run_session(
     let mut sent = false;
     loop {
         // Frames are read from the replica one at a time, so a bootstrap streams chunk by chunk.
-        while let Some(frame) = inner.with_replica(|rep| session.poll_transmit(rep))? {
+        while let Some(frame) = inner.with_replica(|rep| {
+            let frame = session.poll_transmit(rep);
+            if let Ok(Some(f)) = &frame {
+                inner.count_sent(f.len());
+            }
+            frame
+        })? {
             w.send(&frame).await?;
             sent = true;
         }
@@ -854,6 +894,7 @@ async fn receive_pushes(inner: &Inner, peer: NodeId, (mut w, mut r): FrameStream
             got
         })?;
         if let Some(reply) = got.reply {
+            inner.count_sent(reply.len());
             w.send(&reply).await?;
             w.flush().await?;
         }
@@ -923,6 +964,7 @@ async fn push_once(
         LivePoll::Idle => Ok(false),
         LivePoll::Frames(frames) => {
             for f in &frames {
+                inner.count_sent(f.len());
                 w.send(f).await?;
             }
             w.flush().await?;

@@ -6,7 +6,7 @@ use crate::identity::{Identity, NodeId};
 use crate::tls::{TrustList, client_config, server_config};
 use lethe_engine::session::FRAME_BYTES_MAX;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-pub use quinn::{ConnectionError, RecvStream, SendStream};
+pub use quinn::{Connection, ConnectionError, ConnectionStats, RecvStream, SendStream};
 use quinn::{TransportConfig, VarInt};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;

@@ -154,7 +154,7 @@ pub enum Message {
     Hello(Hello),
     /// Source → sink: entries to apply (delta, bootstrap chunk, tombstone records, or items a
     /// reconciliation found missing). Partial: the sink applies them, not the vector.
-    Entries(Vec<Entry>),
+    Entries(#[serde(with = "super::batch")] Vec<Entry>),
     /// Source → sink: range summaries for reconciliation.
     Ranges(Vec<RangeGroup>),
     /// Source → sink: the sink now has everything the source held beyond the sink's vector, as of

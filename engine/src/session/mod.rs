@@ -24,6 +24,7 @@
 //! merges the source's vector only on `Done`, after every entry of the flow; entries travel as
 //! partial transfers, which the replica applies whole-batch-or-nothing.
 
+pub mod batch;
 pub mod message;
 pub mod reconcile;
 

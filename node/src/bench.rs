@@ -1,0 +1,279 @@
+//! `lethe bench bootstrap`: a fresh client's initial sync, measured side by side in one process
+//! over real QUIC on 127.0.0.1, for lethe and for the models of atServer's sync
+//! ([`crate::baseline`]) served from the same history.
+//!
+//! The server node (redb in a temp dir) writes `live + deleted` keys, deletes `deleted` of them,
+//! writes `expired` keys whose TTL passes, and (unless `no_gc`) collects its tombstones as in
+//! steady state. Then, one after the other:
+//! - **lethe**: a fresh client node joins; measured until it holds every live key;
+//! - **commit-log replay** (atServer 2024 model): a client asks the model server for the latest
+//!   commit id, then for pages of 100 from id -1 until it reaches it, and stores each live entry
+//!   in its own redb file;
+//! - **skipDeletesUntil** (late-2024 model): the same, with deletes up to the latest id at the
+//!   start left out.
+//!
+//! Wire bytes are application bytes both ways (CBOR frames for lethe, requests and JSON pages for
+//! the models); UDP bytes are quinn's count of datagram bytes both ways on the client's
+//! connection, so they include QUIC and TLS.
+
+use crate::baseline::CommitLogModel;
+use crate::data_dir::DataDir;
+use crate::node::{NodeConfig, PeerAddr};
+use anyhow::{Context, Result, anyhow, bail};
+use lethe_engine::{PutOptions, WriteBatch};
+use lethe_transport::{Endpoint, Identity, TrustList};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What `lethe bench bootstrap` does.
+#[derive(Clone, Copy, Debug)]
+pub struct BootstrapParams {
+    /// Keys live at the end.
+    pub live: usize,
+    /// Keys written and then deleted.
+    pub deleted: usize,
+    /// Keys written with a TTL that has passed.
+    pub expired: usize,
+    /// Value size in bytes.
+    pub value_bytes: usize,
+    /// Leave tombstones uncollected (they then travel to lethe's client as compact records).
+    pub no_gc: bool,
+}
+
+/// One system's figures.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct SystemResult {
+    /// Application bytes, both directions.
+    pub wire_bytes: u64,
+    /// UDP datagram bytes, both directions (quinn's count).
+    pub udp_bytes: u64,
+    /// Round trips.
+    pub round_trips: u64,
+    /// Wall seconds from the client's start until it holds every live key.
+    pub seconds: f64,
+    /// Live entries received.
+    pub entries_received: u64,
+    /// Tombstones (deletes) received.
+    pub tombstones_received: u64,
+}
+
+/// The report, as `--json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct BootstrapReport {
+    /// Sum of live key and value sizes.
+    pub live_bytes: u64,
+    /// lethe.
+    pub lethe: SystemResult,
+    /// The atServer 2024 commit-log replay model.
+    pub commitlog_replay: SystemResult,
+    /// The atServer skipDeletesUntil model.
+    pub skip_deletes_until: SystemResult,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn key(i: usize) -> String {
+    // 24 bytes, as in the benchmark goals.
+    format!("key:{i:020}")
+}
+
+/// Runs the benchmark in `root`.
+pub async fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
+    let value = vec![b'v'; p.value_bytes];
+    let value_text = String::from_utf8_lossy(&value).into_owned();
+    let client_dir = DataDir::new(root.join("client"));
+    let client_id = client_dir.init()?.id();
+    let server_dir = DataDir::new(root.join("server"));
+    server_dir.init()?;
+    let gc = if p.no_gc { Duration::from_secs(365 * 24 * 3600) } else { Duration::from_millis(100) };
+    let server =
+        NodeConfig::new(server_dir, "127.0.0.1:0".parse()?).with_trust(client_id).with_gc_interval(gc).start().await?;
+
+    // The history, written to lethe and to the model log alike.
+    let mut log = CommitLogModel::new();
+    let total = p.live + p.deleted;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(10_000) {
+        let mut batch = WriteBatch::new();
+        for &i in chunk {
+            batch.put(key(i), value.clone(), PutOptions::default());
+            log.put(&key(i), &value_text, now_ms(), None);
+        }
+        server.write_batch(batch)?;
+    }
+    for chunk in (0..p.deleted).collect::<Vec<_>>().chunks(10_000) {
+        let mut batch = WriteBatch::new();
+        for &i in chunk {
+            batch.delete(key(total - 1 - i));
+            log.delete(&key(total - 1 - i), now_ms());
+        }
+        server.write_batch(batch)?;
+    }
+    let ttl = PutOptions { ttl_ms: Some(1), metadata: None };
+    for chunk in (0..p.expired).collect::<Vec<_>>().chunks(10_000) {
+        let mut batch = WriteBatch::new();
+        for &i in chunk {
+            batch.put(format!("ttl:{i:020}"), value.clone(), ttl.clone());
+            log.put(&format!("ttl:{i:020}"), &value_text, now_ms(), Some(1));
+        }
+        server.write_batch(batch)?;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    log.expire(now_ms());
+    if !p.no_gc {
+        wait_for("the server collects its tombstones", || {
+            let s = server.status()?;
+            Ok(s.tombstones + s.expired == 0 && s.live == p.live as u64)
+        })
+        .await?;
+    }
+    let items = server.scan(&lethe_engine::KeyRange::all(), usize::MAX)?;
+    let live_bytes = items.iter().map(|i| (i.key.len() + i.value.len()) as u64).sum();
+    let target = server.status()?.digest;
+
+    let lethe = {
+        let started = Instant::now();
+        let server_addr = PeerAddr { id: server.id(), addr: server.local_addr() };
+        let client = NodeConfig::new(client_dir, "127.0.0.1:0".parse()?).with_peer(server_addr).start().await?;
+        wait_for("the lethe client converges", || Ok(client.status()?.digest == target)).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let s = client.status()?;
+        let result = SystemResult {
+            wire_bytes: s.bytes_received + s.bytes_sent,
+            udp_bytes: client.udp_bytes(server.id()),
+            round_trips: s.session_round_trips,
+            seconds,
+            entries_received: s.live_received,
+            tombstones_received: s.tombstones_received,
+        };
+        client.shutdown().await;
+        result
+    };
+    server.shutdown().await;
+
+    let log = Arc::new(log);
+    let commitlog_replay = model_sync(root, log.clone(), false, p.live).await?;
+    let skip_deletes_until = model_sync(root, log, true, p.live).await?;
+    Ok(BootstrapReport { live_bytes, lethe, commitlog_replay, skip_deletes_until })
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !check()? {
+        if Instant::now() > deadline {
+            bail!("{what}: not within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// The model server answers `latest` with the latest commit id, and `sync:<from>[:<skip>]` with
+/// one page.
+async fn serve_model(endpoint: Arc<Endpoint>, log: Arc<CommitLogModel>) {
+    while let Some(Ok(conn)) = endpoint.accept().await {
+        let log = log.clone();
+        tokio::spawn(async move {
+            while let Ok((mut w, mut r)) = conn.accept().await {
+                let Ok(Some(request)) = r.next().await else { continue };
+                let request = String::from_utf8_lossy(&request).into_owned();
+                let answer = model_answer(&log, &request);
+                if w.send(&answer).await.is_ok()
+                    && let Ok(mut send) = w.into_inner().await
+                {
+                    let _ = send.finish();
+                }
+            }
+        });
+    }
+}
+
+fn model_answer(log: &CommitLogModel, request: &str) -> Vec<u8> {
+    let parse = |s: &str| s.parse::<u64>().ok();
+    match request.split(':').collect::<Vec<_>>().as_slice() {
+        ["latest"] => log.latest().map_or_else(|| "-1".to_string(), |l| l.to_string()).into_bytes(),
+        ["sync", from] => log.page(parse(from), None).json,
+        ["sync", from, skip] => log.page(parse(from), parse(skip)).json,
+        _ => b"error:unknown request".to_vec(),
+    }
+}
+
+/// A fresh client of the model server: latest id, then pages until it reaches it, storing each
+/// live entry in redb (one transaction per page).
+async fn model_sync(root: &Path, log: Arc<CommitLogModel>, skip: bool, live: usize) -> Result<SystemResult> {
+    let (server_identity, client_identity) = (Identity::generate()?, Identity::generate()?);
+    let (server_id, client_id) = (server_identity.id(), client_identity.id());
+    let endpoint = Arc::new(Endpoint::bind("127.0.0.1:0".parse()?, server_identity, TrustList::new([client_id]))?);
+    let addr = endpoint.local_addr()?;
+    let server_task = tokio::spawn(serve_model(endpoint.clone(), log));
+    let name = if skip { "model-skip.redb" } else { "model-replay.redb" };
+    let db = redb::Database::create(root.join(name)).context("creating the model client's store")?;
+    const TABLE: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("keystore");
+
+    let started = Instant::now();
+    let client = Endpoint::bind("127.0.0.1:0".parse()?, client_identity, TrustList::default())?;
+    let conn = client.connect(addr, server_id).await?;
+    let mut result = SystemResult::default();
+    let ask = |request: String| {
+        let conn = conn.clone();
+        async move {
+            let (mut w, mut r) = conn.open().await?;
+            w.send(request.as_bytes()).await?;
+            let mut send = w.into_inner().await?;
+            let _ = send.finish();
+            let answer = r.next().await?.ok_or_else(|| anyhow!("no answer"))?;
+            Ok::<(usize, Vec<u8>), anyhow::Error>((request.len(), answer))
+        }
+    };
+    let (sent, answer) = ask("latest".to_string()).await?;
+    result.wire_bytes += (sent + answer.len()) as u64;
+    result.round_trips += 1;
+    let latest: i64 = String::from_utf8_lossy(&answer).parse().context("latest id")?;
+    let mut from: i64 = -1;
+    while from < latest {
+        let request = if skip { format!("sync:{from}:{latest}") } else { format!("sync:{from}") };
+        let (sent, page) = ask(request).await?;
+        result.wire_bytes += (sent + page.len()) as u64;
+        result.round_trips += 1;
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&page).context("a page")?;
+        if entries.is_empty() {
+            break;
+        }
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(TABLE)?;
+            for e in &entries {
+                let at_key = e["atKey"].as_str().unwrap_or_default();
+                from = from.max(e["commitId"].as_i64().unwrap_or(from));
+                if e["operation"] == "-" {
+                    result.tombstones_received += 1;
+                    table.remove(at_key)?;
+                } else {
+                    result.entries_received += 1;
+                    table.insert(at_key, e["value"].as_str().unwrap_or_default())?;
+                }
+            }
+        }
+        txn.commit()?;
+    }
+    result.seconds = started.elapsed().as_secs_f64();
+    let held = {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        db.begin_read()?.open_table(TABLE)?.len()?
+    };
+    if held != live as u64 {
+        bail!("the model client holds {held} keys, expected {live}");
+    }
+    result.udp_bytes = {
+        let s = conn.conn.stats();
+        s.udp_tx.bytes + s.udp_rx.bytes
+    };
+    conn.close(lethe_transport::CloseCode::Done, "done");
+    client.close();
+    endpoint.close();
+    server_task.abort();
+    Ok(result)
+}
