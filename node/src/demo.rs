@@ -67,7 +67,8 @@ pub struct DemoReport {
     pub fresh: Received,
     /// The commit-log replay model for a fresh client, same history.
     pub commit_log: ReplayCost,
-    /// Tombstones and expired records the server held before GC, and after.
+    /// Tombstones and expired records the server made (deletes written, TTL keys expired), and
+    /// how many it held at the end.
     pub server_tombstones: (u64, u64),
     /// Live keys on every node at the end.
     pub live_keys: u64,
@@ -205,7 +206,7 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     (0..p.ttl_keys).for_each(|i| log.put(&format!("otp:{i:08}"), &value_text, now_ms(), Some(p.ttl_ms)));
     converge(&server, &[&client_a], "client-a follows", p.progress).await?;
     report.incremental = received_since(&a1, &client_a.status()?, t);
-    report.server_tombstones.0 = server.status()?.tombstones;
+    report.server_tombstones.0 = (p.deleted + p.ttl_keys) as u64;
     println!(
         "server deleted {} keys and wrote {} keys with a {} ms TTL; client-a received {} tombstones, {} live, {} bytes",
         p.deleted,
@@ -229,10 +230,12 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     })
     .await?;
     report.after_expiry = received_since(&a2, &client_a.status()?, t);
-    report.server_tombstones.1 = server.status()?.tombstones;
+    let end = server.status()?;
+    report.server_tombstones.1 = end.tombstones + end.expired;
     println!(
-        "TTL passed and GC ran: server tombstones and expired records {} -> 0 on every node; client-a received {} entries meanwhile",
-        report.server_tombstones.0 + p.ttl_keys as u64,
+        "TTL passed and GC ran: tombstones and expired records {} -> {} on every node; client-a received {} entries meanwhile",
+        report.server_tombstones.0,
+        report.server_tombstones.1,
         report.after_expiry.live + report.after_expiry.tombstones
     );
 
