@@ -1,0 +1,48 @@
+//! `lethe bench bootstrap` as users run it: a real process, nodes and model servers over QUIC on
+//! 127.0.0.1, JSON out.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_lethe"))
+        .args(["bench", "bootstrap", "--json"])
+        .args(args)
+        .output()
+        .expect("run lethe bench");
+    assert!(out.status.success(), "lethe bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn bootstrap_bench_reports_every_system_and_lethe_sends_no_collected_tombstone() {
+    let r = bench(&["--live", "200", "--deleted", "2000", "--expired", "100"]);
+    assert_eq!(r["live_bytes"], 200 * (24 + 100));
+    for system in ["lethe", "commitlog_replay", "skip_deletes_until"] {
+        for field in ["wire_bytes", "udp_bytes", "round_trips", "seconds", "tombstones_received"] {
+            assert!(r[system][field].is_number(), "{system}.{field} missing: {r}");
+        }
+        assert_eq!(r[system]["entries_received"], 200, "{system}: {r}");
+    }
+    assert_eq!(r["lethe"]["tombstones_received"], 0);
+    assert_eq!(r["commitlog_replay"]["tombstones_received"], 2100, "every delete and expiry is replayed");
+    assert_eq!(r["skip_deletes_until"]["tombstones_received"], 1, "all but the latest are skipped");
+    let bytes = |s: &str| r[s]["wire_bytes"].as_u64().unwrap();
+    assert!(bytes("lethe") < bytes("skip_deletes_until") && bytes("skip_deletes_until") < bytes("commitlog_replay"));
+}
+
+#[test]
+fn without_gc_uncollected_tombstones_travel_as_compact_records() {
+    let r = bench(&["--live", "100", "--deleted", "300", "--no-gc"]);
+    assert_eq!(r["lethe"]["tombstones_received"], 300);
+    assert_eq!(r["lethe"]["entries_received"], 100);
+}
+
+#[test]
+fn automerge_is_refused_until_it_is_built() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lethe"))
+        .args(["bench", "bootstrap", "--live", "10", "--with", "automerge"])
+        .output()
+        .expect("run lethe bench");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+}
