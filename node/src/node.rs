@@ -733,9 +733,14 @@ impl Link {
     /// has run yet: the dialer starts one at connect time, and a second would send the same
     /// bootstrap twice.
     fn ask_session_if_idle(&self) {
-        if self.finished.load(Ordering::Relaxed) > 0 && self.running.load(Ordering::Relaxed) == 0 {
+        if self.quiet() {
             self.ask_session();
         }
+    }
+
+    /// Whether a session has finished on this connection and none is running.
+    fn quiet(&self) -> bool {
+        self.finished.load(Ordering::Relaxed) > 0 && self.running.load(Ordering::Relaxed) == 0
     }
 
     fn session_started(&self) -> Running<'_> {
@@ -954,6 +959,11 @@ async fn push_once(
     let (w, sender) = match live {
         Some(stream) => stream,
         None => {
+            // A session running (or about to run, at connect) brings the peer up to date; a live
+            // stream opened meanwhile would send the same entries again from an older base.
+            if !link.quiet() {
+                return Ok(false);
+            }
             let (member, vector) =
                 inner.with_replica(|r| (r.membership().get(peer).map(|m| m.acked.clone()), r.vector().clone()));
             let Some(acked) = member else { return Ok(lock(&link.synced).as_ref() != Some(&vector)) };
