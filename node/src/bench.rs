@@ -277,3 +277,220 @@ async fn model_sync(root: &Path, log: Arc<CommitLogModel>, skip: bool, live: usi
     server_task.abort();
     Ok(result)
 }
+
+/// One sync path's figures (`lethe bench incremental`).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct PathResult {
+    /// CBOR frame bytes, both directions.
+    pub wire_bytes: u64,
+    /// Round trips.
+    pub round_trips: u64,
+    /// Wall seconds of the session.
+    pub seconds: f64,
+    /// Entries sent (live and dead).
+    pub entries_sent: u64,
+}
+
+/// `lethe bench incremental`: the two ways a replica that differs by `diffs` entries catches up.
+#[derive(Clone, Debug, Serialize)]
+pub struct IncrementalReport {
+    /// Keys on each replica.
+    pub keys: usize,
+    /// Entries that differ.
+    pub diffs: usize,
+    /// A member catching up by delta (its vector says what it lacks).
+    pub delta: PathResult,
+    /// The same difference found by range reconciliation (anti-entropy).
+    pub reconcile: PathResult,
+}
+
+fn open_replica(root: &Path, name: &str, id: u64) -> Result<lethe_engine::Replica<lethe_engine::RedbStore>> {
+    let store = lethe_engine::RedbStore::open(root.join(format!("{name}.redb")))?;
+    Ok(lethe_engine::Replica::open(
+        store,
+        lethe_engine::ReplicaId(id),
+        lethe_engine::Config::default(),
+        Arc::new(lethe_engine::SystemClock),
+    )?)
+}
+
+fn write_range(
+    r: &mut lethe_engine::Replica<lethe_engine::RedbStore>,
+    keys: impl Iterator<Item = usize>,
+    value: &[u8],
+    delete: bool,
+) -> Result<()> {
+    let mut batch = WriteBatch::new();
+    for i in keys {
+        if delete {
+            batch.delete(key(i));
+        } else {
+            batch.put(key(i), value.to_vec(), PutOptions::default());
+        }
+        if batch.len() == 10_000 {
+            r.write(std::mem::take(&mut batch))?;
+        }
+    }
+    if !batch.is_empty() {
+        r.write(batch)?;
+    }
+    Ok(())
+}
+
+fn timed_sync(
+    a: &mut lethe_engine::Replica<lethe_engine::RedbStore>,
+    b: &mut lethe_engine::Replica<lethe_engine::RedbStore>,
+    anti_entropy: bool,
+) -> Result<PathResult> {
+    let started = Instant::now();
+    let out = lethe_engine::session::sync_in_process(a, b, anti_entropy)?;
+    Ok(PathResult {
+        wire_bytes: out.a.bytes_sent + out.b.bytes_sent,
+        round_trips: u64::from(out.round_trips()),
+        seconds: started.elapsed().as_secs_f64(),
+        entries_sent: out.a.live_sent + out.a.tombstones_sent + out.b.live_sent + out.b.tombstones_sent,
+    })
+}
+
+/// Runs `lethe bench incremental` in `root`: two redb replicas, engine sessions in process.
+pub fn incremental(root: &Path, keys: usize, diffs: usize) -> Result<IncrementalReport> {
+    if diffs == 0 || 2 * diffs > keys {
+        bail!("--diffs must be at least 1 and at most half of --keys");
+    }
+    let (mut a, mut b) = (open_replica(root, "a", 1)?, open_replica(root, "b", 2)?);
+    write_range(&mut a, 0..keys, &[b'v'; 100], false)?;
+    lethe_engine::session::sync_in_process(&mut a, &mut b, false)?;
+    // Delta: a changes d keys; b, a member, catches up by its vector.
+    write_range(&mut a, 0..diffs, &[b'w'; 100], false)?;
+    let delta = timed_sync(&mut a, &mut b, false)?;
+    // Reconcile: a changes d other keys; an anti-entropy session finds them by fingerprints.
+    write_range(&mut a, diffs..2 * diffs, &[b'x'; 100], false)?;
+    let reconcile = timed_sync(&mut a, &mut b, true)?;
+    if a.digest() != b.digest() {
+        bail!("the replicas did not converge");
+    }
+    Ok(IncrementalReport { keys, diffs, delta, reconcile })
+}
+
+/// One replica's state (`lethe bench gc`).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ReplicaGc {
+    /// Live keys.
+    pub live: u64,
+    /// Tombstones held.
+    pub tombstones: u64,
+    /// Size of its redb file in bytes (redb reuses freed pages; it does not shrink the file).
+    pub store_bytes: u64,
+}
+
+/// `lethe bench gc`: tombstones on each replica before and after every member acknowledges.
+#[derive(Clone, Debug, Serialize)]
+pub struct GcReport {
+    /// Each replica once the deletes reached everyone.
+    pub before: Vec<ReplicaGc>,
+    /// Each replica after two acknowledgement rounds and GC steps.
+    pub after: Vec<ReplicaGc>,
+}
+
+/// Runs `lethe bench gc` in `root`: `replicas` redb replicas; the first writes and then deletes
+/// `deleted` keys; sessions in a star around it carry the deletes and the acknowledgements.
+pub fn gc(root: &Path, replicas: usize, deleted: usize) -> Result<GcReport> {
+    if replicas < 2 {
+        bail!("--replicas must be at least 2");
+    }
+    let mut rs =
+        (0..replicas).map(|i| open_replica(root, &format!("r{i}"), i as u64 + 1)).collect::<Result<Vec<_>>>()?;
+    let star = |rs: &mut Vec<lethe_engine::Replica<lethe_engine::RedbStore>>| -> Result<()> {
+        let (hub, rest) = rs.split_first_mut().ok_or_else(|| anyhow!("no replicas"))?;
+        for r in rest.iter_mut() {
+            lethe_engine::session::sync_in_process(hub, r, false)?;
+        }
+        Ok(())
+    };
+    write_range(&mut rs[0], 0..deleted, &[b'v'; 100], false)?;
+    star(&mut rs)?;
+    write_range(&mut rs[0], 0..deleted, &[], true)?;
+    star(&mut rs)?;
+    star(&mut rs)?; // everyone's vector reaches the hub, and back
+    let state = |rs: &Vec<lethe_engine::Replica<lethe_engine::RedbStore>>, i: usize| -> Result<ReplicaGc> {
+        let counts = rs[i].counts()?;
+        let store_bytes = std::fs::metadata(root.join(format!("r{i}.redb")))?.len();
+        Ok(ReplicaGc { live: counts.live, tombstones: counts.tombstones, store_bytes })
+    };
+    let before = (0..replicas).map(|i| state(&rs, i)).collect::<Result<Vec<_>>>()?;
+    for _ in 0..3 {
+        for r in rs.iter_mut() {
+            r.collect_garbage()?;
+        }
+        star(&mut rs)?;
+    }
+    let after = (0..replicas).map(|i| state(&rs, i)).collect::<Result<Vec<_>>>()?;
+    Ok(GcReport { before, after })
+}
+
+/// `lethe bench write`: puts per second through the node API with durable acknowledgement, next
+/// to raw redb inserts of the same data.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct WriteReport {
+    /// Writes.
+    pub ops: usize,
+    /// Concurrent writers through the node API.
+    pub writers: usize,
+    /// Node puts per second (each acknowledged once durable; concurrent ones share commits).
+    pub node_puts_per_sec: f64,
+    /// Raw redb, one durable transaction per insert.
+    pub raw_redb_single_per_sec: f64,
+    /// Raw redb, 1,000 inserts per durable transaction.
+    pub raw_redb_batched_per_sec: f64,
+}
+
+/// Runs `lethe bench write` in `root`.
+pub async fn write(root: &Path, ops: usize, writers: usize) -> Result<WriteReport> {
+    if ops == 0 || writers == 0 {
+        bail!("--ops and --writers must be at least 1");
+    }
+    let dir = DataDir::new(root.join("node"));
+    dir.init()?;
+    let node = NodeConfig::new(dir, "127.0.0.1:0".parse()?).start().await?;
+    let value = vec![b'v'; 100];
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (node, value) = (node.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..ops).step_by(writers) {
+                node.put(key(i), value.clone(), PutOptions::default()).await?;
+            }
+            Ok::<(), crate::node::NodeError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let node_secs = started.elapsed().as_secs_f64();
+    node.shutdown().await;
+
+    const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("raw");
+    let raw = |name: &str, per_txn: usize| -> Result<f64> {
+        let db = redb::Database::create(root.join(name))?;
+        let started = Instant::now();
+        for chunk in (0..ops).collect::<Vec<_>>().chunks(per_txn) {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(TABLE)?;
+                for &i in chunk {
+                    table.insert(key(i).as_bytes(), value.as_slice())?;
+                }
+            }
+            txn.commit()?;
+        }
+        Ok(ops as f64 / started.elapsed().as_secs_f64())
+    };
+    Ok(WriteReport {
+        ops,
+        writers,
+        node_puts_per_sec: ops as f64 / node_secs,
+        raw_redb_single_per_sec: raw("raw-single.redb", 1)?,
+        raw_redb_batched_per_sec: raw("raw-batched.redb", 1_000)?,
+    })
+}

@@ -128,6 +128,42 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Two replicas that differ by --diffs entries among --keys: the delta and the reconcile path.
+    Incremental {
+        /// Keys on each replica.
+        #[arg(long)]
+        keys: usize,
+        /// Entries that differ.
+        #[arg(long)]
+        diffs: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tombstones and store size on each replica before and after every member acknowledges.
+    Gc {
+        /// Replicas.
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Keys written and deleted.
+        #[arg(long)]
+        deleted: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Durable puts per second through the node API, next to raw redb inserts of the same data.
+    Write {
+        /// Writes.
+        #[arg(long)]
+        ops: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -214,6 +250,58 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let params = lethe_node::bench::BootstrapParams { live, deleted, expired, value_bytes: value_size, no_gc };
             run_bench_bootstrap(params, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Incremental { keys, diffs, json }) => {
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let r = lethe_node::bench::incremental(dir.path(), keys, diffs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{} differences among {} keys", r.diffs, r.keys);
+                println!("{:<10} {:>12} {:>7} {:>9} {:>9}", "path", "wire bytes", "trips", "seconds", "entries");
+                for (name, p) in [("delta", r.delta), ("reconcile", r.reconcile)] {
+                    println!(
+                        "{name:<10} {:>12} {:>7} {:>9.3} {:>9}",
+                        p.wire_bytes, p.round_trips, p.seconds, p.entries_sent
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Gc { replicas, deleted, json }) => {
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let r = lethe_node::bench::gc(dir.path(), replicas, deleted)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{replicas} replicas, {deleted} keys written and deleted on the first");
+                println!(
+                    "{:<8} {:>12} {:>12} {:>12} {:>12}",
+                    "replica", "tombstones", "store bytes", "tombstones", "store bytes"
+                );
+                println!("{:<8} {:>25} {:>25}", "", "before acknowledgement", "after");
+                for (i, (b, a)) in r.before.iter().zip(&r.after).enumerate() {
+                    println!(
+                        "{i:<8} {:>12} {:>12} {:>12} {:>12}",
+                        b.tombstones, b.store_bytes, a.tombstones, a.store_bytes
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Write { ops, writers, json }) => {
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+            let r = runtime.block_on(lethe_node::bench::write(dir.path(), ops, writers))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{ops} durable writes of 24-byte keys and 100-byte values");
+                println!("node API, {writers} concurrent writers: {:>10.0} puts/s", r.node_puts_per_sec);
+                println!("raw redb, one commit per insert:     {:>10.0} inserts/s", r.raw_redb_single_per_sec);
+                println!("raw redb, 1,000 inserts per commit:  {:>10.0} inserts/s", r.raw_redb_batched_per_sec);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { keys, deleted, ttl_keys, ttl_ms } => {

@@ -46,3 +46,36 @@ fn automerge_is_refused_until_it_is_built() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
 }
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_lethe")).arg("bench").args(args).arg("--json").output().expect("run");
+    assert!(out.status.success(), "lethe bench {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn incremental_bench_sends_only_the_differences_on_both_paths() {
+    let r = bench_json(&["incremental", "--keys", "5000", "--diffs", "10"]);
+    assert_eq!(r["delta"]["entries_sent"], 10, "{r}");
+    assert_eq!(r["delta"]["round_trips"], 2, "{r}");
+    let reconcile = r["reconcile"]["entries_sent"].as_u64().unwrap();
+    assert!((10..=20).contains(&reconcile), "reconcile sent {reconcile} entries: {r}");
+    assert!(r["reconcile"]["round_trips"].as_u64().unwrap() <= 2 + 4, "{r}");
+}
+
+#[test]
+fn gc_bench_shows_tombstones_gone_everywhere() {
+    let r = bench_json(&["gc", "--replicas", "4", "--deleted", "500"]);
+    for i in 0..4 {
+        assert_eq!(r["before"][i]["tombstones"], 500, "{r}");
+        assert_eq!(r["after"][i]["tombstones"], 0, "{r}");
+    }
+}
+
+#[test]
+fn write_bench_reports_all_three_rates() {
+    let r = bench_json(&["write", "--ops", "300", "--writers", "8"]);
+    for field in ["node_puts_per_sec", "raw_redb_single_per_sec", "raw_redb_batched_per_sec"] {
+        assert!(r[field].as_f64().unwrap() > 0.0, "{field}: {r}");
+    }
+}
