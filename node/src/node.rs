@@ -44,6 +44,11 @@ const GROUP_COMMIT_MAX: usize = 1024;
 /// How long a pusher waits after a commit for more before it sends (Kafka's `linger.ms`): a
 /// burst of commits becomes one push, one receiving commit, one fsync at the peer.
 const PUSH_LINGER: Duration = Duration::from_millis(5);
+/// A connection to a peer: the node that dialed it, and when it was registered.
+type OpenConnection = (Connection, NodeId, std::time::Instant);
+
+/// Two connections to the same peer opened this close together are a simultaneous open.
+const SIMULTANEOUS_OPEN: Duration = Duration::from_secs(5);
 /// How many changes a slow subscriber may fall behind before it is told it lagged.
 const SUBSCRIBER_BUFFER: usize = 4096;
 
@@ -226,6 +231,8 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
     /// Node ids of the peers connected now.
     pub connected: Vec<String>,
+    /// Open connections to peers (one per peer once duplicates are closed).
+    pub connections: usize,
     /// The fingerprint of every live entry (equal on converged nodes): sum prefix and count.
     pub digest: String,
     /// Live values received from peers since the node started (sessions and pushes).
@@ -293,7 +300,7 @@ struct Inner {
     writes: mpsc::Sender<WriteRequest>,
     shutdown: watch::Sender<bool>,
     /// Connected peers and their connections.
-    connected: Mutex<BTreeMap<NodeId, Vec<Connection>>>,
+    connected: Mutex<BTreeMap<NodeId, Vec<OpenConnection>>>,
     /// Node ids this node knows, by replica id, for `status`.
     known: Mutex<BTreeMap<ReplicaId, NodeId>>,
     /// Live values received since start.
@@ -480,7 +487,7 @@ impl Node {
         lock(&self.inner.connected).get(&peer).map_or(0, |conns| {
             conns
                 .iter()
-                .map(|c| {
+                .map(|(c, ..)| {
                     let s = c.stats();
                     s.udp_tx.bytes + s.udp_rx.bytes
                 })
@@ -505,7 +512,10 @@ impl Node {
     /// What `lethe status` shows.
     pub fn status(&self) -> Result<Status, NodeError> {
         let known = lock(&self.inner.known).clone();
-        let connected = lock(&self.inner.connected).keys().map(ToString::to_string).collect();
+        let (connected, connections) = {
+            let map = lock(&self.inner.connected);
+            (map.keys().map(ToString::to_string).collect(), map.values().map(Vec::len).sum())
+        };
         let status = self.inner.with_replica(|r| -> Result<Status, lethe_engine::Error> {
             let counts = r.counts()?;
             let digest = r.digest();
@@ -530,6 +540,7 @@ impl Node {
                 frontier: vector_map(&r.frontier()),
                 members,
                 connected,
+                connections,
                 digest: format!("{}/{}", hex(&digest.wire()), digest.count),
                 live_received: self.inner.live_received.load(Ordering::Relaxed),
                 tombstones_received: self.inner.tombstones_received.load(Ordering::Relaxed),
@@ -656,6 +667,13 @@ async fn dial_loop(inner: Arc<Inner>, peer: PeerAddr) {
         if inner.shutting_down() {
             return;
         }
+        // The peer dialed us and that connection stands: one is enough.
+        if lock(&inner.connected).contains_key(&peer.id) {
+            tokio::select! {
+                _ = tokio::time::sleep(inner.config.reconnect_max) => continue,
+                _ = stop.changed() => return,
+            }
+        }
         match inner.endpoint.connect(peer.addr, peer.id).instrument(span.clone()).await {
             Ok(conn) => {
                 backoff = Duration::from_millis(100);
@@ -671,10 +689,32 @@ async fn dial_loop(inner: Arc<Inner>, peer: PeerAddr) {
     }
 }
 
+/// Records a connection. When two nodes name each other with `--peer` and dial at the same time,
+/// two connections open; both nodes keep the one dialed by the smaller node id and close the
+/// other (the same rule on both sides, so they close the same one), and a dial loop does not
+/// redial while a connection to its peer stands. Only connections opened within
+/// [`SIMULTANEOUS_OPEN`] of each other count: an older one may be dead without knowing it yet (a
+/// peer killed and restarted), and must not win over the fresh one.
+fn register(inner: &Inner, conn: &PeerConnection, dialer: NodeId) {
+    let now = std::time::Instant::now();
+    let mut connected = lock(&inner.connected);
+    let conns = connected.entry(conn.peer).or_default();
+    conns.push((conn.conn.clone(), dialer, now));
+    let recent: Vec<_> = conns.iter().filter(|(.., since)| now.duration_since(*since) < SIMULTANEOUS_OPEN).collect();
+    if recent.len() > 1 {
+        let keep = recent.iter().map(|(_, d, _)| *d).min();
+        for (c, d, _) in recent {
+            if Some(*d) != keep {
+                c.close(lethe_transport::endpoint::VarInt::from_u32(CloseCode::Done as u32), b"duplicate connection");
+            }
+        }
+    }
+}
+
 /// Serves one peer connection until it closes.
 async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) {
     info!("connected to {} at {}", conn.peer, conn.conn.remote_address());
-    lock(&inner.connected).entry(conn.peer).or_default().push(conn.conn.clone());
+    register(&inner, &conn, if dialer { inner.id } else { conn.peer });
     lock(&inner.known).insert(conn.peer.replica_id(), conn.peer);
     let link = Arc::new(Link::default());
     if dialer {
@@ -695,7 +735,7 @@ async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) {
     }
     let mut connected = lock(&inner.connected);
     if let Some(conns) = connected.get_mut(&conn.peer) {
-        conns.retain(|c| c.stable_id() != conn.conn.stable_id());
+        conns.retain(|(c, ..)| c.stable_id() != conn.conn.stable_id());
         if conns.is_empty() {
             connected.remove(&conn.peer);
         }

@@ -9,23 +9,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `lethe` binary: next to the test executable's directory in `target/<profile>/`, built if
-/// it is missing.
+/// The `lethe` binary in `target/<profile>/`, brought up to date by `cargo build` once per test
+/// process (a no-op when it is current), so a test never runs a stale binary.
 pub fn lethe_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("lethe");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "lethe-node", "--bin", "lethe"]);
-        if release {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().expect("running cargo build").success(), "building the lethe binary failed");
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "lethe-node", "--bin", "lethe"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            assert!(cmd.status().expect("running cargo build").success(), "building the lethe binary failed");
+            profile_dir.join("lethe")
+        })
+        .clone()
 }
 
 /// One node: its data directory and, while it runs, its process.

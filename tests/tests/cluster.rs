@@ -343,3 +343,30 @@ fn the_cli_says_when_the_node_is_down_and_ttl_expires_locally() {
     let (code, _, err) = a.cli(&["status"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn two_nodes_that_name_each_other_keep_one_connection() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (NodeProc::init(root.path(), "a"), NodeProc::init(root.path(), "b"));
+    // Addresses picked before either starts, so each can name the other.
+    let free_addr = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    a.addr = Some(free_addr());
+    b.addr = Some(free_addr());
+    let (a_peer, b_peer) = (a.peer_arg(), b.peer_arg());
+    a.start(&args(&["--peer", &b_peer]));
+    b.start(&args(&["--peer", &a_peer]));
+    assert_eq!(a.cli(&["put", "k", "v"]).0, 0);
+    wait_until("b gets the write", CONVERGE, || {
+        let (code, out, _) = b.cli(&["get", "k"]);
+        (code == 0 && out.trim() == "v", out)
+    });
+    wait_until("one connection each", CONVERGE, || {
+        let (sa, sb) = (a.status(), b.status());
+        ((sa.connections, sb.connections) == (1, 1), (sa.connections, sb.connections))
+    });
+    // And it stays so: the dial loops do not open a second one.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!((a.status().connections, b.status().connections), (1, 1));
+    a.stop();
+    b.stop();
+}
