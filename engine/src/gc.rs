@@ -12,11 +12,12 @@
 //! Membership and the checkpoint are persisted with the step's batch. Acknowledgements between
 //! steps live in memory: losing them in a crash only delays collection.
 
+use crate::entry::{Payload, Value};
 use crate::error::Result;
 use crate::ids::{Dot, ReplicaId};
 use crate::membership::{Checkpoint, MemberInfo, Membership};
 use crate::replica::Replica;
-use crate::storage::{Batch, Meta, Storage, encode_cbor};
+use crate::storage::{Batch, Meta, Snapshot, Storage, encode_cbor};
 use crate::vector::VersionVector;
 
 /// How many removals one GC commit holds at most.
@@ -71,11 +72,26 @@ impl<S: Storage> Replica<S> {
     /// member's record grows; a non-member is admitted only if `vector` covers every tombstone
     /// collected here. Returns whether `peer` is a member afterwards.
     pub fn acknowledge(&mut self, peer: ReplicaId, vector: &VersionVector) -> bool {
+        let now_ms = self.now_ms();
+        self.acknowledge_at(peer, vector, now_ms)
+    }
+
+    /// [`Replica::acknowledge`] heard at `heard_ms`. A newcomer must also cover the pending
+    /// checkpoint's frontier, and its vector joins that checkpoint's J₀ (see `membership.rs`).
+    fn acknowledge_at(&mut self, peer: ReplicaId, vector: &VersionVector, heard_ms: u64) -> bool {
         if peer == self.id() {
             return false;
         }
-        let now_ms = self.now_ms();
-        self.membership.acknowledge(peer, vector, now_ms)
+        let was_member = self.membership.contains(peer);
+        let pending = self.checkpoint.as_ref().map(|c| &c.frontier);
+        let member = self.membership.acknowledge(peer, vector, heard_ms, pending);
+        if member
+            && !was_member
+            && let Some(checkpoint) = self.checkpoint.as_mut()
+        {
+            checkpoint.join.merge(vector);
+        }
+        member
     }
 
     /// This replica's membership as gossip for a handshake (itself included).
@@ -85,8 +101,11 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Merges a peer's gossip under the admission rule of [`Replica::acknowledge`].
+    /// A member's record only grows; this replica is never a member of itself.
     pub fn merge_gossip(&mut self, gossip: &[MemberInfo]) {
-        self.membership.merge_gossip(gossip, self.id());
+        for g in gossip {
+            self.acknowledge_at(g.replica, &g.acked, g.last_heard_ms);
+        }
     }
 
     /// Stops counting `replica` (an operator's eviction). It rejoins by reconciliation.
@@ -129,17 +148,70 @@ impl<S: Storage> Replica<S> {
 
     /// Removes entries that a peer's vector shows dead ("covered and absent" there), if they are
     /// still the stored version of their key. Issues no tombstone. Returns how many went.
+    ///
+    /// A value with a TTL is not removed but settled as an expired record under its stamp: the
+    /// peer may have left it out only because its clock already passed the expiry (clocks differ
+    /// within the drift bound), and then it still holds the write as an expired record that beats
+    /// older versions of the key. Removing it here would let such an older version back in.
+    /// Settling it is right in the other case too (the peer holds something newer): an expired
+    /// record hides nothing and is collected like a tombstone.
     pub fn drop_dead(&mut self, dead: &[(Vec<u8>, Dot)]) -> Result<usize> {
         let mut batch = Batch::new();
+        let snap = self.store().snapshot()?;
         for (key, dot) in dead {
-            if self.index.dot_of(key) == Some(*dot) {
-                batch.remove(key.clone());
+            if self.index.dot_of(key) != Some(*dot) {
+                continue;
+            }
+            let Some(mut e) = snap.entry(key)? else { continue };
+            match e.payload {
+                Payload::Value(Value { expires_at_ms: Some(t), .. }) => {
+                    e.payload = Payload::Expired { expires_at_ms: t };
+                    batch.put(e);
+                }
+                Payload::Value(_) => {
+                    batch.remove(key.clone());
+                }
+                // Already dead here: nothing to hide.
+                Payload::Expired { .. } | Payload::Tombstone => {}
             }
         }
+        drop(snap);
         let dropped = batch.ops.len();
         if dropped > 0 {
             self.commit(&batch)?;
         }
         Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::hlc::ManualClock;
+    use crate::replica::{Config, PutOptions};
+    use crate::storage::MemoryStore;
+    use crate::{Entry, Payload, Replica, ReplicaId, Seq, Stamp, Value};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_ttl_value_shown_dead_is_settled_as_expired_and_still_beats_older_versions() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let mut r =
+            Replica::open(MemoryStore::new(), ReplicaId(1), Config::default(), Arc::new(clock.clone())).unwrap();
+        let older = Entry {
+            key: b"k".to_vec(),
+            stamp: Stamp { hlc: crate::Hlc((1_600_000_000_000 << 16) + 1), replica: ReplicaId(9) },
+            seq: Seq(1),
+            payload: Payload::Value(Value { bytes: b"old".to_vec(), expires_at_ms: None, metadata: None }),
+        };
+        let w = r.put("k", "v", PutOptions { ttl_ms: Some(60_000), metadata: None }).unwrap();
+        r.put("plain", "v", PutOptions::default()).unwrap();
+        let plain = r.get(b"plain").unwrap().unwrap().dot;
+        assert_eq!(r.drop_dead(&[(b"k".to_vec(), w.dot), (b"plain".to_vec(), plain)]).unwrap(), 2);
+        assert_eq!(r.get(b"k").unwrap(), None, "hidden at once");
+        assert_eq!(r.tombstone_count(), 1, "kept as an expired record");
+        assert_eq!(r.get(b"plain").unwrap(), None);
+        // An older version of the key from a writer this replica never heard of still loses.
+        r.apply_remote(vec![older], None).unwrap();
+        assert_eq!(r.get(b"k").unwrap(), None);
     }
 }

@@ -9,13 +9,18 @@
 //!   a later F covers J₀, so every write concurrent with it has been seen by every member;
 //! - a member silent for longer than the lease is evicted and no longer holds collection back;
 //! - **a replica becomes a member only when its acknowledged vector covers `collected`**, the join
-//!   of every frontier under which tombstones were collected here. The newcomer has then seen each
-//!   collected tombstone (or something newer) and holds none of the versions they deleted.
-//!   Tombstones still pending are safe too: the newcomer now holds the frontier back until it
-//!   catches up. Without this rule, an evicted replica re-added by gossip would drag the frontier
-//!   down to its old vector, look up to date for delta sync, and keep what was deleted while it
-//!   was away. (Requiring the whole stable frontier instead would be safe but could starve: a
-//!   replica that keeps writing moves its frontier faster than a peer can catch up.)
+//!   of every frontier under which tombstones were collected here, **and the frontier F₀ of the
+//!   pending checkpoint**, if any. The newcomer has then seen each collected tombstone and each
+//!   tombstone that may be collected next (or something newer), holds none of the versions they
+//!   deleted, and writes nothing concurrent with them from then on. Without this rule, an evicted
+//!   replica re-added by gossip would drag the frontier down to its old vector, look up to date
+//!   for delta sync, and keep what was deleted while it was away. (Requiring the current stable
+//!   frontier instead would be safe but could starve: a replica that keeps writing moves its
+//!   frontier faster than a peer can catch up; F₀ stays put until the next collection.)
+//! - **on admission, the newcomer's acknowledged vector joins J₀** of the pending checkpoint: its
+//!   writes from before it saw the pending tombstones may be concurrent with them, and the second
+//!   step must wait until every member has seen those too (found by the simulation: a stale
+//!   session frame carried such a write to a replica that had just collected the tombstone).
 
 use crate::ids::ReplicaId;
 use crate::vector::VersionVector;
@@ -110,24 +115,25 @@ impl Membership {
     /// Records that `replica` has made `acked` durable, heard at `now_ms`. A member's record
     /// grows; a non-member is admitted only if `acked` covers every collected tombstone. Returns
     /// whether `replica` is a member afterwards.
-    pub fn acknowledge(&mut self, replica: ReplicaId, acked: &VersionVector, now_ms: u64) -> bool {
+    ///
+    /// `pending` is the frontier F₀ of the pending checkpoint, if any: a newcomer must cover it too.
+    pub fn acknowledge(
+        &mut self,
+        replica: ReplicaId,
+        acked: &VersionVector,
+        now_ms: u64,
+        pending: Option<&VersionVector>,
+    ) -> bool {
         if let Some(m) = self.members.get_mut(&replica) {
             m.acked.merge(acked);
             m.last_heard_ms = m.last_heard_ms.max(now_ms);
             return true;
         }
-        if !acked.dominates(&self.collected) {
+        if !acked.dominates(&self.collected) || pending.is_some_and(|f| !acked.dominates(f)) {
             return false;
         }
         self.members.insert(replica, Member { acked: acked.clone(), last_heard_ms: now_ms });
         true
-    }
-
-    /// Merges a peer's gossip under the same admission rule (never admitting `me`).
-    pub fn merge_gossip(&mut self, gossip: &[MemberInfo], me: ReplicaId) {
-        for g in gossip.iter().filter(|g| g.replica != me) {
-            self.acknowledge(g.replica, &g.acked, g.last_heard_ms);
-        }
     }
 
     /// Notes that tombstones under `frontier` were collected.
@@ -181,8 +187,8 @@ mod tests {
     #[test]
     fn frontier_is_the_meet_and_join_the_join() {
         let mut m = Membership::default();
-        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 5), (2, 3)]), 10));
-        assert!(m.acknowledge(ReplicaId(3), &vv(&[(1, 2), (2, 9)]), 10));
+        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 5), (2, 3)]), 10, None));
+        assert!(m.acknowledge(ReplicaId(3), &vv(&[(1, 2), (2, 9)]), 10, None));
         let own = vv(&[(1, 7), (2, 4)]);
         assert_eq!(m.frontier(&own), vv(&[(1, 2), (2, 3)]));
         assert_eq!(m.join(&own), vv(&[(1, 7), (2, 9)]));
@@ -192,27 +198,24 @@ mod tests {
     fn a_replica_that_missed_collected_tombstones_is_not_admitted() {
         let mut m = Membership::default();
         // Before anything is collected, anyone is admitted.
-        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 1)]), 10));
+        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 1)]), 10, None));
         m.collected_under(&vv(&[(1, 6)]));
         // Tombstones up to {1:6} are gone: a replica that has seen only {1:4} stays out.
-        assert!(!m.acknowledge(ReplicaId(3), &vv(&[(1, 4)]), 10));
+        assert!(!m.acknowledge(ReplicaId(3), &vv(&[(1, 4)]), 10, None));
         assert!(!m.contains(ReplicaId(3)));
-        assert!(m.acknowledge(ReplicaId(3), &vv(&[(1, 6), (3, 1)]), 10));
+        // Nor one that has not seen the pending checkpoint's frontier.
+        assert!(!m.acknowledge(ReplicaId(3), &vv(&[(1, 6), (3, 1)]), 10, Some(&vv(&[(1, 8)]))));
+        assert!(m.acknowledge(ReplicaId(3), &vv(&[(1, 6), (3, 1)]), 10, None));
         // A member's own record grows whatever it reports.
-        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 3)]), 20));
+        assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 3)]), 20, None));
     }
 
     #[test]
-    fn gossip_only_grows_what_is_known_and_eviction_follows_the_lease() {
+    fn a_members_record_only_grows_and_eviction_follows_the_lease() {
         let mut m = Membership::default();
-        m.acknowledge(ReplicaId(2), &vv(&[(1, 5)]), 100);
-        let gossip = vec![
-            MemberInfo { replica: ReplicaId(2), acked: vv(&[(1, 3)]), last_heard_ms: 50 },
-            MemberInfo { replica: ReplicaId(3), acked: vv(&[(3, 1)]), last_heard_ms: 900 },
-            MemberInfo { replica: ReplicaId(1), acked: vv(&[(1, 9)]), last_heard_ms: 900 },
-        ];
-        m.merge_gossip(&gossip, ReplicaId(1));
-        assert!(!m.contains(ReplicaId(1)), "never a member of itself");
+        m.acknowledge(ReplicaId(2), &vv(&[(1, 5)]), 100, None);
+        m.acknowledge(ReplicaId(2), &vv(&[(1, 3)]), 50, None);
+        m.acknowledge(ReplicaId(3), &vv(&[(3, 1)]), 900, None);
         assert_eq!(m.iter().find(|(r, _)| *r == ReplicaId(2)).unwrap().1.acked, vv(&[(1, 5)]));
         assert!(m.contains(ReplicaId(3)));
         assert_eq!(m.evict_silent(1000, 500), vec![ReplicaId(2)]);

@@ -4,7 +4,10 @@
 //!
 //! What it does at random points: puts, deletes, re-creates and TTL writes; sync sessions
 //! between random pairs, several at once (so the same data arrives twice, through different
-//! sessions, in any order); frame loss (which kills its session, as a reset stream would);
+//! sessions, in any order); live push streams between members (`LiveSender`/`LiveReceiver`),
+//! whose frames may be lost (breaking the stream) or, from a broken stream, arrive late and out of
+//! order (the receiver's base check must hold them to a partial apply); frame loss (which kills
+//! its session, as a reset stream would);
 //! sessions abandoned mid-way; partitions; crashes and restarts from the durable store; clocks
 //! skewed within and beyond `max_drift`; time jumps past TTLs and past the membership lease; GC
 //! steps; operator evictions.
@@ -16,6 +19,7 @@
 //! sync rounds with GC between them, and check I1–I6 and I8.
 
 use lethe_engine::fingerprint::Fingerprint;
+use lethe_engine::live::{LivePoll, LiveReceiver, LiveSender, handle_ack};
 use lethe_engine::session::Session;
 use lethe_engine::{
     Config, Entry, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Snapshot, Storage, WallClock,
@@ -179,6 +183,16 @@ impl Node {
     }
 }
 
+/// A live push stream from `from` to `to`: pushes one way, acknowledgements back.
+struct LiveStream {
+    from: usize,
+    to: usize,
+    sender: LiveSender,
+    receiver: LiveReceiver,
+    pushes: VecDeque<Vec<u8>>,
+    acks: VecDeque<Vec<u8>>,
+}
+
 struct Link {
     a: usize,
     b: usize,
@@ -195,6 +209,9 @@ pub struct Sim<'c, C: Choices> {
     time: ManualClock,
     nodes: Vec<Node>,
     links: Vec<Link>,
+    streams: Vec<LiveStream>,
+    /// Push frames of broken streams, which may still arrive late, out of order.
+    stray_pushes: Vec<(usize, usize, Vec<u8>)>,
     partitioned: BTreeSet<usize>,
     /// Every write ever made, per key.
     history: BTreeMap<Vec<u8>, Vec<Entry>>,
@@ -233,6 +250,8 @@ impl<'c, C: Choices> Sim<'c, C> {
             time,
             nodes,
             links: Vec::new(),
+            streams: Vec::new(),
+            stray_pushes: Vec::new(),
             partitioned: BTreeSet::new(),
             history: BTreeMap::new(),
             collections: Vec::new(),
@@ -272,10 +291,15 @@ impl<'c, C: Choices> Sim<'c, C> {
     fn step(&mut self) -> Result<(), Violation> {
         match self.choices.below(100) {
             0..=29 => self.write(),
-            30..=41 => self.open_link(),
-            42..=71 => {
+            30..=37 => self.open_link(),
+            38..=47 => self.push(),
+            48..=71 => {
                 for _ in 0..1 + self.choices.below(4) {
-                    self.deliver()?;
+                    if self.choices.chance(75) {
+                        self.deliver()?;
+                    } else {
+                        self.deliver_live()?;
+                    }
                 }
                 Ok(())
             }
@@ -450,6 +474,106 @@ impl<'c, C: Choices> Sim<'c, C> {
         self.gc_at(i)
     }
 
+    /// A node pushes what it committed to a member: on its stream to that member, opened (from
+    /// the member's acknowledged vector) if there is none.
+    fn push(&mut self) -> Result<(), Violation> {
+        let (Some(from), Some(to)) = (self.pick_live(), self.pick_live()) else { return Ok(()) };
+        if from == to {
+            return Ok(());
+        }
+        let to_id = self.nodes[to].id;
+        let Some(r) = self.nodes[from].replica.as_ref() else { return Ok(()) };
+        let k = match self.streams.iter().position(|s| (s.from, s.to) == (from, to)) {
+            Some(k) => k,
+            None => {
+                let Some(m) = r.membership().get(to_id) else { return Ok(()) };
+                let from_id = self.nodes[from].id;
+                self.streams.push(LiveStream {
+                    from,
+                    to,
+                    sender: LiveSender::new(to_id, m.acked.clone()),
+                    receiver: LiveReceiver::new(from_id),
+                    pushes: VecDeque::new(),
+                    acks: VecDeque::new(),
+                });
+                self.streams.len() - 1
+            }
+        };
+        match self.streams[k].sender.poll(r) {
+            Ok(LivePoll::Frames(frames)) => {
+                self.log(|| format!("node {from} pushes {} frame(s) to node {to}", frames.len()));
+                self.streams[k].pushes.extend(frames);
+            }
+            Ok(LivePoll::Idle) => {}
+            Ok(LivePoll::NeedSession) => {
+                self.log(|| format!("node {from}: node {to} needs a session, not pushes"));
+                self.break_stream(k);
+            }
+            Err(e) => return Err(violation("live", format!("push from {from} failed: {e}"))),
+        }
+        Ok(())
+    }
+
+    /// Ends stream `k`; its undelivered pushes may still arrive later (out of order).
+    fn break_stream(&mut self, k: usize) {
+        let s = self.streams.remove(k);
+        self.stray_pushes.extend(s.pushes.into_iter().map(|f| (s.from, s.to, f)));
+    }
+
+    /// Delivers one live frame: a push, an acknowledgement, or a stray push from a broken stream.
+    fn deliver_live(&mut self) -> Result<(), Violation> {
+        if !self.stray_pushes.is_empty() && self.choices.chance(20) {
+            let j = self.choices.below(self.stray_pushes.len() as u64) as usize;
+            let (from, to, frame) = self.stray_pushes.remove(j);
+            let from_id = self.nodes[from].id;
+            if let Some(r) = self.nodes[to].replica.as_mut() {
+                let got = LiveReceiver::new(from_id).handle(r, &frame);
+                let gap = got.as_ref().map(|g| g.gap).unwrap_or(false);
+                self.log(|| format!("stray push {from}->{to} arrives late (gap: {gap})"));
+            }
+            return Ok(());
+        }
+        let ready: Vec<usize> = (0..self.streams.len())
+            .filter(|&k| !self.streams[k].pushes.is_empty() || !self.streams[k].acks.is_empty())
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let k = ready[self.choices.below(ready.len() as u64) as usize];
+        let (from, to) = (self.streams[k].from, self.streams[k].to);
+        let crosses = self.partitioned.contains(&from) != self.partitioned.contains(&to);
+        if crosses || self.choices.below(1000) < 10 {
+            self.log(|| format!("live {from}->{to}: frame lost, stream breaks"));
+            self.break_stream(k);
+            return Ok(());
+        }
+        let stream = &mut self.streams[k];
+        if !stream.pushes.is_empty() && (stream.acks.is_empty() || self.choices.chance(70)) {
+            let Some(frame) = stream.pushes.pop_front() else { return Ok(()) };
+            let Some(r) = self.nodes[to].replica.as_mut() else { return Ok(()) };
+            match stream.receiver.handle(r, &frame) {
+                Ok(got) => {
+                    stream.acks.extend(got.reply);
+                    if got.gap {
+                        self.log(|| format!("live {from}->{to}: gap"));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.log(|| format!("live {from}->{to}: node {to} refuses a push: {msg}"));
+                    self.break_stream(k);
+                }
+            }
+        } else if let Some(frame) = stream.acks.pop_front() {
+            let to_id = self.nodes[to].id;
+            let Some(r) = self.nodes[from].replica.as_mut() else { return Ok(()) };
+            if let Err(e) = handle_ack(r, to_id, &frame) {
+                return Err(violation("live", format!("an acknowledgement was refused: {e}")));
+            }
+        }
+        Ok(())
+    }
+
     /// One GC step at node `i`, noting for every collected key which writers it did not count as
     /// members (the documented exception then covers their writes to that key).
     fn gc_at(&mut self, i: usize) -> Result<(), Violation> {
@@ -480,6 +604,8 @@ impl<'c, C: Choices> Sim<'c, C> {
         let before = self.links.len();
         self.links.retain(|l| l.a != i && l.b != i);
         self.report.sessions_aborted += (before - self.links.len()) as u64;
+        self.streams.retain(|s| s.from != i && s.to != i);
+        self.stray_pushes.retain(|(from, to, _)| *from != i && *to != i);
         self.log(|| format!("node {i} crashes"));
     }
 
@@ -582,6 +708,8 @@ impl<'c, C: Choices> Sim<'c, C> {
 
     fn heal(&mut self) -> Result<(), Violation> {
         self.links.clear();
+        self.streams.clear();
+        self.stray_pushes.clear();
         self.partitioned.clear();
         for node in &mut self.nodes {
             node.clock.skew_ms.store(0, Ordering::SeqCst);
