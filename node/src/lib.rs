@@ -46,6 +46,8 @@ pub mod control;
 pub mod data_dir;
 pub mod demo;
 pub mod node;
+mod owner;
+mod peer;
 
 pub use data_dir::DataDir;
 pub use node::{Node, NodeConfig, NodeError, PeerAddr, Status, Subscription};

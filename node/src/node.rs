@@ -1,54 +1,31 @@
-//! The embeddable node: one replica on redb, its QUIC endpoint, and the tasks that keep it in
-//! step with its peers.
-//!
-//! Per peer connection (dialed from `--peer`, or accepted from a trusted node):
-//! - **sessions** (`Session`, engine): one at connect time from the dialer, one whenever a live
-//!   stream reports a gap or a peer is not eligible for pushes, and an anti-entropy session every
-//!   `anti_entropy_interval`. Each runs on its own QUIC stream;
-//! - **live pushes** (`LiveSender`/`LiveReceiver`, engine): once the peer is a member, every
-//!   commit wakes a pusher that sends what the peer lacks on one long-lived stream; the peer
-//!   answers with its vector, which feeds the stable frontier;
-//! - a malformed, oversized or refused frame closes that connection with a [`CloseCode`] and a
-//!   reason; nothing of it is applied and every other connection goes on.
+//! The embeddable node: one replica on redb, its QUIC endpoint, and the work that keeps it
+//! going: the writer (group commit), the GC loop, and the peer tasks of [`crate::peer`].
 //!
 //! Writes go through one writer task that commits whatever writes are waiting as one batch (one
 //! fsync for many concurrent writers) and answers each only once its batch is durable. A GC step
 //! runs every `gc_interval`. The engine is synchronous: each call takes the replica's lock
 //! inside `block_in_place`, so the node needs tokio's multi-thread runtime.
 
-use crate::control::{self, Listed, Request, Response};
 use crate::data_dir::{DataDir, DataDirError};
-use lethe_engine::live::{LivePoll, LiveReceiver, LiveSender, handle_ack};
-use lethe_engine::session::{Session, SessionStats, SyncError};
+use lethe_engine::session::SyncError;
 use lethe_engine::{
     Change, Config, Item, KeyRange, PutOptions, RedbStore, Replica, ReplicaId, Seq, SystemClock, VersionVector,
     WriteBatch, WriteReceipt,
 };
-use lethe_transport::endpoint::{Connection, FrameStream, SendStream};
-use lethe_transport::{CloseCode, Endpoint, NodeId, PeerConnection, TrustList};
+use lethe_transport::{CloseCode, Endpoint, NodeId, TrustList};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{info, warn};
 
-/// The first frame of every stream between peers says what the stream is for.
-const STREAM_SESSION: u8 = 0;
-const STREAM_LIVE: u8 = 1;
 /// Writes committed together at most.
 const GROUP_COMMIT_MAX: usize = 1024;
-/// How long a pusher waits after a commit for more before it sends (Kafka's `linger.ms`): a
-/// burst of commits becomes one push, one receiving commit, one fsync at the peer.
-const PUSH_LINGER: Duration = Duration::from_millis(5);
-/// A connection to a peer: the node that dialed it, and when it was registered.
-type OpenConnection = (Connection, NodeId, std::time::Instant);
 
-/// Two connections to the same peer opened this close together are a simultaneous open.
-const SIMULTANEOUS_OPEN: Duration = Duration::from_secs(5);
 /// How many changes a slow subscriber may fall behind before it is told it lagged.
 const SUBSCRIBER_BUFFER: usize = 4096;
 
@@ -264,7 +241,7 @@ struct WriteRequest {
 
 /// Why a stream or connection ended.
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+pub(crate) enum Failure {
     #[error(transparent)]
     Sync(#[from] SyncError),
     #[error(transparent)]
@@ -277,7 +254,7 @@ enum Failure {
 
 impl Failure {
     /// Whether the peer broke the protocol (the connection is closed) rather than went away.
-    fn close_code(&self) -> Option<CloseCode> {
+    pub(crate) fn close_code(&self) -> Option<CloseCode> {
         match self {
             Failure::Sync(SyncError::Engine(_)) => Some(CloseCode::Refused),
             Failure::Sync(SyncError::FrameTooLarge { .. }) => Some(CloseCode::TooLarge),
@@ -288,42 +265,42 @@ impl Failure {
     }
 }
 
-struct Inner {
-    id: NodeId,
-    listen: SocketAddr,
-    config: NodeConfig,
-    replica: Mutex<Replica<RedbStore>>,
-    endpoint: Endpoint,
-    changes: broadcast::Sender<Change>,
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
+    pub(crate) listen: SocketAddr,
+    pub(crate) config: NodeConfig,
+    pub(crate) replica: Mutex<Replica<RedbStore>>,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) changes: broadcast::Sender<Change>,
     /// Bumped after every commit that changed the store or the vector: wakes the pushers.
-    committed: watch::Sender<u64>,
+    pub(crate) committed: watch::Sender<u64>,
     writes: mpsc::Sender<WriteRequest>,
-    shutdown: watch::Sender<bool>,
+    pub(crate) shutdown: watch::Sender<bool>,
     /// Connected peers and their connections.
-    connected: Mutex<BTreeMap<NodeId, Vec<OpenConnection>>>,
+    pub(crate) connected: Mutex<BTreeMap<NodeId, Vec<crate::peer::OpenConnection>>>,
     /// Node ids this node knows, by replica id, for `status`.
-    known: Mutex<BTreeMap<ReplicaId, NodeId>>,
+    pub(crate) known: Mutex<BTreeMap<ReplicaId, NodeId>>,
     /// Live values received since start.
-    live_received: AtomicU64,
+    pub(crate) live_received: AtomicU64,
     /// Tombstones and expired records received since start.
-    tombstones_received: AtomicU64,
+    pub(crate) tombstones_received: AtomicU64,
     /// Sync frame bytes received since start.
-    bytes_received: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
     /// Session round trips since start.
-    round_trips: AtomicU64,
+    pub(crate) round_trips: AtomicU64,
     /// Sync frame bytes sent since start.
-    bytes_sent: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
     /// The writer task, awaited at shutdown so that queued writes are committed.
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Inner {
     /// Runs `f` on the replica under its lock, then publishes what it committed.
-    fn with_replica<T>(&self, f: impl FnOnce(&mut Replica<RedbStore>) -> T) -> T {
+    pub(crate) fn with_replica<T>(&self, f: impl FnOnce(&mut Replica<RedbStore>) -> T) -> T {
         tokio::task::block_in_place(|| {
             let mut replica = lock(&self.replica);
             let before = replica.vector().clone();
@@ -343,15 +320,15 @@ impl Inner {
         })
     }
 
-    fn shutting_down(&self) -> bool {
+    pub(crate) fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
 
-    fn count_sent(&self, bytes: usize) {
+    pub(crate) fn count_sent(&self, bytes: usize) {
         self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    fn count_received(&self, live: u64, tombstones: u64, bytes: u64) {
+    pub(crate) fn count_received(&self, live: u64, tombstones: u64, bytes: u64) {
         self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
         self.live_received.fetch_add(live, Ordering::Relaxed);
         self.tombstones_received.fetch_add(tombstones, Ordering::Relaxed);
@@ -361,7 +338,7 @@ impl Inner {
 /// A running lethe node. Cheap to clone; every clone is the same node.
 #[derive(Clone)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Node {
@@ -409,10 +386,10 @@ impl Node {
         });
         info!(node = %id, %listen, "node started");
         *lock(&inner.writer) = Some(tokio::spawn(write_loop(inner.clone(), write_rx)));
-        tokio::spawn(accept_loop(inner.clone()));
+        tokio::spawn(crate::peer::accept_loop(inner.clone()));
         tokio::spawn(gc_loop(inner.clone()));
         for peer in inner.config.peers.clone() {
-            tokio::spawn(dial_loop(inner.clone(), peer));
+            tokio::spawn(crate::peer::dial_loop(inner.clone(), peer));
         }
         Ok(Node { inner })
     }
@@ -623,6 +600,7 @@ fn commit_group(inner: &Inner, requests: Vec<WriteRequest>) {
     }
 }
 
+/// One GC step every `gc_interval` until shutdown.
 async fn gc_loop(inner: Arc<Inner>) {
     let mut stop = inner.shutdown.subscribe();
     loop {
@@ -638,461 +616,4 @@ async fn gc_loop(inner: Arc<Inner>) {
             Err(e) => warn!("GC step failed: {e}"),
         }
     }
-}
-
-async fn accept_loop(inner: Arc<Inner>) {
-    while let Some(incoming) = inner.endpoint.accept().await {
-        match incoming {
-            Ok(conn) if conn.peer == inner.id => {
-                tokio::spawn(serve_owner(inner.clone(), conn));
-            }
-            Ok(conn) => {
-                let span = info_span!("peer", peer = %short(&conn.peer), dir = "in");
-                tokio::spawn(run_connection(inner.clone(), conn, false).instrument(span));
-            }
-            Err(e) => warn!("refused a connection: {e}"),
-        }
-    }
-}
-
-fn short(id: &NodeId) -> String {
-    id.to_string()[..16].to_string()
-}
-
-async fn dial_loop(inner: Arc<Inner>, peer: PeerAddr) {
-    let mut stop = inner.shutdown.subscribe();
-    let mut backoff = Duration::from_millis(100);
-    let span = info_span!("peer", peer = %short(&peer.id), dir = "out");
-    loop {
-        if inner.shutting_down() {
-            return;
-        }
-        // The peer dialed us and that connection stands: one is enough.
-        if lock(&inner.connected).contains_key(&peer.id) {
-            tokio::select! {
-                _ = tokio::time::sleep(inner.config.reconnect_max) => continue,
-                _ = stop.changed() => return,
-            }
-        }
-        match inner.endpoint.connect(peer.addr, peer.id).instrument(span.clone()).await {
-            Ok(conn) => {
-                backoff = Duration::from_millis(100);
-                run_connection(inner.clone(), conn, true).instrument(span.clone()).await;
-            }
-            Err(e) => debug!(parent: &span, "could not connect to {}: {e}", peer.addr),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.changed() => return,
-        }
-        backoff = (backoff * 2).min(inner.config.reconnect_max);
-    }
-}
-
-/// Records a connection. When two nodes name each other with `--peer` and dial at the same time,
-/// two connections open; both nodes keep the one dialed by the smaller node id and close the
-/// other (the same rule on both sides, so they close the same one), and a dial loop does not
-/// redial while a connection to its peer stands. Only connections opened within
-/// [`SIMULTANEOUS_OPEN`] of each other count: an older one may be dead without knowing it yet (a
-/// peer killed and restarted), and must not win over the fresh one.
-fn register(inner: &Inner, conn: &PeerConnection, dialer: NodeId) {
-    let now = std::time::Instant::now();
-    let mut connected = lock(&inner.connected);
-    let conns = connected.entry(conn.peer).or_default();
-    conns.push((conn.conn.clone(), dialer, now));
-    let recent: Vec<_> = conns.iter().filter(|(.., since)| now.duration_since(*since) < SIMULTANEOUS_OPEN).collect();
-    if recent.len() > 1 {
-        let keep = recent.iter().map(|(_, d, _)| *d).min();
-        for (c, d, _) in recent {
-            if Some(*d) != keep {
-                c.close(lethe_transport::endpoint::VarInt::from_u32(CloseCode::Done as u32), b"duplicate connection");
-            }
-        }
-    }
-}
-
-/// Serves one peer connection until it closes.
-async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) {
-    info!("connected to {} at {}", conn.peer, conn.conn.remote_address());
-    register(&inner, &conn, if dialer { inner.id } else { conn.peer });
-    lock(&inner.known).insert(conn.peer.replica_id(), conn.peer);
-    let link = Arc::new(Link::default());
-    if dialer {
-        link.ask_session();
-    }
-    let tasks = [
-        tokio::spawn(accept_streams(inner.clone(), conn.clone(), link.clone()).in_current_span()),
-        tokio::spawn(initiate_sessions(inner.clone(), conn.clone(), link.clone(), dialer).in_current_span()),
-        tokio::spawn(push_loop(inner.clone(), conn.clone(), link).in_current_span()),
-    ];
-    let mut stop = inner.shutdown.subscribe();
-    tokio::select! {
-        reason = conn.conn.closed() => info!("disconnected: {reason}"),
-        _ = stop.changed() => conn.close(CloseCode::Done, "node shutting down"),
-    }
-    for task in tasks {
-        task.abort();
-    }
-    let mut connected = lock(&inner.connected);
-    if let Some(conns) = connected.get_mut(&conn.peer) {
-        conns.retain(|(c, ..)| c.stable_id() != conn.conn.stable_id());
-        if conns.is_empty() {
-            connected.remove(&conn.peer);
-        }
-    }
-}
-
-/// What the tasks of one connection share.
-#[derive(Debug, Default)]
-struct Link {
-    want_session: Notify,
-    /// Sessions running on this connection, started by either side.
-    running: AtomicUsize,
-    /// Sessions finished on this connection.
-    finished: AtomicU64,
-    /// This replica's vector when the last session on this connection finished.
-    synced: Mutex<Option<VersionVector>>,
-}
-
-/// Counts a session as running until dropped.
-struct Running<'a>(&'a Link);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::Relaxed);
-        self.0.finished.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl Link {
-    fn ask_session(&self) {
-        self.want_session.notify_one();
-    }
-
-    /// Asks for a session for a peer that is not (yet) a member, unless one is running or none
-    /// has run yet: the dialer starts one at connect time, and a second would send the same
-    /// bootstrap twice.
-    fn ask_session_if_idle(&self) {
-        if self.quiet() {
-            self.ask_session();
-        }
-    }
-
-    /// Whether a session has finished on this connection and none is running.
-    fn quiet(&self) -> bool {
-        self.finished.load(Ordering::Relaxed) > 0 && self.running.load(Ordering::Relaxed) == 0
-    }
-
-    fn session_started(&self) -> Running<'_> {
-        self.running.fetch_add(1, Ordering::Relaxed);
-        Running(self)
-    }
-}
-
-/// Ends the connection if `failure` means the peer broke the protocol.
-fn close_on(conn: &PeerConnection, what: &str, failure: &Failure) {
-    match failure.close_code() {
-        Some(code) => {
-            warn!("{what} failed, closing the connection ({code:?}): {failure}");
-            conn.close(code, &failure.to_string());
-        }
-        None => debug!("{what} ended: {failure}"),
-    }
-}
-
-async fn accept_streams(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>) {
-    while let Ok((w, mut r)) = conn.accept().await {
-        let kind = match r.next().await {
-            Ok(Some(kind)) => kind,
-            Ok(None) => continue,
-            Err(e) => {
-                close_on(&conn, "reading a stream", &Failure::Transport(e));
-                continue;
-            }
-        };
-        let (inner, conn, link) = (inner.clone(), conn.clone(), link.clone());
-        tokio::spawn(
-            async move {
-                let result = match kind.as_slice() {
-                    [STREAM_SESSION] => run_session(&inner, &link, conn.peer, (w, r), false).await.map(|_| ()),
-                    [STREAM_LIVE] => receive_pushes(&inner, conn.peer, (w, r), &link).await,
-                    _ => Err(Failure::StreamKind(kind)),
-                };
-                if let Err(failure) = result {
-                    close_on(&conn, "stream", &failure);
-                }
-            }
-            .in_current_span(),
-        );
-    }
-}
-
-async fn initiate_sessions(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>, dialer: bool) {
-    loop {
-        let anti_entropy = tokio::select! {
-            _ = link.want_session.notified() => false,
-            _ = tokio::time::sleep(inner.config.anti_entropy_interval), if dialer => true,
-        };
-        let result = async {
-            let (mut w, r) = conn.open().await?;
-            w.send(&[STREAM_SESSION]).await?;
-            run_session(&inner, &link, conn.peer, (w, r), anti_entropy).await
-        }
-        .await;
-        if let Err(failure) = result {
-            if !survive(&conn, "session", &failure) {
-                return;
-            }
-            // The session did not finish: try again shortly.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            link.ask_session();
-        }
-    }
-}
-
-/// Logs `failure` of one stream; closes the connection if the peer broke the protocol. Whether
-/// the connection is still usable.
-fn survive(conn: &PeerConnection, what: &str, failure: &Failure) -> bool {
-    close_on(conn, what, failure);
-    failure.close_code().is_none() && conn.conn.close_reason().is_none()
-}
-
-/// Runs one engine session over a stream, both roles at once.
-async fn run_session(
-    inner: &Inner,
-    link: &Link,
-    peer: NodeId,
-    (mut w, mut r): FrameStream,
-    anti_entropy: bool,
-) -> Result<SessionStats, Failure> {
-    let _running = link.session_started();
-    let expected = Some(peer.replica_id());
-    let mut session = inner.with_replica(|rep| {
-        if anti_entropy { Session::anti_entropy(rep, expected) } else { Session::new(rep, expected) }
-    })?;
-    let started = std::time::Instant::now();
-    // A round trip: frames went out, then this side waited for the peer's answer.
-    let mut sent = false;
-    loop {
-        // Frames are read from the replica one at a time, so a bootstrap streams chunk by chunk.
-        while let Some(frame) = inner.with_replica(|rep| {
-            let frame = session.poll_transmit(rep);
-            if let Ok(Some(f)) = &frame {
-                inner.count_sent(f.len());
-            }
-            frame
-        })? {
-            w.send(&frame).await?;
-            sent = true;
-        }
-        w.flush().await?;
-        if session.is_finished() {
-            break;
-        }
-        let frame = r.next().await?.ok_or(Failure::ClosedEarly)?;
-        let round_trip = u64::from(std::mem::take(&mut sent));
-        inner.with_replica(|rep| {
-            inner.round_trips.fetch_add(round_trip, Ordering::Relaxed);
-            let before = session.stats().clone();
-            let handled = session.handle(rep, &frame);
-            // Counted under the replica's lock, as `status` reads them: a status that shows the
-            // data also counts it.
-            let now = session.stats();
-            inner.count_received(
-                now.live_received - before.live_received,
-                now.tombstones_received - before.tombstones_received,
-                now.bytes_received - before.bytes_received,
-            );
-            handled
-        })?;
-    }
-    *lock(&link.synced) = Some(inner.with_replica(|rep| rep.vector().clone()));
-    let mut send = w.into_inner().await?;
-    // The stream may already be reset by a peer that finished first; its data is delivered.
-    let _ = send.finish();
-    let stats = session.stats().clone();
-    let level_info = stats.live_received + stats.tombstones_received + stats.live_sent + stats.tombstones_sent > 0;
-    if level_info {
-        info!(
-            mode = ?stats.mode,
-            sent_bytes = stats.bytes_sent,
-            received_bytes = stats.bytes_received,
-            live_received = stats.live_received,
-            tombstones_received = stats.tombstones_received,
-            secs = started.elapsed().as_secs_f64(),
-            "session finished"
-        );
-    } else {
-        debug!(mode = ?stats.mode, "session finished with nothing to exchange");
-    }
-    Ok(stats)
-}
-
-async fn receive_pushes(inner: &Inner, peer: NodeId, (mut w, mut r): FrameStream, link: &Link) -> Result<(), Failure> {
-    let mut rx = LiveReceiver::new(peer.replica_id());
-    while let Some(frame) = r.next().await? {
-        let got = inner.with_replica(|rep| {
-            let got = rx.handle(rep, &frame);
-            if let Ok(got) = &got {
-                inner.count_received(got.live, got.tombstones, frame.len() as u64);
-            }
-            got
-        })?;
-        if let Some(reply) = got.reply {
-            inner.count_sent(reply.len());
-            w.send(&reply).await?;
-            w.flush().await?;
-        }
-        if got.gap {
-            debug!("live stream has a gap; asking for a session");
-            link.ask_session();
-        }
-    }
-    Ok(())
-}
-
-/// Pushes every commit to the peer while it is a member; asks for a session while it is not (a
-/// session's acknowledgement is what admits it).
-async fn push_loop(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>) {
-    let mut committed = inner.committed.subscribe();
-    let mut live: Option<LiveStream> = None;
-    loop {
-        match push_once(&inner, &conn, &link, &mut live).await {
-            Ok(false) => {}
-            Ok(true) => {
-                debug!("peer not eligible for pushes; asking for a session");
-                link.ask_session_if_idle();
-                live = None;
-            }
-            Err(failure) => {
-                if !survive(&conn, "live push", &failure) {
-                    return;
-                }
-                live = None;
-            }
-        }
-        tokio::select! {
-            changed = committed.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                // Linger a moment so a burst of commits goes out as one push.
-                tokio::time::sleep(PUSH_LINGER).await;
-            }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-type LiveStream = (lethe_transport::FrameWriter<SendStream>, LiveSender);
-
-/// Sends what the peer lacks on the live stream (opened once the peer is a member). Whether a
-/// session is needed instead: the peer is not a member and this replica has news since the last
-/// session, or the sender found the peer behind the stable frontier.
-async fn push_once(
-    inner: &Arc<Inner>,
-    conn: &PeerConnection,
-    link: &Link,
-    live: &mut Option<LiveStream>,
-) -> Result<bool, Failure> {
-    let peer = conn.peer.replica_id();
-    let (w, sender) = match live {
-        Some(stream) => stream,
-        None => {
-            // A session running (or about to run, at connect) brings the peer up to date; a live
-            // stream opened meanwhile would send the same entries again from an older base.
-            if !link.quiet() {
-                return Ok(false);
-            }
-            let (member, vector) =
-                inner.with_replica(|r| (r.membership().get(peer).map(|m| m.acked.clone()), r.vector().clone()));
-            let Some(acked) = member else { return Ok(lock(&link.synced).as_ref() != Some(&vector)) };
-            live.insert((open_live(inner, conn).await?, LiveSender::new(peer, acked)))
-        }
-    };
-    match inner.with_replica(|r| sender.poll(r))? {
-        LivePoll::Idle => Ok(false),
-        LivePoll::Frames(frames) => {
-            for f in &frames {
-                inner.count_sent(f.len());
-                w.send(f).await?;
-            }
-            w.flush().await?;
-            Ok(false)
-        }
-        LivePoll::NeedSession => Ok(true),
-    }
-}
-
-async fn open_live(
-    inner: &Arc<Inner>,
-    conn: &PeerConnection,
-) -> Result<lethe_transport::FrameWriter<SendStream>, Failure> {
-    let (mut w, mut r) = conn.open().await?;
-    w.send(&[STREAM_LIVE]).await?;
-    w.flush().await?;
-    // Acknowledgements come back on the same stream; read them on their own task.
-    let (inner, conn) = (inner.clone(), conn.clone());
-    tokio::spawn(
-        async move {
-            let peer = conn.peer.replica_id();
-            loop {
-                match r.next().await {
-                    Ok(Some(frame)) => {
-                        if let Err(e) = inner.with_replica(|rep| handle_ack(rep, peer, &frame)) {
-                            return close_on(&conn, "live acknowledgement", &Failure::Sync(e));
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => return close_on(&conn, "live acknowledgement", &Failure::Transport(e)),
-                }
-            }
-        }
-        .in_current_span(),
-    );
-    Ok(w)
-}
-
-/// The owner's commands (`lethe --data DIR put ...`), one request per stream.
-async fn serve_owner(inner: Arc<Inner>, conn: PeerConnection) {
-    while let Ok((mut w, mut r)) = conn.accept().await {
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let response = match r.next().await {
-                Ok(Some(frame)) => match control::decode::<Request>(&frame) {
-                    Ok(request) => answer(&inner, request).await,
-                    Err(e) => Response::Error(e),
-                },
-                Ok(None) => return,
-                Err(e) => Response::Error(e.to_string()),
-            };
-            let frame = control::encode(&response).unwrap_or_default();
-            if w.send(&frame).await.is_ok()
-                && let Ok(mut send) = w.into_inner().await
-            {
-                let _ = send.finish();
-            }
-        });
-    }
-}
-
-async fn answer(inner: &Arc<Inner>, request: Request) -> Response {
-    let node = Node { inner: inner.clone() };
-    let result: Result<Response, NodeError> = async {
-        Ok(match request {
-            Request::Put { key, value, ttl_ms } => {
-                let receipt = node.put(key, value, PutOptions { ttl_ms, metadata: None }).await?;
-                Response::Written { seq: receipt.dot.seq.0 }
-            }
-            Request::Get { key } => Response::Value(node.get(&key)?.map(|item| item.value)),
-            Request::Delete { key } => Response::Written { seq: node.delete(key).await?.dot.seq.0 },
-            Request::List { prefix, limit } => {
-                let items = node.scan(&KeyRange::prefix(prefix), limit.min(control::LIST_LIMIT_MAX))?;
-                Response::Listed(items.into_iter().map(|i| Listed { key: i.key, value: i.value }).collect())
-            }
-            Request::Status => Response::Status(Box::new(node.status()?)),
-        })
-    }
-    .await;
-    result.unwrap_or_else(|e| Response::Error(e.to_string()))
 }
