@@ -139,9 +139,12 @@ enum Source {
         snapshot: HeldSnapshot,
         cursor: Bound<Vec<u8>>,
     },
-    /// Reconcile: waiting for the sink's reply to the last `Ranges`.
+    /// Reconcile: waiting for the sink's reply to the last `Ranges`. `sink_vector` is the sink's
+    /// handshake vector: an entry it covers is one the sink has seen, so if it lacks it, it is
+    /// dead there and is not sent.
     Reconciling {
         v0: VersionVector,
+        sink_vector: VersionVector,
         offered: BTreeMap<ItemId, Vec<u8>>,
     },
     AwaitAck,
@@ -378,7 +381,7 @@ impl Session {
             let mut offered = BTreeMap::new();
             let group = reconcile::describe(&replica.index.live, &KeyBounds(None, None), &mut offered);
             self.outbox.push_back(Message::Ranges(vec![group]));
-            self.source = Source::Reconciling { v0, offered };
+            self.source = Source::Reconciling { v0, sink_vector: hello.vector, offered };
         }
         Ok(())
     }
@@ -390,7 +393,7 @@ impl Session {
         send: Vec<KeyBounds>,
         want: Vec<ItemId>,
     ) -> Result<(), SyncError> {
-        let Source::Reconciling { offered, .. } = &self.source else {
+        let Source::Reconciling { offered, sink_vector, .. } = &self.source else {
             return Err(SyncError::Unexpected { got: "Reply", state: self.source_state() });
         };
         let mut keys = Vec::with_capacity(want.len());
@@ -401,7 +404,9 @@ impl Session {
         let now_ms = replica.now_ms();
         let mut entries = Vec::new();
         for key in keys {
-            if let Some(e) = snap.entry(&key).map_err(Error::from)? {
+            if let Some(e) = snap.entry(&key).map_err(Error::from)?
+                && !sink_vector.covers(e.dot())
+            {
                 entries.push(e.settled_at(now_ms));
             }
         }
@@ -411,7 +416,7 @@ impl Session {
                 end: hi.clone().map_or(Bound::Unbounded, Bound::Excluded),
             };
             snap.scan_keys(&range, &mut |e| {
-                if e.is_live_at(now_ms) {
+                if e.is_live_at(now_ms) && !sink_vector.covers(e.dot()) {
                     entries.push(e);
                 }
                 ControlFlow::Continue(())
@@ -420,7 +425,7 @@ impl Session {
         }
         drop(snap);
         self.queue_entries(entries);
-        let Source::Reconciling { v0, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
+        let Source::Reconciling { v0, sink_vector, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
             return Ok(());
         };
         if split.is_empty() {
@@ -430,7 +435,7 @@ impl Session {
         let mut offered = BTreeMap::new();
         let groups = split.iter().map(|b| reconcile::describe(&replica.index.live, b, &mut offered)).collect();
         self.outbox.push_back(Message::Ranges(groups));
-        self.source = Source::Reconciling { v0, offered };
+        self.source = Source::Reconciling { v0, sink_vector, offered };
         Ok(())
     }
 
