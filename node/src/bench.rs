@@ -57,6 +57,10 @@ pub struct SystemResult {
     pub entries_received: u64,
     /// Tombstones (deletes) received.
     pub tombstones_received: u64,
+    /// CPU seconds of the server's threads during the sync (Linux; 0 elsewhere).
+    pub server_cpu_seconds: f64,
+    /// CPU seconds of the client's threads during the sync (Linux; 0 elsewhere).
+    pub client_cpu_seconds: f64,
 }
 
 /// The report, as `--json` prints it.
@@ -81,19 +85,120 @@ fn key(i: usize) -> String {
     format!("key:{i:020}")
 }
 
-/// Runs the benchmark in `root`.
-pub async fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
-    let value = vec![b'v'; p.value_bytes];
-    let value_text = String::from_utf8_lossy(&value).into_owned();
+/// A runtime whose threads carry `name`, so their CPU time can be told apart.
+fn runtime(name: &str) -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name(name).enable_all().build()?)
+}
+
+/// CPU seconds used so far by this process's threads named `name` (Linux `/proc`; 0 elsewhere).
+/// Threads that already exited are not counted: measure over a short span.
+fn thread_cpu_seconds(name: &str) -> f64 {
+    const TICKS_PER_SECOND: f64 = 100.0; // USER_HZ on Linux
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3; utime and stime are 14 and 15.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        ticks += field(14) + field(15);
+    }
+    ticks as f64 / TICKS_PER_SECOND
+}
+
+const SERVER_THREADS: &str = "lethe-server";
+const CLIENT_THREADS: &str = "lethe-client";
+
+/// Runs `measure` and puts the server's and the client's CPU seconds into its result.
+fn with_cpu(measure: impl FnOnce() -> Result<SystemResult>) -> Result<SystemResult> {
+    let (s0, c0) = (thread_cpu_seconds(SERVER_THREADS), thread_cpu_seconds(CLIENT_THREADS));
+    let mut result = measure()?;
+    result.server_cpu_seconds = thread_cpu_seconds(SERVER_THREADS) - s0;
+    result.client_cpu_seconds = thread_cpu_seconds(CLIENT_THREADS) - c0;
+    Ok(result)
+}
+
+/// Runs the benchmark in `root`. The server side and the client side run on runtimes of their
+/// own, so the CPU time of each can be read from its threads.
+pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
+    let (server_rt, client_rt) = (runtime(SERVER_THREADS)?, runtime(CLIENT_THREADS)?);
     let client_dir = DataDir::new(root.join("client"));
     let client_id = client_dir.init()?.id();
+    let (server, log) = server_rt.block_on(load_server(root, p, client_id))?;
+    let (live_bytes, target) = server_rt.block_on(async {
+        let items = server.scan(&lethe_engine::KeyRange::all(), usize::MAX)?;
+        let live_bytes = items.iter().map(|i| (i.key.len() + i.value.len()) as u64).sum::<u64>();
+        Ok::<_, anyhow::Error>((live_bytes, server.status()?.digest))
+    })?;
+
+    let server_addr = PeerAddr { id: server.id(), addr: server.local_addr() };
+    let lethe = with_cpu(|| {
+        client_rt.block_on(async {
+            let started = Instant::now();
+            let client = NodeConfig::new(client_dir, "127.0.0.1:0".parse()?).with_peer(server_addr).start().await?;
+            wait_for("the lethe client converges", || Ok(client.status()?.digest == target)).await?;
+            let seconds = started.elapsed().as_secs_f64();
+            let s = client.status()?;
+            let result = SystemResult {
+                wire_bytes: s.bytes_received + s.bytes_sent,
+                udp_bytes: client.udp_bytes(server_addr.id),
+                round_trips: s.session_round_trips,
+                seconds,
+                entries_received: s.live_received,
+                tombstones_received: s.tombstones_received,
+                ..SystemResult::default()
+            };
+            client.shutdown().await;
+            Ok(result)
+        })
+    })?;
+    server_rt.block_on(server.shutdown());
+
+    let log = Arc::new(log);
+    let mut models = Vec::new();
+    for skip in [false, true] {
+        let (endpoint, addr, server_id, client_identity) = server_rt.block_on(async {
+            let (server_identity, client_identity) = (Identity::generate()?, Identity::generate()?);
+            let server_id = server_identity.id();
+            let trust = TrustList::new([client_identity.id()]);
+            let endpoint = Arc::new(Endpoint::bind("127.0.0.1:0".parse()?, server_identity, trust)?);
+            tokio::spawn(serve_model(endpoint.clone(), log.clone()));
+            let addr = endpoint.local_addr()?;
+            Ok::<_, anyhow::Error>((endpoint, addr, server_id, client_identity))
+        })?;
+        let name = if skip { "model-skip.redb" } else { "model-replay.redb" };
+        let db = redb::Database::create(root.join(name)).context("creating the model client's store")?;
+        let live = p.live;
+        let result = with_cpu(|| {
+            client_rt.block_on(async move {
+                tokio::spawn(model_client(db, addr, server_id, client_identity, skip, live)).await?
+            })
+        })?;
+        endpoint.close();
+        models.push(result);
+    }
+    let (commitlog_replay, skip_deletes_until) = (models[0], models[1]);
+    Ok(BootstrapReport { live_bytes, lethe, commitlog_replay, skip_deletes_until })
+}
+
+/// The server node and the history, written to lethe and to the model log alike.
+async fn load_server(
+    root: &Path,
+    p: BootstrapParams,
+    client_id: lethe_transport::NodeId,
+) -> Result<(crate::node::Node, CommitLogModel)> {
+    let value = vec![b'v'; p.value_bytes];
+    let value_text = String::from_utf8_lossy(&value).into_owned();
     let server_dir = DataDir::new(root.join("server"));
     server_dir.init()?;
     let gc = if p.no_gc { Duration::from_secs(365 * 24 * 3600) } else { Duration::from_millis(100) };
     let server =
         NodeConfig::new(server_dir, "127.0.0.1:0".parse()?).with_trust(client_id).with_gc_interval(gc).start().await?;
-
-    // The history, written to lethe and to the model log alike.
     let mut log = CommitLogModel::new();
     let total = p.live + p.deleted;
     for chunk in (0..total).collect::<Vec<_>>().chunks(10_000) {
@@ -130,34 +235,7 @@ pub async fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapRepor
         })
         .await?;
     }
-    let items = server.scan(&lethe_engine::KeyRange::all(), usize::MAX)?;
-    let live_bytes = items.iter().map(|i| (i.key.len() + i.value.len()) as u64).sum();
-    let target = server.status()?.digest;
-
-    let lethe = {
-        let started = Instant::now();
-        let server_addr = PeerAddr { id: server.id(), addr: server.local_addr() };
-        let client = NodeConfig::new(client_dir, "127.0.0.1:0".parse()?).with_peer(server_addr).start().await?;
-        wait_for("the lethe client converges", || Ok(client.status()?.digest == target)).await?;
-        let seconds = started.elapsed().as_secs_f64();
-        let s = client.status()?;
-        let result = SystemResult {
-            wire_bytes: s.bytes_received + s.bytes_sent,
-            udp_bytes: client.udp_bytes(server.id()),
-            round_trips: s.session_round_trips,
-            seconds,
-            entries_received: s.live_received,
-            tombstones_received: s.tombstones_received,
-        };
-        client.shutdown().await;
-        result
-    };
-    server.shutdown().await;
-
-    let log = Arc::new(log);
-    let commitlog_replay = model_sync(root, log.clone(), false, p.live).await?;
-    let skip_deletes_until = model_sync(root, log, true, p.live).await?;
-    Ok(BootstrapReport { live_bytes, lethe, commitlog_replay, skip_deletes_until })
+    Ok((server, log))
 }
 
 async fn wait_for(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
@@ -203,16 +281,15 @@ fn model_answer(log: &CommitLogModel, request: &str) -> Vec<u8> {
 
 /// A fresh client of the model server: latest id, then pages until it reaches it, storing each
 /// live entry in redb (one transaction per page).
-async fn model_sync(root: &Path, log: Arc<CommitLogModel>, skip: bool, live: usize) -> Result<SystemResult> {
-    let (server_identity, client_identity) = (Identity::generate()?, Identity::generate()?);
-    let (server_id, client_id) = (server_identity.id(), client_identity.id());
-    let endpoint = Arc::new(Endpoint::bind("127.0.0.1:0".parse()?, server_identity, TrustList::new([client_id]))?);
-    let addr = endpoint.local_addr()?;
-    let server_task = tokio::spawn(serve_model(endpoint.clone(), log));
-    let name = if skip { "model-skip.redb" } else { "model-replay.redb" };
-    let db = redb::Database::create(root.join(name)).context("creating the model client's store")?;
+async fn model_client(
+    db: redb::Database,
+    addr: std::net::SocketAddr,
+    server_id: lethe_transport::NodeId,
+    client_identity: Identity,
+    skip: bool,
+    live: usize,
+) -> Result<SystemResult> {
     const TABLE: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("keystore");
-
     let started = Instant::now();
     let client = Endpoint::bind("127.0.0.1:0".parse()?, client_identity, TrustList::default())?;
     let conn = client.connect(addr, server_id).await?;
@@ -273,8 +350,6 @@ async fn model_sync(root: &Path, log: Arc<CommitLogModel>, skip: bool, live: usi
     };
     conn.close(lethe_transport::CloseCode::Done, "done");
     client.close();
-    endpoint.close();
-    server_task.abort();
     Ok(result)
 }
 

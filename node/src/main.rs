@@ -429,8 +429,7 @@ fn print_status(s: &Status) {
 fn run_bench_bootstrap(params: lethe_node::bench::BootstrapParams, json: bool) -> Result<()> {
     init_logs("warn");
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    let r = runtime.block_on(lethe_node::bench::bootstrap(dir.path(), params))?;
+    let r = lethe_node::bench::bootstrap(dir.path(), params)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -444,8 +443,8 @@ fn run_bench_bootstrap(params: lethe_node::bench::BootstrapParams, json: bool) -
         if params.no_gc { ", tombstones not collected" } else { "" }
     );
     println!(
-        "{:<34} {:>12} {:>12} {:>7} {:>9} {:>9} {:>11}",
-        "system", "wire bytes", "udp bytes", "trips", "seconds", "entries", "tombstones"
+        "{:<34} {:>12} {:>12} {:>7} {:>9} {:>9} {:>11} {:>9} {:>9}",
+        "system", "wire bytes", "udp bytes", "trips", "seconds", "entries", "tombstones", "srv cpu", "cli cpu"
     );
     for (name, s) in [
         ("lethe", r.lethe),
@@ -453,8 +452,15 @@ fn run_bench_bootstrap(params: lethe_node::bench::BootstrapParams, json: bool) -
         ("skipDeletesUntil (late-2024 model)", r.skip_deletes_until),
     ] {
         println!(
-            "{name:<34} {:>12} {:>12} {:>7} {:>9.3} {:>9} {:>11}",
-            s.wire_bytes, s.udp_bytes, s.round_trips, s.seconds, s.entries_received, s.tombstones_received
+            "{name:<34} {:>12} {:>12} {:>7} {:>9.3} {:>9} {:>11} {:>9.2} {:>9.2}",
+            s.wire_bytes,
+            s.udp_bytes,
+            s.round_trips,
+            s.seconds,
+            s.entries_received,
+            s.tombstones_received,
+            s.server_cpu_seconds,
+            s.client_cpu_seconds
         );
     }
     Ok(())
