@@ -21,7 +21,7 @@ use crate::data_dir::DataDir;
 use crate::node::{NodeConfig, PeerAddr};
 use anyhow::{Context, Result, anyhow, bail};
 use lethe_engine::{PutOptions, WriteBatch};
-use lethe_transport::{Endpoint, Identity, TrustList};
+use lethe_transport::{Endpoint, FrameReader, FrameWriter, Identity, TrustList};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +40,8 @@ pub struct BootstrapParams {
     pub value_bytes: usize,
     /// Leave tombstones uncollected (they then travel to lethe's client as compact records).
     pub no_gc: bool,
+    /// Also sync the same history as one Automerge document with Automerge's sync protocol.
+    pub automerge: bool,
 }
 
 /// One system's figures.
@@ -74,20 +76,45 @@ pub struct BootstrapReport {
     pub commitlog_replay: SystemResult,
     /// The atServer skipDeletesUntil model.
     pub skip_deletes_until: SystemResult,
+    /// Automerge's sync protocol on the same history (when asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub automerge: Option<SystemResult>,
 }
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Key `i`: 24 bytes (as in the benchmark goals), `key:` and 20 hex digits of a hash, so keys
+/// neither share long prefixes nor come in order.
 fn key(i: usize) -> String {
-    // 24 bytes, as in the benchmark goals.
-    format!("key:{i:020}")
+    format!("key:{}", &blake3::hash(&(i as u64).to_le_bytes()).to_hex()[..20])
+}
+
+/// An expiring key.
+fn ttl_key(i: usize) -> String {
+    format!("ttl:{}", &blake3::hash(&(i as u64).to_be_bytes()).to_hex()[..20])
+}
+
+/// The value of write `i`: `bytes` characters of base64 alphabet drawn from a hash of `i`, like
+/// the base64 ciphertext an atServer mostly holds (a run of one byte would flatter any system
+/// that compresses, Automerge's columnar encoding first).
+fn value(i: usize, bytes: usize) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut raw = vec![0u8; bytes];
+    blake3::Hasher::new().update(&(i as u64).to_le_bytes()).finalize_xof().fill(&mut raw);
+    raw.iter().map(|b| char::from(ALPHABET[usize::from(b & 63)])).collect()
 }
 
 /// A runtime whose threads carry `name`, so their CPU time can be told apart.
 fn runtime(name: &str) -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name(name).enable_all().build()?)
+    // Threads live for the whole run: a thread that exits takes its CPU time with it.
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .thread_keep_alive(Duration::from_secs(3600))
+        .enable_all()
+        .build()?)
 }
 
 /// CPU seconds used so far by this process's threads named `name` (Linux `/proc`; 0 elsewhere).
@@ -183,7 +210,123 @@ pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
         models.push(result);
     }
     let (commitlog_replay, skip_deletes_until) = (models[0], models[1]);
-    Ok(BootstrapReport { live_bytes, lethe, commitlog_replay, skip_deletes_until })
+    let automerge = if p.automerge { Some(automerge_sync(&server_rt, &client_rt, p)?) } else { None };
+    Ok(BootstrapReport { live_bytes, lethe, commitlog_replay, skip_deletes_until, automerge })
+}
+
+/// Automerge's sync messages carry every change the peer lacks at once.
+const AUTOMERGE_FRAME_MAX: usize = 1 << 30;
+
+/// The same history as one Automerge map document (a delete for every delete and every expiry:
+/// Automerge has no TTL), synced to a fresh document with Automerge's sync protocol over QUIC:
+/// the client sends its message (an empty frame when it has none), the server answers with its
+/// own, until neither has anything to say.
+fn automerge_sync(
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+    p: BootstrapParams,
+) -> Result<SystemResult> {
+    use automerge::sync::{Message as SyncMessage, State, SyncDoc};
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+
+    let mut doc = AutoCommit::new();
+    let total = p.live + p.deleted;
+    for i in 0..total {
+        doc.put(ROOT, key(i), value(i, p.value_bytes))?;
+        if i % 10_000 == 9_999 {
+            doc.commit();
+        }
+    }
+    for i in 0..p.deleted {
+        doc.delete(ROOT, key(total - 1 - i))?;
+    }
+    for i in 0..p.expired {
+        doc.put(ROOT, ttl_key(i), value(i, p.value_bytes))?;
+    }
+    for i in 0..p.expired {
+        doc.delete(ROOT, ttl_key(i))?;
+    }
+    doc.commit();
+    let doc = Arc::new(std::sync::Mutex::new(doc));
+
+    let (endpoint, addr, server_id, client_identity) = server_rt.block_on(async {
+        let (server_identity, client_identity) = (Identity::generate()?, Identity::generate()?);
+        let server_id = server_identity.id();
+        let endpoint =
+            Arc::new(Endpoint::bind("127.0.0.1:0".parse()?, server_identity, TrustList::new([client_identity.id()]))?);
+        let addr = endpoint.local_addr()?;
+        let server = endpoint.clone();
+        tokio::spawn(async move {
+            let Some(Ok(conn)) = server.accept().await else { return };
+            // Automerge puts every change a peer lacks into one message: no frame limit fits it.
+            let Ok((send, recv)) = conn.conn.accept_bi().await else { return };
+            let (mut w, mut r) =
+                (FrameWriter::new(send, AUTOMERGE_FRAME_MAX), FrameReader::new(recv, AUTOMERGE_FRAME_MAX));
+            let mut state = State::new();
+            while let Ok(Some(frame)) = r.next().await {
+                let reply = {
+                    let mut doc = doc.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if !frame.is_empty()
+                        && let Ok(msg) = SyncMessage::decode(&frame)
+                    {
+                        let _ = doc.sync().receive_sync_message(&mut state, msg);
+                    }
+                    doc.sync().generate_sync_message(&mut state).map(SyncMessage::encode).unwrap_or_default()
+                };
+                if w.send(&reply).await.is_err() || w.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok::<_, anyhow::Error>((endpoint, addr, server_id, client_identity))
+    })?;
+
+    let result = with_cpu(|| {
+        client_rt.block_on(async move {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let client = Endpoint::bind("127.0.0.1:0".parse()?, client_identity, TrustList::default())?;
+                let conn = client.connect(addr, server_id).await?;
+                let (send, recv) = conn.conn.open_bi().await?;
+                let (mut w, mut r) =
+                    (FrameWriter::new(send, AUTOMERGE_FRAME_MAX), FrameReader::new(recv, AUTOMERGE_FRAME_MAX));
+                let mut doc = AutoCommit::new();
+                let mut state = State::new();
+                let mut result = SystemResult::default();
+                loop {
+                    let mine = doc.sync().generate_sync_message(&mut state).map(SyncMessage::encode);
+                    let request = mine.clone().unwrap_or_default();
+                    w.send(&request).await?;
+                    w.flush().await?;
+                    let reply = r.next().await?.ok_or_else(|| anyhow!("the automerge server closed the stream"))?;
+                    result.wire_bytes += (request.len() + reply.len()) as u64;
+                    result.round_trips += 1;
+                    if reply.is_empty() && mine.is_none() {
+                        break;
+                    }
+                    if !reply.is_empty() {
+                        doc.sync().receive_sync_message(&mut state, SyncMessage::decode(&reply)?)?;
+                    }
+                }
+                result.seconds = started.elapsed().as_secs_f64();
+                result.entries_received = doc.length(ROOT) as u64;
+                // Automerge sends the whole history: every delete travels.
+                result.tombstones_received = (p.deleted + p.expired) as u64;
+                let stats = conn.conn.stats();
+                result.udp_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
+                conn.close(lethe_transport::CloseCode::Done, "done");
+                client.close();
+                Ok::<SystemResult, anyhow::Error>(result)
+            })
+            .await?
+        })
+    })?;
+    endpoint.close();
+    if result.entries_received != p.live as u64 {
+        bail!("the automerge client holds {} keys, expected {}", result.entries_received, p.live);
+    }
+    Ok(result)
 }
 
 /// The server node and the history, written to lethe and to the model log alike.
@@ -192,8 +335,6 @@ async fn load_server(
     p: BootstrapParams,
     client_id: lethe_transport::NodeId,
 ) -> Result<(crate::node::Node, CommitLogModel)> {
-    let value = vec![b'v'; p.value_bytes];
-    let value_text = String::from_utf8_lossy(&value).into_owned();
     let server_dir = DataDir::new(root.join("server"));
     server_dir.init()?;
     let gc = if p.no_gc { Duration::from_secs(365 * 24 * 3600) } else { Duration::from_millis(100) };
@@ -204,8 +345,9 @@ async fn load_server(
     for chunk in (0..total).collect::<Vec<_>>().chunks(10_000) {
         let mut batch = WriteBatch::new();
         for &i in chunk {
-            batch.put(key(i), value.clone(), PutOptions::default());
-            log.put(&key(i), &value_text, now_ms(), None);
+            let v = value(i, p.value_bytes);
+            log.put(&key(i), &v, now_ms(), None);
+            batch.put(key(i), v, PutOptions::default());
         }
         server.write_batch(batch)?;
     }
@@ -221,8 +363,9 @@ async fn load_server(
     for chunk in (0..p.expired).collect::<Vec<_>>().chunks(10_000) {
         let mut batch = WriteBatch::new();
         for &i in chunk {
-            batch.put(format!("ttl:{i:020}"), value.clone(), ttl.clone());
-            log.put(&format!("ttl:{i:020}"), &value_text, now_ms(), Some(1));
+            let v = value(i, p.value_bytes);
+            log.put(&ttl_key(i), &v, now_ms(), Some(1));
+            batch.put(ttl_key(i), v, ttl.clone());
         }
         server.write_batch(batch)?;
     }

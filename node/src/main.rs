@@ -121,7 +121,7 @@ enum BenchCommand {
         /// Leave tombstones uncollected (they travel as compact records).
         #[arg(long)]
         no_gc: bool,
-        /// Also measure another system (only `automerge` is known; not built yet).
+        /// Also measure another system: `automerge` (one map document, its sync protocol).
         #[arg(long)]
         with: Option<String>,
         /// Print one JSON object.
@@ -245,10 +245,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             other => bail!("unexpected answer {other:?}"),
         },
         Command::Bench(BenchCommand::Bootstrap { live, deleted, expired, value_size, no_gc, with, json }) => {
-            if let Some(other) = with {
-                bail!("--with {other}: the automerge comparison is not built yet; run without --with");
-            }
-            let params = lethe_node::bench::BootstrapParams { live, deleted, expired, value_bytes: value_size, no_gc };
+            let automerge = match with.as_deref() {
+                None => false,
+                Some("automerge") => true,
+                Some(other) => bail!("--with {other}: the only other system known is `automerge`"),
+            };
+            let params = lethe_node::bench::BootstrapParams {
+                live,
+                deleted,
+                expired,
+                value_bytes: value_size,
+                no_gc,
+                automerge,
+            };
             run_bench_bootstrap(params, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -446,11 +455,15 @@ fn run_bench_bootstrap(params: lethe_node::bench::BootstrapParams, json: bool) -
         "{:<34} {:>12} {:>12} {:>7} {:>9} {:>9} {:>11} {:>9} {:>9}",
         "system", "wire bytes", "udp bytes", "trips", "seconds", "entries", "tombstones", "srv cpu", "cli cpu"
     );
+    let automerge = r.automerge.map(|a| ("automerge (sync protocol)", a));
     for (name, s) in [
         ("lethe", r.lethe),
         ("commit-log replay (2024 model)", r.commitlog_replay),
         ("skipDeletesUntil (late-2024 model)", r.skip_deletes_until),
-    ] {
+    ]
+    .into_iter()
+    .chain(automerge)
+    {
         println!(
             "{name:<34} {:>12} {:>12} {:>7} {:>9.3} {:>9} {:>11} {:>9.2} {:>9.2}",
             s.wire_bytes,

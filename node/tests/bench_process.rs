@@ -17,8 +17,17 @@ fn bench(args: &[&str]) -> serde_json::Value {
 fn bootstrap_bench_reports_every_system_and_lethe_sends_no_collected_tombstone() {
     let r = bench(&["--live", "200", "--deleted", "2000", "--expired", "100"]);
     assert_eq!(r["live_bytes"], 200 * (24 + 100));
+    assert!(r.get("automerge").is_none(), "only when asked");
     for system in ["lethe", "commitlog_replay", "skip_deletes_until"] {
-        for field in ["wire_bytes", "udp_bytes", "round_trips", "seconds", "tombstones_received"] {
+        for field in [
+            "wire_bytes",
+            "udp_bytes",
+            "round_trips",
+            "seconds",
+            "tombstones_received",
+            "server_cpu_seconds",
+            "client_cpu_seconds",
+        ] {
             assert!(r[system][field].is_number(), "{system}.{field} missing: {r}");
         }
         assert_eq!(r[system]["entries_received"], 200, "{system}: {r}");
@@ -38,13 +47,17 @@ fn without_gc_uncollected_tombstones_travel_as_compact_records() {
 }
 
 #[test]
-fn automerge_is_refused_until_it_is_built() {
+fn automerge_syncs_the_same_history_and_unknown_systems_are_refused() {
+    let r = bench(&["--live", "100", "--deleted", "300", "--expired", "10", "--with", "automerge"]);
+    assert_eq!(r["automerge"]["entries_received"], 100, "{r}");
+    assert_eq!(r["automerge"]["tombstones_received"], 310, "Automerge sends the whole history: {r}");
+    assert!(r["automerge"]["wire_bytes"].as_u64().unwrap() > r["lethe"]["wire_bytes"].as_u64().unwrap());
     let out = Command::new(env!("CARGO_BIN_EXE_lethe"))
-        .args(["bench", "bootstrap", "--live", "10", "--with", "automerge"])
+        .args(["bench", "bootstrap", "--live", "10", "--with", "riak"])
         .output()
         .expect("run lethe bench");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the only other system known is `automerge`"));
 }
 
 fn bench_json(args: &[&str]) -> serde_json::Value {
