@@ -18,6 +18,7 @@
 
 use crate::baseline::CommitLogModel;
 use crate::data_dir::DataDir;
+use crate::demo::wait_for;
 use crate::node::{NodeConfig, PeerAddr};
 use anyhow::{Context, Result, anyhow, bail};
 use lethe_engine::{PutOptions, WriteBatch};
@@ -168,7 +169,7 @@ pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
         client_rt.block_on(async {
             let started = Instant::now();
             let client = NodeConfig::new(client_dir, "127.0.0.1:0".parse()?).with_peer(server_addr).start().await?;
-            wait_for("the lethe client converges", || Ok(client.status()?.digest == target)).await?;
+            wait_for("the lethe client converges", WAIT_LIMIT, || Ok(client.status()?.digest == target)).await?;
             let seconds = started.elapsed().as_secs_f64();
             let s = client.status()?;
             let result = SystemResult {
@@ -213,6 +214,9 @@ pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
     let automerge = if p.automerge { Some(automerge_sync(&server_rt, &client_rt, p)?) } else { None };
     Ok(BootstrapReport { live_bytes, lethe, commitlog_replay, skip_deletes_until, automerge })
 }
+
+/// How long a benchmark waits for a node to get somewhere before it gives up.
+const WAIT_LIMIT: Duration = Duration::from_secs(600);
 
 /// Automerge's sync messages carry every change the peer lacks at once.
 const AUTOMERGE_FRAME_MAX: usize = 1 << 30;
@@ -372,24 +376,13 @@ async fn load_server(
     tokio::time::sleep(Duration::from_millis(5)).await;
     log.expire(now_ms());
     if !p.no_gc {
-        wait_for("the server collects its tombstones", || {
+        wait_for("the server collects its tombstones", WAIT_LIMIT, || {
             let s = server.status()?;
             Ok(s.tombstones + s.expired == 0 && s.live == p.live as u64)
         })
         .await?;
     }
     Ok((server, log))
-}
-
-async fn wait_for(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !check()? {
-        if Instant::now() > deadline {
-            bail!("{what}: not within 600 s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
 }
 
 /// The model server answers `latest` with the latest commit id, and `sync:<from>[:<skip>]` with

@@ -134,13 +134,14 @@ async fn converge(server: &Node, nodes: &[&Node], what: &str, show: bool) -> Res
     }
 }
 
-async fn wait_for(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+/// Polls `check` every 10 ms until it holds; fails after `limit` with `what`.
+pub(crate) async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
     while !check()? {
         if Instant::now() > deadline {
-            bail!("{what}: not within 120 s");
+            bail!("{what}: not within {} s", limit.as_secs());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
 }
@@ -224,7 +225,7 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     tokio::time::sleep(Duration::from_millis(p.ttl_ms)).await;
     log.expire(now_ms());
     let expected_live = (p.keys - p.deleted) as u64;
-    wait_for("GC collects every tombstone and expired record", || {
+    wait_for("GC collects every tombstone and expired record", Duration::from_secs(120), || {
         let (s, a) = (server.status()?, client_a.status()?);
         Ok(s.live == expected_live && s.tombstones + s.expired == 0 && a.tombstones + a.expired == 0)
     })
