@@ -46,7 +46,7 @@ pub struct BootstrapParams {
 }
 
 /// One system's figures.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
 pub struct SystemResult {
     /// Application bytes, both directions.
     pub wire_bytes: u64,
@@ -67,8 +67,14 @@ pub struct SystemResult {
 }
 
 /// The report, as `--json` prints it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct BootstrapReport {
+    /// Live keys (N).
+    #[serde(default)]
+    pub live: usize,
+    /// Deleted keys (D).
+    #[serde(default)]
+    pub deleted: usize,
     /// Sum of live key and value sizes.
     pub live_bytes: u64,
     /// lethe.
@@ -212,7 +218,15 @@ pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
     }
     let (commitlog_replay, skip_deletes_until) = (models[0], models[1]);
     let automerge = if p.automerge { Some(automerge_sync(&server_rt, &client_rt, p)?) } else { None };
-    Ok(BootstrapReport { live_bytes, lethe, commitlog_replay, skip_deletes_until, automerge })
+    Ok(BootstrapReport {
+        live: p.live,
+        deleted: p.deleted,
+        live_bytes,
+        lethe,
+        commitlog_replay,
+        skip_deletes_until,
+        automerge,
+    })
 }
 
 /// How long a benchmark waits for a node to get somewhere before it gives up.
@@ -704,4 +718,78 @@ pub async fn write(root: &Path, ops: usize, writers: usize) -> Result<WriteRepor
         raw_redb_single_per_sec: raw("raw-single.redb", 1)?,
         raw_redb_batched_per_sec: raw("raw-batched.redb", 1_000)?,
     })
+}
+
+/// Draws bytes and seconds against D for each system from `lethe bench bootstrap --json`
+/// reports (one per D), as `bytes.svg` and `seconds.svg` in `out`. Returns the files written.
+pub fn plot(reports: &[BootstrapReport], out: &Path) -> Result<Vec<std::path::PathBuf>> {
+    use plotters::prelude::*;
+    if reports.is_empty() {
+        bail!("no reports to plot: pass the files `lethe bench bootstrap --json` wrote");
+    }
+    let mut reports = reports.to_vec();
+    reports.sort_by_key(|r| r.deleted);
+    type Pick = fn(&SystemResult) -> f64;
+    type Get = fn(&BootstrapReport) -> Option<SystemResult>;
+    let charts: [(&str, &str, Pick); 2] =
+        [("bytes.svg", "wire bytes (MB)", |s| s.wire_bytes as f64 / 1e6), ("seconds.svg", "seconds", |s| s.seconds)];
+    let systems: [(&str, Get, RGBColor); 4] = [
+        ("lethe", |r| Some(r.lethe), RGBColor(0, 110, 180)),
+        ("commit-log replay (model)", |r| Some(r.commitlog_replay), RGBColor(200, 60, 40)),
+        ("skipDeletesUntil (model)", |r| Some(r.skip_deletes_until), RGBColor(230, 150, 20)),
+        ("Automerge", |r| r.automerge, RGBColor(90, 160, 60)),
+    ];
+    std::fs::create_dir_all(out)?;
+    let mut written = Vec::new();
+    for (file, label, pick) in charts {
+        let path = out.join(file);
+        let x_max = reports.iter().map(|r| r.deleted).max().unwrap_or(1).max(1) as f64;
+        let y_max = reports
+            .iter()
+            .flat_map(|r| systems.iter().filter_map(|(_, get, _)| get(r)).map(|s| pick(&s)))
+            .fold(0.0f64, f64::max)
+            * 1.1;
+        let root = SVGBackend::new(&path, (800, 500)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let title = format!("bootstrap of N = {} live keys: {label} against D (deleted keys)", reports[0].live);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..x_max * 1.02, 0f64..y_max.max(1e-3))
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("D (deleted keys)")
+            .y_desc(label)
+            .x_label_formatter(&|x| format!("{}", *x as u64))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        for (name, get, color) in systems {
+            let points: Vec<(f64, f64)> =
+                reports.iter().filter_map(|r| get(r).map(|s| (r.deleted as f64, pick(&s)))).collect();
+            if points.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(|e| anyhow!("{e}"))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(|e| anyhow!("{e}"))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+        drop(chart);
+        drop(root);
+        written.push(path);
+    }
+    Ok(written)
 }

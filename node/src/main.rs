@@ -128,6 +128,14 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Draw bytes and seconds against D from `bench bootstrap --json` reports (SVG).
+    Plot {
+        /// Directory for bytes.svg and seconds.svg.
+        #[arg(long)]
+        out: PathBuf,
+        /// Report files, one per D.
+        reports: Vec<PathBuf>,
+    },
     /// Two replicas that differ by --diffs entries among --keys: the delta and the reconcile path.
     Incremental {
         /// Keys on each replica.
@@ -259,6 +267,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 automerge,
             };
             run_bench_bootstrap(params, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Plot { out, reports }) => {
+            let reports = reports
+                .iter()
+                .map(|f| {
+                    let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not a bench bootstrap --json report", f.display()))
+                })
+                .collect::<Result<Vec<lethe_node::bench::BootstrapReport>>>()?;
+            for path in lethe_node::bench::plot(&reports, &out)? {
+                println!("{}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Incremental { keys, diffs, json }) => {

@@ -92,3 +92,30 @@ fn write_bench_reports_all_three_rates() {
         assert!(r[field].as_f64().unwrap() > 0.0, "{field}: {r}");
     }
 }
+
+#[test]
+fn plot_draws_bytes_and_seconds_from_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for deleted in ["0", "500"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lethe"))
+            .args(["bench", "bootstrap", "--json", "--live", "50", "--deleted", deleted])
+            .output()
+            .expect("run lethe bench");
+        assert!(out.status.success());
+        let file = dir.path().join(format!("d{deleted}.json"));
+        std::fs::write(&file, &out.stdout).unwrap();
+        files.push(file);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_lethe"))
+        .args(["bench", "plot", "--out"])
+        .arg(dir.path().join("plots"))
+        .args(&files)
+        .output()
+        .expect("run lethe bench plot");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for chart in ["bytes.svg", "seconds.svg"] {
+        let svg = std::fs::read_to_string(dir.path().join("plots").join(chart)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("commit-log replay (model)"), "{chart}");
+    }
+}
