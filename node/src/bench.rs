@@ -84,8 +84,12 @@ pub struct BootstrapReport {
     /// The atServer skipDeletesUntil model.
     pub skip_deletes_until: SystemResult,
     /// Automerge's sync protocol on the same history (when asked).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automerge: Option<SystemResult>,
+    /// Seconds to insert the same live entries, sorted, into a fresh raw redb table (10,000 per
+    /// durable transaction): the floor a bootstrap is held to.
+    #[serde(default)]
+    pub raw_redb_insert_seconds: f64,
 }
 
 fn now_ms() -> u64 {
@@ -218,6 +222,7 @@ pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
     }
     let (commitlog_replay, skip_deletes_until) = (models[0], models[1]);
     let automerge = if p.automerge { Some(automerge_sync(&server_rt, &client_rt, p)?) } else { None };
+    let raw_redb_insert_seconds = raw_insert_seconds(root, p)?;
     Ok(BootstrapReport {
         live: p.live,
         deleted: p.deleted,
@@ -226,7 +231,29 @@ pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
         commitlog_replay,
         skip_deletes_until,
         automerge,
+        raw_redb_insert_seconds,
     })
+}
+
+/// Inserts the live entries the client ends with, sorted by key, into a fresh raw redb table,
+/// 10,000 per durable transaction; returns the seconds it took.
+fn raw_insert_seconds(root: &Path, p: BootstrapParams) -> Result<f64> {
+    const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("raw");
+    let mut entries: Vec<(String, String)> = (0..p.live).map(|i| (key(i), value(i, p.value_bytes))).collect();
+    entries.sort();
+    let db = redb::Database::create(root.join("raw-insert.redb"))?;
+    let started = Instant::now();
+    for chunk in entries.chunks(10_000) {
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(TABLE)?;
+            for (k, v) in chunk {
+                table.insert(k.as_bytes(), v.as_bytes())?;
+            }
+        }
+        txn.commit()?;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// How long a benchmark waits for a node to get somewhere before it gives up.

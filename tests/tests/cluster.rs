@@ -181,7 +181,10 @@ fn an_untrusted_peer_is_refused_and_the_cluster_keeps_working() {
     });
     let sa = a.status();
     assert!(!sa.connected.contains(&stranger.id.to_string()));
-    assert!(stranger.status().connected.is_empty());
+    // The stranger's side may see a connection for a moment on each retry (TLS 1.3 finishes the
+    // client's handshake before the server checks its key), but nothing ever reaches it.
+    let ss = stranger.status();
+    assert_eq!((ss.live, ss.live_received, ss.bytes_received), (0, 0, 0), "{ss:#?}");
     let (code, _, _) = stranger.cli(&["get", "still"]);
     assert_eq!(code, 1, "nothing reached the stranger");
     for n in [&mut a, &mut b, &mut stranger] {
