@@ -481,11 +481,6 @@ impl Node {
         Ok(self.inner.with_replica(|r| r.write(batch))?)
     }
 
-    /// Asks every connected peer for a session now (normally they happen on their own).
-    pub fn sync_now(&self) {
-        self.inner.committed.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
     /// What `lethe status` shows.
     pub fn status(&self) -> Result<Status, NodeError> {
         let known = lock(&self.inner.known).clone();
