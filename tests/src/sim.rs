@@ -266,12 +266,17 @@ impl<'c, C: Choices> Sim<'c, C> {
         }
     }
 
-    fn pick_live(&mut self) -> Option<usize> {
-        let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some()).collect();
-        if live.is_empty() {
+    /// One of `candidates`, chosen; `None` if there are none.
+    fn pick(&mut self, candidates: Vec<usize>) -> Option<usize> {
+        if candidates.is_empty() {
             return None;
         }
-        Some(live[self.choices.below(live.len() as u64) as usize])
+        Some(candidates[self.choices.below(candidates.len() as u64) as usize])
+    }
+
+    fn pick_live(&mut self) -> Option<usize> {
+        let live = (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some()).collect();
+        self.pick(live)
     }
 
     /// Runs the random phase, heals, runs the final rounds and checks the invariants.
@@ -417,13 +422,8 @@ impl<'c, C: Choices> Sim<'c, C> {
     }
 
     fn deliver(&mut self) -> Result<(), Violation> {
-        let ready: Vec<usize> = (0..self.links.len())
-            .filter(|&k| !self.links[k].to_a.is_empty() || !self.links[k].to_b.is_empty())
-            .collect();
-        if ready.is_empty() {
-            return Ok(());
-        }
-        let k = ready[self.choices.below(ready.len() as u64) as usize];
+        let ready = (0..self.links.len()).filter(|&k| !self.links[k].to_a.is_empty() || !self.links[k].to_b.is_empty());
+        let Some(k) = self.pick(ready.collect()) else { return Ok(()) };
         let to_b = {
             let l = &self.links[k];
             !l.to_b.is_empty() && (l.to_a.is_empty() || self.choices.chance(50))
@@ -533,13 +533,9 @@ impl<'c, C: Choices> Sim<'c, C> {
             }
             return Ok(());
         }
-        let ready: Vec<usize> = (0..self.streams.len())
-            .filter(|&k| !self.streams[k].pushes.is_empty() || !self.streams[k].acks.is_empty())
-            .collect();
-        if ready.is_empty() {
-            return Ok(());
-        }
-        let k = ready[self.choices.below(ready.len() as u64) as usize];
+        let ready =
+            (0..self.streams.len()).filter(|&k| !self.streams[k].pushes.is_empty() || !self.streams[k].acks.is_empty());
+        let Some(k) = self.pick(ready.collect()) else { return Ok(()) };
         let (from, to) = (self.streams[k].from, self.streams[k].to);
         let crosses = self.partitioned.contains(&from) != self.partitioned.contains(&to);
         if crosses || self.choices.below(1000) < 10 {
@@ -610,11 +606,8 @@ impl<'c, C: Choices> Sim<'c, C> {
     }
 
     fn restart(&mut self) -> Result<(), Violation> {
-        let crashed: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_none()).collect();
-        if crashed.is_empty() {
-            return Ok(());
-        }
-        let i = crashed[self.choices.below(crashed.len() as u64) as usize];
+        let crashed = (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_none()).collect();
+        let Some(i) = self.pick(crashed) else { return Ok(()) };
         self.nodes[i].open()?;
         self.log(|| format!("node {i} restarts"));
         Ok(())
