@@ -15,6 +15,10 @@
 //! Wire bytes are application bytes both ways (CBOR frames for lethe, requests and JSON pages for
 //! the models); UDP bytes are quinn's count of datagram bytes both ways on the client's
 //! connection, so they include QUIC and TLS.
+//!
+//! Every client runs in a process of its own (`lethe bench client`, spawned from the running
+//! executable, see [`ClientJob`]), so its peak resident memory and its CPU time are its own; the
+//! servers run in this process, on runtime threads named `lethe-server`.
 
 use crate::baseline::CommitLogModel;
 use crate::data_dir::DataDir;
@@ -24,7 +28,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use lethe_engine::{PutOptions, WriteBatch};
 use lethe_transport::{Endpoint, FrameReader, FrameWriter, Identity, TrustList};
 use serde::Serialize;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -62,8 +67,11 @@ pub struct SystemResult {
     pub tombstones_received: u64,
     /// CPU seconds of the server's threads during the sync (Linux; 0 elsewhere).
     pub server_cpu_seconds: f64,
-    /// CPU seconds of the client's threads during the sync (Linux; 0 elsewhere).
+    /// CPU seconds of the client's process, start to exit (Linux; 0 elsewhere).
     pub client_cpu_seconds: f64,
+    /// Peak resident memory of the client's process in bytes (Linux `VmHWM`; 0 elsewhere).
+    #[serde(default)]
+    pub client_peak_bytes: u64,
 }
 
 /// The report, as `--json` prints it.
@@ -128,43 +136,166 @@ fn runtime(name: &str) -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// User + system CPU ticks in a `/proc/.../stat` line (fields 14 and 15).
+fn stat_cpu_ticks(stat: &str) -> u64 {
+    // Fields after the parenthesised name: state is field 3; utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
+}
+
+const TICKS_PER_SECOND: f64 = 100.0; // USER_HZ on Linux
+
 /// CPU seconds used so far by this process's threads named `name` (Linux `/proc`; 0 elsewhere).
 /// Threads that already exited are not counted: measure over a short span.
 fn thread_cpu_seconds(name: &str) -> f64 {
-    const TICKS_PER_SECOND: f64 = 100.0; // USER_HZ on Linux
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
     let mut ticks = 0u64;
     for task in tasks.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
+        if comm.trim() == name {
+            ticks += stat_cpu_ticks(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default());
         }
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised name: state is field 3; utime and stime are 14 and 15.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        ticks += field(14) + field(15);
     }
     ticks as f64 / TICKS_PER_SECOND
 }
 
-const SERVER_THREADS: &str = "lethe-server";
-const CLIENT_THREADS: &str = "lethe-client";
+/// CPU seconds this process has used (Linux `/proc`; 0 elsewhere).
+fn process_cpu_seconds() -> f64 {
+    stat_cpu_ticks(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default()) as f64 / TICKS_PER_SECOND
+}
 
-/// Runs `measure` and puts the server's and the client's CPU seconds into its result.
-fn with_cpu(measure: impl FnOnce() -> Result<SystemResult>) -> Result<SystemResult> {
-    let (s0, c0) = (thread_cpu_seconds(SERVER_THREADS), thread_cpu_seconds(CLIENT_THREADS));
-    let mut result = measure()?;
-    result.server_cpu_seconds = thread_cpu_seconds(SERVER_THREADS) - s0;
-    result.client_cpu_seconds = thread_cpu_seconds(CLIENT_THREADS) - c0;
+/// This process's peak resident memory in bytes (Linux `VmHWM`; 0 elsewhere).
+fn peak_resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+const SERVER_THREADS: &str = "lethe-server";
+
+/// Which client a [`ClientJob`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum ClientSystem {
+    /// A fresh lethe node.
+    Lethe,
+    /// The atServer 2024 commit-log replay model's client.
+    CommitlogReplay,
+    /// The atServer skipDeletesUntil model's client.
+    SkipDeletesUntil,
+    /// An empty Automerge document synced with Automerge's sync protocol.
+    Automerge,
+}
+
+/// One client's initial sync, as `lethe bench client --job JSON` runs it in a process of its
+/// own (so its peak memory is its own). It prints one [`SystemResult`] as JSON.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct ClientJob {
+    /// Which client.
+    pub system: ClientSystem,
+    /// The server's address.
+    pub server: SocketAddr,
+    /// The server's node id (pinned).
+    pub server_id: String,
+    /// lethe: the client's initialised data directory; the others: a directory holding the
+    /// client's key (`client.key`, PKCS#8) and where it puts its store.
+    pub dir: PathBuf,
+    /// lethe: the server's digest, which the client holds once it has converged.
+    pub target_digest: String,
+    /// Live keys the client must end with.
+    pub live: usize,
+    /// Automerge: deletes and expiries in the history (every one of them travels).
+    pub dead: usize,
+}
+
+/// The file a model or Automerge client's key is kept in, inside [`ClientJob::dir`].
+const CLIENT_KEY_FILE: &str = "client.key";
+
+/// A fresh identity for a non-lethe client, saved where its job will find it.
+fn client_identity(dir: &Path) -> Result<Identity> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let identity = Identity::generate()?;
+    std::fs::write(dir.join(CLIENT_KEY_FILE), identity.pkcs8())
+        .with_context(|| format!("writing {}", dir.join(CLIENT_KEY_FILE).display()))?;
+    Ok(identity)
+}
+
+/// Runs `job` in this process (the child's side of [`spawn_client`]) and returns its figures
+/// with this process's CPU seconds and peak resident memory.
+pub fn run_client(job: &ClientJob) -> Result<SystemResult> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let server_id: lethe_transport::NodeId = job.server_id.parse()?;
+    let mut result = runtime.block_on(async {
+        if job.system == ClientSystem::Lethe {
+            return lethe_client(job, server_id).await;
+        }
+        let key = std::fs::read(job.dir.join(CLIENT_KEY_FILE))
+            .with_context(|| format!("reading the client's key in {}", job.dir.display()))?;
+        let identity = Identity::from_pkcs8(&key)?;
+        match job.system {
+            ClientSystem::CommitlogReplay | ClientSystem::SkipDeletesUntil => {
+                let skip = job.system == ClientSystem::SkipDeletesUntil;
+                let db =
+                    redb::Database::create(job.dir.join("client.redb")).context("creating the model client's store")?;
+                model_client(db, job.server, server_id, identity, skip, job.live).await
+            }
+            _ => automerge_client(job.server, server_id, identity, job.live, job.dead).await,
+        }
+    })?;
+    drop(runtime);
+    result.client_cpu_seconds = process_cpu_seconds();
+    result.client_peak_bytes = peak_resident_bytes();
     Ok(result)
 }
 
-/// Runs the benchmark in `root`. The server side and the client side run on runtimes of their
-/// own, so the CPU time of each can be read from its threads.
+/// Runs `job` in a child process (`lethe bench client`, from this executable) while this
+/// process serves, and returns its figures with the server threads' CPU seconds.
+fn spawn_client(job: &ClientJob) -> Result<SystemResult> {
+    let exe = std::env::current_exe().context("finding this executable to run the client")?;
+    let s0 = thread_cpu_seconds(SERVER_THREADS);
+    let out = std::process::Command::new(&exe)
+        .args(["bench", "client", "--job", &serde_json::to_string(job)?])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} bench client", exe.display()))?;
+    if !out.status.success() {
+        bail!("the {:?} client failed ({})", job.system, out.status);
+    }
+    let mut result: SystemResult =
+        serde_json::from_slice(&out.stdout).with_context(|| format!("reading the {:?} client's report", job.system))?;
+    result.server_cpu_seconds = thread_cpu_seconds(SERVER_THREADS) - s0;
+    Ok(result)
+}
+
+/// A fresh lethe node on `job.dir`, measured until its digest is the server's.
+async fn lethe_client(job: &ClientJob, server_id: lethe_transport::NodeId) -> Result<SystemResult> {
+    let server = PeerAddr { id: server_id, addr: job.server };
+    let started = Instant::now();
+    let client = NodeConfig::new(DataDir::new(&job.dir), "127.0.0.1:0".parse()?).with_peer(server).start().await?;
+    wait_for("the lethe client converges", WAIT_LIMIT, || Ok(client.status()?.digest == job.target_digest)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let s = client.status()?;
+    let result = SystemResult {
+        wire_bytes: s.bytes_received + s.bytes_sent,
+        udp_bytes: client.udp_bytes(server_id),
+        round_trips: s.session_round_trips,
+        seconds,
+        entries_received: s.live_received,
+        tombstones_received: s.tombstones_received,
+        ..SystemResult::default()
+    };
+    client.shutdown().await;
+    Ok(result)
+}
+
+/// Runs the benchmark in `root`. The servers run here, on a runtime of their own (so their CPU
+/// time can be read from their threads); each client runs in a child process.
 pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
-    let (server_rt, client_rt) = (runtime(SERVER_THREADS)?, runtime(CLIENT_THREADS)?);
+    let server_rt = runtime(SERVER_THREADS)?;
     let client_dir = DataDir::new(root.join("client"));
     let client_id = client_dir.init()?.id();
     let (server, log) = server_rt.block_on(load_server(root, p, client_id))?;
@@ -173,55 +304,50 @@ pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
         let live_bytes = items.iter().map(|i| (i.key.len() + i.value.len()) as u64).sum::<u64>();
         Ok::<_, anyhow::Error>((live_bytes, server.status()?.digest))
     })?;
+    let job = |system, server: SocketAddr, server_id: String, dir: PathBuf| ClientJob {
+        system,
+        server,
+        server_id,
+        dir,
+        target_digest: target.clone(),
+        live: p.live,
+        dead: p.deleted + p.expired,
+    };
 
-    let server_addr = PeerAddr { id: server.id(), addr: server.local_addr() };
-    let lethe = with_cpu(|| {
-        client_rt.block_on(async {
-            let started = Instant::now();
-            let client = NodeConfig::new(client_dir, "127.0.0.1:0".parse()?).with_peer(server_addr).start().await?;
-            wait_for("the lethe client converges", WAIT_LIMIT, || Ok(client.status()?.digest == target)).await?;
-            let seconds = started.elapsed().as_secs_f64();
-            let s = client.status()?;
-            let result = SystemResult {
-                wire_bytes: s.bytes_received + s.bytes_sent,
-                udp_bytes: client.udp_bytes(server_addr.id),
-                round_trips: s.session_round_trips,
-                seconds,
-                entries_received: s.live_received,
-                tombstones_received: s.tombstones_received,
-                ..SystemResult::default()
-            };
-            client.shutdown().await;
-            Ok(result)
-        })
-    })?;
+    let lethe =
+        spawn_client(&job(ClientSystem::Lethe, server.local_addr(), server.id().to_string(), root.join("client")))?;
     server_rt.block_on(server.shutdown());
 
     let log = Arc::new(log);
     let mut models = Vec::new();
-    for skip in [false, true] {
-        let (endpoint, addr, server_id, client_identity) = server_rt.block_on(async {
-            let (server_identity, client_identity) = (Identity::generate()?, Identity::generate()?);
+    for (system, name) in
+        [(ClientSystem::CommitlogReplay, "model-replay"), (ClientSystem::SkipDeletesUntil, "model-skip")]
+    {
+        let dir = root.join(name);
+        let client = client_identity(&dir)?;
+        let (endpoint, addr, server_id) = server_rt.block_on(async {
+            let server_identity = Identity::generate()?;
             let server_id = server_identity.id();
-            let trust = TrustList::new([client_identity.id()]);
-            let endpoint = Arc::new(Endpoint::bind("127.0.0.1:0".parse()?, server_identity, trust)?);
+            let endpoint =
+                Arc::new(Endpoint::bind("127.0.0.1:0".parse()?, server_identity, TrustList::new([client.id()]))?);
             tokio::spawn(serve_model(endpoint.clone(), log.clone()));
             let addr = endpoint.local_addr()?;
-            Ok::<_, anyhow::Error>((endpoint, addr, server_id, client_identity))
+            Ok::<_, anyhow::Error>((endpoint, addr, server_id))
         })?;
-        let name = if skip { "model-skip.redb" } else { "model-replay.redb" };
-        let db = redb::Database::create(root.join(name)).context("creating the model client's store")?;
-        let live = p.live;
-        let result = with_cpu(|| {
-            client_rt.block_on(async move {
-                tokio::spawn(model_client(db, addr, server_id, client_identity, skip, live)).await?
-            })
-        })?;
+        models.push(spawn_client(&job(system, addr, server_id.to_string(), dir))?);
         endpoint.close();
-        models.push(result);
     }
     let (commitlog_replay, skip_deletes_until) = (models[0], models[1]);
-    let automerge = if p.automerge { Some(automerge_sync(&server_rt, &client_rt, p)?) } else { None };
+    let automerge = if p.automerge {
+        let dir = root.join("automerge");
+        let client = client_identity(&dir)?;
+        let (endpoint, addr, server_id) = automerge_server(&server_rt, p, client.id())?;
+        let result = spawn_client(&job(ClientSystem::Automerge, addr, server_id.to_string(), dir));
+        endpoint.close();
+        Some(result?)
+    } else {
+        None
+    };
     let raw_redb_insert_seconds = raw_insert_seconds(root, p)?;
     Ok(BootstrapReport {
         live: p.live,
@@ -263,17 +389,17 @@ const WAIT_LIMIT: Duration = Duration::from_secs(600);
 const AUTOMERGE_FRAME_MAX: usize = 1 << 30;
 
 /// The same history as one Automerge map document (a delete for every delete and every expiry:
-/// Automerge has no TTL), synced to a fresh document with Automerge's sync protocol over QUIC:
-/// the client sends its message (an empty frame when it has none), the server answers with its
-/// own, until neither has anything to say.
-fn automerge_sync(
+/// Automerge has no TTL), served with Automerge's sync protocol over QUIC to one client: the
+/// client sends its message (an empty frame when it has none), the server answers with its own,
+/// until neither has anything to say.
+fn automerge_server(
     server_rt: &tokio::runtime::Runtime,
-    client_rt: &tokio::runtime::Runtime,
     p: BootstrapParams,
-) -> Result<SystemResult> {
+    client: lethe_transport::NodeId,
+) -> Result<(Arc<Endpoint>, SocketAddr, lethe_transport::NodeId)> {
     use automerge::sync::{Message as SyncMessage, State, SyncDoc};
     use automerge::transaction::Transactable;
-    use automerge::{AutoCommit, ROOT, ReadDoc};
+    use automerge::{AutoCommit, ROOT};
 
     let mut doc = AutoCommit::new();
     let total = p.live + p.deleted;
@@ -295,11 +421,10 @@ fn automerge_sync(
     doc.commit();
     let doc = Arc::new(std::sync::Mutex::new(doc));
 
-    let (endpoint, addr, server_id, client_identity) = server_rt.block_on(async {
-        let (server_identity, client_identity) = (Identity::generate()?, Identity::generate()?);
+    server_rt.block_on(async {
+        let server_identity = Identity::generate()?;
         let server_id = server_identity.id();
-        let endpoint =
-            Arc::new(Endpoint::bind("127.0.0.1:0".parse()?, server_identity, TrustList::new([client_identity.id()]))?);
+        let endpoint = Arc::new(Endpoint::bind("127.0.0.1:0".parse()?, server_identity, TrustList::new([client]))?);
         let addr = endpoint.local_addr()?;
         let server = endpoint.clone();
         tokio::spawn(async move {
@@ -324,52 +449,54 @@ fn automerge_sync(
                 }
             }
         });
-        Ok::<_, anyhow::Error>((endpoint, addr, server_id, client_identity))
-    })?;
+        Ok((endpoint, addr, server_id))
+    })
+}
 
-    let result = with_cpu(|| {
-        client_rt.block_on(async move {
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let client = Endpoint::bind("127.0.0.1:0".parse()?, client_identity, TrustList::default())?;
-                let conn = client.connect(addr, server_id).await?;
-                let (send, recv) = conn.conn.open_bi().await?;
-                let (mut w, mut r) =
-                    (FrameWriter::new(send, AUTOMERGE_FRAME_MAX), FrameReader::new(recv, AUTOMERGE_FRAME_MAX));
-                let mut doc = AutoCommit::new();
-                let mut state = State::new();
-                let mut result = SystemResult::default();
-                loop {
-                    let mine = doc.sync().generate_sync_message(&mut state).map(SyncMessage::encode);
-                    let request = mine.clone().unwrap_or_default();
-                    w.send(&request).await?;
-                    w.flush().await?;
-                    let reply = r.next().await?.ok_or_else(|| anyhow!("the automerge server closed the stream"))?;
-                    result.wire_bytes += (request.len() + reply.len()) as u64;
-                    result.round_trips += 1;
-                    if reply.is_empty() && mine.is_none() {
-                        break;
-                    }
-                    if !reply.is_empty() {
-                        doc.sync().receive_sync_message(&mut state, SyncMessage::decode(&reply)?)?;
-                    }
-                }
-                result.seconds = started.elapsed().as_secs_f64();
-                result.entries_received = doc.length(ROOT) as u64;
-                // Automerge sends the whole history: every delete travels.
-                result.tombstones_received = (p.deleted + p.expired) as u64;
-                let stats = conn.conn.stats();
-                result.udp_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
-                conn.close(lethe_transport::CloseCode::Done, "done");
-                client.close();
-                Ok::<SystemResult, anyhow::Error>(result)
-            })
-            .await?
-        })
-    })?;
-    endpoint.close();
-    if result.entries_received != p.live as u64 {
-        bail!("the automerge client holds {} keys, expected {}", result.entries_received, p.live);
+/// A fresh Automerge document synced from the server until neither side has anything to say.
+async fn automerge_client(
+    addr: SocketAddr,
+    server_id: lethe_transport::NodeId,
+    identity: Identity,
+    live: usize,
+    dead: usize,
+) -> Result<SystemResult> {
+    use automerge::sync::{Message as SyncMessage, State, SyncDoc};
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+
+    let started = Instant::now();
+    let client = Endpoint::bind("127.0.0.1:0".parse()?, identity, TrustList::default())?;
+    let conn = client.connect(addr, server_id).await?;
+    let (send, recv) = conn.conn.open_bi().await?;
+    let (mut w, mut r) = (FrameWriter::new(send, AUTOMERGE_FRAME_MAX), FrameReader::new(recv, AUTOMERGE_FRAME_MAX));
+    let mut doc = AutoCommit::new();
+    let mut state = State::new();
+    let mut result = SystemResult::default();
+    loop {
+        let mine = doc.sync().generate_sync_message(&mut state).map(SyncMessage::encode);
+        let request = mine.clone().unwrap_or_default();
+        w.send(&request).await?;
+        w.flush().await?;
+        let reply = r.next().await?.ok_or_else(|| anyhow!("the automerge server closed the stream"))?;
+        result.wire_bytes += (request.len() + reply.len()) as u64;
+        result.round_trips += 1;
+        if reply.is_empty() && mine.is_none() {
+            break;
+        }
+        if !reply.is_empty() {
+            doc.sync().receive_sync_message(&mut state, SyncMessage::decode(&reply)?)?;
+        }
+    }
+    result.seconds = started.elapsed().as_secs_f64();
+    result.entries_received = doc.length(ROOT) as u64;
+    // Automerge sends the whole history: every delete travels.
+    result.tombstones_received = dead as u64;
+    let stats = conn.conn.stats();
+    result.udp_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
+    conn.close(lethe_transport::CloseCode::Done, "done");
+    client.close();
+    if result.entries_received != live as u64 {
+        bail!("the automerge client holds {} keys, expected {live}", result.entries_received);
     }
     Ok(result)
 }

@@ -128,6 +128,13 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One client of `bench bootstrap`, run by it in a process of its own (internal).
+    #[command(hide = true)]
+    Client {
+        /// The job, as JSON.
+        #[arg(long)]
+        job: String,
+    },
     /// Draw bytes and seconds against D from `bench bootstrap --json` reports (SVG).
     Plot {
         /// Directory for bytes.svg and seconds.svg.
@@ -267,6 +274,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 automerge,
             };
             run_bench_bootstrap(params, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Client { job }) => {
+            init_logs("warn");
+            let job: lethe_node::bench::ClientJob = serde_json::from_str(&job).context("reading --job")?;
+            let result = lethe_node::bench::run_client(&job)?;
+            println!("{}", serde_json::to_string(&result)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Plot { out, reports }) => {
@@ -474,8 +488,17 @@ fn run_bench_bootstrap(params: lethe_node::bench::BootstrapParams, json: bool) -
         if params.no_gc { ", tombstones not collected" } else { "" }
     );
     println!(
-        "{:<34} {:>12} {:>12} {:>7} {:>9} {:>9} {:>11} {:>9} {:>9}",
-        "system", "wire bytes", "udp bytes", "trips", "seconds", "entries", "tombstones", "srv cpu", "cli cpu"
+        "{:<34} {:>12} {:>12} {:>7} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9}",
+        "system",
+        "wire bytes",
+        "udp bytes",
+        "trips",
+        "seconds",
+        "entries",
+        "tombstones",
+        "srv cpu",
+        "cli cpu",
+        "cli MiB"
     );
     let automerge = r.automerge.map(|a| ("automerge (sync protocol)", a));
     for (name, s) in [
@@ -487,7 +510,7 @@ fn run_bench_bootstrap(params: lethe_node::bench::BootstrapParams, json: bool) -
     .chain(automerge)
     {
         println!(
-            "{name:<34} {:>12} {:>12} {:>7} {:>9.3} {:>9} {:>11} {:>9.2} {:>9.2}",
+            "{name:<34} {:>12} {:>12} {:>7} {:>9.3} {:>9} {:>11} {:>9.2} {:>9.2} {:>9.1}",
             s.wire_bytes,
             s.udp_bytes,
             s.round_trips,
@@ -495,7 +518,8 @@ fn run_bench_bootstrap(params: lethe_node::bench::BootstrapParams, json: bool) -
             s.entries_received,
             s.tombstones_received,
             s.server_cpu_seconds,
-            s.client_cpu_seconds
+            s.client_cpu_seconds,
+            s.client_peak_bytes as f64 / f64::from(1 << 20)
         );
     }
     println!(

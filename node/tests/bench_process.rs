@@ -31,6 +31,9 @@ fn bootstrap_bench_reports_every_system_and_lethe_sends_no_collected_tombstone()
             assert!(r[system][field].is_number(), "{system}.{field} missing: {r}");
         }
         assert_eq!(r[system]["entries_received"], 200, "{system}: {r}");
+        // Each client runs in a process of its own: a runtime, QUIC and a store take megabytes.
+        let peak = r[system]["client_peak_bytes"].as_u64().unwrap();
+        assert!(peak > 1 << 20 && peak < 1 << 30, "{system}: client peak {peak} bytes: {r}");
     }
     assert_eq!(r["lethe"]["tombstones_received"], 0);
     assert_eq!(r["commitlog_replay"]["tombstones_received"], 2100, "every delete and expiry is replayed");
@@ -52,6 +55,7 @@ fn automerge_syncs_the_same_history_and_unknown_systems_are_refused() {
     assert_eq!(r["automerge"]["entries_received"], 100, "{r}");
     assert_eq!(r["automerge"]["tombstones_received"], 310, "Automerge sends the whole history: {r}");
     assert!(r["automerge"]["wire_bytes"].as_u64().unwrap() > r["lethe"]["wire_bytes"].as_u64().unwrap());
+    assert!(r["automerge"]["client_peak_bytes"].as_u64().unwrap() > 1 << 20, "{r}");
     let out = Command::new(env!("CARGO_BIN_EXE_lethe"))
         .args(["bench", "bootstrap", "--live", "10", "--with", "riak"])
         .output()
