@@ -20,7 +20,10 @@ use std::ops::ControlFlow;
 pub(crate) struct KeyIndex {
     pub(crate) live: LiveIndex,
     dead_by_dot: BTreeMap<Dot, Vec<u8>>,
-    dead_by_key: BTreeMap<Vec<u8>, Dot>,
+    /// Each dead record's dot, and whether it is a tombstone (else an expired record).
+    dead_by_key: BTreeMap<Vec<u8>, (Dot, bool)>,
+    /// How many dead records are tombstones.
+    tombstones: usize,
     expiring: BTreeSet<(u64, Vec<u8>)>,
     /// The highest seq of each writer with an entry stored here (never lowered: an upper
     /// bound), so a delta scans the dot index only for writers that may have news.
@@ -41,7 +44,7 @@ impl KeyIndex {
     pub(crate) fn dot_of(&self, key: &[u8]) -> Option<Dot> {
         match self.live.get(key) {
             Some(item) => Some(item.dot()),
-            None => self.dead_by_key.get(key).copied(),
+            None => self.dead_by_key.get(key).map(|(dot, _)| *dot),
         }
     }
 
@@ -55,8 +58,9 @@ impl KeyIndex {
                 }
             }
             None => {
-                if let Some(dot) = self.dead_by_key.remove(key) {
+                if let Some((dot, tombstone)) = self.dead_by_key.remove(key) {
                     self.dead_by_dot.remove(&dot);
+                    self.tombstones -= usize::from(tombstone);
                 }
             }
         }
@@ -83,7 +87,9 @@ impl KeyIndex {
             Payload::Expired { .. } | Payload::Tombstone => {
                 self.forget(&e.key);
                 self.dead_by_dot.insert(e.dot(), e.key.clone());
-                self.dead_by_key.insert(e.key.clone(), e.dot());
+                let tombstone = matches!(e.payload, Payload::Tombstone);
+                self.dead_by_key.insert(e.key.clone(), (e.dot(), tombstone));
+                self.tombstones += usize::from(tombstone);
             }
         }
     }
@@ -92,9 +98,9 @@ impl KeyIndex {
     pub(crate) fn apply(&mut self, batch: &Batch) {
         for op in &batch.ops {
             match op {
-                Op::Put(e) => self.put(e),
+                Op::Put(e) | Op::PutDeferred(e) => self.put(e),
                 Op::Remove(key) => self.forget(key),
-                Op::SetMeta(..) => {}
+                Op::SetMeta(..) | Op::IndexDot(..) => {}
             }
         }
     }
@@ -123,6 +129,27 @@ impl KeyIndex {
     /// Number of tombstones and expired records.
     pub(crate) fn dead_count(&self) -> usize {
         self.dead_by_dot.len()
+    }
+
+    /// The dot of every stored entry with its key, in dot order.
+    pub(crate) fn dots(&self) -> Vec<(Dot, Vec<u8>)> {
+        let mut dots = Vec::with_capacity(self.live.len() as usize + self.dead_by_key.len());
+        self.live.for_each_in(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, &mut |key, item, _| {
+            dots.push((item.dot(), key.to_vec()));
+        });
+        dots.extend(self.dead_by_dot.iter().map(|(dot, key)| (*dot, key.clone())));
+        dots.sort_unstable_by_key(|(dot, _)| *dot);
+        dots
+    }
+
+    /// Number of tombstones.
+    pub(crate) fn tombstone_count(&self) -> usize {
+        self.tombstones
+    }
+
+    /// Number of values whose TTL passed at `now_ms` that are not purged yet.
+    pub(crate) fn expired_unpurged(&self, now_ms: u64) -> usize {
+        self.expiring.range(..(now_ms.saturating_add(1), Vec::new())).count()
     }
 
     /// Tombstones and expired records whose dot `peer` does not cover, as (dot, key).

@@ -32,6 +32,8 @@ use std::sync::Arc;
 pub const MAX_DRIFT_MS_DEFAULT: u64 = 1000;
 /// How many entries one purge commit rewrites at most.
 const PURGE_BATCH_ENTRIES: usize = 1024;
+/// Dot-index rows written per transaction when deferred rows are written.
+const DOT_ROWS_PER_BATCH: usize = 100_000;
 
 /// A replica's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +197,8 @@ pub struct Replica<S: Storage> {
     pub(crate) checkpoint: Option<Checkpoint>,
     /// Changes committed since the last [`Replica::take_changes`], when recording.
     changes: Option<Vec<Change>>,
+    /// Some entries were stored with deferred dot-index rows ([`Meta::DotsPending`]).
+    dots_pending: bool,
 }
 
 /// A change to what reads of one key return, as recorded for subscribers
@@ -262,6 +266,7 @@ impl<S: Storage> Replica<S> {
                     membership: membership.unwrap_or_default(),
                     checkpoint: checkpoint.flatten(),
                     changes: None,
+                    dots_pending: snap.meta(Meta::DotsPending)?.is_some_and(|b| b != [0]),
                     store,
                 }
             }
@@ -282,9 +287,12 @@ impl<S: Storage> Replica<S> {
                     membership: Membership::default(),
                     checkpoint: None,
                     changes: None,
+                    dots_pending: false,
                 }
             }
         };
+        // A bulk load that was cut short left dot-index rows unwritten.
+        replica.write_deferred_dots()?;
         // Values that expired while the replica was closed are purged before anything reads.
         replica.purge_expired()?;
         Ok(replica)
@@ -298,7 +306,7 @@ impl<S: Storage> Replica<S> {
             let now_ms = self.wall.now_ms();
             for op in &batch.ops {
                 match op {
-                    Op::Put(e) => match Item::from_live(e.clone(), now_ms) {
+                    Op::Put(e) | Op::PutDeferred(e) => match Item::from_live(e.clone(), now_ms) {
                         Some(item) => changes.push(Change::Put(item)),
                         None if matches!(e.payload, Payload::Tombstone) => {
                             changes.push(Change::Delete { key: e.key.clone() });
@@ -310,7 +318,7 @@ impl<S: Storage> Replica<S> {
                     Op::Remove(key) if self.index.live.get(key).is_some() => {
                         changes.push(Change::Delete { key: key.clone() });
                     }
-                    Op::Remove(_) | Op::SetMeta(..) => {}
+                    Op::Remove(_) | Op::SetMeta(..) | Op::IndexDot(..) => {}
                 }
             }
         }
@@ -481,19 +489,18 @@ impl<S: Storage> Replica<S> {
         Ok(items)
     }
 
-    /// Counts live values, tombstones and expired records (a full scan).
-    pub fn counts(&self) -> Result<Counts> {
-        let now_ms = self.now_ms();
-        let mut counts = Counts::default();
-        self.store.snapshot()?.scan_keys(&KeyRange::all(), &mut |entry| {
-            match &entry.payload {
-                Payload::Tombstone => counts.tombstones += 1,
-                _ if entry.is_live_at(now_ms) => counts.live += 1,
-                _ => counts.expired += 1,
-            }
-            ControlFlow::Continue(())
-        })?;
-        Ok(counts)
+    /// Counts live values, tombstones and expired records (a value whose TTL passed counts as
+    /// expired before it is purged), from the in-memory index: no store scan, so a status poll
+    /// costs nothing however large the store.
+    #[must_use]
+    pub fn counts(&self) -> Counts {
+        let passed = self.index.expired_unpurged(self.now_ms()) as u64;
+        let tombstones = self.index.tombstone_count() as u64;
+        Counts {
+            live: self.index.live.len() - passed,
+            tombstones,
+            expired: self.index.dead_count() as u64 - tombstones + passed,
+        }
     }
 
     /// What a peer whose vector is `peer` is missing (see [`Delta`]). Reads one snapshot and walks
@@ -543,8 +550,32 @@ impl<S: Storage> Replica<S> {
     /// The batch is validated whole before anything is applied: sizes, dots, and every stamp
     /// against `max_drift_ms`. Any failure rejects the whole batch and leaves the store unchanged.
     pub fn apply_remote(&mut self, entries: Vec<Entry>, sender_vector: Option<&VersionVector>) -> Result<ApplyReport> {
+        self.apply_entries(entries, sender_vector, false)
+    }
+
+    /// [`Replica::apply_remote`] for a chunk of a bootstrap into this (empty) replica: the
+    /// entries' dot-index rows are written later, all at once in dot order
+    /// ([`Op::PutDeferred`]), because a bootstrap's dots come in random order and inserting them
+    /// so into a B-tree rewrites most of it on every commit. The rows are written before the
+    /// vector first covers any of these dots (the `Done` that ends the bootstrap), or at the next
+    /// open if the process dies first; until then a delta served from here may leave out entries
+    /// that the vector does not cover yet, which is what a delta may do.
+    pub(crate) fn apply_bootstrap_chunk(&mut self, entries: Vec<Entry>) -> Result<ApplyReport> {
+        self.apply_entries(entries, None, true)
+    }
+
+    fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+        sender_vector: Option<&VersionVector>,
+        defer_dots: bool,
+    ) -> Result<ApplyReport> {
         let wall_ms = self.now_ms();
         self.validate_remote(&entries, sender_vector, wall_ms)?;
+        if sender_vector.is_some() {
+            // The vector is about to cover the dots of every entry received: their rows first.
+            self.write_deferred_dots()?;
+        }
         let snap = self.store.snapshot()?;
         let mut report = ApplyReport::default();
         // Winners so far in this batch, so that two versions of a key in one batch merge too.
@@ -555,6 +586,8 @@ impl<S: Storage> Replica<S> {
             let entry = entry.settled_at(wall_ms);
             let current = match winners.get(&entry.key) {
                 Some(e) => Some(e.clone()),
+                // The index mirrors the store: a key it does not know has no entry to read.
+                None if self.index.dot_of(&entry.key).is_none() => None,
                 None => snap.entry(&entry.key)?,
             };
             match current {
@@ -577,15 +610,47 @@ impl<S: Storage> Replica<S> {
             return Ok(report);
         }
         let mut batch = Batch::new();
+        let defer_dots = defer_dots && !winners.is_empty();
         for entry in winners.into_values() {
-            batch.put(entry);
+            if defer_dots {
+                batch.put_deferred(entry);
+            } else {
+                batch.put(entry);
+            }
+        }
+        if defer_dots && !self.dots_pending {
+            batch.set_meta(Meta::DotsPending, vec![1]);
         }
         batch.set_meta(Meta::Vector, encode_vector(&vector));
         batch.set_meta(Meta::Clock, encode_clock(clock.last()));
         self.commit(&batch)?;
+        self.dots_pending |= defer_dots;
         self.vector = vector;
         self.clock = clock;
         Ok(report)
+    }
+
+    /// Writes the dot-index row of every stored entry, from the in-memory index, in dot order,
+    /// if a bulk load deferred some ([`Replica::apply_bootstrap_chunk`]); then clears the mark.
+    fn write_deferred_dots(&mut self) -> Result<()> {
+        if !self.dots_pending {
+            return Ok(());
+        }
+        let dots = self.index.dots();
+        let batches = dots.len().div_ceil(DOT_ROWS_PER_BATCH).max(1);
+        let mut rows = dots.into_iter();
+        for i in 1..=batches {
+            let mut batch = Batch::new();
+            for (dot, key) in rows.by_ref().take(DOT_ROWS_PER_BATCH) {
+                batch.index_dot(dot, key);
+            }
+            if i == batches {
+                batch.set_meta(Meta::DotsPending, vec![0]);
+            }
+            self.commit(&batch)?;
+        }
+        self.dots_pending = false;
+        Ok(())
     }
 
     fn validate_remote(

@@ -22,7 +22,8 @@ use lethe_engine::fingerprint::Fingerprint;
 use lethe_engine::live::{LivePoll, LiveReceiver, LiveSender, handle_ack};
 use lethe_engine::session::Session;
 use lethe_engine::{
-    Config, Entry, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Snapshot, Storage, WallClock,
+    Config, Dot, Entry, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Seq, Snapshot, Storage,
+    WallClock,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::ControlFlow;
@@ -762,6 +763,14 @@ impl<'c, C: Choices> Sim<'c, C> {
         let replicas: Vec<&Replica<MemoryStore>> = self.nodes.iter().filter_map(|n| n.replica.as_ref()).collect();
         for r in &replicas {
             self.report.drift_rejections += r.drift_rejections();
+            check_dot_rows(r)?;
+            let scanned = counts_by_scan(r, now_ms)?;
+            if r.counts() != scanned {
+                return Err(violation(
+                    "index",
+                    format!("{}: counts {:?} from the index, {scanned:?} from the store", r.id(), r.counts()),
+                ));
+            }
         }
         // I1: same live entries and digest everywhere.
         let first = live_entries(replicas[0])?;
@@ -914,6 +923,48 @@ fn live_entries(r: &Replica<MemoryStore>) -> Result<BTreeMap<Vec<u8>, Entry>, Vi
         }
     }
     Ok(out)
+}
+
+/// The storage invariant once sessions are over: every stored entry has exactly its dot-index
+/// row (a bootstrap defers the rows and writes them before its vector covers them).
+fn check_dot_rows(r: &Replica<MemoryStore>) -> Result<(), Violation> {
+    let storage = |e: lethe_engine::StorageError| violation("storage", e.to_string());
+    let snap = r.store().snapshot().map_err(storage)?;
+    let mut entries = Vec::new();
+    snap.scan_keys(&KeyRange::all(), &mut |e| {
+        entries.push((e.dot(), e.key));
+        ControlFlow::Continue(())
+    })
+    .map_err(storage)?;
+    entries.sort();
+    let mut rows = Vec::new();
+    let (first, last) =
+        (Dot { replica: ReplicaId(0), seq: Seq(0) }, Dot { replica: ReplicaId(u64::MAX), seq: Seq(u64::MAX) });
+    snap.scan_dots(first, last, &mut |d, k| {
+        rows.push((d, k.to_vec()));
+        ControlFlow::Continue(())
+    })
+    .map_err(storage)?;
+    if entries != rows {
+        return Err(violation("dot index", format!("{}: {} entries, {} dot rows", r.id(), entries.len(), rows.len())));
+    }
+    Ok(())
+}
+
+/// Live values, tombstones and expired records, counted by scanning the store.
+fn counts_by_scan(r: &Replica<MemoryStore>, now_ms: u64) -> Result<lethe_engine::Counts, Violation> {
+    let mut counts = lethe_engine::Counts::default();
+    let snap = r.store().snapshot().map_err(|e| violation("storage", e.to_string()))?;
+    snap.scan_keys(&KeyRange::all(), &mut |e| {
+        match &e.payload {
+            lethe_engine::entry::Payload::Tombstone => counts.tombstones += 1,
+            _ if e.is_live_at(now_ms) => counts.live += 1,
+            _ => counts.expired += 1,
+        }
+        ControlFlow::Continue(())
+    })
+    .map_err(|e| violation("storage", e.to_string()))?;
+    Ok(counts)
 }
 
 /// Runs one complete session between two replicas with no faults; returns `a`'s stats.

@@ -171,6 +171,8 @@ enum Sink {
     Receiving {
         source_vector: VersionVector,
         dead: Vec<(Vec<u8>, Dot)>,
+        /// The source bootstraps this replica: entries go in by the bulk path.
+        bulk: bool,
     },
     Finished,
 }
@@ -179,6 +181,7 @@ enum Sink {
 #[derive(Debug)]
 pub struct Session {
     hello_vector: VersionVector,
+    hello_values: u64,
     anti_entropy: bool,
     expected_peer: Option<ReplicaId>,
     peer: Option<ReplicaId>,
@@ -221,6 +224,7 @@ impl Session {
         };
         Ok(Session {
             hello_vector: hello.vector.clone(),
+            hello_values: hello.values,
             anti_entropy,
             expected_peer,
             peer: None,
@@ -273,16 +277,21 @@ impl Session {
         match msg {
             Message::Hello(hello) => self.on_hello(replica, hello),
             Message::Entries(entries) => {
+                let bulk = matches!(self.sink, Sink::Receiving { bulk: true, .. });
                 self.receiving("Entries")?;
                 let (live, dead) = count_kinds(&entries);
-                replica.apply_remote(entries, None)?;
+                if bulk {
+                    replica.apply_bootstrap_chunk(entries)?;
+                } else {
+                    replica.apply_remote(entries, None)?;
+                }
                 self.stats.live_received += live;
                 self.stats.tombstones_received += dead;
                 Ok(())
             }
             Message::Ranges(groups) => {
                 self.receiving("Ranges")?;
-                let Sink::Receiving { source_vector, dead } = &mut self.sink else { return Ok(()) };
+                let Sink::Receiving { source_vector, dead, .. } = &mut self.sink else { return Ok(()) };
                 let cmp = reconcile::compare(&replica.index.live, &groups, source_vector)?;
                 dead.extend(cmp.dead);
                 self.outbox.push_back(Message::Reply { split: cmp.split, send: cmp.send, want: cmp.want });
@@ -355,7 +364,9 @@ impl Session {
         self.sink = if self.hello_vector.dominates(&hello.vector) && !anti_entropy {
             Sink::Nothing
         } else {
-            Sink::Receiving { source_vector: hello.vector.clone(), dead: Vec::new() }
+            // The source's rule for bootstrapping this replica, seen from here.
+            let bulk = self.hello_vector.is_empty() && self.hello_values == 0 && !anti_entropy;
+            Sink::Receiving { source_vector: hello.vector.clone(), dead: Vec::new(), bulk }
         };
         if hello.vector.dominates(&self.hello_vector) && !anti_entropy {
             self.source = Source::Nothing;

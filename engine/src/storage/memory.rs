@@ -51,14 +51,19 @@ impl Storage for MemoryStore {
         let mut next = self.tables.clone();
         for op in &batch.ops {
             match op {
-                Op::Put(entry) => {
+                Op::Put(entry) | Op::PutDeferred(entry) => {
                     let dot = entry.dot();
                     if let Some(old) = next.entries.insert(entry.key.clone(), entry.clone())
                         && old.dot() != dot
                     {
                         next.dots.remove(&old.dot());
                     }
-                    next.dots.insert(dot, entry.key.clone());
+                    if matches!(op, Op::Put(_)) {
+                        next.dots.insert(dot, entry.key.clone());
+                    }
+                }
+                Op::IndexDot(dot, key) => {
+                    next.dots.insert(*dot, key.clone());
                 }
                 Op::Remove(key) => {
                     if let Some(old) = next.entries.remove(key.as_slice()) {

@@ -75,7 +75,7 @@ impl Storage for RedbStore {
             let mut meta = txn.open_table(META).map_err(write_err)?;
             for op in &batch.ops {
                 match op {
-                    Op::Put(entry) => {
+                    Op::Put(entry) | Op::PutDeferred(entry) => {
                         let dot = entry.dot();
                         self.scratch.clear();
                         encode_entry(entry, &mut self.scratch);
@@ -87,7 +87,12 @@ impl Storage for RedbStore {
                         if let Some(old_dot) = old_dot.filter(|d| *d != dot) {
                             dots.remove(dot_key(old_dot)).map_err(write_err)?;
                         }
-                        dots.insert(dot_key(dot), entry.key.as_slice()).map_err(write_err)?;
+                        if matches!(op, Op::Put(_)) {
+                            dots.insert(dot_key(dot), entry.key.as_slice()).map_err(write_err)?;
+                        }
+                    }
+                    Op::IndexDot(dot, key) => {
+                        dots.insert(dot_key(*dot), key.as_slice()).map_err(write_err)?;
                     }
                     Op::Remove(key) => {
                         let old_dot = match entries.remove(key.as_slice()).map_err(write_err)? {
