@@ -100,7 +100,7 @@ impl KeyIndex {
             match op {
                 Op::Put(e) | Op::PutDeferred(e) => self.put(e),
                 Op::Remove(key) => self.forget(key),
-                Op::SetMeta(..) | Op::IndexDot(..) => {}
+                Op::SetMeta(..) => {}
             }
         }
     }
@@ -131,15 +131,22 @@ impl KeyIndex {
         self.dead_by_dot.len()
     }
 
-    /// The dot of every stored entry with its key, in dot order.
-    pub(crate) fn dots(&self) -> Vec<(Dot, Vec<u8>)> {
-        let mut dots = Vec::with_capacity(self.live.len() as usize + self.dead_by_key.len());
+    /// The keys of the stored entries whose dots `peer` does not cover, in dot order: a delta
+    /// from memory, for when the dot index lacks rows (see [`Meta::Unindexed`]).
+    ///
+    /// [`Meta::Unindexed`]: crate::storage::Meta::Unindexed
+    pub(crate) fn keys_beyond(&self, peer: &VersionVector) -> Vec<Vec<u8>> {
+        let mut dots = Vec::new();
         self.live.for_each_in(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, &mut |key, item, _| {
-            dots.push((item.dot(), key.to_vec()));
+            if !peer.covers(item.dot()) {
+                dots.push((item.dot(), key.to_vec()));
+            }
         });
-        dots.extend(self.dead_by_dot.iter().map(|(dot, key)| (*dot, key.clone())));
+        dots.extend(
+            self.dead_by_dot.iter().filter(|(dot, _)| !peer.covers(**dot)).map(|(dot, key)| (*dot, key.clone())),
+        );
         dots.sort_unstable_by_key(|(dot, _)| *dot);
-        dots
+        dots.into_iter().map(|(_, key)| key).collect()
     }
 
     /// Number of tombstones.

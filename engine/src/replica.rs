@@ -32,8 +32,6 @@ use std::sync::Arc;
 pub const MAX_DRIFT_MS_DEFAULT: u64 = 1000;
 /// How many entries one purge commit rewrites at most.
 const PURGE_BATCH_ENTRIES: usize = 1024;
-/// Dot-index rows written per transaction when deferred rows are written.
-const DOT_ROWS_PER_BATCH: usize = 100_000;
 
 /// A replica's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,8 +195,8 @@ pub struct Replica<S: Storage> {
     pub(crate) checkpoint: Option<Checkpoint>,
     /// Changes committed since the last [`Replica::take_changes`], when recording.
     changes: Option<Vec<Change>>,
-    /// Some entries were stored with deferred dot-index rows ([`Meta::DotsPending`]).
-    dots_pending: bool,
+    /// Covers the dot of every entry stored without a dot-index row ([`Meta::Unindexed`]).
+    unindexed: VersionVector,
 }
 
 /// A change to what reads of one key return, as recorded for subscribers
@@ -266,7 +264,7 @@ impl<S: Storage> Replica<S> {
                     membership: membership.unwrap_or_default(),
                     checkpoint: checkpoint.flatten(),
                     changes: None,
-                    dots_pending: snap.meta(Meta::DotsPending)?.is_some_and(|b| b != [0]),
+                    unindexed: snap.meta(Meta::Unindexed)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default(),
                     store,
                 }
             }
@@ -287,12 +285,10 @@ impl<S: Storage> Replica<S> {
                     membership: Membership::default(),
                     checkpoint: None,
                     changes: None,
-                    dots_pending: false,
+                    unindexed: VersionVector::new(),
                 }
             }
         };
-        // A bulk load that was cut short left dot-index rows unwritten.
-        replica.write_deferred_dots()?;
         // Values that expired while the replica was closed are purged before anything reads.
         replica.purge_expired()?;
         Ok(replica)
@@ -318,7 +314,7 @@ impl<S: Storage> Replica<S> {
                     Op::Remove(key) if self.index.live.get(key).is_some() => {
                         changes.push(Change::Delete { key: key.clone() });
                     }
-                    Op::Remove(_) | Op::SetMeta(..) | Op::IndexDot(..) => {}
+                    Op::Remove(_) | Op::SetMeta(..) => {}
                 }
             }
         }
@@ -506,18 +502,25 @@ impl<S: Storage> Replica<S> {
     /// What a peer whose vector is `peer` is missing (see [`Delta`]). Reads one snapshot and walks
     /// the dot index from `peer`'s seq for each writer that has stored entries beyond it (the
     /// index knows each writer's highest seq), so the cost follows the changes, not the store or
-    /// the number of writers.
+    /// the number of writers. A peer that does not cover this replica's bootstrap (whose entries
+    /// have no dot-index rows, [`Meta::Unindexed`]) gets its delta from the in-memory index, in
+    /// time linear in the store.
     pub fn delta_for(&self, peer: &VersionVector) -> Result<Delta> {
         let now_ms = self.now_ms();
         let snap = self.store.snapshot()?;
-        let mut keys = Vec::new();
-        for r in self.index.writers_beyond(peer) {
-            let start = Dot { replica: r, seq: peer.get(r).next() };
-            snap.scan_dots(start, Dot { replica: r, seq: Seq(u64::MAX) }, &mut |_, key| {
-                keys.push(key.to_vec());
-                ControlFlow::Continue(())
-            })?;
-        }
+        let keys = if peer.dominates(&self.unindexed) {
+            let mut keys = Vec::new();
+            for r in self.index.writers_beyond(peer) {
+                let start = Dot { replica: r, seq: peer.get(r).next() };
+                snap.scan_dots(start, Dot { replica: r, seq: Seq(u64::MAX) }, &mut |_, key| {
+                    keys.push(key.to_vec());
+                    ControlFlow::Continue(())
+                })?;
+            }
+            keys
+        } else {
+            self.index.keys_beyond(peer)
+        };
         let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
             let entry = snap.entry(&key)?.ok_or_else(|| StorageError::Corrupt {
@@ -554,12 +557,12 @@ impl<S: Storage> Replica<S> {
     }
 
     /// [`Replica::apply_remote`] for a chunk of a bootstrap into this (empty) replica: the
-    /// entries' dot-index rows are written later, all at once in dot order
-    /// ([`Op::PutDeferred`]), because a bootstrap's dots come in random order and inserting them
-    /// so into a B-tree rewrites most of it on every commit. The rows are written before the
-    /// vector first covers any of these dots (the `Done` that ends the bootstrap), or at the next
-    /// open if the process dies first; until then a delta served from here may leave out entries
-    /// that the vector does not cover yet, which is what a delta may do.
+    /// entries are stored without dot-index rows ([`Op::PutDeferred`]), because a bootstrap's
+    /// dots come in random order and inserting them so into a B-tree rewrites most of it on
+    /// every commit. The same batch widens [`Meta::Unindexed`] to cover their dots; a delta for a
+    /// peer that does not cover it is read from the in-memory index instead of the dot index
+    /// ([`Replica::delta_for`]). Peers that synced past the bootstrap's snapshot (the source
+    /// first of all) get deltas from the dot index as usual.
     pub(crate) fn apply_bootstrap_chunk(&mut self, entries: Vec<Entry>) -> Result<ApplyReport> {
         self.apply_entries(entries, None, true)
     }
@@ -572,10 +575,6 @@ impl<S: Storage> Replica<S> {
     ) -> Result<ApplyReport> {
         let wall_ms = self.now_ms();
         self.validate_remote(&entries, sender_vector, wall_ms)?;
-        if sender_vector.is_some() {
-            // The vector is about to cover the dots of every entry received: their rows first.
-            self.write_deferred_dots()?;
-        }
         let snap = self.store.snapshot()?;
         let mut report = ApplyReport::default();
         // Winners so far in this batch, so that two versions of a key in one batch merge too.
@@ -610,47 +609,25 @@ impl<S: Storage> Replica<S> {
             return Ok(report);
         }
         let mut batch = Batch::new();
-        let defer_dots = defer_dots && !winners.is_empty();
+        let mut unindexed = self.unindexed.clone();
         for entry in winners.into_values() {
             if defer_dots {
+                unindexed.advance(entry.stamp.replica, entry.seq);
                 batch.put_deferred(entry);
             } else {
                 batch.put(entry);
             }
         }
-        if defer_dots && !self.dots_pending {
-            batch.set_meta(Meta::DotsPending, vec![1]);
+        if unindexed != self.unindexed {
+            batch.set_meta(Meta::Unindexed, encode_vector(&unindexed));
         }
         batch.set_meta(Meta::Vector, encode_vector(&vector));
         batch.set_meta(Meta::Clock, encode_clock(clock.last()));
         self.commit(&batch)?;
-        self.dots_pending |= defer_dots;
+        self.unindexed = unindexed;
         self.vector = vector;
         self.clock = clock;
         Ok(report)
-    }
-
-    /// Writes the dot-index row of every stored entry, from the in-memory index, in dot order,
-    /// if a bulk load deferred some ([`Replica::apply_bootstrap_chunk`]); then clears the mark.
-    fn write_deferred_dots(&mut self) -> Result<()> {
-        if !self.dots_pending {
-            return Ok(());
-        }
-        let dots = self.index.dots();
-        let batches = dots.len().div_ceil(DOT_ROWS_PER_BATCH).max(1);
-        let mut rows = dots.into_iter();
-        for i in 1..=batches {
-            let mut batch = Batch::new();
-            for (dot, key) in rows.by_ref().take(DOT_ROWS_PER_BATCH) {
-                batch.index_dot(dot, key);
-            }
-            if i == batches {
-                batch.set_meta(Meta::DotsPending, vec![0]);
-            }
-            self.commit(&batch)?;
-        }
-        self.dots_pending = false;
-        Ok(())
     }
 
     fn validate_remote(

@@ -204,8 +204,11 @@ pub struct ClientJob {
     /// lethe: the client's initialised data directory; the others: a directory holding the
     /// client's key (`client.key`, PKCS#8) and where it puts its store.
     pub dir: PathBuf,
-    /// lethe: the server's digest, which the client holds once it has converged.
+    /// lethe: the server's digest, which the client holds once it has every live entry.
     pub target_digest: String,
+    /// lethe: the server's version vector, which the client's covers once the session is done.
+    #[serde(default)]
+    pub target_vector: std::collections::BTreeMap<String, u64>,
     /// Live keys the client must end with.
     pub live: usize,
     /// Automerge: deletes and expiries in the history (every one of them travels).
@@ -276,7 +279,12 @@ async fn lethe_client(job: &ClientJob, server_id: lethe_transport::NodeId) -> Re
     let server = PeerAddr { id: server_id, addr: job.server };
     let started = Instant::now();
     let client = NodeConfig::new(DataDir::new(&job.dir), "127.0.0.1:0".parse()?).with_peer(server).start().await?;
-    wait_for("the lethe client converges", WAIT_LIMIT, || Ok(client.status()?.digest == job.target_digest)).await?;
+    // Done when it holds every live entry and its session has ended (its vector merged).
+    wait_for("the lethe client converges", WAIT_LIMIT, || {
+        let s = client.status()?;
+        Ok(s.digest == job.target_digest && s.vector == job.target_vector)
+    })
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     let s = client.status()?;
     let result = SystemResult {
@@ -302,14 +310,16 @@ pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
     let (live_bytes, target) = server_rt.block_on(async {
         let items = server.scan(&lethe_engine::KeyRange::all(), usize::MAX)?;
         let live_bytes = items.iter().map(|i| (i.key.len() + i.value.len()) as u64).sum::<u64>();
-        Ok::<_, anyhow::Error>((live_bytes, server.status()?.digest))
+        let s = server.status()?;
+        Ok::<_, anyhow::Error>((live_bytes, (s.digest, s.vector)))
     })?;
     let job = |system, server: SocketAddr, server_id: String, dir: PathBuf| ClientJob {
         system,
         server,
         server_id,
         dir,
-        target_digest: target.clone(),
+        target_digest: target.0.clone(),
+        target_vector: target.1.clone(),
         live: p.live,
         dead: p.deleted + p.expired,
     };

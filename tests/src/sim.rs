@@ -23,7 +23,7 @@ use lethe_engine::live::{LivePoll, LiveReceiver, LiveSender, handle_ack};
 use lethe_engine::session::Session;
 use lethe_engine::{
     Config, Dot, Entry, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Seq, Snapshot, Storage,
-    WallClock,
+    VersionVector, WallClock,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::ControlFlow;
@@ -763,7 +763,9 @@ impl<'c, C: Choices> Sim<'c, C> {
         let replicas: Vec<&Replica<MemoryStore>> = self.nodes.iter().filter_map(|n| n.replica.as_ref()).collect();
         for r in &replicas {
             self.report.drift_rejections += r.drift_rejections();
-            check_dot_rows(r)?;
+            let mut vectors: Vec<VersionVector> = replicas.iter().map(|o| o.vector().clone()).collect();
+            vectors.push(VersionVector::new());
+            check_deltas(r, &vectors)?;
             let scanned = counts_by_scan(r, now_ms)?;
             if r.counts() != scanned {
                 return Err(violation(
@@ -925,28 +927,46 @@ fn live_entries(r: &Replica<MemoryStore>) -> Result<BTreeMap<Vec<u8>, Entry>, Vi
     Ok(out)
 }
 
-/// The storage invariant once sessions are over: every stored entry has exactly its dot-index
-/// row (a bootstrap defers the rows and writes them before its vector covers them).
-fn check_dot_rows(r: &Replica<MemoryStore>) -> Result<(), Violation> {
+/// The dot index and the deltas read through it: every dot-index row names its key's entry, and
+/// a delta for any of `vectors` holds exactly the stored entries whose dots that vector does
+/// not cover (a bootstrap stores its entries without rows; deltas must not miss them).
+fn check_deltas(r: &Replica<MemoryStore>, vectors: &[VersionVector]) -> Result<(), Violation> {
     let storage = |e: lethe_engine::StorageError| violation("storage", e.to_string());
     let snap = r.store().snapshot().map_err(storage)?;
-    let mut entries = Vec::new();
+    let mut entries = BTreeMap::new();
     snap.scan_keys(&KeyRange::all(), &mut |e| {
-        entries.push((e.dot(), e.key));
+        entries.insert(e.key.clone(), e.dot());
         ControlFlow::Continue(())
     })
     .map_err(storage)?;
-    entries.sort();
-    let mut rows = Vec::new();
     let (first, last) =
         (Dot { replica: ReplicaId(0), seq: Seq(0) }, Dot { replica: ReplicaId(u64::MAX), seq: Seq(u64::MAX) });
+    let mut stray = None;
     snap.scan_dots(first, last, &mut |d, k| {
-        rows.push((d, k.to_vec()));
+        if entries.get(k) != Some(&d) {
+            stray = Some((d, k.to_vec()));
+        }
         ControlFlow::Continue(())
     })
     .map_err(storage)?;
-    if entries != rows {
-        return Err(violation("dot index", format!("{}: {} entries, {} dot rows", r.id(), entries.len(), rows.len())));
+    if let Some((d, k)) = stray {
+        return Err(violation("dot index", format!("{}: row {d} names {k:?}, which holds another dot", r.id())));
+    }
+    for v in vectors {
+        let delta = r.delta_for(v).map_err(|e| violation("storage", e.to_string()))?;
+        let got: BTreeSet<Vec<u8>> = delta.entries.into_iter().map(|e| e.key).collect();
+        let want: BTreeSet<Vec<u8>> = entries.iter().filter(|(_, d)| !v.covers(**d)).map(|(k, _)| k.clone()).collect();
+        if got != want {
+            return Err(violation(
+                "delta",
+                format!(
+                    "{}: a delta for {v:?} holds {} entries, the store {} beyond it",
+                    r.id(),
+                    got.len(),
+                    want.len()
+                ),
+            ));
+        }
     }
     Ok(())
 }
