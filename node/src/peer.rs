@@ -14,7 +14,7 @@
 use crate::node::{Failure, Inner, PeerAddr, lock};
 use lethe_engine::VersionVector;
 use lethe_engine::live::{LivePoll, LiveReceiver, LiveSender, handle_ack};
-use lethe_engine::session::{Session, SessionStats};
+use lethe_engine::session::{Message, Session, SessionStats};
 use lethe_transport::endpoint::{Connection, FrameStream, SendStream};
 use lethe_transport::{CloseCode, NodeId, PeerConnection};
 use std::sync::Arc;
@@ -256,6 +256,18 @@ fn survive(conn: &PeerConnection, what: &str, failure: &Failure) -> bool {
     failure.close_code().is_none() && conn.conn.close_reason().is_none()
 }
 
+/// Decoded frames a session reads ahead of the one being applied.
+const READ_AHEAD_FRAMES: usize = 2;
+
+/// Aborts a task when dropped: a session's frame reader ends with the session, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs one engine session over a stream, both roles at once.
 async fn run_session(
     inner: &Inner,
@@ -270,6 +282,22 @@ async fn run_session(
         if anti_entropy { Session::anti_entropy(rep, expected) } else { Session::new(rep, expected) }
     })?;
     let started = std::time::Instant::now();
+    // Frames are read and decoded ahead on a task of their own, so the next chunk decodes while
+    // the replica applies this one.
+    let (frames, mut incoming) = tokio::sync::mpsc::channel::<Result<(Message, usize), Failure>>(READ_AHEAD_FRAMES);
+    let reader = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let next = match r.next().await {
+                Ok(Some(frame)) => Message::decode(&frame).map(|m| (m, frame.len())).map_err(Failure::from),
+                Ok(None) => Err(Failure::ClosedEarly),
+                Err(e) => Err(Failure::from(e)),
+            };
+            let last = next.is_err();
+            if frames.send(next).await.is_err() || last {
+                return;
+            }
+        }
+    }));
     // A round trip: frames went out, then this side waited for the peer's answer.
     let mut sent = false;
     loop {
@@ -288,12 +316,12 @@ async fn run_session(
         if session.is_finished() {
             break;
         }
-        let frame = r.next().await?.ok_or(Failure::ClosedEarly)?;
+        let (msg, frame_len) = incoming.recv().await.ok_or(Failure::ClosedEarly)??;
         let round_trip = u64::from(std::mem::take(&mut sent));
         inner.with_replica(|rep| {
             inner.round_trips.fetch_add(round_trip, Ordering::Relaxed);
             let before = session.stats().clone();
-            let handled = session.handle(rep, &frame);
+            let handled = session.handle_message(rep, msg, frame_len);
             // Counted under the replica's lock, as `status` reads them: a status that shows the
             // data also counts it.
             let now = session.stats();
@@ -305,6 +333,7 @@ async fn run_session(
             handled
         })?;
     }
+    drop(reader);
     *lock(&link.synced) = Some(inner.with_replica(|rep| rep.vector().clone()));
     let mut send = w.into_inner().await?;
     // The stream may already be reset by a peer that finished first; its data is delivered.

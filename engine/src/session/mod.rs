@@ -272,8 +272,19 @@ impl Session {
     /// message was applied.
     pub fn handle<S: Storage>(&mut self, replica: &mut Replica<S>, frame: &[u8]) -> Result<(), SyncError> {
         let msg = Message::decode(frame)?;
+        self.handle_message(replica, msg, frame.len())
+    }
+
+    /// [`Session::handle`] for a frame already decoded with [`Message::decode`] (`frame_len`
+    /// bytes long): a transport can decode the next frame while the replica applies this one.
+    pub fn handle_message<S: Storage>(
+        &mut self,
+        replica: &mut Replica<S>,
+        msg: Message,
+        frame_len: usize,
+    ) -> Result<(), SyncError> {
         self.stats.messages_received += 1;
-        self.stats.bytes_received += frame.len() as u64;
+        self.stats.bytes_received += frame_len as u64;
         match msg {
             Message::Hello(hello) => self.on_hello(replica, hello),
             Message::Entries(entries) => {
