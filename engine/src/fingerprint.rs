@@ -12,6 +12,7 @@
 
 use crate::hlc::Stamp;
 use crate::ids::{Dot, Seq};
+use crate::sketch::Sketch;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::ops::Bound;
@@ -87,6 +88,11 @@ impl Fingerprint {
         out[..8].copy_from_slice(&self.sum[0].to_le_bytes());
         out[8..].copy_from_slice(&self.sum[1].to_le_bytes());
         out
+    }
+
+    /// The sum's four 64-bit limbs (for one item: its hash), least significant first.
+    pub(crate) fn limbs(&self) -> [u64; 4] {
+        self.sum
     }
 
     /// A short id for one item (the first 4 bytes of its hash), used in item lists. Lists hold
@@ -283,10 +289,12 @@ fn above(b: Bound<&[u8]>, key: &[u8]) -> bool {
     }
 }
 
-/// Every live entry, ordered by key, with subtree fingerprints.
+/// Every live entry, ordered by key, with subtree fingerprints, and the same items in an
+/// invertible Bloom lookup table ([`Sketch`]).
 #[derive(Default)]
 pub struct LiveIndex {
     root: Link,
+    sketch: Sketch,
 }
 
 impl std::fmt::Debug for LiveIndex {
@@ -327,14 +335,29 @@ impl LiveIndex {
 
     /// Sets `key`'s item, replacing any other; returns the one replaced.
     pub fn insert(&mut self, key: &[u8], item: LiveItem) -> Option<LiveItem> {
-        let (root, old) = upsert(self.root.take(), Node::new(key, item));
+        let node = Node::new(key, item);
+        self.sketch.toggle(1, key, item.stamp, &node.hash);
+        let (root, old) = upsert(self.root.take(), node);
         self.root = root;
+        if let Some(old) = old {
+            self.sketch.toggle(-1, key, old.stamp, &Fingerprint::of_item(key, old.stamp));
+        }
         old
     }
 
     /// Removes `key`'s item, returning it.
     pub fn remove(&mut self, key: &[u8]) -> Option<LiveItem> {
-        remove(&mut self.root, key)
+        let old = remove(&mut self.root, key);
+        if let Some(old) = old {
+            self.sketch.toggle(-1, key, old.stamp, &Fingerprint::of_item(key, old.stamp));
+        }
+        old
+    }
+
+    /// The items as an invertible Bloom lookup table.
+    #[must_use]
+    pub fn sketch(&self) -> &Sketch {
+        &self.sketch
     }
 
     /// `key`'s item.
@@ -489,6 +512,13 @@ mod tests {
                 }
             }
             prop_assert_eq!(index.len(), model.len() as u64);
+            // The sketch kept through the inserts and removals is the sketch of what is left.
+            let mut fresh = crate::sketch::Sketch::default();
+            for (k, it) in &model {
+                fresh.toggle(1, k, it.stamp, &Fingerprint::of_item(k, it.stamp));
+            }
+            let size = crate::sketch::CELLS_MAX;
+            prop_assert_eq!(index.sketch().encode(size), fresh.encode(size));
             for (lk, l, uk, u) in queries {
                 let (lkey, ukey) = (vec![b'k', l], vec![b'k', u]);
                 let (lo, hi) = (bound(lk, &lkey), bound(uk, &ukey));

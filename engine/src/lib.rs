@@ -23,7 +23,7 @@
 //!
 //! // What the phone lacks, by its version vector; applied whole, then its vector merges.
 //! let delta = server.delta_for(phone.vector())?;
-//! phone.apply_remote(delta.entries, Some(&delta.vector))?;
+//! phone.apply_remote(delta.entries, Some((&delta.vector, delta.clock)))?;
 //! assert_eq!(phone.get(b"user:alice")?.map(|item| item.value), Some(b"hello".to_vec()));
 //! assert!(server.is_acknowledged(receipt.dot.seq, phone.vector()));
 //! # Ok(())
@@ -42,6 +42,7 @@ pub mod live;
 pub mod membership;
 pub mod replica;
 pub mod session;
+pub mod sketch;
 pub mod storage;
 pub mod vector;
 

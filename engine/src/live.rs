@@ -11,6 +11,7 @@
 //! as for a delta session: anything older may hold keys whose tombstones were collected here.
 
 use crate::entry::Entry;
+use crate::hlc::Hlc;
 use crate::ids::ReplicaId;
 use crate::replica::{ApplyReport, Replica};
 use crate::session::{CHUNK_BYTES, Message, SyncError, approx_bytes, count_kinds};
@@ -27,8 +28,8 @@ pub struct Push {
     #[serde(with = "crate::session::batch")]
     pub entries: Vec<Entry>,
     /// On the last push of a delta: the sender's vector, to merge once everything since `base`
-    /// is in.
-    pub vector: Option<VersionVector>,
+    /// is in, and its clock, to observe then (see [`crate::Delta::clock`]).
+    pub vector: Option<(VersionVector, Hlc)>,
 }
 
 /// What [`LiveSender::poll`] found.
@@ -91,7 +92,7 @@ impl LiveSender {
                 bytes = 0;
             }
         }
-        let push = Push { base: self.sent.clone(), entries: chunk, vector: Some(delta.vector.clone()) };
+        let push = Push { base: self.sent.clone(), entries: chunk, vector: Some((delta.vector.clone(), delta.clock)) };
         frames.push(Message::Push(push).encode()?);
         self.sent.merge(&delta.vector);
         Ok(LivePoll::Frames(frames))
@@ -162,8 +163,9 @@ impl LiveReceiver {
         };
         let in_step = replica.vector().dominates(&push.base);
         let (live, tombstones) = count_kinds(&push.entries);
-        let report = replica.apply_remote(push.entries, push.vector.as_ref().filter(|_| in_step))?;
-        let Some(sender_vector) = push.vector else {
+        let sender = push.vector.as_ref().filter(|_| in_step).map(|(v, clock)| (v, *clock));
+        let report = replica.apply_remote(push.entries, sender)?;
+        let Some((sender_vector, _)) = push.vector else {
             return Ok(Received { report, gap: false, reply: None, live, tombstones });
         };
         // The sender's vector is its durable state: an acknowledgement, as a handshake's is.
@@ -274,7 +276,7 @@ mod tests {
         let (mut a, mut b) = pair();
         let mut rx = LiveReceiver::new(ReplicaId(1));
         a.put("x", "1", PutOptions::default()).unwrap();
-        let done = Message::Done(a.vector().clone()).encode().unwrap();
+        let done = Message::Done(a.vector().clone(), a.clock()).encode().unwrap();
         assert!(matches!(rx.handle(&mut b, &done), Err(SyncError::Unexpected { got: "Done", .. })));
         assert!(rx.handle(&mut b, &[0x9f, 0x01]).is_err());
         assert!(b.vector().is_empty() && live(&b).is_empty());

@@ -14,7 +14,7 @@
 
 use crate::entry::{Entry, Payload, Value};
 use crate::error::{Error, Result, StorageError};
-use crate::hlc::{HLC_WALL_MS_MAX, HybridClock, Stamp, WallClock};
+use crate::hlc::{HLC_WALL_MS_MAX, Hlc, HybridClock, Stamp, WallClock};
 use crate::ids::{Dot, ReplicaId, Seq};
 use crate::index::KeyIndex;
 use crate::limits::Limits;
@@ -154,6 +154,10 @@ pub struct Delta {
     pub entries: Vec<Entry>,
     /// The sender's vector at the snapshot the entries were read from.
     pub vector: VersionVector,
+    /// The sender's clock then: not below the stamp of any write the vector covers, including
+    /// writes it already collected, which the receiver will never see. The receiver's clock
+    /// observes it as the vector merges, so the receiver's later writes are stamped after them.
+    pub clock: Hlc,
 }
 
 /// What [`Replica::apply_remote`] did with a batch.
@@ -529,7 +533,7 @@ impl<S: Storage> Replica<S> {
             })?;
             entries.push(entry.settled_at(now_ms));
         }
-        Ok(Delta { entries, vector: self.vector.clone() })
+        Ok(Delta { entries, vector: self.vector.clone(), clock: self.clock.last() })
     }
 
     /// The tombstones and expired records whose dots `peer` does not cover: the compact records
@@ -546,14 +550,15 @@ impl<S: Storage> Replica<S> {
         Ok(entries)
     }
 
-    /// Applies entries from a peer. With `sender_vector` (a complete transfer: every entry the
-    /// sender holds beyond this replica's vector), the sender's vector is merged afterwards;
-    /// without it (a partial transfer), only the entries are applied.
+    /// Applies entries from a peer. With `sender` (a complete transfer: every entry the sender
+    /// holds beyond this replica's vector, then the sender's vector and clock, as in [`Delta`]),
+    /// the sender's vector is merged afterwards and its clock observed; without it (a partial
+    /// transfer), only the entries are applied.
     ///
     /// The batch is validated whole before anything is applied: sizes, dots, and every stamp
-    /// against `max_drift_ms`. Any failure rejects the whole batch and leaves the store unchanged.
-    pub fn apply_remote(&mut self, entries: Vec<Entry>, sender_vector: Option<&VersionVector>) -> Result<ApplyReport> {
-        self.apply_entries(entries, sender_vector, false)
+    /// (and the sender's clock) against `max_drift_ms`. Any failure rejects the whole batch and leaves the store unchanged.
+    pub fn apply_remote(&mut self, entries: Vec<Entry>, sender: Option<(&VersionVector, Hlc)>) -> Result<ApplyReport> {
+        self.apply_entries(entries, sender, false)
     }
 
     /// [`Replica::apply_remote`] for a chunk of a bootstrap into this (empty) replica: the
@@ -570,11 +575,18 @@ impl<S: Storage> Replica<S> {
     fn apply_entries(
         &mut self,
         entries: Vec<Entry>,
-        sender_vector: Option<&VersionVector>,
+        sender: Option<(&VersionVector, Hlc)>,
         defer_dots: bool,
     ) -> Result<ApplyReport> {
         let wall_ms = self.now_ms();
+        let sender_vector = sender.map(|(v, _)| v);
         self.validate_remote(&entries, sender_vector, wall_ms)?;
+        if let Some((_, sender_clock)) = sender
+            && let Err(err) = self.clock.check(sender_clock, wall_ms)
+        {
+            self.drift_rejections += 1;
+            return Err(err);
+        }
         let snap = self.store.snapshot()?;
         let mut report = ApplyReport::default();
         // Winners so far in this batch, so that two versions of a key in one batch merge too.
@@ -601,8 +613,12 @@ impl<S: Storage> Replica<S> {
             }
         }
         let mut vector = self.vector.clone();
-        if let Some(sender) = sender_vector {
-            vector.merge(sender);
+        if let Some((sender_vector, sender_clock)) = sender {
+            vector.merge(sender_vector);
+            // Every write the merged vector covers is now causally before this replica's next
+            // write, including writes it will never receive (collected at the sender): its
+            // clock goes past them, or a later write here could lose to one of them in LWW.
+            clock.observe(sender_clock, wall_ms)?;
             report.vector_merged = true;
         }
         if winners.is_empty() && vector == self.vector && clock == self.clock {

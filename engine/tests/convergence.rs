@@ -84,6 +84,7 @@ struct Message {
     to: usize,
     entries: Vec<Entry>,
     vector: VersionVector,
+    clock: lethe_engine::Hlc,
 }
 
 struct World {
@@ -131,7 +132,7 @@ impl World {
             Op::Send { from, to } => {
                 let to_vector = self.r(to).vector().clone();
                 let delta = self.r(from).delta_for(&to_vector).unwrap();
-                self.mailbox.push(Message { to, entries: delta.entries, vector: delta.vector });
+                self.mailbox.push(Message { to, entries: delta.entries, vector: delta.vector, clock: delta.clock });
             }
             Op::Deliver { index, duplicate, cut } => {
                 if self.mailbox.is_empty() {
@@ -140,7 +141,7 @@ impl World {
                 let i = index % self.mailbox.len();
                 let msg = if duplicate {
                     let m = &self.mailbox[i];
-                    Message { to: m.to, entries: m.entries.clone(), vector: m.vector.clone() }
+                    Message { to: m.to, entries: m.entries.clone(), vector: m.vector.clone(), clock: m.clock }
                 } else {
                     self.mailbox.remove(i)
                 };
@@ -150,7 +151,7 @@ impl World {
                         self.r(msg.to).apply_remote(part, None).unwrap();
                     }
                     None => {
-                        self.r(msg.to).apply_remote(msg.entries, Some(&msg.vector)).unwrap();
+                        self.r(msg.to).apply_remote(msg.entries, Some((&msg.vector, msg.clock))).unwrap();
                     }
                 }
             }
@@ -174,7 +175,7 @@ impl World {
                     if from != to {
                         let to_vector = self.r(to).vector().clone();
                         let delta = self.r(from).delta_for(&to_vector).unwrap();
-                        self.r(to).apply_remote(delta.entries, Some(&delta.vector)).unwrap();
+                        self.r(to).apply_remote(delta.entries, Some((&delta.vector, delta.clock))).unwrap();
                     }
                 }
             }

@@ -39,9 +39,9 @@ fn a_concurrent_write_delivered_after_collection_does_not_come_back() {
     // The delete reaches b and c; c's acknowledgement reaches a, but c's own write does not (its
     // flow towards a was lost): a hears c's vector, which covers both the delete and c's write.
     let delta = a.delta_for(c.vector()).unwrap();
-    c.apply_remote(delta.entries, Some(&delta.vector)).unwrap();
+    c.apply_remote(delta.entries, Some((&delta.vector, delta.clock))).unwrap();
     let delta = a.delta_for(b.vector()).unwrap();
-    b.apply_remote(delta.entries, Some(&delta.vector)).unwrap();
+    b.apply_remote(delta.entries, Some((&delta.vector, delta.clock))).unwrap();
     let (b_vector, c_vector) = (b.vector().clone(), c.vector().clone());
     a.acknowledge(ReplicaId(2), &b_vector);
     a.acknowledge(ReplicaId(3), &c_vector);

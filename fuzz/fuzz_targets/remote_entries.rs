@@ -1,5 +1,5 @@
 //! Remote entries as a peer could send them: CBOR bytes decoded into (entries, optional sender
-//! vector), applied to a replica that already holds some writes.
+//! vector and clock), applied to a replica that already holds some writes.
 //!
 //! Holds: decoding never panics; applying never panics; a rejected batch leaves entries, vector
 //! and clock exactly as they were; an accepted one never moves the vector backwards and leaves
@@ -8,7 +8,7 @@
 #![no_main]
 
 use lethe_engine::{
-    Config, Entry, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Snapshot, Storage,
+    Config, Entry, Hlc, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Snapshot, Storage,
     VersionVector,
 };
 use libfuzzer_sys::fuzz_target;
@@ -32,7 +32,7 @@ fn entries(r: &Replica<MemoryStore>) -> BTreeMap<Vec<u8>, Entry> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok((incoming, sender)) = ciborium::from_reader::<(Vec<Entry>, Option<VersionVector>), _>(data) else {
+    let Ok((incoming, sender)) = ciborium::from_reader::<(Vec<Entry>, Option<(VersionVector, Hlc)>), _>(data) else {
         return;
     };
     let clock = ManualClock::new(NOW_MS);
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
 
     let before = entries(&r);
     let (vector, clock) = (r.vector().clone(), r.clock());
-    match r.apply_remote(incoming.clone(), sender.as_ref()) {
+    match r.apply_remote(incoming.clone(), sender.as_ref().map(|(v, c)| (v, *c))) {
         Err(_) => {
             assert_eq!(entries(&r), before, "a rejected batch changed entries");
             assert_eq!(r.vector(), &vector, "a rejected batch changed the vector");

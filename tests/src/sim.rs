@@ -123,6 +123,8 @@ pub struct SimReport {
     pub drift_rejections: u64,
     /// Writes that won by the documented exception (writer outside a collector's membership).
     pub exception_wins: u64,
+    /// Anti-entropy sketches that decoded, and that fell back to range fingerprints.
+    pub sketches: (u64, u64),
 }
 
 /// An invariant that did not hold.
@@ -441,6 +443,9 @@ impl<'c, C: Choices> Sim<'c, C> {
         let Some(frame) = frame else { return Ok(()) };
         let Some(r) = self.nodes[to].replica.as_mut() else { return Ok(()) };
         let session = if to_b { &mut link.sb } else { &mut link.sa };
+        if self.config.verbose {
+            println!("[t={}] session {a}<->{b}: node {to} gets {}", self.time.now_ms() - T0, describe(&frame));
+        }
         if let Err(e) = session.handle(r, &frame) {
             let msg = e.to_string();
             self.log(|| format!("session {a}<->{b}: node {to} ends it: {msg}"));
@@ -451,6 +456,9 @@ impl<'c, C: Choices> Sim<'c, C> {
         let l = &self.links[k];
         if l.sa.is_finished() && l.sb.is_finished() && l.to_a.is_empty() && l.to_b.is_empty() {
             self.log(|| format!("session {a}<->{b} finished"));
+            for decoded in [l.sa.stats().sketch_decoded, l.sb.stats().sketch_decoded].into_iter().flatten() {
+                if decoded { self.report.sketches.0 += 1 } else { self.report.sketches.1 += 1 }
+            }
             self.links.remove(k);
             self.report.sessions_finished += 1;
         }
@@ -969,6 +977,28 @@ fn check_deltas(r: &Replica<MemoryStore>, vectors: &[VersionVector]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// A frame, in a line, for verbose logs.
+fn describe(frame: &[u8]) -> String {
+    use lethe_engine::session::Message;
+    match Message::decode(frame) {
+        Ok(Message::Entries(es)) => {
+            let items: Vec<String> =
+                es.iter().map(|e| format!("{}@{}", String::from_utf8_lossy(&e.key), e.stamp)).collect();
+            format!("Entries [{}]", items.join(", "))
+        }
+        Ok(Message::Reply { split, want, keys, .. }) => {
+            format!(
+                "Reply (split {}, want {}, keys {:?})",
+                split.len(),
+                want.len(),
+                keys.iter().map(|k| String::from_utf8_lossy(&k.0).into_owned()).collect::<Vec<_>>()
+            )
+        }
+        Ok(m) => m.name().to_string(),
+        Err(e) => format!("garbage ({e})"),
+    }
 }
 
 /// Live values, tombstones and expired records, counted by scanning the store.

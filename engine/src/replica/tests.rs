@@ -14,7 +14,7 @@ fn value(r: &Replica<MemoryStore>, key: &[u8]) -> Option<Vec<u8>> {
 
 fn sync(from: &Replica<MemoryStore>, to: &mut Replica<MemoryStore>) -> Delta {
     let delta = from.delta_for(to.vector()).unwrap();
-    to.apply_remote(delta.entries.clone(), Some(&delta.vector)).unwrap();
+    to.apply_remote(delta.entries.clone(), Some((&delta.vector, delta.clock))).unwrap();
     delta
 }
 
@@ -77,7 +77,7 @@ fn a_remote_stamp_beyond_max_drift_is_rejected_and_leaves_the_store_unchanged() 
     let before_entries = reader.scan(&KeyRange::all(), 100).unwrap();
 
     let delta = writer.delta_for(reader.vector()).unwrap();
-    let err = reader.apply_remote(delta.entries.clone(), Some(&delta.vector)).unwrap_err();
+    let err = reader.apply_remote(delta.entries.clone(), Some((&delta.vector, delta.clock))).unwrap_err();
     assert!(
         matches!(err, Error::ClockDrift { remote_ms, local_ms, max_drift_ms: 1000 } if remote_ms == T0 + 1_001 && local_ms == T0),
         "{err}"
@@ -91,7 +91,7 @@ fn a_remote_stamp_beyond_max_drift_is_rejected_and_leaves_the_store_unchanged() 
 
     // Once the local clock is within the tolerance, the same delta applies.
     clock.advance(1);
-    reader.apply_remote(delta.entries, Some(&delta.vector)).unwrap();
+    reader.apply_remote(delta.entries, Some((&delta.vector, delta.clock))).unwrap();
     assert_eq!(value(&reader, b"k"), Some(b"future".to_vec()));
 }
 
@@ -136,7 +136,7 @@ fn a_write_that_arrives_already_expired_is_stored_as_an_expired_record() {
     clock.advance(10);
     let delta = writer.delta_for(late.vector()).unwrap();
     assert_eq!(delta.entries[0].payload, Payload::Expired { expires_at_ms: T0 + 10 }, "sent without bytes");
-    late.apply_remote(delta.entries, Some(&delta.vector)).unwrap();
+    late.apply_remote(delta.entries, Some((&delta.vector, delta.clock))).unwrap();
     // The expired record still beats the older version it overwrote.
     late.apply_remote(old.entries, None).unwrap();
     assert_eq!(value(&late, b"k"), None);
@@ -161,7 +161,7 @@ fn covered_and_absent_means_dead() {
     let mut c = replica(3, &clock);
     let mut vector = VersionVector::new();
     vector.advance(ReplicaId(1), Seq(2));
-    c.apply_remote(Vec::new(), Some(&vector)).unwrap();
+    c.apply_remote(Vec::new(), Some((&vector, Hlc::new(T0, 0)))).unwrap();
     let report = c.apply_remote(stale.entries, None).unwrap();
     assert_eq!(report.stale, 1);
     assert_eq!(value(&c, b"k"), None);
@@ -182,7 +182,7 @@ fn a_partial_transfer_applies_entries_but_does_not_advance_the_vector() {
     // The next delta still carries y (and x again, harmlessly).
     let delta = a.delta_for(b.vector()).unwrap();
     assert_eq!(delta.entries.len(), 2);
-    let report = b.apply_remote(delta.entries, Some(&delta.vector)).unwrap();
+    let report = b.apply_remote(delta.entries, Some((&delta.vector, delta.clock))).unwrap();
     assert_eq!((report.applied, report.superseded), (1, 1));
     assert_eq!(b.vector(), a.vector());
 }
@@ -204,7 +204,7 @@ fn delta_sends_only_what_the_peer_lacks_one_entry_per_key() {
     let delta = a.delta_for(b.vector()).unwrap();
     let keys: Vec<_> = delta.entries.iter().map(|e| e.key.clone()).collect();
     assert_eq!(keys, vec![b"k3".to_vec(), b"k4".to_vec()], "superseded versions of k3 are not sent");
-    b.apply_remote(delta.entries, Some(&delta.vector)).unwrap();
+    b.apply_remote(delta.entries, Some((&delta.vector, delta.clock))).unwrap();
     assert_eq!(value(&b, b"k3"), Some(b"again".to_vec()));
     assert_eq!(value(&b, b"k4"), None);
     // Both directions: a learns b's write.

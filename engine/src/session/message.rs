@@ -6,6 +6,7 @@
 
 use crate::entry::Entry;
 use crate::fingerprint::ItemId;
+use crate::hlc::Hlc;
 use crate::ids::ReplicaId;
 use crate::live::Push;
 use crate::membership::MemberInfo;
@@ -142,6 +143,41 @@ impl TryFrom<PartWire> for RangePart {
     }
 }
 
+/// A source's live items as an invertible Bloom lookup table (see [`crate::sketch`]), sent
+/// instead of the first range fingerprints in an anti-entropy session that expects few
+/// differences.
+///
+/// On the wire: `[size, fingerprint, count, cells]`: cells per subtable, the first 16 bytes of
+/// the fingerprint of all the source's live items and their count (which the items found must
+/// account for), and the cells in [`crate::sketch::Sketch::encode`] form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SketchMsg(
+    /// Cells per subtable.
+    pub u32,
+    /// The fingerprint of every live item of the source, as sent on the wire.
+    #[serde(with = "serde_bytes")]
+    pub [u8; FINGERPRINT_WIRE_BYTES],
+    /// How many live items the source holds.
+    pub u64,
+    /// The cells.
+    #[serde(with = "serde_bytes")]
+    pub Vec<u8>,
+);
+
+/// An item of a source's sketch that the sink lacks: its key, and its stamp's HLC and writer.
+/// The source sends the key's entry if the sink's vector does not cover it; if it does, and the
+/// source still holds that very item, the sink saw it and dropped it: the source drops it too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WantedItem(
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub Vec<u8>,
+    /// The stamp's HLC.
+    pub u64,
+    /// The stamp's writer.
+    pub u64,
+);
+
 /// Contiguous parts starting at `lower` (included; `None` = unbounded).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeGroup(#[serde(with = "serde_bytes")] pub Option<Vec<u8>>, pub Vec<RangePart>);
@@ -157,18 +193,25 @@ pub enum Message {
     Entries(#[serde(with = "super::batch")] Vec<Entry>),
     /// Source → sink: range summaries for reconciliation.
     Ranges(Vec<RangeGroup>),
+    /// Source → sink: the source's live items as a sketch, answered by a `Reply` naming the
+    /// keys the sink lacks (or asking for the whole range when the sketch did not decode).
+    Sketch(SketchMsg),
     /// Source → sink: the sink now has everything the source held beyond the sink's vector, as of
-    /// this vector. The sink merges it.
-    Done(VersionVector),
+    /// this vector; and the source's clock then. The sink merges the vector and observes the
+    /// clock (see [`crate::Delta::clock`]).
+    Done(VersionVector, Hlc),
     /// Sink → source: ranges whose fingerprints differ (split them), ranges where the sink holds
-    /// nothing (send them whole), and items the sink lacks.
+    /// nothing (send them whole), and items the sink lacks (by id from a list, or by key from a
+    /// sketch).
     Reply {
         /// Ranges to split further.
         split: Vec<KeyBounds>,
         /// Ranges to send whole.
         send: Vec<KeyBounds>,
-        /// Items to send.
+        /// Items to send, by their ids in the source's item lists.
         want: Vec<ItemId>,
+        /// Items of the source's sketch the sink lacks, by key and stamp.
+        keys: Vec<WantedItem>,
     },
     /// Sink → source: the sink's vector after applying `Done` (or, on a live stream, a push that
     /// ended a delta).
@@ -185,7 +228,8 @@ impl Message {
             Message::Hello(_) => "Hello",
             Message::Entries(_) => "Entries",
             Message::Ranges(_) => "Ranges",
-            Message::Done(_) => "Done",
+            Message::Sketch(_) => "Sketch",
+            Message::Done(..) => "Done",
             Message::Reply { .. } => "Reply",
             Message::Ack(_) => "Ack",
             Message::Push(_) => "Push",
@@ -226,6 +270,7 @@ mod tests {
             split: vec![KeyBounds(None, Some(b"m".to_vec()))],
             send: vec![],
             want: vec![ItemId(7), ItemId(u32::MAX)],
+            keys: vec![WantedItem(b"k".to_vec(), 5, 9)],
         };
         let frame = msg.encode().unwrap();
         assert_eq!(Message::decode(&frame).unwrap(), msg);
@@ -238,6 +283,8 @@ mod tests {
             ],
         )]);
         assert_eq!(Message::decode(&ranges.encode().unwrap()).unwrap(), ranges);
+        let sketch = Message::Sketch(SketchMsg(4, [3; 16], 1000, vec![1, 2, 3]));
+        assert_eq!(Message::decode(&sketch.encode().unwrap()).unwrap(), sketch);
         assert!(matches!(Message::decode(&frame[..frame.len() - 1]), Err(SyncError::Malformed(_))));
         let mut longer = frame.clone();
         longer.push(0);

@@ -31,6 +31,7 @@ pub mod reconcile;
 use crate::entry::{Entry, Payload};
 use crate::error::Error;
 use crate::fingerprint::ItemId;
+use crate::hlc::{Hlc, Stamp};
 use crate::ids::{Dot, ReplicaId};
 use crate::replica::Replica;
 use crate::storage::{KeyRange, Snapshot, Storage};
@@ -127,6 +128,9 @@ pub struct SessionStats {
     pub tombstones_received: u64,
     /// Own entries dropped because the peer's vector showed them dead.
     pub dropped: u64,
+    /// On the side that received the session's sketch: whether it decoded (else the session
+    /// fell back to range fingerprints).
+    pub sketch_decoded: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -146,6 +150,11 @@ enum Source {
         v0: VersionVector,
         sink_vector: VersionVector,
         offered: BTreeMap<ItemId, Vec<u8>>,
+    },
+    /// Anti-entropy with few differences expected, and the peer sends the session's one sketch:
+    /// this side's flow starts from what decoding it finds. `sink_vector` as above.
+    AwaitSketch {
+        sink_vector: VersionVector,
     },
     AwaitAck,
     Finished,
@@ -305,21 +314,27 @@ impl Session {
                 let Sink::Receiving { source_vector, dead, .. } = &mut self.sink else { return Ok(()) };
                 let cmp = reconcile::compare(&replica.index.live, &groups, source_vector)?;
                 dead.extend(cmp.dead);
-                self.outbox.push_back(Message::Reply { split: cmp.split, send: cmp.send, want: cmp.want });
+                self.outbox.push_back(Message::Reply {
+                    split: cmp.split,
+                    send: cmp.send,
+                    want: cmp.want,
+                    keys: Vec::new(),
+                });
                 Ok(())
             }
-            Message::Done(vector) => {
+            Message::Sketch(sketch) => self.on_sketch(replica, &sketch),
+            Message::Done(vector, clock) => {
                 self.receiving("Done")?;
                 let Sink::Receiving { dead, .. } = std::mem::replace(&mut self.sink, Sink::Finished) else {
                     return Ok(());
                 };
                 // Drop first: a crash before the merge leaves the vector behind, which is safe.
                 self.stats.dropped += replica.drop_dead(&dead)? as u64;
-                replica.apply_remote(Vec::new(), Some(&vector))?;
+                replica.apply_remote(Vec::new(), Some((&vector, clock)))?;
                 self.outbox.push_back(Message::Ack(replica.vector().clone()));
                 Ok(())
             }
-            Message::Reply { split, send, want } => self.on_reply(replica, split, send, want),
+            Message::Reply { split, send, want, keys } => self.on_reply(replica, split, send, want, keys),
             Message::Push(_) => Err(SyncError::Unexpected { got: "Push", state: "in a session" }),
             Message::Ack(vector) => {
                 if !matches!(self.source, Source::AwaitAck) {
@@ -349,6 +364,7 @@ impl Session {
             Source::Nothing => "sending nothing",
             Source::Streaming { .. } => "streaming a bootstrap",
             Source::Reconciling { .. } => "awaiting a reconciliation reply",
+            Source::AwaitSketch { .. } => "awaiting the peer's sketch",
             Source::AwaitAck => "awaiting the acknowledgement",
             Source::Finished => "finished sending",
         }
@@ -385,26 +401,82 @@ impl Session {
             return Ok(());
         }
         let v0 = replica.vector().clone();
-        let dead_beyond = replica.dead_entries_beyond(&hello.vector)?;
         if hello.vector.is_empty() && hello.values == 0 && !anti_entropy {
             self.stats.mode = Some(Mode::Bootstrap);
-            self.queue_entries(dead_beyond);
+            self.queue_entries(replica.dead_entries_beyond(&hello.vector)?);
             let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));
             self.source = Source::Streaming { v0, snapshot, cursor: Bound::Unbounded };
         } else if !anti_entropy && replica.membership().contains(peer) && hello.vector.dominates(&replica.frontier()) {
             self.stats.mode = Some(Mode::Delta);
             let delta = replica.delta_for(&hello.vector)?;
             self.queue_entries(delta.entries);
-            self.outbox.push_back(Message::Done(delta.vector));
+            self.outbox.push_back(Message::Done(delta.vector, delta.clock));
             self.source = Source::AwaitAck;
         } else {
             self.stats.mode = Some(Mode::Reconcile);
-            self.queue_entries(dead_beyond);
-            let mut offered = BTreeMap::new();
-            let group = reconcile::describe(&replica.index.live, &KeyBounds(None, None), &mut offered);
-            self.outbox.push_back(Message::Ranges(vec![group]));
-            self.source = Source::Reconciling { v0, sink_vector: hello.vector, offered };
+            // Anti-entropy expecting few differences: one side sends a sketch, by replica id (both
+            // sides reach the same size and the same choice from the two handshakes).
+            let expected = reconcile::expected_difference(&self.hello_vector, &hello.vector);
+            match crate::sketch::size_for(expected).filter(|_| anti_entropy) {
+                Some(size) if replica.id() < peer => {
+                    self.queue_entries(replica.dead_entries_beyond(&hello.vector)?);
+                    self.outbox.push_back(Message::Sketch(reconcile::sketch_of(&replica.index.live, size)));
+                    self.source = Source::Reconciling { v0, sink_vector: hello.vector, offered: BTreeMap::new() };
+                }
+                Some(_) => self.source = Source::AwaitSketch { sink_vector: hello.vector },
+                None => self.start_ranges(replica, hello.vector)?,
+            }
         }
+        Ok(())
+    }
+
+    /// Starts a range reconciliation flow: tombstone records beyond the sink's vector, then the
+    /// whole key range described by fingerprints.
+    fn start_ranges<S: Storage>(&mut self, replica: &Replica<S>, sink_vector: VersionVector) -> Result<(), SyncError> {
+        let v0 = replica.vector().clone();
+        self.queue_entries(replica.dead_entries_beyond(&sink_vector)?);
+        let mut offered = BTreeMap::new();
+        let group = reconcile::describe(&replica.index.live, &KeyBounds(None, None), &mut offered);
+        self.outbox.push_back(Message::Ranges(vec![group]));
+        self.source = Source::Reconciling { v0, sink_vector, offered };
+        Ok(())
+    }
+
+    /// Sink side of a sketch, which also starts this side's flow: the keys this side lacks go
+    /// back in a `Reply`, and the items the peer lacks go to it, with tombstone records, then
+    /// `Done`. When the sketch does not decode, both flows fall back to ranges.
+    fn on_sketch<S: Storage>(
+        &mut self,
+        replica: &mut Replica<S>,
+        sketch: &message::SketchMsg,
+    ) -> Result<(), SyncError> {
+        self.receiving("Sketch")?;
+        let Source::AwaitSketch { sink_vector } = &self.source else {
+            return Err(SyncError::Unexpected { got: "Sketch", state: self.source_state() });
+        };
+        let sink_vector = sink_vector.clone();
+        let Sink::Receiving { source_vector, dead, .. } = &mut self.sink else { return Ok(()) };
+        let found = reconcile::compare_sketch(&replica.index.live, sketch, source_vector)?;
+        self.stats.sketch_decoded = Some(found.is_some());
+        let Some(found) = found else {
+            let whole = vec![KeyBounds(None, None)];
+            self.outbox.push_back(Message::Reply {
+                split: whole,
+                send: Vec::new(),
+                want: Vec::new(),
+                keys: Vec::new(),
+            });
+            return self.start_ranges(replica, sink_vector);
+        };
+        dead.extend(found.dead);
+        let keys = found.want.into_iter().map(|(key, s)| message::WantedItem(key, s.hlc.0, s.replica.0)).collect();
+        self.outbox.push_back(Message::Reply { split: Vec::new(), send: Vec::new(), want: Vec::new(), keys });
+        let v0 = replica.vector().clone();
+        let mut entries = replica.dead_entries_beyond(&sink_vector)?;
+        entries.extend(entries_for(replica, found.send, &sink_vector)?);
+        self.queue_entries(entries);
+        self.outbox.push_back(Message::Done(v0, replica.clock()));
+        self.source = Source::AwaitAck;
         Ok(())
     }
 
@@ -414,24 +486,43 @@ impl Session {
         split: Vec<KeyBounds>,
         send: Vec<KeyBounds>,
         want: Vec<ItemId>,
+        keys: Vec<message::WantedItem>,
     ) -> Result<(), SyncError> {
         let Source::Reconciling { offered, sink_vector, .. } = &self.source else {
             return Err(SyncError::Unexpected { got: "Reply", state: self.source_state() });
         };
-        let mut keys = Vec::with_capacity(want.len());
-        for id in &want {
-            keys.push(offered.get(id).ok_or(SyncError::UnknownItem(*id))?.clone());
+        if keys.len() > reconcile::SKETCH_KEYS_MAX {
+            return Err(SyncError::Malformed(format!(
+                "reply names {} sketch items, more than a sketch can yield ({})",
+                keys.len(),
+                reconcile::SKETCH_KEYS_MAX
+            )));
         }
-        let snap = replica.store().snapshot().map_err(Error::from)?;
-        let now_ms = replica.now_ms();
-        let mut entries = Vec::new();
-        for key in keys {
-            if let Some(e) = snap.entry(&key).map_err(Error::from)?
-                && !sink_vector.covers(e.dot())
-            {
-                entries.push(e.settled_at(now_ms));
+        let mut wanted = Vec::with_capacity(want.len());
+        for id in &want {
+            wanted.push(offered.get(id).ok_or(SyncError::UnknownItem(*id))?.clone());
+        }
+        // A sketch item the sink lacks though its vector covers it, and that this side still
+        // holds as it was: the sink saw it and dropped it, so it is dead; it goes at the sink's
+        // `Done`, like the items a range comparison shows dead.
+        let mut dead_here = Vec::new();
+        for message::WantedItem(key, hlc, writer) in keys {
+            match replica.index.live.get(&key) {
+                Some(item) if sink_vector.covers(item.dot()) => {
+                    if item.stamp == (Stamp { hlc: Hlc(hlc), replica: ReplicaId(writer) }) {
+                        dead_here.push((key, item.dot()));
+                    }
+                }
+                _ => wanted.push(key),
             }
         }
+        if let Sink::Receiving { dead, .. } = &mut self.sink {
+            dead.extend(dead_here);
+        }
+        let Source::Reconciling { sink_vector, .. } = &self.source else { return Ok(()) };
+        let mut entries = entries_for(replica, wanted, sink_vector)?;
+        let snap = replica.store().snapshot().map_err(Error::from)?;
+        let now_ms = replica.now_ms();
         for KeyBounds(lo, hi) in &send {
             let range = KeyRange {
                 start: lo.clone().map_or(Bound::Unbounded, Bound::Included),
@@ -451,7 +542,7 @@ impl Session {
             return Ok(());
         };
         if split.is_empty() {
-            self.outbox.push_back(Message::Done(v0));
+            self.outbox.push_back(Message::Done(v0, replica.clock()));
             return Ok(());
         }
         let mut offered = BTreeMap::new();
@@ -508,7 +599,7 @@ impl Session {
         self.queue_entries(chunk);
         match (exhausted, last) {
             (false, Some(key)) => self.source = Source::Streaming { v0, snapshot, cursor: Bound::Excluded(key) },
-            _ => self.outbox.push_back(Message::Done(v0)),
+            _ => self.outbox.push_back(Message::Done(v0, replica.clock())),
         }
         Ok(())
     }
@@ -572,6 +663,26 @@ pub fn sync_in_process<S: Storage, T: Storage>(
         return Err(SyncError::Malformed("session stalled with nothing to send".into()));
     }
     Ok(PairOutcome { a: sa.stats().clone(), b: sb.stats().clone(), trips })
+}
+
+/// The current entries of `keys` (settled: an expired value goes as its record) that the sink,
+/// whose vector is `sink_vector`, has not seen.
+fn entries_for<S: Storage>(
+    replica: &Replica<S>,
+    keys: Vec<Vec<u8>>,
+    sink_vector: &VersionVector,
+) -> Result<Vec<Entry>, SyncError> {
+    let snap = replica.store().snapshot().map_err(Error::from)?;
+    let now_ms = replica.now_ms();
+    let mut entries = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Some(e) = snap.entry(&key).map_err(Error::from)?
+            && !sink_vector.covers(e.dot())
+        {
+            entries.push(e.settled_at(now_ms));
+        }
+    }
+    Ok(entries)
 }
 
 /// About how many bytes an entry takes in a frame, for cutting chunks.

@@ -7,9 +7,11 @@
 //! Rounds ≈ ⌈log16 n⌉, bytes O(d log n).
 
 use super::SyncError;
-use super::message::{KeyBounds, PartContent, RangeGroup, RangePart};
-use crate::fingerprint::{ItemId, LiveIndex};
+use super::message::{KeyBounds, PartContent, RangeGroup, RangePart, SketchMsg};
+use crate::fingerprint::{Fingerprint, ItemId, LiveIndex};
+use crate::hlc::Stamp;
 use crate::ids::Dot;
+use crate::sketch;
 use crate::vector::VersionVector;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -136,6 +138,77 @@ pub fn compare(
     }
     Ok(out)
 }
+
+/// The expected size of the symmetric difference of two replicas' live sets, from their
+/// vectors: each write one has and the other lacks changes at most two items (its own, and the
+/// version it replaced). Both sides compute the same number from the two handshakes.
+#[must_use]
+pub fn expected_difference(a: &VersionVector, b: &VersionVector) -> u64 {
+    let mut writes = 0u64;
+    for (r, s) in a.iter() {
+        writes = writes.saturating_add(s.0.saturating_sub(b.get(r).0));
+    }
+    for (r, s) in b.iter() {
+        writes = writes.saturating_add(s.0.saturating_sub(a.get(r).0));
+    }
+    writes.saturating_mul(2)
+}
+
+/// The source side's sketch of its live items, `size` cells per subtable.
+#[must_use]
+pub fn sketch_of(live: &LiveIndex, size: usize) -> SketchMsg {
+    let all = live.fingerprint(Bound::Unbounded, Bound::Unbounded);
+    SketchMsg(size as u32, all.wire(), all.count, live.sketch().encode(size))
+}
+
+/// What the sink found in a source's sketch.
+#[derive(Debug, Default)]
+pub struct SketchFound {
+    /// Source items the sink lacks (the source sends them, or drops them if the sink saw them).
+    pub want: Vec<(Vec<u8>, Stamp)>,
+    /// Keys whose sink version the source lacks and never saw: the sink sends them.
+    pub send: Vec<Vec<u8>>,
+    /// Sink items the source lacks though its vector covers them: dead, to drop.
+    pub dead: Vec<(Vec<u8>, Dot)>,
+}
+
+/// Sink side: subtracts the source's sketch from `live`'s and peels the difference. `Ok(None)`
+/// when it does not decode, or the items found do not account for the difference between the
+/// two whole-set fingerprints (then the session reconciles by ranges); an error when the sketch
+/// is malformed. `source_vector` is the source's handshake vector, read with its sketch.
+pub fn compare_sketch(
+    live: &LiveIndex,
+    msg: &SketchMsg,
+    source_vector: &VersionVector,
+) -> Result<Option<SketchFound>, SyncError> {
+    let SketchMsg(size, fingerprint, count, cells) = msg;
+    let size = usize::try_from(*size).map_err(|e| SyncError::Malformed(e.to_string()))?;
+    let Some(diff) = live.sketch().difference(size, cells).map_err(SyncError::Malformed)? else {
+        return Ok(None);
+    };
+    let mut theirs = live.fingerprint(Bound::Unbounded, Bound::Unbounded);
+    let mut out = SketchFound::default();
+    for (key, stamp) in &diff.mine {
+        let Some(item) = live.get(key).filter(|i| i.stamp == *stamp) else { return Ok(None) };
+        theirs = theirs - Fingerprint::of_item(key, *stamp);
+        if source_vector.covers(item.dot()) {
+            out.dead.push((key.clone(), item.dot()));
+        } else {
+            out.send.push(key.clone());
+        }
+    }
+    for (key, stamp) in &diff.theirs {
+        theirs = theirs + Fingerprint::of_item(key, *stamp);
+        out.want.push((key.clone(), *stamp));
+    }
+    if theirs.wire() != *fingerprint || theirs.count != *count {
+        return Ok(None);
+    }
+    Ok(Some(out))
+}
+
+/// The most keys a reply to a sketch can name: as many items as its cells could yield.
+pub const SKETCH_KEYS_MAX: usize = sketch::SUBTABLES * sketch::CELLS_MAX;
 
 #[cfg(test)]
 mod tests {

@@ -100,7 +100,7 @@ fn a_garbage_frame_ends_the_session_and_changes_nothing() {
     let before = (live(&a), a.vector().clone());
     let mut s = Session::new(&mut a, None).unwrap();
     assert!(matches!(s.handle(&mut a, &[0xff, 0x00]), Err(SyncError::Malformed(_))));
-    let early_done = Message::Done(a.vector().clone()).encode().unwrap();
+    let early_done = Message::Done(a.vector().clone(), a.clock()).encode().unwrap();
     assert!(matches!(s.handle(&mut a, &early_done), Err(SyncError::Unexpected { got: "Done", .. })));
     let hello_from_self = Message::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -208,4 +208,95 @@ fn a_bootstrapped_replica_serves_every_delta_though_its_bootstrap_has_no_dot_row
         want.push(b"later".to_vec());
         assert_eq!(from_b.iter().map(|e| e.key.clone()).collect::<Vec<_>>(), want, "for {v:?}");
     }
+}
+
+/// Two replicas in step on `keys` keys.
+fn in_step(clock: &ManualClock, keys: usize) -> (Replica<MemoryStore>, Replica<MemoryStore>) {
+    let (mut a, mut b) = (replica(1, clock), replica(2, clock));
+    for i in 0..keys {
+        a.put(format!("k{i:05}"), "v", PutOptions::default()).unwrap();
+    }
+    run(&mut a, &mut b);
+    (a, b)
+}
+
+#[test]
+fn anti_entropy_finds_a_few_differences_with_one_sketch_in_three_round_trips() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b) = in_step(&clock, 5000);
+    a.put("k00042", "changed", PutOptions::default()).unwrap();
+    b.put("new-at-b", "x", PutOptions::default()).unwrap();
+    let out = sync_in_process(&mut a, &mut b, true).unwrap();
+    assert_eq!((out.a.mode, out.b.mode), (Some(Mode::Reconcile), Some(Mode::Reconcile)));
+    assert_eq!(out.b.sketch_decoded, Some(true), "the lower replica id sends the one sketch");
+    assert_eq!(out.a.sketch_decoded, None);
+    assert!(out.round_trips() <= 3, "{} round trips", out.round_trips());
+    assert_eq!((out.a.live_sent, out.b.live_sent), (1, 1), "each difference travels once");
+    assert!(out.a.bytes_sent + out.b.bytes_sent < 1500, "{:?}", out);
+    assert_eq!(live(&a), live(&b));
+    assert_eq!(a.vector(), b.vector());
+}
+
+#[test]
+fn a_sketch_that_does_not_decode_falls_back_to_ranges_and_still_converges() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b) = in_step(&clock, 3000);
+    a.put("k00007", "changed", PutOptions::default()).unwrap();
+    // A stand-in sketch from a replica far from b: too many differences for 3 x 4 cells.
+    let mut far = replica(9, &clock);
+    for i in 0..100 {
+        far.put(format!("far{i}"), "v", PutOptions::default()).unwrap();
+    }
+    let mut sa = Session::anti_entropy(&mut a, Some(ReplicaId(2))).unwrap();
+    let mut sb = Session::anti_entropy(&mut b, Some(ReplicaId(1))).unwrap();
+    let mut decoded = None;
+    loop {
+        let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
+        while let Some(f) = sa.poll_transmit(&a).unwrap() {
+            to_b.push(f);
+        }
+        while let Some(f) = sb.poll_transmit(&b).unwrap() {
+            to_a.push(f);
+        }
+        if to_a.is_empty() && to_b.is_empty() {
+            break;
+        }
+        for f in to_b {
+            let f = match Message::decode(&f).unwrap() {
+                Message::Sketch(s) => {
+                    Message::Sketch(reconcile::sketch_of(&far.index.live, s.0 as usize)).encode().unwrap()
+                }
+                _ => f,
+            };
+            sb.handle(&mut b, &f).unwrap();
+            decoded = decoded.or(sb.stats().sketch_decoded);
+        }
+        for f in to_a {
+            sa.handle(&mut a, &f).unwrap();
+        }
+    }
+    assert_eq!(decoded, Some(false));
+    assert!(sa.is_finished() && sb.is_finished());
+    assert_eq!(live(&a), live(&b), "the range reconciliation that follows repairs everything");
+    assert_eq!(b.get(b"k00007").unwrap().unwrap().value, b"changed".to_vec());
+}
+
+#[test]
+fn a_vector_merge_moves_the_clock_past_writes_the_receiver_never_sees() {
+    let clock = ManualClock::new(T0);
+    let (mut a, b) = (replica(1, &clock), replica(2, &clock));
+    // a alone writes a value that expires, and collects its expired record at once.
+    a.put("k", "short", PutOptions { ttl_ms: Some(5), metadata: None }).unwrap();
+    clock.advance(10);
+    a.collect_garbage().unwrap();
+    a.collect_garbage().unwrap();
+    assert_eq!(a.counts(), crate::replica::Counts::default());
+    // b's wall clock is far behind; a session makes b's vector cover a's write, which b never
+    // receives. b's next write to the key must still be stamped after it.
+    let late = ManualClock::new(T0 - 500);
+    let mut b2 = Replica::open(b.into_store(), ReplicaId(2), Config::default(), Arc::new(late)).unwrap();
+    sync_in_process(&mut a, &mut b2, false).unwrap();
+    assert!(b2.vector().covers(Dot { replica: ReplicaId(1), seq: Seq(1) }));
+    let receipt = b2.put("k", "later", PutOptions::default()).unwrap();
+    assert!(receipt.stamp.hlc > crate::hlc::Hlc::new(T0, 0), "stamped {}", receipt.stamp);
 }

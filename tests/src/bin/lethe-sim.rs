@@ -35,6 +35,8 @@ fn main() {
                 total.collected += report.collected;
                 total.drift_rejections += report.drift_rejections;
                 total.exception_wins += report.exception_wins;
+                total.sketches.0 += report.sketches.0;
+                total.sketches.1 += report.sketches.1;
             }
             Err(v) => {
                 failed += 1;
@@ -47,13 +49,16 @@ fn main() {
     }
     println!(
         "passing seeds in all: {} writes, {} sessions finished, {} ended early, {} tombstones collected, \
-         {} batches refused for clock drift, {} keys live by the documented exception",
+         {} batches refused for clock drift, {} keys live by the documented exception, \
+         {} anti-entropy sketches decoded and {} fell back to ranges",
         total.writes,
         total.sessions_finished,
         total.sessions_aborted,
         total.collected,
         total.drift_rejections,
-        total.exception_wins
+        total.exception_wins,
+        total.sketches.0,
+        total.sketches.1
     );
     println!("{} seeds, {} failed, {:.1} s", seeds.len(), failed, started.elapsed().as_secs_f64());
     if failed > 0 {
