@@ -31,10 +31,13 @@ fn invariants_hold_for_seeds_1000_to_1999() {
 ///   in a stale session frame, reached a replica that had just collected the tombstone (fixed:
 ///   a newcomer must cover the pending F₀, and its vector joins J₀);
 /// - 4393: a TTL value a skewed peer had already expired was dropped as dead instead of settled
-///   as an expired record, which let an older version of the key back in (fixed in `drop_dead`).
+///   as an expired record, which let an older version of the key back in (fixed in `drop_dead`);
+/// - 10723: a peer merged a vector covering an expired record its sender had collected, without
+///   its clock passing that record's stamp, and then wrote the key with an older stamp (fixed: a
+///   vector merge observes the sender's clock).
 #[test]
 fn invariants_hold_for_seeds_that_found_bugs() {
-    for seed in [4393, 5011] {
+    for seed in [4393, 5011, 10723] {
         run_seeds(seed..seed + 1);
     }
 }
