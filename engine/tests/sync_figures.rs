@@ -165,3 +165,28 @@ fn reconciliation_cost_follows_the_differences_not_the_keys() {
         assert_eq!(a.digest(), b.digest());
     }
 }
+
+#[test]
+fn anti_entropy_finds_one_difference_among_many_in_one_sketch() {
+    const N: u64 = 100_000;
+    let clock = ManualClock::new(T0);
+    let mut a = replica(1, &clock);
+    let mut b = replica(2, &clock);
+    write_keys(&mut a, 0..N, &[b'v'; 100]);
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    for (d, limit) in [(1u64, 1500), (100, 40_000)] {
+        write_keys(&mut a, N - d..N, &[b'x'; 100]);
+        let out = sync_in_process(&mut a, &mut b, true).unwrap();
+        println!(
+            "anti-entropy d = {d:>3} among n = {N}: {} round trips, {} bytes, sketch decoded: {:?}",
+            out.round_trips(),
+            bytes(&out),
+            out.b.sketch_decoded
+        );
+        assert_eq!(out.b.sketch_decoded, Some(true));
+        assert!(out.round_trips() <= 3, "{} round trips", out.round_trips());
+        assert!(bytes(&out) <= limit, "{} bytes", bytes(&out));
+        assert_eq!(out.a.live_sent, d, "only the changed entries travel");
+        assert_eq!(a.digest(), b.digest());
+    }
+}
