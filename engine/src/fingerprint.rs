@@ -215,8 +215,8 @@ fn join(a: Link, b: Link) -> Link {
     }
 }
 
-/// Removes `key` from `t`, returning its item.
-fn remove(t: &mut Link, key: &[u8]) -> Option<LiveItem> {
+/// Removes `key` from `t`, returning its item and the item's hash.
+fn remove(t: &mut Link, key: &[u8]) -> Option<(LiveItem, Fingerprint)> {
     let n = t.as_mut()?;
     let removed = match key.cmp(&n.key) {
         Ordering::Less => remove(&mut n.left, key),
@@ -224,7 +224,7 @@ fn remove(t: &mut Link, key: &[u8]) -> Option<LiveItem> {
         Ordering::Equal => {
             let mut node = t.take()?;
             *t = join(node.left.take(), node.right.take());
-            return Some(node.item);
+            return Some((node.item, node.hash));
         }
     };
     if removed.is_some()
@@ -236,16 +236,16 @@ fn remove(t: &mut Link, key: &[u8]) -> Option<LiveItem> {
 }
 
 /// Inserts `node`, or replaces the item of the node with its key, in one walk down; returns the
-/// item replaced. A key's priority is a function of the key, so a node that outranks `n` cannot
-/// have its key below `n`: splitting there is safe.
-fn upsert(t: Link, mut node: Box<Node>) -> (Link, Option<LiveItem>) {
+/// item replaced and its hash. A key's priority is a function of the key, so a node that outranks
+/// `n` cannot have its key below `n`: splitting there is safe.
+fn upsert(t: Link, mut node: Box<Node>) -> (Link, Option<(LiveItem, Fingerprint)>) {
     match t {
         None => (Some(node), None),
         Some(mut n) => {
             let old = match node.key.cmp(&n.key) {
                 Ordering::Equal => {
-                    n.hash = node.hash;
-                    Some(std::mem::replace(&mut n.item, node.item))
+                    let hash = std::mem::replace(&mut n.hash, node.hash);
+                    Some((std::mem::replace(&mut n.item, node.item), hash))
                 }
                 _ if node.priority > n.priority => {
                     let (l, r) = split(Some(n), &node.key);
@@ -339,19 +339,16 @@ impl LiveIndex {
         self.sketch.toggle(1, key, item.stamp, &node.hash);
         let (root, old) = upsert(self.root.take(), node);
         self.root = root;
-        if let Some(old) = old {
-            self.sketch.toggle(-1, key, old.stamp, &Fingerprint::of_item(key, old.stamp));
-        }
-        old
+        let (old, hash) = old?;
+        self.sketch.toggle(-1, key, old.stamp, &hash);
+        Some(old)
     }
 
     /// Removes `key`'s item, returning it.
     pub fn remove(&mut self, key: &[u8]) -> Option<LiveItem> {
-        let old = remove(&mut self.root, key);
-        if let Some(old) = old {
-            self.sketch.toggle(-1, key, old.stamp, &Fingerprint::of_item(key, old.stamp));
-        }
-        old
+        let (old, hash) = remove(&mut self.root, key)?;
+        self.sketch.toggle(-1, key, old.stamp, &hash);
+        Some(old)
     }
 
     /// The items as an invertible Bloom lookup table.
