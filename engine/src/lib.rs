@@ -21,7 +21,8 @@
 //! server.put("otp:alice", "491823", PutOptions { ttl_ms: Some(30_000), metadata: None })?;
 //! server.delete("user:bob")?;
 //!
-//! // What the phone lacks, by its version vector; applied whole, then its vector merges.
+//! // What the phone lacks, by its version vector; applied whole, then its vector merges (and its
+//! // clock moves past the server's, so its next write is stamped after everything it now covers).
 //! let delta = server.delta_for(phone.vector())?;
 //! phone.apply_remote(delta.entries, Some((&delta.vector, delta.clock)))?;
 //! assert_eq!(phone.get(b"user:alice")?.map(|item| item.value), Some(b"hello".to_vec()));
