@@ -556,7 +556,8 @@ impl<S: Storage> Replica<S> {
     /// transfer), only the entries are applied.
     ///
     /// The batch is validated whole before anything is applied: sizes, dots, and every stamp
-    /// (and the sender's clock) against `max_drift_ms`. Any failure rejects the whole batch and leaves the store unchanged.
+    /// (and the sender's clock) against `max_drift_ms`. Any failure rejects the whole batch and
+    /// leaves the store unchanged.
     pub fn apply_remote(&mut self, entries: Vec<Entry>, sender: Option<(&VersionVector, Hlc)>) -> Result<ApplyReport> {
         self.apply_entries(entries, sender, false)
     }
