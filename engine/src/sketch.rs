@@ -358,6 +358,33 @@ mod tests {
         assert!(a.difference(4, &huge_key).is_err());
     }
 
+    proptest::proptest! {
+        /// Any bytes a peer sends as a sketch give an error or an answer, never a panic; and
+        /// flipping bytes of a real sketch never makes it decode to items that are not there.
+        #[test]
+        fn garbage_sketches_never_panic_or_invent_items(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000),
+            flips in proptest::collection::vec((0usize..600, 1u8..=255), 0..4),
+            size_pow in 0u32..9,
+        ) {
+            let a = sketch_of((0..50).map(item));
+            let _ = a.difference(1 << size_pow, &bytes);
+            let mut wire = sketch_of((0..52).map(item)).encode(4);
+            let len = wire.len();
+            for (at, x) in flips {
+                wire[at % len] ^= x;
+            }
+            if let Ok(Some(d)) = a.difference(4, &wire) {
+                // Anything decoded passed its 32 check bits, so it is one of the real items (a
+                // false one needs a 2^-32 accident, which the session's whole-set fingerprint
+                // check would catch).
+                for (k, st) in d.theirs.iter().chain(&d.mine) {
+                    proptest::prop_assert!((0..52).map(item).any(|(k2, s2)| &k2 == k && s2 == *st), "{k:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn sizes_grow_with_the_expected_difference_and_stop_where_ranges_win() {
         assert_eq!(size_for(0), Some(CELLS_MIN));
