@@ -201,6 +201,9 @@ pub struct Replica<S: Storage> {
     changes: Option<Vec<Change>>,
     /// Covers the dot of every entry stored without a dot-index row ([`Meta::Unindexed`]).
     unindexed: VersionVector,
+    /// How far [`Replica::write_deferred_rows`] got, in dot order (not kept across restarts:
+    /// writing a row again changes nothing).
+    unindexed_done: Option<Dot>,
 }
 
 /// A change to what reads of one key return, as recorded for subscribers
@@ -269,6 +272,7 @@ impl<S: Storage> Replica<S> {
                     checkpoint: checkpoint.flatten(),
                     changes: None,
                     unindexed: snap.meta(Meta::Unindexed)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default(),
+                    unindexed_done: None,
                     store,
                 }
             }
@@ -290,6 +294,7 @@ impl<S: Storage> Replica<S> {
                     checkpoint: None,
                     changes: None,
                     unindexed: VersionVector::new(),
+                    unindexed_done: None,
                 }
             }
         };
@@ -318,7 +323,7 @@ impl<S: Storage> Replica<S> {
                     Op::Remove(key) if self.index.live.get(key).is_some() => {
                         changes.push(Change::Delete { key: key.clone() });
                     }
-                    Op::Remove(_) | Op::SetMeta(..) => {}
+                    Op::Remove(_) | Op::SetMeta(..) | Op::IndexDot(..) => {}
                 }
             }
         }
@@ -645,6 +650,46 @@ impl<S: Storage> Replica<S> {
         self.vector = vector;
         self.clock = clock;
         Ok(report)
+    }
+
+    /// Writes up to `max_rows` of the dot-index rows a bootstrap left out ([`Meta::Unindexed`]),
+    /// in dot order, in one commit; returns whether any are left. Until they are all written,
+    /// a delta for a peer below the bootstrap's vector is read from memory in time linear in
+    /// the store, so a node calls this when idle. It does nothing while a bootstrap is still
+    /// arriving (its vector not merged yet): rows written then would land between the dots of
+    /// chunks still to come, in random order again.
+    pub fn write_deferred_rows(&mut self, max_rows: usize) -> Result<bool> {
+        if self.unindexed.is_empty() {
+            return Ok(false);
+        }
+        if !self.deferred_rows_writable() {
+            return Ok(true);
+        }
+        let rows = self.index.dots_within(&self.unindexed, self.unindexed_done, max_rows);
+        let finished = rows.len() < max_rows;
+        let mut batch = Batch::new();
+        let last = rows.last().map(|(dot, _)| *dot);
+        for (dot, key) in rows {
+            batch.index_dot(dot, key);
+        }
+        if finished {
+            batch.set_meta(Meta::Unindexed, encode_vector(&VersionVector::new()));
+        }
+        self.commit(&batch)?;
+        if finished {
+            self.unindexed = VersionVector::new();
+            self.unindexed_done = None;
+        } else {
+            self.unindexed_done = last;
+        }
+        Ok(!finished)
+    }
+
+    /// Whether [`Replica::write_deferred_rows`] would write now: rows are left out and the
+    /// bootstrap that left them out is done.
+    #[must_use]
+    pub fn deferred_rows_writable(&self) -> bool {
+        !self.unindexed.is_empty() && self.vector.dominates(&self.unindexed)
     }
 
     fn validate_remote(

@@ -595,7 +595,11 @@ fn commit_group(inner: &Inner, requests: Vec<WriteRequest>) {
     }
 }
 
-/// One GC step every `gc_interval` until shutdown.
+/// Dot-index rows a bootstrap left out that the GC loop writes per turn of the replica's lock.
+const DEFERRED_ROWS_PER_COMMIT: usize = 50_000;
+
+/// One GC step every `gc_interval` until shutdown; and, after a bootstrap, the dot-index rows it
+/// left out, a commit at a time, letting other work take the replica between commits.
 async fn gc_loop(inner: Arc<Inner>) {
     let mut stop = inner.shutdown.subscribe();
     loop {
@@ -609,6 +613,20 @@ async fn gc_loop(inner: Arc<Inner>) {
             }
             Ok(_) => {}
             Err(e) => warn!("GC step failed: {e}"),
+        }
+        loop {
+            match inner.with_replica(|r| r.write_deferred_rows(DEFERRED_ROWS_PER_COMMIT)) {
+                // More left, and the bootstrap is done (otherwise nothing was written): go on.
+                Ok(true) if inner.with_replica(|r| r.deferred_rows_writable()) => tokio::task::yield_now().await,
+                Ok(_) => break,
+                Err(e) => {
+                    warn!("writing deferred dot-index rows failed: {e}");
+                    break;
+                }
+            }
+            if *stop.borrow() {
+                return;
+            }
         }
     }
 }

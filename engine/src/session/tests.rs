@@ -2,7 +2,7 @@ use super::*;
 use crate::hlc::ManualClock;
 use crate::ids::Seq;
 use crate::replica::{Config, PutOptions};
-use crate::storage::{MemoryStore, Meta, Snapshot};
+use crate::storage::{MemoryStore, Meta, Snapshot, encode_vector};
 use crate::vector::VersionVector;
 use std::sync::Arc;
 
@@ -201,13 +201,90 @@ fn a_bootstrapped_replica_serves_every_delta_though_its_bootstrap_has_no_dot_row
     assert_eq!(rows, 0, "bootstrap entries go in without dot-index rows");
     assert!(snap.meta(Meta::Unindexed).unwrap().is_some());
     b.put("later", "x", PutOptions::default()).unwrap();
-    // Deltas from b hold what the same deltas from a hold (plus b's own write), in dot order.
-    for v in [VersionVector::new(), early, a.vector().clone()] {
-        let (from_a, from_b) = (a.delta_for(&v).unwrap().entries, b.delta_for(&v).unwrap().entries);
-        let mut want: Vec<Vec<u8>> = from_a.iter().map(|e| e.key.clone()).collect();
-        want.push(b"later".to_vec());
-        assert_eq!(from_b.iter().map(|e| e.key.clone()).collect::<Vec<_>>(), want, "for {v:?}");
+    // Deltas from b hold what the same deltas from a hold (plus b's own writes), in dot order:
+    // first read from memory, then, once the rows are written in the background, from them.
+    let check = |b: &Replica<MemoryStore>| {
+        for v in [VersionVector::new(), early.clone(), a.vector().clone()] {
+            let (from_a, from_b) = (a.delta_for(&v).unwrap().entries, b.delta_for(&v).unwrap().entries);
+            let keys = |es: &[Entry]| {
+                es.iter().filter(|e| e.stamp.replica == ReplicaId(1)).map(|e| e.key.clone()).collect::<Vec<_>>()
+            };
+            assert!(keys(&from_b) == keys(&from_a), "for {v:?}");
+            assert_eq!(from_b.last().map(|e| e.stamp.replica), Some(ReplicaId(2)), "b's own writes come last");
+        }
+    };
+    check(&b);
+    let mut calls = 0;
+    while b.write_deferred_rows(1000).unwrap() {
+        calls += 1;
+        b.put(format!("during-{calls}"), "x", PutOptions::default()).unwrap();
     }
+    assert_eq!(calls, 3, "3,000 rows, 1,000 per call");
+    assert!(dot_rows_complete(&b));
+    assert_eq!(
+        b.store().snapshot().unwrap().meta(Meta::Unindexed).unwrap(),
+        Some(encode_vector(&VersionVector::new()))
+    );
+    check(&b);
+    assert!(!b.write_deferred_rows(1000).unwrap(), "nothing left");
+}
+
+#[test]
+fn deferred_rows_wait_until_the_bootstrap_is_done() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b) = (replica(1, &clock), replica(2, &clock));
+    for i in 0..3000 {
+        a.put(format!("k{i:04}"), vec![7u8; 1000], PutOptions::default()).unwrap();
+    }
+    let mut sa = Session::new(&mut a, Some(ReplicaId(2))).unwrap();
+    let mut sb = Session::new(&mut b, Some(ReplicaId(1))).unwrap();
+    sa.handle(&mut a, &sb.poll_transmit(&b).unwrap().unwrap()).unwrap();
+    // The first chunk is in; its rows must wait for the rest (their dots would interleave).
+    while let Some(f) = sa.poll_transmit(&a).unwrap() {
+        let entries = matches!(Message::decode(&f).unwrap(), Message::Entries(_));
+        sb.handle(&mut b, &f).unwrap();
+        if entries {
+            break;
+        }
+    }
+    assert!(b.write_deferred_rows(1000).unwrap(), "rows are left");
+    assert!(!dot_rows_complete(&b) && rows(&b) == 0, "but none written mid-bootstrap");
+}
+
+fn rows(r: &Replica<MemoryStore>) -> usize {
+    let mut n = 0;
+    let (first, last) =
+        (Dot { replica: ReplicaId(0), seq: Seq(0) }, Dot { replica: ReplicaId(u64::MAX), seq: Seq(u64::MAX) });
+    r.store()
+        .snapshot()
+        .unwrap()
+        .scan_dots(first, last, &mut |_, _| {
+            n += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    n
+}
+
+/// Whether every stored entry has exactly its dot-index row (the storage invariant).
+fn dot_rows_complete(r: &Replica<MemoryStore>) -> bool {
+    let snap = r.store().snapshot().unwrap();
+    let mut entries = Vec::new();
+    snap.scan_keys(&KeyRange::all(), &mut |e| {
+        entries.push((e.dot(), e.key));
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    entries.sort();
+    let mut rows = Vec::new();
+    let (first, last) =
+        (Dot { replica: ReplicaId(0), seq: Seq(0) }, Dot { replica: ReplicaId(u64::MAX), seq: Seq(u64::MAX) });
+    snap.scan_dots(first, last, &mut |d, k| {
+        rows.push((d, k.to_vec()));
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    entries == rows
 }
 
 /// Two replicas in step on `keys` keys.

@@ -141,10 +141,18 @@ fn a_deferred_put_writes_no_dot_row(h: &mut impl Harness) {
     assert_eq!(every_dot(&snap), vec![(dot(1, 2), b"j".to_vec())]);
     assert_eq!(snap.entry(b"k").unwrap(), Some(entry("k", 2, 7, value("v2"))));
     assert_eq!(snap.entry(b"i").unwrap(), Some(entry("i", 2, 3, Payload::Tombstone)));
-    // An ordinary overwrite of a deferred entry writes its row as usual.
+    // The rows written later; writing one twice changes nothing.
     let mut s = s;
+    let mut batch = Batch::new();
+    batch.index_dot(dot(2, 7), b"k".to_vec()).index_dot(dot(2, 3), b"i".to_vec()).index_dot(dot(2, 7), b"k".to_vec());
+    s.commit(&batch).unwrap();
+    let rows = vec![(dot(1, 2), b"j".to_vec()), (dot(2, 3), b"i".to_vec()), (dot(2, 7), b"k".to_vec())];
+    assert_eq!(every_dot(&s.snapshot().unwrap()), rows);
+    // An ordinary overwrite then moves the row as usual.
     commit(&mut s, &[entry("k", 3, 1, value("v3"))]);
-    assert_eq!(every_dot(&s.snapshot().unwrap()), vec![(dot(1, 2), b"j".to_vec()), (dot(3, 1), b"k".to_vec())]);
+    let s = h.reopen(s);
+    let rows = vec![(dot(1, 2), b"j".to_vec()), (dot(2, 3), b"i".to_vec()), (dot(3, 1), b"k".to_vec())];
+    assert_eq!(every_dot(&s.snapshot().unwrap()), rows);
 }
 
 fn remove_clears_the_entry_and_its_dot(h: &mut impl Harness) {

@@ -62,6 +62,9 @@ impl Storage for MemoryStore {
                         next.dots.insert(dot, entry.key.clone());
                     }
                 }
+                Op::IndexDot(dot, key) => {
+                    next.dots.insert(*dot, key.clone());
+                }
                 Op::Remove(key) => {
                     if let Some(old) = next.entries.remove(key.as_slice()) {
                         next.dots.remove(&old.dot());

@@ -4,8 +4,8 @@
 //! (dot → key, one row per stored entry: the "commit log" that delta sync walks), and a few named
 //! metadata records. Invariant every backend keeps: after each commit the dot index holds exactly
 //! one row per stored entry, naming that entry's dot, save the entries stored with
-//! [`Op::PutDeferred`], which have none (a bootstrap's bulk load; the replica records in
-//! [`Meta::Unindexed`] a vector that covers their dots). The conformance suite
+//! [`Op::PutDeferred`], which have none until an [`Op::IndexDot`] writes it (a bootstrap's bulk
+//! load; the replica records in [`Meta::Unindexed`] a vector that covers their dots). The conformance suite
 //! (`conformance.rs`) checks it on every backend.
 //!
 //! Writes go in atomic [`Batch`]es; a commit that returns `Ok` is durable. Reads go through a
@@ -71,6 +71,9 @@ pub enum Op {
     /// come in random order, and inserting those into a B-tree rewrites most of it on every
     /// commit (measured: 7.8 s against 1.0 s for 1,000,000 entries in redb).
     PutDeferred(Entry),
+    /// Write the dot-index row `dot` → `key`: the row of an entry stored with
+    /// [`Op::PutDeferred`], written later (writing a row that is there changes nothing).
+    IndexDot(Dot, Vec<u8>),
     /// Remove the key's entry and its dot-index row, if any.
     Remove(Vec<u8>),
     /// Set a metadata record.
@@ -100,6 +103,12 @@ impl Batch {
     /// Adds an entry without its dot-index row (see [`Op::PutDeferred`]).
     pub fn put_deferred(&mut self, entry: Entry) -> &mut Self {
         self.ops.push(Op::PutDeferred(entry));
+        self
+    }
+
+    /// Adds a dot-index row (see [`Op::IndexDot`]).
+    pub fn index_dot(&mut self, dot: Dot, key: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::IndexDot(dot, key));
         self
     }
 

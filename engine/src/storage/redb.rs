@@ -91,6 +91,9 @@ impl Storage for RedbStore {
                             dots.insert(dot_key(dot), entry.key.as_slice()).map_err(write_err)?;
                         }
                     }
+                    Op::IndexDot(dot, key) => {
+                        dots.insert(dot_key(*dot), key.as_slice()).map_err(write_err)?;
+                    }
                     Op::Remove(key) => {
                         let old_dot = match entries.remove(key.as_slice()).map_err(write_err)? {
                             Some(old) => Some(decode_dot(old.value())?),
