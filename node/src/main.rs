@@ -464,6 +464,10 @@ fn print_status(s: &Status) {
         "received     {} live, {} tombstones, {} bytes (since start)",
         s.live_received, s.tombstones_received, s.bytes_received
     );
+    println!(
+        "sessions     {} finished ({} anti-entropy), {} ended early (since start)",
+        s.sessions_finished, s.anti_entropy_sessions, s.sessions_failed
+    );
     println!("connected    {}", if s.connected.is_empty() { "-".to_string() } else { s.connected.join(" ") });
     println!("members      {}", s.members.len());
     for m in &s.members {

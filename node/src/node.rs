@@ -223,6 +223,16 @@ pub struct Status {
     pub bytes_sent: u64,
     /// Round trips of the sessions this node took part in since it started.
     pub session_round_trips: u64,
+    /// Sessions that ran to the end since the node started.
+    #[serde(default)]
+    pub sessions_finished: u64,
+    /// Of those, anti-entropy sessions (either side asked for one).
+    #[serde(default)]
+    pub anti_entropy_sessions: u64,
+    /// Sessions that ended early since the node started (the peer went away or broke the
+    /// protocol; the log says which).
+    #[serde(default)]
+    pub sessions_failed: u64,
 }
 
 fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -288,6 +298,9 @@ pub(crate) struct Inner {
     pub(crate) bytes_received: AtomicU64,
     /// Session round trips since start.
     pub(crate) round_trips: AtomicU64,
+    pub(crate) sessions_finished: AtomicU64,
+    pub(crate) anti_entropy_sessions: AtomicU64,
+    pub(crate) sessions_failed: AtomicU64,
     /// Sync frame bytes sent since start.
     pub(crate) bytes_sent: AtomicU64,
     /// The writer task, awaited at shutdown so that queued writes are committed.
@@ -382,6 +395,9 @@ impl Node {
             tombstones_received: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             round_trips: AtomicU64::new(0),
+            sessions_finished: AtomicU64::new(0),
+            anti_entropy_sessions: AtomicU64::new(0),
+            sessions_failed: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
         });
         info!(node = %id, %listen, "node started");
@@ -518,6 +534,9 @@ impl Node {
                 tombstones_received: self.inner.tombstones_received.load(Ordering::Relaxed),
                 bytes_received: self.inner.bytes_received.load(Ordering::Relaxed),
                 session_round_trips: self.inner.round_trips.load(Ordering::Relaxed),
+                sessions_finished: self.inner.sessions_finished.load(Ordering::Relaxed),
+                anti_entropy_sessions: self.inner.anti_entropy_sessions.load(Ordering::Relaxed),
+                sessions_failed: self.inner.sessions_failed.load(Ordering::Relaxed),
                 bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
             })
         })?;

@@ -213,7 +213,11 @@ async fn accept_streams(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>
         tokio::spawn(
             async move {
                 let result = match kind.as_slice() {
-                    [STREAM_SESSION] => run_session(&inner, &link, conn.peer, (w, r), false).await.map(|_| ()),
+                    [STREAM_SESSION] => {
+                        run_session(&inner, &link, conn.peer, (w, r), false).await.map(|_| ()).inspect_err(|_| {
+                            inner.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                        })
+                    }
                     [STREAM_LIVE] => receive_pushes(&inner, conn.peer, (w, r), &link).await,
                     _ => Err(Failure::StreamKind(kind)),
                 };
@@ -239,6 +243,7 @@ async fn initiate_sessions(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Li
         }
         .await;
         if let Err(failure) = result {
+            inner.sessions_failed.fetch_add(1, Ordering::Relaxed);
             if !survive(&conn, "session", &failure) {
                 return;
             }
@@ -339,6 +344,8 @@ async fn run_session(
     // The stream may already be reset by a peer that finished first; its data is delivered.
     let _ = send.finish();
     let stats = session.stats().clone();
+    inner.sessions_finished.fetch_add(1, Ordering::Relaxed);
+    inner.anti_entropy_sessions.fetch_add(u64::from(stats.anti_entropy), Ordering::Relaxed);
     let level_info = stats.live_received + stats.tombstones_received + stats.live_sent + stats.tombstones_sent > 0;
     if level_info {
         info!(

@@ -373,3 +373,35 @@ fn two_nodes_that_name_each_other_keep_one_connection() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn anti_entropy_sessions_between_real_nodes_run_to_the_end() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (NodeProc::init(root.path(), "a"), NodeProc::init(root.path(), "b"));
+    let often = ["--anti-entropy-interval".to_string(), "300ms".to_string()];
+    a.start(&[serve_args(&[], &[&b]), often.to_vec()].concat());
+    b.start(&[serve_args(&[&a], &[]), often.to_vec()].concat());
+    for (name, node) in [("a", &a), ("b", &b)] {
+        for i in 0..20 {
+            assert_eq!(node.cli(&["put", &format!("{name}{i:02}"), "v"]).0, 0);
+        }
+    }
+    wait_converged(&[&a, &b], CONVERGE);
+    // b dials, so b starts an anti-entropy session every 300 ms; both sides count it (one of
+    // them sends the sketch, the other decodes it), and none fails.
+    wait_until("anti-entropy sessions run", CONVERGE, || {
+        let (sa, sb) = (a.status(), b.status());
+        (
+            sa.anti_entropy_sessions >= 3 && sb.anti_entropy_sessions >= 3,
+            (sa.anti_entropy_sessions, sb.anti_entropy_sessions),
+        )
+    });
+    assert_eq!(a.cli(&["put", "late", "x"]).0, 0);
+    let statuses = wait_converged(&[&a, &b], CONVERGE);
+    assert_eq!(statuses[0].live, 41);
+    for s in [a.status(), b.status()] {
+        assert_eq!(s.sessions_failed, 0, "{s:?}");
+    }
+    a.stop();
+    b.stop();
+}

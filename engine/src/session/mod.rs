@@ -131,6 +131,8 @@ pub struct SessionStats {
     /// On the side that received the session's sketch: whether it decoded (else the session
     /// fell back to range fingerprints).
     pub sketch_decoded: Option<bool>,
+    /// Whether either side asked for anti-entropy (known once the peer's handshake arrived).
+    pub anti_entropy: bool,
 }
 
 #[derive(Debug)]
@@ -388,6 +390,7 @@ impl Session {
         replica.merge_gossip(&hello.members);
 
         let anti_entropy = self.anti_entropy || hello.anti_entropy;
+        self.stats.anti_entropy = anti_entropy;
         self.sink = if self.hello_vector.dominates(&hello.vector) && !anti_entropy {
             Sink::Nothing
         } else {
