@@ -149,28 +149,15 @@ impl KeyIndex {
         dots.into_iter().map(|(_, key)| key).collect()
     }
 
-    /// Up to `max` of the stored entries whose dots `within` covers and that come after `after`
-    /// in dot order, with their keys, in dot order.
-    pub(crate) fn dots_within(&self, within: &VersionVector, after: Option<Dot>, max: usize) -> Vec<(Dot, Vec<u8>)> {
-        let wanted = |dot: Dot| within.covers(dot) && after.is_none_or(|a| dot > a);
-        let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
-        // First the dots alone, to find the last one returned; then the keys of those only.
-        let mut dots: Vec<Dot> = self.dead_by_dot.keys().copied().filter(|d| wanted(*d)).collect();
-        self.live.for_each_in(all.0, all.1, &mut |_, item, _| {
-            if wanted(item.dot()) {
-                dots.push(item.dot());
-            }
-        });
-        let Some(last) = dots.len().checked_sub(1).map(|n| n.min(max.saturating_sub(1))) else { return Vec::new() };
-        let (_, cut, _) = dots.select_nth_unstable(last);
-        let cut = *cut;
-        let mut rows: Vec<(Dot, Vec<u8>)> = Vec::with_capacity(last + 1);
-        self.live.for_each_in(all.0, all.1, &mut |key, item, _| {
-            if wanted(item.dot()) && item.dot() <= cut {
+    /// The stored entries whose dots `within` covers, with their keys, in dot order.
+    pub(crate) fn dots_within(&self, within: &VersionVector) -> Vec<(Dot, Vec<u8>)> {
+        let mut rows: Vec<(Dot, Vec<u8>)> =
+            self.dead_by_dot.iter().filter(|(d, _)| within.covers(**d)).map(|(d, k)| (*d, k.clone())).collect();
+        self.live.for_each_in(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, &mut |key, item, _| {
+            if within.covers(item.dot()) {
                 rows.push((item.dot(), key.to_vec()));
             }
         });
-        rows.extend(self.dead_by_dot.range(..=cut).filter(|(d, _)| wanted(**d)).map(|(dot, key)| (*dot, key.clone())));
         rows.sort_unstable_by_key(|(dot, _)| *dot);
         rows
     }

@@ -201,9 +201,9 @@ pub struct Replica<S: Storage> {
     changes: Option<Vec<Change>>,
     /// Covers the dot of every entry stored without a dot-index row ([`Meta::Unindexed`]).
     unindexed: VersionVector,
-    /// How far [`Replica::write_deferred_rows`] got, in dot order (not kept across restarts:
-    /// writing a row again changes nothing).
-    unindexed_done: Option<Dot>,
+    /// The rows [`Replica::write_deferred_rows`] has still to write, in dot order, listed from
+    /// the index when it began (not kept across restarts: writing a row again changes nothing).
+    unindexed_rows: Option<std::vec::IntoIter<(Dot, Vec<u8>)>>,
 }
 
 /// A change to what reads of one key return, as recorded for subscribers
@@ -272,7 +272,7 @@ impl<S: Storage> Replica<S> {
                     checkpoint: checkpoint.flatten(),
                     changes: None,
                     unindexed: snap.meta(Meta::Unindexed)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default(),
-                    unindexed_done: None,
+                    unindexed_rows: None,
                     store,
                 }
             }
@@ -294,7 +294,7 @@ impl<S: Storage> Replica<S> {
                     checkpoint: None,
                     changes: None,
                     unindexed: VersionVector::new(),
-                    unindexed_done: None,
+                    unindexed_rows: None,
                 }
             }
         };
@@ -665,22 +665,24 @@ impl<S: Storage> Replica<S> {
         if !self.deferred_rows_writable() {
             return Ok(true);
         }
-        let rows = self.index.dots_within(&self.unindexed, self.unindexed_done, max_rows);
-        let finished = rows.len() < max_rows;
+        let unindexed = &self.unindexed;
+        let index = &self.index;
+        let rows = self.unindexed_rows.get_or_insert_with(|| index.dots_within(unindexed).into_iter());
         let mut batch = Batch::new();
-        let last = rows.last().map(|(dot, _)| *dot);
-        for (dot, key) in rows {
-            batch.index_dot(dot, key);
+        for (dot, key) in rows.by_ref().take(max_rows) {
+            // Still that key's entry (a later write replaced or removed it, with its own row)?
+            if index.dot_of(&key) == Some(dot) {
+                batch.index_dot(dot, key);
+            }
         }
+        let finished = rows.as_slice().is_empty();
         if finished {
             batch.set_meta(Meta::Unindexed, encode_vector(&VersionVector::new()));
         }
         self.commit(&batch)?;
         if finished {
             self.unindexed = VersionVector::new();
-            self.unindexed_done = None;
-        } else {
-            self.unindexed_done = last;
+            self.unindexed_rows = None;
         }
         Ok(!finished)
     }

@@ -617,10 +617,12 @@ fn commit_group(inner: &Inner, requests: Vec<WriteRequest>) {
 /// Dot-index rows a bootstrap left out that the GC loop writes per turn of the replica's lock.
 const DEFERRED_ROWS_PER_COMMIT: usize = 50_000;
 
-/// One GC step every `gc_interval` until shutdown; and, after a bootstrap, the dot-index rows it
-/// left out, a commit at a time, letting other work take the replica between commits.
+/// One GC step every `gc_interval` until shutdown; and, from the second step after a bootstrap
+/// ended, the dot-index rows it left out, a commit at a time, letting other work take the
+/// replica between commits.
 async fn gc_loop(inner: Arc<Inner>) {
     let mut stop = inner.shutdown.subscribe();
+    let mut rows_waited = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(inner.config.gc_interval) => {}
@@ -633,10 +635,19 @@ async fn gc_loop(inner: Arc<Inner>) {
             Ok(_) => {}
             Err(e) => warn!("GC step failed: {e}"),
         }
+        // Rows wait one GC interval after the bootstrap ends: a node that just caught up is
+        // busiest then (its first reads, its peers' live pushes).
+        let writable = inner.with_replica(|r| r.deferred_rows_writable());
+        if !std::mem::replace(&mut rows_waited, writable) || !writable {
+            continue;
+        }
         loop {
             match inner.with_replica(|r| r.write_deferred_rows(DEFERRED_ROWS_PER_COMMIT)) {
-                // More left, and the bootstrap is done (otherwise nothing was written): go on.
-                Ok(true) if inner.with_replica(|r| r.deferred_rows_writable()) => tokio::task::yield_now().await,
+                // More left, and the bootstrap is done (otherwise nothing was written): go on,
+                // after a pause in which reads, writes and sessions can take the replica.
+                Ok(true) if inner.with_replica(|r| r.deferred_rows_writable()) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 Ok(_) => break,
                 Err(e) => {
                     warn!("writing deferred dot-index rows failed: {e}");
