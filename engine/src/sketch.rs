@@ -162,18 +162,10 @@ impl Sketch {
             let (c, tail) = decode_cell(rest)?;
             rest = tail;
             // Counts travel mod 256: only the difference's low byte is known, which is all
-            // peeling needs (a pure cell differs by one).
-            cell.count = i64::from((cell.count as u8).wrapping_sub(c.count as u8) as i8);
-            cell.check ^= c.check;
-            cell.hlc ^= c.hlc;
-            cell.replica ^= c.replica;
-            cell.len ^= c.len;
-            if cell.key.len() < c.key.len() {
-                cell.key.resize(c.key.len(), 0);
-            }
-            for (a, b) in cell.key.iter_mut().zip(&c.key) {
-                *a ^= b;
-            }
+            // peeling needs (a pure cell differs by one). The XOR sums subtract by folding in.
+            let count = i64::from((cell.count as u8).wrapping_sub(c.count as u8) as i8);
+            cell.fold_in(&c);
+            cell.count = count;
         }
         if !rest.is_empty() {
             return Err(format!("{} bytes after the sketch's {} cells", rest.len(), cells.len()));

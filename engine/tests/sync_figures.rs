@@ -129,14 +129,19 @@ fn tombstones_are_gone_everywhere_once_every_member_acknowledged_twice() {
     assert!(replicas.iter().all(|r| r.scan(&lethe_engine::KeyRange::all(), usize::MAX).unwrap().len() == 100));
 }
 
+/// Two replicas in step on `n` keys of 100-byte values.
+fn in_step(clock: &ManualClock, n: u64) -> (Replica<MemoryStore>, Replica<MemoryStore>) {
+    let (mut a, mut b) = (replica(1, clock), replica(2, clock));
+    write_keys(&mut a, 0..n, &[b'v'; 100]);
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    (a, b)
+}
+
 #[test]
 fn reconciliation_cost_follows_the_differences_not_the_keys() {
     const N: u64 = 100_000;
     let clock = ManualClock::new(T0);
-    let mut a = replica(1, &clock);
-    let mut b = replica(2, &clock);
-    write_keys(&mut a, 0..N, &[b'v'; 100]);
-    sync_in_process(&mut a, &mut b, false).unwrap();
+    let (mut a, mut b) = in_step(&clock, N);
     let rounds_max = 2 + (N as f64).log(16.0).ceil() as u32;
     let mut next = 0;
     for d in [1u64, 100, 10_000] {
@@ -170,10 +175,7 @@ fn reconciliation_cost_follows_the_differences_not_the_keys() {
 fn anti_entropy_finds_one_difference_among_many_in_one_sketch() {
     const N: u64 = 100_000;
     let clock = ManualClock::new(T0);
-    let mut a = replica(1, &clock);
-    let mut b = replica(2, &clock);
-    write_keys(&mut a, 0..N, &[b'v'; 100]);
-    sync_in_process(&mut a, &mut b, false).unwrap();
+    let (mut a, mut b) = in_step(&clock, N);
     for (d, limit) in [(1u64, 1500), (100, 40_000)] {
         write_keys(&mut a, N - d..N, &[b'x'; 100]);
         let out = sync_in_process(&mut a, &mut b, true).unwrap();
