@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 /// Subtables: each item is in one cell of each.
 pub const SUBTABLES: usize = 3;
 /// Cells per subtable in the maintained table, the largest size a session can send.
-pub const CELLS_MAX: usize = 128;
+pub const CELLS_MAX: usize = 1024;
 /// Cells per subtable in the smallest table a session sends.
 pub const CELLS_MIN: usize = 4;
 
@@ -343,7 +343,7 @@ mod tests {
         assert!(a.difference(4, &wire[..wire.len() - 1]).is_err());
         assert!(a.difference(4, &[wire.clone(), vec![0]].concat()).is_err());
         assert!(a.difference(5, &wire).is_err());
-        assert!(a.difference(256, &wire).is_err());
+        assert!(a.difference(2 * CELLS_MAX, &wire).is_err());
         let mut huge_key = wire.clone();
         huge_key[23] = 0xff;
         huge_key[24] = 0xff;
@@ -383,7 +383,8 @@ mod tests {
         assert_eq!(size_for(2), Some(4));
         assert_eq!(size_for(20), Some(16));
         assert_eq!(size_for(200), Some(128));
-        assert_eq!(size_for(256), Some(128));
-        assert_eq!(size_for(257), None);
+        assert_eq!(size_for(257), Some(256));
+        assert_eq!(size_for(2048), Some(1024));
+        assert_eq!(size_for(2049), None);
     }
 }
