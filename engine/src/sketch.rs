@@ -132,7 +132,9 @@ impl Sketch {
         out
     }
 
-    /// The table folded to `size` cells per subtable, in wire form (see [`decode_cells`]).
+    /// The table folded to `size` cells per subtable, in wire form: per cell, the count's low
+    /// byte, the check bits (4 bytes), the stamp's HLC and writer XORs (8 each), the key length
+    /// XOR (2) and the key XOR's length (2, trailing zeros cut), then the key XOR; little-endian.
     #[must_use]
     pub fn encode(&self, size: usize) -> Vec<u8> {
         let mut out = Vec::new();

@@ -227,7 +227,7 @@ fn client_identity(dir: &Path) -> Result<Identity> {
     Ok(identity)
 }
 
-/// Runs `job` in this process (the child's side of [`spawn_client`]) and returns its figures
+/// Runs `job` in this process (the child side of `lethe bench bootstrap`) and returns its figures
 /// with this process's CPU seconds and peak resident memory.
 pub fn run_client(job: &ClientJob) -> Result<SystemResult> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -5,7 +5,7 @@
 //! - [`control`]: how the CLI talks to a running node;
 //! - [`demo`]: `lethe demo`, the main job on the embedded default;
 //! - [`baseline`]: the model of atServer's commit-log sync that the demo and benchmarks compare with;
-//! - [`bench`]: `lethe bench`, lethe and the models side by side over QUIC.
+//! - [`bench`](mod@bench): `lethe bench`, lethe and the models side by side over QUIC.
 //!
 //! Two nodes in one program, talking QUIC on loopback:
 //!

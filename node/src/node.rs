@@ -1,5 +1,5 @@
 //! The embeddable node: one replica on redb, its QUIC endpoint, and the work that keeps it
-//! going: the writer (group commit), the GC loop, and the peer tasks of [`crate::peer`].
+//! going: the writer (group commit), the GC loop, and the peer tasks (`peer.rs`).
 //!
 //! Writes go through one writer task that commits whatever writes are waiting as one batch (one
 //! fsync for many concurrent writers) and answers each only once its batch is durable. A GC step
