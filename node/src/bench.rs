@@ -301,7 +301,9 @@ async fn lethe_client(job: &ClientJob, server_id: lethe_transport::NodeId) -> Re
 }
 
 /// Runs the benchmark in `root`. The servers run here, on a runtime of their own (so their CPU
-/// time can be read from their threads); each client runs in a child process.
+/// time can be read from their threads); each client runs in a child process started from the
+/// running executable as `bench client --job JSON`, so this is for the `lethe` binary (another
+/// program calling it would have to answer that command the same way, with [`run_client`]).
 pub fn bootstrap(root: &Path, p: BootstrapParams) -> Result<BootstrapReport> {
     let server_rt = runtime(SERVER_THREADS)?;
     let client_dir = DataDir::new(root.join("client"));
