@@ -56,6 +56,18 @@ pub enum Error {
         /// The tolerated drift.
         max_drift_ms: u64,
     },
+    /// A local write was refused: its stamp would lie more than `max_drift_ms` beyond the wall
+    /// time of every peer measured lately, so every peer would refuse it.
+    #[error(
+        "this replica's clock is {ahead_ms} ms ahead of its peers' (more than the {max_drift_ms} ms allowed); \
+         local writes are refused until it is corrected: check the system clock (NTP)"
+    )]
+    ClockAheadOfPeers {
+        /// How far the next stamp would lie beyond the peers' reference time.
+        ahead_ms: u64,
+        /// The tolerated drift.
+        max_drift_ms: u64,
+    },
     /// A remote entry carried a dot with sequence number 0, which names no write.
     #[error("remote entry has dot {dot}, but sequence numbers start at 1; the sender is broken")]
     ZeroSeq {
@@ -76,6 +88,23 @@ pub enum Error {
         seq: Seq,
         /// This replica's own counter.
         own: Seq,
+    },
+    /// A local write was refused: this replica's store was restored from an older copy (a peer
+    /// holds writes of its beyond its counter) and it is recovering (`replica/restore.rs`).
+    #[error(
+        "replica {replica} was restored from an older copy of its store: peers hold its writes up to seq {target} \
+         while it has {own}; it re-issued {reissued} writes made since under fresh seqs and takes writes again \
+         once a peer holding seq {target} has synced with it (keep it connected)"
+    )]
+    Restored {
+        /// This replica.
+        replica: ReplicaId,
+        /// The own seq it is waiting to get back to.
+        target: Seq,
+        /// Its own vector component now.
+        own: Seq,
+        /// Writes re-issued under fresh seqs.
+        reissued: u64,
     },
     /// A store belongs to another replica.
     #[error("store belongs to replica {stored}, not {requested}; open it with its own identity")]

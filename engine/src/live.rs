@@ -80,10 +80,20 @@ impl LiveSender {
             return Ok(LivePoll::NeedSession);
         }
         let delta = replica.delta_for(&self.sent)?;
+        // Entries the peer would refuse for drift wait (`replica/clock.rs`); the vector handed
+        // over is capped below them, so they go with a later push.
+        let mut held = crate::replica::HeldBack::default();
+        let limit_ms = replica.peer_stamp_limit_ms(self.peer);
+        let entries = held.filter(delta.entries, limit_ms);
+        replica.note_released(&entries);
+        let (vector, clock) = (held.cap(&delta.vector), held.clock(delta.clock, limit_ms));
+        if entries.is_empty() && self.sent.dominates(&vector) {
+            return Ok(LivePoll::Idle);
+        }
         let mut frames = Vec::new();
         let mut chunk = Vec::new();
         let mut bytes = 0;
-        for entry in delta.entries {
+        for entry in entries {
             bytes += approx_bytes(&entry);
             chunk.push(entry);
             if bytes >= CHUNK_BYTES {
@@ -92,9 +102,9 @@ impl LiveSender {
                 bytes = 0;
             }
         }
-        let push = Push { base: self.sent.clone(), entries: chunk, vector: Some((delta.vector.clone(), delta.clock)) };
+        let push = Push { base: self.sent.clone(), entries: chunk, vector: Some((vector.clone(), clock)) };
         frames.push(Message::Push(push).encode()?);
-        self.sent.merge(&delta.vector);
+        self.sent.merge(&vector);
         Ok(LivePoll::Frames(frames))
     }
 
@@ -114,6 +124,7 @@ pub fn handle_ack<S: Storage>(
 ) -> std::result::Result<(), SyncError> {
     match Message::decode(frame)? {
         Message::Ack(vector) => {
+            replica.notice_own_seq(vector.get(replica.id()))?;
             replica.acknowledge(peer, &vector);
             Ok(())
         }
@@ -161,6 +172,11 @@ impl LiveReceiver {
             Message::Push(push) => push,
             other => return Err(SyncError::Unexpected { got: other.name(), state: "receiving live pushes" }),
         };
+        // A peer holding own writes beyond the counter: recovery begins, and the push is then a
+        // gap (the vector no longer covers its base), so a session follows.
+        if let Some((v, _)) = &push.vector {
+            replica.notice_own_seq(v.get(replica.id()))?;
+        }
         let in_step = replica.vector().dominates(&push.base);
         let (live, tombstones) = count_kinds(&push.entries);
         let sender = push.vector.as_ref().filter(|_| in_step).map(|(v, clock)| (v, *clock));

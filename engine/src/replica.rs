@@ -204,6 +204,17 @@ pub struct Replica<S: Storage> {
     /// The rows [`Replica::write_deferred_rows`] has still to write, in dot order, listed from
     /// the index when it began (not kept across restarts: writing a row again changes nothing).
     unindexed_rows: Option<std::vec::IntoIter<(Dot, Vec<u8>)>>,
+    /// Peers' wall times from their handshakes (`replica/clock.rs`).
+    peer_clocks: clock::PeerClocks,
+    /// Own writes re-stamped since the last [`Replica::take_reissued`].
+    reissued: Vec<Reissue>,
+    /// The highest own stamp handed to a peer ([`Replica::note_released`]); from the clock at
+    /// open, since what went out before is not recorded.
+    released: std::sync::atomic::AtomicU64,
+    /// The recovery from a restore in progress (`replica/restore.rs`), persisted.
+    recovery: Option<Recovery>,
+    /// Bumped each time a recovery begins (sessions opened before do not merge).
+    restore_epoch: u64,
 }
 
 /// A change to what reads of one key return, as recorded for subscribers
@@ -257,7 +268,9 @@ impl<S: Storage> Replica<S> {
                 }
                 let vector = snap.meta(Meta::Vector)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default();
                 let last = snap.meta(Meta::Clock)?.map(|b| decode_clock(&b)).transpose()?.unwrap_or_default();
-                check_own_writes_covered(&snap, id, &vector)?;
+                let recovery = restore::load_recovery(&snap)?;
+                let counter = recovery.map_or(vector.get(id), |r| r.counter.max(vector.get(id)));
+                check_own_writes_covered(&snap, id, counter)?;
                 let membership = snap.meta(Meta::Members)?.map(|b| decode_cbor("membership", &b)).transpose()?;
                 let checkpoint = snap.meta(Meta::Checkpoint)?.map(|b| decode_cbor("checkpoint", &b)).transpose()?;
                 Replica {
@@ -273,6 +286,11 @@ impl<S: Storage> Replica<S> {
                     changes: None,
                     unindexed: snap.meta(Meta::Unindexed)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default(),
                     unindexed_rows: None,
+                    peer_clocks: clock::PeerClocks::default(),
+                    reissued: Vec::new(),
+                    released: std::sync::atomic::AtomicU64::new(last.0),
+                    recovery,
+                    restore_epoch: 0,
                     store,
                 }
             }
@@ -295,6 +313,11 @@ impl<S: Storage> Replica<S> {
                     changes: None,
                     unindexed: VersionVector::new(),
                     unindexed_rows: None,
+                    peer_clocks: clock::PeerClocks::default(),
+                    reissued: Vec::new(),
+                    released: std::sync::atomic::AtomicU64::new(0),
+                    recovery: None,
+                    restore_epoch: 0,
                 }
             }
         };
@@ -434,6 +457,8 @@ impl<S: Storage> Replica<S> {
                 WriteOp::Delete { key } => limits.check_key(key)?,
             }
         }
+        self.check_not_recovering()?;
+        self.check_local_clock()?;
         let wall_ms = self.now_ms();
         let mut clock = self.clock;
         let mut seq = self.vector.get(self.id);
@@ -619,8 +644,10 @@ impl<S: Storage> Replica<S> {
             }
         }
         let mut vector = self.vector.clone();
+        let mut recovered = None;
         if let Some((sender_vector, sender_clock)) = sender {
             vector.merge(sender_vector);
+            recovered = self.settle_recovery(&mut vector);
             // Every write the merged vector covers is now causally before this replica's next
             // write, including writes it will never receive (collected at the sender): its
             // clock goes past them, or a later write here could lose to one of them in LWW.
@@ -631,6 +658,9 @@ impl<S: Storage> Replica<S> {
             return Ok(report);
         }
         let mut batch = Batch::new();
+        if let Some(meta) = &recovered {
+            batch.set_meta(Meta::Restore, meta.clone());
+        }
         let mut unindexed = self.unindexed.clone();
         for entry in winners.into_values() {
             if defer_dots {
@@ -649,6 +679,9 @@ impl<S: Storage> Replica<S> {
         self.unindexed = unindexed;
         self.vector = vector;
         self.clock = clock;
+        if recovered.is_some() {
+            self.recovery = None;
+        }
         Ok(report)
     }
 
@@ -700,7 +733,7 @@ impl<S: Storage> Replica<S> {
         sender_vector: Option<&VersionVector>,
         wall_ms: u64,
     ) -> Result<()> {
-        let own = self.vector.get(self.id);
+        let own = self.own_counter();
         let own_ahead = |seq: Seq| Error::OwnWriteFromTheFuture { replica: self.id, seq, own };
         if let Some(v) = sender_vector.filter(|v| v.get(self.id) > own) {
             return Err(own_ahead(v.get(self.id)));
@@ -746,9 +779,9 @@ impl<S: Storage> Replica<S> {
 
 /// A store whose dot index holds own writes beyond its vector was written by something that did
 /// not keep the two in step: refuse it rather than reissue those dots.
-fn check_own_writes_covered(snap: &impl Snapshot, id: ReplicaId, vector: &VersionVector) -> Result<()> {
+fn check_own_writes_covered(snap: &impl Snapshot, id: ReplicaId, counter: Seq) -> Result<()> {
     let mut beyond = None;
-    let from = Dot { replica: id, seq: vector.get(id).next() };
+    let from = Dot { replica: id, seq: counter.next() };
     snap.scan_dots(from, Dot { replica: id, seq: Seq(u64::MAX) }, &mut |dot, _| {
         beyond = Some(dot);
         ControlFlow::Break(())
@@ -756,11 +789,17 @@ fn check_own_writes_covered(snap: &impl Snapshot, id: ReplicaId, vector: &Versio
     match beyond {
         Some(dot) => Err(Error::Storage(StorageError::Corrupt {
             what: "version vector",
-            detail: format!("own write {dot} is stored but the vector is at {}", vector.get(id)),
+            detail: format!("own write {dot} is stored but the own counter is at {counter}"),
         })),
         None => Ok(()),
     }
 }
 
+mod clock;
+mod restore;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use clock::HeldBack;
+pub use clock::{PEER_CLOCK_FRESH_MS, PEER_CLOCKS_MAX, REISSUED_KEPT_MAX, Reissue};
+pub use restore::Recovery;

@@ -10,7 +10,7 @@ use crate::data_dir::{DataDir, DataDirError};
 use lethe_engine::session::SyncError;
 use lethe_engine::{
     Change, Config, Item, KeyRange, PutOptions, RedbStore, Replica, ReplicaId, Seq, SystemClock, VersionVector,
-    WriteBatch, WriteReceipt,
+    WallClock, WriteBatch, WriteReceipt,
 };
 use lethe_transport::{CloseCode, Endpoint, NodeId, TrustList};
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,26 @@ pub struct NodeConfig {
     pub anti_entropy_interval: Duration,
     /// The longest wait between reconnection attempts (backoff doubles up to this).
     pub reconnect_max: Duration,
+    /// The wall clock the replica reads (the system clock by default; a test injects one to step
+    /// it).
+    pub clock: NodeClock,
+}
+
+/// The wall clock a node reads: [`SystemClock`] unless one is injected
+/// ([`NodeConfig::with_clock`]).
+#[derive(Clone)]
+pub struct NodeClock(pub Arc<dyn WallClock>);
+
+impl std::fmt::Debug for NodeClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeClock({} ms)", self.0.now_ms())
+    }
+}
+
+impl Default for NodeClock {
+    fn default() -> Self {
+        NodeClock(Arc::new(SystemClock))
+    }
 }
 
 impl NodeConfig {
@@ -82,6 +102,13 @@ impl NodeConfig {
     #[must_use]
     pub fn with_trust(mut self, id: NodeId) -> NodeConfig {
         self.trust.push(id);
+        self
+    }
+
+    /// Reads time from `clock` instead of the system clock (builder style): tests step it.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> NodeConfig {
+        self.clock = NodeClock(clock);
         self
     }
 
@@ -108,6 +135,7 @@ impl NodeConfig {
             gc_interval: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(60),
             reconnect_max: Duration::from_secs(5),
+            clock: NodeClock::default(),
         }
     }
 }
@@ -233,6 +261,14 @@ pub struct Status {
     /// protocol; the log says which).
     #[serde(default)]
     pub sessions_failed: u64,
+    /// When local writes are refused because this node's clock is ahead of its peers': by how
+    /// many ms (fix the system clock).
+    #[serde(default)]
+    pub clock_ahead_ms: Option<u64>,
+    /// Own writes re-stamped since the node started because their stamps lay in the peers'
+    /// future (the clock had run ahead).
+    #[serde(default)]
+    pub reissued_writes: u64,
 }
 
 fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -303,6 +339,8 @@ pub(crate) struct Inner {
     pub(crate) sessions_failed: AtomicU64,
     /// Sync frame bytes sent since start.
     pub(crate) bytes_sent: AtomicU64,
+    /// Own writes re-stamped since start (the clock had run ahead of the peers').
+    pub(crate) reissued_writes: AtomicU64,
     /// The writer task, awaited at shutdown so that queued writes are committed.
     pub(crate) writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -318,9 +356,19 @@ impl Inner {
             let mut replica = lock(&self.replica);
             let before = replica.vector().clone();
             let out = f(&mut replica);
+            let reissued = replica.take_reissued();
             let changes = replica.take_changes();
             let moved = replica.vector() != &before;
             drop(replica);
+            if !reissued.is_empty() {
+                self.reissued_writes.fetch_add(reissued.len() as u64, Ordering::Relaxed);
+                warn!(
+                    writes = reissued.len(),
+                    newest = %reissued.iter().map(|r| r.old.stamp.hlc).max().unwrap_or_default(),
+                    "own writes were stamped in the peers' future (this node's clock ran ahead); \
+                     re-stamped them with the corrected clock and fresh dots"
+                );
+            }
             let wake = moved || !changes.is_empty();
             for change in changes {
                 // No subscriber is fine: changes are only for those listening.
@@ -371,7 +419,7 @@ impl Node {
         let id = identity.id();
         let store = RedbStore::open(config.data.store_path())
             .map_err(|e| NodeError::Store { path: config.data.store_path().display().to_string(), source: e })?;
-        let replica = Replica::open(store, id.replica_id(), config.engine, Arc::new(SystemClock))?;
+        let replica = Replica::open(store, id.replica_id(), config.engine, config.clock.0.clone())?;
         // The owner (this node's own key) may connect too: that is how the CLI reaches it.
         let trust = TrustList::new(config.trust.iter().copied().chain(config.peers.iter().map(|p| p.id)).chain([id]));
         let endpoint = Endpoint::bind(config.listen, identity, trust.clone())?;
@@ -399,6 +447,7 @@ impl Node {
             anti_entropy_sessions: AtomicU64::new(0),
             sessions_failed: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
+            reissued_writes: AtomicU64::new(0),
         });
         info!(node = %id, %listen, "node started");
         *lock(&inner.writer) = Some(tokio::spawn(write_loop(inner.clone(), write_rx)));
@@ -538,6 +587,8 @@ impl Node {
                 anti_entropy_sessions: self.inner.anti_entropy_sessions.load(Ordering::Relaxed),
                 sessions_failed: self.inner.sessions_failed.load(Ordering::Relaxed),
                 bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
+                clock_ahead_ms: r.clock_ahead_ms(),
+                reissued_writes: self.inner.reissued_writes.load(Ordering::Relaxed),
             })
         })?;
         Ok(status)

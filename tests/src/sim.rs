@@ -125,6 +125,10 @@ pub struct SimReport {
     pub exception_wins: u64,
     /// Anti-entropy sketches that decoded, and that fell back to range fingerprints.
     pub sketches: (u64, u64),
+    /// Local writes refused because the writer's clock was ahead of its peers'.
+    pub clock_refusals: u64,
+    /// Own writes re-stamped because their stamps lay in every peer's future.
+    pub reissued: u64,
 }
 
 /// An invariant that did not hold.
@@ -286,11 +290,13 @@ impl<'c, C: Choices> Sim<'c, C> {
     pub fn run(mut self) -> Result<SimReport, Violation> {
         for _ in 0..self.config.steps {
             self.step()?;
+            self.absorb_reissues();
             self.check_clocks()?;
             self.check_floors()?;
         }
         self.heal()?;
         self.final_rounds()?;
+        self.absorb_reissues();
         self.check_floors()?;
         self.check()?;
         Ok(self.report)
@@ -373,6 +379,12 @@ impl<'c, C: Choices> Sim<'c, C> {
             }
             _ => r.put(key.clone(), format!("v{}", node.writes).into_bytes(), PutOptions::default()),
         };
+        if let Err(lethe_engine::Error::ClockAheadOfPeers { ahead_ms, .. }) = &result {
+            let ahead_ms = *ahead_ms;
+            self.report.clock_refusals += 1;
+            self.log(|| format!("node {i} refuses a write: clock {ahead_ms} ms ahead of its peers"));
+            return Ok(());
+        }
         result.map_err(|e| violation("I3 write", format!("local write failed: {e}")))?;
         node.writes += 1;
         self.report.writes += 1;
@@ -381,6 +393,43 @@ impl<'c, C: Choices> Sim<'c, C> {
         self.log(|| format!("node {i} writes {} {:?}", String::from_utf8_lossy(&key), entry.payload));
         self.history.entry(key).or_default().push(entry);
         Ok(())
+    }
+
+    /// Own writes a replica re-stamped (its clock had run ahead of its peers') replace the old
+    /// version in the model: the old dot is dead, the new one is a write made now.
+    fn absorb_reissues(&mut self) {
+        for i in 0..self.nodes.len() {
+            let node = &mut self.nodes[i];
+            let Some(r) = node.replica.as_mut() else { continue };
+            let reissued = r.take_reissued();
+            if reissued.is_empty() {
+                continue;
+            }
+            let seen = r.vector().clone();
+            node.writes += reissued.len() as u64;
+            self.report.reissued += reissued.len() as u64;
+            for re in &reissued {
+                // The old stamp is withdrawn: no replica's floor for the key holds it any more.
+                for n in &mut self.nodes {
+                    if n.floor.get(&re.old.key) == Some(&re.old.stamp) {
+                        n.floor.insert(re.old.key.clone(), re.new.stamp);
+                    }
+                }
+            }
+            for re in reissued {
+                // The old version goes, and so does every earlier own write (lower seq) to the key
+                // stamped above the new one: superseded here before any peer was handed it (that is the
+                // condition for a re-stamp), it exists nowhere.
+                let writes = self.history.entry(re.old.key.clone()).or_default();
+                writes.retain(|e| {
+                    e.dot() != re.old.dot()
+                        && !(e.stamp.replica == re.new.stamp.replica && e.stamp > re.new.stamp && e.seq < re.new.seq)
+                });
+                writes.push(re.new.clone());
+                self.seen_at_write.insert(re.new.dot(), seen.clone());
+                self.log(|| format!("node {i} re-stamps {} as {}", re.old.stamp, re.new.stamp));
+            }
+        }
     }
 
     fn open_link(&mut self) -> Result<(), Violation> {

@@ -43,26 +43,29 @@ pub struct Hello {
     /// vectors. This is what repairs a write that won by the documented exception at some
     /// replicas while others know it as dead.
     pub anti_entropy: bool,
+    /// The sender's wall clock when it sent this, in ms since the Unix epoch: the receiver
+    /// measures how far its own clock is from the sender's ([`crate::Replica::note_peer_wall`]).
+    pub wall_ms: u64,
 }
 
 #[derive(Serialize, Deserialize)]
-struct HelloWire(u32, ReplicaId, VersionVector, VersionVector, Vec<(ReplicaId, VersionVector, u64)>, u64, bool);
+struct HelloWire(u32, ReplicaId, VersionVector, VersionVector, Vec<(ReplicaId, VersionVector, u64)>, u64, bool, u64);
 
 impl From<Hello> for HelloWire {
     fn from(h: Hello) -> Self {
         let members = h.members.into_iter().map(|m| (m.replica, m.acked, m.last_heard_ms)).collect();
-        HelloWire(h.version, h.replica, h.vector, h.frontier, members, h.values, h.anti_entropy)
+        HelloWire(h.version, h.replica, h.vector, h.frontier, members, h.values, h.anti_entropy, h.wall_ms)
     }
 }
 
 impl From<HelloWire> for Hello {
     fn from(w: HelloWire) -> Self {
-        let HelloWire(version, replica, vector, frontier, members, values, anti_entropy) = w;
+        let HelloWire(version, replica, vector, frontier, members, values, anti_entropy, wall_ms) = w;
         let members = members
             .into_iter()
             .map(|(replica, acked, last_heard_ms)| MemberInfo { replica, acked, last_heard_ms })
             .collect();
-        Hello { version, replica, vector, frontier, members, values, anti_entropy }
+        Hello { version, replica, vector, frontier, members, values, anti_entropy, wall_ms }
     }
 }
 

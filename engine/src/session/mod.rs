@@ -200,6 +200,13 @@ pub struct Session {
     source: Source,
     sink: Sink,
     stats: SessionStats,
+    /// [`Replica::restore_epoch`] when the session opened.
+    restore_epoch: u64,
+    /// The latest wall time the peer accepts a stamp at (its handshake's wall time plus the
+    /// drift), once its handshake arrived.
+    peer_limit_ms: Option<u64>,
+    /// What was left out because the peer would refuse it (`replica/clock.rs`).
+    held: crate::replica::HeldBack,
 }
 
 impl Session {
@@ -224,6 +231,8 @@ impl Session {
         anti_entropy: bool,
     ) -> Result<Session, SyncError> {
         replica.purge_expired()?;
+        // No own write stamped in the peers' future goes out (`replica/clock.rs`).
+        replica.settle_clock()?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
             replica: replica.id(),
@@ -232,8 +241,12 @@ impl Session {
             members: replica.gossip(),
             values: replica.index.live.len(),
             anti_entropy,
+            wall_ms: replica.now_ms(),
         };
         Ok(Session {
+            restore_epoch: replica.restore_epoch(),
+            peer_limit_ms: None,
+            held: crate::replica::HeldBack::default(),
             hello_vector: hello.vector.clone(),
             hello_values: hello.values,
             anti_entropy,
@@ -332,7 +345,10 @@ impl Session {
                 };
                 // Drop first: a crash before the merge leaves the vector behind, which is safe.
                 self.stats.dropped += replica.drop_dead(&dead)? as u64;
-                replica.apply_remote(Vec::new(), Some((&vector, clock)))?;
+                // A recovery from a restore that began since this session opened: the source sent
+                // against the handshake's old vector, so this transfer is not complete.
+                let complete = replica.restore_epoch() == self.restore_epoch;
+                replica.apply_remote(Vec::new(), complete.then_some((&vector, clock)))?;
                 self.outbox.push_back(Message::Ack(replica.vector().clone()));
                 Ok(())
             }
@@ -343,6 +359,7 @@ impl Session {
                     return Err(SyncError::Unexpected { got: "Ack", state: self.source_state() });
                 }
                 if let Some(peer) = self.peer {
+                    replica.notice_own_seq(vector.get(replica.id()))?;
                     replica.acknowledge(peer, &vector);
                 }
                 self.source = Source::Finished;
@@ -385,6 +402,11 @@ impl Session {
         }
         let peer = hello.replica;
         self.peer = Some(peer);
+        replica.note_peer_wall(peer, hello.wall_ms);
+        self.peer_limit_ms = Some(hello.wall_ms.saturating_add(replica.config().max_drift_ms));
+        // Before the peer's vector counts as an acknowledgement: the restored copy's own record
+        // of what members acknowledged decides what is re-issued (`replica/restore.rs`).
+        replica.notice_own_seqs(&hello.vector, &hello.members)?;
         // The handshake vector is durable state of the peer: an acknowledgement.
         replica.acknowledge(peer, &hello.vector);
         replica.merge_gossip(&hello.members);
@@ -406,14 +428,14 @@ impl Session {
         let v0 = replica.vector().clone();
         if hello.vector.is_empty() && hello.values == 0 && !anti_entropy {
             self.stats.mode = Some(Mode::Bootstrap);
-            self.queue_entries(replica.dead_entries_beyond(&hello.vector)?);
+            self.queue_entries(replica, replica.dead_entries_beyond(&hello.vector)?);
             let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));
             self.source = Source::Streaming { v0, snapshot, cursor: Bound::Unbounded };
         } else if !anti_entropy && replica.membership().contains(peer) && hello.vector.dominates(&replica.frontier()) {
             self.stats.mode = Some(Mode::Delta);
             let delta = replica.delta_for(&hello.vector)?;
-            self.queue_entries(delta.entries);
-            self.outbox.push_back(Message::Done(delta.vector, delta.clock));
+            self.queue_entries(replica, delta.entries);
+            self.outbox.push_back(self.done(&delta.vector, delta.clock));
             self.source = Source::AwaitAck;
         } else {
             self.stats.mode = Some(Mode::Reconcile);
@@ -422,7 +444,7 @@ impl Session {
             let expected = reconcile::expected_difference(&self.hello_vector, &hello.vector);
             match crate::sketch::size_for(expected).filter(|_| anti_entropy) {
                 Some(size) if replica.id() < peer => {
-                    self.queue_entries(replica.dead_entries_beyond(&hello.vector)?);
+                    self.queue_entries(replica, replica.dead_entries_beyond(&hello.vector)?);
                     self.outbox.push_back(Message::Sketch(reconcile::sketch_of(&replica.index.live, size)));
                     self.source = Source::Reconciling { v0, sink_vector: hello.vector, offered: BTreeMap::new() };
                 }
@@ -437,7 +459,7 @@ impl Session {
     /// whole key range described by fingerprints.
     fn start_ranges<S: Storage>(&mut self, replica: &Replica<S>, sink_vector: VersionVector) -> Result<(), SyncError> {
         let v0 = replica.vector().clone();
-        self.queue_entries(replica.dead_entries_beyond(&sink_vector)?);
+        self.queue_entries(replica, replica.dead_entries_beyond(&sink_vector)?);
         let mut offered = BTreeMap::new();
         let group = reconcile::describe(&replica.index.live, &KeyBounds(None, None), &mut offered);
         self.outbox.push_back(Message::Ranges(vec![group]));
@@ -477,8 +499,8 @@ impl Session {
         let v0 = replica.vector().clone();
         let mut entries = replica.dead_entries_beyond(&sink_vector)?;
         entries.extend(entries_for(replica, found.send, &sink_vector)?);
-        self.queue_entries(entries);
-        self.outbox.push_back(Message::Done(v0, replica.clock()));
+        self.queue_entries(replica, entries);
+        self.outbox.push_back(self.done(&v0, replica.clock()));
         self.source = Source::AwaitAck;
         Ok(())
     }
@@ -540,12 +562,12 @@ impl Session {
             .map_err(Error::from)?;
         }
         drop(snap);
-        self.queue_entries(entries);
+        self.queue_entries(replica, entries);
         let Source::Reconciling { v0, sink_vector, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
             return Ok(());
         };
         if split.is_empty() {
-            self.outbox.push_back(Message::Done(v0, replica.clock()));
+            self.outbox.push_back(self.done(&v0, replica.clock()));
             return Ok(());
         }
         let mut offered = BTreeMap::new();
@@ -556,7 +578,10 @@ impl Session {
     }
 
     /// Queues `entries` as `Entries` messages of about [`CHUNK_BYTES`] each.
-    fn queue_entries(&mut self, entries: Vec<Entry>) {
+    /// Entries the peer would refuse for drift are held back (see [`Session::done`]).
+    fn queue_entries<S: Storage>(&mut self, replica: &Replica<S>, entries: Vec<Entry>) {
+        let entries = self.held.filter(entries, self.peer_limit_ms);
+        replica.note_released(&entries);
         let (live, dead) = count_kinds(&entries);
         self.stats.live_sent += live;
         self.stats.tombstones_sent += dead;
@@ -573,6 +598,12 @@ impl Session {
         if !chunk.is_empty() {
             self.outbox.push_back(Message::Entries(chunk));
         }
+    }
+
+    /// The `Done` that ends this side's flow: the vector capped below what was held back, so
+    /// the peer's merge claims only what it received, and a clock it accepts.
+    fn done(&self, vector: &VersionVector, clock: crate::hlc::Hlc) -> Message {
+        Message::Done(self.held.cap(vector), self.held.clock(clock, self.peer_limit_ms))
     }
 
     /// Bootstrap: reads the next chunk of live entries after the cursor from the held snapshot,
@@ -599,10 +630,10 @@ impl Session {
         let Source::Streaming { v0, snapshot, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
             return Ok(());
         };
-        self.queue_entries(chunk);
+        self.queue_entries(replica, chunk);
         match (exhausted, last) {
             (false, Some(key)) => self.source = Source::Streaming { v0, snapshot, cursor: Bound::Excluded(key) },
-            _ => self.outbox.push_back(Message::Done(v0, replica.clock())),
+            _ => self.outbox.push_back(self.done(&v0, replica.clock())),
         }
         Ok(())
     }

@@ -110,6 +110,7 @@ fn a_garbage_frame_ends_the_session_and_changes_nothing() {
         members: Vec::new(),
         values: 0,
         anti_entropy: false,
+        wall_ms: T0,
     });
     assert!(matches!(s.handle(&mut a, &hello_from_self.encode().unwrap()), Err(SyncError::WrongPeer { .. })));
     let future = Message::Hello(Hello {

@@ -44,6 +44,9 @@ pub enum Meta {
     /// A vector covering the dot of every entry stored without a dot-index row
     /// ([`Op::PutDeferred`]); absent when there is none.
     Unindexed,
+    /// A recovery from a restore in progress: the own counter and the seq the vector must come
+    /// back to (`replica/restore.rs`).
+    Restore,
 }
 
 impl Meta {
@@ -57,6 +60,7 @@ impl Meta {
             Meta::Members => "members",
             Meta::Checkpoint => "checkpoint",
             Meta::Unindexed => "unindexed",
+            Meta::Restore => "restore",
         }
     }
 }

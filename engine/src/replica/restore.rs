@@ -1,0 +1,162 @@
+//! A replica restored from an older copy of its store (a backup, a VM snapshot, a copied data
+//! directory; DESIGN.md §10): it must never issue a dot twice, and lose none of its writes.
+//!
+//! The copy's counter is behind writes this replica made before it was restored, which peers
+//! hold; the writes it acknowledged since then reused those seqs. Seen at a peer, such a write is
+//! "covered and absent" (the peer holds another write under that dot) and is dropped; seen here,
+//! the peer's write under the same dot is dropped too. So, the moment a peer shows one of this
+//! replica's own seqs beyond its counter ([`Replica::notice_own_seq`], from a handshake, its
+//! gossip or an acknowledgement):
+//!
+//! 1. **Stop taking writes** ([`Error::Restored`]) until the recovery ends.
+//! 2. **Re-issue** every own entry above K, the highest own seq a member had acknowledged in the
+//!    restored copy (below it, the peers hold the same writes), under fresh dots above N, the
+//!    highest own seq any peer was seen to hold: same key, stamp and payload, so each keeps its
+//!    place in LWW order, and the higher seq wins the tie with any copy under the old dot.
+//! 3. **Uncover the lost range**: this replica's vector goes back to K for its own component, so
+//!    peers send it their copies of its writes in (K, N], which it no longer holds, and nothing
+//!    it receives in that range is taken for dead. The counter (the last seq issued) is kept
+//!    apart ([`Meta::Restore`]) until the recovery ends.
+//! 4. **End** once a complete transfer from a peer has brought the own component back to N: that
+//!    peer had seen every write this replica made up to N, so whatever of them is still live is
+//!    here. The vector then covers the re-issued writes too, and writes resume.
+//!
+//! A session that was open when the recovery began ends without merging its sender's vector:
+//! the sender computed what to send against the handshake's old vector
+//! ([`Replica::restore_epoch`]).
+
+use crate::error::{Error, Result, StorageError};
+use crate::ids::{Dot, Seq};
+use crate::membership::MemberInfo;
+use crate::replica::Replica;
+use crate::storage::{Batch, Meta, Snapshot, Storage, decode_cbor, encode_cbor, encode_vector};
+use crate::vector::VersionVector;
+use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
+
+/// A recovery in progress, persisted as [`Meta::Restore`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// The last own seq issued (the re-issued writes end here).
+    pub counter: Seq,
+    /// The own seq a complete transfer must bring the vector back to: the highest any peer was
+    /// seen to hold when the recovery began.
+    pub target: Seq,
+    /// How many writes were re-issued.
+    pub reissued: u64,
+}
+
+impl<S: Storage> Replica<S> {
+    /// The last seq this replica issued: its own vector component, or, while it recovers from a
+    /// restore, the recovery's counter.
+    #[must_use]
+    pub fn own_counter(&self) -> Seq {
+        let own = self.vector().get(self.id());
+        self.recovery.map_or(own, |r| r.counter.max(own))
+    }
+
+    /// The recovery from a restore in progress, if any (see the module docs).
+    #[must_use]
+    pub fn recovery(&self) -> Option<Recovery> {
+        self.recovery
+    }
+
+    /// Bumped each time a recovery begins: a session opened before must not merge its sender's
+    /// vector.
+    #[must_use]
+    pub fn restore_epoch(&self) -> u64 {
+        self.restore_epoch
+    }
+
+    /// Checks what a peer showed of this replica's own writes (`seen`: the highest own seq in its
+    /// vector, gossip or acknowledgement). Beyond the counter, this replica's store is older than
+    /// writes it made: recovery begins (see the module docs). Returns whether it did.
+    pub fn notice_own_seq(&mut self, seen: Seq) -> Result<bool> {
+        if seen <= self.own_counter() {
+            return Ok(false);
+        }
+        self.begin_recovery(seen)?;
+        Ok(true)
+    }
+
+    /// [`Replica::notice_own_seq`] for everything a handshake shows: the sender's vector and
+    /// its members' acknowledged vectors.
+    pub fn notice_own_seqs(&mut self, vector: &VersionVector, gossip: &[MemberInfo]) -> Result<bool> {
+        let me = self.id();
+        let seen = gossip.iter().map(|g| g.acked.get(me)).fold(vector.get(me), Seq::max);
+        self.notice_own_seq(seen)
+    }
+
+    fn begin_recovery(&mut self, seen: Seq) -> Result<()> {
+        let me = self.id();
+        let own = self.vector().get(me);
+        let acknowledged = self.membership.iter().map(|(_, m)| m.acked.get(me)).fold(Seq(0), Seq::max);
+        let floor = acknowledged.min(own);
+        let target = seen.max(self.recovery.map_or(Seq(0), |r| r.target));
+        let snap = self.store().snapshot()?;
+        let mut keys = Vec::new();
+        snap.scan_dots(
+            Dot { replica: me, seq: floor.next() },
+            Dot { replica: me, seq: Seq(u64::MAX) },
+            &mut |_, key| {
+                keys.push(key.to_vec());
+                ControlFlow::Continue(())
+            },
+        )?;
+        let mut batch = Batch::new();
+        let mut seq = target.max(self.own_counter());
+        let mut reissued = 0;
+        for key in keys {
+            let entry = snap.entry(&key)?.ok_or_else(|| StorageError::Corrupt {
+                what: "dot index",
+                detail: format!("names key {key:?}, which has no entry"),
+            })?;
+            seq = seq.next();
+            batch.put(crate::entry::Entry { seq, ..entry });
+            reissued += 1;
+        }
+        drop(snap);
+        let mut vector = VersionVector::new();
+        for (r, s) in self.vector().iter() {
+            vector.advance(r, if r == me { floor } else { s });
+        }
+        let recovery = Recovery { counter: seq, target, reissued: self.recovery.map_or(0, |r| r.reissued) + reissued };
+        batch.set_meta(Meta::Vector, encode_vector(&vector));
+        batch.set_meta(Meta::Restore, encode_cbor(&Some(recovery)));
+        self.commit(&batch)?;
+        self.vector = vector;
+        self.recovery = Some(recovery);
+        self.restore_epoch += 1;
+        Ok(())
+    }
+
+    /// Ends the recovery once `vector` (about to be committed) has its own component back at the
+    /// target: it then covers the re-issued writes too. Returns the recovery metadata to write.
+    pub(crate) fn settle_recovery(&self, vector: &mut VersionVector) -> Option<Vec<u8>> {
+        let recovery = self.recovery?;
+        let me = self.id();
+        if vector.get(me) < recovery.target {
+            return None;
+        }
+        vector.advance(me, recovery.counter);
+        Some(encode_cbor(&None::<Recovery>))
+    }
+
+    /// Refuses local writes while a recovery runs.
+    pub(crate) fn check_not_recovering(&self) -> Result<()> {
+        match self.recovery {
+            Some(r) => Err(Error::Restored {
+                replica: self.id(),
+                target: r.target,
+                own: self.vector().get(self.id()),
+                reissued: r.reissued,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The recovery recorded in a store, if one was running when it closed.
+pub(crate) fn load_recovery(snap: &impl Snapshot) -> Result<Option<Recovery>> {
+    Ok(snap.meta(Meta::Restore)?.map(|b| decode_cbor::<Option<Recovery>>("restore", &b)).transpose()?.flatten())
+}

@@ -1,0 +1,88 @@
+//! A replica's own clock stepping ahead and back (DESIGN.md §10): it must not cut itself off.
+//! Peers refuse stamps beyond `max_drift_ms`, so a write stamped during a step forward would make
+//! every batch holding it refused, for as long as the step. The handshake carries wall time; a
+//! replica that finds itself ahead of its peers refuses local writes, and re-stamps the writes it
+//! already stamped in their future.
+
+use lethe_engine::session::sync_in_process;
+use lethe_engine::{Config, Error, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId};
+use std::sync::Arc;
+
+const T0: u64 = 1_700_000_000_000;
+const HOUR_MS: u64 = 3_600_000;
+
+fn replica(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
+    Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap()
+}
+
+fn keys(r: &Replica<MemoryStore>) -> Vec<String> {
+    r.scan(&KeyRange::all(), usize::MAX).unwrap().into_iter().map(|i| String::from_utf8(i.key).unwrap()).collect()
+}
+
+#[test]
+fn a_write_stamped_during_a_step_ahead_is_restamped_and_nothing_is_cut_off() {
+    let (ca, cb) = (ManualClock::new(T0), ManualClock::new(T0));
+    let (mut a, mut b) = (replica(1, &ca), replica(2, &cb));
+    b.put("before", "v", PutOptions::default()).unwrap();
+    sync_in_process(&mut a, &mut b, false).unwrap();
+
+    // b's clock steps an hour ahead for a moment: one put, then it is set right again.
+    cb.set(T0 + HOUR_MS);
+    let future = b.put("during", "v", PutOptions::default()).unwrap();
+    assert_eq!(future.stamp.hlc.wall_ms(), T0 + HOUR_MS, "b could not know its clock was wrong");
+    ca.advance(1_000);
+    cb.set(T0 + 1_000);
+    b.put("after", "v", PutOptions::default()).unwrap();
+
+    // Nothing b holds is in a's future any more, so a takes everything.
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    assert_eq!(keys(&a), ["after", "before", "during"]);
+    assert_eq!(a.digest(), b.digest());
+    let during = a.get(b"during").unwrap().unwrap();
+    assert!(during.stamp.hlc.wall_ms() <= T0 + 1_000, "re-stamped: {}", during.stamp);
+    assert_ne!(during.dot, future.dot, "re-issued under a fresh dot");
+    let reissued = b.take_reissued();
+    assert_eq!(reissued.len(), 1);
+    assert_eq!(reissued[0].old.stamp, future.stamp);
+    // And a fresh replica bootstrapping from b gets every key.
+    let cc = ManualClock::new(T0 + 1_000);
+    let mut c = replica(3, &cc);
+    sync_in_process(&mut c, &mut b, false).unwrap();
+    assert_eq!(keys(&c), ["after", "before", "during"]);
+}
+
+#[test]
+fn a_replica_whose_clock_is_ahead_of_its_peers_refuses_local_writes_until_it_is_set_right() {
+    let (ca, cb) = (ManualClock::new(T0), ManualClock::new(T0));
+    let (mut a, mut b) = (replica(1, &ca), replica(2, &cb));
+    cb.set(T0 + HOUR_MS);
+    // The handshake shows b that a's clock is an hour behind its own.
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    let refused = b.put("k", "v", PutOptions::default()).unwrap_err();
+    assert!(matches!(refused, Error::ClockAheadOfPeers { .. }), "{refused}");
+    assert!(refused.to_string().contains("check the system clock"), "{refused}");
+    assert!(keys(&b).is_empty(), "nothing was written");
+    // a's clock is the one that is right; set b's right and it writes again.
+    cb.set(T0 + 500);
+    b.put("k", "v", PutOptions::default()).unwrap();
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    assert_eq!(keys(&a), ["k"]);
+}
+
+#[test]
+fn a_replica_whose_clock_stepped_back_keeps_its_stamps_when_its_peers_agree_with_them() {
+    let (ca, cb) = (ManualClock::new(T0), ManualClock::new(T0));
+    let (mut a, mut b) = (replica(1, &ca), replica(2, &cb));
+    let first = b.put("k", "v1", PutOptions::default()).unwrap();
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    // b's clock falls an hour behind; its peers' clocks are right, so its stamps are not in their
+    // future and nothing is re-stamped: the HLC carries on from where it was.
+    cb.set(T0 - HOUR_MS);
+    ca.advance(10);
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    let second = b.put("k", "v2", PutOptions::default()).unwrap();
+    assert!(second.stamp > first.stamp);
+    assert!(b.take_reissued().is_empty());
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    assert_eq!(a.get(b"k").unwrap().unwrap().value, b"v2");
+}
