@@ -2,7 +2,8 @@
 //! one, refused connections back off, `lethe list` pages, the data directory is private, and
 //! zero intervals are refused.
 
-use lethe_tests::cluster::{NodeProc, identity, wait_until};
+use lethe_node::control::Request;
+use lethe_tests::cluster::{NodeProc, Owner, identity, wait_until};
 use lethe_transport::{CloseCode, Endpoint, Identity, TrustList};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -207,5 +208,42 @@ fn a_node_refusing_a_stranger_says_so_without_a_line_per_attempt() {
     let log = a.log_text();
     let lines = log.lines().filter(|l| l.contains("is not trusted")).count();
     assert!((1..=2).contains(&lines), "{lines} lines about the stranger:\n{log}");
+    a.stop();
+}
+
+#[test]
+fn list_prints_every_value_however_large_the_answer() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&[]);
+    const VALUES: usize = 40;
+    const VALUE_BYTES: usize = 120_000;
+    let rt = runtime();
+    rt.block_on(async {
+        let owner = Owner::connect(&a).await.unwrap();
+        for i in 0..VALUES {
+            let value = vec![b'a' + (i % 26) as u8; VALUE_BYTES];
+            let req = Request::Put { key: format!("k{i:02}").into_bytes(), value, ttl_ms: None };
+            owner.request(&req).await.unwrap();
+        }
+        // One value of the largest size allowed.
+        let req = Request::Put { key: b"max".to_vec(), value: vec![b'm'; 1 << 20], ttl_ms: None };
+        owner.request(&req).await.unwrap();
+        owner.close().await;
+    });
+    let (code, out, err) = a.cli(&["list"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<(&str, usize)> =
+        out.lines().map(|l| l.split_once('\t').map(|(k, v)| (k, v.len())).unwrap_or((l, 0))).collect();
+    assert_eq!(lines.len(), VALUES + 1, "{:?}", &lines[..lines.len().min(5)]);
+    for (i, (key, len)) in lines[..VALUES].iter().enumerate() {
+        assert_eq!((*key, *len), (format!("k{i:02}").as_str(), VALUE_BYTES));
+    }
+    assert_eq!(lines[VALUES], ("max", 1 << 20));
+    // A limit and a prefix still apply.
+    let (code, out, _) = a.cli(&["list", "--prefix", "k1", "--limit", "3"]);
+    assert_eq!(code, 0);
+    let keys: Vec<&str> = out.lines().filter_map(|l| l.split('\t').next()).collect();
+    assert_eq!(keys, ["k10", "k11", "k12"]);
     a.stop();
 }
