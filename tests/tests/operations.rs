@@ -247,3 +247,38 @@ fn list_prints_every_value_however_large_the_answer() {
     assert_eq!(keys, ["k10", "k11", "k12"]);
     a.stop();
 }
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[test]
+fn the_data_directory_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    assert_eq!(mode(&a.dir), 0o700, "lethe init makes the directory private");
+    a.start(&[]);
+    let check = |dir: &std::path::Path| {
+        assert_eq!(mode(dir), 0o700);
+        let files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(files.iter().any(|f| f.ends_with("store.redb")), "{files:?}");
+        for f in files {
+            assert_eq!(mode(&f), 0o600, "{} is mode {:o}", f.display(), mode(&f));
+        }
+    };
+    check(&a.dir);
+    a.stop();
+    // A directory opened up by hand (or made by an older lethe) is closed again at start, and
+    // the log says so.
+    std::fs::set_permissions(&a.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(a.dir.join("store.redb"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    a.start(&[]);
+    check(&a.dir);
+    let log = a.log_text();
+    assert!(log.contains("was readable by other users"), "{log}");
+    a.stop();
+}
