@@ -37,13 +37,13 @@ enum Command {
         #[arg(long = "trust")]
         trust: Vec<NodeId>,
         /// How often a GC step runs.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "2s", value_parser = positive_duration)]
         gc_interval: Duration,
         /// How often an anti-entropy session runs with each peer this node dials.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = positive_duration)]
         anti_entropy_interval: Duration,
         /// How long a member may stay silent before it stops holding tombstone collection back.
-        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30days", value_parser = positive_duration)]
         lease: Duration,
     },
     /// Write KEY = VALUE on the running node.
@@ -179,6 +179,17 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A duration like `2s` or `30days` that is more than zero: a zero GC or anti-entropy interval
+/// would spin, and a zero lease would evict every member at once.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 2s or 30days: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("`{text}` is zero; it must be more than zero, like 500ms or 2s"));
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {

@@ -3,7 +3,7 @@
 //! zero intervals are refused.
 
 use lethe_node::control::Request;
-use lethe_tests::cluster::{NodeProc, Owner, identity, wait_until};
+use lethe_tests::cluster::{NodeProc, Owner, identity, lethe_bin, wait_until};
 use lethe_transport::{CloseCode, Endpoint, Identity, TrustList};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -281,4 +281,35 @@ fn the_data_directory_is_private_to_its_owner() {
     let log = a.log_text();
     assert!(log.contains("was readable by other users"), "{log}");
     a.stop();
+}
+
+#[test]
+fn zero_intervals_are_refused_with_a_clear_error() {
+    let root = tempfile::tempdir().unwrap();
+    let a = NodeProc::init(root.path(), "a");
+    for flag in ["--lease", "--gc-interval", "--anti-entropy-interval"] {
+        let mut child = std::process::Command::new(lethe_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&a.dir)
+            .args([flag, "0s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("lethe serve {flag} 0s started instead of refusing");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{flag} 0s: {status}");
+        assert!(err.contains(flag) && err.contains("more than zero"), "{flag}: {err}");
+    }
 }
