@@ -15,9 +15,16 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 /// Handshakes an endpoint runs at once. An Initial that arrives while this many are in flight is
-/// refused (QUIC `CONNECTION_REFUSED`; a real client retries), so a flood of Initials costs a
+/// refused (QUIC `CONNECTION_REFUSED`; a real client retries), so a flood of handshakes costs a
 /// bounded amount of memory and CPU and delays no handshake already running.
 pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 128;
+
+/// Handshakes in flight above which an Initial from an address not yet validated is answered
+/// with a stateless QUIC Retry (no state kept; a real client answers it at once with a token
+/// proving its address, and is then taken up to [`HANDSHAKES_IN_FLIGHT_MAX`]). A replayed or
+/// spoofed Initial cannot answer, so a flood of them holds at most this many handshakes and
+/// never fills the cap against real peers.
+pub const HANDSHAKES_UNVALIDATED_MAX: usize = 32;
 
 /// How long an incoming handshake may take, from its first datagram to an authenticated peer.
 /// One that takes longer is dropped (a stalled or replayed Initial), without delaying any other.
@@ -111,7 +118,8 @@ impl PeerConnection {
 /// A node's QUIC endpoint: accepts trusted peers, dials peers by pinned id.
 ///
 /// Incoming handshakes run concurrently, each on a task of its own, at most
-/// [`HANDSHAKES_IN_FLIGHT_MAX`] at once and each for at most [`HANDSHAKE_TIMEOUT`]: an
+/// [`HANDSHAKES_IN_FLIGHT_MAX`] at once and each for at most [`HANDSHAKE_TIMEOUT`]; above
+/// [`HANDSHAKES_UNVALIDATED_MAX`] a client must first prove its address (QUIC Retry). An
 /// unauthenticated sender that stalls or floods reaches only its own handshake.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -184,6 +192,15 @@ impl Endpoint {
                 incoming = self.inner.accept() => {
                     let incoming = incoming?;
                     let addr = incoming.remote_address();
+                    if handshakes.len() >= HANDSHAKES_UNVALIDATED_MAX
+                        && !incoming.remote_address_validated()
+                        && incoming.may_retry()
+                    {
+                        // Stateless: nothing is kept until the client comes back with the token.
+                        // A retry refused by quinn leaves nothing to do either.
+                        let _ = incoming.retry();
+                        continue;
+                    }
                     if handshakes.len() >= HANDSHAKES_IN_FLIGHT_MAX {
                         incoming.refuse();
                         return Some(Err(Error::HandshakesFull { addr, max: HANDSHAKES_IN_FLIGHT_MAX }));

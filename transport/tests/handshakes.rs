@@ -77,3 +77,46 @@ async fn a_trusted_peer_connects_while_a_stranger_handshake_stalls() {
     conn.close(lethe_transport::CloseCode::Done, "bye");
     accept.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_replayed_initials_beyond_the_cap_does_not_shut_a_trusted_peer_out() {
+    use lethe_transport::endpoint::HANDSHAKES_IN_FLIGHT_MAX;
+    let (server_id, client_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let (a_id, b_id) = (server_id.id(), client_id.id());
+    let server = Endpoint::bind(localhost(), server_id, TrustList::new([b_id])).unwrap();
+    let addr = server.local_addr().unwrap();
+    let (results, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    let accept = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Some(result) = server.accept().await {
+            let _ = results.send(result.as_ref().map(|c| c.peer).map_err(ToString::to_string));
+            open.push(result);
+        }
+    });
+
+    // More replayed Initials than the cap, each from a socket that then stays silent.
+    let mut silent = Vec::new();
+    for _ in 0..HANDSHAKES_IN_FLIGHT_MAX + 8 {
+        let initial = captured_initial().await;
+        let socket = UdpSocket::bind(localhost()).await.unwrap();
+        socket.send_to(&initial, addr).await.unwrap();
+        silent.push(socket);
+    }
+    // Each got an answer (a handshake in flight, or a stateless Retry once many are).
+    let mut buf = vec![0; 2048];
+    for socket in &silent {
+        let _ = socket.recv(&mut buf).await.unwrap();
+    }
+
+    let client = Endpoint::bind(localhost(), client_id, TrustList::default()).unwrap();
+    let conn = client.connect(addr, a_id).await.expect("a trusted peer gets in during a flood of Initials");
+    assert_eq!(conn.peer, a_id);
+    loop {
+        match accepted.recv().await.unwrap() {
+            Ok(peer) => break assert_eq!(peer, b_id),
+            Err(e) => assert!(!e.contains(&b_id.to_string()), "{e}"),
+        }
+    }
+    conn.close(lethe_transport::CloseCode::Done, "bye");
+    accept.abort();
+}
