@@ -1,12 +1,25 @@
 //! The control protocol: how `lethe --data DIR put/get/del/list/status` talks to the running node
 //! of DIR. It connects over loopback QUIC with the node's own key (only the owner of the data
-//! directory can), opens a stream, sends one [`Request`] frame and reads one [`Response`] frame.
+//! directory can), opens a stream, sends one [`Request`] frame and reads one [`Response`] frame;
+//! but a `List` is answered in pages, as many `Response::Listed` frames as it takes (each at most
+//! [`LIST_PAGE_BYTES_MAX`] of keys and values), the last with `more: false`. So any value within
+//! the engine's limits can be listed, and the node reads at most [`LIST_SCAN_ITEMS`] entries per
+//! turn of the replica's lock.
 
 use crate::node::Status;
 use serde::{Deserialize, Serialize};
 
 /// Largest listing one request may ask for.
 pub const LIST_LIMIT_MAX: usize = 100_000;
+
+/// Keys and values one page of a listing carries at most (a single entry larger than this, up
+/// to the engine's 1 MiB value and 1 KiB key, goes in a page of its own). Well under the 4 MiB
+/// frame limit, so a page always fits a frame.
+pub const LIST_PAGE_BYTES_MAX: usize = 2 << 20;
+
+/// Entries read from the store per turn of the replica's lock while listing: the lock is held
+/// for a few entries at a time, and at most this many values are in memory beside the page.
+pub const LIST_SCAN_ITEMS: usize = 16;
 
 /// A request to the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,8 +80,13 @@ pub enum Response {
     },
     /// The value, if the key is live.
     Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
-    /// Listed entries.
-    Listed(Vec<Listed>),
+    /// One page of a listing, in key order.
+    Listed {
+        /// The entries.
+        items: Vec<Listed>,
+        /// Whether another page follows on the stream.
+        more: bool,
+    },
     /// The status.
     Status(Box<Status>),
     /// The request failed.

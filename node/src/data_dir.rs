@@ -1,10 +1,21 @@
 //! A node's data directory: its identity key, its redb store, and, while `lethe serve` runs,
 //! the address it listens on (so `lethe --data DIR put ...` can find it).
+//!
+//! Everything in it is its owner's alone: the directory is mode 0700 and every file in it 0600
+//! (the key is the node's identity; the store holds every value). `init` makes them so and
+//! [`DataDir::secure`], run at every start, puts back any that were opened up, with a warning.
 
 use lethe_transport::Identity;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+/// The data directory's mode: its owner's alone.
+#[cfg(unix)]
+const DIR_MODE: u32 = 0o700;
+/// Every file's mode in it.
+#[cfg(unix)]
+const FILE_MODE: u32 = 0o600;
 
 /// What can go wrong with a data directory.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +85,7 @@ impl DataDir {
             return Err(DataDirError::AlreadyInitialised(self.0.display().to_string(), existing.id().to_string()));
         }
         std::fs::create_dir_all(&self.0).map_err(Self::io(&self.0))?;
+        self.secure()?;
         let identity = Identity::generate()?;
         let path = self.identity_path();
         let mut options = std::fs::OpenOptions::new();
@@ -99,11 +111,57 @@ impl DataDir {
         Ok(Identity::from_pkcs8(&der)?)
     }
 
+    /// Makes the directory mode 0700 and every file in it 0600 (on Unix), warning for each one
+    /// that was open to other users. Run before the store is opened, and by `init`; the store
+    /// file redb creates is made 0600 here before redb opens it.
+    pub fn secure(&self) -> Result<(), DataDirError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let tighten = |path: &Path, mode: u32| -> Result<(), DataDirError> {
+                let was = std::fs::metadata(path).map_err(Self::io(path))?.permissions().mode() & 0o777;
+                if was != mode {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(Self::io(path))?;
+                    if was & 0o077 != 0 {
+                        tracing::warn!(
+                            "{} was readable by other users (mode {was:o}); made it {mode:o}",
+                            path.display()
+                        );
+                    }
+                }
+                Ok(())
+            };
+            tighten(&self.0, DIR_MODE)?;
+            // A store redb is about to create is created private, not made private after.
+            let store = self.store_path();
+            if !store.exists() {
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+                options.open(&store).map_err(Self::io(&store))?;
+            }
+            for entry in std::fs::read_dir(&self.0).map_err(Self::io(&self.0))? {
+                let path = entry.map_err(Self::io(&self.0))?.path();
+                if path.is_file() {
+                    tighten(&path, FILE_MODE)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Records the address the running node listens on.
     pub fn write_addr(&self, addr: SocketAddr) -> Result<(), DataDirError> {
         let path = self.addr_path();
         let tmp = self.0.join("serve.addr.tmp");
-        std::fs::write(&tmp, addr.to_string()).map_err(Self::io(&tmp))?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+        let mut file = options.open(&tmp).map_err(Self::io(&tmp))?;
+        file.write_all(addr.to_string().as_bytes()).map_err(Self::io(&tmp))?;
+        drop(file);
         std::fs::rename(&tmp, &path).map_err(Self::io(&path))
     }
 

@@ -37,13 +37,13 @@ enum Command {
         #[arg(long = "trust")]
         trust: Vec<NodeId>,
         /// How often a GC step runs.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "2s", value_parser = positive_duration)]
         gc_interval: Duration,
         /// How often an anti-entropy session runs with each peer this node dials.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = positive_duration)]
         anti_entropy_interval: Duration,
         /// How long a member may stay silent before it stops holding tombstone collection back.
-        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30days", value_parser = positive_duration)]
         lease: Duration,
     },
     /// Write KEY = VALUE on the running node.
@@ -181,6 +181,17 @@ enum BenchCommand {
     },
 }
 
+/// A duration like `2s` or `30days` that is more than zero: a zero GC or anti-entropy interval
+/// would spin, and a zero lease would evict every member at once.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 2s or 30days: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("`{text}` is zero; it must be more than zero, like 500ms or 2s"));
+    }
+    Ok(d)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -238,15 +249,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             other => bail!("unexpected answer {other:?}"),
         },
         Command::List { prefix, limit } => {
-            match request(cli.data, Request::List { prefix: prefix.into_bytes(), limit })? {
-                Response::Listed(items) => {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            // Pages are printed as they arrive: the node sends as many as the listing takes.
+            request_pages(cli.data, Request::List { prefix: prefix.into_bytes(), limit }, |response| match response {
+                Response::Listed { items, more } => {
                     for item in items {
-                        println!("{}\t{}", String::from_utf8_lossy(&item.key), String::from_utf8_lossy(&item.value));
+                        writeln!(
+                            out,
+                            "{}\t{}",
+                            String::from_utf8_lossy(&item.key),
+                            String::from_utf8_lossy(&item.value)
+                        )?;
                     }
-                    Ok(ExitCode::SUCCESS)
+                    Ok(more)
                 }
                 other => bail!("unexpected answer {other:?}"),
-            }
+            })?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => match request(cli.data, Request::Status)? {
             Response::Status(status) => {
@@ -403,6 +424,21 @@ async fn shutdown_signal() -> Result<&'static str> {
 
 /// Sends one request to the running node of DIR, authenticated with the node's own key.
 fn request(data: Option<PathBuf>, request: Request) -> Result<Response> {
+    let mut answer = None;
+    request_pages(data, request, |response| {
+        answer = Some(response);
+        Ok(false)
+    })?;
+    answer.ok_or_else(|| anyhow!("the node closed the stream without answering"))
+}
+
+/// Sends one request to the running node of DIR and hands each answer frame to `on_answer`,
+/// which says whether another follows (a listing comes in pages). An error answer ends it.
+fn request_pages(
+    data: Option<PathBuf>,
+    request: Request,
+    mut on_answer: impl FnMut(Response) -> Result<bool>,
+) -> Result<()> {
     let dir = data_dir(data)?;
     let identity = dir.identity()?;
     let id = identity.id();
@@ -414,7 +450,7 @@ fn request(data: Option<PathBuf>, request: Request) -> Result<Response> {
         });
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
-    let response = runtime.block_on(async {
+    runtime.block_on(async {
         let local =
             SocketAddr::new(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() }, 0);
         let endpoint = Endpoint::bind(local, identity, TrustList::default())?;
@@ -433,18 +469,24 @@ fn request(data: Option<PathBuf>, request: Request) -> Result<Response> {
         w.send(&control::encode(&request).map_err(|e| anyhow!(e))?).await?;
         let mut send = w.into_inner().await?;
         send.finish().context("sending the request")?;
-        let frame = tokio::time::timeout(Duration::from_secs(60), r.next())
-            .await
-            .map_err(|_| anyhow!("the node did not answer within 60 s"))??
-            .ok_or_else(|| anyhow!("the node closed the stream without answering"))?;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(60), r.next())
+                .await
+                .map_err(|_| anyhow!("the node did not answer within 60 s"))??
+                .ok_or_else(|| anyhow!("the node closed the stream without answering"))?;
+            match control::decode::<Response>(&frame).map_err(|e| anyhow!(e))? {
+                Response::Error(e) => bail!("{e}"),
+                response => {
+                    if !on_answer(response)? {
+                        break;
+                    }
+                }
+            }
+        }
         conn.close(lethe_transport::CloseCode::Done, "done");
         endpoint.wait_idle().await;
-        control::decode::<Response>(&frame).map_err(|e| anyhow!(e))
-    })?;
-    match response {
-        Response::Error(e) => bail!("{e}"),
-        other => Ok(other),
-    }
+        Ok(())
+    })
 }
 
 fn print_status(s: &Status) {

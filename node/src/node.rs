@@ -417,6 +417,7 @@ impl Node {
         }
         let identity = config.data.identity()?;
         let id = identity.id();
+        config.data.secure()?;
         let store = RedbStore::open(config.data.store_path())
             .map_err(|e| NodeError::Store { path: config.data.store_path().display().to_string(), source: e })?;
         let replica = Replica::open(store, id.replica_id(), config.engine, config.clock.0.clone())?;

@@ -10,6 +10,12 @@
 //!   long-lived stream; the peer answers with its vector, which feeds the stable frontier;
 //! - a malformed, oversized or refused frame closes that connection with a [`CloseCode`] and a
 //!   reason; nothing of it is applied and every other connection goes on.
+//!
+//! A dial loop backs off (doubling from [`BACKOFF_MIN`] up to `reconnect_max`) after every
+//! connection on which no session finished, whatever ended it: an unreachable peer, a peer that
+//! does not trust this node's key, a refused session. Only a connection that synced resets the
+//! backoff. The reason is logged once, then at most once per [`REPEAT_LOG_INTERVAL`] with the
+//! count of attempts in between; the accept loop logs refused handshakes the same way.
 
 use crate::node::{Failure, Inner, PeerAddr, lock};
 use lethe_engine::VersionVector;
@@ -17,10 +23,11 @@ use lethe_engine::live::{LivePoll, LiveReceiver, LiveSender, handle_ack};
 use lethe_engine::session::{Message, Session, SessionStats};
 use lethe_transport::endpoint::{Connection, FrameStream, SendStream};
 use lethe_transport::{CloseCode, NodeId, PeerConnection};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -34,10 +41,57 @@ const PUSH_LINGER: Duration = Duration::from_millis(5);
 pub(crate) type OpenConnection = (Connection, NodeId, std::time::Instant);
 /// Two connections to the same peer opened this close together are a simultaneous open.
 const SIMULTANEOUS_OPEN: Duration = Duration::from_secs(5);
+/// Connections one peer may hold open at once; registering another closes its oldest. (A
+/// reconnecting peer briefly has its dead connection and its new one; more is a broken or
+/// hostile peer, and each connection costs stream windows and three tasks.)
+pub(crate) const CONNECTIONS_PER_PEER_MAX: usize = 4;
+/// The first wait before redialing a peer after a connection that did not sync.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The same complaint (a refused handshake, a dial that failed the same way) is logged at most
+/// once per this interval; the others are counted and the count logged with the next one.
+pub(crate) const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A complaint that may recur: said once, then at most once per [`REPEAT_LOG_INTERVAL`].
+#[derive(Debug, Default)]
+struct Repeated {
+    /// When it was last logged, and how many times it happened since.
+    last: Option<(Instant, u64)>,
+}
+
+impl Repeated {
+    /// Whether to log it now; if so, how many were held back since the last line.
+    fn log_now(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match &mut self.last {
+            Some((at, held)) if now.duration_since(*at) < REPEAT_LOG_INTERVAL => {
+                *held += 1;
+                None
+            }
+            last => {
+                let held = last.map_or(0, |(_, held)| held);
+                *last = Some((now, 0));
+                Some(held)
+            }
+        }
+    }
+}
+
+/// What a refused handshake is, for rate-limiting its log line: a fixed set, so a flood of
+/// strangers cannot grow the table.
+fn refusal_kind(e: &lethe_transport::Error) -> &'static str {
+    match e {
+        lethe_transport::Error::HandshakeTimeout { .. } => "timeout",
+        lethe_transport::Error::HandshakesFull { .. } => "full",
+        lethe_transport::Error::Connection(_) => "connection",
+        _ => "other",
+    }
+}
 
 /// Accepts connections until the endpoint closes: the owner's go to [`crate::owner`], a peer's
-/// to [`run_connection`]. A failed handshake (an untrusted key) is logged and skipped.
+/// to [`run_connection`]. Handshakes run concurrently in the endpoint (a stalled one delays no
+/// other); a failed one (an untrusted key, a timeout) is logged, rate-limited, and skipped.
 pub(crate) async fn accept_loop(inner: Arc<Inner>) {
+    let mut refusals: BTreeMap<&'static str, Repeated> = BTreeMap::new();
     while let Some(incoming) = inner.endpoint.accept().await {
         match incoming {
             Ok(conn) if conn.peer == inner.id => {
@@ -47,7 +101,11 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 let span = info_span!("peer", peer = %short(&conn.peer), dir = "in");
                 tokio::spawn(run_connection(inner.clone(), conn, false).instrument(span));
             }
-            Err(e) => warn!("refused a connection: {e}"),
+            Err(e) => match refusals.entry(refusal_kind(&e)).or_default().log_now() {
+                Some(0) => warn!("refused a connection: {e}"),
+                Some(held) => warn!("refused a connection: {e} (and {held} more like it since the last such line)"),
+                None => debug!("refused a connection: {e}"),
+            },
         }
     }
 }
@@ -56,11 +114,14 @@ fn short(id: &NodeId) -> String {
     id.to_string()[..16].to_string()
 }
 
-/// Keeps a connection to `peer`: dials, serves it until it closes, waits (backoff doubling up to
-/// `reconnect_max`), dials again.
+/// Keeps a connection to `peer`: dials, serves it until it closes, waits, dials again. The wait
+/// doubles from [`BACKOFF_MIN`] up to `reconnect_max` after every connection on which no session
+/// finished (unreachable, refused by the peer, a refused session), and is reset only by one
+/// that synced; so a peer that refuses this node is not redialed in a tight loop.
 pub(crate) async fn dial_loop(inner: Arc<Inner>, peer: PeerAddr) {
     let mut stop = inner.shutdown.subscribe();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = BACKOFF_MIN;
+    let mut complaint: Option<(String, Repeated)> = None;
     let span = info_span!("peer", peer = %short(&peer.id), dir = "out");
     loop {
         if inner.shutting_down() {
@@ -73,12 +134,32 @@ pub(crate) async fn dial_loop(inner: Arc<Inner>, peer: PeerAddr) {
                 _ = stop.changed() => return,
             }
         }
-        match inner.endpoint.connect(peer.addr, peer.id).instrument(span.clone()).await {
-            Ok(conn) => {
-                backoff = Duration::from_millis(100);
-                run_connection(inner.clone(), conn, true).instrument(span.clone()).await;
+        let failed = match inner.endpoint.connect(peer.addr, peer.id).instrument(span.clone()).await {
+            Ok(conn) => run_connection(inner.clone(), conn, true).instrument(span.clone()).await,
+            Err(e) => Some(format!("could not connect to {}: {e}", peer.addr)),
+        };
+        match failed {
+            None => {
+                backoff = BACKOFF_MIN;
+                complaint = None;
             }
-            Err(e) => debug!(parent: &span, "could not connect to {}: {e}", peer.addr),
+            Some(why) => {
+                // The same reason again is counted, and said again once per interval.
+                let repeated = match &mut complaint {
+                    Some((said, repeated)) if *said == why => repeated,
+                    other => &mut other.insert((why.clone(), Repeated::default())).1,
+                };
+                let retry = backoff.as_secs_f64();
+                match repeated.log_now() {
+                    Some(0) => {
+                        warn!(parent: &span, "{why}; retrying in {retry:.1} s, backing off up to {:?}", inner.config.reconnect_max)
+                    }
+                    Some(held) => {
+                        warn!(parent: &span, "{why} (still, after {held} more attempts); retrying in {retry:.1} s")
+                    }
+                    None => debug!(parent: &span, "{why}; retrying in {retry:.1} s"),
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -108,11 +189,26 @@ fn register(inner: &Inner, conn: &PeerConnection, dialer: NodeId) {
             }
         }
     }
+    // At most CONNECTIONS_PER_PEER_MAX open: the oldest go (they are the likeliest dead).
+    let mut open: Vec<_> = conns.iter().filter(|(c, ..)| c.close_reason().is_none()).collect();
+    if open.len() > CONNECTIONS_PER_PEER_MAX {
+        open.sort_by_key(|(.., since)| *since);
+        let excess = open.len() - CONNECTIONS_PER_PEER_MAX;
+        for (c, ..) in &open[..excess] {
+            c.close(
+                lethe_transport::endpoint::VarInt::from_u32(CloseCode::Refused as u32),
+                format!("more than {CONNECTIONS_PER_PEER_MAX} connections from one peer; closing the oldest")
+                    .as_bytes(),
+            );
+        }
+        warn!("{} holds more than {CONNECTIONS_PER_PEER_MAX} connections; closed the {excess} oldest", conn.peer);
+    }
 }
 
-/// Serves one peer connection until it closes.
-async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) {
-    info!("connected to {} at {}", conn.peer, conn.conn.remote_address());
+/// Serves one peer connection until it closes. `None` if a session finished on it; otherwise
+/// why it ended, for the dial loop to back off and say (once).
+async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) -> Option<String> {
+    debug!("connected to {} at {}", conn.peer, conn.conn.remote_address());
     register(&inner, &conn, if dialer { inner.id } else { conn.peer });
     lock(&inner.known).insert(conn.peer.replica_id(), conn.peer);
     let link = Arc::new(Link::default());
@@ -122,15 +218,21 @@ async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) {
     let tasks = [
         tokio::spawn(accept_streams(inner.clone(), conn.clone(), link.clone()).in_current_span()),
         tokio::spawn(initiate_sessions(inner.clone(), conn.clone(), link.clone(), dialer).in_current_span()),
-        tokio::spawn(push_loop(inner.clone(), conn.clone(), link).in_current_span()),
+        tokio::spawn(push_loop(inner.clone(), conn.clone(), link.clone()).in_current_span()),
     ];
     let mut stop = inner.shutdown.subscribe();
-    tokio::select! {
-        reason = conn.conn.closed() => info!("disconnected: {reason}"),
-        _ = stop.changed() => conn.close(CloseCode::Done, "node shutting down"),
-    }
+    let ended = tokio::select! {
+        reason = conn.conn.closed() => reason.to_string(),
+        _ = stop.changed() => { conn.close(CloseCode::Done, "node shutting down"); "node shutting down".to_string() }
+    };
     for task in tasks {
         task.abort();
+    }
+    let synced = link.synced_sessions.load(Ordering::Relaxed) > 0;
+    if synced {
+        info!("disconnected: {ended}");
+    } else {
+        debug!("disconnected before any session finished: {ended}");
     }
     let mut connected = lock(&inner.connected);
     if let Some(conns) = connected.get_mut(&conn.peer) {
@@ -139,6 +241,7 @@ async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) {
             connected.remove(&conn.peer);
         }
     }
+    (!synced).then(|| format!("{} ended the connection before any session finished: {ended}", conn.peer))
 }
 
 /// What the tasks of one connection share.
@@ -147,8 +250,10 @@ struct Link {
     want_session: Notify,
     /// Sessions running on this connection, started by either side.
     running: AtomicUsize,
-    /// Sessions finished on this connection.
+    /// Sessions ended on this connection, however they ended.
     finished: AtomicU64,
+    /// Sessions that ran to the end on this connection.
+    synced_sessions: AtomicU64,
     /// This replica's vector when the last session on this connection finished.
     synced: Mutex<Option<VersionVector>>,
 }
@@ -345,6 +450,9 @@ async fn run_session(
     let _ = send.finish();
     let stats = session.stats().clone();
     inner.sessions_finished.fetch_add(1, Ordering::Relaxed);
+    if link.synced_sessions.fetch_add(1, Ordering::Relaxed) == 0 {
+        info!("connected to {peer}: first session finished");
+    }
     inner.anti_entropy_sessions.fetch_add(u64::from(stats.anti_entropy), Ordering::Relaxed);
     let level_info = stats.live_received + stats.tombstones_received + stats.live_sent + stats.tombstones_sent > 0;
     if level_info {

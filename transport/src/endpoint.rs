@@ -12,6 +12,27 @@ use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// Handshakes an endpoint runs at once. An Initial that arrives while this many are in flight is
+/// refused (QUIC `CONNECTION_REFUSED`; a real client retries), so a flood of handshakes costs a
+/// bounded amount of memory and CPU and delays no handshake already running.
+pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 128;
+
+/// Handshakes in flight above which an Initial from an address not yet validated is answered
+/// with a stateless QUIC Retry (no state kept; a real client answers it at once with a token
+/// proving its address, and is then taken up to [`HANDSHAKES_IN_FLIGHT_MAX`]). A replayed or
+/// spoofed Initial cannot answer, so a flood of them holds at most this many handshakes and
+/// never fills the cap against real peers.
+pub const HANDSHAKES_UNVALIDATED_MAX: usize = 32;
+
+/// How long an incoming handshake may take, from its first datagram to an authenticated peer.
+/// One that takes longer is dropped (a stalled or replayed Initial), without delaying any other.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Concurrent bidirectional streams one connection may open: a session or live stream each, so a
+/// peer cannot make a node hold more than this many stream states and buffers for it.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 64;
 
 /// Why a connection was closed, sent to the peer as the QUIC application error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +67,7 @@ fn transport_config() -> TransportConfig {
     t.stream_receive_window(VarInt::from_u32(frame + 1024));
     t.receive_window(VarInt::from_u32(4 * frame));
     t.send_window(4 * u64::from(frame));
-    t.max_concurrent_bidi_streams(VarInt::from_u32(64));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     // A peer that vanishes without a close (killed, unplugged) is noticed within 10 s.
     t.keep_alive_interval(Some(Duration::from_secs(2)));
@@ -95,11 +116,18 @@ impl PeerConnection {
 }
 
 /// A node's QUIC endpoint: accepts trusted peers, dials peers by pinned id.
+///
+/// Incoming handshakes run concurrently, each on a task of its own, at most
+/// [`HANDSHAKES_IN_FLIGHT_MAX`] at once and each for at most [`HANDSHAKE_TIMEOUT`]; above
+/// [`HANDSHAKES_UNVALIDATED_MAX`] a client must first prove its address (QUIC Retry). An
+/// unauthenticated sender that stalls or floods reaches only its own handshake.
 #[derive(Debug)]
 pub struct Endpoint {
     inner: quinn::Endpoint,
     identity: Arc<Identity>,
     trust: TrustList,
+    /// Incoming handshakes in flight; [`Endpoint::accept`] returns them as they finish.
+    handshakes: tokio::sync::Mutex<JoinSet<Result<PeerConnection, Error>>>,
 }
 
 impl Endpoint {
@@ -109,8 +137,10 @@ impl Endpoint {
         let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config()));
+        // Initials waiting to be taken by `accept` (it takes them at once, so few ever wait).
+        config.max_incoming(HANDSHAKES_IN_FLIGHT_MAX);
         let inner = quinn::Endpoint::server(config, addr).map_err(|source| Error::Bind { addr, source })?;
-        Ok(Endpoint { inner, identity: Arc::new(identity), trust })
+        Ok(Endpoint { inner, identity: Arc::new(identity), trust, handshakes: tokio::sync::Mutex::new(JoinSet::new()) })
     }
 
     /// The address it listens on.
@@ -145,12 +175,46 @@ impl Endpoint {
         PeerConnection::new(conn)
     }
 
-    /// The next incoming connection that completed its handshake. `None` once the endpoint is
-    /// closed; `Some(Err)` for one that failed (an untrusted key, say), which the caller logs
-    /// and moves past.
+    /// The next incoming connection that completed its handshake, in the order handshakes
+    /// finish (not the order they began: a slow one holds back no other). `None` once the
+    /// endpoint is closed; `Some(Err)` for one that failed (an untrusted key, a handshake past
+    /// [`HANDSHAKE_TIMEOUT`], one refused over [`HANDSHAKES_IN_FLIGHT_MAX`]), which the caller
+    /// logs and moves past. Handshakes progress whether or not `accept` is being awaited; call
+    /// it from one task (concurrent callers take turns).
     pub async fn accept(&self) -> Option<Result<PeerConnection, Error>> {
-        let incoming = self.inner.accept().await?;
-        Some(async move { PeerConnection::new(incoming.await?) }.await)
+        let mut handshakes = self.handshakes.lock().await;
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = handshakes.join_next() => {
+                    return Some(done.unwrap_or_else(|e| Err(Error::Stream(format!("handshake task ended: {e}")))));
+                }
+                incoming = self.inner.accept() => {
+                    let incoming = incoming?;
+                    let addr = incoming.remote_address();
+                    if handshakes.len() >= HANDSHAKES_UNVALIDATED_MAX
+                        && !incoming.remote_address_validated()
+                        && incoming.may_retry()
+                    {
+                        // Stateless: nothing is kept until the client comes back with the token.
+                        // A retry refused by quinn leaves nothing to do either.
+                        let _ = incoming.retry();
+                        continue;
+                    }
+                    if handshakes.len() >= HANDSHAKES_IN_FLIGHT_MAX {
+                        incoming.refuse();
+                        return Some(Err(Error::HandshakesFull { addr, max: HANDSHAKES_IN_FLIGHT_MAX }));
+                    }
+                    handshakes.spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                            Ok(conn) => PeerConnection::new(conn?),
+                            // Dropping the handshake's future drops the connection: quinn closes it.
+                            Err(_) => Err(Error::HandshakeTimeout { addr, timeout: HANDSHAKE_TIMEOUT }),
+                        }
+                    });
+                }
+            }
+        }
     }
 
     /// Closes every connection and stops accepting.

@@ -31,6 +31,22 @@ pub enum Error {
     /// The connection failed or was closed.
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    /// An incoming handshake did not finish in time (a stalled or replayed Initial); dropped.
+    #[error("{addr} did not finish its handshake within {timeout:?}; dropped (a stalled or replayed QUIC Initial)")]
+    HandshakeTimeout {
+        /// Where it came from.
+        addr: SocketAddr,
+        /// The limit.
+        timeout: std::time::Duration,
+    },
+    /// An incoming handshake arrived while the most allowed were in flight; refused.
+    #[error("refused a handshake from {addr}: {max} handshakes already in flight (a flood?); a real client retries")]
+    HandshakesFull {
+        /// Where it came from.
+        addr: SocketAddr,
+        /// The limit.
+        max: usize,
+    },
     /// The peer presented no certificate we could read.
     #[error("the peer presented no usable certificate")]
     NoPeerIdentity,

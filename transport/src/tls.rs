@@ -118,7 +118,9 @@ impl ClientCertVerifier for TrustedClients {
         if self.trust.contains(&id) {
             Ok(ClientCertVerified::assertion())
         } else {
-            tracing::warn!(peer = %id, "refused a connection from an untrusted node");
+            // The handshake fails with `Error::Untrusted`, which the accept loop logs (once, then
+            // rate-limited): a line here would be one per attempt.
+            tracing::debug!(peer = %id, "refused a connection from an untrusted node");
             Err(untrusted(id))
         }
     }
