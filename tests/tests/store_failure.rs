@@ -6,8 +6,12 @@
 
 use lethe_engine::{Batch, Config, Meta, RedbStore, Replica, ReplicaId, Snapshot, Storage, SystemClock};
 use lethe_engine::{KeyRange, PutOptions};
+use lethe_node::{DataDir, Node, NodeConfig, PeerAddr};
 use lethe_tests::failing_disk::{DiskSwitch, open_store};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn redb_refuses_every_commit_after_an_io_error_until_it_is_reopened() {
@@ -75,4 +79,81 @@ fn a_replica_reopened_after_its_store_failed_holds_exactly_what_was_durable() {
     assert_eq!(reopened.vector(), &expected);
     assert_eq!(reopened.scan(&KeyRange::all(), usize::MAX).unwrap().len(), items.len() + 1);
     assert_eq!(reopened.get(b"lost").unwrap(), None);
+}
+
+/// Polls `check` until it holds; panics with `what` and the last value after [`WAIT`].
+async fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> (bool, T)) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (ok, state) = check();
+        if ok {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}; last: {state:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_store_fails_acknowledges_nothing_says_so_and_writes_again_without_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (DataDir::new(root.path().join("a")), DataDir::new(root.path().join("b")));
+    let (id_a, id_b) = (data_a.init().unwrap().id(), data_b.init().unwrap().id());
+    let disk = DiskSwitch::default();
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let config = NodeConfig::new(data_a.clone(), listen).with_trust(id_b).with_gc_interval(Duration::from_millis(100));
+    let a = Node::start_with_store(config, open_store(&data_a.store_path(), &disk).unwrap()).await.unwrap();
+    let b = NodeConfig::new(data_b, listen)
+        .with_peer(PeerAddr { id: id_a, addr: a.local_addr() })
+        .with_gc_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    for i in 0..10 {
+        a.put(format!("k{i}"), "durable", PutOptions::default()).await.unwrap();
+    }
+    eventually("b has a's writes", || (b.status().unwrap().live == 10, b.status().unwrap())).await;
+    let before = a.status().unwrap();
+    assert_eq!(before.store_error, None);
+
+    disk.fill();
+    let err = a.put("lost", "never acknowledged", PutOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    let failed = a.status().unwrap();
+    let why = failed.store_error.clone().expect("status says the store failed");
+    assert!(why.contains("No space left on device"), "{why}");
+    assert!(failed.store_failed_since_ms.is_some());
+    assert_eq!(failed.vector, before.vector, "a failed write moved the vector");
+    // While the disk stays full, writes keep being refused (and data from b cannot be stored).
+    b.put("from-b", "while a is full", PutOptions::default()).await.unwrap();
+    for _ in 0..3 {
+        assert!(a.put("lost", "x", PutOptions::default()).await.is_err(), "a write was acknowledged on a full disk");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(a.status().unwrap().store_error.is_some());
+
+    disk.free();
+    // The same node, not restarted, takes writes again.
+    let deadline = Instant::now() + WAIT;
+    while let Err(e) = a.put("after", "room again", PutOptions::default()).await {
+        assert!(Instant::now() < deadline, "a still refuses writes after the disk has room: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = a.status().unwrap();
+    assert_eq!(recovered.store_error, None);
+    assert!(recovered.store_reopens >= 1, "{recovered:#?}");
+    // Sync resumes both ways, and what was acknowledged before the failure is all there.
+    eventually("a and b converge", || {
+        let (sa, sb) = (a.status().unwrap(), b.status().unwrap());
+        (sa.digest == sb.digest && sa.live == 12, (sa, sb))
+    })
+    .await;
+    for i in 0..10 {
+        assert!(a.get(format!("k{i}").as_bytes()).unwrap().is_some());
+    }
+    assert!(a.get(b"from-b").unwrap().is_some() && b.get(b"after").unwrap().is_some());
+    assert_eq!(a.get(b"lost").unwrap(), None);
+    assert_eq!(b.get(b"lost").unwrap(), None);
+    a.shutdown().await;
+    b.shutdown().await;
 }
