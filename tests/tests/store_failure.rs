@@ -1,5 +1,5 @@
 //! A store that fails as a full disk does (an injected redb backend on a real file, see
-//! `lethe_tests::failing_disk`; no mount needed): redb refuses everything after one I/O error
+//! `lethe_tests::failing_disk`; no mount needed): redb refuses every commit after one I/O error
 //! until reopened; a replica reopened from its store holds exactly what was durable; a node
 //! acknowledges nothing while its store fails, says so in `status`, and writes again once the
 //! disk has room, without a restart. `disk_full.rs` does the same with a real full tmpfs.

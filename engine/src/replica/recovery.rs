@@ -3,7 +3,7 @@
 //!
 //! A commit that fails records a [`StoreFailure`] and changes nothing in memory (the vector,
 //! clock and index move only after the store's commit returns `Ok`). redb refuses every
-//! operation after one I/O error until it is reopened, so from then on commits are refused at
+//! commit after one I/O error until it is reopened, so from then on commits are refused at
 //! once with [`StorageError::Unavailable`] until [`Replica::reopen_store`] reopens the store and
 //! reloads the replica's state from it, exactly as opening it would. The failure stays until a
 //! commit goes through ([`Replica::check_store`] makes one that changes nothing), which proves the

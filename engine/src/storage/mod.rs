@@ -234,7 +234,7 @@ pub trait Storage: Send {
     /// backend, on disk); when it returns `Err`, none of it is applied.
     fn commit(&mut self, batch: &Batch) -> Result<(), StorageError>;
 
-    /// Closes and reopens the backend after a failure. redb refuses every operation after one
+    /// Closes and reopens the backend after a failure. redb refuses every commit after one
     /// I/O error ("Previous I/O error") until it is reopened; what it holds afterwards is
     /// exactly what was durable. Snapshots taken before fail from then on. The default does
     /// nothing, for a backend that a failure does not poison.
