@@ -13,23 +13,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// `ENOSPC` on Linux.
 const NO_SPACE_ERRNO: i32 = 28;
 
-/// Whether the disk is full. Clones share the switch.
+/// How the disk behaves now. Clones share the switch.
 #[derive(Clone, Debug, Default)]
-pub struct DiskSwitch(Arc<AtomicBool>);
+pub struct DiskSwitch {
+    full: Arc<AtomicBool>,
+    syncs_fail: Arc<AtomicBool>,
+}
 
 impl DiskSwitch {
-    /// From now on every write fails.
+    /// From now on every write, resize and sync fails.
     pub fn fill(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.full.store(true, Ordering::SeqCst);
     }
 
-    /// From now on writes succeed again.
+    /// From now on writes land (in the page cache) but every sync fails, as when the kernel
+    /// cannot write them back: a commit fails after its pages, header included, were written.
+    pub fn fail_syncs(&self) {
+        self.syncs_fail.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on everything succeeds again.
     pub fn free(&self) {
-        self.0.store(false, Ordering::SeqCst);
+        self.full.store(false, Ordering::SeqCst);
+        self.syncs_fail.store(false, Ordering::SeqCst);
     }
 
-    fn check(&self) -> std::io::Result<()> {
-        if self.0.load(Ordering::SeqCst) {
+    fn check(&self, flag: &AtomicBool) -> std::io::Result<()> {
+        if flag.load(Ordering::SeqCst) {
             return Err(std::io::Error::from_raw_os_error(NO_SPACE_ERRNO));
         }
         Ok(())
@@ -53,17 +63,18 @@ impl StorageBackend for FailingFile {
     }
 
     fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.disk.check()?;
+        self.disk.check(&self.disk.full)?;
         self.file.set_len(len)
     }
 
     fn sync_data(&self) -> std::io::Result<()> {
-        self.disk.check()?;
+        self.disk.check(&self.disk.full)?;
+        self.disk.check(&self.disk.syncs_fail)?;
         self.file.sync_data()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.disk.check()?;
+        self.disk.check(&self.disk.full)?;
         self.file.write(offset, data)
     }
 

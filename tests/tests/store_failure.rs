@@ -81,6 +81,42 @@ fn a_replica_reopened_after_its_store_failed_holds_exactly_what_was_durable() {
     assert_eq!(reopened.get(b"lost").unwrap(), None);
 }
 
+#[test]
+fn a_write_whose_sync_failed_is_taken_from_the_store_at_reopen_and_its_seq_never_reissued() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let disk = DiskSwitch::default();
+    let id = ReplicaId(9);
+    let mut replica =
+        Replica::open(open_store(&path, &disk).unwrap(), id, Config::default(), Arc::new(SystemClock)).unwrap();
+    for i in 0..5 {
+        replica.put(format!("k{i}"), "v", PutOptions::default()).unwrap();
+    }
+    let seq_before = replica.vector().get(id);
+    disk.fail_syncs();
+    // Not acknowledged: its pages reached the file, but not the disk for sure.
+    assert!(replica.put("unsure", "maybe stored", PutOptions::default()).is_err());
+    assert_eq!(replica.vector().get(id), seq_before, "memory moved without a durable commit");
+    disk.free();
+    replica.reopen_store().unwrap();
+    // Whatever the file holds now is what the replica holds: the in-memory state from before the
+    // failed commit is not kept.
+    let (vector, clock) = (replica.vector().clone(), replica.clock());
+    let items = replica.scan(&KeyRange::all(), usize::MAX).unwrap();
+    let landed = replica.get(b"unsure").unwrap().is_some();
+    assert_eq!(vector.get(id) > seq_before, landed, "vector {vector:?} disagrees with the store (landed: {landed})");
+    let next = replica.put("next", "v", PutOptions::default()).unwrap();
+    assert_eq!(next.dot.seq, vector.get(id).next(), "a seq the store holds was issued again");
+    drop(replica);
+    let fresh = Replica::open(RedbStore::open(&path).unwrap(), id, Config::default(), Arc::new(SystemClock)).unwrap();
+    let mut expected = vector;
+    expected.advance(id, next.dot.seq);
+    assert_eq!(fresh.vector(), &expected);
+    assert!(fresh.clock() > clock);
+    assert_eq!(fresh.scan(&KeyRange::all(), usize::MAX).unwrap().len(), items.len() + 1);
+    eprintln!("the write whose sync failed {} the store", if landed { "is in" } else { "is not in" });
+}
+
 /// Polls `check` until it holds; panics with `what` and the last value after [`WAIT`].
 async fn eventually<T: std::fmt::Debug>(what: &str, mut check: impl FnMut() -> (bool, T)) -> T {
     let deadline = Instant::now() + WAIT;
