@@ -417,6 +417,8 @@ impl Node {
     /// Opens the data directory's store, listens, dials the configured peers and starts the
     /// background work. Needs tokio's multi-thread runtime.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        // An uninitialised directory is told so before a store file is created in it.
+        config.data.identity()?;
         let store = RedbStore::open(config.data.store_path())
             .map_err(|e| NodeError::Store { path: config.data.store_path().display().to_string(), source: e })?;
         Node::start_with_store(config, store).await
