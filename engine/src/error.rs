@@ -119,6 +119,16 @@ pub enum Error {
     Storage(#[from] StorageError),
 }
 
+impl Error {
+    /// Whether this replica's own store failed (a full disk, an I/O error, a damaged record),
+    /// rather than an input being refused: no peer or caller caused it, and retrying later may
+    /// succeed.
+    #[must_use]
+    pub fn is_storage(&self) -> bool {
+        matches!(self, Error::Storage(_))
+    }
+}
+
 /// Failures of a storage backend.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -130,6 +140,16 @@ pub enum StorageError {
         /// The backend's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The store failed earlier (a full disk, an I/O error) and has not been reopened since:
+    /// nothing was written. A node reopens it by itself ([`crate::Replica::reopen_store`]).
+    #[error(
+        "the store is unavailable since it failed ({cause}); nothing was written. \
+         It is reopened by itself; retry once the disk has room"
+    )]
+    Unavailable {
+        /// The failure that made it unavailable.
+        cause: String,
     },
     /// A stored record did not decode: the file is damaged or was written by something else.
     #[error("stored {what} is corrupt: {detail}; restore the store from a replica or a backup")]

@@ -215,6 +215,8 @@ pub struct Replica<S: Storage> {
     recovery: Option<Recovery>,
     /// Bumped each time a recovery begins (sessions opened before do not merge).
     restore_epoch: u64,
+    /// The store's failure, from a failed commit until a commit succeeds (`recovery.rs`).
+    store_failure: Option<StoreFailure>,
 }
 
 /// A change to what reads of one key return, as recorded for subscribers
@@ -266,31 +268,26 @@ impl<S: Storage> Replica<S> {
                 if stored != id {
                     return Err(Error::WrongReplica { stored, requested: id });
                 }
-                let vector = snap.meta(Meta::Vector)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default();
-                let last = snap.meta(Meta::Clock)?.map(|b| decode_clock(&b)).transpose()?.unwrap_or_default();
-                let recovery = restore::load_recovery(&snap)?;
-                let counter = recovery.map_or(vector.get(id), |r| r.counter.max(vector.get(id)));
-                check_own_writes_covered(&snap, id, counter)?;
-                let membership = snap.meta(Meta::Members)?.map(|b| decode_cbor("membership", &b)).transpose()?;
-                let checkpoint = snap.meta(Meta::Checkpoint)?.map(|b| decode_cbor("checkpoint", &b)).transpose()?;
+                let durable = Durable::read(&snap, id)?;
                 Replica {
                     id,
-                    clock: HybridClock::resume(last, config.max_drift_ms),
+                    clock: HybridClock::resume(durable.clock, config.max_drift_ms),
                     wall,
-                    vector,
+                    vector: durable.vector,
                     config,
                     drift_rejections: 0,
-                    index: KeyIndex::load(&snap)?,
-                    membership: membership.unwrap_or_default(),
-                    checkpoint: checkpoint.flatten(),
+                    index: durable.index,
+                    membership: durable.membership,
+                    checkpoint: durable.checkpoint,
                     changes: None,
-                    unindexed: snap.meta(Meta::Unindexed)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default(),
+                    unindexed: durable.unindexed,
                     unindexed_rows: None,
                     peer_clocks: clock::PeerClocks::default(),
                     reissued: Vec::new(),
-                    released: std::sync::atomic::AtomicU64::new(last.0),
-                    recovery,
+                    released: std::sync::atomic::AtomicU64::new(durable.clock.0),
+                    recovery: durable.recovery,
                     restore_epoch: 0,
+                    store_failure: None,
                     store,
                 }
             }
@@ -318,6 +315,7 @@ impl<S: Storage> Replica<S> {
                     released: std::sync::atomic::AtomicU64::new(0),
                     recovery: None,
                     restore_epoch: 0,
+                    store_failure: None,
                 }
             }
         };
@@ -329,7 +327,7 @@ impl<S: Storage> Replica<S> {
     /// Commits `batch` durably and mirrors it into the in-memory index. Every change to the
     /// store goes through here.
     pub(crate) fn commit(&mut self, batch: &Batch) -> Result<()> {
-        self.store.commit(batch)?;
+        self.commit_to_store(batch)?;
         if let Some(changes) = self.changes.as_mut() {
             let now_ms = self.wall.now_ms();
             for op in &batch.ops {
@@ -794,6 +792,45 @@ fn check_own_writes_covered(snap: &impl Snapshot, id: ReplicaId, counter: Seq) -
         None => Ok(()),
     }
 }
+
+/// What a store holds durably besides its entries, and the index of those: what a replica
+/// resumes from when it opens, and again when its store is reopened after a failure.
+struct Durable {
+    vector: VersionVector,
+    clock: Hlc,
+    membership: Membership,
+    checkpoint: Option<Checkpoint>,
+    unindexed: VersionVector,
+    index: KeyIndex,
+    recovery: Option<Recovery>,
+}
+
+impl Durable {
+    /// Reads it from the store of replica `id` (checked to be `id`'s by the caller).
+    fn read(snap: &impl Snapshot, id: ReplicaId) -> Result<Durable> {
+        let vector = snap.meta(Meta::Vector)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default();
+        let clock = snap.meta(Meta::Clock)?.map(|b| decode_clock(&b)).transpose()?.unwrap_or_default();
+        let recovery = restore::load_recovery(snap)?;
+        let counter = recovery.map_or(vector.get(id), |r| r.counter.max(vector.get(id)));
+        check_own_writes_covered(snap, id, counter)?;
+        let membership: Option<Membership> =
+            snap.meta(Meta::Members)?.map(|b| decode_cbor("membership", &b)).transpose()?;
+        let checkpoint: Option<Option<Checkpoint>> =
+            snap.meta(Meta::Checkpoint)?.map(|b| decode_cbor("checkpoint", &b)).transpose()?;
+        Ok(Durable {
+            vector,
+            clock,
+            membership: membership.unwrap_or_default(),
+            checkpoint: checkpoint.flatten(),
+            unindexed: snap.meta(Meta::Unindexed)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default(),
+            index: KeyIndex::load(snap)?,
+            recovery,
+        })
+    }
+}
+
+mod recovery;
+pub use recovery::StoreFailure;
 
 mod clock;
 mod restore;

@@ -502,6 +502,10 @@ fn print_status(s: &Status) {
     println!("vector       {}", vector(&s.vector));
     println!("frontier     {}", vector(&s.frontier));
     println!("digest       {}", s.digest);
+    match (&s.store_error, s.store_failed_since_ms) {
+        (Some(e), since) => println!("store        FAILED since {} ms: {e}", since.unwrap_or_default()),
+        (None, _) => println!("store        ok ({} reopens after failures since start)", s.store_reopens),
+    }
     println!(
         "received     {} live, {} tombstones, {} bytes (since start)",
         s.live_received, s.tombstones_received, s.bytes_received

@@ -7,6 +7,7 @@
 //! inside `block_in_place`, so the node needs tokio's multi-thread runtime.
 
 use crate::data_dir::{DataDir, DataDirError};
+use lethe_engine::replica::StoreFailure;
 use lethe_engine::session::SyncError;
 use lethe_engine::{
     Change, Config, Item, KeyRange, PutOptions, RedbStore, Replica, ReplicaId, Seq, SystemClock, VersionVector,
@@ -20,14 +21,21 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
 
 /// Writes committed together at most.
 const GROUP_COMMIT_MAX: usize = 1024;
 
 /// How many changes a slow subscriber may fall behind before it is told it lagged.
 const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// How long after a failed store is reopened the node first checks that it takes commits again;
+/// the wait doubles after every check that fails, up to [`STORE_RETRY_MAX`]. Each reopen
+/// reloads the key index from the store, so a disk that stays full costs one scan per wait.
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts to bring a failed store back.
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A peer to dial: `NODEID@ADDR`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,6 +277,17 @@ pub struct Status {
     /// future (the clock had run ahead).
     #[serde(default)]
     pub reissued_writes: u64,
+    /// Why the store failed (a full disk, an I/O error), from a failed commit until a commit
+    /// goes through again: meanwhile writes are refused and nothing is acknowledged. `None`
+    /// while the store works.
+    #[serde(default)]
+    pub store_error: Option<String>,
+    /// When that failure began, in Unix ms.
+    #[serde(default)]
+    pub store_failed_since_ms: Option<u64>,
+    /// Times the store was reopened after a failure since the node started.
+    #[serde(default)]
+    pub store_reopens: u64,
 }
 
 fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -299,9 +318,17 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
+    /// Whether this node's own store failed (a full disk, an I/O error): nothing the peer did.
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Failure::Sync(SyncError::Engine(e)) if e.is_storage())
+    }
+
     /// Whether the peer broke the protocol (the connection is closed) rather than went away.
+    /// A failure of this node's own store blames no peer: the stream ends, the connection
+    /// stays, and syncing resumes once the store is back.
     pub(crate) fn close_code(&self) -> Option<CloseCode> {
         match self {
+            failure if failure.is_local() => None,
             Failure::Sync(SyncError::Engine(_)) => Some(CloseCode::Refused),
             Failure::Sync(SyncError::FrameTooLarge { .. }) => Some(CloseCode::TooLarge),
             Failure::Sync(_) | Failure::StreamKind(_) => Some(CloseCode::Malformed),
@@ -341,6 +368,10 @@ pub(crate) struct Inner {
     pub(crate) bytes_sent: AtomicU64,
     /// Own writes re-stamped since start (the clock had run ahead of the peers').
     pub(crate) reissued_writes: AtomicU64,
+    /// Times the store was reopened after a failure since start.
+    store_reopens: AtomicU64,
+    /// Woken when a commit fails: the store loop brings the store back.
+    store_failed: Notify,
     /// The writer task, awaited at shutdown so that queued writes are committed.
     pub(crate) writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -355,8 +386,12 @@ impl Inner {
         tokio::task::block_in_place(|| {
             let mut replica = lock(&self.replica);
             let before = replica.vector().clone();
+            let failed_before = replica.store_failure().map(|f| f.failed_commits);
             let out = f(&mut replica);
             let reissued = replica.take_reissued();
+            if replica.store_failure().map(|f| f.failed_commits) != failed_before {
+                self.store_failure_changed(replica.store_failure());
+            }
             let changes = replica.take_changes();
             let moved = replica.vector() != &before;
             drop(replica);
@@ -379,6 +414,24 @@ impl Inner {
             }
             out
         })
+    }
+
+    /// Logs a commit that failed (and wakes the store loop), or the first that went through
+    /// after failures.
+    fn store_failure_changed(&self, failure: Option<&StoreFailure>) {
+        match failure {
+            Some(f) => {
+                error!(
+                    failed_commits = f.failed_commits,
+                    "the store failed: {}. Nothing of that commit is acknowledged; writes are refused \
+                     until the node has reopened the store, which it does by itself (if the disk is \
+                     full, free space or grow it)",
+                    f.error
+                );
+                self.store_failed.notify_one();
+            }
+            None => info!("the store takes commits again; writes are accepted"),
+        }
     }
 
     pub(crate) fn shutting_down(&self) -> bool {
@@ -412,14 +465,22 @@ impl Node {
     /// Opens the data directory's store, listens, dials the configured peers and starts the
     /// background work. Needs tokio's multi-thread runtime.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        // An uninitialised directory is told so before a store file is created in it.
+        config.data.identity()?;
+        config.data.secure()?;
+        let store = RedbStore::open(config.data.store_path())
+            .map_err(|e| NodeError::Store { path: config.data.store_path().display().to_string(), source: e })?;
+        Node::start_with_store(config, store).await
+    }
+
+    /// [`Node::start`] on a store the caller opened (on a redb backend of its own, say:
+    /// [`RedbStore::open_on_backend`]) instead of the data directory's `store.redb`.
+    pub async fn start_with_store(config: NodeConfig, store: RedbStore) -> Result<Node, NodeError> {
         if tokio::runtime::Handle::current().runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             return Err(NodeError::Runtime);
         }
         let identity = config.data.identity()?;
         let id = identity.id();
-        config.data.secure()?;
-        let store = RedbStore::open(config.data.store_path())
-            .map_err(|e| NodeError::Store { path: config.data.store_path().display().to_string(), source: e })?;
         let replica = Replica::open(store, id.replica_id(), config.engine, config.clock.0.clone())?;
         // The owner (this node's own key) may connect too: that is how the CLI reaches it.
         let trust = TrustList::new(config.trust.iter().copied().chain(config.peers.iter().map(|p| p.id)).chain([id]));
@@ -449,11 +510,14 @@ impl Node {
             sessions_failed: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             reissued_writes: AtomicU64::new(0),
+            store_reopens: AtomicU64::new(0),
+            store_failed: Notify::new(),
         });
         info!(node = %id, %listen, "node started");
         *lock(&inner.writer) = Some(tokio::spawn(write_loop(inner.clone(), write_rx)));
         tokio::spawn(crate::peer::accept_loop(inner.clone()));
         tokio::spawn(gc_loop(inner.clone()));
+        tokio::spawn(store_loop(inner.clone()));
         for peer in inner.config.peers.clone() {
             tokio::spawn(crate::peer::dial_loop(inner.clone(), peer));
         }
@@ -590,6 +654,9 @@ impl Node {
                 bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
                 clock_ahead_ms: r.clock_ahead_ms(),
                 reissued_writes: self.inner.reissued_writes.load(Ordering::Relaxed),
+                store_error: r.store_failure().map(|f| f.error.clone()),
+                store_failed_since_ms: r.store_failure().map(|f| f.since_ms),
+                store_reopens: self.inner.store_reopens.load(Ordering::Relaxed),
             })
         })?;
         Ok(status)
@@ -680,6 +747,10 @@ async fn gc_loop(inner: Arc<Inner>) {
             _ = tokio::time::sleep(inner.config.gc_interval) => {}
             _ = stop.changed() => return,
         }
+        // A failed store is the store loop's until it takes commits again.
+        if inner.with_replica(|r| r.store_failure().is_some()) {
+            continue;
+        }
         match inner.with_replica(|r| r.collect_garbage()) {
             Ok(report) if report.collected > 0 || !report.evicted.is_empty() => {
                 info!(collected = report.collected, evicted = ?report.evicted, purged = report.purged, "GC step");
@@ -709,6 +780,46 @@ async fn gc_loop(inner: Arc<Inner>) {
             if *stop.borrow() {
                 return;
             }
+        }
+    }
+}
+
+/// Brings a failed store back without a restart: once a commit fails, reopens the store (which
+/// reloads the replica from what is durable), then checks with a commit that changes nothing
+/// whether it takes commits again; a check that fails poisons the store again, so it is reopened
+/// at once and checked again after a wait that doubles up to [`STORE_RETRY_MAX`]. Meanwhile
+/// writes are refused, so nothing is acknowledged that is not durable.
+async fn store_loop(inner: Arc<Inner>) {
+    let mut stop = inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            () = inner.store_failed.notified() => {}
+            _ = stop.changed() => return,
+        }
+        let mut wait = STORE_RETRY_FIRST;
+        loop {
+            match inner.with_replica(|r| r.store_failure().map(|f| f.needs_reopen)) {
+                None => break,
+                Some(true) => match inner.with_replica(|r| r.reopen_store()) {
+                    Ok(()) => {
+                        inner.store_reopens.fetch_add(1, Ordering::Relaxed);
+                        info!("reopened the store after its failure; checking in {wait:?} that it takes commits");
+                    }
+                    Err(e) => warn!("reopening the store failed: {e}; trying again in {wait:?}"),
+                },
+                Some(false) => {
+                    if let Err(e) = inner.with_replica(|r| r.check_store()) {
+                        debug!("the store does not take commits yet: {e}");
+                    }
+                    // Taken: the failure is cleared. Refused: the store awaits a reopen again.
+                    continue;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            wait = (wait * 2).min(STORE_RETRY_MAX);
         }
     }
 }

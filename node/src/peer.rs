@@ -9,7 +9,8 @@
 //!   session has finished, every commit wakes a pusher that sends what the peer lacks on one
 //!   long-lived stream; the peer answers with its vector, which feeds the stable frontier;
 //! - a malformed, oversized or refused frame closes that connection with a [`CloseCode`] and a
-//!   reason; nothing of it is applied and every other connection goes on.
+//!   reason; nothing of it is applied and every other connection goes on. A failure of this
+//!   node's own store (a full disk) blames no peer: the stream ends, the connection stays.
 //!
 //! A dial loop backs off (doubling from [`BACKOFF_MIN`] up to `reconnect_max`) after every
 //! connection on which no session finished, whatever ended it: an unreachable peer, a peer that
@@ -300,6 +301,10 @@ fn close_on(conn: &PeerConnection, what: &str, failure: &Failure) {
             warn!("{what} failed, closing the connection ({code:?}): {failure}");
             conn.close(code, &failure.to_string());
         }
+        // The node logs its store's failure itself, once per failed commit.
+        None if failure.is_local() => {
+            debug!("{what} stopped by this node's own store failure, not the peer's doing: {failure}");
+        }
         None => debug!("{what} ended: {failure}"),
     }
 }
@@ -327,6 +332,11 @@ async fn accept_streams(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>
                     _ => Err(Failure::StreamKind(kind)),
                 };
                 if let Err(failure) = result {
+                    // What the peer pushed was not stored, and its sender counts it as sent: a
+                    // session from this side fetches it, retried until the store is back.
+                    if failure.is_local() {
+                        link.ask_session();
+                    }
                     close_on(&conn, "stream", &failure);
                 }
             }

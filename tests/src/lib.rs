@@ -1,7 +1,9 @@
 //! Cross-crate tests for lethe: the deterministic simulation ([`sim`]) used by
 //! `tests/simulation.rs`, the `lethe-sim` replay command and the `simulation` fuzz target; and
 //! the harness ([`cluster`]) for multi-process clusters of real `lethe serve` processes
-//! (`tests/cluster.rs`). Tests of one crate stay next to it.
+//! (`tests/cluster.rs`); and a redb backend that fails on demand like a full disk
+//! ([`failing_disk`], `tests/store_failure.rs`). Tests of one crate stay next to it.
 
 pub mod cluster;
+pub mod failing_disk;
 pub mod sim;

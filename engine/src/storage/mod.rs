@@ -237,6 +237,14 @@ pub trait Storage: Send {
     /// Applies `batch` atomically. When this returns `Ok`, the batch is durable (for an on-disk
     /// backend, on disk); when it returns `Err`, none of it is applied.
     fn commit(&mut self, batch: &Batch) -> Result<(), StorageError>;
+
+    /// Closes and reopens the backend after a failure. redb refuses every commit after one
+    /// I/O error ("Previous I/O error") until it is reopened; what it holds afterwards is
+    /// exactly what was durable. Snapshots taken before fail from then on. The default does
+    /// nothing, for a backend that a failure does not poison.
+    fn reopen(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@ use super::{Batch, KeyRange, Meta, Op, Snapshot, Storage};
 use crate::entry::Entry;
 use crate::error::StorageError;
 use crate::ids::{Dot, ReplicaId, Seq};
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Builder, Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend,
+    TableDefinition,
+};
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -18,15 +21,20 @@ const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const DOTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dots");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
+/// Opens the database again: at [`RedbStore::open`] and at every [`Storage::reopen`].
+type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send>;
+
 /// A store in one redb file.
 pub struct RedbStore {
-    db: Database,
+    /// `None` once closed after a failure, until a reopen succeeds.
+    db: Option<Database>,
+    open: Opener,
     scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore").finish_non_exhaustive()
+        f.debug_struct("RedbStore").field("open", &self.db.is_some()).finish_non_exhaustive()
     }
 }
 
@@ -35,7 +43,21 @@ impl RedbStore {
     ///
     /// Fails if another process has the file open (redb locks it), or if it is not a redb file.
     pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StorageError> {
-        let db = Database::create(path.as_ref()).map_err(|e| StorageError::backend("opening the store file", e))?;
+        let path = path.as_ref().to_path_buf();
+        RedbStore::open_with(Box::new(move || Database::create(&path)))
+    }
+
+    /// Opens a store on a redb storage backend made by `backend`, which is called again at
+    /// every [`Storage::reopen`] (so it must open the same storage each time): for storage
+    /// other than a plain file, or a test's backend that fails on demand.
+    pub fn open_on_backend<B: StorageBackend>(
+        backend: impl Fn() -> std::io::Result<B> + Send + 'static,
+    ) -> Result<RedbStore, StorageError> {
+        RedbStore::open_with(Box::new(move || Builder::new().create_with_backend(backend()?)))
+    }
+
+    fn open_with(open: Opener) -> Result<RedbStore, StorageError> {
+        let db = open().map_err(|e| StorageError::backend("opening the store file", e))?;
         let txn = db.begin_write().map_err(|e| StorageError::backend("creating tables", e))?;
         {
             txn.open_table(ENTRIES).map_err(|e| StorageError::backend("creating tables", e))?;
@@ -43,7 +65,13 @@ impl RedbStore {
             txn.open_table(META).map_err(|e| StorageError::backend("creating tables", e))?;
         }
         txn.commit().map_err(|e| StorageError::backend("creating tables", e))?;
-        Ok(RedbStore { db, scratch: Vec::new() })
+        Ok(RedbStore { db: Some(db), open, scratch: Vec::new() })
+    }
+
+    fn db(&self) -> Result<&Database, StorageError> {
+        self.db.as_ref().ok_or_else(|| StorageError::Unavailable {
+            cause: "the store file was closed after a failure and could not be reopened yet".into(),
+        })
     }
 }
 
@@ -63,12 +91,12 @@ impl Storage for RedbStore {
     type Snapshot = RedbSnapshot;
 
     fn snapshot(&self) -> Result<RedbSnapshot, StorageError> {
-        Ok(RedbSnapshot { txn: self.db.begin_read().map_err(read_err)? })
+        Ok(RedbSnapshot { txn: self.db()?.begin_read().map_err(read_err)? })
     }
 
     fn commit(&mut self, batch: &Batch) -> Result<(), StorageError> {
         // Dropping the transaction on an early return aborts it: nothing of the batch lands.
-        let txn = self.db.begin_write().map_err(write_err)?;
+        let txn = self.db()?.begin_write().map_err(write_err)?;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(write_err)?;
             let mut dots = txn.open_table(DOTS).map_err(write_err)?;
@@ -110,6 +138,18 @@ impl Storage for RedbStore {
             }
         }
         txn.commit().map_err(write_err)
+    }
+
+    fn reopen(&mut self) -> Result<(), StorageError> {
+        if let Some(db) = self.db.take() {
+            // Closing releases the file and its lock at once, even while old snapshots live
+            // (their reads fail from now on). After an I/O error redb cannot finish a clean
+            // close; the next open checks the file and recovers the last durable commit.
+            let _ = db.close();
+        }
+        let db = (self.open)().map_err(|e| StorageError::backend("reopening the store file", e))?;
+        self.db = Some(db);
+        Ok(())
     }
 }
 
