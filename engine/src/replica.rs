@@ -729,6 +729,13 @@ impl<S: Storage> Replica<S> {
         Ok(!finished)
     }
 
+    /// Whether entries are stored without their dot-index rows ([`Meta::Unindexed`]), written
+    /// or not yet writable by [`Replica::write_deferred_rows`].
+    #[must_use]
+    pub fn deferred_rows_pending(&self) -> bool {
+        !self.unindexed.is_empty()
+    }
+
     /// Whether [`Replica::write_deferred_rows`] would write now: rows are left out and the
     /// bootstrap that left them out is done.
     #[must_use]

@@ -233,6 +233,10 @@ pub struct Status {
     /// protocol; the log says which).
     #[serde(default)]
     pub sessions_failed: u64,
+    /// Whether dot-index rows a bootstrap left out are still to be written (deltas for peers
+    /// below the bootstrap are read from memory until then).
+    #[serde(default)]
+    pub deferred_rows: bool,
 }
 
 fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -537,6 +541,7 @@ impl Node {
                 sessions_finished: self.inner.sessions_finished.load(Ordering::Relaxed),
                 anti_entropy_sessions: self.inner.anti_entropy_sessions.load(Ordering::Relaxed),
                 sessions_failed: self.inner.sessions_failed.load(Ordering::Relaxed),
+                deferred_rows: r.deferred_rows_pending(),
                 bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
             })
         })?;
