@@ -201,9 +201,10 @@ pub struct Replica<S: Storage> {
     changes: Option<Vec<Change>>,
     /// Covers the dot of every entry stored without a dot-index row ([`Meta::Unindexed`]).
     unindexed: VersionVector,
-    /// The rows [`Replica::write_deferred_rows`] has still to write, in dot order, listed from
-    /// the index when it began (not kept across restarts: writing a row again changes nothing).
-    unindexed_rows: Option<std::vec::IntoIter<(Dot, Vec<u8>)>>,
+    /// The rows [`Replica::write_deferred_rows`] has still to write, once it began (not kept
+    /// across restarts: the list is taken again from the index, and writing a row again changes
+    /// nothing).
+    unindexed_rows: Option<DeferredRows>,
     /// Peers' wall times from their handshakes (`replica/clock.rs`).
     peer_clocks: clock::PeerClocks,
     /// Own writes re-stamped since the last [`Replica::take_reissued`].
@@ -217,6 +218,32 @@ pub struct Replica<S: Storage> {
     restore_epoch: u64,
     /// The store's failure, from a failed commit until a commit succeeds (`recovery.rs`).
     store_failure: Option<StoreFailure>,
+}
+
+/// The dot-index rows still to write for entries stored without one ([`Meta::Unindexed`]).
+///
+/// Rule (DESIGN.md §10, two bootstraps at once): every entry stored without a row is in
+/// `listed` or `late` until its row is written or it is replaced, so `unindexed` is cleared only
+/// once all of them have their rows, whatever order the chunks of several bootstraps, the row
+/// writing and the vector merges come in.
+#[derive(Debug)]
+struct DeferredRows {
+    /// Listed from the index when the writing began, in dot order.
+    listed: std::vec::IntoIter<(Dot, Vec<u8>)>,
+    /// Entries stored without a row after `listed` was taken (chunks of another bootstrap into
+    /// the same replica), by dot.
+    late: BTreeMap<Dot, Vec<u8>>,
+}
+
+impl DeferredRows {
+    fn is_empty(&self) -> bool {
+        self.listed.as_slice().is_empty() && self.late.is_empty()
+    }
+
+    /// The next row to write, in dot order within `listed`, then within `late`.
+    fn next(&mut self) -> Option<(Dot, Vec<u8>)> {
+        self.listed.next().or_else(|| self.late.pop_first())
+    }
 }
 
 /// A change to what reads of one key return, as recorded for subscribers
@@ -660,9 +687,14 @@ impl<S: Storage> Replica<S> {
             batch.set_meta(Meta::Restore, meta.clone());
         }
         let mut unindexed = self.unindexed.clone();
+        // Rows left out while `write_deferred_rows` works through its list join the list.
+        let mut late = Vec::new();
         for entry in winners.into_values() {
             if defer_dots {
                 unindexed.advance(entry.stamp.replica, entry.seq);
+                if self.unindexed_rows.is_some() {
+                    late.push((entry.dot(), entry.key.clone()));
+                }
                 batch.put_deferred(entry);
             } else {
                 batch.put(entry);
@@ -674,6 +706,9 @@ impl<S: Storage> Replica<S> {
         batch.set_meta(Meta::Vector, encode_vector(&vector));
         batch.set_meta(Meta::Clock, encode_clock(clock.last()));
         self.commit(&batch)?;
+        if let Some(rows) = self.unindexed_rows.as_mut() {
+            rows.late.extend(late);
+        }
         self.unindexed = unindexed;
         self.vector = vector;
         self.clock = clock;
@@ -689,6 +724,10 @@ impl<S: Storage> Replica<S> {
     /// the store, so a node calls this when idle. It does nothing while a bootstrap is still
     /// arriving (its vector not merged yet): rows written then would land between the dots of
     /// chunks still to come, in random order again.
+    ///
+    /// The list of rows is taken from the index at the first call; entries stored without a row
+    /// after that (a second bootstrap into the same replica, from another peer) join it, so
+    /// [`Meta::Unindexed`] is cleared only once every stored entry has its row.
     pub fn write_deferred_rows(&mut self, max_rows: usize) -> Result<bool> {
         if self.unindexed.is_empty() {
             return Ok(false);
@@ -698,15 +737,18 @@ impl<S: Storage> Replica<S> {
         }
         let unindexed = &self.unindexed;
         let index = &self.index;
-        let rows = self.unindexed_rows.get_or_insert_with(|| index.dots_within(unindexed).into_iter());
+        let rows = self.unindexed_rows.get_or_insert_with(|| DeferredRows {
+            listed: index.dots_within(unindexed).into_iter(),
+            late: BTreeMap::new(),
+        });
         let mut batch = Batch::new();
-        for (dot, key) in rows.by_ref().take(max_rows) {
+        for (dot, key) in std::iter::from_fn(|| rows.next()).take(max_rows) {
             // Still that key's entry (a later write replaced or removed it, with its own row)?
             if index.dot_of(&key) == Some(dot) {
                 batch.index_dot(dot, key);
             }
         }
-        let finished = rows.as_slice().is_empty();
+        let finished = rows.is_empty();
         if finished {
             batch.set_meta(Meta::Unindexed, encode_vector(&VersionVector::new()));
         }
@@ -716,6 +758,13 @@ impl<S: Storage> Replica<S> {
             self.unindexed_rows = None;
         }
         Ok(!finished)
+    }
+
+    /// Whether entries are stored without their dot-index rows ([`Meta::Unindexed`]), written
+    /// or not yet writable by [`Replica::write_deferred_rows`].
+    #[must_use]
+    pub fn deferred_rows_pending(&self) -> bool {
+        !self.unindexed.is_empty()
     }
 
     /// Whether [`Replica::write_deferred_rows`] would write now: rows are left out and the

@@ -288,6 +288,10 @@ pub struct Status {
     /// Times the store was reopened after a failure since the node started.
     #[serde(default)]
     pub store_reopens: u64,
+    /// Whether dot-index rows a bootstrap left out are still to be written (deltas for peers
+    /// below the bootstrap are read from memory until then).
+    #[serde(default)]
+    pub deferred_rows: bool,
 }
 
 fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -651,6 +655,7 @@ impl Node {
                 sessions_finished: self.inner.sessions_finished.load(Ordering::Relaxed),
                 anti_entropy_sessions: self.inner.anti_entropy_sessions.load(Ordering::Relaxed),
                 sessions_failed: self.inner.sessions_failed.load(Ordering::Relaxed),
+                deferred_rows: r.deferred_rows_pending(),
                 bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
                 clock_ahead_ms: r.clock_ahead_ms(),
                 reissued_writes: self.inner.reissued_writes.load(Ordering::Relaxed),

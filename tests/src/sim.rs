@@ -177,6 +177,9 @@ struct Node {
     /// The highest stamp this replica has held for each key: holding an older one later is a
     /// resurrection (I2), checked after every step.
     floor: BTreeMap<Vec<u8>, lethe_engine::Stamp>,
+    /// A new node that takes no part until it joins, bootstrapped by two peers at once
+    /// ([`Sim::join`]), nor while those two bootstraps run.
+    waiting: bool,
 }
 
 impl Node {
@@ -207,6 +210,8 @@ struct Link {
     sb: Session,
     to_a: VecDeque<Vec<u8>>,
     to_b: VecDeque<Vec<u8>>,
+    /// Frames wait (a slow peer): a joiner's second bootstrap, until its first one ends.
+    held: bool,
 }
 
 /// One simulated cluster.
@@ -227,13 +232,19 @@ pub struct Sim<'c, C: Choices> {
     collections: Vec<(Vec<u8>, lethe_engine::Dot, BTreeSet<ReplicaId>)>,
     /// Each write's dot → its writer's vector just before it (what the writer had seen).
     seen_at_write: BTreeMap<lethe_engine::Dot, lethe_engine::VersionVector>,
+    /// The node whose two bootstraps are running, if any.
+    joining: Option<usize>,
     report: SimReport,
 }
 
 impl<'c, C: Choices> Sim<'c, C> {
-    /// A cluster of 3–7 replicas, sized by the first choice.
+    /// A cluster of 3–7 replicas, sized by the first choice, which also says (in a quarter of
+    /// the runs) whether the last replica is a new node that joins later, bootstrapped by two
+    /// peers at once. (`x % 5` of a number in `0..20` is the size a seed had before joiners.)
     pub fn new(choices: &'c mut C, config: SimConfig) -> Result<Sim<'c, C>, Violation> {
-        let n = 3 + choices.below(5) as usize;
+        let first = choices.below(20);
+        let n = 3 + (first % 5) as usize;
+        let joiner = first / 5 == 3;
         let time = ManualClock::new(T0);
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
@@ -246,6 +257,7 @@ impl<'c, C: Choices> Sim<'c, C> {
                 writes: 0,
                 max_wall_ms: T0,
                 floor: BTreeMap::new(),
+                waiting: joiner && i == n - 1,
             };
             node.open()?;
             nodes.push(node);
@@ -263,6 +275,7 @@ impl<'c, C: Choices> Sim<'c, C> {
             history: BTreeMap::new(),
             collections: Vec::new(),
             seen_at_write: BTreeMap::new(),
+            joining: None,
             report,
         })
     }
@@ -282,7 +295,8 @@ impl<'c, C: Choices> Sim<'c, C> {
     }
 
     fn pick_live(&mut self) -> Option<usize> {
-        let live = (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some()).collect();
+        let live =
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some() && !self.nodes[i].waiting).collect();
         self.pick(live)
     }
 
@@ -299,10 +313,31 @@ impl<'c, C: Choices> Sim<'c, C> {
         self.absorb_reissues();
         self.check_floors()?;
         self.check()?;
+        self.check_rows_written()?;
         Ok(self.report)
     }
 
     fn step(&mut self) -> Result<(), Violation> {
+        // While a joiner's two bootstraps run, it takes part in nothing else but writes its
+        // deferred rows often, as a node does between sessions: a row list taken after one
+        // bootstrap ended, with the other's chunks still to come.
+        if let Some(j) = self.joining {
+            if !self.links.iter().any(|l| l.b == j) {
+                self.joining = None;
+                self.nodes[j].waiting = false;
+            } else {
+                if !self.links.iter().any(|l| l.b == j && !l.held) {
+                    self.links.iter_mut().for_each(|l| l.held = false);
+                }
+                if self.choices.chance(25) {
+                    return self.gc_at(j);
+                }
+            }
+        } else if let Some(j) = self.nodes.iter().position(|n| n.waiting)
+            && self.choices.chance(1)
+        {
+            return self.join(j);
+        }
         match self.choices.below(100) {
             0..=29 => self.write(),
             30..=37 => self.open_link(),
@@ -366,6 +401,10 @@ impl<'c, C: Choices> Sim<'c, C> {
 
     fn write(&mut self) -> Result<(), Violation> {
         let Some(i) = self.pick_live() else { return Ok(()) };
+        self.write_at(i)
+    }
+
+    fn write_at(&mut self, i: usize) -> Result<(), Violation> {
         let key = format!("k{:02}", self.choices.below(KEYS)).into_bytes();
         let op = self.choices.below(4);
         let node = &mut self.nodes[i];
@@ -437,14 +476,40 @@ impl<'c, C: Choices> Sim<'c, C> {
         if a == b || self.links.iter().filter(|l| (l.a, l.b) == (a, b) || (l.a, l.b) == (b, a)).count() >= 2 {
             return Ok(());
         }
-        let (ida, idb) = (self.nodes[a].id, self.nodes[b].id);
         let anti_entropy = self.choices.chance(15);
+        self.open_session(a, b, anti_entropy)
+    }
+
+    /// New node `j` joins: sessions with two peers open at once, so both see it empty and both
+    /// bootstrap it (DESIGN.md §10, two bootstraps at once); their frames then interleave with
+    /// everything else, its deferred dot rows included.
+    fn join(&mut self, j: usize) -> Result<(), Violation> {
+        let (Some(a), Some(b)) = (self.pick_live(), self.pick_live()) else { return Ok(()) };
+        if a == b {
+            return Ok(());
+        }
+        self.joining = Some(j);
+        // The second source holds a write the first may not have seen.
+        self.write_at(b)?;
+        self.log(|| format!("node {j} joins, from nodes {a} and {b} at once"));
+        let slow = self.choices.chance(50);
+        self.open_session(a, j, false)?;
+        self.open_session(b, j, false)?;
+        // Half the time b is slow: its bootstrap waits until a's has ended (or failed).
+        if let Some(link) = self.links.last_mut() {
+            link.held = slow;
+        }
+        Ok(())
+    }
+
+    fn open_session(&mut self, a: usize, b: usize, anti_entropy: bool) -> Result<(), Violation> {
+        let (ida, idb) = (self.nodes[a].id, self.nodes[b].id);
         let Some(ra) = self.nodes[a].replica.as_mut() else { return Ok(()) };
         let sa = if anti_entropy { Session::anti_entropy(ra, Some(idb)) } else { Session::new(ra, Some(idb)) }
             .map_err(|e| violation("session", format!("opening on node {a}: {e}")))?;
         let Some(rb) = self.nodes[b].replica.as_mut() else { return Ok(()) };
         let sb = Session::new(rb, Some(ida)).map_err(|e| violation("session", format!("opening on node {b}: {e}")))?;
-        self.links.push(Link { a, b, sa, sb, to_a: VecDeque::new(), to_b: VecDeque::new() });
+        self.links.push(Link { a, b, sa, sb, to_a: VecDeque::new(), to_b: VecDeque::new(), held: false });
         let k = self.links.len() - 1;
         self.log(|| format!("session {a}<->{b} opens{}", if anti_entropy { " (anti-entropy)" } else { "" }));
         self.pump(k)
@@ -474,7 +539,8 @@ impl<'c, C: Choices> Sim<'c, C> {
     }
 
     fn deliver(&mut self) -> Result<(), Violation> {
-        let ready = (0..self.links.len()).filter(|&k| !self.links[k].to_a.is_empty() || !self.links[k].to_b.is_empty());
+        let ready = (0..self.links.len())
+            .filter(|&k| !self.links[k].held && (!self.links[k].to_a.is_empty() || !self.links[k].to_b.is_empty()));
         let Some(k) = self.pick(ready.collect()) else { return Ok(()) };
         let to_b = {
             let l = &self.links[k];
@@ -637,7 +703,7 @@ impl<'c, C: Choices> Sim<'c, C> {
         let before = dead_keys(r, now_ms)?;
         let report = r.collect_garbage().map_err(|e| violation("gc", format!("node {i}: {e}")))?;
         // A node writes the dot-index rows a bootstrap left out in the background.
-        r.write_deferred_rows(3).map_err(|e| violation("storage", format!("node {i}: {e}")))?;
+        r.write_deferred_rows(1).map_err(|e| violation("storage", format!("node {i}: {e}")))?;
         // The step evicts before it collects: who counted is the membership after it.
         let members: BTreeSet<ReplicaId> = r.membership().iter().map(|(id, _)| id).chain([r.id()]).collect();
         let after = dead_keys(r, now_ms)?;
@@ -765,6 +831,7 @@ impl<'c, C: Choices> Sim<'c, C> {
         self.stray_pushes.clear();
         self.partitioned.clear();
         for node in &mut self.nodes {
+            node.waiting = false;
             node.clock.skew_ms.store(0, Ordering::SeqCst);
             if node.replica.is_none() {
                 node.open()?;
@@ -984,6 +1051,61 @@ fn live_entries(r: &Replica<MemoryStore>) -> Result<BTreeMap<Vec<u8>, Entry>, Vi
         }
     }
     Ok(out)
+}
+
+impl<C: Choices> Sim<'_, C> {
+    /// Each replica writes the dot-index rows its bootstraps left out, as a node does when idle;
+    /// then every stored entry has its row (however many bootstraps ran into it at once), and
+    /// deltas, now read through the rows, still hold every entry.
+    fn check_rows_written(&mut self) -> Result<(), Violation> {
+        let vectors: Vec<VersionVector> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref().map(|r| r.vector().clone()))
+            .chain([VersionVector::new()])
+            .collect();
+        for node in &mut self.nodes {
+            let Some(r) = node.replica.as_mut() else { continue };
+            while r.deferred_rows_writable() {
+                r.write_deferred_rows(3).map_err(|e| violation("storage", format!("{}: {e}", r.id())))?;
+            }
+            check_dot_rows(r)?;
+            check_deltas(r, &vectors)?;
+        }
+        Ok(())
+    }
+}
+
+/// The storage invariant, by scanning both tables: every stored entry has exactly its dot-index
+/// row (once the deferred rows are written).
+fn check_dot_rows(r: &Replica<MemoryStore>) -> Result<(), Violation> {
+    let storage = |e: lethe_engine::StorageError| violation("storage", e.to_string());
+    let snap = r.store().snapshot().map_err(storage)?;
+    let mut entries = BTreeSet::new();
+    snap.scan_keys(&KeyRange::all(), &mut |e| {
+        entries.insert((e.dot(), e.key));
+        ControlFlow::Continue(())
+    })
+    .map_err(storage)?;
+    let (first, last) =
+        (Dot { replica: ReplicaId(0), seq: Seq(0) }, Dot { replica: ReplicaId(u64::MAX), seq: Seq(u64::MAX) });
+    let mut rows = BTreeSet::new();
+    snap.scan_dots(first, last, &mut |d, k| {
+        rows.insert((d, k.to_vec()));
+        ControlFlow::Continue(())
+    })
+    .map_err(storage)?;
+    match entries.difference(&rows).next() {
+        Some((d, k)) => Err(violation(
+            "dot index",
+            format!(
+                "{}: entry {:?} ({d}) has no dot-index row after every deferred row was written",
+                r.id(),
+                String::from_utf8_lossy(k)
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The dot index and the deltas read through it: every dot-index row names its key's entry, and
