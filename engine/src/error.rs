@@ -106,6 +106,23 @@ pub enum Error {
         /// Writes re-issued under fresh seqs.
         reissued: u64,
     },
+    /// A peer claimed this replica made far more writes than its counter shows: more than a
+    /// restore from an older copy could explain. Refused; nothing changed.
+    #[error(
+        "peer claims write {seen} of this replica ({replica}), {} beyond its counter {own} (at most {max_gap} \
+         is believed); the peer is broken or lying: check it",
+        seen.0.saturating_sub(own.0)
+    )]
+    OwnSeqImplausible {
+        /// This replica.
+        replica: ReplicaId,
+        /// The seq claimed.
+        seen: Seq,
+        /// This replica's own counter.
+        own: Seq,
+        /// The largest gap believed.
+        max_gap: u64,
+    },
     /// A store belongs to another replica.
     #[error("store belongs to replica {stored}, not {requested}; open it with its own identity")]
     WrongReplica {

@@ -216,6 +216,8 @@ pub struct Replica<S: Storage> {
     recovery: Option<Recovery>,
     /// Bumped each time a recovery begins (sessions opened before do not merge).
     restore_epoch: u64,
+    /// The clock when the replica was opened: own writes stamped above it were made by this run.
+    opened_clock: Hlc,
     /// The store's failure, from a failed commit until a commit succeeds (`recovery.rs`).
     store_failure: Option<StoreFailure>,
 }
@@ -314,6 +316,7 @@ impl<S: Storage> Replica<S> {
                     released: std::sync::atomic::AtomicU64::new(durable.clock.0),
                     recovery: durable.recovery,
                     restore_epoch: 0,
+                    opened_clock: durable.clock,
                     store_failure: None,
                     store,
                 }
@@ -342,6 +345,7 @@ impl<S: Storage> Replica<S> {
                     released: std::sync::atomic::AtomicU64::new(0),
                     recovery: None,
                     restore_epoch: 0,
+                    opened_clock: Hlc(0),
                     store_failure: None,
                 }
             }
@@ -888,4 +892,4 @@ mod tests;
 
 pub(crate) use clock::HeldBack;
 pub use clock::{PEER_CLOCK_FRESH_MS, PEER_CLOCKS_MAX, REISSUED_KEPT_MAX, Reissue};
-pub use restore::Recovery;
+pub use restore::{RESTORE_SEQ_GAP_MAX, Recovery};

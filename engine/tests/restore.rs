@@ -120,3 +120,56 @@ fn a_restored_replica_learns_what_peers_hold_of_it_through_a_third_and_reuses_no
         assert_eq!(keys(r), ["r1", "r2", "r3"]);
     }
 }
+
+#[test]
+fn a_claim_of_own_writes_far_beyond_the_counter_is_refused_and_changes_nothing() {
+    let clock = ManualClock::new(T0);
+    let mut b = open(MemoryStore::new(), 2, &clock);
+    put(&mut b, "k", &clock);
+    let lie = b.notice_own_seq(lethe_engine::Seq(u64::MAX)).unwrap_err();
+    assert!(matches!(lie, Error::OwnSeqImplausible { .. }), "{lie}");
+    assert_eq!(b.recovery(), None);
+    assert_eq!(b.vector().get(ReplicaId(2)).0, 1);
+    put(&mut b, "still-writes", &clock);
+}
+
+#[test]
+fn a_second_peer_holding_more_of_the_lost_writes_moves_the_reissued_ones_again() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut c) = (open(MemoryStore::new(), 1, &clock), open(MemoryStore::new(), 3, &clock));
+    let mut b = open(MemoryStore::new(), 2, &clock);
+    put(&mut b, "r1", &clock);
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    let backup = b.store().clone();
+    put(&mut b, "r2", &clock);
+    put(&mut b, "r3", &clock);
+    sync_in_process(&mut a, &mut b, false).unwrap(); // a holds b's writes up to 3
+    put(&mut b, "r4", &clock);
+    sync_in_process(&mut c, &mut b, false).unwrap(); // c holds them up to 4
+    drop(b);
+    let mut b = open(backup, 2, &clock);
+    put(&mut b, "new1", &clock);
+    // a shows 3: new1 moves to 4, which c holds as r4; c then shows 4 and new1 moves again.
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    sync_in_process(&mut c, &mut b, false).unwrap();
+    assert!(b.recovery().unwrap().target.0 >= 4);
+    for _ in 0..3 {
+        sync_in_process(&mut c, &mut b, false).unwrap();
+        sync_in_process(&mut a, &mut b, false).unwrap();
+        sync_in_process(&mut a, &mut c, false).unwrap();
+    }
+    assert_eq!(b.recovery(), None);
+    for anti_entropy in [true, false] {
+        sync_in_process(&mut a, &mut b, anti_entropy).unwrap();
+        sync_in_process(&mut b, &mut c, anti_entropy).unwrap();
+        sync_in_process(&mut a, &mut c, anti_entropy).unwrap();
+    }
+    let mut by_dot: BTreeMap<Dot, Vec<u8>> = BTreeMap::new();
+    for r in [&a, &b, &c] {
+        assert_eq!(keys(r), ["new1", "r1", "r2", "r3", "r4"], "at {}", r.id());
+        for e in entries(r) {
+            let key = by_dot.entry(e.dot()).or_insert_with(|| e.key.clone());
+            assert_eq!(*key, e.key, "dot {} names two writes", e.dot());
+        }
+    }
+}

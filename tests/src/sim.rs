@@ -304,13 +304,13 @@ impl<'c, C: Choices> Sim<'c, C> {
     pub fn run(mut self) -> Result<SimReport, Violation> {
         for _ in 0..self.config.steps {
             self.step()?;
-            self.absorb_reissues();
+            self.absorb_reissues()?;
             self.check_clocks()?;
             self.check_floors()?;
         }
         self.heal()?;
         self.final_rounds()?;
-        self.absorb_reissues();
+        self.absorb_reissues()?;
         self.check_floors()?;
         self.check()?;
         self.check_rows_written()?;
@@ -436,7 +436,7 @@ impl<'c, C: Choices> Sim<'c, C> {
 
     /// Own writes a replica re-stamped (its clock had run ahead of its peers') replace the old
     /// version in the model: the old dot is dead, the new one is a write made now.
-    fn absorb_reissues(&mut self) {
+    fn absorb_reissues(&mut self) -> Result<(), Violation> {
         for i in 0..self.nodes.len() {
             let node = &mut self.nodes[i];
             let Some(r) = node.replica.as_mut() else { continue };
@@ -448,12 +448,17 @@ impl<'c, C: Choices> Sim<'c, C> {
             node.writes += reissued.len() as u64;
             self.report.reissued += reissued.len() as u64;
             for re in &reissued {
-                // The old stamp is withdrawn: no replica's floor for the key holds it any more.
-                for n in &mut self.nodes {
-                    if n.floor.get(&re.old.key) == Some(&re.old.stamp) {
-                        n.floor.insert(re.old.key.clone(), re.new.stamp);
-                    }
+                // Only an entry no peer was handed may be re-stamped lower: a peer that ever
+                // held it would keep it against the new one.
+                if let Some(j) = (0..self.nodes.len())
+                    .find(|&j| j != i && self.nodes[j].floor.get(&re.old.key) == Some(&re.old.stamp))
+                {
+                    return Err(violation(
+                        "I3 no lost write",
+                        format!("node {i} re-stamped {} lower, which node {j} holds", re.old.stamp),
+                    ));
                 }
+                self.nodes[i].floor.insert(re.old.key.clone(), re.new.stamp);
             }
             for re in reissued {
                 // The old version goes, and so does every earlier own write (lower seq) to the key
@@ -469,6 +474,7 @@ impl<'c, C: Choices> Sim<'c, C> {
                 self.log(|| format!("node {i} re-stamps {} as {}", re.old.stamp, re.new.stamp));
             }
         }
+        Ok(())
     }
 
     fn open_link(&mut self) -> Result<(), Violation> {

@@ -7,7 +7,8 @@
 //!
 //! - **Peers' wall times.** Every handshake carries the sender's wall time
 //!   ([`Replica::note_peer_wall`]). Measured within [`PEER_CLOCK_FRESH_MS`], the peers give a
-//!   reference time: the wall time of the peer furthest ahead. A local write whose stamp would lie
+//!   reference time: the upper median of their wall times (one peer far off either way decides
+//!   nothing once there are three). A local write whose stamp would lie
 //!   more than `max_drift_ms` beyond it is refused with [`Error::ClockAheadOfPeers`]; no stamp
 //!   from the future is issued once a peer has shown it to be one.
 //! - **Entries a peer would refuse are held back from it** ([`HeldBack`]): a session leaves out
@@ -79,7 +80,7 @@ impl PeerClocks {
         self.wall_high_ms = self.wall_high_ms.max(wall_ms);
     }
 
-    /// The wall time of the peer furthest ahead, by measurements taken within
+    /// The peers' wall time now (their upper median), by measurements taken within
     /// [`PEER_CLOCK_FRESH_MS`] of `wall_ms`. A wall clock that stepped back past the measurements
     /// voids them (their offsets were taken against the old time).
     fn reference_ms(&mut self, wall_ms: u64) -> Option<u64> {
@@ -87,11 +88,16 @@ impl PeerClocks {
             self.peers.clear();
         }
         self.wall_high_ms = self.wall_high_ms.max(wall_ms);
-        self.peers
+        let mut walls: Vec<u64> = self
+            .peers
             .values()
             .filter(|c| wall_ms.saturating_sub(c.measured_at_ms) <= PEER_CLOCK_FRESH_MS && c.measured_at_ms <= wall_ms)
             .map(|c| wall_ms.saturating_add_signed(c.offset_ms))
-            .max()
+            .collect();
+        walls.sort_unstable();
+        // The upper median: one peer whose clock is far off, either way, decides nothing once
+        // there are three; with one or two, the one further ahead counts (fewer refusals).
+        walls.get(walls.len() / 2).copied()
     }
 }
 
@@ -201,6 +207,11 @@ impl<S: Storage> Replica<S> {
     /// while this replica's own wall clock is the one ahead (its fresh stamps would be no better).
     /// Returns how many entries were re-issued. Run before writes, sessions and GC steps.
     pub fn settle_clock(&mut self) -> Result<usize> {
+        // A recovery from a restore holds the own vector component below its counter: a re-stamp
+        // now would issue seqs in the range it lowered (`replica/restore.rs`). It waits.
+        if self.recovery.is_some() {
+            return Ok(0);
+        }
         let wall_ms = self.now_ms();
         let Some(reference_ms) = self.peer_clocks.reference_ms(wall_ms) else { return Ok(0) };
         let max_drift_ms = self.config().max_drift_ms;

@@ -10,9 +10,12 @@
 //!
 //! 1. **Stop taking writes** ([`Error::Restored`]) until the recovery ends.
 //! 2. **Re-issue** every own entry above K, the highest own seq a member had acknowledged in the
-//!    restored copy (below it, the peers hold the same writes), under fresh dots above N, the
-//!    highest own seq any peer was seen to hold: same key, stamp and payload, so each keeps its
-//!    place in LWW order, and the higher seq wins the tie with any copy under the old dot.
+//!    restored copy (below it, the peers hold the same writes), that was written since this
+//!    replica was opened (stamped above the clock it opened with: older ones are the copy's,
+//!    which peers hold, or beat), under fresh dots above N, the highest own seq any peer was
+//!    seen to hold: same key, stamp and payload, so each keeps its place in LWW order, and the
+//!    higher seq wins the tie with any copy under the old dot. A peer later showing more than N
+//!    (while the recovery runs) starts it again above that.
 //! 3. **Uncover the lost range**: this replica's vector goes back to K for its own component, so
 //!    peers send it their copies of its writes in (K, N], which it no longer holds, and nothing
 //!    it receives in that range is taken for dead. The counter (the last seq issued) is kept
@@ -24,6 +27,12 @@
 //! A session that was open when the recovery began ends without merging its sender's vector:
 //! the sender computed what to send against the handshake's old vector
 //! ([`Replica::restore_epoch`]).
+//!
+//! Limits (said where they bite): a restored replica that acknowledges more writes than it lost
+//! before it hears from any peer reaches a counter no peer exceeds, and the reuse goes unseen
+//! (the node takes its first writes only after its first handshakes, or a few seconds, to make
+//! this unlikely); writes made by a run before a restart on the copy are not re-issued; the
+//! recovery ends only when a peer holding the highest seq seen completes a session with it.
 
 use crate::error::{Error, Result, StorageError};
 use crate::ids::{Dot, Seq};
@@ -33,6 +42,12 @@ use crate::storage::{Batch, Meta, Snapshot, Storage, decode_cbor, encode_cbor, e
 use crate::vector::VersionVector;
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
+
+/// The furthest beyond its own counter a peer may claim this replica's writes go (2^40 seqs,
+/// far more than any store falls behind between a backup and its restore). A larger claim is a
+/// lie (or a broken peer) and is refused: believed, it would block local writes until a vector
+/// came back to it, and push seqs toward overflow.
+pub const RESTORE_SEQ_GAP_MAX: u64 = 1 << 40;
 
 /// A recovery in progress, persisted as [`Meta::Restore`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,9 +86,24 @@ impl<S: Storage> Replica<S> {
     /// Checks what a peer showed of this replica's own writes (`seen`: the highest own seq in its
     /// vector, gossip or acknowledgement). Beyond the counter, this replica's store is older than
     /// writes it made: recovery begins (see the module docs). Returns whether it did.
+    ///
+    /// Fails with [`Error::OwnSeqImplausible`] (changing nothing) for a claim more than
+    /// [`RESTORE_SEQ_GAP_MAX`] beyond the counter.
     pub fn notice_own_seq(&mut self, seen: Seq) -> Result<bool> {
-        if seen <= self.own_counter() {
+        let counter = self.own_counter();
+        // While recovering, the re-issued writes sit in (target, counter]: a peer holding more
+        // than the target holds originals there too, and they must move again.
+        let threshold = self.recovery.map_or(counter, |r| r.target);
+        if seen <= threshold {
             return Ok(false);
+        }
+        if seen.0.saturating_sub(counter.0) > RESTORE_SEQ_GAP_MAX {
+            return Err(Error::OwnSeqImplausible {
+                replica: self.id(),
+                seen,
+                own: counter,
+                max_gap: RESTORE_SEQ_GAP_MAX,
+            });
         }
         self.begin_recovery(seen)?;
         Ok(true)
@@ -83,7 +113,9 @@ impl<S: Storage> Replica<S> {
     /// its members' acknowledged vectors.
     pub fn notice_own_seqs(&mut self, vector: &VersionVector, gossip: &[MemberInfo]) -> Result<bool> {
         let me = self.id();
-        let seen = gossip.iter().map(|g| g.acked.get(me)).fold(vector.get(me), Seq::max);
+        // A member's gossiped record of this replica is this replica's own past report (it may
+        // name writes no peer ever received); the others' records are what they hold.
+        let seen = gossip.iter().filter(|g| g.replica != me).map(|g| g.acked.get(me)).fold(vector.get(me), Seq::max);
         self.notice_own_seq(seen)
     }
 
@@ -111,6 +143,12 @@ impl<S: Storage> Replica<S> {
                 what: "dot index",
                 detail: format!("names key {key:?}, which has no entry"),
             })?;
+            // Written before this replica was opened on the copy: peers hold the same write (or
+            // what beat it, a collected delete maybe). Re-issued, it could come back; left under
+            // its dot, the lowered vector lets "covered and absent" settle it.
+            if entry.stamp.hlc <= self.opened_clock {
+                continue;
+            }
             seq = seq.next();
             batch.put(crate::entry::Entry { seq, ..entry });
             reissued += 1;
