@@ -27,6 +27,11 @@ use tracing::{debug, error, info, warn};
 /// Writes committed together at most.
 const GROUP_COMMIT_MAX: usize = 1024;
 
+/// How long a node with `--peer`s holds its first local writes back after it starts, waiting
+/// for a first session with one of them: a store restored from an older copy learns from it what
+/// its peers hold of its writes before it issues a seq they hold (`engine/src/replica/restore.rs`).
+pub const STARTUP_WRITE_FENCE: Duration = Duration::from_secs(3);
+
 /// How many changes a slow subscriber may fall behind before it is told it lagged.
 const SUBSCRIBER_BUFFER: usize = 4096;
 
@@ -372,12 +377,29 @@ pub(crate) struct Inner {
     pub(crate) bytes_sent: AtomicU64,
     /// Own writes re-stamped since start (the clock had run ahead of the peers').
     pub(crate) reissued_writes: AtomicU64,
+    /// Set once a session with a peer has finished (lifts the [`STARTUP_WRITE_FENCE`]).
+    pub(crate) synced: watch::Sender<bool>,
     /// Times the store was reopened after a failure since start.
     store_reopens: AtomicU64,
     /// Woken when a commit fails: the store loop brings the store back.
     store_failed: Notify,
     /// The writer task, awaited at shutdown so that queued writes are committed.
     pub(crate) writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Says when a recovery from a restore begins and ends (`engine/src/replica/restore.rs`).
+fn log_restore(before: Option<lethe_engine::replica::Recovery>, after: Option<lethe_engine::replica::Recovery>) {
+    match (before, after) {
+        (None, Some(r)) => warn!(
+            target_seq = r.target.0,
+            reissued = r.reissued,
+            "this node's store was restored from an older copy (a peer holds its writes up to seq {}): \
+             re-issued its writes made since under fresh seqs; local writes are refused until it has caught up",
+            r.target
+        ),
+        (Some(_), None) => info!("recovered from the restore: every write peers held is back, local writes resume"),
+        _ => {}
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -391,14 +413,17 @@ impl Inner {
             let mut replica = lock(&self.replica);
             let before = replica.vector().clone();
             let failed_before = replica.store_failure().map(|f| f.failed_commits);
+            let recovering_before = replica.recovery();
             let out = f(&mut replica);
             let reissued = replica.take_reissued();
+            let recovering = replica.recovery();
             if replica.store_failure().map(|f| f.failed_commits) != failed_before {
                 self.store_failure_changed(replica.store_failure());
             }
             let changes = replica.take_changes();
             let moved = replica.vector() != &before;
             drop(replica);
+            log_restore(recovering_before, recovering);
             if !reissued.is_empty() {
                 self.reissued_writes.fetch_add(reissued.len() as u64, Ordering::Relaxed);
                 warn!(
@@ -514,6 +539,7 @@ impl Node {
             sessions_failed: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             reissued_writes: AtomicU64::new(0),
+            synced: watch::channel(false).0,
             store_reopens: AtomicU64::new(0),
             store_failed: Notify::new(),
         });
@@ -690,6 +716,10 @@ fn hex(bytes: &[u8]) -> String {
 /// Group commit: takes every write waiting, commits them as one batch, answers each.
 async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<WriteRequest>) {
     let mut stop = inner.shutdown.subscribe();
+    if !inner.config.peers.is_empty() {
+        let mut synced = inner.synced.subscribe();
+        let _ = tokio::time::timeout(STARTUP_WRITE_FENCE, synced.wait_for(|s| *s)).await;
+    }
     loop {
         let first = tokio::select! {
             first = rx.recv() => first,

@@ -461,6 +461,7 @@ async fn run_session(
     let stats = session.stats().clone();
     inner.sessions_finished.fetch_add(1, Ordering::Relaxed);
     if link.synced_sessions.fetch_add(1, Ordering::Relaxed) == 0 {
+        inner.synced.send_replace(true);
         info!("connected to {peer}: first session finished");
     }
     inner.anti_entropy_sessions.fetch_add(u64::from(stats.anti_entropy), Ordering::Relaxed);
