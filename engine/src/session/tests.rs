@@ -9,7 +9,11 @@ use std::sync::Arc;
 const T0: u64 = 1_700_000_000_000;
 
 fn replica(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
-    Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap()
+    let mut r = Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap();
+    for other in 1..=8 {
+        r.enrol_member(ReplicaId(other)).unwrap();
+    }
+    r
 }
 
 fn run(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>) -> PairOutcome {
