@@ -29,15 +29,7 @@ fn vv(pairs: &[(u64, u64)]) -> VersionVector {
 }
 
 fn hello(vector: VersionVector, members: Vec<MemberInfo>, values: u64) -> Hello {
-    Hello {
-        version: PROTOCOL_VERSION,
-        replica: PEER,
-        vector: vector.clone(),
-        frontier: vector,
-        members,
-        values,
-        anti_entropy: false,
-    }
+    Hello { version: PROTOCOL_VERSION, replica: PEER, vector, members, values, anti_entropy: false }
 }
 
 fn member(replica: u64, acked: VersionVector, last_heard_ms: u64) -> MemberInfo {

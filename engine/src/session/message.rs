@@ -36,8 +36,6 @@ pub struct Hello {
     pub replica: ReplicaId,
     /// The sender's version vector.
     pub vector: VersionVector,
-    /// The sender's stable frontier.
-    pub frontier: VersionVector,
     /// The sender's members and their acknowledged vectors (the sender included).
     pub members: Vec<MemberInfo>,
     /// How many unpurged values the sender holds (0 with an empty vector means "bootstrap me").
@@ -53,7 +51,6 @@ struct HelloWire(
     u32,
     ReplicaId,
     #[serde(deserialize_with = "limits::bounded_vector")] VersionVector,
-    #[serde(deserialize_with = "limits::bounded_vector")] VersionVector,
     #[serde(deserialize_with = "limits::bounded_vec::<_, _, HELLO_MEMBERS_MAX>")] Vec<MemberWire>,
     u64,
     bool,
@@ -66,18 +63,18 @@ struct MemberWire(ReplicaId, #[serde(deserialize_with = "limits::bounded_vector"
 impl From<Hello> for HelloWire {
     fn from(h: Hello) -> Self {
         let members = h.members.into_iter().map(|m| MemberWire(m.replica, m.acked, m.last_heard_ms)).collect();
-        HelloWire(h.version, h.replica, h.vector, h.frontier, members, h.values, h.anti_entropy)
+        HelloWire(h.version, h.replica, h.vector, members, h.values, h.anti_entropy)
     }
 }
 
 impl From<HelloWire> for Hello {
     fn from(w: HelloWire) -> Self {
-        let HelloWire(version, replica, vector, frontier, members, values, anti_entropy) = w;
+        let HelloWire(version, replica, vector, members, values, anti_entropy) = w;
         let members = members
             .into_iter()
             .map(|MemberWire(replica, acked, last_heard_ms)| MemberInfo { replica, acked, last_heard_ms })
             .collect();
-        Hello { version, replica, vector, frontier, members, values, anti_entropy }
+        Hello { version, replica, vector, members, values, anti_entropy }
     }
 }
 

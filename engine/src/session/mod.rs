@@ -234,7 +234,6 @@ impl Session {
             version: PROTOCOL_VERSION,
             replica: replica.id(),
             vector: replica.vector().clone(),
-            frontier: replica.frontier(),
             members: replica.gossip(),
             values: replica.index.live.len(),
             anti_entropy,
