@@ -131,6 +131,9 @@ pub enum Error {
         /// The replica that tried to open it.
         requested: ReplicaId,
     },
+    /// Enrolling a member would exceed [`crate::membership::MEMBERS_MAX`].
+    #[error(transparent)]
+    TooManyMembers(#[from] crate::membership::TooManyMembers),
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),

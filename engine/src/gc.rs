@@ -101,16 +101,58 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Merges a peer's gossip under the admission rule of [`Replica::acknowledge`].
-    /// A member's record only grows; this replica is never a member of itself.
+    /// A member's record only grows; this replica is never a member of itself; a record about a
+    /// replica that is not enrolled here is ignored (gossip never creates a member); and a time
+    /// later than this replica's own clock counts as now (DESIGN.md §9), so a peer cannot keep a
+    /// member from being evicted by claiming to hear from it in the future.
     pub fn merge_gossip(&mut self, gossip: &[MemberInfo]) {
+        let now_ms = self.now_ms();
         for g in gossip {
-            self.acknowledge_at(g.replica, &g.acked, g.last_heard_ms);
+            self.acknowledge_at(g.replica, &g.acked, g.last_heard_ms.min(now_ms));
         }
     }
 
-    /// Stops counting `replica` (an operator's eviction). It rejoins by reconciliation.
+    /// Stops counting `replica` (an operator's eviction). It stays enrolled and rejoins by
+    /// reconciliation, then counts again once the admission rule lets it.
     pub fn evict(&mut self, replica: ReplicaId) -> bool {
         self.membership.remove(replica)
+    }
+
+    /// Enrols `replica` as a member (an operator's act: DESIGN.md §2.4): its acknowledgements
+    /// and gossip about it count from now on, and it becomes a member once the admission rule
+    /// lets it. Durable when this returns. Returns whether it was new; enrolling this replica
+    /// itself does nothing. Fails with [`crate::Error::TooManyMembers`] past
+    /// [`crate::membership::MEMBERS_MAX`].
+    pub fn enrol_member(&mut self, replica: ReplicaId) -> Result<bool> {
+        if replica == self.id() {
+            return Ok(false);
+        }
+        let mut membership = self.membership.clone();
+        if !membership.enrol(replica)? {
+            return Ok(false);
+        }
+        self.persist_membership(membership)?;
+        Ok(true)
+    }
+
+    /// Removes `replica` from the members and the enrolled set at once (an operator's removal):
+    /// it no longer holds collection back, and nothing about it is taken from gossip. Durable
+    /// when this returns. Returns whether it was enrolled.
+    pub fn remove_member(&mut self, replica: ReplicaId) -> Result<bool> {
+        let mut membership = self.membership.clone();
+        if !membership.unenrol(replica) {
+            return Ok(false);
+        }
+        self.persist_membership(membership)?;
+        Ok(true)
+    }
+
+    fn persist_membership(&mut self, membership: Membership) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.set_meta(Meta::Members, encode_cbor(&membership));
+        self.commit(&batch)?;
+        self.membership = membership;
+        Ok(())
     }
 
     /// One GC step (see the module docs).
@@ -141,9 +183,19 @@ impl<S: Storage> Replica<S> {
             self.checkpoint = Some(Checkpoint { frontier, join });
         }
         report.pending = self.checkpoint.is_some();
-        batch.set_meta(Meta::Members, encode_cbor(&self.membership));
-        batch.set_meta(Meta::Checkpoint, encode_cbor(&self.checkpoint));
-        self.commit(&batch)?;
+        // Only what changed: an idle node's GC step then writes (and fsyncs) nothing.
+        let snap = self.store().snapshot()?;
+        for (meta, value) in
+            [(Meta::Members, encode_cbor(&self.membership)), (Meta::Checkpoint, encode_cbor(&self.checkpoint))]
+        {
+            if snap.meta(meta)?.as_deref() != Some(value.as_slice()) {
+                batch.set_meta(meta, value);
+            }
+        }
+        drop(snap);
+        if !batch.is_empty() {
+            self.commit(&batch)?;
+        }
         Ok(report)
     }
 

@@ -24,10 +24,18 @@ impl fmt::Display for ReplicaId {
 pub struct Seq(pub u64);
 
 impl Seq {
-    /// The sequence number after this one.
+    /// The sequence number after this one, for this replica's own next write. Never call it on
+    /// a seq from a peer, which may be `u64::MAX`: use [`Seq::checked_next`].
     #[must_use]
     pub fn next(self) -> Seq {
         Seq(self.0 + 1)
+    }
+
+    /// The sequence number after this one, or `None` after `u64::MAX` (a peer's vector may
+    /// claim it: nothing lies beyond it).
+    #[must_use]
+    pub fn checked_next(self) -> Option<Seq> {
+        self.0.checked_add(1).map(Seq)
     }
 }
 

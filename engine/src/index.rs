@@ -179,8 +179,11 @@ impl KeyIndex {
         while let Some(from) = writer {
             let Some((first, _)) = self.dead_by_dot.range(Dot { replica: from, seq: Seq(0) }..).next() else { break };
             let r = first.replica;
-            let start = Dot { replica: r, seq: peer.get(r).next() };
-            keys.extend(self.dead_by_dot.range(start..=Dot { replica: r, seq: Seq(u64::MAX) }).map(|(_, k)| k.clone()));
+            // A peer's vector may claim `u64::MAX`: then nothing of `r` lies beyond it.
+            if let Some(seq) = peer.get(r).checked_next() {
+                let (start, end) = (Dot { replica: r, seq }, Dot { replica: r, seq: Seq(u64::MAX) });
+                keys.extend(self.dead_by_dot.range(start..=end).map(|(_, k)| k.clone()));
+            }
             writer = r.0.checked_add(1).map(ReplicaId);
         }
         keys

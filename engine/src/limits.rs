@@ -65,3 +65,82 @@ impl Limits {
         Ok(())
     }
 }
+
+/// The most member records a handshake may carry: the sender and the replicas it enrolled
+/// ([`crate::membership::MEMBERS_MAX`]). Checked while the handshake decodes, before the list is
+/// allocated.
+pub const HELLO_MEMBERS_MAX: usize = crate::membership::MEMBERS_MAX;
+/// The most components a version vector from a peer may have, and the most a vector here may
+/// grow to by merging a peer's. One component per writer: members (at most 64) and, until
+/// devices write under members' dots (DESIGN.md §8), every other replica that writes. Checked
+/// while a handshake, `Done`, `Ack` or push decodes, and before a merge.
+pub const VECTOR_COMPONENTS_MAX: usize = 1024;
+/// The most range groups plus parts one `Ranges` message may carry, and the most ranges a
+/// `Reply` may ask to split or send. A source never sends more: it describes only ranges the
+/// sink asked to split (16 parts each), and a message that large would already exceed
+/// [`crate::session::FRAME_BYTES_MAX`] at differences of about 100,000 among 1,000,000.
+pub const RANGE_PARTS_MAX: usize = 1 << 16;
+/// The most item ids a `Reply` may name: every part of a `Ranges` listed in full.
+pub const REPLY_ITEMS_MAX: usize = RANGE_PARTS_MAX * crate::session::reconcile::LEAF_ITEMS as usize;
+/// The most entries one `Entries` or `Push` frame may carry. A sender cuts its chunks at
+/// [`crate::session::CHUNK_BYTES`] or at this count, whichever comes first.
+pub const ENTRIES_PER_FRAME_MAX: usize = 1 << 15;
+/// The most memory the entries of one frame may take once decoded: each entry's in-memory size
+/// (`size_of::<Entry>()`) plus its key, value and metadata bytes. A full chunk of the smallest
+/// entries takes about 4 MiB; of the largest, about 2 MiB.
+pub const ENTRIES_DECODED_BYTES_MAX: usize = 16 << 20;
+
+/// Deserializes a sequence of at most `MAX` elements, refusing a longer one before allocating
+/// for it (a definite length is checked before the first element; an indefinite one at the
+/// element past the limit). For `#[serde(deserialize_with = "bounded_vec::<_, _, MAX>")]`.
+pub(crate) fn bounded_vec<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Bounded<T, const MAX: usize>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Bounded<T, MAX> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX} elements")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let too_long = |len: String| serde::de::Error::custom(format!("a list of {len} elements, more than {MAX}"));
+            if let Some(n) = seq.size_hint().filter(|n| *n > MAX) {
+                return Err(too_long(n.to_string()));
+            }
+            // Grow as elements arrive: a short frame may claim a long list.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX).min(1024));
+            while let Some(x) = seq.next_element()? {
+                if out.len() == MAX {
+                    return Err(too_long("more".into()));
+                }
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded::<T, MAX>(std::marker::PhantomData))
+}
+
+/// Deserializes a version vector from a peer, of at most [`VECTOR_COMPONENTS_MAX`] components.
+pub(crate) fn bounded_vector<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::VersionVector, D::Error> {
+    bounded_vec::<_, (crate::ReplicaId, crate::Seq), VECTOR_COMPONENTS_MAX>(d).map(Into::into)
+}
+
+/// [`bounded_vector`] for an optional vector (a push's).
+pub(crate) fn bounded_vector_and_clock<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<(crate::VersionVector, crate::Hlc)>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Pair(#[serde(deserialize_with = "bounded_vector")] crate::VersionVector, crate::Hlc);
+    let pair: Option<Pair> = serde::Deserialize::deserialize(d)?;
+    Ok(pair.map(|Pair(v, c)| (v, c)))
+}
+
+/// How many components `a` merged with `b` would have.
+pub(crate) fn merged_components(a: &crate::VersionVector, b: &crate::VersionVector) -> usize {
+    a.len() + b.iter().filter(|(r, _)| a.get(*r) == crate::Seq(0)).count()
+}

@@ -14,7 +14,7 @@ use crate::entry::Entry;
 use crate::hlc::Hlc;
 use crate::ids::ReplicaId;
 use crate::replica::{ApplyReport, Replica};
-use crate::session::{CHUNK_BYTES, Message, SyncError, approx_bytes, count_kinds};
+use crate::session::{Message, SyncError, approx_bytes, check_vector_growth, chunk_full, count_kinds};
 use crate::storage::Storage;
 use crate::vector::VersionVector;
 use serde::{Deserialize, Serialize};
@@ -23,12 +23,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Push {
     /// What the sender assumed the receiver holds.
+    #[serde(deserialize_with = "crate::limits::bounded_vector")]
     pub base: VersionVector,
     /// Entries whose dots `base` does not cover.
     #[serde(with = "crate::session::batch")]
     pub entries: Vec<Entry>,
     /// On the last push of a delta: the sender's vector, to merge once everything since `base`
     /// is in, and its clock, to observe then (see [`crate::Delta::clock`]).
+    #[serde(deserialize_with = "crate::limits::bounded_vector_and_clock")]
     pub vector: Option<(VersionVector, Hlc)>,
 }
 
@@ -65,7 +67,7 @@ impl LiveSender {
     }
 
     /// Frames carrying everything the replica holds beyond what was sent, cut into pushes of
-    /// about [`CHUNK_BYTES`] each.
+    /// about [`crate::session::CHUNK_BYTES`] each.
     pub fn poll<S: Storage>(&mut self, replica: &Replica<S>) -> std::result::Result<LivePoll, SyncError> {
         // What the peer acknowledged (to us or, by gossip, to others) it holds already: never
         // push it, and never count it as missing.
@@ -96,7 +98,7 @@ impl LiveSender {
         for entry in entries {
             bytes += approx_bytes(&entry);
             chunk.push(entry);
-            if bytes >= CHUNK_BYTES {
+            if chunk_full(bytes, chunk.len()) {
                 let push = Push { base: self.sent.clone(), entries: std::mem::take(&mut chunk), vector: None };
                 frames.push(Message::Push(push).encode()?);
                 bytes = 0;
@@ -174,8 +176,9 @@ impl LiveReceiver {
         };
         // A peer holding own writes beyond the counter: recovery begins, and the push is then a
         // gap (the vector no longer covers its base), so a session follows.
-        if let Some((v, _)) = &push.vector {
-            replica.notice_own_seq(v.get(replica.id()))?;
+        if let Some((vector, _)) = &push.vector {
+            check_vector_growth(replica.vector(), vector)?;
+            replica.notice_own_seq(vector.get(replica.id()))?;
         }
         let in_step = replica.vector().dominates(&push.base);
         let (live, tombstones) = count_kinds(&push.entries);
@@ -202,8 +205,10 @@ mod tests {
 
     fn pair() -> (Replica<MemoryStore>, Replica<MemoryStore>) {
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-        let a = Replica::open(MemoryStore::new(), ReplicaId(1), Config::default(), clock.clone()).unwrap();
-        let b = Replica::open(MemoryStore::new(), ReplicaId(2), Config::default(), clock).unwrap();
+        let mut a = Replica::open(MemoryStore::new(), ReplicaId(1), Config::default(), clock.clone()).unwrap();
+        let mut b = Replica::open(MemoryStore::new(), ReplicaId(2), Config::default(), clock).unwrap();
+        a.enrol_member(ReplicaId(2)).unwrap();
+        b.enrol_member(ReplicaId(1)).unwrap();
         (a, b)
     }
 

@@ -8,6 +8,9 @@
 //! - a tombstone is collected only after a checkpoint (F₀, J₀) was noted with its dot under F₀ and
 //!   a later F covers J₀, so every write concurrent with it has been seen by every member;
 //! - a member silent for longer than the lease is evicted and no longer holds collection back;
+//! - **only an enrolled replica can be a member** (DESIGN.md §2.4): the operator enrols at most
+//!   [`MEMBERS_MAX`] replicas (this one included); gossip and acknowledgements about any other
+//!   replica are ignored, so a peer can neither create a member nor grow this table;
 //! - **a replica becomes a member only when its acknowledged vector covers `collected`**, the join
 //!   of every frontier under which tombstones were collected here, **and the frontier F₀ of the
 //!   pending checkpoint**, if any. The newcomer has then seen each collected tombstone and each
@@ -25,10 +28,30 @@
 use crate::ids::ReplicaId;
 use crate::vector::VersionVector;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The default lease: a member silent for 30 days stops counting.
 pub const LEASE_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
+
+/// The most members a replica counts, itself included (DESIGN.md §2.4): it enrols at most
+/// `MEMBERS_MAX - 1` others, and a handshake gossips at most this many records.
+pub const MEMBERS_MAX: usize = 64;
+
+/// Enrolling one more replica would exceed [`MEMBERS_MAX`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot enrol replica {replica}: {enrolled} replicas are enrolled besides this one, and a replica \
+     counts at most {max} members including itself; remove a member first, or let the others sync as \
+     non-members"
+)]
+pub struct TooManyMembers {
+    /// The replica that was to be enrolled.
+    pub replica: ReplicaId,
+    /// How many others are enrolled.
+    pub enrolled: usize,
+    /// [`MEMBERS_MAX`].
+    pub max: usize,
+}
 
 /// What this replica knows of one other member.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,12 +73,46 @@ pub struct MemberInfo {
     pub last_heard_ms: u64,
 }
 
-/// The other members (this replica is implicitly one).
+/// The other members (this replica is implicitly one), and the replicas enrolled as members.
+///
+/// Invariant: every member is enrolled, and at most `MEMBERS_MAX - 1` replicas are.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MembershipWire", into = "MembershipWire")]
 pub struct Membership {
     members: BTreeMap<ReplicaId, Member>,
     /// The join of every frontier under which tombstones were collected here.
     collected: VersionVector,
+    /// The replicas the operator enrolled (besides this one): only they can become members.
+    enrolled: BTreeSet<ReplicaId>,
+}
+
+/// The stored form. A store written before enrolment existed has no `enrolled` list: its
+/// members are taken as enrolled, so an upgrade drops no member from the frontier, unless they
+/// are too many to be real (gossip could once create members): then none is, and the node's
+/// enrolment at start brings the real ones back.
+#[derive(Serialize, Deserialize)]
+struct MembershipWire {
+    members: BTreeMap<ReplicaId, Member>,
+    collected: VersionVector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    enrolled: Option<BTreeSet<ReplicaId>>,
+}
+
+impl From<Membership> for MembershipWire {
+    fn from(m: Membership) -> Self {
+        MembershipWire { members: m.members, collected: m.collected, enrolled: Some(m.enrolled) }
+    }
+}
+
+impl From<MembershipWire> for Membership {
+    fn from(w: MembershipWire) -> Self {
+        let enrolled = w.enrolled.unwrap_or_else(|| {
+            if w.members.len() < MEMBERS_MAX { w.members.keys().copied().collect() } else { BTreeSet::new() }
+        });
+        let mut members = w.members;
+        members.retain(|r, _| enrolled.contains(r));
+        Membership { members, collected: w.collected, enrolled }
+    }
 }
 
 /// A noted stable frontier and the join of acknowledged vectors at that moment.
@@ -72,6 +129,37 @@ impl Membership {
     #[must_use]
     pub fn contains(&self, replica: ReplicaId) -> bool {
         self.members.contains_key(&replica)
+    }
+
+    /// Whether `replica` is enrolled (it may be a member, or become one).
+    #[must_use]
+    pub fn is_enrolled(&self, replica: ReplicaId) -> bool {
+        self.enrolled.contains(&replica)
+    }
+
+    /// The enrolled replicas (besides this one), in id order.
+    pub fn enrolled(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.enrolled.iter().copied()
+    }
+
+    /// Enrols `replica`, so that its acknowledgements may make it a member (under the admission
+    /// rule). Returns whether it was new. Fails when [`MEMBERS_MAX`] would be exceeded.
+    pub fn enrol(&mut self, replica: ReplicaId) -> Result<bool, TooManyMembers> {
+        if self.enrolled.contains(&replica) {
+            return Ok(false);
+        }
+        if self.enrolled.len() + 1 >= MEMBERS_MAX {
+            return Err(TooManyMembers { replica, enrolled: self.enrolled.len(), max: MEMBERS_MAX });
+        }
+        self.enrolled.insert(replica);
+        Ok(true)
+    }
+
+    /// Removes `replica` from the enrolled set and from the members (an operator's removal).
+    /// Returns whether it was enrolled.
+    pub fn unenrol(&mut self, replica: ReplicaId) -> bool {
+        self.members.remove(&replica);
+        self.enrolled.remove(&replica)
     }
 
     /// The members and what is known of them.
@@ -113,8 +201,9 @@ impl Membership {
     }
 
     /// Records that `replica` has made `acked` durable, heard at `now_ms`. A member's record
-    /// grows; a non-member is admitted only if `acked` covers every collected tombstone. Returns
-    /// whether `replica` is a member afterwards.
+    /// grows; an enrolled non-member is admitted only if `acked` covers every collected
+    /// tombstone; a replica not enrolled is ignored. Returns whether `replica` is a member
+    /// afterwards.
     ///
     /// `pending` is the frontier F₀ of the pending checkpoint, if any: a newcomer must cover it too.
     pub fn acknowledge(
@@ -125,9 +214,17 @@ impl Membership {
         pending: Option<&VersionVector>,
     ) -> bool {
         if let Some(m) = self.members.get_mut(&replica) {
+            // A record that would grow past the bound a peer's decoder enforces would make every
+            // later handshake of this replica refused: keep it as it was.
+            if crate::limits::merged_components(&m.acked, acked) > crate::limits::VECTOR_COMPONENTS_MAX {
+                return true;
+            }
             m.acked.merge(acked);
             m.last_heard_ms = m.last_heard_ms.max(now_ms);
             return true;
+        }
+        if !self.enrolled.contains(&replica) {
+            return false;
         }
         if !acked.dominates(&self.collected) || pending.is_some_and(|f| !acked.dominates(f)) {
             return false;
@@ -180,13 +277,59 @@ mod tests {
     use super::*;
     use crate::ids::Seq;
 
+    fn enrolled(ids: &[u64]) -> Membership {
+        let mut m = Membership::default();
+        for id in ids {
+            m.enrol(ReplicaId(*id)).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn a_replica_not_enrolled_never_becomes_a_member_and_enrolment_is_bounded() {
+        let mut m = enrolled(&[2]);
+        assert!(!m.acknowledge(ReplicaId(9), &vv(&[(9, 1)]), 10, None));
+        assert!(!m.contains(ReplicaId(9)) && m.is_empty());
+        for id in 3..(MEMBERS_MAX as u64 + 1) {
+            m.enrol(ReplicaId(id)).unwrap();
+        }
+        let err = m.enrol(ReplicaId(1000)).unwrap_err();
+        assert_eq!((err.enrolled, err.max), (MEMBERS_MAX - 1, MEMBERS_MAX));
+        assert!(m.acknowledge(ReplicaId(2), &vv(&[(2, 1)]), 10, None));
+        assert!(m.unenrol(ReplicaId(2)));
+        assert!(!m.contains(ReplicaId(2)) && !m.is_enrolled(ReplicaId(2)));
+    }
+
+    #[test]
+    fn a_store_from_before_enrolment_keeps_its_members_unless_they_are_too_many() {
+        let wire = |n: u64| {
+            let members: BTreeMap<ReplicaId, Member> =
+                (1..=n).map(|i| (ReplicaId(i), Member { acked: vv(&[(i, 1)]), last_heard_ms: 5 })).collect();
+            #[derive(Serialize)]
+            struct Old {
+                members: BTreeMap<ReplicaId, Member>,
+                collected: VersionVector,
+            }
+            let mut old = Vec::new();
+            ciborium::into_writer(&Old { members, collected: VersionVector::new() }, &mut old).unwrap();
+            ciborium::from_reader::<Membership, _>(old.as_slice()).unwrap()
+        };
+        let few = wire(3);
+        assert_eq!((few.len(), few.enrolled().count()), (3, 3));
+        let poisoned = wire(MEMBERS_MAX as u64);
+        assert_eq!((poisoned.len(), poisoned.enrolled().count()), (0, 0));
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&few, &mut bytes).unwrap();
+        assert_eq!(ciborium::from_reader::<Membership, _>(bytes.as_slice()).unwrap(), few);
+    }
+
     fn vv(pairs: &[(u64, u64)]) -> VersionVector {
         pairs.iter().map(|&(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into()
     }
 
     #[test]
     fn frontier_is_the_meet_and_join_the_join() {
-        let mut m = Membership::default();
+        let mut m = enrolled(&[2, 3]);
         assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 5), (2, 3)]), 10, None));
         assert!(m.acknowledge(ReplicaId(3), &vv(&[(1, 2), (2, 9)]), 10, None));
         let own = vv(&[(1, 7), (2, 4)]);
@@ -196,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_replica_that_missed_collected_tombstones_is_not_admitted() {
-        let mut m = Membership::default();
+        let mut m = enrolled(&[2, 3]);
         // Before anything is collected, anyone is admitted.
         assert!(m.acknowledge(ReplicaId(2), &vv(&[(1, 1)]), 10, None));
         m.collected_under(&vv(&[(1, 6)]));
@@ -212,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_members_record_only_grows_and_eviction_follows_the_lease() {
-        let mut m = Membership::default();
+        let mut m = enrolled(&[2, 3]);
         m.acknowledge(ReplicaId(2), &vv(&[(1, 5)]), 100, None);
         m.acknowledge(ReplicaId(2), &vv(&[(1, 3)]), 50, None);
         m.acknowledge(ReplicaId(3), &vv(&[(3, 1)]), 900, None);

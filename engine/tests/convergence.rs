@@ -103,7 +103,13 @@ impl World {
         let replicas = clocks
             .iter()
             .enumerate()
-            .map(|(i, c)| Some(Replica::open(MemoryStore::new(), id(i), Config::default(), c.clone()).unwrap()))
+            .map(|(i, c)| {
+                let mut r = Replica::open(MemoryStore::new(), id(i), Config::default(), c.clone()).unwrap();
+                for j in 0..skews.len() {
+                    r.enrol_member(id(j)).unwrap();
+                }
+                Some(r)
+            })
             .collect();
         World { time, clocks, replicas, mailbox: Vec::new(), history: BTreeMap::new() }
     }

@@ -13,7 +13,15 @@ use std::sync::Arc;
 const T0: u64 = 1_700_000_000_000;
 
 fn replica(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
-    Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap()
+    enrolled(Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap())
+}
+
+/// Enrols replicas 1 to 8 (all the tests use) as members of `r`.
+fn enrolled<S: lethe_engine::Storage>(mut r: Replica<S>) -> Replica<S> {
+    for id in 1..=8 {
+        r.enrol_member(ReplicaId(id)).unwrap();
+    }
+    r
 }
 
 fn stored(r: &Replica<MemoryStore>, key: &[u8]) -> Option<Entry> {

@@ -12,7 +12,15 @@ const LEASE_MS: u64 = 60_000;
 
 fn replica(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
     let config = Config { lease_ms: LEASE_MS, ..Config::default() };
-    Replica::open(MemoryStore::new(), ReplicaId(id), config, Arc::new(clock.clone())).unwrap()
+    enrolled(Replica::open(MemoryStore::new(), ReplicaId(id), config, Arc::new(clock.clone())).unwrap())
+}
+
+/// Enrols replicas 1 to 8 (all the tests use) as members of `r`.
+fn enrolled<S: lethe_engine::Storage>(mut r: Replica<S>) -> Replica<S> {
+    for id in 1..=8 {
+        r.enrol_member(ReplicaId(id)).unwrap();
+    }
+    r
 }
 
 fn keys(r: &Replica<MemoryStore>) -> Vec<String> {

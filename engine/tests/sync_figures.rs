@@ -8,7 +8,15 @@ use std::sync::Arc;
 const T0: u64 = 1_700_000_000_000;
 
 fn replica(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
-    Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap()
+    enrolled(Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap())
+}
+
+/// Enrols replicas 1 to 8 (all the tests use) as members of `r`.
+fn enrolled<S: lethe_engine::Storage>(mut r: Replica<S>) -> Replica<S> {
+    for id in 1..=8 {
+        r.enrol_member(ReplicaId(id)).unwrap();
+    }
+    r
 }
 
 fn key(i: u64) -> Vec<u8> {

@@ -749,6 +749,8 @@ pub fn incremental(root: &Path, keys: usize, diffs: usize) -> Result<Incremental
         bail!("--diffs must be at least 1 and at most half of --keys");
     }
     let (mut a, mut b) = (open_replica(root, "a", 1)?, open_replica(root, "b", 2)?);
+    a.enrol_member(b.id())?;
+    b.enrol_member(a.id())?;
     write_range(&mut a, 0..keys, &[b'v'; 100], false)?;
     lethe_engine::session::sync_in_process(&mut a, &mut b, false)?;
     // Delta: a changes d keys; b, a member, catches up by its vector.
@@ -791,6 +793,11 @@ pub fn gc(root: &Path, replicas: usize, deleted: usize) -> Result<GcReport> {
     }
     let mut rs =
         (0..replicas).map(|i| open_replica(root, &format!("r{i}"), i as u64 + 1)).collect::<Result<Vec<_>>>()?;
+    for r in &mut rs {
+        for i in 0..replicas {
+            r.enrol_member(lethe_engine::ReplicaId(i as u64 + 1))?;
+        }
+    }
     let star = |rs: &mut Vec<lethe_engine::Replica<lethe_engine::RedbStore>>| -> Result<()> {
         let (hub, rest) = rs.split_first_mut().ok_or_else(|| anyhow!("no replicas"))?;
         for r in rest.iter_mut() {

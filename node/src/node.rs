@@ -510,7 +510,28 @@ impl Node {
         }
         let identity = config.data.identity()?;
         let id = identity.id();
-        let replica = Replica::open(store, id.replica_id(), config.engine, config.clock.0.clone())?;
+        let mut replica = Replica::open(store, id.replica_id(), config.engine, config.clock.0.clone())?;
+        // Peers and trusted nodes are this node's members (DESIGN.md §2.4): enrolled, so their
+        // acknowledgements count; gossip about anyone else is ignored. Peers first (the mesh);
+        // trusted nodes past the member limit still sync, as non-members (by reconciliation).
+        let mut not_enrolled = 0;
+        for (member, dialed) in
+            config.peers.iter().map(|p| (p.id, true)).chain(config.trust.iter().map(|t| (*t, false)))
+        {
+            match replica.enrol_member(member.replica_id()) {
+                Ok(_) => {}
+                Err(lethe_engine::Error::TooManyMembers(_)) if !dialed => not_enrolled += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if not_enrolled > 0 {
+            warn!(
+                not_enrolled,
+                max = lethe_engine::membership::MEMBERS_MAX,
+                "trusted nodes beyond the member limit are not enrolled: they sync by reconciliation and do not hold \
+                 collection back"
+            );
+        }
         // The owner (this node's own key) may connect too: that is how the CLI reaches it.
         let trust = TrustList::new(config.trust.iter().copied().chain(config.peers.iter().map(|p| p.id)).chain([id]));
         let endpoint = Endpoint::bind(config.listen, identity, trust.clone())?;

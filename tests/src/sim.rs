@@ -262,6 +262,13 @@ impl<'c, C: Choices> Sim<'c, C> {
             node.open()?;
             nodes.push(node);
         }
+        // The operator enrols every replica of the cluster at every other (DESIGN.md §2.4).
+        for node in &mut nodes {
+            let Some(r) = node.replica.as_mut() else { continue };
+            for j in 0..n {
+                r.enrol_member(ReplicaId(j as u64 + 1)).map_err(|e| violation("enrolment", e.to_string()))?;
+            }
+        }
         let report = SimReport { replicas: n, ..SimReport::default() };
         Ok(Sim {
             choices,

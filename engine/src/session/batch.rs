@@ -22,6 +22,7 @@
 use crate::entry::{Entry, Payload, Value};
 use crate::hlc::{Hlc, Stamp};
 use crate::ids::{ReplicaId, Seq};
+use crate::limits::{ENTRIES_DECODED_BYTES_MAX, ENTRIES_PER_FRAME_MAX};
 use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -145,24 +146,122 @@ impl<'de> Visitor<'de> for ItemVisitor {
     }
 }
 
-/// Deserializes a compact batch, checking every sum.
+/// Deserializes a compact batch, checking every sum, straight into one list of entries, and
+/// refusing more than [`ENTRIES_PER_FRAME_MAX`] entries or [`ENTRIES_DECODED_BYTES_MAX`] of them
+/// in memory as they arrive (a small item takes some thirty times its wire size once decoded).
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
-    let groups: Vec<(u64, Vec<ItemIn>)> = Deserialize::deserialize(d)?;
-    let mut entries = Vec::with_capacity(groups.iter().map(|(_, items)| items.len()).sum());
-    for (writer, items) in groups {
-        let (mut seq, mut hlc) = (0u64, 0u64);
-        for i in items {
-            seq = seq.checked_add(i.seq_delta).ok_or_else(|| de::Error::custom("seq overflows"))?;
-            hlc = u64::try_from(i128::from(hlc) + i.hlc_delta).map_err(|_| de::Error::custom("stamp out of range"))?;
-            entries.push(Entry {
-                key: i.key,
-                stamp: Stamp { hlc: Hlc(hlc), replica: ReplicaId(writer) },
-                seq: Seq(seq),
-                payload: i.payload,
-            });
+    d.deserialize_seq(Groups)
+}
+
+/// What the entries decoded so far take, against the bounds.
+struct Budget {
+    entries: Vec<Entry>,
+    bytes: usize,
+}
+
+impl Budget {
+    fn push<E: de::Error>(&mut self, entry: Entry) -> Result<(), E> {
+        if self.entries.len() >= ENTRIES_PER_FRAME_MAX {
+            return Err(E::custom(format!("a batch of more than {ENTRIES_PER_FRAME_MAX} entries")));
         }
+        self.bytes = self.bytes.saturating_add(decoded_bytes(&entry));
+        if self.bytes > ENTRIES_DECODED_BYTES_MAX {
+            return Err(E::custom(format!("a batch taking more than {ENTRIES_DECODED_BYTES_MAX} bytes decoded")));
+        }
+        self.entries.push(entry);
+        Ok(())
     }
-    Ok(entries)
+}
+
+/// What an entry takes in memory, as [`ENTRIES_DECODED_BYTES_MAX`] counts it.
+pub(crate) fn decoded_bytes(e: &Entry) -> usize {
+    let payload = match &e.payload {
+        Payload::Value(v) => v.bytes.len() + v.metadata.as_ref().map_or(0, Vec::len),
+        Payload::Expired { .. } | Payload::Tombstone => 0,
+    };
+    std::mem::size_of::<Entry>() + e.key.len() + payload
+}
+
+struct Groups;
+
+impl<'de> Visitor<'de> for Groups {
+    type Value = Vec<Entry>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a batch [[writer, [item, ...]], ...]")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Entry>, A::Error> {
+        let mut budget = Budget { entries: Vec::new(), bytes: 0 };
+        while seq.next_element_seed(Group(&mut budget))?.is_some() {}
+        Ok(budget.entries)
+    }
+}
+
+/// One writer's group, `[writer, [item, ...]]`, decoded into the budget's list.
+struct Group<'a>(&'a mut Budget);
+
+impl<'de> de::DeserializeSeed<'de> for Group<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_tuple(2, self)
+    }
+}
+
+impl<'de> Visitor<'de> for Group<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a writer's group [writer, [item, ...]]")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let writer: u64 = seq.next_element()?.ok_or_else(|| de::Error::custom("group without its writer"))?;
+        seq.next_element_seed(Items { budget: self.0, writer })?
+            .ok_or_else(|| de::Error::custom("group without its items"))?;
+        if seq.next_element::<de::IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom("group has fields beyond [writer, items]"));
+        }
+        Ok(())
+    }
+}
+
+/// A group's items, with the running seq and HLC sums.
+struct Items<'a> {
+    budget: &'a mut Budget,
+    writer: u64,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Items<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of entry items")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let (mut s, mut hlc) = (0u64, 0u64);
+        while let Some(i) = seq.next_element::<ItemIn>()? {
+            s = s.checked_add(i.seq_delta).ok_or_else(|| de::Error::custom("seq overflows"))?;
+            hlc = u64::try_from(i128::from(hlc) + i.hlc_delta).map_err(|_| de::Error::custom("stamp out of range"))?;
+            self.budget.push(Entry {
+                key: i.key,
+                stamp: Stamp { hlc: Hlc(hlc), replica: ReplicaId(self.writer) },
+                seq: Seq(s),
+                payload: i.payload,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -8,14 +8,17 @@ use crate::entry::Entry;
 use crate::fingerprint::ItemId;
 use crate::hlc::Hlc;
 use crate::ids::ReplicaId;
+use crate::limits::{self, HELLO_MEMBERS_MAX, RANGE_PARTS_MAX, REPLY_ITEMS_MAX};
 use crate::live::Push;
 use crate::membership::MemberInfo;
 use crate::session::SyncError;
+use crate::session::reconcile::{LEAF_ITEMS, SKETCH_KEYS_MAX};
 use crate::vector::VersionVector;
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version carried in every handshake (and, by the transport, in ALPN).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The largest frame a session sends or accepts: 4 MiB (a chunk of up to 1 MiB of entries plus
 /// one entry of the largest size).
 pub const FRAME_BYTES_MAX: usize = 4 << 20;
@@ -33,8 +36,6 @@ pub struct Hello {
     pub replica: ReplicaId,
     /// The sender's version vector.
     pub vector: VersionVector,
-    /// The sender's stable frontier.
-    pub frontier: VersionVector,
     /// The sender's members and their acknowledged vectors (the sender included).
     pub members: Vec<MemberInfo>,
     /// How many unpurged values the sender holds (0 with an empty vector means "bootstrap me").
@@ -49,28 +50,40 @@ pub struct Hello {
 }
 
 #[derive(Serialize, Deserialize)]
-struct HelloWire(u32, ReplicaId, VersionVector, VersionVector, Vec<(ReplicaId, VersionVector, u64)>, u64, bool, u64);
+struct HelloWire(
+    u32,
+    ReplicaId,
+    #[serde(deserialize_with = "limits::bounded_vector")] VersionVector,
+    #[serde(deserialize_with = "limits::bounded_vec::<_, _, HELLO_MEMBERS_MAX>")] Vec<MemberWire>,
+    u64,
+    bool,
+    u64,
+);
+
+/// A member record on the wire: `[replica, acked, last_heard_ms]`.
+#[derive(Serialize, Deserialize)]
+struct MemberWire(ReplicaId, #[serde(deserialize_with = "limits::bounded_vector")] VersionVector, u64);
 
 impl From<Hello> for HelloWire {
     fn from(h: Hello) -> Self {
-        let members = h.members.into_iter().map(|m| (m.replica, m.acked, m.last_heard_ms)).collect();
-        HelloWire(h.version, h.replica, h.vector, h.frontier, members, h.values, h.anti_entropy, h.wall_ms)
+        let members = h.members.into_iter().map(|m| MemberWire(m.replica, m.acked, m.last_heard_ms)).collect();
+        HelloWire(h.version, h.replica, h.vector, members, h.values, h.anti_entropy, h.wall_ms)
     }
 }
 
 impl From<HelloWire> for Hello {
     fn from(w: HelloWire) -> Self {
-        let HelloWire(version, replica, vector, frontier, members, values, anti_entropy, wall_ms) = w;
+        let HelloWire(version, replica, vector, members, values, anti_entropy, wall_ms) = w;
         let members = members
             .into_iter()
-            .map(|(replica, acked, last_heard_ms)| MemberInfo { replica, acked, last_heard_ms })
+            .map(|MemberWire(replica, acked, last_heard_ms)| MemberInfo { replica, acked, last_heard_ms })
             .collect();
-        Hello { version, replica, vector, frontier, members, values, anti_entropy, wall_ms }
+        Hello { version, replica, vector, members, values, anti_entropy, wall_ms }
     }
 }
 
 /// A key range `[lower, upper)`; `None` is unbounded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct KeyBounds(
     /// Lower bound, included.
     #[serde(with = "serde_bytes")]
@@ -128,6 +141,9 @@ impl TryFrom<PartWire> for RangePart {
     fn try_from(w: PartWire) -> Result<Self, String> {
         let PartWire(upper, count, fp, ids) = w;
         let content = if fp.is_empty() {
+            if count > LEAF_ITEMS {
+                return Err(format!("an item list of {count} ids, more than a part lists ({LEAF_ITEMS})"));
+            }
             if ids.len() as u64 != count.saturating_mul(4) {
                 return Err(format!("item list of {} bytes does not hold {count} ids", ids.len()));
             }
@@ -185,6 +201,81 @@ pub struct WantedItem(
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeGroup(#[serde(with = "serde_bytes")] pub Option<Vec<u8>>, pub Vec<RangePart>);
 
+/// Decodes the groups of a `Ranges`, refusing more than [`RANGE_PARTS_MAX`] groups and parts in
+/// all as they arrive: a part takes about ten times its smallest wire form in memory.
+fn bounded_ranges<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RangeGroup>, D::Error> {
+    struct Budget(usize);
+    impl Budget {
+        fn take<E: de::Error>(&mut self) -> Result<(), E> {
+            self.0 = self.0.checked_sub(1).ok_or_else(|| {
+                E::custom(format!("a Ranges message of more than {RANGE_PARTS_MAX} groups and parts"))
+            })?;
+            Ok(())
+        }
+    }
+    struct Groups;
+    struct Group<'a>(&'a mut Budget);
+    struct Parts<'a>(&'a mut Budget);
+    impl<'de> Visitor<'de> for Groups {
+        type Value = Vec<RangeGroup>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of range groups")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut budget = Budget(RANGE_PARTS_MAX);
+            let mut out = Vec::new();
+            while let Some(g) = seq.next_element_seed(Group(&mut budget))? {
+                budget.take()?;
+                out.push(g);
+            }
+            Ok(out)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Group<'_> {
+        type Value = RangeGroup;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<RangeGroup, D::Error> {
+            d.deserialize_tuple(2, self)
+        }
+    }
+    impl<'de> Visitor<'de> for Group<'_> {
+        type Value = RangeGroup;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a range group [lower, parts]")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RangeGroup, A::Error> {
+            let lower: Option<serde_bytes::ByteBuf> =
+                seq.next_element()?.ok_or_else(|| de::Error::custom("range group without its lower bound"))?;
+            let parts =
+                seq.next_element_seed(Parts(self.0))?.ok_or_else(|| de::Error::custom("range group without parts"))?;
+            if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                return Err(de::Error::custom("range group has fields beyond [lower, parts]"));
+            }
+            Ok(RangeGroup(lower.map(serde_bytes::ByteBuf::into_vec), parts))
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Parts<'_> {
+        type Value = Vec<RangePart>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<RangePart>, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Parts<'_> {
+        type Value = Vec<RangePart>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of range parts")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<RangePart>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(p) = seq.next_element()? {
+                self.0.take()?;
+                out.push(p);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Groups)
+}
+
 /// One message of a session. "Source" is the side sending its data, "sink" the side receiving
 /// it; both sides are both at once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,31 +285,36 @@ pub enum Message {
     /// Source → sink: entries to apply (delta, bootstrap chunk, tombstone records, or items a
     /// reconciliation found missing). Partial: the sink applies them, not the vector.
     Entries(#[serde(with = "super::batch")] Vec<Entry>),
-    /// Source → sink: range summaries for reconciliation.
-    Ranges(Vec<RangeGroup>),
+    /// Source → sink: range summaries for reconciliation (at most [`RANGE_PARTS_MAX`] groups
+    /// and parts in all).
+    Ranges(#[serde(deserialize_with = "bounded_ranges")] Vec<RangeGroup>),
     /// Source → sink: the source's live items as a sketch, answered by a `Reply` naming the
     /// keys the sink lacks (or asking for the whole range when the sketch did not decode).
     Sketch(SketchMsg),
     /// Source → sink: the sink now has everything the source held beyond the sink's vector, as of
     /// this vector; and the source's clock then. The sink merges the vector and observes the
     /// clock (see [`crate::Delta::clock`]).
-    Done(VersionVector, Hlc),
+    Done(#[serde(deserialize_with = "limits::bounded_vector")] VersionVector, Hlc),
     /// Sink → source: ranges whose fingerprints differ (split them), ranges where the sink holds
     /// nothing (send them whole), and items the sink lacks (by id from a list, or by key from a
     /// sketch).
     Reply {
-        /// Ranges to split further.
+        /// Ranges to split further: parts of the source's last `Ranges`, each at most once.
+        #[serde(deserialize_with = "limits::bounded_vec::<_, _, RANGE_PARTS_MAX>")]
         split: Vec<KeyBounds>,
-        /// Ranges to send whole.
+        /// Ranges to send whole: parts of the source's last `Ranges`, each at most once.
+        #[serde(deserialize_with = "limits::bounded_vec::<_, _, RANGE_PARTS_MAX>")]
         send: Vec<KeyBounds>,
         /// Items to send, by their ids in the source's item lists.
+        #[serde(deserialize_with = "limits::bounded_vec::<_, _, REPLY_ITEMS_MAX>")]
         want: Vec<ItemId>,
         /// Items of the source's sketch the sink lacks, by key and stamp.
+        #[serde(deserialize_with = "limits::bounded_vec::<_, _, SKETCH_KEYS_MAX>")]
         keys: Vec<WantedItem>,
     },
     /// Sink → source: the sink's vector after applying `Done` (or, on a live stream, a push that
     /// ended a delta).
-    Ack(VersionVector),
+    Ack(#[serde(deserialize_with = "limits::bounded_vector")] VersionVector),
     /// On a live stream, not in a session: entries committed since the last push.
     Push(Push),
 }

@@ -33,11 +33,12 @@ use crate::error::Error;
 use crate::fingerprint::ItemId;
 use crate::hlc::{Hlc, Stamp};
 use crate::ids::{Dot, ReplicaId};
+use crate::limits::{ENTRIES_PER_FRAME_MAX, VECTOR_COMPONENTS_MAX};
 use crate::replica::Replica;
 use crate::storage::{KeyRange, Snapshot, Storage};
 use crate::vector::VersionVector;
 pub use message::{FRAME_BYTES_MAX, Hello, KeyBounds, Message, PROTOCOL_VERSION};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::{Bound, ControlFlow};
 
 /// Entries per `Entries` message are cut at about this many bytes.
@@ -148,10 +149,14 @@ enum Source {
     /// Reconcile: waiting for the sink's reply to the last `Ranges`. `sink_vector` is the sink's
     /// handshake vector: an entry it covers is one the sink has seen, so if it lacks it, it is
     /// dead there and is not sent.
+    /// `offered` are the ids of the items listed in the last `Ranges` (a reply may name each
+    /// once) and `ranges` its parts (a reply may ask to split or send each once); after a
+    /// sketch, no items and the whole key range.
     Reconciling {
         v0: VersionVector,
         sink_vector: VersionVector,
         offered: BTreeMap<ItemId, Vec<u8>>,
+        ranges: BTreeSet<KeyBounds>,
     },
     /// Anti-entropy with few differences expected, and the peer sends the session's one sketch:
     /// this side's flow starts from what decoding it finds. `sink_vector` as above.
@@ -181,7 +186,8 @@ enum Sink {
     /// version is still on the way, and let an older one from elsewhere in meanwhile.
     Receiving {
         source_vector: VersionVector,
-        dead: Vec<(Vec<u8>, Dot)>,
+        /// By key: a peer that shows the same item dead many times costs one record.
+        dead: BTreeMap<Vec<u8>, Dot>,
         /// The source bootstraps this replica: entries go in by the bulk path.
         bulk: bool,
     },
@@ -237,7 +243,6 @@ impl Session {
             version: PROTOCOL_VERSION,
             replica: replica.id(),
             vector: replica.vector().clone(),
-            frontier: replica.frontier(),
             members: replica.gossip(),
             values: replica.index.live.len(),
             anti_entropy,
@@ -340,10 +345,12 @@ impl Session {
             Message::Sketch(sketch) => self.on_sketch(replica, &sketch),
             Message::Done(vector, clock) => {
                 self.receiving("Done")?;
+                check_vector_growth(replica.vector(), &vector)?;
                 let Sink::Receiving { dead, .. } = std::mem::replace(&mut self.sink, Sink::Finished) else {
                     return Ok(());
                 };
                 // Drop first: a crash before the merge leaves the vector behind, which is safe.
+                let dead: Vec<_> = dead.into_iter().collect();
                 self.stats.dropped += replica.drop_dead(&dead)? as u64;
                 // A recovery from a restore that began since this session opened: the source sent
                 // against the handshake's old vector, so this transfer is not complete.
@@ -418,7 +425,7 @@ impl Session {
         } else {
             // The source's rule for bootstrapping this replica, seen from here.
             let bulk = self.hello_vector.is_empty() && self.hello_values == 0 && !anti_entropy;
-            Sink::Receiving { source_vector: hello.vector.clone(), dead: Vec::new(), bulk }
+            Sink::Receiving { source_vector: hello.vector.clone(), dead: BTreeMap::new(), bulk }
         };
         if hello.vector.dominates(&self.hello_vector) && !anti_entropy {
             self.source = Source::Nothing;
@@ -446,7 +453,12 @@ impl Session {
                 Some(size) if replica.id() < peer => {
                     self.queue_entries(replica, replica.dead_entries_beyond(&hello.vector)?);
                     self.outbox.push_back(Message::Sketch(reconcile::sketch_of(&replica.index.live, size)));
-                    self.source = Source::Reconciling { v0, sink_vector: hello.vector, offered: BTreeMap::new() };
+                    self.source = Source::Reconciling {
+                        v0,
+                        sink_vector: hello.vector,
+                        offered: BTreeMap::new(),
+                        ranges: BTreeSet::from([KeyBounds(None, None)]),
+                    };
                 }
                 Some(_) => self.source = Source::AwaitSketch { sink_vector: hello.vector },
                 None => self.start_ranges(replica, hello.vector)?,
@@ -462,8 +474,9 @@ impl Session {
         self.queue_entries(replica, replica.dead_entries_beyond(&sink_vector)?);
         let mut offered = BTreeMap::new();
         let group = reconcile::describe(&replica.index.live, &KeyBounds(None, None), &mut offered);
+        let ranges = reconcile::part_bounds(std::slice::from_ref(&group));
         self.outbox.push_back(Message::Ranges(vec![group]));
-        self.source = Source::Reconciling { v0, sink_vector, offered };
+        self.source = Source::Reconciling { v0, sink_vector, offered, ranges };
         Ok(())
     }
 
@@ -513,9 +526,21 @@ impl Session {
         want: Vec<ItemId>,
         keys: Vec<message::WantedItem>,
     ) -> Result<(), SyncError> {
-        let Source::Reconciling { offered, sink_vector, .. } = &self.source else {
+        let Source::Reconciling { offered, sink_vector, ranges, .. } = &self.source else {
             return Err(SyncError::Unexpected { got: "Reply", state: self.source_state() });
         };
+        // What a reply may name (DESIGN.md §9): each part of the last `Ranges` once, to split or
+        // to send; items listed there, each once (a repeated id is answered once: two listed
+        // items may share an id); sketch items, each once. Checked before anything is read.
+        let mut named = BTreeSet::new();
+        for bounds in split.iter().chain(&send) {
+            if !ranges.contains(bounds) {
+                return Err(SyncError::Malformed(format!("reply names range {bounds:?}, which was not offered")));
+            }
+            if !named.insert(bounds) {
+                return Err(SyncError::Malformed(format!("reply names range {bounds:?} twice")));
+            }
+        }
         if keys.len() > reconcile::SKETCH_KEYS_MAX {
             return Err(SyncError::Malformed(format!(
                 "reply names {} sketch items, more than a sketch can yield ({})",
@@ -523,6 +548,11 @@ impl Session {
                 reconcile::SKETCH_KEYS_MAX
             )));
         }
+        let mut keys_named = BTreeSet::new();
+        if let Some(message::WantedItem(key, ..)) = keys.iter().find(|k| !keys_named.insert(&k.0)) {
+            return Err(SyncError::Malformed(format!("reply names sketch item {key:?} twice")));
+        }
+        let want: BTreeSet<ItemId> = want.into_iter().collect();
         let mut wanted = Vec::with_capacity(want.len());
         for id in &want {
             wanted.push(offered.get(id).ok_or(SyncError::UnknownItem(*id))?.clone());
@@ -571,9 +601,10 @@ impl Session {
             return Ok(());
         }
         let mut offered = BTreeMap::new();
-        let groups = split.iter().map(|b| reconcile::describe(&replica.index.live, b, &mut offered)).collect();
+        let groups: Vec<_> = split.iter().map(|b| reconcile::describe(&replica.index.live, b, &mut offered)).collect();
+        let ranges = reconcile::part_bounds(&groups);
         self.outbox.push_back(Message::Ranges(groups));
-        self.source = Source::Reconciling { v0, sink_vector, offered };
+        self.source = Source::Reconciling { v0, sink_vector, offered, ranges };
         Ok(())
     }
 
@@ -590,7 +621,7 @@ impl Session {
         for e in entries {
             bytes += approx_bytes(&e);
             chunk.push(e);
-            if bytes >= CHUNK_BYTES {
+            if chunk_full(bytes, chunk.len()) {
                 self.outbox.push_back(Message::Entries(std::mem::take(&mut chunk)));
                 bytes = 0;
             }
@@ -623,10 +654,10 @@ impl Session {
                     bytes += approx_bytes(&e);
                     chunk.push(e);
                 }
-                if bytes >= CHUNK_BYTES { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                if chunk_full(bytes, chunk.len()) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             })
             .map_err(Error::from)?;
-        let exhausted = bytes < CHUNK_BYTES;
+        let exhausted = !chunk_full(bytes, chunk.len());
         let Source::Streaming { v0, snapshot, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
             return Ok(());
         };
@@ -717,6 +748,25 @@ fn entries_for<S: Storage>(
         }
     }
     Ok(entries)
+}
+
+/// Refuses a peer's vector whose merge would grow `own` past [`VECTOR_COMPONENTS_MAX`]: every
+/// later handshake of this replica would then be refused by its peers.
+pub(crate) fn check_vector_growth(own: &VersionVector, theirs: &VersionVector) -> Result<(), SyncError> {
+    let merged = crate::limits::merged_components(own, theirs);
+    if merged > VECTOR_COMPONENTS_MAX {
+        return Err(SyncError::Malformed(format!(
+            "merging the peer's vector would give this replica's vector {merged} components, more than \
+             {VECTOR_COMPONENTS_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a chunk of `len` entries and about `bytes` bytes is full: a receiver refuses more
+/// than [`ENTRIES_PER_FRAME_MAX`] entries in one frame.
+pub(crate) fn chunk_full(bytes: usize, len: usize) -> bool {
+    bytes >= CHUNK_BYTES || len >= ENTRIES_PER_FRAME_MAX
 }
 
 /// About how many bytes an entry takes in a frame, for cutting chunks.

@@ -80,6 +80,20 @@ pub fn describe(live: &LiveIndex, bounds: &KeyBounds, offered: &mut BTreeMap<Ite
     RangeGroup(bounds.0.clone(), parts)
 }
 
+/// The bounds of every part of `groups`: what a reply to them may ask to split or send.
+#[must_use]
+pub fn part_bounds(groups: &[RangeGroup]) -> BTreeSet<KeyBounds> {
+    let mut out = BTreeSet::new();
+    for RangeGroup(group_lower, parts) in groups {
+        let mut lower = group_lower.clone();
+        for RangePart(upper, _) in parts {
+            out.insert(KeyBounds(lower, upper.clone()));
+            lower = upper.clone();
+        }
+    }
+    out
+}
+
 /// What a sink found comparing a source's ranges with its own items.
 #[derive(Debug, Default)]
 pub struct Comparison {

@@ -9,7 +9,11 @@ use std::sync::Arc;
 const T0: u64 = 1_700_000_000_000;
 
 fn replica(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
-    Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap()
+    let mut r = Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap();
+    for other in 1..=8 {
+        r.enrol_member(ReplicaId(other)).unwrap();
+    }
+    r
 }
 
 fn run(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>) -> PairOutcome {
@@ -106,7 +110,6 @@ fn a_garbage_frame_ends_the_session_and_changes_nothing() {
         version: PROTOCOL_VERSION,
         replica: ReplicaId(1),
         vector: VersionVector::new(),
-        frontier: VersionVector::new(),
         members: Vec::new(),
         values: 0,
         anti_entropy: false,
@@ -377,4 +380,18 @@ fn a_vector_merge_moves_the_clock_past_writes_the_receiver_never_sees() {
     assert!(b2.vector().covers(Dot { replica: ReplicaId(1), seq: Seq(1) }));
     let receipt = b2.put("k", "later", PutOptions::default()).unwrap();
     assert!(receipt.stamp.hlc > crate::hlc::Hlc::new(T0, 0), "stamped {}", receipt.stamp);
+}
+
+#[test]
+fn a_hello_carries_no_frontier_which_no_peer_reads() {
+    let clock = ManualClock::new(T0);
+    let mut a = replica(1, &clock);
+    a.put("k", "v", PutOptions::default()).unwrap();
+    let mut s = Session::new(&mut a, None).unwrap();
+    let frame = s.poll_transmit(&a).unwrap().unwrap();
+    let value: ciborium::Value = ciborium::from_reader(frame.as_slice()).unwrap();
+    let ciborium::Value::Map(variant) = value else { panic!("a message is a one-entry map: {value:?}") };
+    let ciborium::Value::Array(fields) = &variant[0].1 else { panic!("a hello is a flat array") };
+    // version, replica, vector, members, values, anti_entropy.
+    assert_eq!(fields.len(), 6, "{fields:?}");
 }
