@@ -169,8 +169,8 @@ impl<S: Storage> Replica<S> {
             None => Some(VersionVector::new()),
         };
         let mut batch = Batch::new();
-        if let Some(f0) = collect_under {
-            let keys = self.index.dead_covered_by(&f0);
+        if let Some(f0) = &collect_under {
+            let keys = self.index.dead_covered_by(f0);
             report.collected = keys.len();
             for chunk in keys.chunks(GC_BATCH_ENTRIES) {
                 let mut removals = Batch::new();
@@ -179,15 +179,19 @@ impl<S: Storage> Replica<S> {
                 }
                 self.commit(&removals)?;
             }
-            self.membership.collected_under(&f0);
-            self.checkpoint = Some(Checkpoint { frontier, join });
         }
-        report.pending = self.checkpoint.is_some();
+        // The next membership and checkpoint go into memory only once they are durable: a failed
+        // commit leaves the replica as its store is.
+        let mut membership = self.membership.clone();
+        let mut checkpoint = self.checkpoint.clone();
+        if let Some(f0) = &collect_under {
+            membership.collected_under(f0);
+            checkpoint = Some(Checkpoint { frontier, join });
+        }
+        report.pending = checkpoint.is_some();
         // Only what changed: an idle node's GC step then writes (and fsyncs) nothing.
         let snap = self.store().snapshot()?;
-        for (meta, value) in
-            [(Meta::Members, encode_cbor(&self.membership)), (Meta::Checkpoint, encode_cbor(&self.checkpoint))]
-        {
+        for (meta, value) in [(Meta::Members, encode_cbor(&membership)), (Meta::Checkpoint, encode_cbor(&checkpoint))] {
             if snap.meta(meta)?.as_deref() != Some(value.as_slice()) {
                 batch.set_meta(meta, value);
             }
@@ -196,6 +200,8 @@ impl<S: Storage> Replica<S> {
         if !batch.is_empty() {
             self.commit(&batch)?;
         }
+        self.membership = membership;
+        self.checkpoint = checkpoint;
         Ok(report)
     }
 

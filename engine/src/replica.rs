@@ -756,7 +756,11 @@ impl<S: Storage> Replica<S> {
         if finished {
             batch.set_meta(Meta::Unindexed, encode_vector(&VersionVector::new()));
         }
-        self.commit(&batch)?;
+        if let Err(e) = self.commit(&batch) {
+            // The rows taken for this batch are not written: list them again next time.
+            self.unindexed_rows = None;
+            return Err(e);
+        }
         if finished {
             self.unindexed = VersionVector::new();
             self.unindexed_rows = None;

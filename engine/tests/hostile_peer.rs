@@ -276,11 +276,24 @@ fn a_peer_claiming_the_largest_seq_gets_no_overflow() {
         payload: Payload::Tombstone,
     };
     r.apply_remote(vec![third], Some((&vv(&[(9, 1)]), Hlc::new(T0, 0)))).unwrap();
+    // A claim of this replica's own writes up to u64::MAX is refused as a lie (restore.rs), and
+    // changes nothing.
+    let before = r.vector().clone();
     let mut s = Session::new(&mut r, Some(PEER)).unwrap();
-    let claim = vv(&[(1, u64::MAX), (2, u64::MAX)]);
+    let lie = vv(&[(1, u64::MAX), (2, u64::MAX)]);
+    let refused = s.handle(&mut r, &frame(&Message::Hello(hello(lie, vec![], 1)))).unwrap_err();
+    assert!(refused.to_string().contains("broken or lying"), "{refused}");
+    assert_eq!(r.vector(), &before);
+    assert_eq!(r.recovery(), None);
+    // u64::MAX for the other writers: the dead records beyond it are computed without overflow.
+    let mut s = Session::new(&mut r, Some(PEER)).unwrap();
+    let claim = vv(&[(2, u64::MAX), (9, u64::MAX)]);
     s.handle(&mut r, &frame(&Message::Hello(hello(claim, vec![], 1)))).unwrap();
     let out = drain(&mut s, &r);
-    assert_eq!(entries_in(&out), 1, "only the third replica's tombstone: {out:?}");
+    let third =
+        out.iter().any(|m| matches!(m, Message::Entries(e) if e.iter().any(|e| e.stamp.replica == ReplicaId(9))));
+    assert!(!third, "the peer covers the third replica's writes: {out:?}");
+    assert!(entries_in(&out) >= 1, "this replica's own tombstone goes: {out:?}");
 }
 
 /// A store that counts its commits.
@@ -331,4 +344,22 @@ fn a_gc_step_with_nothing_to_do_commits_nothing() {
     let before = commits.load(Ordering::SeqCst);
     r.collect_garbage().unwrap();
     assert!(commits.load(Ordering::SeqCst) > before);
+}
+
+#[test]
+fn ranges_this_side_did_not_ask_for_are_refused_before_any_walk() {
+    let clock = ManualClock::new(T0);
+    let mut r = replica(&clock);
+    for i in 0..100 {
+        r.put(format!("k{i:03}"), "v", PutOptions::default()).unwrap();
+    }
+    let before = (r.vector().clone(), r.digest());
+    let mut s = Session::new(&mut r, Some(PEER)).unwrap();
+    s.handle(&mut r, &frame(&Message::Hello(hello(vv(&[(2, 5)]), vec![], 1)))).unwrap();
+    // Two groups each claiming the whole key space (empty item lists: "I hold nothing"), where
+    // this side asked for one.
+    let whole = RangeGroup(None, vec![RangePart(None, PartContent::Items(vec![]))]);
+    let refused = s.handle(&mut r, &frame(&Message::Ranges(vec![whole.clone(), whole]))).unwrap_err();
+    assert!(matches!(refused, SyncError::Malformed(_)), "{refused}");
+    assert_eq!((r.vector().clone(), r.digest()), before);
 }

@@ -213,6 +213,9 @@ pub struct Session {
     peer_limit_ms: Option<u64>,
     /// What was left out because the peer would refuse it (`replica/clock.rs`).
     held: crate::replica::HeldBack,
+    /// The ranges the next `Ranges` from the peer must describe, in order: the whole key space
+    /// until this side asks for others.
+    ranges_asked: Vec<KeyBounds>,
 }
 
 impl Session {
@@ -252,6 +255,7 @@ impl Session {
             restore_epoch: replica.restore_epoch(),
             peer_limit_ms: None,
             held: crate::replica::HeldBack::default(),
+            ranges_asked: vec![KeyBounds(None, None)],
             hello_vector: hello.vector.clone(),
             hello_values: hello.values,
             anti_entropy,
@@ -331,9 +335,23 @@ impl Session {
             }
             Message::Ranges(groups) => {
                 self.receiving("Ranges")?;
+                // Only the ranges this side asked for, each once: the whole key space first, then
+                // what its last `Reply` asked to split. Anything else would make it walk its index
+                // once per group a peer cares to send (DESIGN.md §9).
+                let asked = std::mem::take(&mut self.ranges_asked);
+                let answers = groups.len() == asked.len()
+                    && groups.iter().zip(&asked).all(|(g, a)| g.0 == a.0 && g.1.last().map(|p| &p.0) == Some(&a.1));
+                if !answers {
+                    return Err(SyncError::Malformed(format!(
+                        "Ranges with {} groups that are not the {} ranges this side asked for",
+                        groups.len(),
+                        asked.len()
+                    )));
+                }
                 let Sink::Receiving { source_vector, dead, .. } = &mut self.sink else { return Ok(()) };
                 let cmp = reconcile::compare(&replica.index.live, &groups, source_vector)?;
                 dead.extend(cmp.dead);
+                self.ranges_asked.clone_from(&cmp.split);
                 self.outbox.push_back(Message::Reply {
                     split: cmp.split,
                     send: cmp.send,
@@ -498,6 +516,7 @@ impl Session {
         self.stats.sketch_decoded = Some(found.is_some());
         let Some(found) = found else {
             let whole = vec![KeyBounds(None, None)];
+            self.ranges_asked.clone_from(&whole);
             self.outbox.push_back(Message::Reply {
                 split: whole,
                 send: Vec::new(),
@@ -507,6 +526,7 @@ impl Session {
             return self.start_ranges(replica, sink_vector);
         };
         dead.extend(found.dead);
+        self.ranges_asked.clear();
         let keys = found.want.into_iter().map(|(key, s)| message::WantedItem(key, s.hlc.0, s.replica.0)).collect();
         self.outbox.push_back(Message::Reply { split: Vec::new(), send: Vec::new(), want: Vec::new(), keys });
         let v0 = replica.vector().clone();

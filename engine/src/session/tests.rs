@@ -392,6 +392,6 @@ fn a_hello_carries_no_frontier_which_no_peer_reads() {
     let value: ciborium::Value = ciborium::from_reader(frame.as_slice()).unwrap();
     let ciborium::Value::Map(variant) = value else { panic!("a message is a one-entry map: {value:?}") };
     let ciborium::Value::Array(fields) = &variant[0].1 else { panic!("a hello is a flat array") };
-    // version, replica, vector, members, values, anti_entropy.
-    assert_eq!(fields.len(), 6, "{fields:?}");
+    // version, replica, vector, members, values, anti_entropy, wall_ms.
+    assert_eq!(fields.len(), 7, "{fields:?}");
 }
