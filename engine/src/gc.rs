@@ -157,7 +157,6 @@ impl<S: Storage> Replica<S> {
 
     /// One GC step (see the module docs).
     pub fn collect_garbage(&mut self) -> Result<GcReport> {
-        self.settle_clock()?;
         let mut report = GcReport { purged: self.purge_expired()?, ..GcReport::default() };
         let now_ms = self.now_ms();
         report.evicted = self.membership.evict_silent(now_ms, self.config().lease_ms);

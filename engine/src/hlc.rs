@@ -135,9 +135,6 @@ impl WallClock for ManualClock {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HybridClock {
     last: Hlc,
-    /// The highest remote value absorbed (after a restart: `last`, as nothing finer is kept). A
-    /// clock reset after this replica's own clock ran ahead never goes below it.
-    remote_high: Hlc,
     max_drift_ms: u64,
 }
 
@@ -145,28 +142,14 @@ impl HybridClock {
     /// A clock that has seen nothing yet and rejects remote stamps more than `max_drift_ms` ahead.
     #[must_use]
     pub fn new(max_drift_ms: u64) -> HybridClock {
-        HybridClock { last: Hlc(0), remote_high: Hlc(0), max_drift_ms }
+        HybridClock { last: Hlc(0), max_drift_ms }
     }
 
     /// A clock resumed from the last value it issued before a restart, so that it never issues a
     /// stamp at or below one it issued before.
     #[must_use]
     pub fn resume(last: Hlc, max_drift_ms: u64) -> HybridClock {
-        HybridClock { last, remote_high: last, max_drift_ms }
-    }
-
-    /// The clock reset to `floor` (raised to every remote value absorbed): for a replica whose
-    /// own stamps ran ahead of its peers' clocks and were re-issued (`replica/clock.rs`).
-    #[must_use]
-    pub fn reset_to(&self, floor: Hlc) -> HybridClock {
-        let last = floor.max(self.remote_high);
-        HybridClock { last, remote_high: self.remote_high, max_drift_ms: self.max_drift_ms }
-    }
-
-    /// The highest remote value absorbed.
-    #[must_use]
-    pub fn remote_high(&self) -> Hlc {
-        self.remote_high
+        HybridClock { last, max_drift_ms }
     }
 
     /// The last value issued or absorbed.
@@ -210,7 +193,6 @@ impl HybridClock {
         let wall = Hlc::new(wall_ms, 0);
         let top = self.last.max(remote);
         self.last = if wall > top { wall } else { top.successor() };
-        self.remote_high = self.remote_high.max(remote);
         Ok(())
     }
 }

@@ -87,9 +87,9 @@ impl LiveSender {
         let mut held = crate::replica::HeldBack::default();
         let limit_ms = replica.peer_stamp_limit_ms(self.peer);
         let entries = held.filter(delta.entries, limit_ms);
-        replica.note_released(&entries);
-        let (vector, clock) = (held.cap(&delta.vector), held.clock(delta.clock, limit_ms));
-        if entries.is_empty() && self.sent.dominates(&vector) {
+        // Held back: a partial push (no vector), and the same entries go again with the next.
+        let vector = held.is_empty().then(|| (delta.vector.clone(), delta.clock));
+        if entries.is_empty() && vector.is_none() {
             return Ok(LivePoll::Idle);
         }
         let mut frames = Vec::new();
@@ -104,9 +104,11 @@ impl LiveSender {
                 bytes = 0;
             }
         }
-        let push = Push { base: self.sent.clone(), entries: chunk, vector: Some((vector.clone(), clock)) };
+        let push = Push { base: self.sent.clone(), entries: chunk, vector: vector.clone() };
         frames.push(Message::Push(push).encode()?);
-        self.sent.merge(&vector);
+        if let Some((vector, _)) = &vector {
+            self.sent.merge(vector);
+        }
         Ok(LivePoll::Frames(frames))
     }
 

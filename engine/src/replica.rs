@@ -207,11 +207,6 @@ pub struct Replica<S: Storage> {
     unindexed_rows: Option<DeferredRows>,
     /// Peers' wall times from their handshakes (`replica/clock.rs`).
     peer_clocks: clock::PeerClocks,
-    /// Own writes re-stamped since the last [`Replica::take_reissued`].
-    reissued: Vec<Reissue>,
-    /// The highest own stamp handed to a peer ([`Replica::note_released`]); from the clock at
-    /// open, since what went out before is not recorded.
-    released: std::sync::atomic::AtomicU64,
     /// The recovery from a restore in progress (`replica/restore.rs`), persisted.
     recovery: Option<Recovery>,
     /// Bumped each time a recovery begins (sessions opened before do not merge).
@@ -312,8 +307,6 @@ impl<S: Storage> Replica<S> {
                     unindexed: durable.unindexed,
                     unindexed_rows: None,
                     peer_clocks: clock::PeerClocks::default(),
-                    reissued: Vec::new(),
-                    released: std::sync::atomic::AtomicU64::new(durable.clock.0),
                     recovery: durable.recovery,
                     restore_epoch: 0,
                     opened_clock: durable.clock,
@@ -341,8 +334,6 @@ impl<S: Storage> Replica<S> {
                     unindexed: VersionVector::new(),
                     unindexed_rows: None,
                     peer_clocks: clock::PeerClocks::default(),
-                    reissued: Vec::new(),
-                    released: std::sync::atomic::AtomicU64::new(0),
                     recovery: None,
                     restore_epoch: 0,
                     opened_clock: Hlc(0),
@@ -895,5 +886,5 @@ mod restore;
 mod tests;
 
 pub(crate) use clock::HeldBack;
-pub use clock::{PEER_CLOCK_FRESH_MS, PEER_CLOCKS_MAX, REISSUED_KEPT_MAX, Reissue};
+pub use clock::{PEER_CLOCK_FRESH_MS, PEER_CLOCKS_MAX};
 pub use restore::{RESTORE_SEQ_GAP_MAX, Recovery};

@@ -517,9 +517,6 @@ fn print_status(s: &Status) {
     if let Some(ahead_ms) = s.clock_ahead_ms {
         println!("clock        {ahead_ms} ms ahead of the peers': local writes refused (fix the system clock)");
     }
-    if s.reissued_writes > 0 {
-        println!("re-stamped   {} own writes stamped in the peers' future (since start)", s.reissued_writes);
-    }
     println!("connected    {}", if s.connected.is_empty() { "-".to_string() } else { s.connected.join(" ") });
     println!("members      {}", s.members.len());
     for m in &s.members {

@@ -278,10 +278,6 @@ pub struct Status {
     /// many ms (fix the system clock).
     #[serde(default)]
     pub clock_ahead_ms: Option<u64>,
-    /// Own writes re-stamped since the node started because their stamps lay in the peers'
-    /// future (the clock had run ahead).
-    #[serde(default)]
-    pub reissued_writes: u64,
     /// Why the store failed (a full disk, an I/O error), from a failed commit until a commit
     /// goes through again: meanwhile writes are refused and nothing is acknowledged. `None`
     /// while the store works.
@@ -375,8 +371,6 @@ pub(crate) struct Inner {
     pub(crate) sessions_failed: AtomicU64,
     /// Sync frame bytes sent since start.
     pub(crate) bytes_sent: AtomicU64,
-    /// Own writes re-stamped since start (the clock had run ahead of the peers').
-    pub(crate) reissued_writes: AtomicU64,
     /// Set once a session with a peer has finished (lifts the [`STARTUP_WRITE_FENCE`]).
     pub(crate) synced: watch::Sender<bool>,
     /// Times the store was reopened after a failure since start.
@@ -415,7 +409,6 @@ impl Inner {
             let failed_before = replica.store_failure().map(|f| f.failed_commits);
             let recovering_before = replica.recovery();
             let out = f(&mut replica);
-            let reissued = replica.take_reissued();
             let recovering = replica.recovery();
             if replica.store_failure().map(|f| f.failed_commits) != failed_before {
                 self.store_failure_changed(replica.store_failure());
@@ -424,15 +417,6 @@ impl Inner {
             let moved = replica.vector() != &before;
             drop(replica);
             log_restore(recovering_before, recovering);
-            if !reissued.is_empty() {
-                self.reissued_writes.fetch_add(reissued.len() as u64, Ordering::Relaxed);
-                warn!(
-                    writes = reissued.len(),
-                    newest = %reissued.iter().map(|r| r.old.stamp.hlc).max().unwrap_or_default(),
-                    "own writes were stamped in the peers' future (this node's clock ran ahead); \
-                     re-stamped them with the corrected clock and fresh dots"
-                );
-            }
             let wake = moved || !changes.is_empty();
             for change in changes {
                 // No subscriber is fine: changes are only for those listening.
@@ -559,7 +543,6 @@ impl Node {
             anti_entropy_sessions: AtomicU64::new(0),
             sessions_failed: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
-            reissued_writes: AtomicU64::new(0),
             synced: watch::channel(false).0,
             store_reopens: AtomicU64::new(0),
             store_failed: Notify::new(),
@@ -705,7 +688,6 @@ impl Node {
                 deferred_rows: r.deferred_rows_pending(),
                 bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
                 clock_ahead_ms: r.clock_ahead_ms(),
-                reissued_writes: self.inner.reissued_writes.load(Ordering::Relaxed),
                 store_error: r.store_failure().map(|f| f.error.clone()),
                 store_failed_since_ms: r.store_failure().map(|f| f.since_ms),
                 store_reopens: self.inner.store_reopens.load(Ordering::Relaxed),

@@ -1,7 +1,8 @@
 //! A node's own clock stepping ahead and back (DESIGN.md §10), with an injected clock: two real
 //! nodes over QUIC on 127.0.0.1, each on its own redb file. One put while the clock is an hour
-//! ahead must not cut the node off: its later writes reach the peer, and a fresh node
-//! bootstrapping only from it gets every key.
+//! ahead must not cut the node off: it refuses local writes with a clear error while its clock is
+//! ahead of its peers', everything else still syncs both ways (the future write waits), and a
+//! fresh node bootstrapping only from it gets every key it can accept.
 
 use lethe_engine::{KeyRange, PutOptions, SystemClock, WallClock};
 use lethe_node::{DataDir, Node, NodeConfig, NodeError, PeerAddr};
@@ -40,13 +41,17 @@ async fn a_put_during_a_clock_step_ahead_does_not_cut_the_node_off() {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = ["a", "b", "c"].map(|n| DataDir::new(tmp.path().join(n)));
     let ids: Vec<_> = dirs.iter().map(|d| d.init().unwrap().id()).collect();
-    let clock = Arc::new(SteppedClock::default());
+    // Every node reads the same shifted time (so the test can let an hour pass); b reads an
+    // extra step of its own.
+    let everyone = Arc::new(SteppedClock::default());
+    let b_clock = Arc::new(PlusClock(everyone.clone(), AtomicI64::new(0)));
     let quick = |c: NodeConfig| NodeConfig {
         reconnect_max: Duration::from_millis(300),
         anti_entropy_interval: Duration::from_millis(500),
         ..c.with_gc_interval(Duration::from_millis(200))
     };
     let a = quick(NodeConfig::new(dirs[0].clone(), "127.0.0.1:0".parse().unwrap()).with_trust(ids[1]))
+        .with_clock(everyone.clone())
         .start()
         .await
         .unwrap();
@@ -54,7 +59,7 @@ async fn a_put_during_a_clock_step_ahead_does_not_cut_the_node_off() {
     let b = quick(NodeConfig::new(dirs[1].clone(), "127.0.0.1:0".parse().unwrap()))
         .with_peer(a_addr)
         .with_trust(ids[2])
-        .with_clock(clock.clone())
+        .with_clock(b_clock.clone())
         .start()
         .await
         .unwrap();
@@ -62,40 +67,55 @@ async fn a_put_during_a_clock_step_ahead_does_not_cut_the_node_off() {
     wait_for_keys(&a, &["before"]).await;
 
     // b's clock steps an hour ahead for one put, then is set right.
-    clock.0.store(HOUR_MS, Ordering::SeqCst);
-    let during = b.put("during", "v", PutOptions::default()).await.unwrap();
-    clock.0.store(0, Ordering::SeqCst);
-    let mut after = None;
-    for _ in 0..100 {
-        match b.put("after", "v", PutOptions::default()).await {
-            Ok(receipt) => {
-                after = Some(receipt);
-                break;
-            }
-            // Refused only while the node still believes its clock ahead: say so clearly.
-            Err(NodeError::Engine(e @ lethe_engine::Error::ClockAheadOfPeers { .. })) => {
-                assert!(e.to_string().contains("clock"), "{e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("put after the step back failed: {e}"),
+    b_clock.1.store(HOUR_MS, Ordering::SeqCst);
+    b.put("during", "v", PutOptions::default()).await.unwrap();
+    b_clock.1.store(0, Ordering::SeqCst);
+    // Its HLC is an hour ahead of its peers now: it refuses writes, and says so.
+    match b.put("after", "v", PutOptions::default()).await {
+        Err(NodeError::Engine(e @ lethe_engine::Error::ClockAheadOfPeers { .. })) => {
+            assert!(e.to_string().contains("check the system clock"), "{e}");
         }
+        other => panic!("b took a write stamped an hour ahead of its peer: {other:?}"),
     }
-    assert!(after.is_some(), "b never took a write again after its clock was set right");
-    wait_for_keys(&a, &["after", "before", "during"]).await;
-    let held = a.get(b"during").unwrap().unwrap();
-    assert!(held.stamp < during.stamp, "a holds the re-stamped write, not the future one");
-    assert!(b.status().unwrap().reissued_writes >= 1);
-
-    // A fresh node bootstrapping only from b gets every key.
+    assert!(b.status().unwrap().clock_ahead_ms.is_some());
+    // It is not cut off: a's writes reach it, and a fresh node bootstrapping only from b gets
+    // everything but the write its clock cannot take yet.
+    a.put("from-a", "v", PutOptions::default()).await.unwrap();
+    wait_for_keys(&b, &["before", "during", "from-a"]).await;
     let b_addr = PeerAddr { id: b.id(), addr: b.local_addr() };
     let c = quick(NodeConfig::new(dirs[2].clone(), "127.0.0.1:0".parse().unwrap()))
         .with_peer(b_addr)
+        .with_clock(everyone.clone())
         .start()
         .await
         .unwrap();
-    wait_for_keys(&c, &["after", "before", "during"]).await;
+    wait_for_keys(&c, &["before", "from-a"]).await;
+
+    // An hour later for everyone: the held write goes, and b writes again.
+    everyone.0.store(HOUR_MS + 2_000, Ordering::SeqCst);
+    let mut wrote = false;
+    for _ in 0..100 {
+        if b.put("after", "v", PutOptions::default()).await.is_ok() {
+            wrote = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(wrote, "b never took a write again once the clocks passed its HLC");
+    for n in [&a, &c] {
+        wait_for_keys(n, &["after", "before", "during", "from-a"]).await;
+    }
     for n in [&c, &b, &a] {
         n.shutdown().await;
+    }
+}
+
+/// Another clock plus an offset of its own.
+struct PlusClock(Arc<SteppedClock>, AtomicI64);
+
+impl WallClock for PlusClock {
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms().saturating_add_signed(self.1.load(Ordering::SeqCst))
     }
 }
 

@@ -127,8 +127,6 @@ pub struct SimReport {
     pub sketches: (u64, u64),
     /// Local writes refused because the writer's clock was ahead of its peers'.
     pub clock_refusals: u64,
-    /// Own writes re-stamped because their stamps lay in every peer's future.
-    pub reissued: u64,
 }
 
 /// An invariant that did not hold.
@@ -311,13 +309,11 @@ impl<'c, C: Choices> Sim<'c, C> {
     pub fn run(mut self) -> Result<SimReport, Violation> {
         for _ in 0..self.config.steps {
             self.step()?;
-            self.absorb_reissues()?;
             self.check_clocks()?;
             self.check_floors()?;
         }
         self.heal()?;
         self.final_rounds()?;
-        self.absorb_reissues()?;
         self.check_floors()?;
         self.check()?;
         self.check_rows_written()?;
@@ -438,49 +434,6 @@ impl<'c, C: Choices> Sim<'c, C> {
         self.seen_at_write.insert(entry.dot(), seen);
         self.log(|| format!("node {i} writes {} {:?}", String::from_utf8_lossy(&key), entry.payload));
         self.history.entry(key).or_default().push(entry);
-        Ok(())
-    }
-
-    /// Own writes a replica re-stamped (its clock had run ahead of its peers') replace the old
-    /// version in the model: the old dot is dead, the new one is a write made now.
-    fn absorb_reissues(&mut self) -> Result<(), Violation> {
-        for i in 0..self.nodes.len() {
-            let node = &mut self.nodes[i];
-            let Some(r) = node.replica.as_mut() else { continue };
-            let reissued = r.take_reissued();
-            if reissued.is_empty() {
-                continue;
-            }
-            let seen = r.vector().clone();
-            node.writes += reissued.len() as u64;
-            self.report.reissued += reissued.len() as u64;
-            for re in &reissued {
-                // Only an entry no peer was handed may be re-stamped lower: a peer that ever
-                // held it would keep it against the new one.
-                if let Some(j) = (0..self.nodes.len())
-                    .find(|&j| j != i && self.nodes[j].floor.get(&re.old.key) == Some(&re.old.stamp))
-                {
-                    return Err(violation(
-                        "I3 no lost write",
-                        format!("node {i} re-stamped {} lower, which node {j} holds", re.old.stamp),
-                    ));
-                }
-                self.nodes[i].floor.insert(re.old.key.clone(), re.new.stamp);
-            }
-            for re in reissued {
-                // The old version goes, and so does every earlier own write (lower seq) to the key
-                // stamped above the new one: superseded here before any peer was handed it (that is the
-                // condition for a re-stamp), it exists nowhere.
-                let writes = self.history.entry(re.old.key.clone()).or_default();
-                writes.retain(|e| {
-                    e.dot() != re.old.dot()
-                        && !(e.stamp.replica == re.new.stamp.replica && e.stamp > re.new.stamp && e.seq < re.new.seq)
-                });
-                writes.push(re.new.clone());
-                self.seen_at_write.insert(re.new.dot(), seen.clone());
-                self.log(|| format!("node {i} re-stamps {} as {}", re.old.stamp, re.new.stamp));
-            }
-        }
         Ok(())
     }
 

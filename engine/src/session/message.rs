@@ -295,6 +295,11 @@ pub enum Message {
     /// this vector; and the source's clock then. The sink merges the vector and observes the
     /// clock (see [`crate::Delta::clock`]).
     Done(#[serde(deserialize_with = "limits::bounded_vector")] VersionVector, Hlc),
+    /// Source → sink, instead of `Done`: the flow ends, but the source held back entries the
+    /// sink would refuse for drift (`replica/clock.rs`), so the transfer is partial. The sink
+    /// keeps what it applied, merges no vector and drops nothing as dead: with a newer version
+    /// held back, dropping the one it holds would let an older one back in.
+    Partial,
     /// Sink → source: ranges whose fingerprints differ (split them), ranges where the sink holds
     /// nothing (send them whole), and items the sink lacks (by id from a list, or by key from a
     /// sketch).
@@ -329,6 +334,7 @@ impl Message {
             Message::Ranges(_) => "Ranges",
             Message::Sketch(_) => "Sketch",
             Message::Done(..) => "Done",
+            Message::Partial => "Partial",
             Message::Reply { .. } => "Reply",
             Message::Ack(_) => "Ack",
             Message::Push(_) => "Push",

@@ -240,8 +240,6 @@ impl Session {
         anti_entropy: bool,
     ) -> Result<Session, SyncError> {
         replica.purge_expired()?;
-        // No own write stamped in the peers' future goes out (`replica/clock.rs`).
-        replica.settle_clock()?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
             replica: replica.id(),
@@ -377,6 +375,12 @@ impl Session {
                 self.outbox.push_back(Message::Ack(replica.vector().clone()));
                 Ok(())
             }
+            Message::Partial => {
+                self.receiving("Partial")?;
+                self.sink = Sink::Finished;
+                self.outbox.push_back(Message::Ack(replica.vector().clone()));
+                Ok(())
+            }
             Message::Reply { split, send, want, keys } => self.on_reply(replica, split, send, want, keys),
             Message::Push(_) => Err(SyncError::Unexpected { got: "Push", state: "in a session" }),
             Message::Ack(vector) => {
@@ -453,13 +457,13 @@ impl Session {
         let v0 = replica.vector().clone();
         if hello.vector.is_empty() && hello.values == 0 && !anti_entropy {
             self.stats.mode = Some(Mode::Bootstrap);
-            self.queue_entries(replica, replica.dead_entries_beyond(&hello.vector)?);
+            self.queue_entries(replica.dead_entries_beyond(&hello.vector)?);
             let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));
             self.source = Source::Streaming { v0, snapshot, cursor: Bound::Unbounded };
         } else if !anti_entropy && replica.membership().contains(peer) && hello.vector.dominates(&replica.frontier()) {
             self.stats.mode = Some(Mode::Delta);
             let delta = replica.delta_for(&hello.vector)?;
-            self.queue_entries(replica, delta.entries);
+            self.queue_entries(delta.entries);
             self.outbox.push_back(self.done(&delta.vector, delta.clock));
             self.source = Source::AwaitAck;
         } else {
@@ -469,7 +473,7 @@ impl Session {
             let expected = reconcile::expected_difference(&self.hello_vector, &hello.vector);
             match crate::sketch::size_for(expected).filter(|_| anti_entropy) {
                 Some(size) if replica.id() < peer => {
-                    self.queue_entries(replica, replica.dead_entries_beyond(&hello.vector)?);
+                    self.queue_entries(replica.dead_entries_beyond(&hello.vector)?);
                     self.outbox.push_back(Message::Sketch(reconcile::sketch_of(&replica.index.live, size)));
                     self.source = Source::Reconciling {
                         v0,
@@ -489,7 +493,7 @@ impl Session {
     /// whole key range described by fingerprints.
     fn start_ranges<S: Storage>(&mut self, replica: &Replica<S>, sink_vector: VersionVector) -> Result<(), SyncError> {
         let v0 = replica.vector().clone();
-        self.queue_entries(replica, replica.dead_entries_beyond(&sink_vector)?);
+        self.queue_entries(replica.dead_entries_beyond(&sink_vector)?);
         let mut offered = BTreeMap::new();
         let group = reconcile::describe(&replica.index.live, &KeyBounds(None, None), &mut offered);
         let ranges = reconcile::part_bounds(std::slice::from_ref(&group));
@@ -532,7 +536,7 @@ impl Session {
         let v0 = replica.vector().clone();
         let mut entries = replica.dead_entries_beyond(&sink_vector)?;
         entries.extend(entries_for(replica, found.send, &sink_vector)?);
-        self.queue_entries(replica, entries);
+        self.queue_entries(entries);
         self.outbox.push_back(self.done(&v0, replica.clock()));
         self.source = Source::AwaitAck;
         Ok(())
@@ -612,7 +616,7 @@ impl Session {
             .map_err(Error::from)?;
         }
         drop(snap);
-        self.queue_entries(replica, entries);
+        self.queue_entries(entries);
         let Source::Reconciling { v0, sink_vector, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
             return Ok(());
         };
@@ -630,9 +634,8 @@ impl Session {
 
     /// Queues `entries` as `Entries` messages of about [`CHUNK_BYTES`] each.
     /// Entries the peer would refuse for drift are held back (see [`Session::done`]).
-    fn queue_entries<S: Storage>(&mut self, replica: &Replica<S>, entries: Vec<Entry>) {
+    fn queue_entries(&mut self, entries: Vec<Entry>) {
         let entries = self.held.filter(entries, self.peer_limit_ms);
-        replica.note_released(&entries);
         let (live, dead) = count_kinds(&entries);
         self.stats.live_sent += live;
         self.stats.tombstones_sent += dead;
@@ -651,10 +654,11 @@ impl Session {
         }
     }
 
-    /// The `Done` that ends this side's flow: the vector capped below what was held back, so
-    /// the peer's merge claims only what it received, and a clock it accepts.
+    /// The message that ends this side's flow: `Done`, or `Partial` when something was held back
+    /// (a capped vector would not do: entries of a writer above the cap that did go would be
+    /// applied and left uncovered, and an older version could then come back).
     fn done(&self, vector: &VersionVector, clock: crate::hlc::Hlc) -> Message {
-        Message::Done(self.held.cap(vector), self.held.clock(clock, self.peer_limit_ms))
+        if self.held.is_empty() { Message::Done(vector.clone(), clock) } else { Message::Partial }
     }
 
     /// Bootstrap: reads the next chunk of live entries after the cursor from the held snapshot,
@@ -681,7 +685,7 @@ impl Session {
         let Source::Streaming { v0, snapshot, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
             return Ok(());
         };
-        self.queue_entries(replica, chunk);
+        self.queue_entries(chunk);
         match (exhausted, last) {
             (false, Some(key)) => self.source = Source::Streaming { v0, snapshot, cursor: Bound::Excluded(key) },
             _ => self.outbox.push_back(self.done(&v0, replica.clock())),

@@ -38,7 +38,6 @@ fn main() {
                 total.sketches.0 += report.sketches.0;
                 total.sketches.1 += report.sketches.1;
                 total.clock_refusals += report.clock_refusals;
-                total.reissued += report.reissued;
             }
             Err(v) => {
                 failed += 1;
@@ -53,7 +52,7 @@ fn main() {
         "passing seeds in all: {} writes, {} sessions finished, {} ended early, {} tombstones collected, \
          {} batches refused for clock drift, {} keys live by the documented exception, \
          {} anti-entropy sketches decoded and {} fell back to ranges, \
-         {} local writes refused with the clock ahead of peers, {} writes re-stamped",
+         {} local writes refused with the clock ahead of peers",
         total.writes,
         total.sessions_finished,
         total.sessions_aborted,
@@ -62,8 +61,7 @@ fn main() {
         total.exception_wins,
         total.sketches.0,
         total.sketches.1,
-        total.clock_refusals,
-        total.reissued
+        total.clock_refusals
     );
     println!("{} seeds, {} failed, {:.1} s", seeds.len(), failed, started.elapsed().as_secs_f64());
     if failed > 0 {
