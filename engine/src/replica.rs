@@ -42,11 +42,19 @@ pub struct Config {
     pub max_drift_ms: u64,
     /// How long a member may stay silent before it is evicted from the stable frontier.
     pub lease_ms: u64,
+    /// How far a peer's measured wall time may lag its real one (transit), on top of
+    /// `max_drift_ms`, before this replica counts itself ahead ([`PEER_CLOCK_SLACK_MS`]).
+    pub peer_clock_slack_ms: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { limits: Limits::default(), max_drift_ms: MAX_DRIFT_MS_DEFAULT, lease_ms: LEASE_MS_DEFAULT }
+        Config {
+            limits: Limits::default(),
+            max_drift_ms: MAX_DRIFT_MS_DEFAULT,
+            lease_ms: LEASE_MS_DEFAULT,
+            peer_clock_slack_ms: PEER_CLOCK_SLACK_MS,
+        }
     }
 }
 
@@ -886,5 +894,5 @@ mod restore;
 mod tests;
 
 pub(crate) use clock::HeldBack;
-pub use clock::{PEER_CLOCK_FRESH_MS, PEER_CLOCKS_MAX};
+pub use clock::{PEER_CLOCK_FRESH_MS, PEER_CLOCK_SLACK_MS, PEER_CLOCKS_MAX};
 pub use restore::{RESTORE_SEQ_GAP_MAX, Recovery};

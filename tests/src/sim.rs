@@ -183,7 +183,8 @@ struct Node {
 impl Node {
     fn open(&mut self) -> Result<(), Violation> {
         let store = self.crashed_store.take().unwrap_or_default();
-        let config = Config { max_drift_ms: MAX_DRIFT_MS, lease_ms: LEASE_MS, ..Config::default() };
+        let config =
+            Config { max_drift_ms: MAX_DRIFT_MS, lease_ms: LEASE_MS, peer_clock_slack_ms: 0, ..Config::default() };
         let replica = Replica::open(store, self.id, config, self.clock.clone())
             .map_err(|e| violation("I3 restart", format!("replica {} did not reopen: {e}", self.id)))?;
         self.replica = Some(replica);
@@ -947,7 +948,8 @@ impl<'c, C: Choices> Sim<'c, C> {
             }
         }
         // I4: a new replica bootstraps live entries only.
-        let config = Config { max_drift_ms: MAX_DRIFT_MS, lease_ms: LEASE_MS, ..Config::default() };
+        let config =
+            Config { max_drift_ms: MAX_DRIFT_MS, lease_ms: LEASE_MS, peer_clock_slack_ms: 0, ..Config::default() };
         let clock = Arc::new(SkewedClock { base: self.time.clone(), skew_ms: AtomicI64::new(0) });
         let mut fresh = Replica::open(MemoryStore::new(), ReplicaId(1000), config, clock)
             .map_err(|e| violation("I4", e.to_string()))?;

@@ -9,10 +9,10 @@
 //!   ([`Replica::note_peer_wall`]). Measured within [`PEER_CLOCK_FRESH_MS`], the peers give a
 //!   reference time: the upper median of their wall times (one peer far off either way decides
 //!   nothing once there are three). A local write whose stamp would lie
-//!   more than `max_drift_ms` beyond it is refused with [`Error::ClockAheadOfPeers`]; no stamp
+//!   more than `max_drift_ms` (+ [`PEER_CLOCK_SLACK_MS`] for transit) beyond it is refused with [`Error::ClockAheadOfPeers`]; no stamp
 //!   from the future is issued once a peer has shown it to be one.
 //! - **Entries a peer would refuse are held back from it** ([`HeldBack`]): a session leaves out
-//!   every entry stamped beyond the peer's handshake wall time + `max_drift_ms` and ends as a
+//!   every entry stamped beyond the peer's handshake wall time + `max_drift_ms` (+ the slack) and ends as a
 //!   partial transfer (`Message::Partial`: the peer applies the rest, merges no vector, drops
 //!   nothing), so nothing is refused whole. Live pushes do the same with the peer's measured
 //!   clock (a push without a vector). What is held back goes once the peer's clock reaches it.
@@ -39,6 +39,13 @@ use std::collections::BTreeMap;
 /// How long a peer's measured wall time counts: 2 minutes of this replica's wall clock (an
 /// anti-entropy session measures again every minute by default).
 pub const PEER_CLOCK_FRESH_MS: u64 = 120_000;
+/// What a peer's measured wall time may lag its real one: a handshake's wall time is read when
+/// it is sent, and the receiver's when it arrives, so the transit (seconds on a loaded machine)
+/// makes every peer look behind. A replica counts as ahead of its peers, and an entry as one a
+/// peer would refuse, only beyond `max_drift_ms` plus this: 5 s. A clock ahead by less is left
+/// to the receivers' drift check (their refusals last at most this long). The default of
+/// [`crate::Config::peer_clock_slack_ms`].
+pub const PEER_CLOCK_SLACK_MS: u64 = 5_000;
 /// How many peers' wall times are remembered at most (the stalest goes first).
 pub const PEER_CLOCKS_MAX: usize = 1024;
 
@@ -129,13 +136,17 @@ impl<S: Storage> Replica<S> {
     }
 
     /// The latest wall time `peer` may accept a stamp at: its clock as last measured, plus
-    /// `max_drift_ms`. `None` if it was not measured lately.
+    /// `max_drift_ms` and [`PEER_CLOCK_SLACK_MS`]. `None` if it was not measured lately.
     #[must_use]
     pub fn peer_stamp_limit_ms(&self, peer: ReplicaId) -> Option<u64> {
         let wall_ms = self.now_ms();
         let c = self.peer_clocks.peers.get(&peer)?;
         let fresh = c.measured_at_ms <= wall_ms && wall_ms - c.measured_at_ms <= PEER_CLOCK_FRESH_MS;
-        fresh.then(|| wall_ms.saturating_add_signed(c.offset_ms).saturating_add(self.config().max_drift_ms))
+        fresh.then(|| {
+            wall_ms
+                .saturating_add_signed(c.offset_ms)
+                .saturating_add(self.config().max_drift_ms + self.config().peer_clock_slack_ms)
+        })
     }
 
     /// How far this replica's next stamp would lie beyond the peers' reference time plus
@@ -147,7 +158,7 @@ impl<S: Storage> Replica<S> {
         let reference_ms = self.peer_clocks.reference_ms(wall_ms)?;
         let mut clock = self.clock;
         let next = clock.now(wall_ms).wall_ms();
-        let limit = reference_ms.saturating_add(self.config().max_drift_ms);
+        let limit = reference_ms.saturating_add(self.config().max_drift_ms + self.config().peer_clock_slack_ms);
         (next > limit).then(|| next - reference_ms)
     }
 

@@ -432,7 +432,8 @@ impl Session {
         let peer = hello.replica;
         self.peer = Some(peer);
         replica.note_peer_wall(peer, hello.wall_ms);
-        self.peer_limit_ms = Some(hello.wall_ms.saturating_add(replica.config().max_drift_ms));
+        let slack_ms = replica.config().max_drift_ms + replica.config().peer_clock_slack_ms;
+        self.peer_limit_ms = Some(hello.wall_ms.saturating_add(slack_ms));
         // Before the peer's vector counts as an acknowledgement: the restored copy's own record
         // of what members acknowledged decides what is re-issued (`replica/restore.rs`).
         replica.notice_own_seqs(&hello.vector, &hello.members)?;
