@@ -82,8 +82,8 @@ impl LiveSender {
             return Ok(LivePoll::NeedSession);
         }
         let delta = replica.delta_for(&self.sent)?;
-        // Entries the peer would refuse for drift wait (`replica/clock.rs`); the vector handed
-        // over is capped below them, so they go with a later push.
+        // Entries the peer would refuse for drift wait (`replica/clock.rs`): the push then carries
+        // no vector (a partial transfer), so they go with a later one.
         let mut held = crate::replica::HeldBack::default();
         let limit_ms = replica.peer_stamp_limit_ms(self.peer);
         let entries = held.filter(delta.entries, limit_ms);
