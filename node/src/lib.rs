@@ -1,11 +1,12 @@
-//! The lethe node: the embeddable library and the pieces of the `lethe` command.
+//! The embeddable lethe node: one replica on redb kept in step with its peers over QUIC.
 //!
-//! - [`node`]: [`Node`], one replica on redb kept in step with its peers over QUIC;
+//! - [`node`]: [`Node`] and [`NodeConfig`];
 //! - [`data_dir`]: a node's identity, store and address on disk;
-//! - [`control`]: how the CLI talks to a running node;
-//! - [`demo`]: `lethe demo`, the main job on the embedded default;
-//! - [`baseline`]: the model of atServer's commit-log sync that the demo and benchmarks compare with;
-//! - [`bench`](mod@bench): `lethe bench`, lethe and the models side by side over QUIC.
+//! - [`control`]: how a client (the `lethe` command, in the `lethe-cli` crate) talks to a
+//!   running node.
+//!
+//! The command line, the demo and the benchmark harness live in crates of their own
+//! (`lethe-cli`, `lethe-bench`), so an embedder builds none of their dependencies.
 //!
 //! Two nodes in one program, talking QUIC on loopback:
 //!
@@ -40,11 +41,8 @@
 //! # }
 //! ```
 
-pub mod baseline;
-pub mod bench;
 pub mod control;
 pub mod data_dir;
-pub mod demo;
 pub mod node;
 mod owner;
 mod peer;

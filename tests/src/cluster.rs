@@ -19,7 +19,7 @@ pub fn lethe_bin() -> PathBuf {
             let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "-p", "lethe-node", "--bin", "lethe"]);
+            cmd.args(["build", "--quiet", "-p", "lethe-cli", "--bin", "lethe"]);
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }

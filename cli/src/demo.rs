@@ -6,15 +6,15 @@
 //! server deletes most keys and writes keys with a short TTL; the TTL passes on every node
 //! without a message; GC collects the tombstones once every member has acknowledged twice; then
 //! a fresh client-b joins. Beside lethe's cost for client-b, the same history is replayed through
-//! the model of atServer's commit-log sync ([`crate::baseline`]). The run fails if the nodes do
+//! the model of atServer's commit-log sync ([`lethe_bench::baseline`]). The run fails if the nodes do
 //! not converge.
 
-use crate::baseline::{CommitLogModel, ReplayCost};
-use crate::data_dir::DataDir;
-use crate::node::{Node, NodeConfig, PeerAddr, Status};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use lethe_bench::baseline::{CommitLogModel, ReplayCost};
+use lethe_bench::wait_for;
 use lethe_engine::PutOptions;
+use lethe_node::{DataDir, Node, NodeConfig, PeerAddr, Status};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -132,18 +132,6 @@ async fn converge(server: &Node, nodes: &[&Node], what: &str, show: bool) -> Res
         spinner.tick();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Polls `check` every 10 ms until it holds; fails after `limit` with `what`.
-pub(crate) async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while !check()? {
-        if Instant::now() > deadline {
-            bail!("{what}: not within {} s", limit.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
 }
 
 fn received_since(before: &Status, after: &Status, started: Instant) -> Received {

@@ -21,11 +21,10 @@
 //! servers run in this process, on runtime threads named `lethe-server`.
 
 use crate::baseline::CommitLogModel;
-use crate::data_dir::DataDir;
-use crate::demo::wait_for;
-use crate::node::{NodeConfig, PeerAddr};
+use crate::wait_for;
 use anyhow::{Context, Result, anyhow, bail};
 use lethe_engine::{PutOptions, WriteBatch};
+use lethe_node::{DataDir, NodeConfig, PeerAddr};
 use lethe_transport::{Endpoint, FrameReader, FrameWriter, Identity, TrustList};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -518,7 +517,7 @@ async fn load_server(
     root: &Path,
     p: BootstrapParams,
     client_id: lethe_transport::NodeId,
-) -> Result<(crate::node::Node, CommitLogModel)> {
+) -> Result<(lethe_node::Node, CommitLogModel)> {
     let server_dir = DataDir::new(root.join("server"));
     server_dir.init()?;
     let gc = if p.no_gc { Duration::from_secs(365 * 24 * 3600) } else { Duration::from_millis(100) };
@@ -859,7 +858,7 @@ pub async fn write(root: &Path, ops: usize, writers: usize) -> Result<WriteRepor
             for i in (w..ops).step_by(writers) {
                 node.put(key(i), value.clone(), PutOptions::default()).await?;
             }
-            Ok::<(), crate::node::NodeError>(())
+            Ok::<(), lethe_node::NodeError>(())
         }));
     }
     for t in tasks {

@@ -1,9 +1,11 @@
 //! The `lethe` command.
 
+mod demo;
+
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
+use demo::DemoParams;
 use lethe_node::control::{self, Request, Response};
-use lethe_node::demo::{self, DemoParams};
 use lethe_node::{DataDir, Node, NodeConfig, PeerAddr, Status};
 use lethe_transport::{Endpoint, NodeId, TrustList};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -286,7 +288,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some("automerge") => true,
                 Some(other) => bail!("--with {other}: the only other system known is `automerge`"),
             };
-            let params = lethe_node::bench::BootstrapParams {
+            let params = lethe_bench::bench::BootstrapParams {
                 live,
                 deleted,
                 expired,
@@ -299,8 +301,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Client { job }) => {
             init_logs("warn");
-            let job: lethe_node::bench::ClientJob = serde_json::from_str(&job).context("reading --job")?;
-            let result = lethe_node::bench::run_client(&job)?;
+            let job: lethe_bench::bench::ClientJob = serde_json::from_str(&job).context("reading --job")?;
+            let result = lethe_bench::bench::run_client(&job)?;
             println!("{}", serde_json::to_string(&result)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -312,15 +314,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     serde_json::from_str(&text)
                         .with_context(|| format!("{} is not a bench bootstrap --json report", f.display()))
                 })
-                .collect::<Result<Vec<lethe_node::bench::BootstrapReport>>>()?;
-            for path in lethe_node::bench::plot(&reports, &out)? {
+                .collect::<Result<Vec<lethe_bench::bench::BootstrapReport>>>()?;
+            for path in lethe_bench::bench::plot(&reports, &out)? {
                 println!("{}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Incremental { keys, diffs, json }) => {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
-            let r = lethe_node::bench::incremental(dir.path(), keys, diffs)?;
+            let r = lethe_bench::bench::incremental(dir.path(), keys, diffs)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -337,7 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Gc { replicas, deleted, json }) => {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
-            let r = lethe_node::bench::gc(dir.path(), replicas, deleted)?;
+            let r = lethe_bench::bench::gc(dir.path(), replicas, deleted)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -359,7 +361,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Write { ops, writers, json }) => {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-            let r = runtime.block_on(lethe_node::bench::write(dir.path(), ops, writers))?;
+            let r = runtime.block_on(lethe_bench::bench::write(dir.path(), ops, writers))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -524,10 +526,10 @@ fn print_status(s: &Status) {
     }
 }
 
-fn run_bench_bootstrap(params: lethe_node::bench::BootstrapParams, json: bool) -> Result<()> {
+fn run_bench_bootstrap(params: lethe_bench::bench::BootstrapParams, json: bool) -> Result<()> {
     init_logs("warn");
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let r = lethe_node::bench::bootstrap(dir.path(), params)?;
+    let r = lethe_bench::bench::bootstrap(dir.path(), params)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
