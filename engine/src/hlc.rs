@@ -86,6 +86,14 @@ impl fmt::Display for Stamp {
 pub trait WallClock: Send + Sync {
     /// The current wall-clock time, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+
+    /// A clock that only moves forward at the rate time passes and never steps (like
+    /// `std::time::Instant`), in milliseconds from any origin: what the replica measures elapsed
+    /// time with, so a step of the wall clock is seen as a step. The default reads the wall
+    /// clock, for clocks that do not step.
+    fn monotonic_ms(&self) -> u64 {
+        self.now_ms()
+    }
 }
 
 /// The operating system's clock.
@@ -99,33 +107,60 @@ impl WallClock for SystemClock {
             // A clock set before 1970 reads as 0: stamps stay monotonic through the HLC.
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
+
+    fn monotonic_ms(&self) -> u64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let origin = ORIGIN.get_or_init(std::time::Instant::now);
+        u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// A clock that moves only when told to. Cloning shares the same time.
+///
+/// Its monotonic reading ([`WallClock::monotonic_ms`]) follows [`ManualClock::set`] and
+/// [`ManualClock::advance`] (time passing) but not [`ManualClock::step`] (the wall clock set
+/// wrong, as by an operator or a bad time source).
 #[derive(Clone, Debug, Default)]
-pub struct ManualClock(Arc<AtomicU64>);
+pub struct ManualClock {
+    wall_ms: Arc<AtomicU64>,
+    /// Wall time minus monotonic time: what the steps added up to (two's complement).
+    stepped_ms: Arc<AtomicU64>,
+}
 
 impl ManualClock {
     /// A clock that reads `now_ms` until moved.
     #[must_use]
     pub fn new(now_ms: u64) -> ManualClock {
-        ManualClock(Arc::new(AtomicU64::new(now_ms)))
+        ManualClock { wall_ms: Arc::new(AtomicU64::new(now_ms)), stepped_ms: Arc::default() }
     }
 
-    /// Sets the time (it may go backwards, as real clocks do).
+    /// Sets the time (it may go backwards, as real clocks do); the monotonic reading moves with
+    /// it.
     pub fn set(&self, now_ms: u64) {
-        self.0.store(now_ms, Ordering::SeqCst);
+        self.wall_ms.store(now_ms, Ordering::SeqCst);
     }
 
-    /// Moves the time forward by `ms`.
+    /// Moves the time forward by `ms` (wall and monotonic).
     pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        self.wall_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Steps the wall clock by `delta_ms` (ahead or back) while no time passes: the monotonic
+    /// reading stays where it is.
+    pub fn step(&self, delta_ms: i64) {
+        let delta = delta_ms.cast_unsigned();
+        self.wall_ms.fetch_add(delta, Ordering::SeqCst);
+        self.stepped_ms.fetch_add(delta, Ordering::SeqCst);
     }
 }
 
 impl WallClock for ManualClock {
     fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.wall_ms.load(Ordering::SeqCst)
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.now_ms().wrapping_sub(self.stepped_ms.load(Ordering::SeqCst))
     }
 }
 

@@ -399,6 +399,11 @@ impl<S: Storage> Replica<S> {
         self.wall.now_ms()
     }
 
+    /// The monotonic clock ([`crate::WallClock::monotonic_ms`]), for elapsed time.
+    pub(crate) fn monotonic_ms(&self) -> u64 {
+        self.wall.monotonic_ms()
+    }
+
     /// This replica's id.
     #[must_use]
     pub fn id(&self) -> ReplicaId {

@@ -96,3 +96,22 @@ fn a_replica_whose_clock_stepped_back_keeps_its_stamps_when_its_peers_agree_with
     sync_in_process(&mut a, &mut b, false).unwrap();
     assert_eq!(a.get(b"k").unwrap().unwrap().value, b"v2");
 }
+
+#[test]
+fn a_step_ahead_after_a_handshake_is_seen_at_the_next_write_not_at_the_next_handshake() {
+    let (ca, cb) = (ManualClock::new(T0), ManualClock::new(T0));
+    let (mut a, mut b) = (replica(1, &ca), replica(2, &cb));
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    b.put("before", "v", PutOptions::default()).unwrap();
+    // b's wall clock steps an hour ahead with no time passing: a's clock, as b measured it a
+    // moment ago, has not moved an hour, so b's next stamp would be an hour in a's future.
+    cb.step(i64::try_from(HOUR_MS).unwrap());
+    let refused = b.put("during", "v", PutOptions::default()).unwrap_err();
+    assert!(matches!(refused, Error::ClockAheadOfPeers { .. }), "{refused}");
+    assert_eq!(keys(&b), ["before"], "nothing was written");
+    // Set right again, b writes at once.
+    cb.step(-i64::try_from(HOUR_MS).unwrap());
+    b.put("after", "v", PutOptions::default()).unwrap();
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    assert_eq!(keys(&a), ["after", "before"]);
+}

@@ -42,7 +42,9 @@ async fn a_put_during_a_clock_step_ahead_does_not_cut_the_node_off() {
     let dirs = ["a", "b", "c"].map(|n| DataDir::new(tmp.path().join(n)));
     let ids: Vec<_> = dirs.iter().map(|d| d.init().unwrap().id()).collect();
     // Every node reads the same shifted time (so the test can let an hour pass); b reads an
-    // extra step of its own.
+    // extra step of its own. Neither clock tells a step from time passing (their monotonic
+    // reading is their wall time, as for a clock resumed from a suspend), so b stamps a write
+    // an hour ahead before it can know.
     let everyone = Arc::new(SteppedClock::default());
     let b_clock = Arc::new(PlusClock(everyone.clone(), AtomicI64::new(0)));
     let quick = |c: NodeConfig| NodeConfig {
@@ -108,6 +110,51 @@ async fn a_put_during_a_clock_step_ahead_does_not_cut_the_node_off() {
     for n in [&c, &b, &a] {
         n.shutdown().await;
     }
+}
+
+/// The system clock with a step the test sets, and the system's monotonic clock: a step is seen
+/// as one.
+#[derive(Default)]
+struct StepClock(AtomicI64);
+
+impl WallClock for StepClock {
+    fn now_ms(&self) -> u64 {
+        SystemClock.now_ms().saturating_add_signed(self.0.load(Ordering::SeqCst))
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        SystemClock.monotonic_ms()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_step_ahead_is_refused_at_the_next_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = ["a", "b"].map(|n| DataDir::new(tmp.path().join(n)));
+    let ids: Vec<_> = dirs.iter().map(|d| d.init().unwrap().id()).collect();
+    let a = NodeConfig::new(dirs[0].clone(), "127.0.0.1:0".parse().unwrap()).with_trust(ids[1]).start().await.unwrap();
+    let b_clock = Arc::new(StepClock::default());
+    let b = NodeConfig::new(dirs[1].clone(), "127.0.0.1:0".parse().unwrap())
+        .with_peer(PeerAddr { id: a.id(), addr: a.local_addr() })
+        .with_clock(b_clock.clone())
+        .start()
+        .await
+        .unwrap();
+    b.put("before", "v", PutOptions::default()).await.unwrap();
+    wait_for_keys(&a, &["before"]).await;
+    // b's wall clock steps an hour ahead: its first write after the step is refused, not
+    // stamped an hour in its peer's future (no new handshake is needed to see it).
+    b_clock.0.store(HOUR_MS, Ordering::SeqCst);
+    match b.put("during", "v", PutOptions::default()).await {
+        Err(NodeError::Engine(lethe_engine::Error::ClockAheadOfPeers { .. })) => {}
+        other => panic!("b took a write stamped an hour ahead of its peer: {other:?}"),
+    }
+    b_clock.0.store(0, Ordering::SeqCst);
+    b.put("after", "v", PutOptions::default()).await.unwrap();
+    wait_for_keys(&a, &["after", "before"]).await;
+    assert_eq!(keys(&b).await, ["after", "before"]);
+    b.shutdown().await;
+    a.shutdown().await;
 }
 
 /// Another clock plus an offset of its own.

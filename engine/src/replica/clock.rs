@@ -8,9 +8,14 @@
 //! - **Peers' wall times.** Every handshake carries the sender's wall time
 //!   ([`Replica::note_peer_wall`]). Measured within [`PEER_CLOCK_FRESH_MS`], the peers give a
 //!   reference time: the upper median of their wall times (one peer far off either way decides
-//!   nothing once there are three). A local write whose stamp would lie
-//!   more than `max_drift_ms` (+ [`PEER_CLOCK_SLACK_MS`] for transit) beyond it is refused with [`Error::ClockAheadOfPeers`]; no stamp
-//!   from the future is issued once a peer has shown it to be one.
+//!   nothing once there are three). A local write whose stamp would lie more than
+//!   `max_drift_ms` (+ [`PEER_CLOCK_SLACK_MS`] for transit) beyond it is refused with
+//!   [`Error::ClockAheadOfPeers`]; no stamp from the future is issued once a peer has shown it to
+//!   be one. A peer's clock is taken to have moved, since it was measured, as much as this
+//!   replica's monotonic clock ([`crate::WallClock::monotonic_ms`]), not its wall clock: a step
+//!   of this replica's wall clock is seen at its next write, not at the next handshake. (The
+//!   system's monotonic clock does not count a suspend: after a resume the replica may take
+//!   itself for ahead until its next handshake measures again.)
 //! - **Entries a peer would refuse are held back from it** ([`HeldBack`]): a session leaves out
 //!   every entry stamped beyond the peer's handshake wall time + `max_drift_ms` (+ the slack) and ends as a
 //!   partial transfer (`Message::Partial`: the peer applies the rest, merges no vector, drops
@@ -36,8 +41,8 @@ use crate::replica::Replica;
 use crate::storage::Storage;
 use std::collections::BTreeMap;
 
-/// How long a peer's measured wall time counts: 2 minutes of this replica's wall clock (an
-/// anti-entropy session measures again every minute by default).
+/// How long a peer's measured wall time counts: 2 minutes (an anti-entropy session measures
+/// again every minute by default).
 pub const PEER_CLOCK_FRESH_MS: u64 = 120_000;
 /// What a peer's measured wall time may lag its real one: a handshake's wall time is read when
 /// it is sent, and the receiver's when it arrives, so the transit (seconds on a loaded machine)
@@ -52,47 +57,44 @@ pub const PEER_CLOCKS_MAX: usize = 1024;
 /// One peer's wall clock as measured by a handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PeerClock {
-    /// The peer's wall time minus this replica's, in ms, when measured.
-    offset_ms: i64,
-    /// This replica's wall time when measured.
+    /// The peer's wall time, as its handshake said.
+    wall_ms: u64,
+    /// This replica's monotonic time ([`crate::WallClock::monotonic_ms`]) when measured: the
+    /// peer's clock is taken to have moved as much since, whatever this replica's wall clock did
+    /// meanwhile, so a step of its own is seen at once.
     measured_at_ms: u64,
+}
+
+impl PeerClock {
+    /// The peer's wall time at monotonic time `mono_ms`, if measured within
+    /// [`PEER_CLOCK_FRESH_MS`] before it.
+    fn now_ms(&self, mono_ms: u64) -> Option<u64> {
+        let elapsed_ms = mono_ms.checked_sub(self.measured_at_ms)?;
+        (elapsed_ms <= PEER_CLOCK_FRESH_MS).then(|| self.wall_ms.saturating_add(elapsed_ms))
+    }
 }
 
 /// The peers' wall clocks as handshakes showed them.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PeerClocks {
     peers: BTreeMap<ReplicaId, PeerClock>,
-    /// The highest wall time this replica has read, to notice its own clock stepping back.
-    wall_high_ms: u64,
 }
 
 impl PeerClocks {
-    fn note(&mut self, peer: ReplicaId, peer_wall_ms: u64, wall_ms: u64) {
-        let offset_ms = i64::try_from(i128::from(peer_wall_ms) - i128::from(wall_ms)).unwrap_or(i64::MAX);
+    fn note(&mut self, peer: ReplicaId, peer_wall_ms: u64, mono_ms: u64) {
         if self.peers.len() >= PEER_CLOCKS_MAX
             && !self.peers.contains_key(&peer)
             && let Some(stalest) = self.peers.iter().min_by_key(|(_, c)| c.measured_at_ms).map(|(r, _)| *r)
         {
             self.peers.remove(&stalest);
         }
-        self.peers.insert(peer, PeerClock { offset_ms, measured_at_ms: wall_ms });
-        self.wall_high_ms = self.wall_high_ms.max(wall_ms);
+        self.peers.insert(peer, PeerClock { wall_ms: peer_wall_ms, measured_at_ms: mono_ms });
     }
 
-    /// The peers' wall time now (their upper median), by measurements taken within
-    /// [`PEER_CLOCK_FRESH_MS`] of `wall_ms`. A wall clock that stepped back past the measurements
-    /// voids them (their offsets were taken against the old time).
-    fn reference_ms(&mut self, wall_ms: u64) -> Option<u64> {
-        if wall_ms < self.wall_high_ms && self.peers.values().any(|c| c.measured_at_ms > wall_ms) {
-            self.peers.clear();
-        }
-        self.wall_high_ms = self.wall_high_ms.max(wall_ms);
-        let mut walls: Vec<u64> = self
-            .peers
-            .values()
-            .filter(|c| wall_ms.saturating_sub(c.measured_at_ms) <= PEER_CLOCK_FRESH_MS && c.measured_at_ms <= wall_ms)
-            .map(|c| wall_ms.saturating_add_signed(c.offset_ms))
-            .collect();
+    /// The peers' wall time at monotonic time `mono_ms` (their upper median), by measurements
+    /// taken within [`PEER_CLOCK_FRESH_MS`] before it.
+    fn reference_ms(&self, mono_ms: u64) -> Option<u64> {
+        let mut walls: Vec<u64> = self.peers.values().filter_map(|c| c.now_ms(mono_ms)).collect();
         walls.sort_unstable();
         // The upper median: one peer whose clock is far off, either way, decides nothing once
         // there are three; with one or two, the one further ahead counts (fewer refusals).
@@ -131,33 +133,26 @@ impl<S: Storage> Replica<S> {
         if peer == self.id() {
             return;
         }
-        let wall_ms = self.now_ms();
-        self.peer_clocks.note(peer, peer_wall_ms, wall_ms);
+        let mono_ms = self.monotonic_ms();
+        self.peer_clocks.note(peer, peer_wall_ms, mono_ms);
     }
 
     /// The latest wall time `peer` may accept a stamp at: its clock as last measured, plus
     /// `max_drift_ms` and [`PEER_CLOCK_SLACK_MS`]. `None` if it was not measured lately.
     #[must_use]
     pub fn peer_stamp_limit_ms(&self, peer: ReplicaId) -> Option<u64> {
-        let wall_ms = self.now_ms();
-        let c = self.peer_clocks.peers.get(&peer)?;
-        let fresh = c.measured_at_ms <= wall_ms && wall_ms - c.measured_at_ms <= PEER_CLOCK_FRESH_MS;
-        fresh.then(|| {
-            wall_ms
-                .saturating_add_signed(c.offset_ms)
-                .saturating_add(self.config().max_drift_ms + self.config().peer_clock_slack_ms)
-        })
+        let peer_now_ms = self.peer_clocks.peers.get(&peer)?.now_ms(self.monotonic_ms())?;
+        Some(peer_now_ms.saturating_add(self.config().max_drift_ms + self.config().peer_clock_slack_ms))
     }
 
     /// How far this replica's next stamp would lie beyond the peers' reference time plus
     /// `max_drift_ms`, if it would (see the module docs); `None` when it is fine or no peer was
     /// measured lately.
     #[must_use]
-    pub fn clock_ahead_ms(&mut self) -> Option<u64> {
-        let wall_ms = self.now_ms();
-        let reference_ms = self.peer_clocks.reference_ms(wall_ms)?;
+    pub fn clock_ahead_ms(&self) -> Option<u64> {
+        let reference_ms = self.peer_clocks.reference_ms(self.monotonic_ms())?;
         let mut clock = self.clock;
-        let next = clock.now(wall_ms).wall_ms();
+        let next = clock.now(self.now_ms()).wall_ms();
         let limit = reference_ms.saturating_add(self.config().max_drift_ms + self.config().peer_clock_slack_ms);
         (next > limit).then(|| next - reference_ms)
     }
