@@ -1,4 +1,4 @@
-//! A model of the sync lethe replaces: atServer's commit-log replay (2024), as DESIGN.md §7
+//! A model of the sync lethe replaces: atServer's commit-log replay (2024), as docs/design.md §7
 //! describes it. It is a model, not atServer: it keeps the same log and sends the same pages, so
 //! its bytes can be set beside lethe's for the same history.
 //!

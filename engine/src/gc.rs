@@ -1,5 +1,5 @@
 //! Causal-stability garbage collection on a [`Replica`]: acknowledgements, membership gossip,
-//! eviction, and the two-step collection of tombstones and expired records (DESIGN.md §2).
+//! eviction, and the two-step collection of tombstones and expired records (docs/design.md §2).
 //!
 //! One GC step ([`Replica::collect_garbage`]):
 //! 1. purge values whose TTL passed (they become expired records);
@@ -103,7 +103,7 @@ impl<S: Storage> Replica<S> {
     /// Merges a peer's gossip under the admission rule of [`Replica::acknowledge`].
     /// A member's record only grows; this replica is never a member of itself; a record about a
     /// replica that is not enrolled here is ignored (gossip never creates a member); and a time
-    /// later than this replica's own clock counts as now (DESIGN.md §9), so a peer cannot keep a
+    /// later than this replica's own clock counts as now (docs/design.md §9), so a peer cannot keep a
     /// member from being evicted by claiming to hear from it in the future.
     pub fn merge_gossip(&mut self, gossip: &[MemberInfo]) {
         let now_ms = self.now_ms();
@@ -118,7 +118,7 @@ impl<S: Storage> Replica<S> {
         self.membership.remove(replica)
     }
 
-    /// Enrols `replica` as a member (an operator's act: DESIGN.md §2.4): its acknowledgements
+    /// Enrols `replica` as a member (an operator's act: docs/design.md §2.4): its acknowledgements
     /// and gossip about it count from now on, and it becomes a member once the admission rule
     /// lets it. Durable when this returns. Returns whether it was new; enrolling this replica
     /// itself does nothing. Fails with [`crate::Error::TooManyMembers`] past

@@ -5,7 +5,7 @@
 //! injected ([`WallClock`]), so the engine never reads the system time itself and a simulation can
 //! drive every replica's clock, skew included.
 //!
-//! Invariant kept here (I8 of DESIGN.md): a remote stamp more than `max_drift_ms` ahead of the
+//! Invariant kept here (I8 of docs/design.md): a remote stamp more than `max_drift_ms` ahead of the
 //! local wall clock is rejected and never adopted; a future stamp would otherwise win every write
 //! to its key for as long as the skew lasts.
 

@@ -4,7 +4,7 @@
 use crate::entry::{Entry, Payload};
 use crate::error::Error;
 
-/// The largest key DESIGN.md allows: 1 KiB.
+/// The largest key the model allows (docs/design.md §1): 1 KiB.
 pub const KEY_BYTES_MAX: usize = 1024;
 /// The default value limit: 1 MiB.
 pub const VALUE_BYTES_MAX_DEFAULT: usize = 1 << 20;
@@ -72,7 +72,7 @@ impl Limits {
 pub const HELLO_MEMBERS_MAX: usize = crate::membership::MEMBERS_MAX;
 /// The most components a version vector from a peer may have, and the most a vector here may
 /// grow to by merging a peer's. One component per writer: members (at most 64) and, until
-/// devices write under members' dots (DESIGN.md §8), every other replica that writes. Checked
+/// devices write under members' dots (docs/design.md §8), every other replica that writes. Checked
 /// while a handshake, `Done`, `Ack` or push decodes, and before a merge.
 pub const VECTOR_COMPONENTS_MAX: usize = 1024;
 /// The most range groups plus parts one `Ranges` message may carry, and the most ranges a

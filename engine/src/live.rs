@@ -1,7 +1,7 @@
 //! Live replication between connected members: once a session has brought two replicas in step,
 //! each pushes what it commits as it commits, without another handshake.
 //!
-//! A push is a delta (DESIGN.md §3) computed against `base`, the vector the sender believes the
+//! A push is a delta (docs/design.md §3) computed against `base`, the vector the sender believes the
 //! receiver has. The receiver merges the push's vector only if its own vector covers `base`;
 //! otherwise (a push lost or reordered, or one that failed to apply) it keeps the entries as a
 //! partial transfer and reports a gap, and the node runs a session to close it. So pushes are

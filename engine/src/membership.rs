@@ -1,14 +1,14 @@
 //! Membership and causal stability: which replicas' acknowledgements count, what each has
 //! acknowledged, and the two-step checkpoint that decides when tombstones may be collected.
 //!
-//! Invariants kept here (DESIGN.md §2):
+//! Invariants kept here (docs/design.md §2):
 //! - an acknowledged vector only grows (gossip joins, never replaces);
 //! - the stable frontier F is the meet of this replica's vector and every member's acknowledged
 //!   vector; J is their join;
 //! - a tombstone is collected only after a checkpoint (F₀, J₀) was noted with its dot under F₀ and
 //!   a later F covers J₀, so every write concurrent with it has been seen by every member;
 //! - a member silent for longer than the lease is evicted and no longer holds collection back;
-//! - **only an enrolled replica can be a member** (DESIGN.md §2.4): the operator enrols at most
+//! - **only an enrolled replica can be a member** (docs/design.md §2.4): the operator enrols at most
 //!   [`MEMBERS_MAX`] replicas (this one included); gossip and acknowledgements about any other
 //!   replica are ignored, so a peer can neither create a member nor grow this table;
 //! - **a replica becomes a member only when its acknowledged vector covers `collected`**, the join
@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The default lease: a member silent for 30 days stops counting.
 pub const LEASE_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
 
-/// The most members a replica counts, itself included (DESIGN.md §2.4): it enrols at most
+/// The most members a replica counts, itself included (docs/design.md §2.4): it enrols at most
 /// `MEMBERS_MAX - 1` others, and a handshake gossips at most this many records.
 pub const MEMBERS_MAX: usize = 64;
 

@@ -227,7 +227,7 @@ pub struct Replica<S: Storage> {
 
 /// The dot-index rows still to write for entries stored without one ([`Meta::Unindexed`]).
 ///
-/// Rule (DESIGN.md §10, two bootstraps at once): every entry stored without a row is in
+/// Rule (docs/design.md §10, two bootstraps at once): every entry stored without a row is in
 /// `listed` or `late` until its row is written or it is replaced, so `unindexed` is cleared only
 /// once all of them have their rows, whatever order the chunks of several bootstraps, the row
 /// writing and the vector merges come in.

@@ -1,4 +1,4 @@
-//! A replica's own clock stepping ahead and back (DESIGN.md §10): it must not cut itself off.
+//! A replica's own clock stepping ahead and back (docs/design.md §10): it must not cut itself off.
 //! Peers refuse stamps beyond `max_drift_ms`, so a write stamped during a step forward would make
 //! every batch holding it refused, for as long as the step. The handshake carries wall time; a
 //! replica that finds itself ahead of its peers refuses local writes, and what it already stamped

@@ -1,6 +1,6 @@
 //! The two rules that keep collection safe, each pinned by a scenario that breaks without it.
 //!
-//! - Two-step collection (DESIGN.md §2): a write concurrent with a delete, delivered late after
+//! - Two-step collection (docs/design.md §2): a write concurrent with a delete, delivered late after
 //!   the delete's collection, does not come back.
 //! - Admission: an evicted replica re-introduced by gossip is not taken back as a member until it
 //!   has seen every collected tombstone, so it reconciles instead of receiving a delta and keeping

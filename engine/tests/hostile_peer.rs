@@ -1,4 +1,4 @@
-//! A trusted peer that sends what no honest replica would (issue 10, DESIGN.md §9): every bound
+//! A trusted peer that sends what no honest replica would (docs/design.md §9): every bound
 //! is checked where the data enters, before it is allocated or persisted; exceeding one ends the
 //! session with a reason and changes nothing.
 

@@ -1,4 +1,4 @@
-//! Rejoin (DESIGN.md §2.5): a replica that the others stopped counting comes back by
+//! Rejoin (docs/design.md §2.5): a replica that the others stopped counting comes back by
 //! reconciliation. What it holds that a peer's vector covers and the peer lacks is dropped, so
 //! keys deleted and collected while it was away are gone everywhere; its own offline writes are
 //! kept and spread.

@@ -1,4 +1,4 @@
-//! A replica restored from an older copy of its store (DESIGN.md §10): it never issues a dot
+//! A replica restored from an older copy of its store (docs/design.md §10): it never issues a dot
 //! twice, and every write, from before the copy, from after it and from after the restore, ends
 //! up everywhere.
 

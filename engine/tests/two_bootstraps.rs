@@ -1,4 +1,4 @@
-//! Two bootstraps at once (DESIGN.md §10): a new replica with two peers is bulk-bootstrapped by
+//! Two bootstraps at once (docs/design.md §10): a new replica with two peers is bulk-bootstrapped by
 //! both, since both see it empty. Every entry either stream stores must end up in the dot index
 //! before `Meta::Unindexed` stops covering it, whatever order the chunks, the background row
 //! writing and the vector merges come in; otherwise deltas leave the entry out while the

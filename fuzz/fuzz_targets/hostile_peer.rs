@@ -1,4 +1,4 @@
-//! One trusted but hostile peer (issue 10, DESIGN.md §9): an arbitrary sequence of messages, built
+//! One trusted but hostile peer (docs/design.md §9): an arbitrary sequence of messages, built
 //! from the fuzzer's bytes with lists repeated up to far beyond every bound, played against a
 //! replica holding some writes, through sessions (opened again after each failure, as a
 //! reconnecting peer would), a live receiver and a live sender's acknowledgements, with GC steps

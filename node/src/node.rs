@@ -495,7 +495,7 @@ impl Node {
         let identity = config.data.identity()?;
         let id = identity.id();
         let mut replica = Replica::open(store, id.replica_id(), config.engine, config.clock.0.clone())?;
-        // Peers and trusted nodes are this node's members (DESIGN.md §2.4): enrolled, so their
+        // Peers and trusted nodes are this node's members (docs/design.md §2.4): enrolled, so their
         // acknowledgements count; gossip about anyone else is ignored. Peers first (the mesh);
         // trusted nodes past the member limit still sync, as non-members (by reconciliation).
         let mut not_enrolled = 0;

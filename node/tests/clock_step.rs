@@ -1,4 +1,4 @@
-//! A node's own clock stepping ahead and back (DESIGN.md §10), with an injected clock: two real
+//! A node's own clock stepping ahead and back (docs/design.md §10), with an injected clock: two real
 //! nodes over QUIC on 127.0.0.1, each on its own redb file. One put while the clock is an hour
 //! ahead must not cut the node off: it refuses local writes with a clear error while its clock is
 //! ahead of its peers', everything else still syncs both ways (the future write waits), and a

@@ -1,6 +1,6 @@
 //! Deterministic simulation of a lethe cluster: 3–7 replicas on in-memory stores, driven by a
 //! stream of choices (a seeded RNG, or fuzzer bytes), then healed and checked against the
-//! invariants of DESIGN.md §6.
+//! invariants of docs/design.md §6.
 //!
 //! What it does at random points: puts, deletes, re-creates and TTL writes; sync sessions
 //! between random pairs, several at once (so the same data arrives twice, through different
@@ -261,7 +261,7 @@ impl<'c, C: Choices> Sim<'c, C> {
             node.open()?;
             nodes.push(node);
         }
-        // The operator enrols every replica of the cluster at every other (DESIGN.md §2.4).
+        // The operator enrols every replica of the cluster at every other (docs/design.md §2.4).
         for node in &mut nodes {
             let Some(r) = node.replica.as_mut() else { continue };
             for j in 0..n {
@@ -448,7 +448,7 @@ impl<'c, C: Choices> Sim<'c, C> {
     }
 
     /// New node `j` joins: sessions with two peers open at once, so both see it empty and both
-    /// bootstrap it (DESIGN.md §10, two bootstraps at once); their frames then interleave with
+    /// bootstrap it (docs/design.md §10, two bootstraps at once); their frames then interleave with
     /// everything else, its deferred dot rows included.
     fn join(&mut self, j: usize) -> Result<(), Violation> {
         let (Some(a), Some(b)) = (self.pick_live(), self.pick_live()) else { return Ok(()) };

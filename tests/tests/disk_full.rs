@@ -1,4 +1,4 @@
-//! A disk that fills up (DESIGN.md section 10): a real `lethe serve` whose data directory is a
+//! A disk that fills up (docs/design.md §10): a real `lethe serve` whose data directory is a
 //! 3 MB tmpfs. No write is acknowledged without being durable, the node says in `status` that its
 //! store failed and why, the peer that sends it data is not blamed, and once the filesystem grows
 //! the node writes again without a restart.

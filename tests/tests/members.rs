@@ -1,5 +1,5 @@
 //! Membership as the node sets it up: real `lethe serve` processes on 127.0.0.1. The engine
-//! counts only enrolled replicas as members (DESIGN.md §2.4); the node enrols its `--peer` and
+//! counts only enrolled replicas as members (docs/design.md §2.4); the node enrols its `--peer` and
 //! `--trust` ids at start.
 
 use lethe_tests::cluster::{NodeProc, wait_until};

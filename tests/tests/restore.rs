@@ -1,4 +1,4 @@
-//! Restore from an older copy of a data directory (DESIGN.md §10), with real `lethe serve`
+//! Restore from an older copy of a data directory (docs/design.md §10), with real `lethe serve`
 //! processes, real redb files and `cp -a`: every write acknowledged before the copy, after it
 //! and after the restore ends up on every node, and the restored node does not reconnect in a
 //! loop.

@@ -1,4 +1,4 @@
-//! Two bootstraps at once between real `lethe serve` processes (DESIGN.md §10): a fresh node
+//! Two bootstraps at once between real `lethe serve` processes (docs/design.md §10): a fresh node
 //! started with two `--peer`s, each holding more entries than the node writes deferred dot rows
 //! per commit (50,000), and each holding keys the other has not seen. Every key ends up on every
 //! node, and in every node's store with its dot-index row, so deltas carry it.

@@ -1,5 +1,5 @@
 //! Unauthenticated senders reach only the handshake, and a stalled handshake delays no one else's
-//! (DESIGN.md section 9): real QUIC on 127.0.0.1, a real QUIC Initial replayed by a socket that
+//! (docs/design.md §9): real QUIC on 127.0.0.1, a real QUIC Initial replayed by a socket that
 //! then goes silent.
 
 use lethe_transport::{Endpoint, Identity, TrustList};

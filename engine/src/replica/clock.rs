@@ -1,4 +1,4 @@
-//! Clock safety against this replica's own clock (DESIGN.md §10, "its own clock stepping").
+//! Clock safety against this replica's own clock (docs/design.md §10, "its own clock stepping").
 //!
 //! A remote stamp beyond `max_drift_ms` is rejected by every receiver (I8), so a replica whose
 //! wall clock ran ahead (a step forward, a resume from suspend with a bad clock) would stamp

@@ -1,5 +1,5 @@
 //! A replica restored from an older copy of its store (a backup, a VM snapshot, a copied data
-//! directory; DESIGN.md §10): it must never issue a dot twice, and lose none of its writes.
+//! directory; docs/design.md §10): it must never issue a dot twice, and lose none of its writes.
 //!
 //! The copy's counter is behind writes this replica made before it was restored, which peers
 //! hold; the writes it acknowledged since then reused those seqs. Seen at a peer, such a write is

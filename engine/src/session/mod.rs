@@ -4,7 +4,7 @@
 //!
 //! Both sides send a [`Hello`] and then play two roles at once: **source** (sending what the
 //! other lacks) and **sink** (receiving). Each source picks its mode from the sink's handshake
-//! (DESIGN.md §3):
+//! (docs/design.md §3):
 //!
 //! | sink's handshake | mode |
 //! | --- | --- |
@@ -226,7 +226,7 @@ impl Session {
     }
 
     /// Opens an anti-entropy session: both sides reconcile by fingerprints even when their
-    /// vectors are equal. Run it periodically (DESIGN.md §3).
+    /// vectors are equal. Run it periodically (docs/design.md §3).
     pub fn anti_entropy<S: Storage>(
         replica: &mut Replica<S>,
         expected_peer: Option<ReplicaId>,
@@ -335,7 +335,7 @@ impl Session {
                 self.receiving("Ranges")?;
                 // Only the ranges this side asked for, each once: the whole key space first, then
                 // what its last `Reply` asked to split. Anything else would make it walk its index
-                // once per group a peer cares to send (DESIGN.md §9).
+                // once per group a peer cares to send (docs/design.md §9).
                 let asked = std::mem::take(&mut self.ranges_asked);
                 let answers = groups.len() == asked.len()
                     && groups.iter().zip(&asked).all(|(g, a)| g.0 == a.0 && g.1.last().map(|p| &p.0) == Some(&a.1));
@@ -554,7 +554,7 @@ impl Session {
         let Source::Reconciling { offered, sink_vector, ranges, .. } = &self.source else {
             return Err(SyncError::Unexpected { got: "Reply", state: self.source_state() });
         };
-        // What a reply may name (DESIGN.md §9): each part of the last `Ranges` once, to split or
+        // What a reply may name (docs/design.md §9): each part of the last `Ranges` once, to split or
         // to send; items listed there, each once (a repeated id is answered once: two listed
         // items may share an id); sketch items, each once. Checked before anything is read.
         let mut named = BTreeSet::new();
