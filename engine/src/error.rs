@@ -162,10 +162,12 @@ pub enum StorageError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The store failed earlier (a full disk, an I/O error) and has not been reopened since:
-    /// nothing was written. A node reopens it by itself ([`crate::Replica::reopen_store`]).
+    /// this operation was refused without touching it. A node reopens it by itself
+    /// ([`crate::Replica::reopen_store`]). (The write whose commit failed may or may not have
+    /// reached the disk; the reopened store says which.)
     #[error(
-        "the store is unavailable since it failed ({cause}); nothing was written. \
-         It is reopened by itself; retry once the disk has room"
+        "the store is unavailable since it failed ({cause}); this was refused and not stored. \
+         A node reopens its store by itself: retry once the disk has room or the I/O error is fixed"
     )]
     Unavailable {
         /// The failure that made it unavailable.

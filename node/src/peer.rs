@@ -16,7 +16,9 @@
 //! connection on which no session finished, whatever ended it: an unreachable peer, a peer that
 //! does not trust this node's key, a refused session. Only a connection that synced resets the
 //! backoff. The reason is logged once, then at most once per [`REPEAT_LOG_INTERVAL`] with the
-//! count of attempts in between; the accept loop logs refused handshakes the same way.
+//! count of attempts in between; the accept loop logs refused handshakes the same way. Sessions
+//! that fail on a live connection (this node's store failing, say) are retried with the same
+//! doubling backoff, from 200 ms.
 
 use crate::node::{Failure, Inner, PeerAddr, lock};
 use lethe_engine::VersionVector;
@@ -48,6 +50,9 @@ const SIMULTANEOUS_OPEN: Duration = Duration::from_secs(5);
 pub(crate) const CONNECTIONS_PER_PEER_MAX: usize = 4;
 /// The first wait before redialing a peer after a connection that did not sync.
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The first wait before a failed session is tried again on the same connection (it doubles up
+/// to `reconnect_max` while sessions keep failing).
+const SESSION_RETRY_MIN: Duration = Duration::from_millis(200);
 /// The same complaint (a refused handshake, a dial that failed the same way) is logged at most
 /// once per this interval; the others are counted and the count logged with the next one.
 pub(crate) const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -346,6 +351,10 @@ async fn accept_streams(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>
 }
 
 async fn initiate_sessions(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>, dialer: bool) {
+    // After a failed session, the next waits this long (doubling up to `reconnect_max`; back to
+    // the start after one that completes): a store that keeps failing, or a peer that keeps
+    // refusing, costs a session per backoff, not five a second.
+    let mut retry = SESSION_RETRY_MIN;
     loop {
         let anti_entropy = tokio::select! {
             _ = link.want_session.notified() => false,
@@ -357,14 +366,18 @@ async fn initiate_sessions(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Li
             run_session(&inner, &link, conn.peer, (w, r), anti_entropy).await
         }
         .await;
-        if let Err(failure) = result {
-            inner.sessions_failed.fetch_add(1, Ordering::Relaxed);
-            if !survive(&conn, "session", &failure) {
-                return;
+        match result {
+            Ok(_) => retry = SESSION_RETRY_MIN,
+            Err(failure) => {
+                inner.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                if !survive(&conn, "session", &failure) {
+                    return;
+                }
+                // The session did not finish: try again after the backoff.
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(inner.config.reconnect_max.max(SESSION_RETRY_MIN));
+                link.ask_session();
             }
-            // The session did not finish: try again shortly.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            link.ask_session();
         }
     }
 }

@@ -167,6 +167,12 @@ async fn a_node_whose_store_fails_acknowledges_nothing_says_so_and_writes_again_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(a.status().unwrap().store_error.is_some());
+    // Sessions that fail on the full disk are retried with a backoff, not every 200 ms.
+    let failed_sessions = || a.status().unwrap().sessions_failed + b.status().unwrap().sessions_failed;
+    let failed_before = failed_sessions();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let failed_in_6s = failed_sessions() - failed_before;
+    assert!(failed_in_6s <= 12, "{failed_in_6s} sessions failed in 6 s while the disk was full: no backoff");
 
     disk.free();
     // The same node, not restarted, takes writes again.
