@@ -62,6 +62,9 @@ impl FromStr for PeerAddr {
     }
 }
 
+/// The default [`NodeConfig::session_stall_timeout`]: 60 s.
+pub const SESSION_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How a node runs.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -81,6 +84,11 @@ pub struct NodeConfig {
     pub anti_entropy_interval: Duration,
     /// The longest wait between reconnection attempts (backoff doubles up to this).
     pub reconnect_max: Duration,
+    /// How long a session may wait on its peer (a frame to arrive, or the peer to take one)
+    /// before it is ended: a peer that stops reading or answering must not hold a session, and
+    /// the store snapshot it reads, for ever. A bootstrap of any size makes progress well within
+    /// it. Default [`SESSION_STALL_TIMEOUT`].
+    pub session_stall_timeout: Duration,
     /// The wall clock the replica reads (the system clock by default; a test injects one to step
     /// it).
     pub clock: NodeClock,
@@ -148,6 +156,7 @@ impl NodeConfig {
             gc_interval: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(60),
             reconnect_max: Duration::from_secs(5),
+            session_stall_timeout: SESSION_STALL_TIMEOUT,
             clock: NodeClock::default(),
         }
     }
@@ -320,6 +329,8 @@ pub(crate) enum Failure {
     ClosedEarly,
     #[error("unknown stream kind {0:?}")]
     StreamKind(Vec<u8>),
+    #[error("the peer neither answered nor read for {0:?} (the session stall timeout)")]
+    Stalled(Duration),
 }
 
 impl Failure {
@@ -338,7 +349,7 @@ impl Failure {
             Failure::Sync(SyncError::FrameTooLarge { .. }) => Some(CloseCode::TooLarge),
             Failure::Sync(_) | Failure::StreamKind(_) => Some(CloseCode::Malformed),
             Failure::Transport(e @ lethe_transport::Error::FrameTooLarge { .. }) => Some(CloseCode::for_error(e)),
-            Failure::Transport(_) | Failure::ClosedEarly => None,
+            Failure::Transport(_) | Failure::ClosedEarly | Failure::Stalled(_) => None,
         }
     }
 }

@@ -382,6 +382,11 @@ async fn initiate_sessions(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Li
     }
 }
 
+/// `step` unless the peer keeps it waiting longer than `stall` ([`Failure::Stalled`]).
+async fn stalls<T>(stall: Duration, step: impl Future<Output = T>) -> Result<T, Failure> {
+    tokio::time::timeout(stall, step).await.map_err(|_| Failure::Stalled(stall))
+}
+
 /// Logs `failure` of one stream; closes the connection if the peer broke the protocol. Whether
 /// the connection is still usable.
 fn survive(conn: &PeerConnection, what: &str, failure: &Failure) -> bool {
@@ -410,6 +415,7 @@ async fn run_session(
     anti_entropy: bool,
 ) -> Result<SessionStats, Failure> {
     let _running = link.session_started();
+    let stall = inner.config.session_stall_timeout;
     let expected = Some(peer.replica_id());
     let mut session = inner.with_replica(|rep| {
         if anti_entropy { Session::anti_entropy(rep, expected) } else { Session::new(rep, expected) }
@@ -442,14 +448,14 @@ async fn run_session(
             }
             frame
         })? {
-            w.send(&frame).await?;
+            stalls(stall, w.send(&frame)).await??;
             sent = true;
         }
-        w.flush().await?;
+        stalls(stall, w.flush()).await??;
         if session.is_finished() {
             break;
         }
-        let (msg, frame_len) = incoming.recv().await.ok_or(Failure::ClosedEarly)??;
+        let (msg, frame_len) = stalls(stall, incoming.recv()).await?.ok_or(Failure::ClosedEarly)??;
         let round_trip = u64::from(std::mem::take(&mut sent));
         inner.with_replica(|rep| {
             inner.round_trips.fetch_add(round_trip, Ordering::Relaxed);
