@@ -27,6 +27,7 @@
 pub mod batch;
 pub mod message;
 pub mod reconcile;
+mod stream;
 
 use crate::entry::{Entry, Payload};
 use crate::error::Error;
@@ -39,7 +40,8 @@ use crate::storage::{KeyRange, Snapshot, Storage};
 use crate::vector::VersionVector;
 pub use message::{FRAME_BYTES_MAX, Hello, KeyBounds, Message, PROTOCOL_VERSION};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::ops::{Bound, ControlFlow};
+use std::ops::Bound;
+use stream::{EntryStream, HeldSnapshot};
 
 /// Entries per `Entries` message are cut at about this many bytes.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -140,11 +142,13 @@ pub struct SessionStats {
 enum Source {
     AwaitHello,
     Nothing,
-    /// Bootstrap: live entries from `cursor` on are still to be read from `snapshot` and sent.
+    /// Entries still to be read, chunk by chunk, and sent: a bootstrap's, or what a
+    /// reconciliation reply asked for. Then `then` (the next `Ranges` and the state awaiting its
+    /// reply), or `Done`.
     Streaming {
         v0: VersionVector,
-        snapshot: HeldSnapshot,
-        cursor: Bound<Vec<u8>>,
+        stream: EntryStream,
+        then: Option<Box<(Message, Source)>>,
     },
     /// Reconcile: waiting for the sink's reply to the last `Ranges`. `sink_vector` is the sink's
     /// handshake vector: an entry it covers is one the sink has seen, so if it lacks it, it is
@@ -165,16 +169,6 @@ enum Source {
     },
     AwaitAck,
     Finished,
-}
-
-/// The snapshot a bootstrap reads every chunk from, taken when the flow began, so the stream is
-/// one consistent view whatever the store commits meanwhile.
-struct HeldSnapshot(Box<dyn Snapshot + Send>);
-
-impl std::fmt::Debug for HeldSnapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HeldSnapshot")
-    }
 }
 
 #[derive(Debug)]
@@ -410,7 +404,7 @@ impl Session {
         match self.source {
             Source::AwaitHello => "awaiting the handshake",
             Source::Nothing => "sending nothing",
-            Source::Streaming { .. } => "streaming a bootstrap",
+            Source::Streaming { .. } => "streaming entries",
             Source::Reconciling { .. } => "awaiting a reconciliation reply",
             Source::AwaitSketch { .. } => "awaiting the peer's sketch",
             Source::AwaitAck => "awaiting the acknowledgement",
@@ -460,7 +454,7 @@ impl Session {
             self.stats.mode = Some(Mode::Bootstrap);
             self.queue_entries(replica.dead_entries_beyond(&hello.vector)?);
             let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));
-            self.source = Source::Streaming { v0, snapshot, cursor: Bound::Unbounded };
+            self.source = Source::Streaming { v0, stream: EntryStream::bootstrap(snapshot), then: None };
         } else if !anti_entropy && replica.membership().contains(peer) && hello.vector.dominates(&replica.frontier()) {
             self.stats.mode = Some(Mode::Delta);
             let delta = replica.delta_for(&hello.vector)?;
@@ -599,37 +593,28 @@ impl Session {
         if let Sink::Receiving { dead, .. } = &mut self.sink {
             dead.extend(dead_here);
         }
-        let Source::Reconciling { sink_vector, .. } = &self.source else { return Ok(()) };
-        let mut entries = entries_for(replica, wanted, sink_vector)?;
-        let snap = replica.store().snapshot().map_err(Error::from)?;
-        let now_ms = replica.now_ms();
-        for KeyBounds(lo, hi) in &send {
-            let range = KeyRange {
-                start: lo.clone().map_or(Bound::Unbounded, Bound::Included),
-                end: hi.clone().map_or(Bound::Unbounded, Bound::Excluded),
-            };
-            snap.scan_keys(&range, &mut |e| {
-                if e.is_live_at(now_ms) && !sink_vector.covers(e.dot()) {
-                    entries.push(e);
-                }
-                ControlFlow::Continue(())
+        // What was asked for is read chunk by chunk as it goes (`stream.rs`), not all at once.
+        let send = send
+            .into_iter()
+            .map(|KeyBounds(lo, hi)| KeyRange {
+                start: lo.map_or(Bound::Unbounded, Bound::Included),
+                end: hi.map_or(Bound::Unbounded, Bound::Excluded),
             })
-            .map_err(Error::from)?;
-        }
-        drop(snap);
-        self.queue_entries(entries);
+            .collect();
+        let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));
         let Source::Reconciling { v0, sink_vector, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
             return Ok(());
         };
-        if split.is_empty() {
-            self.outbox.push_back(self.done(&v0, replica.clock()));
-            return Ok(());
-        }
-        let mut offered = BTreeMap::new();
-        let groups: Vec<_> = split.iter().map(|b| reconcile::describe(&replica.index.live, b, &mut offered)).collect();
-        let ranges = reconcile::part_bounds(&groups);
-        self.outbox.push_back(Message::Ranges(groups));
-        self.source = Source::Reconciling { v0, sink_vector, offered, ranges };
+        let stream = EntryStream::reply(snapshot, wanted, send, sink_vector.clone());
+        let then = (!split.is_empty()).then(|| {
+            let mut offered = BTreeMap::new();
+            let groups: Vec<_> =
+                split.iter().map(|b| reconcile::describe(&replica.index.live, b, &mut offered)).collect();
+            let ranges = reconcile::part_bounds(&groups);
+            let next = Source::Reconciling { v0: v0.clone(), sink_vector, offered, ranges };
+            Box::new((Message::Ranges(groups), next))
+        });
+        self.source = Source::Streaming { v0, stream, then };
         Ok(())
     }
 
@@ -664,32 +649,26 @@ impl Session {
 
     /// Bootstrap: reads the next chunk of live entries after the cursor from the held snapshot,
     /// or ends the flow.
+    /// Reads and queues the next chunk of a streaming flow, and when it was the last, what
+    /// follows it. Loops while everything read was held back, so a flow never stalls with
+    /// nothing queued.
     fn stream_next_chunk<S: Storage>(&mut self, replica: &Replica<S>) -> Result<(), SyncError> {
-        let Source::Streaming { snapshot, cursor, .. } = &self.source else { return Ok(()) };
-        let now_ms = replica.now_ms();
-        let range = KeyRange { start: cursor.clone(), end: Bound::Unbounded };
-        let mut chunk = Vec::new();
-        let mut bytes = 0;
-        let mut last = None;
-        snapshot
-            .0
-            .scan_keys(&range, &mut |e| {
-                last = Some(e.key.clone());
-                if e.is_live_at(now_ms) {
-                    bytes += approx_bytes(&e);
-                    chunk.push(e);
+        while self.outbox.is_empty() {
+            let Source::Streaming { stream, .. } = &mut self.source else { return Ok(()) };
+            let (chunk, last) = stream.next_chunk(replica.now_ms())?;
+            self.queue_entries(chunk);
+            if last {
+                let Source::Streaming { v0, then, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
+                    return Ok(());
+                };
+                match then.map(|next| *next) {
+                    Some((msg, next)) => {
+                        self.outbox.push_back(msg);
+                        self.source = next;
+                    }
+                    None => self.outbox.push_back(self.done(&v0, replica.clock())),
                 }
-                if chunk_full(bytes, chunk.len()) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-            })
-            .map_err(Error::from)?;
-        let exhausted = !chunk_full(bytes, chunk.len());
-        let Source::Streaming { v0, snapshot, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
-            return Ok(());
-        };
-        self.queue_entries(chunk);
-        match (exhausted, last) {
-            (false, Some(key)) => self.source = Source::Streaming { v0, snapshot, cursor: Bound::Excluded(key) },
-            _ => self.outbox.push_back(self.done(&v0, replica.clock())),
+            }
         }
         Ok(())
     }

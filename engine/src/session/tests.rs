@@ -1,4 +1,5 @@
 use super::*;
+use std::ops::ControlFlow;
 use crate::hlc::ManualClock;
 use crate::ids::Seq;
 use crate::replica::{Config, PutOptions};
@@ -394,4 +395,46 @@ fn a_hello_carries_no_frontier_which_no_peer_reads() {
     let ciborium::Value::Array(fields) = &variant[0].1 else { panic!("a hello is a flat array") };
     // version, replica, vector, members, values, anti_entropy, wall_ms.
     assert_eq!(fields.len(), 7, "{fields:?}");
+}
+
+#[test]
+fn a_reconciling_source_reads_what_a_reply_asks_for_chunk_by_chunk() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b) = (replica(1, &clock), replica(2, &clock));
+    // Many more entries than one chunk holds, all in ranges b holds nothing of.
+    let value = vec![b'v'; 1024];
+    for i in 0..6_000 {
+        a.put(format!("a{i:05}"), value.clone(), PutOptions::default()).unwrap();
+    }
+    b.put("zzz", "b's own", PutOptions::default()).unwrap();
+    let (mut sa, mut sb) = (
+        Session::anti_entropy(&mut a, Some(ReplicaId(2))).unwrap(),
+        Session::anti_entropy(&mut b, Some(ReplicaId(1))).unwrap(),
+    );
+    let mut most_queued = 0;
+    loop {
+        let mut to_b = Vec::new();
+        while let Some(f) = sa.poll_transmit(&a).unwrap() {
+            to_b.push(f);
+        }
+        let mut to_a = Vec::new();
+        while let Some(f) = sb.poll_transmit(&b).unwrap() {
+            to_a.push(f);
+        }
+        if to_a.is_empty() && to_b.is_empty() {
+            break;
+        }
+        for f in &to_b {
+            sb.handle(&mut b, f).unwrap();
+        }
+        for f in &to_a {
+            sa.handle(&mut a, f).unwrap();
+            most_queued = most_queued.max(sa.outbox.len());
+        }
+    }
+    assert!(sa.is_finished() && sb.is_finished());
+    assert_eq!(sa.stats().mode, Some(Mode::Reconcile));
+    assert_eq!(b.counts().live, 6_001);
+    // About 6 MB went: read and queued one chunk at a time, not all at once.
+    assert!(most_queued <= 2, "the source queued {most_queued} messages at once");
 }
