@@ -575,7 +575,22 @@ impl<S: Storage> Replica<S> {
     pub fn delta_for(&self, peer: &VersionVector) -> Result<Delta> {
         let now_ms = self.now_ms();
         let snap = self.store.snapshot()?;
-        let keys = if peer.dominates(&self.unindexed) {
+        let keys = self.delta_keys(&snap, peer)?;
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            let entry = snap.entry(&key)?.ok_or_else(|| StorageError::Corrupt {
+                what: "dot index",
+                detail: format!("names key {key:?}, which has no entry"),
+            })?;
+            entries.push(entry.settled_at(now_ms));
+        }
+        Ok(Delta { entries, vector: self.vector.clone(), clock: self.clock.last() })
+    }
+
+    /// The keys of [`Replica::delta_for`]'s entries, as `snap` (this replica's current state)
+    /// holds them: a session reads their entries chunk by chunk.
+    pub(crate) fn delta_keys(&self, snap: &impl Snapshot, peer: &VersionVector) -> Result<Vec<Vec<u8>>> {
+        Ok(if peer.dominates(&self.unindexed) {
             let mut keys = Vec::new();
             for r in self.index.writers_beyond(peer) {
                 let start = Dot { replica: r, seq: peer.get(r).next() };
@@ -587,16 +602,7 @@ impl<S: Storage> Replica<S> {
             keys
         } else {
             self.index.keys_beyond(peer)
-        };
-        let mut entries = Vec::with_capacity(keys.len());
-        for key in keys {
-            let entry = snap.entry(&key)?.ok_or_else(|| StorageError::Corrupt {
-                what: "dot index",
-                detail: format!("names key {key:?}, which has no entry"),
-            })?;
-            entries.push(entry.settled_at(now_ms));
-        }
-        Ok(Delta { entries, vector: self.vector.clone(), clock: self.clock.last() })
+        })
     }
 
     /// The tombstones and expired records whose dots `peer` does not cover: the compact records

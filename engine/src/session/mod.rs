@@ -36,7 +36,7 @@ use crate::hlc::{Hlc, Stamp};
 use crate::ids::{Dot, ReplicaId};
 use crate::limits::{ENTRIES_PER_FRAME_MAX, VECTOR_COMPONENTS_MAX};
 use crate::replica::Replica;
-use crate::storage::{KeyRange, Snapshot, Storage};
+use crate::storage::{KeyRange, Storage};
 use crate::vector::VersionVector;
 pub use message::{FRAME_BYTES_MAX, Hello, KeyBounds, Message, PROTOCOL_VERSION};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -457,10 +457,12 @@ impl Session {
             self.source = Source::Streaming { v0, stream: EntryStream::bootstrap(snapshot), then: None };
         } else if !anti_entropy && replica.membership().contains(peer) && hello.vector.dominates(&replica.frontier()) {
             self.stats.mode = Some(Mode::Delta);
-            let delta = replica.delta_for(&hello.vector)?;
-            self.queue_entries(delta.entries);
-            self.outbox.push_back(self.done(&delta.vector, delta.clock));
-            self.source = Source::AwaitAck;
+            // Keys now, their entries chunk by chunk as they go (a member back from weeks away
+            // may lack much).
+            let snapshot = replica.store().snapshot().map_err(Error::from)?;
+            let keys = replica.delta_keys(&snapshot, &hello.vector)?;
+            let stream = EntryStream::reply(HeldSnapshot(Box::new(snapshot)), keys, Vec::new(), hello.vector);
+            self.source = Source::Streaming { v0, stream, then: None };
         } else {
             self.stats.mode = Some(Mode::Reconcile);
             // Anti-entropy expecting few differences: one side sends a sketch, by replica id (both
@@ -529,11 +531,10 @@ impl Session {
         let keys = found.want.into_iter().map(|(key, s)| message::WantedItem(key, s.hlc.0, s.replica.0)).collect();
         self.outbox.push_back(Message::Reply { split: Vec::new(), send: Vec::new(), want: Vec::new(), keys });
         let v0 = replica.vector().clone();
-        let mut entries = replica.dead_entries_beyond(&sink_vector)?;
-        entries.extend(entries_for(replica, found.send, &sink_vector)?);
-        self.queue_entries(entries);
-        self.outbox.push_back(self.done(&v0, replica.clock()));
-        self.source = Source::AwaitAck;
+        self.queue_entries(replica.dead_entries_beyond(&sink_vector)?);
+        let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));
+        let stream = EntryStream::reply(snapshot, found.send, Vec::new(), sink_vector);
+        self.source = Source::Streaming { v0, stream, then: None };
         Ok(())
     }
 
@@ -732,26 +733,6 @@ pub fn sync_in_process<S: Storage, T: Storage>(
         return Err(SyncError::Malformed("session stalled with nothing to send".into()));
     }
     Ok(PairOutcome { a: sa.stats().clone(), b: sb.stats().clone(), trips })
-}
-
-/// The current entries of `keys` (settled: an expired value goes as its record) that the sink,
-/// whose vector is `sink_vector`, has not seen.
-fn entries_for<S: Storage>(
-    replica: &Replica<S>,
-    keys: Vec<Vec<u8>>,
-    sink_vector: &VersionVector,
-) -> Result<Vec<Entry>, SyncError> {
-    let snap = replica.store().snapshot().map_err(Error::from)?;
-    let now_ms = replica.now_ms();
-    let mut entries = Vec::with_capacity(keys.len());
-    for key in keys {
-        if let Some(e) = snap.entry(&key).map_err(Error::from)?
-            && !sink_vector.covers(e.dot())
-        {
-            entries.push(e.settled_at(now_ms));
-        }
-    }
-    Ok(entries)
 }
 
 /// Refuses a peer's vector whose merge would grow `own` past [`VECTOR_COMPONENTS_MAX`]: every

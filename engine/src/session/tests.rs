@@ -1,10 +1,10 @@
 use super::*;
-use std::ops::ControlFlow;
 use crate::hlc::ManualClock;
 use crate::ids::Seq;
 use crate::replica::{Config, PutOptions};
 use crate::storage::{MemoryStore, Meta, Snapshot, encode_vector};
 use crate::vector::VersionVector;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 const T0: u64 = 1_700_000_000_000;
