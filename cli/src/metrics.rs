@@ -24,6 +24,9 @@ use tracing::{debug, info, warn};
 
 /// The longest request head (request line and headers) read; a longer one gets 431.
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// What is read and dropped after the answer, at most, so that closing does not reset the
+/// connection under the client before it has read the answer.
+const REQUEST_DRAIN_BYTES_MAX: usize = 64 * 1024;
 /// How long one connection may take, from accept to the last byte of the answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; one beyond is closed without an answer.
@@ -174,7 +177,19 @@ async fn serve_connection(mut stream: TcpStream, state: &State) -> std::io::Resu
         Head::Closed => return Ok(()),
     };
     stream.write_all(&response.bytes).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // Read what the client sent beyond the head (a body, the rest of a head too long) before
+    // closing: a socket closed with unread data resets the connection, and the client may lose
+    // the answer. Bounded by [`REQUEST_DRAIN_BYTES_MAX`] and the connection's timeout.
+    let mut drained = 0;
+    let mut chunk = [0u8; 4096];
+    while drained < REQUEST_DRAIN_BYTES_MAX {
+        match stream.read(&mut chunk).await? {
+            0 => break,
+            n => drained += n,
+        }
+    }
+    Ok(())
 }
 
 /// An encoded HTTP response.
