@@ -205,3 +205,30 @@ pub(crate) fn store_reopened() {
 pub(crate) fn write_durable(latency: Duration) {
     histogram!(WRITE_LATENCY_SECONDS).record(latency.as_secs_f64());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_session_is_partial_when_either_flow_held_entries_back() {
+        let mut stats = SessionStats { mode: Some(Mode::Delta), ..SessionStats::default() };
+        assert_eq!(SessionOutcome::of_finished(&stats), SessionOutcome::Complete);
+        stats.held_back = 2;
+        assert_eq!(SessionOutcome::of_finished(&stats), SessionOutcome::Partial);
+        stats.held_back = 0;
+        stats.partial_received = true;
+        assert_eq!(SessionOutcome::of_finished(&stats), SessionOutcome::Partial);
+    }
+
+    #[test]
+    fn anti_entropy_is_its_own_mode_and_an_early_end_is_undecided() {
+        let mut stats = SessionStats::default();
+        assert_eq!(mode_label(&stats), "undecided");
+        stats.mode = Some(Mode::Bootstrap);
+        assert_eq!(mode_label(&stats), "bootstrap");
+        stats.mode = Some(Mode::Reconcile);
+        stats.anti_entropy = true;
+        assert_eq!(mode_label(&stats), "anti_entropy");
+    }
+}

@@ -4,7 +4,8 @@
 //! again once it is back; bad requests get an answer (or a close) and never take the endpoint
 //! down; a non-loopback address is refused.
 
-use lethe_tests::cluster::{NodeProc, lethe_bin, wait_until};
+use lethe_tests::cluster::{NodeProc, identity, lethe_bin, wait_until};
+use lethe_transport::{Endpoint, TrustList};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -187,6 +188,39 @@ fn metrics_count_the_writes_the_bootstrap_and_the_pushes_between_two_nodes() {
     assert_eq!(sa.value("lethe_drift_rejections_total", &[("kind", "remote")]), 0.0, "{sa:#?}");
     a.stop();
     b.stop();
+}
+
+#[test]
+fn a_session_that_breaks_the_protocol_counts_as_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    let rogue = identity(root.path(), "rogue");
+    a.start(&[serve_args(&[], &[]), vec!["--trust".to_string(), rogue.id().to_string()]].concat());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap(), rogue, TrustList::default()).unwrap();
+        let conn = endpoint.connect(a.addr.unwrap(), a.id).await.unwrap();
+        // A session stream whose first message is not CBOR: a closes the connection.
+        let (mut w, _r) = conn.open().await.unwrap();
+        w.send(&[0]).await.unwrap();
+        w.send(&[0xff, 0x00, 0x13, 0x37]).await.unwrap();
+        w.flush().await.unwrap();
+        conn.conn.closed().await;
+        endpoint.close();
+    });
+    let scrape = wait_until("a counts the refused session", WAIT, || {
+        let scrape = Scrape::of(&a);
+        (scrape.sum("lethe_sessions_total") >= 1.0, scrape)
+    });
+    // Refused before the handshake was read, so no mode was decided.
+    assert_eq!(
+        scrape.value("lethe_sessions_total", &[("mode", "undecided"), ("outcome", "refused")]),
+        1.0,
+        "{scrape:#?}"
+    );
+    assert_eq!(scrape.sum("lethe_sessions_total"), 1.0, "{scrape:#?}");
+    assert_eq!(a.status().sessions_failed, 1);
+    a.stop();
 }
 
 #[test]
