@@ -1,6 +1,7 @@
 //! The `lethe` command.
 
 mod demo;
+mod metrics;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
@@ -47,6 +48,8 @@ enum Command {
         /// How long a member may stay silent before it stops holding tombstone collection back.
         #[arg(long, default_value = "30days", value_parser = positive_duration)]
         lease: Duration,
+        #[command(flatten)]
+        metrics: metrics::MetricsArgs,
     },
     /// Write KEY = VALUE on the running node.
     Put {
@@ -217,7 +220,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", identity.id());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { listen, peers, trust, gc_interval, anti_entropy_interval, lease } => {
+        Command::Serve { listen, peers, trust, gc_interval, anti_entropy_interval, lease, metrics } => {
             let dir = data_dir(cli.data)?;
             let mut config = NodeConfig::new(dir, listen);
             config.peers = peers;
@@ -225,7 +228,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config.gc_interval = gc_interval;
             config.anti_entropy_interval = anti_entropy_interval;
             config.engine.lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-            serve(config)
+            serve(config, &metrics)
         }
         Command::Put { key, value, ttl } => {
             let ttl_ms = ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
@@ -391,12 +394,14 @@ fn init_logs(default_level: &str) {
         .init();
 }
 
-fn serve(config: NodeConfig) -> Result<ExitCode> {
+fn serve(config: NodeConfig, metrics: &metrics::MetricsArgs) -> Result<ExitCode> {
     init_logs("info");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let dir = config.data.clone();
+        let metrics = metrics::MetricsServer::bind(metrics).await?;
         let node = Node::start(config).await?;
+        metrics.serve(&node);
         dir.write_addr(node.local_addr())?;
         println!("node {} listening on {}", node.id(), node.local_addr());
         let reason = shutdown_signal().await?;

@@ -2,6 +2,7 @@
 //!
 //! - [`node`]: [`Node`] and [`NodeConfig`];
 //! - [`data_dir`]: a node's identity, store and address on disk;
+//! - [`metrics`]: what the node counts, through the `metrics` facade (no recorder of its own);
 //! - [`control`]: how a client (the `lethe` command, in the `lethe-cli` crate) talks to a
 //!   running node.
 //!
@@ -43,6 +44,7 @@
 
 pub mod control;
 pub mod data_dir;
+pub mod metrics;
 pub mod node;
 mod owner;
 mod peer;

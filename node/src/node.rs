@@ -339,6 +339,11 @@ impl Failure {
         matches!(self, Failure::Sync(SyncError::Engine(e)) if e.is_storage())
     }
 
+    /// Whether a peer's stamp was refused for lying too far ahead of this node's clock.
+    pub(crate) fn is_drift(&self) -> bool {
+        matches!(self, Failure::Sync(SyncError::Engine(lethe_engine::Error::ClockDrift { .. })))
+    }
+
     /// Whether the peer broke the protocol (the connection is closed) rather than went away.
     /// A failure of this node's own store blames no peer: the stream ends, the connection
     /// stays, and syncing resumes once the store is back.
@@ -464,9 +469,11 @@ impl Inner {
 
     pub(crate) fn count_sent(&self, bytes: usize) {
         self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        crate::metrics::bytes_sent(bytes as u64);
     }
 
     pub(crate) fn count_received(&self, live: u64, tombstones: u64, bytes: u64) {
+        crate::metrics::received(live, tombstones, bytes);
         self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
         self.live_received.fetch_add(live, Ordering::Relaxed);
         self.tombstones_received.fetch_add(tombstones, Ordering::Relaxed);
@@ -594,9 +601,16 @@ impl Node {
         if self.inner.shutting_down() {
             return Err(NodeError::ShuttingDown);
         }
+        let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         self.inner.writes.send(WriteRequest { op, reply }).await.map_err(|_| NodeError::ShuttingDown)?;
-        Ok(rx.await.map_err(|_| NodeError::ShuttingDown)??)
+        let written = rx.await.map_err(|_| NodeError::ShuttingDown)?;
+        match &written {
+            Ok(_) => crate::metrics::write_durable(started.elapsed()),
+            Err(lethe_engine::Error::ClockAheadOfPeers { .. }) => crate::metrics::local_write_drift_rejected(),
+            Err(_) => {}
+        }
+        Ok(written?)
     }
 
     /// Writes `value` under `key`; returns once the write is durable. Concurrent writes share
@@ -861,6 +875,7 @@ async fn store_loop(inner: Arc<Inner>) {
                 Some(true) => match inner.with_replica(|r| r.reopen_store()) {
                     Ok(()) => {
                         inner.store_reopens.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::store_reopened();
                         info!("reopened the store after its failure; checking in {wait:?} that it takes commits");
                     }
                     Err(e) => warn!("reopening the store failed: {e}; trying again in {wait:?}"),

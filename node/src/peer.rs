@@ -20,6 +20,7 @@
 //! that fail on a live connection (this node's store failing, say) are retried with the same
 //! doubling backoff, from 200 ms.
 
+use crate::metrics::SessionOutcome;
 use crate::node::{Failure, Inner, PeerAddr, lock};
 use lethe_engine::VersionVector;
 use lethe_engine::live::{LivePoll, LiveReceiver, LiveSender, handle_ack};
@@ -301,6 +302,9 @@ impl Link {
 
 /// Ends the connection if `failure` means the peer broke the protocol.
 fn close_on(conn: &PeerConnection, what: &str, failure: &Failure) {
+    if failure.is_drift() {
+        crate::metrics::remote_drift_rejected();
+    }
     match failure.close_code() {
         Some(code) => {
             warn!("{what} failed, closing the connection ({code:?}): {failure}");
@@ -406,13 +410,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs one engine session over a stream, both roles at once.
+/// Runs one engine session over a stream, both roles at once, and counts how it ended.
 async fn run_session(
+    inner: &Inner,
+    link: &Link,
+    peer: NodeId,
+    stream: FrameStream,
+    anti_entropy: bool,
+) -> Result<SessionStats, Failure> {
+    let mut seen = SessionStats::default();
+    let result = drive_session(inner, link, peer, stream, anti_entropy, &mut seen).await;
+    match &result {
+        Ok(stats) => crate::metrics::session_ended(stats, SessionOutcome::of_finished(stats)),
+        Err(failure) if failure.close_code().is_some() => crate::metrics::session_ended(&seen, SessionOutcome::Refused),
+        Err(_) => crate::metrics::session_ended(&seen, SessionOutcome::Failed),
+    }
+    result
+}
+
+/// [`run_session`]'s body; `seen` is the session's stats as of the last message handled.
+async fn drive_session(
     inner: &Inner,
     link: &Link,
     peer: NodeId,
     (mut w, mut r): FrameStream,
     anti_entropy: bool,
+    seen: &mut SessionStats,
 ) -> Result<SessionStats, Failure> {
     let _running = link.session_started();
     let stall = inner.config.session_stall_timeout;
@@ -469,6 +492,7 @@ async fn run_session(
                 now.tombstones_received - before.tombstones_received,
                 now.bytes_received - before.bytes_received,
             );
+            seen.clone_from(now);
             handled
         })?;
     }
@@ -508,6 +532,7 @@ async fn receive_pushes(inner: &Inner, peer: NodeId, (mut w, mut r): FrameStream
             let got = rx.handle(rep, &frame);
             if let Ok(got) = &got {
                 inner.count_received(got.live, got.tombstones, frame.len() as u64);
+                crate::metrics::push_received(got.gap);
             }
             got
         })?;
@@ -586,6 +611,7 @@ async fn push_once(
     match inner.with_replica(|r| sender.poll(r))? {
         LivePoll::Idle => Ok(false),
         LivePoll::Frames(frames) => {
+            crate::metrics::pushes_sent(frames.len() as u64);
             for f in &frames {
                 inner.count_sent(f.len());
                 w.send(f).await?;

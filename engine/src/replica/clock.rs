@@ -125,6 +125,11 @@ impl HeldBack {
     pub(crate) fn is_empty(&self) -> bool {
         self.held == 0
     }
+
+    /// How many entries were held back.
+    pub(crate) fn count(&self) -> u64 {
+        self.held as u64
+    }
 }
 
 impl<S: Storage> Replica<S> {

@@ -136,6 +136,11 @@ pub struct SessionStats {
     pub sketch_decoded: Option<bool>,
     /// Whether either side asked for anti-entropy (known once the peer's handshake arrived).
     pub anti_entropy: bool,
+    /// Entries held back from the peer because it would refuse their stamps for drift: this
+    /// side's flow ends as a partial transfer (`Partial`) when more than zero.
+    pub held_back: u64,
+    /// Whether the peer's flow ended as a partial transfer (it held entries back).
+    pub partial_received: bool,
 }
 
 #[derive(Debug)]
@@ -371,6 +376,7 @@ impl Session {
             }
             Message::Partial => {
                 self.receiving("Partial")?;
+                self.stats.partial_received = true;
                 self.sink = Sink::Finished;
                 self.outbox.push_back(Message::Ack(replica.vector().clone()));
                 Ok(())
@@ -623,6 +629,7 @@ impl Session {
     /// Entries the peer would refuse for drift are held back (see [`Session::done`]).
     fn queue_entries(&mut self, entries: Vec<Entry>) {
         let entries = self.held.filter(entries, self.peer_limit_ms);
+        self.stats.held_back = self.held.count();
         let (live, dead) = count_kinds(&entries);
         self.stats.live_sent += live;
         self.stats.tombstones_sent += dead;

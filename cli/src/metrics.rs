@@ -1,0 +1,273 @@
+//! `lethe serve --metrics ADDR`: Prometheus text on `http://ADDR/metrics` and a health check on
+//! `http://ADDR/health`.
+//!
+//! The node counts through the `metrics` facade (`lethe_node::metrics`); this module installs
+//! the Prometheus recorder (`metrics-exporter-prometheus`, without its HTTP listener or push
+//! gateway) and serves it over a small HTTP/1.1 server of its own, so that `/health` sits beside
+//! `/metrics` and every request is bounded here: its head at [`REQUEST_HEAD_BYTES_MAX`], each
+//! connection at [`REQUEST_TIMEOUT`], and at most [`CONNECTIONS_MAX`] at once (more are closed
+//! unanswered). One request per connection; a request that is not HTTP gets 400, a method other
+//! than GET or HEAD 405, an unknown path 404.
+//!
+//! Neither endpoint has authentication, so the address must be a loopback one unless
+//! `--metrics-public` says otherwise.
+
+use anyhow::{Context, Result, bail};
+use lethe_node::Node;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+/// The longest request head (request line and headers) read; a longer one gets 431.
+pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// What is read and dropped after the answer, at most, so that closing does not reset the
+/// connection under the client before it has read the answer.
+const REQUEST_DRAIN_BYTES_MAX: usize = 64 * 1024;
+/// How long one connection may take, from accept to the last byte of the answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; one beyond is closed without an answer.
+pub const CONNECTIONS_MAX: usize = 16;
+/// How often the recorder folds histogram samples into its buckets when nobody scrapes (a
+/// scrape does it too), so that samples do not pile up in memory.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The flags of `lethe serve` for metrics and health.
+#[derive(clap::Args, Debug, Default)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics on http://ADDR/metrics and a health check on http://ADDR/health
+    /// (200 while the store takes writes, else 503), e.g. 127.0.0.1:9100. A loopback address
+    /// unless --metrics-public is given.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Allow --metrics on an address other than loopback: the endpoints have no authentication,
+    /// so put them behind a firewall or proxy.
+    #[arg(long, requires = "metrics")]
+    metrics_public: bool,
+}
+
+/// The metrics endpoint of `lethe serve`, bound but not yet serving; nothing when `--metrics`
+/// was not given.
+pub struct MetricsServer {
+    served: Option<(TcpListener, PrometheusHandle)>,
+}
+
+/// Whether `addr` may serve the endpoints: loopback, or anywhere with `public`.
+fn check_address(addr: SocketAddr, public: bool) -> Result<()> {
+    if !addr.ip().is_loopback() && !public {
+        bail!(
+            "--metrics {addr} is not a loopback address, and the metrics and health endpoints have no \
+             authentication: use 127.0.0.1:PORT (scrape through a proxy or tunnel), or add \
+             --metrics-public to serve them on {addr} anyway"
+        );
+    }
+    Ok(())
+}
+
+impl MetricsServer {
+    /// Checks the address, installs the Prometheus recorder (before the node starts, so that
+    /// it counts from the first session) and binds the listener; nothing without `--metrics`.
+    pub async fn bind(args: &MetricsArgs) -> Result<MetricsServer> {
+        let Some(addr) = args.metrics else { return Ok(MetricsServer { served: None }) };
+        check_address(addr, args.metrics_public)?;
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(lethe_node::metrics::WRITE_LATENCY_SECONDS.to_string()),
+                lethe_node::metrics::WRITE_LATENCY_BUCKETS_SECONDS,
+            )
+            .context("configuring the write latency buckets")?
+            .install_recorder()
+            .context("installing the metrics recorder")?;
+        lethe_node::metrics::describe();
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("listening for --metrics on {addr}"))?;
+        Ok(MetricsServer { served: Some((listener, handle)) })
+    }
+
+    /// Serves `node`'s metrics and health from now on, on tasks of the current runtime.
+    pub fn serve(self, node: &Node) {
+        let Some((listener, handle)) = self.served else { return };
+        match listener.local_addr() {
+            Ok(addr) => info!("metrics on http://{addr}/metrics, health on http://{addr}/health"),
+            Err(e) => warn!("metrics listener has no local address: {e}"),
+        }
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(UPKEEP_INTERVAL).await;
+                upkeep.run_upkeep();
+            }
+        });
+        let state = Arc::new(State { node: node.clone(), handle });
+        tokio::spawn(accept_loop(listener, state));
+    }
+}
+
+/// What a request is answered from.
+struct State {
+    node: Node,
+    handle: PrometheusHandle,
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                warn!("accepting a metrics connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("more than {CONNECTIONS_MAX} metrics connections at once; closing one unanswered");
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tokio::time::timeout(REQUEST_TIMEOUT, serve_connection(stream, &state)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!("metrics connection: {e}"),
+                Err(_) => debug!("metrics connection took longer than {REQUEST_TIMEOUT:?}; closed"),
+            }
+        });
+    }
+}
+
+/// What was read of a request.
+enum Head {
+    /// The request head, up to its blank line.
+    Complete(Vec<u8>),
+    /// Longer than [`REQUEST_HEAD_BYTES_MAX`].
+    TooLarge,
+    /// The client closed before the head was complete.
+    Closed,
+}
+
+/// Reads up to the end of the request head, at most [`REQUEST_HEAD_BYTES_MAX`] bytes.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Head> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(Head::Closed);
+        }
+        let searched = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
+            head.truncate(searched + end);
+            return Ok(Head::Complete(head));
+        }
+        if head.len() > REQUEST_HEAD_BYTES_MAX {
+            return Ok(Head::TooLarge);
+        }
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
+    let response = match read_head(&mut stream).await? {
+        Head::Complete(head) => answer(&head, state),
+        Head::TooLarge => Response::text(431, "Request Header Fields Too Large", "request head too large\n"),
+        Head::Closed => return Ok(()),
+    };
+    stream.write_all(&response.bytes).await?;
+    stream.shutdown().await?;
+    // Read what the client sent beyond the head (a body, the rest of a head too long) before
+    // closing: a socket closed with unread data resets the connection, and the client may lose
+    // the answer. Bounded by [`REQUEST_DRAIN_BYTES_MAX`] and the connection's timeout.
+    let mut drained = 0;
+    let mut chunk = [0u8; 4096];
+    while drained < REQUEST_DRAIN_BYTES_MAX {
+        match stream.read(&mut chunk).await? {
+            0 => break,
+            n => drained += n,
+        }
+    }
+    Ok(())
+}
+
+/// An encoded HTTP response.
+struct Response {
+    bytes: Vec<u8>,
+}
+
+impl Response {
+    fn new(code: u16, reason: &str, content_type: &str, body: &str, with_body: bool) -> Response {
+        let mut bytes = format!(
+            "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        if with_body {
+            bytes.extend_from_slice(body.as_bytes());
+        }
+        Response { bytes }
+    }
+
+    fn text(code: u16, reason: &str, body: &str) -> Response {
+        Response::new(code, reason, "text/plain; charset=utf-8", body, true)
+    }
+}
+
+/// The answer to one request head.
+fn answer(head: &[u8], state: &State) -> Response {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = std::str::from_utf8(line).unwrap_or_default().trim_end_matches('\r');
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Response::text(400, "Bad Request", "not an HTTP request\n");
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Response::text(400, "Bad Request", "only HTTP/1.x is served\n");
+    }
+    let with_body = match method {
+        "GET" => true,
+        "HEAD" => false,
+        _ => return Response::text(405, "Method Not Allowed", "only GET and HEAD are served\n"),
+    };
+    let path = target.split('?').next().unwrap_or_default();
+    match path {
+        "/metrics" => {
+            match state.node.status() {
+                Ok(status) => lethe_node::metrics::record_status(&status),
+                Err(e) => debug!("metrics: no status to mirror: {e}"),
+            }
+            state.handle.run_upkeep();
+            let body = state.handle.render();
+            Response::new(200, "OK", "text/plain; version=0.0.4; charset=utf-8", &body, with_body)
+        }
+        "/health" => {
+            let (code, reason, body) = match state.node.status() {
+                Ok(status) => match status.store_error {
+                    None => (200, "OK", "ok: the store takes writes\n".to_string()),
+                    Some(e) => (503, "Service Unavailable", format!("store failed: {e}\n")),
+                },
+                Err(e) => (503, "Service Unavailable", format!("no status: {e}\n")),
+            };
+            Response::new(code, reason, "text/plain; charset=utf-8", &body, with_body)
+        }
+        _ => Response::text(404, "Not Found", "not found: try /metrics or /health\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_without_public() {
+        assert!(check_address("127.0.0.1:9100".parse().unwrap(), false).is_ok());
+        assert!(check_address("[::1]:9100".parse().unwrap(), false).is_ok());
+        let refused = check_address("0.0.0.0:9100".parse().unwrap(), false).unwrap_err().to_string();
+        assert!(refused.contains("--metrics-public"), "{refused}");
+        assert!(check_address("0.0.0.0:9100".parse().unwrap(), true).is_ok());
+    }
+}
