@@ -176,6 +176,9 @@ pub enum NodeError {
     /// The node is not running on tokio's multi-thread runtime.
     #[error("the node needs tokio's multi-thread runtime (#[tokio::main] or Builder::new_multi_thread)")]
     Runtime,
+    /// An import was refused (one entry named) or could not be applied.
+    #[error(transparent)]
+    Import(#[from] lethe_engine::replica::ImportError),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -643,6 +646,22 @@ impl Node {
             return Err(NodeError::ShuttingDown);
         }
         Ok(self.inner.with_replica(|r| r.write(batch))?)
+    }
+
+    /// Loads `entries` from an export as entries received from their writers, with their dots
+    /// and stamps, in one durable commit ([`Replica::import`]: LWW merge, dot-index rows, the
+    /// version vector not advanced). One invalid entry refuses them all. Peers are sent what
+    /// they lack of them by the next push or session.
+    pub fn import(&self, entries: Vec<lethe_engine::Entry>) -> Result<lethe_engine::ApplyReport, NodeError> {
+        if self.inner.shutting_down() {
+            return Err(NodeError::ShuttingDown);
+        }
+        let report = self.inner.with_replica(|r| r.import(entries))?;
+        if report.applied > 0 {
+            // The vector did not move and nobody may be subscribed: wake the pushers here.
+            self.inner.committed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(report)
     }
 
     /// What `lethe status` shows.
