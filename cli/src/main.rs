@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use commands::bench::{BenchCommand, DemoArgs};
 use commands::read::{GetArgs, ListArgs};
 use commands::serve::{InitArgs, ServeArgs};
-use commands::transfer::ExportArgs;
+use commands::transfer::{ExportArgs, ImportArgs};
 use commands::watch::WatchArgs;
 use commands::write::{DelArgs, PutArgs};
 use std::path::PathBuf;
@@ -49,7 +49,7 @@ enum Command {
     /// Write every live entry, with its stamp, dot, metadata and expiry, as JSON lines to stdout.
     Export(ExportArgs),
     /// Load the JSON lines of `lethe export` from stdin, keeping their stamps and dots.
-    Import,
+    Import(ImportArgs),
     /// Print the node's id, counts, vectors, members, peers and digest.
     Status {
         /// As one JSON object.
@@ -87,7 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json } => commands::read::status(data, json),
         Command::Watch(args) => commands::watch::watch(data, args),
         Command::Export(args) => commands::transfer::export(data, args),
-        Command::Import => commands::transfer::import(data),
+        Command::Import(args) => commands::transfer::import(data, args),
         Command::Bench(command) => commands::bench::bench(command),
         Command::Demo(args) => commands::bench::demo(args),
     }

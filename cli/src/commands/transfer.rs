@@ -65,8 +65,16 @@ pub fn export(data: Option<PathBuf>, args: ExportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `lethe import`'s arguments.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// Print the summary as one JSON object on stdout (entries, applied, superseded, stale).
+    #[arg(long)]
+    json: bool,
+}
+
 /// Reads an export from stdin and loads it into the running node (see the module docs).
-pub fn import(data: Option<PathBuf>) -> Result<ExitCode> {
+pub fn import(data: Option<PathBuf>, args: ImportArgs) -> Result<ExitCode> {
     let client = Client::connect(data)?;
     let mut input = std::io::stdin().lock();
     let progress = ProgressBar::new_spinner();
@@ -104,6 +112,16 @@ pub fn import(data: Option<PathBuf>) -> Result<ExitCode> {
     progress.finish_and_clear();
     client.close();
     result?;
+    if args.json {
+        let summary = serde_json::json!({
+            "entries": totals.lines,
+            "applied": totals.applied,
+            "superseded": totals.superseded,
+            "stale": totals.stale,
+        });
+        println!("{summary}");
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!(
         "imported {} entries: {} applied, {} already held or older than what the node holds, {} known superseded",
         totals.lines, totals.applied, totals.superseded, totals.stale
