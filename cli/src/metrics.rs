@@ -42,11 +42,11 @@ pub struct MetricsArgs {
     /// (200 while the store takes writes, else 503), e.g. 127.0.0.1:9100. A loopback address
     /// unless --metrics-public is given.
     #[arg(long, value_name = "ADDR")]
-    metrics: Option<SocketAddr>,
+    pub(crate) metrics: Option<SocketAddr>,
     /// Allow --metrics on an address other than loopback: the endpoints have no authentication,
     /// so put them behind a firewall or proxy.
     #[arg(long, requires = "metrics")]
-    metrics_public: bool,
+    pub(crate) metrics_public: bool,
 }
 
 /// The metrics endpoint of `lethe serve`, bound but not yet serving; nothing when `--metrics`

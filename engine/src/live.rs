@@ -320,7 +320,7 @@ mod tests {
             .into_iter()
             .map(|c| match c {
                 Change::Put(item) => (item.key, Some(item.value)),
-                Change::Delete { key } => (key, None),
+                Change::Delete { key, .. } | Change::Expired { key, .. } => (key, None),
             })
             .collect();
         assert_eq!(

@@ -262,6 +262,19 @@ pub enum Change {
     Delete {
         /// The key.
         key: Vec<u8>,
+        /// The tombstone's stamp; `None` when the entry was dropped because a peer showed it
+        /// dead (the write that superseded it is not known here).
+        stamp: Option<Stamp>,
+    },
+    /// The key's value expired: its TTL passed and it was purged, or an expired record of a
+    /// newer write arrived. Reads stopped returning the value at its expiry time; this is
+    /// recorded when the store is rewritten (a purge runs each GC step), so it may come a GC
+    /// interval later. Expiry writes nothing and sends nothing (I6): this is local news only.
+    Expired {
+        /// The key.
+        key: Vec<u8>,
+        /// The stamp of the write whose value expired.
+        stamp: Stamp,
     },
 }
 
@@ -271,7 +284,7 @@ impl Change {
     pub fn key(&self) -> &[u8] {
         match self {
             Change::Put(item) => &item.key,
-            Change::Delete { key } => key,
+            Change::Delete { key, .. } | Change::Expired { key, .. } => key,
         }
     }
 }
@@ -365,14 +378,21 @@ impl<S: Storage> Replica<S> {
                     Op::Put(e) | Op::PutDeferred(e) => match Item::from_live(e.clone(), now_ms) {
                         Some(item) => changes.push(Change::Put(item)),
                         None if matches!(e.payload, Payload::Tombstone) => {
-                            changes.push(Change::Delete { key: e.key.clone() });
+                            changes.push(Change::Delete { key: e.key.clone(), stamp: Some(e.stamp) });
                         }
-                        // A purge or an already expired write: expiry is local and silent.
+                        // A purge, or an expired record replacing a value held here: the value
+                        // is gone from reads (it was since its expiry time).
+                        None if matches!(e.payload, Payload::Expired { .. })
+                            && self.index.live.get(&e.key).is_some() =>
+                        {
+                            changes.push(Change::Expired { key: e.key.clone(), stamp: e.stamp });
+                        }
+                        // A write already expired when it arrived, for a key not live here.
                         None => {}
                     },
                     // Collection removes dead entries; a live one removed was shown dead by a peer.
                     Op::Remove(key) if self.index.live.get(key).is_some() => {
-                        changes.push(Change::Delete { key: key.clone() });
+                        changes.push(Change::Delete { key: key.clone(), stamp: None });
                     }
                     Op::Remove(_) | Op::SetMeta(..) | Op::IndexDot(..) => {}
                 }
@@ -900,10 +920,12 @@ mod recovery;
 pub use recovery::StoreFailure;
 
 mod clock;
+mod import;
 mod restore;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use clock::HeldBack;
 pub use clock::{PEER_CLOCK_FRESH_MS, PEER_CLOCK_SLACK_MS, PEER_CLOCKS_MAX};
+pub use import::ImportError;
 pub use restore::{RESTORE_SEQ_GAP_MAX, Recovery};

@@ -4,9 +4,15 @@
 //! but a `List` is answered in pages, as many `Response::Listed` frames as it takes (each at most
 //! [`LIST_PAGE_BYTES_MAX`] of keys and values), the last with `more: false`. So any value within
 //! the engine's limits can be listed, and the node reads at most [`LIST_SCAN_ITEMS`] entries per
-//! turn of the replica's lock.
+//! turn of the replica's lock. A `Watch` is answered with a stream of events until the owner
+//! finishes its side; an `Import` carries at most [`IMPORT_ENTRIES_MAX`] entries, applied whole
+//! or refused whole.
+//!
+//! Every request arrives in one frame, bounded by the transport's frame reader (4 MiB); lists in
+//! a request are bounded again while they decode.
 
 use crate::node::Status;
+use lethe_engine::{Change, Dot, Entry, Hlc, Item, Payload, ReplicaId, Seq, Stamp, Value};
 use serde::{Deserialize, Serialize};
 
 /// Largest listing one request may ask for.
@@ -21,6 +27,139 @@ pub const LIST_PAGE_BYTES_MAX: usize = 2 << 20;
 /// for a few entries at a time, and at most this many values are in memory beside the page.
 pub const LIST_SCAN_ITEMS: usize = 16;
 
+/// The most entries one [`Request::Import`] may carry; a request with more is refused while it
+/// decodes, before the list grows past this.
+pub const IMPORT_ENTRIES_MAX: usize = 1000;
+
+/// Keys, values and metadata one [`Request::Import`] should carry at most (an entry larger than
+/// this, up to the engine's limits, goes in a request of its own): half the frame limit, so a
+/// request always fits a frame.
+pub const IMPORT_BATCH_BYTES_MAX: usize = 2 << 20;
+
+/// CBOR framing counted per record on top of its key, value and metadata (three byte strings,
+/// four integers and their lengths), so a count of bytes stays above what records encode to.
+pub const RECORD_OVERHEAD_BYTES: usize = 64;
+
+/// A write's stamp as the control protocol carries it: its HLC (48 bits of wall ms, 16 of
+/// logical counter, as one integer) and its writer's replica id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireStamp {
+    /// The HLC, as the 64-bit integer [`Hlc`] is.
+    pub hlc: u64,
+    /// The writer's replica id.
+    pub writer: u64,
+}
+
+impl From<Stamp> for WireStamp {
+    fn from(s: Stamp) -> WireStamp {
+        WireStamp { hlc: s.hlc.0, writer: s.replica.0 }
+    }
+}
+
+impl From<WireStamp> for Stamp {
+    fn from(s: WireStamp) -> Stamp {
+        Stamp { hlc: Hlc(s.hlc), replica: ReplicaId(s.writer) }
+    }
+}
+
+/// One live entry with everything a read knows of it: what `get`, `list`, `watch` and `export`
+/// show, and what `import` loads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// The entry's opaque metadata, if any.
+    #[serde(with = "serde_bytes")]
+    pub metadata: Option<Vec<u8>>,
+    /// When the value expires (absolute wall ms), if it has a TTL.
+    pub expires_at_ms: Option<u64>,
+    /// The write's stamp; its writer is also the writer of the dot.
+    pub stamp: WireStamp,
+    /// The writer's sequence number for the write (the dot is `(stamp.writer, seq)`).
+    pub seq: u64,
+}
+
+impl Record {
+    /// The entry's bytes as a page or batch counts them (see [`RECORD_OVERHEAD_BYTES`]).
+    #[must_use]
+    pub fn counted_bytes(&self) -> usize {
+        self.key.len() + self.value.len() + self.metadata.as_ref().map_or(0, Vec::len) + RECORD_OVERHEAD_BYTES
+    }
+
+    /// The write's dot.
+    #[must_use]
+    pub fn dot(&self) -> Dot {
+        Dot { replica: ReplicaId(self.stamp.writer), seq: Seq(self.seq) }
+    }
+
+    /// The engine entry this record describes (a value), for an import.
+    #[must_use]
+    pub fn into_entry(self) -> Entry {
+        Entry {
+            key: self.key,
+            stamp: self.stamp.into(),
+            seq: Seq(self.seq),
+            payload: Payload::Value(Value {
+                bytes: self.value,
+                expires_at_ms: self.expires_at_ms,
+                metadata: self.metadata,
+            }),
+        }
+    }
+}
+
+impl From<Item> for Record {
+    fn from(i: Item) -> Record {
+        Record {
+            key: i.key,
+            value: i.value,
+            metadata: i.metadata,
+            expires_at_ms: i.expires_at_ms,
+            stamp: i.stamp.into(),
+            seq: i.dot.seq.0,
+        }
+    }
+}
+
+/// One change a watch reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The key now holds this value (a local write or one received from a peer).
+    Put(Record),
+    /// The key was deleted.
+    Deleted {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The tombstone's stamp; `None` when a peer showed the entry dead (its newer write is
+        /// not known here).
+        stamp: Option<WireStamp>,
+    },
+    /// The key's value expired (reported when it is purged, up to a GC interval after its
+    /// expiry time).
+    Expired {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The stamp of the write whose value expired.
+        stamp: WireStamp,
+    },
+}
+
+impl From<Change> for Event {
+    fn from(c: Change) -> Event {
+        match c {
+            Change::Put(item) => Event::Put(item.into()),
+            Change::Delete { key, stamp } => Event::Deleted { key, stamp: stamp.map(Into::into) },
+            Change::Expired { key, stamp } => Event::Expired { key, stamp: stamp.into() },
+        }
+    }
+}
+
 /// A request to the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -34,6 +173,9 @@ pub enum Request {
         value: Vec<u8>,
         /// Time to live, if any.
         ttl_ms: Option<u64>,
+        /// Opaque metadata stored and replicated with the value, if any.
+        #[serde(default, with = "serde_bytes")]
+        metadata: Option<Vec<u8>>,
     },
     /// Read a value.
     Get {
@@ -54,41 +196,102 @@ pub enum Request {
         prefix: Vec<u8>,
         /// At most this many.
         limit: usize,
+        /// Only keys after this one (to go on from the last key of an earlier listing, past
+        /// [`LIST_LIMIT_MAX`]).
+        #[serde(default, with = "serde_bytes")]
+        after: Option<Vec<u8>>,
     },
     /// The node's status.
     Status,
+    /// Stream changes to keys under a prefix, local and replicated, from now on: answered with
+    /// [`Response::Watching`] once subscribed, then one [`Response::Event`] per change (and
+    /// [`Response::Lagged`] if the owner reads too slowly), until the owner finishes its side of
+    /// the stream or the connection closes.
+    Watch {
+        /// The prefix (empty: every key).
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+    },
+    /// Load entries from an export, with their stamps and dots, as entries received from their
+    /// writers (`Replica::import`): applied whole or not at all.
+    Import {
+        /// The entries, at most [`IMPORT_ENTRIES_MAX`] (checked while decoding).
+        #[serde(deserialize_with = "bounded_records")]
+        entries: Vec<Record>,
+    },
 }
 
-/// One listed entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Listed {
-    /// The key.
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-    /// The value.
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+/// Decodes at most [`IMPORT_ENTRIES_MAX`] records, refusing a longer list as soon as it passes
+/// the limit (the list never grows beyond it, whatever length the frame claims).
+fn bounded_records<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Record>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<Record>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {IMPORT_ENTRIES_MAX} records")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Record>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(IMPORT_ENTRIES_MAX));
+            while let Some(record) = seq.next_element()? {
+                if out.len() == IMPORT_ENTRIES_MAX {
+                    return Err(serde::de::Error::custom(format!(
+                        "an import request carries more than {IMPORT_ENTRIES_MAX} entries"
+                    )));
+                }
+                out.push(record);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded)
 }
 
 /// The node's answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    /// A write was made durable with this sequence number.
+    /// A write was made durable.
     Written {
-        /// The write's seq (the node's own counter).
+        /// The write's seq (the node's own counter; the dot is `(stamp.writer, seq)`).
         seq: u64,
+        /// The write's stamp.
+        stamp: WireStamp,
     },
-    /// The value, if the key is live.
-    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
+    /// The entry, if the key is live.
+    Found(Option<Box<Record>>),
     /// One page of a listing, in key order.
     Listed {
         /// The entries.
-        items: Vec<Listed>,
+        items: Vec<Record>,
         /// Whether another page follows on the stream.
         more: bool,
     },
     /// The status.
     Status(Box<Status>),
+    /// A watch is subscribed: changes from now on follow.
+    Watching,
+    /// A change under a watch's prefix.
+    Event(Event),
+    /// A watch fell this many changes behind and missed them (list the prefix to catch up).
+    Lagged {
+        /// Changes missed.
+        missed: u64,
+    },
+    /// An import was applied.
+    Imported {
+        /// Entries stored.
+        applied: u64,
+        /// Entries that lost to (or equalled) what the node holds.
+        superseded: u64,
+        /// Entries the node knows were superseded or deleted.
+        stale: u64,
+    },
+    /// An import was refused whole because of one entry; nothing of it was applied.
+    ImportRefused {
+        /// The entry's position in the request, from 0.
+        index: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The request failed.
     Error(String),
 }

@@ -185,6 +185,9 @@ pub enum NodeError {
     /// The node is not running on tokio's multi-thread runtime.
     #[error("the node needs tokio's multi-thread runtime (#[tokio::main] or Builder::new_multi_thread)")]
     Runtime,
+    /// An import was refused (one entry named) or could not be applied.
+    #[error(transparent)]
+    Import(#[from] lethe_engine::replica::ImportError),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -368,6 +371,9 @@ pub(crate) struct Inner {
     pub(crate) changes: broadcast::Sender<Change>,
     /// Bumped after every commit that changed the store or the vector: wakes the pushers.
     pub(crate) committed: watch::Sender<u64>,
+    /// Bumped after an import applied entries: starts an anti-entropy session with every
+    /// connected peer (imported entries are beyond no vector, so only reconciliation finds them).
+    pub(crate) imported: watch::Sender<u64>,
     writes: mpsc::Sender<WriteRequest>,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Connected peers and their connections.
@@ -557,6 +563,7 @@ impl Node {
             endpoint,
             changes: broadcast::channel(SUBSCRIBER_BUFFER).0,
             committed: watch::channel(0).0,
+            imported: watch::channel(0).0,
             writes,
             shutdown: watch::channel(false).0,
             connected: Mutex::new(BTreeMap::new()),
@@ -677,6 +684,25 @@ impl Node {
             return Err(NodeError::ShuttingDown);
         }
         Ok(self.inner.with_replica(|r| r.write(batch))?)
+    }
+
+    /// Loads `entries` from an export as entries received from their writers, with their dots
+    /// and stamps, in one durable commit ([`Replica::import`]: LWW merge, dot-index rows, the
+    /// version vector not advanced). One invalid entry refuses them all.
+    ///
+    /// Imported entries are beyond no vector, so neither a delta session nor a live push sends
+    /// them: each connected peer is sent them by an anti-entropy session started at once, and a
+    /// peer that connects later by the next anti-entropy session (every
+    /// `anti_entropy_interval`), or by a bootstrap if this node's vector is not empty.
+    pub fn import(&self, entries: Vec<lethe_engine::Entry>) -> Result<lethe_engine::ApplyReport, NodeError> {
+        if self.inner.shutting_down() {
+            return Err(NodeError::ShuttingDown);
+        }
+        let report = self.inner.with_replica(|r| r.import(entries))?;
+        if report.applied > 0 {
+            self.inner.imported.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(report)
     }
 
     /// What `lethe status` shows.

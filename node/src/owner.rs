@@ -1,19 +1,18 @@
-//! The owner's commands (`lethe --data DIR put/get/del/list/status`): a connection made with the
-//! node's own key, one [`Request`] per stream, answered with one [`Response`] (a listing with as
-//! many pages as it takes).
+//! The owner's commands (`lethe --data DIR put/get/del/list/watch/import/status`): a connection
+//! made with the node's own key, one [`Request`] per stream, answered with one [`Response`] (a
+//! listing with as many pages as it takes, a watch with one frame per change until the owner
+//! finishes its side).
 
-use crate::control::{self, LIST_PAGE_BYTES_MAX, LIST_SCAN_ITEMS, Listed, Request, Response};
-use crate::node::{Inner, Node, NodeError};
+use crate::control::{self, Event, LIST_PAGE_BYTES_MAX, LIST_SCAN_ITEMS, Record, Request, Response};
+use crate::node::{Inner, Node, NodeError, SubscriptionError};
+use lethe_engine::limits::KEY_BYTES_MAX;
+use lethe_engine::replica::ImportError;
 use lethe_engine::session::FRAME_BYTES_MAX;
 use lethe_engine::{KeyRange, PutOptions};
-use lethe_transport::endpoint::SendStream;
-use lethe_transport::{FrameWriter, PeerConnection};
+use lethe_transport::endpoint::{RecvStream, SendStream};
+use lethe_transport::{FrameReader, FrameWriter, PeerConnection};
 use std::ops::Bound;
 use std::sync::Arc;
-
-/// CBOR framing counted per listed entry on top of its key and value (two byte strings and
-/// their lengths), so a page's count of bytes stays above what it encodes to.
-const LISTED_OVERHEAD_BYTES: usize = 32;
 
 /// Serves the owner's connection until it closes.
 pub(crate) async fn serve(inner: Arc<Inner>, conn: PeerConnection) {
@@ -22,9 +21,27 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: PeerConnection) {
         tokio::spawn(async move {
             let response = match r.next().await {
                 Ok(Some(frame)) => match control::decode::<Request>(&frame) {
-                    Ok(Request::List { prefix, limit }) => {
+                    Ok(Request::List { prefix, .. } | Request::Watch { prefix }) if prefix.len() > KEY_BYTES_MAX => {
+                        Some(Response::Error(format!(
+                            "the prefix is {} bytes, longer than any key (at most {KEY_BYTES_MAX})",
+                            prefix.len()
+                        )))
+                    }
+                    Ok(Request::List { after: Some(after), .. }) if after.len() > KEY_BYTES_MAX => {
+                        Some(Response::Error(format!(
+                            "the key to list after is {} bytes, longer than any key (at most {KEY_BYTES_MAX})",
+                            after.len()
+                        )))
+                    }
+                    Ok(Request::List { prefix, limit, after }) => {
                         // The owner went away mid-listing: nothing to do.
-                        let _ = send_list(&inner, prefix, limit.min(control::LIST_LIMIT_MAX), &mut w).await;
+                        let limit = limit.min(control::LIST_LIMIT_MAX);
+                        let _ = send_list(&inner, prefix, after, limit, &mut w).await;
+                        None
+                    }
+                    Ok(Request::Watch { prefix }) => {
+                        // Ends when the owner goes away or finishes its side: nothing to do.
+                        let _ = send_watch(&inner, prefix, &mut w, &mut r).await;
                         None
                     }
                     Ok(request) => Some(answer(&inner, request).await),
@@ -59,19 +76,29 @@ async fn send_response(w: &mut FrameWriter<SendStream>, response: &Response) -> 
     w.flush().await
 }
 
-/// Lists live entries under `prefix`, at most `limit`, in pages of at most
+/// Lists live entries under `prefix` (after `after`, if given), at most `limit`, in pages of at most
 /// [`LIST_PAGE_BYTES_MAX`], reading [`LIST_SCAN_ITEMS`] entries per turn of the replica's lock
 /// (each read starts after the last key read, so the listing is in key order without gaps or
 /// repeats; writes made meanwhile may or may not show, as in any scan not taken at one instant).
 async fn send_list(
     inner: &Arc<Inner>,
     prefix: Vec<u8>,
+    after: Option<Vec<u8>>,
     limit: usize,
     w: &mut FrameWriter<SendStream>,
 ) -> Result<(), lethe_transport::Error> {
     let node = Node { inner: inner.clone() };
-    let mut range = KeyRange::prefix(prefix);
-    let (mut page, mut page_bytes, mut left) = (Vec::new(), 0, limit);
+    let mut left = limit;
+    let mut range = KeyRange::prefix(prefix.clone());
+    match after {
+        Some(after) if after.starts_with(&prefix) => range.start = Bound::Excluded(after),
+        // Every key with the prefix sorts after it.
+        Some(after) if after < prefix => {}
+        // Every key with the prefix sorts before it: nothing to list.
+        Some(_) => left = 0,
+        None => {}
+    }
+    let (mut page, mut page_bytes) = (Vec::new(), 0);
     loop {
         let want = left.min(LIST_SCAN_ITEMS);
         let items = if want == 0 { Ok(Vec::new()) } else { node.scan(&range, want) };
@@ -82,17 +109,50 @@ async fn send_list(
         let last = items.len() < want || want == 0;
         for item in items {
             left -= 1;
-            let bytes = item.key.len() + item.value.len() + LISTED_OVERHEAD_BYTES;
+            let record = Record::from(item);
+            let bytes = record.counted_bytes();
             if !page.is_empty() && page_bytes + bytes > LIST_PAGE_BYTES_MAX {
                 send_response(w, &Response::Listed { items: std::mem::take(&mut page), more: true }).await?;
                 page_bytes = 0;
             }
             page_bytes += bytes;
-            range.start = Bound::Excluded(item.key.clone());
-            page.push(Listed { key: item.key, value: item.value });
+            range.start = Bound::Excluded(record.key.clone());
+            page.push(record);
         }
         if last || left == 0 {
             return send_response(w, &Response::Listed { items: page, more: false }).await;
+        }
+    }
+}
+
+/// Streams changes under `prefix` to the owner until it finishes its side of the stream (or the
+/// connection closes), or the node shuts down. A subscriber that falls behind is told how many
+/// changes it missed and goes on from the newest.
+async fn send_watch(
+    inner: &Arc<Inner>,
+    prefix: Vec<u8>,
+    w: &mut FrameWriter<SendStream>,
+    r: &mut FrameReader<RecvStream>,
+) -> Result<(), lethe_transport::Error> {
+    let node = Node { inner: inner.clone() };
+    let mut subscription = node.subscribe(prefix);
+    let mut stop = inner.shutdown.subscribe();
+    send_response(w, &Response::Watching).await?;
+    loop {
+        let response = tokio::select! {
+            change = subscription.next() => match change {
+                Ok(change) => Response::Event(Event::from(change)),
+                Err(SubscriptionError::Lagged(missed)) => Response::Lagged { missed },
+                Err(SubscriptionError::Closed) => Response::Error("the node stopped".to_string()),
+            },
+            // The owner sends nothing after the request: any end of its side ends the watch.
+            _ = r.next() => return Ok(()),
+            _ = stop.changed() => Response::Error("the node is shutting down".to_string()),
+        };
+        let last = matches!(response, Response::Error(_));
+        send_response(w, &response).await?;
+        if last {
+            return Ok(());
         }
     }
 }
@@ -101,14 +161,30 @@ async fn answer(inner: &Arc<Inner>, request: Request) -> Response {
     let node = Node { inner: inner.clone() };
     let result: Result<Response, NodeError> = async {
         Ok(match request {
-            Request::Put { key, value, ttl_ms } => {
-                let receipt = node.put(key, value, PutOptions { ttl_ms, metadata: None }).await?;
-                Response::Written { seq: receipt.dot.seq.0 }
+            Request::Put { key, value, ttl_ms, metadata } => {
+                let receipt = node.put(key, value, PutOptions { ttl_ms, metadata }).await?;
+                Response::Written { seq: receipt.dot.seq.0, stamp: receipt.stamp.into() }
             }
-            Request::Get { key } => Response::Value(node.get(&key)?.map(|item| item.value)),
-            Request::Delete { key } => Response::Written { seq: node.delete(key).await?.dot.seq.0 },
-            // `serve` answers a listing in pages with `send_list`.
-            Request::List { .. } => Response::Error("a listing is answered in pages, by send_list".to_string()),
+            Request::Get { key } => Response::Found(node.get(&key)?.map(|item| Box::new(Record::from(item)))),
+            Request::Delete { key } => {
+                let receipt = node.delete(key).await?;
+                Response::Written { seq: receipt.dot.seq.0, stamp: receipt.stamp.into() }
+            }
+            Request::Import { entries } => match node.import(entries.into_iter().map(Record::into_entry).collect()) {
+                Ok(report) => Response::Imported {
+                    applied: report.applied as u64,
+                    superseded: report.superseded as u64,
+                    stale: report.stale as u64,
+                },
+                Err(NodeError::Import(
+                    e @ (ImportError::Invalid { index, .. } | ImportError::OwnWriteBeyondCounter { index, .. }),
+                )) => Response::ImportRefused { index: index as u64, reason: e.to_string() },
+                Err(e) => return Err(e),
+            },
+            // `serve` answers a listing in pages with `send_list`, a watch with `send_watch`.
+            Request::List { .. } | Request::Watch { .. } => {
+                Response::Error("a listing or a watch is answered as a stream".to_string())
+            }
             Request::Status => Response::Status(Box::new(node.status()?)),
         })
     }

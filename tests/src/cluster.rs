@@ -192,9 +192,14 @@ impl Owner {
 
     /// Puts `key` = `value`; the seq once durable.
     pub async fn put(&self, key: &str, value: &str) -> Result<u64, String> {
-        let req = Request::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), ttl_ms: None };
+        let req = Request::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            ttl_ms: None,
+            metadata: None,
+        };
         match self.request(&req).await? {
-            Response::Written { seq } => Ok(seq),
+            Response::Written { seq, .. } => Ok(seq),
             other => Err(format!("{other:?}")),
         }
     }

@@ -223,11 +223,11 @@ fn list_prints_every_value_however_large_the_answer() {
         let owner = Owner::connect(&a).await.unwrap();
         for i in 0..VALUES {
             let value = vec![b'a' + (i % 26) as u8; VALUE_BYTES];
-            let req = Request::Put { key: format!("k{i:02}").into_bytes(), value, ttl_ms: None };
+            let req = Request::Put { key: format!("k{i:02}").into_bytes(), value, ttl_ms: None, metadata: None };
             owner.request(&req).await.unwrap();
         }
         // One value of the largest size allowed.
-        let req = Request::Put { key: b"max".to_vec(), value: vec![b'm'; 1 << 20], ttl_ms: None };
+        let req = Request::Put { key: b"max".to_vec(), value: vec![b'm'; 1 << 20], ttl_ms: None, metadata: None };
         owner.request(&req).await.unwrap();
         owner.close().await;
     });

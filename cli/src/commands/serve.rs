@@ -1,0 +1,268 @@
+//! `init` and `serve`: creating a node's data directory, and running the node, with its
+//! settings from flags and, optionally, a TOML file (`--config`).
+//!
+//! The file's keys are the flags' names in kebab-case (`listen`, `peer`, `trust`,
+//! `gc-interval`, `anti-entropy-interval`, `lease`, `metrics`, `metrics-public`), plus `data`
+//! for the global `--data`; a
+//! repeatable flag is a list (`peer = ["ID@ADDR"]`), a duration a string (`"2s"`). A key the
+//! file does not know is an error naming it. A flag given on the command line overrides the
+//! file's key (a repeatable flag given once or more replaces the file's whole list).
+//!
+//! A new serve option is a field in [`ServeArgs`], one in [`ServeFile`], and a line in
+//! [`ServeArgs::settle`].
+
+use crate::client::data_dir;
+use anyhow::{Context, Result, anyhow};
+use lethe_node::{Node, NodeConfig, PeerAddr};
+use lethe_transport::NodeId;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The largest config file read: a config is a few lines.
+const CONFIG_BYTES_MAX: usize = 1 << 20;
+
+const GC_INTERVAL_DEFAULT: Duration = Duration::from_secs(2);
+const ANTI_ENTROPY_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+const LEASE_DEFAULT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `lethe init`'s arguments.
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// Print `{"node_id": ...}` instead of the bare id.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Creates the identity and store of `--data DIR` and prints the node id.
+pub fn init(data: Option<PathBuf>, args: InitArgs) -> Result<ExitCode> {
+    let dir = data_dir(data)?;
+    let identity = dir.init()?;
+    if args.json {
+        println!("{}", serde_json::json!({ "node_id": identity.id().to_string() }));
+    } else {
+        println!("{}", identity.id());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lethe serve`'s options. Every one can also be set in the `--config` file.
+#[derive(clap::Args, Default)]
+pub struct ServeArgs {
+    /// Read settings from this TOML file (keys named as these flags, kebab-case); flags given
+    /// here override it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to listen on (UDP), e.g. 127.0.0.1:7000. Required, here or in the file.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// A peer to keep connected, as NODEID@ADDR (trusted). Repeat for more.
+    #[arg(long = "peer")]
+    peers: Vec<PeerAddr>,
+    /// A node id allowed to connect (a client device, say). Repeat for more.
+    #[arg(long = "trust")]
+    trust: Vec<NodeId>,
+    /// How often a GC step runs [default: 2s].
+    #[arg(long, value_parser = positive_duration)]
+    gc_interval: Option<Duration>,
+    /// How often an anti-entropy session runs with each peer this node dials [default: 60s].
+    #[arg(long, value_parser = positive_duration)]
+    anti_entropy_interval: Option<Duration>,
+    /// How long a member may stay silent before it stops holding tombstone collection back
+    /// [default: 30days].
+    #[arg(long, value_parser = positive_duration)]
+    lease: Option<Duration>,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
+}
+
+/// The `--config` file: the same settings, every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeFile {
+    data: Option<PathBuf>,
+    listen: Option<String>,
+    peer: Option<Vec<String>>,
+    trust: Option<Vec<String>>,
+    gc_interval: Option<String>,
+    anti_entropy_interval: Option<String>,
+    lease: Option<String>,
+    metrics: Option<String>,
+    metrics_public: Option<bool>,
+}
+
+impl ServeFile {
+    /// Reads and parses `path`; relative paths in it are taken from the file's directory.
+    pub fn read(path: &Path) -> Result<ServeFile> {
+        let file = std::fs::File::open(path).with_context(|| format!("opening the config file {}", path.display()))?;
+        let text = crate::commands::write::read_bounded(file, CONFIG_BYTES_MAX)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        let text =
+            String::from_utf8(text).map_err(|_| anyhow!("the config file {} is not UTF-8 text", path.display()))?;
+        let mut file: ServeFile =
+            toml::from_str(&text).map_err(|e| anyhow!("the config file {} is not valid: {e}", path.display()))?;
+        if let (Some(data), Some(dir)) = (file.data.as_mut(), path.parent())
+            && data.is_relative()
+        {
+            *data = dir.join(&*data);
+        }
+        Ok(file)
+    }
+}
+
+/// A value from the file, parsed, with an error naming the key.
+fn from_file<T>(key: &str, text: Option<String>, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>> {
+    text.map(|t| parse(&t).map_err(|e| anyhow!("config key `{key}`: {e}"))).transpose()
+}
+
+fn from_file_list<T>(
+    key: &str,
+    list: Option<Vec<String>>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>> {
+    list.unwrap_or_default().iter().map(|t| parse(t).map_err(|e| anyhow!("config key `{key}`: {e}"))).collect()
+}
+
+/// A repeatable flag given once or more replaces the file's list.
+fn or_file<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if flag.is_empty() { file } else { flag }
+}
+
+impl ServeArgs {
+    /// The node's config and its metrics endpoint: each flag given, else the file's key, else
+    /// the default.
+    pub fn settle(self, data: Option<PathBuf>) -> Result<(NodeConfig, crate::metrics::MetricsArgs)> {
+        let file = self.config.as_deref().map(ServeFile::read).transpose()?.unwrap_or_default();
+        let dir = data_dir(data.or(file.data))?;
+        let listen = match self.listen {
+            Some(listen) => listen,
+            None => from_file("listen", file.listen, |t| {
+                t.parse::<SocketAddr>().map_err(|_| format!("`{t}` is not an address like 127.0.0.1:7000"))
+            })?
+            .ok_or_else(|| {
+                anyhow!("serve needs --listen ADDR (or `listen = \"127.0.0.1:7000\"` in the --config file)")
+            })?,
+        };
+        let peers = or_file(self.peers, from_file_list("peer", file.peer, str::parse)?);
+        let trust = or_file(
+            self.trust,
+            from_file_list("trust", file.trust, |t| t.parse::<NodeId>().map_err(|e| e.to_string()))?,
+        );
+        let duration = |flag: Option<Duration>, key, text, default| -> Result<Duration> {
+            Ok(flag.or(from_file(key, text, positive_duration)?).unwrap_or(default))
+        };
+        let mut config = NodeConfig::new(dir, listen);
+        config.peers = peers;
+        config.trust = trust;
+        config.gc_interval = duration(self.gc_interval, "gc-interval", file.gc_interval, GC_INTERVAL_DEFAULT)?;
+        config.anti_entropy_interval = duration(
+            self.anti_entropy_interval,
+            "anti-entropy-interval",
+            file.anti_entropy_interval,
+            ANTI_ENTROPY_INTERVAL_DEFAULT,
+        )?;
+        let lease = duration(self.lease, "lease", file.lease, LEASE_DEFAULT)?;
+        config.engine.lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let metrics = crate::metrics::MetricsArgs {
+            metrics: match self.metrics.metrics {
+                Some(addr) => Some(addr),
+                None => from_file("metrics", file.metrics, |t| {
+                    t.parse::<SocketAddr>().map_err(|_| format!("`{t}` is not an address like 127.0.0.1:9100"))
+                })?,
+            },
+            metrics_public: self.metrics.metrics_public || file.metrics_public.unwrap_or(false),
+        };
+        Ok((config, metrics))
+    }
+}
+
+/// A duration like `2s` or `30days` that is more than zero: a zero GC or anti-entropy interval
+/// would spin, and a zero lease would evict every member at once.
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 2s or 30days: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("`{text}` is zero; it must be more than zero, like 500ms or 2s"));
+    }
+    Ok(d)
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub fn serve(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
+    let (config, metrics) = args.settle(data)?;
+    crate::init_logs("info");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async {
+        let dir = config.data.clone();
+        // Bound (and the recorder installed) before the node starts, so its first sessions count.
+        let metrics = crate::metrics::MetricsServer::bind(&metrics).await?;
+        let node = Node::start(config).await?;
+        metrics.serve(&node);
+        dir.write_addr(node.local_addr())?;
+        println!("node {} listening on {}", node.id(), node.local_addr());
+        let reason = shutdown_signal().await?;
+        tracing::info!("{reason}: shutting down");
+        node.shutdown().await;
+        dir.clear_addr();
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Waits for SIGINT or SIGTERM (Ctrl-C elsewhere) and says which came.
+pub async fn shutdown_signal() -> Result<&'static str> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; Ok("SIGINT") }
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("lethe.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path =
+            write(tmp.path(), "data = \"node\"\nlisten = \"127.0.0.1:7000\"\ngc-interval = \"5s\"\nlease = \"1h\"\n");
+        let args = ServeArgs { config: Some(path), gc_interval: Some(Duration::from_secs(9)), ..ServeArgs::default() };
+        let (config, metrics) = args.settle(None).unwrap();
+        assert_eq!(metrics.metrics, None);
+        assert_eq!(config.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(config.gc_interval, Duration::from_secs(9), "the flag wins");
+        assert_eq!(config.engine.lease_ms, 3_600_000, "the file's key");
+        assert_eq!(config.anti_entropy_interval, ANTI_ENTROPY_INTERVAL_DEFAULT);
+        assert_eq!(config.data.path(), tmp.path().join("node"), "relative to the file");
+    }
+
+    #[test]
+    fn an_unknown_key_or_bad_value_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = write(tmp.path(), "listen = \"127.0.0.1:7000\"\ngc_interval = \"5s\"\n");
+        let err = ServeArgs { config: Some(path), ..ServeArgs::default() }.settle(None).unwrap_err();
+        assert!(format!("{err:#}").contains("gc_interval"), "{err:#}");
+        let path = write(tmp.path(), "listen = \"127.0.0.1:7000\"\nlease = \"0s\"\n");
+        let err = ServeArgs { config: Some(path), ..ServeArgs::default() }.settle(Some("d".into())).unwrap_err();
+        assert!(format!("{err:#}").contains("config key `lease`"), "{err:#}");
+        let err = ServeArgs::default().settle(Some("d".into())).unwrap_err();
+        assert!(format!("{err:#}").contains("--listen"), "{err:#}");
+    }
+}

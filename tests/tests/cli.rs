@@ -1,0 +1,331 @@
+//! The `lethe` command as users run it: real `lethe serve` processes on 127.0.0.1, real redb
+//! files, real QUIC, and the CLI's output and exit status.
+
+use lethe_tests::cluster::{NodeProc, lethe_bin, wait_until};
+use serde_json::Value as Json;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(ToString::to_string).collect()
+}
+
+/// `lethe --data DIR args...` with `stdin` fed to it.
+fn run(node: &NodeProc, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(lethe_bin())
+        .arg("--data")
+        .arg(&node.dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lethe");
+    let mut input = child.stdin.take().expect("stdin");
+    let bytes = stdin.to_vec();
+    // Fed from a thread: the command may stop reading early (a bad line) and answer at once.
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    let out = child.wait_with_output().expect("lethe output");
+    let _ = feeder.join();
+    out
+}
+
+fn json_cli(node: &NodeProc, args: &[&str]) -> Json {
+    let (code, out, err) = node.cli(args);
+    assert_eq!(code, 0, "lethe {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("lethe {args:?} printed no JSON ({e}): {out}"))
+}
+
+/// `lethe list --json`, one object per line.
+fn list_json(node: &NodeProc) -> Vec<Json> {
+    let (code, out, err) = node.cli(&["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    out.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+fn fails_saying(out: &(i32, String, String), words: &[&str]) {
+    assert_eq!(out.0, 2, "expected exit status 2; stdout {}; stderr {}", out.1, out.2);
+    for w in words {
+        assert!(out.2.contains(w), "stderr should say `{w}`: {}", out.2);
+    }
+}
+
+#[test]
+fn put_and_get_take_and_show_values_from_every_source_with_receipts() {
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new(lethe_bin()).args(["init", "--json", "--data"]).arg(root.path().join("x")).output().unwrap();
+    let init: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(init["node_id"].as_str().map(str::len), Some(64), "{init}");
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&[]);
+    let replica = &a.id.to_string()[..16];
+
+    let receipt = json_cli(&a, &["put", "text", "hello", "--json"]);
+    assert_eq!(receipt["seq"], 1);
+    assert_eq!(receipt["dot"], serde_json::json!({ "writer": replica, "seq": 1 }));
+    assert_eq!(receipt["stamp"]["writer"], replica);
+
+    // Binary-safe from stdin: `-` is the source, not the value.
+    let binary = [0x00u8, 0xff, 0x10];
+    let put = run(&a, &["put", "bin", "-"], &binary);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let got = run(&a, &["get", "bin"], b"");
+    assert_eq!(got.stdout, [&binary[..], b"\n"].concat());
+    let got = json_cli(&a, &["get", "bin", "--json"]);
+    assert_eq!((got["value"].as_str(), got["value_encoding"].as_str()), (Some("AP8Q"), Some("base64")));
+    assert_eq!(got["dot"]["seq"], 2);
+
+    let file = root.path().join("value.txt");
+    std::fs::write(&file, "from a file").unwrap();
+    let meta = root.path().join("meta.bin");
+    std::fs::write(&meta, [0xc3u8, 0x28]).unwrap();
+    assert_eq!(a.cli(&["put", "f", "--file", file.to_str().unwrap(), "--metadata", "{\"type\": \"note\"}"]).0, 0);
+    let got = json_cli(&a, &["get", "f", "--json"]);
+    assert_eq!((got["value"].as_str(), got["value_encoding"].as_str()), (Some("from a file"), Some("utf8")));
+    assert_eq!(got["metadata"], "{\"type\": \"note\"}", "stored as given");
+    assert_eq!(got["expires_at_ms"], Json::Null);
+
+    let at = format!("@{}", meta.display());
+    let before_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert_eq!(a.cli(&["put", "m", "v", "--metadata", &at, "--ttl", "1h"]).0, 0);
+    let got = json_cli(&a, &["get", "m", "--json"]);
+    assert_eq!((got["metadata"].as_str(), got["metadata_encoding"].as_str()), (Some("wyg="), Some("base64")));
+    let expires = got["expires_at_ms"].as_u64().expect("an expiry");
+    assert!((before_ms + 3_600_000..before_ms + 3_700_000).contains(&expires), "{expires}");
+
+    let del = json_cli(&a, &["del", "text", "--json"]);
+    assert_eq!(del["seq"], 5);
+    assert_eq!(a.cli(&["get", "text"]).0, 1, "absent");
+    let keys: Vec<Json> = list_json(&a).into_iter().map(|o| o["key"].clone()).collect();
+    assert_eq!(keys, ["bin", "f", "m"]);
+
+    // Bad input: what was wrong and what to do, exit status 2, nothing written.
+    let path = file.to_str().unwrap();
+    fails_saying(&a.cli(&["put", "k", "v", "--file", path]), &["give the value once", "--file"]);
+    fails_saying(&a.cli(&["put", "k"]), &["no value", "`-`"]);
+    fails_saying(&a.cli(&["put", "k", "v", "--metadata", "{oops"]), &["--metadata", "not JSON", "@PATH"]);
+    fails_saying(&a.cli(&["put", "k", "v", "--metadata", "@/no/such/file"]), &["/no/such/file"]);
+    fails_saying(&a.cli(&["put", "k", "--file", "/no/such/file"]), &["/no/such/file"]);
+    assert_eq!(a.cli(&["get", "k"]).0, 1);
+    let stopped = NodeProc::init(root.path(), "stopped");
+    fails_saying(&stopped.cli(&["get", "k"]), &["not running", "lethe serve"]);
+}
+
+#[test]
+fn watch_prints_local_and_replicated_changes_until_interrupted() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (NodeProc::init(root.path(), "a"), NodeProc::init(root.path(), "b"));
+    a.start(&args(&["--trust", &b.id.to_string()]));
+    b.start(&args(&["--peer", &a.peer_arg()]));
+    let mut watch = Command::new(lethe_bin())
+        .arg("--data")
+        .arg(&b.dir)
+        .args(["watch", "--prefix", "w:", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(watch.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.starts_with("watching"), "{first}");
+    let (tx, rx) = mpsc::channel();
+    let stdout = BufReader::new(watch.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    assert_eq!(b.cli(&["put", "w:local", "1"]).0, 0);
+    assert_eq!(b.cli(&["put", "elsewhere", "x"]).0, 0, "outside the prefix: not shown");
+    assert_eq!(a.cli(&["put", "w:remote", "2"]).0, 0);
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let line = rx.recv_timeout(CONVERGE).expect("a watch line");
+        events.push(serde_json::from_str::<Json>(&line).unwrap());
+    }
+    events.sort_by_key(|e| e["key"].as_str().map(str::to_string));
+    assert_eq!((events[0]["event"].as_str(), events[0]["key"].as_str()), (Some("put"), Some("w:local")));
+    assert_eq!(events[0]["value"], "1");
+    assert_eq!(events[0]["stamp"]["writer"], b.id.to_string()[..16]);
+    assert_eq!((events[1]["key"].as_str(), events[1]["value"].as_str()), (Some("w:remote"), Some("2")));
+    assert_eq!(events[1]["stamp"]["writer"], a.id.to_string()[..16], "replicated from a");
+    let del = json_cli(&a, &["del", "w:remote", "--json"]);
+    let line = rx.recv_timeout(CONVERGE).expect("the delete");
+    let event: Json = serde_json::from_str(&line).unwrap();
+    assert_eq!((event["event"].as_str(), event["key"].as_str()), (Some("deleted"), Some("w:remote")));
+    assert_eq!(event["stamp"], del["stamp"], "the tombstone's stamp");
+    let _ = Command::new("kill").arg("-INT").arg(watch.id().to_string()).status();
+    let status = watch.wait().unwrap();
+    assert!(status.success(), "watch exits 0 when interrupted: {status}");
+}
+
+#[test]
+fn export_then_import_into_an_empty_node_reproduces_entries_with_their_stamps_and_they_sync() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) =
+        (NodeProc::init(root.path(), "a"), NodeProc::init(root.path(), "b"), NodeProc::init(root.path(), "c"));
+    let mut d = NodeProc::init(root.path(), "d");
+    a.start(&[]);
+    b.start(&args(&["--trust", &c.id.to_string(), "--trust", &d.id.to_string()]));
+    // c is connected when the import comes; d connects after it.
+    c.start(&args(&["--peer", &b.peer_arg()]));
+    wait_until("c is connected to b", CONVERGE, || {
+        let connected = b.status().connected;
+        (connected.contains(&c.id.to_string()), connected)
+    });
+    for i in 0..30 {
+        assert_eq!(a.cli(&["put", &format!("k{i:02}"), &format!("v{i}")]).0, 0);
+    }
+    assert!(run(&a, &["put", "bin", "-"], &[0, 159, 146, 150, 255]).status.success());
+    assert_eq!(a.cli(&["put", "meta", "m", "--metadata", "[1,2]", "--ttl", "2h"]).0, 0);
+    assert_eq!(a.cli(&["del", "k03"]).0, 0);
+    let exported = run(&a, &["export"], b"");
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    let dump = exported.stdout;
+    assert_eq!(dump.iter().filter(|&&b| b == b'\n').count(), 31, "live entries only");
+
+    let imported = run(&b, &["import"], &dump);
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    assert!(String::from_utf8_lossy(&imported.stderr).contains("31 applied"));
+    let on_a = list_json(&a);
+    assert_eq!(list_json(&b), on_a, "keys, values, metadata, stamps, dots and expiries");
+    assert!(on_a.iter().any(|o| o["key"] == "meta" && o["expires_at_ms"].is_u64() && o["metadata"] == "[1,2]"));
+    let (sa, sb) = (a.status(), b.status());
+    assert_eq!(sa.digest, sb.digest, "the same entries, stamps and dots");
+    assert!(sb.vector.is_empty(), "an import does not advance the vector: {:?}", sb.vector);
+
+    // The imported entries go on to peers, with their stamps: to c at once (the import starts
+    // an anti-entropy session with each connected peer: the entries are beyond no vector, so
+    // neither a delta nor a push carries them), to d by its own anti-entropy sessions.
+    wait_until("c has b's imported entries", CONVERGE, || {
+        let on_c = list_json(&c);
+        (on_c == on_a, on_c.len())
+    });
+    d.start(&args(&["--peer", &b.peer_arg(), "--anti-entropy-interval", "500ms"]));
+    wait_until("d has b's imported entries", CONVERGE, || {
+        let on_d = list_json(&d);
+        (on_d == on_a, on_d.len())
+    });
+    // A later write at b wins over the imported one (its clock moved past their stamps).
+    assert_eq!(b.cli(&["put", "k00", "newer"]).0, 0);
+    wait_until("c has b's newer write", CONVERGE, || {
+        let (_, v, _) = c.cli(&["get", "k00"]);
+        (v == "newer\n", v)
+    });
+}
+
+/// One export line of writer `writer` (16 hex digits) at `hlc`.
+fn line(key: &str, writer: &str, seq: u64, hlc: u64) -> String {
+    format!(
+        "{{\"key\":\"{key}\",\"key_encoding\":\"utf8\",\"value\":\"dg==\",\"value_encoding\":\"base64\",\
+         \"stamp\":{{\"hlc\":{hlc},\"writer\":\"{writer}\"}},\"dot\":{{\"writer\":\"{writer}\",\"seq\":{seq}}}}}\n"
+    )
+}
+
+fn now_hlc() -> u64 {
+    (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64) << 16
+}
+
+#[test]
+fn import_refuses_a_bad_line_by_number_and_applies_nothing_of_its_batch() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&[]);
+    let writer = "00000000000000aa";
+    let good = |n: u64| (1..=n).map(|i| line(&format!("k{i:04}"), writer, i, now_hlc())).collect::<String>();
+    let count = |a: &NodeProc| a.status().live;
+
+    // A line that is not JSON, a stamp an hour ahead of the clock, a dot of another writer.
+    let bad_json = format!("{}{{\"key\": oops\n{}", good(2), line("z", writer, 99, now_hlc()));
+    fails_saying(&(run_text(&a, &bad_json)), &["line 3", "not a line of `lethe export`", "nothing was imported"]);
+    let future = format!("{}{}", good(2), line("z", writer, 99, now_hlc() + (3_600_000 << 16)));
+    fails_saying(&run_text(&a, &future), &["line 3", "ahead", "nothing was imported"]);
+    let mixed = good(1).replace("\"dot\":{\"writer\":\"00000000000000aa\"", "\"dot\":{\"writer\":\"00000000000000bb\"");
+    fails_saying(&run_text(&a, &mixed), &["line 1", "not the stamp's writer"]);
+    let long = format!("{}{}\n", good(1), "x".repeat(4 << 20));
+    fails_saying(&run_text(&a, &long), &["line 2", "longer than"]);
+    assert_eq!(count(&a), 0, "nothing of a refused batch is applied");
+
+    // 1,500 lines, the 1,200th bad: the first request (1,000 lines) stands, the second does not.
+    let mut text = good(1500);
+    let lines: Vec<&str> = text.lines().collect();
+    let broken = lines[1199].replace("\"seq\":1200", "\"seq\":0");
+    text = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if i == 1199 { format!("{broken}\n") } else { format!("{l}\n") })
+        .collect();
+    fails_saying(&run_text(&a, &text), &["line 1200", "seq", "lines before 1001 were imported"]);
+    assert_eq!(count(&a), 1000);
+}
+
+fn run_text(node: &NodeProc, input: &str) -> (i32, String, String) {
+    let out = run(node, &["import"], input.as_bytes());
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn import_refuses_the_nodes_own_writes_beyond_its_counter() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&[]);
+    assert_eq!(a.cli(&["put", "x", "1"]).0, 0);
+    assert_eq!(a.cli(&["put", "y", "2"]).0, 0);
+    let dump = run(&a, &["export"], b"").stdout;
+    // Its own writes, into its own store: already held, nothing applied.
+    let again = run(&a, &["import", "--json"], &dump);
+    let summary: Json = serde_json::from_slice(&again.stdout).expect("a JSON summary");
+    assert_eq!(summary, serde_json::json!({ "entries": 2, "applied": 0, "superseded": 2, "stale": 0 }));
+    // The same identity on an empty store has made no writes: its own dots are refused.
+    a.stop();
+    std::fs::remove_file(a.dir.join("store.redb")).unwrap();
+    a.start(&[]);
+    let out = run(&a, &["import"], &dump);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 1") && err.contains("own") && err.contains("another identity"), "{err}");
+    assert_eq!(a.status().live, 0);
+}
+
+#[test]
+fn serve_reads_its_settings_from_a_config_file_and_flags_override_them() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (NodeProc::init(root.path(), "a"), NodeProc::init(root.path(), "b"));
+    a.start(&args(&["--trust", &b.id.to_string()]));
+    let config = root.path().join("lethe.toml");
+    // The file's listen address is overridden by the harness's --listen; its peer is used.
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:1\"\npeer = [\"{}\"]\ngc-interval = \"300ms\"\nlease = \"1h\"\n", a.peer_arg()),
+    )
+    .unwrap();
+    b.start(&args(&["--config", config.to_str().unwrap()]));
+    assert_ne!(b.addr.map(|s| s.port()), Some(1), "the flag overrides the file");
+    wait_until("b connects to the peer from its config file", CONVERGE, || {
+        let s = b.status();
+        (s.connected.contains(&a.id.to_string()), s.connected)
+    });
+
+    for (text, says) in [
+        ("listen = \"127.0.0.1:0\"\ngc_interval = \"1s\"\n", "unknown field `gc_interval`"),
+        ("listen = \"127.0.0.1:0\"\nlease = \"soon\"\n", "config key `lease`"),
+        ("peer = \"not a list\"\n", "lethe.toml"),
+        ("gc-interval = \"1s\"\n", "--listen"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let c = NodeProc::init(root.path(), &format!("c{}", text.len()));
+        let out = c.cli(&["serve", "--config", config.to_str().unwrap()]);
+        fails_saying(&out, &[says]);
+    }
+}
