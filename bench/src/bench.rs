@@ -12,8 +12,11 @@
 //! - **skipDeletesUntil** (late-2024 model): the same, with deletes up to the latest id at the
 //!   start left out.
 //!
-//! Wire bytes are application bytes both ways (CBOR frames for lethe, requests and JSON pages for
-//! the models); UDP bytes are quinn's count of datagram bytes both ways on the client's
+//! Wire bytes are application bytes both ways as they cross the stream: lethe's frames as its
+//! transport sends them (length prefixes and CBOR, zstd-compressed from 512 bytes up), requests and
+//! JSON pages for the models, Automerge's sync messages; raw bytes are the same before any
+//! compression (for lethe the CBOR frames; for the others, which are served uncompressed as they
+//! ship, the wire bytes). UDP bytes are quinn's count of datagram bytes both ways on the client's
 //! connection, so they include QUIC and TLS.
 //!
 //! Every client runs in a process of its own (`lethe bench client`, spawned from the running
@@ -23,6 +26,7 @@
 use crate::baseline::CommitLogModel;
 use crate::wait_for;
 use anyhow::{Context, Result, anyhow, bail};
+use lethe_engine::session::FRAME_BYTES_MAX;
 use lethe_engine::{PutOptions, WriteBatch};
 use lethe_node::{DataDir, NodeConfig, PeerAddr};
 use lethe_transport::{Endpoint, FrameReader, FrameWriter, Identity, TrustList};
@@ -52,8 +56,12 @@ pub struct BootstrapParams {
 /// One system's figures.
 #[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
 pub struct SystemResult {
-    /// Application bytes, both directions.
+    /// Application bytes, both directions, as sent (for lethe: compressed frames).
     pub wire_bytes: u64,
+    /// Application bytes, both directions, before compression (lethe's CBOR frames; for the
+    /// others, served uncompressed, the same as `wire_bytes`).
+    #[serde(default)]
+    pub raw_bytes: u64,
     /// UDP datagram bytes, both directions (quinn's count).
     pub udp_bytes: u64,
     /// Round trips.
@@ -287,7 +295,8 @@ async fn lethe_client(job: &ClientJob, server_id: lethe_transport::NodeId) -> Re
     let seconds = started.elapsed().as_secs_f64();
     let s = client.status()?;
     let result = SystemResult {
-        wire_bytes: s.bytes_received + s.bytes_sent,
+        wire_bytes: s.wire_bytes_received + s.wire_bytes_sent,
+        raw_bytes: s.bytes_received + s.bytes_sent,
         udp_bytes: client.udp_bytes(server_id),
         round_trips: s.session_round_trips,
         seconds,
@@ -396,6 +405,17 @@ fn raw_insert_seconds(root: &Path, p: BootstrapParams) -> Result<f64> {
 /// How long a benchmark waits for a node to get somewhere before it gives up.
 const WAIT_LIMIT: Duration = Duration::from_secs(600);
 
+/// Frames without compression on a QUIC stream, for the models and Automerge: they are measured
+/// as they ship (atServer's sync and Automerge's sync protocol compress nothing at this layer),
+/// not with lethe's zstd.
+fn raw_frames(
+    send: lethe_transport::endpoint::SendStream,
+    recv: lethe_transport::endpoint::RecvStream,
+    max: usize,
+) -> (FrameWriter<lethe_transport::endpoint::SendStream>, FrameReader<lethe_transport::endpoint::RecvStream>) {
+    (FrameWriter::new(send, max), FrameReader::new(recv, max))
+}
+
 /// Automerge's sync messages carry every change the peer lacks at once.
 const AUTOMERGE_FRAME_MAX: usize = 1 << 30;
 
@@ -442,8 +462,7 @@ fn automerge_server(
             let Some(Ok(conn)) = server.accept().await else { return };
             // Automerge puts every change a peer lacks into one message: no frame limit fits it.
             let Ok((send, recv)) = conn.conn.accept_bi().await else { return };
-            let (mut w, mut r) =
-                (FrameWriter::new(send, AUTOMERGE_FRAME_MAX), FrameReader::new(recv, AUTOMERGE_FRAME_MAX));
+            let (mut w, mut r) = raw_frames(send, recv, AUTOMERGE_FRAME_MAX);
             let mut state = State::new();
             while let Ok(Some(frame)) = r.next().await {
                 let reply = {
@@ -479,7 +498,7 @@ async fn automerge_client(
     let client = Endpoint::bind("127.0.0.1:0".parse()?, identity, TrustList::default())?;
     let conn = client.connect(addr, server_id).await?;
     let (send, recv) = conn.conn.open_bi().await?;
-    let (mut w, mut r) = (FrameWriter::new(send, AUTOMERGE_FRAME_MAX), FrameReader::new(recv, AUTOMERGE_FRAME_MAX));
+    let (mut w, mut r) = raw_frames(send, recv, AUTOMERGE_FRAME_MAX);
     let mut doc = AutoCommit::new();
     let mut state = State::new();
     let mut result = SystemResult::default();
@@ -490,6 +509,7 @@ async fn automerge_client(
         w.flush().await?;
         let reply = r.next().await?.ok_or_else(|| anyhow!("the automerge server closed the stream"))?;
         result.wire_bytes += (request.len() + reply.len()) as u64;
+        result.raw_bytes = result.wire_bytes;
         result.round_trips += 1;
         if reply.is_empty() && mine.is_none() {
             break;
@@ -570,7 +590,8 @@ async fn serve_model(endpoint: Arc<Endpoint>, log: Arc<CommitLogModel>) {
     while let Some(Ok(conn)) = endpoint.accept().await {
         let log = log.clone();
         tokio::spawn(async move {
-            while let Ok((mut w, mut r)) = conn.accept().await {
+            while let Ok((send, recv)) = conn.conn.accept_bi().await {
+                let (mut w, mut r) = raw_frames(send, recv, FRAME_BYTES_MAX);
                 let Ok(Some(request)) = r.next().await else { continue };
                 let request = String::from_utf8_lossy(&request).into_owned();
                 let answer = model_answer(&log, &request);
@@ -612,7 +633,8 @@ async fn model_client(
     let ask = |request: String| {
         let conn = conn.clone();
         async move {
-            let (mut w, mut r) = conn.open().await?;
+            let (send, recv) = conn.conn.open_bi().await?;
+            let (mut w, mut r) = raw_frames(send, recv, FRAME_BYTES_MAX);
             w.send(request.as_bytes()).await?;
             let mut send = w.into_inner().await?;
             let _ = send.finish();
@@ -622,6 +644,7 @@ async fn model_client(
     };
     let (sent, answer) = ask("latest".to_string()).await?;
     result.wire_bytes += (sent + answer.len()) as u64;
+    result.raw_bytes = result.wire_bytes;
     result.round_trips += 1;
     let latest: i64 = String::from_utf8_lossy(&answer).parse().context("latest id")?;
     let mut from: i64 = -1;
@@ -629,6 +652,7 @@ async fn model_client(
         let request = if skip { format!("sync:{from}:{latest}") } else { format!("sync:{from}") };
         let (sent, page) = ask(request).await?;
         result.wire_bytes += (sent + page.len()) as u64;
+        result.raw_bytes = result.wire_bytes;
         result.round_trips += 1;
         let entries: Vec<serde_json::Value> = serde_json::from_slice(&page).context("a page")?;
         if entries.is_empty() {

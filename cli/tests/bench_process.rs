@@ -21,6 +21,7 @@ fn bootstrap_bench_reports_every_system_and_lethe_sends_no_collected_tombstone()
     for system in ["lethe", "commitlog_replay", "skip_deletes_until"] {
         for field in [
             "wire_bytes",
+            "raw_bytes",
             "udp_bytes",
             "round_trips",
             "seconds",
@@ -40,6 +41,11 @@ fn bootstrap_bench_reports_every_system_and_lethe_sends_no_collected_tombstone()
     assert_eq!(r["skip_deletes_until"]["tombstones_received"], 1, "all but the latest are skipped");
     let bytes = |s: &str| r[s]["wire_bytes"].as_u64().unwrap();
     assert!(bytes("lethe") < bytes("skip_deletes_until") && bytes("skip_deletes_until") < bytes("commitlog_replay"));
+    // lethe's frames cross compressed; the models are served as they ship, uncompressed.
+    let raw = |s: &str| r[s]["raw_bytes"].as_u64().unwrap();
+    assert!(bytes("lethe") < raw("lethe"), "{r}");
+    assert!(raw("lethe") >= r["live_bytes"].as_u64().unwrap(), "raw bytes carry every live byte: {r}");
+    assert_eq!(raw("commitlog_replay"), bytes("commitlog_replay"));
 }
 
 #[test]

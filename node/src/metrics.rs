@@ -43,6 +43,12 @@ pub const SESSIONS: &str = "lethe_sessions_total";
 pub const BYTES_RECEIVED: &str = "lethe_bytes_received_total";
 /// Counter: bytes of sync frames sent to peers (as `status.bytes_sent`).
 pub const BYTES_SENT: &str = "lethe_bytes_sent_total";
+/// Counter: bytes of sync frames received from peers as they crossed the wire (zstd-compressed
+/// from 512 bytes up; `status.wire_bytes_received`).
+pub const WIRE_BYTES_RECEIVED: &str = "lethe_wire_bytes_received_total";
+/// Counter: bytes of sync frames sent to peers as they crossed the wire
+/// (`status.wire_bytes_sent`).
+pub const WIRE_BYTES_SENT: &str = "lethe_wire_bytes_sent_total";
 /// Counter: entries received from peers, by `kind`: `live` (values) or `dead` (tombstones and
 /// expired records).
 pub const ENTRIES_RECEIVED: &str = "lethe_entries_received_total";
@@ -131,12 +137,14 @@ pub fn describe() {
     describe_counter!(SESSIONS, Unit::Count, "Sync sessions ended, by mode and outcome.");
     describe_counter!(BYTES_RECEIVED, Unit::Bytes, "Bytes of sync frames received from peers.");
     describe_counter!(BYTES_SENT, Unit::Bytes, "Bytes of sync frames sent to peers.");
+    describe_counter!(WIRE_BYTES_RECEIVED, Unit::Bytes, "Bytes of sync frames received from peers, as compressed.");
+    describe_counter!(WIRE_BYTES_SENT, Unit::Bytes, "Bytes of sync frames sent to peers, as compressed.");
     describe_counter!(ENTRIES_RECEIVED, Unit::Count, "Entries received from peers, live or dead.");
     describe_counter!(PUSHES, Unit::Count, "Live push frames sent and received.");
     describe_counter!(PUSH_GAPS, Unit::Count, "Live pushes whose base this vector did not cover.");
     describe_counter!(DRIFT_REJECTIONS, Unit::Count, "Refusals for clock drift, remote stamps or local writes.");
     describe_histogram!(WRITE_LATENCY_SECONDS, Unit::Seconds, "From a local put or delete call to durable.");
-    for name in [STORE_REOPENS, BYTES_RECEIVED, BYTES_SENT, PUSH_GAPS] {
+    for name in [STORE_REOPENS, BYTES_RECEIVED, BYTES_SENT, WIRE_BYTES_RECEIVED, WIRE_BYTES_SENT, PUSH_GAPS] {
         counter!(name).increment(0);
     }
 }
@@ -160,6 +168,16 @@ pub(crate) fn session_ended(stats: &SessionStats, outcome: SessionOutcome) {
 /// Sync frame bytes sent.
 pub(crate) fn bytes_sent(bytes: u64) {
     counter!(BYTES_SENT).increment(bytes);
+}
+
+/// Sync frame bytes as they crossed the wire (compressed).
+pub(crate) fn wire_bytes(sent: u64, received: u64) {
+    if sent > 0 {
+        counter!(WIRE_BYTES_SENT).increment(sent);
+    }
+    if received > 0 {
+        counter!(WIRE_BYTES_RECEIVED).increment(received);
+    }
 }
 
 /// Sync frame bytes and entries received.

@@ -270,10 +270,17 @@ pub struct Status {
     /// Tombstones and expired records received from peers since the node started.
     pub tombstones_received: u64,
     /// Bytes of sync frames received from peers since the node started (CBOR, sessions and
-    /// pushes).
+    /// pushes), as decoded: before compression.
     pub bytes_received: u64,
-    /// Bytes of sync frames sent to peers since the node started.
+    /// Bytes of sync frames sent to peers since the node started, before compression.
     pub bytes_sent: u64,
+    /// The same frames as [`Status::bytes_received`] as they crossed the stream: length
+    /// prefixes and bodies, compressed or not.
+    #[serde(default)]
+    pub wire_bytes_received: u64,
+    /// The same frames as [`Status::bytes_sent`] as they crossed the stream.
+    #[serde(default)]
+    pub wire_bytes_sent: u64,
     /// Round trips of the sessions this node took part in since it started.
     pub session_round_trips: u64,
     /// Sessions that ran to the end since the node started.
@@ -356,7 +363,7 @@ impl Failure {
             Failure::Sync(SyncError::Engine(_)) => Some(CloseCode::Refused),
             Failure::Sync(SyncError::FrameTooLarge { .. }) => Some(CloseCode::TooLarge),
             Failure::Sync(_) | Failure::StreamKind(_) => Some(CloseCode::Malformed),
-            Failure::Transport(e @ lethe_transport::Error::FrameTooLarge { .. }) => Some(CloseCode::for_error(e)),
+            Failure::Transport(e) if e.is_peer_frame_error() => Some(CloseCode::for_error(e)),
             Failure::Transport(_) | Failure::ClosedEarly | Failure::Stalled(_) => None,
         }
     }
@@ -393,6 +400,9 @@ pub(crate) struct Inner {
     pub(crate) sessions_failed: AtomicU64,
     /// Sync frame bytes sent since start.
     pub(crate) bytes_sent: AtomicU64,
+    /// Those frames' bytes on the stream (prefixes, compressed bodies), received and sent.
+    pub(crate) wire_bytes_received: AtomicU64,
+    pub(crate) wire_bytes_sent: AtomicU64,
     /// Set once a session with a peer has finished (lifts the [`STARTUP_WRITE_FENCE`]).
     pub(crate) synced: watch::Sender<bool>,
     /// Times the store was reopened after a failure since start.
@@ -476,6 +486,15 @@ impl Inner {
     pub(crate) fn count_sent(&self, bytes: usize) {
         self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
         crate::metrics::bytes_sent(bytes as u64);
+    }
+
+    /// Bytes that sync frames took on the stream (`wire_bytes()` deltas of the frame writer
+    /// and reader), beside the decoded bytes [`Inner::count_sent`] and
+    /// [`Inner::count_received`] count.
+    pub(crate) fn count_wire(&self, sent: u64, received: u64) {
+        crate::metrics::wire_bytes(sent, received);
+        self.wire_bytes_sent.fetch_add(sent, Ordering::Relaxed);
+        self.wire_bytes_received.fetch_add(received, Ordering::Relaxed);
     }
 
     pub(crate) fn count_received(&self, live: u64, tombstones: u64, bytes: u64) {
@@ -577,6 +596,8 @@ impl Node {
             anti_entropy_sessions: AtomicU64::new(0),
             sessions_failed: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
+            wire_bytes_received: AtomicU64::new(0),
+            wire_bytes_sent: AtomicU64::new(0),
             synced: watch::channel(false).0,
             store_reopens: AtomicU64::new(0),
             store_failed: Notify::new(),
@@ -747,6 +768,8 @@ impl Node {
                 sessions_failed: self.inner.sessions_failed.load(Ordering::Relaxed),
                 deferred_rows: r.deferred_rows_pending(),
                 bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
+                wire_bytes_received: self.inner.wire_bytes_received.load(Ordering::Relaxed),
+                wire_bytes_sent: self.inner.wire_bytes_sent.load(Ordering::Relaxed),
                 clock_ahead_ms: r.clock_ahead_ms(),
                 store_error: r.store_failure().map(|f| f.error.clone()),
                 store_failed_since_ms: r.store_failure().map(|f| f.since_ms),

@@ -451,11 +451,17 @@ async fn drive_session(
     let started = std::time::Instant::now();
     // Frames are read and decoded ahead on a task of their own, so the next chunk decodes while
     // the replica applies this one.
-    let (frames, mut incoming) = tokio::sync::mpsc::channel::<Result<(Message, usize), Failure>>(READ_AHEAD_FRAMES);
+    // Each with its decoded length and the bytes it took on the stream.
+    let (frames, mut incoming) =
+        tokio::sync::mpsc::channel::<Result<(Message, usize, u64), Failure>>(READ_AHEAD_FRAMES);
     let reader = AbortOnDrop(tokio::spawn(async move {
         loop {
+            let before = r.wire_bytes();
             let next = match r.next().await {
-                Ok(Some(frame)) => Message::decode(&frame).map(|m| (m, frame.len())).map_err(Failure::from),
+                Ok(Some(frame)) => {
+                    let wire = r.wire_bytes() - before;
+                    Message::decode(&frame).map(|m| (m, frame.len(), wire)).map_err(Failure::from)
+                }
                 Ok(None) => Err(Failure::ClosedEarly),
                 Err(e) => Err(Failure::from(e)),
             };
@@ -467,6 +473,7 @@ async fn drive_session(
     }));
     // A round trip: frames went out, then this side waited for the peer's answer.
     let mut sent = false;
+    let mut wire_received = 0;
     loop {
         // Frames are read from the replica one at a time, so a bootstrap streams chunk by chunk.
         while let Some(frame) = inner.with_replica(|rep| {
@@ -476,14 +483,16 @@ async fn drive_session(
             }
             frame
         })? {
+            let before = w.wire_bytes();
             stalls(stall, w.send(&frame)).await??;
+            inner.count_wire(w.wire_bytes() - before, 0);
             sent = true;
         }
         stalls(stall, w.flush()).await??;
         if session.is_finished() {
             break;
         }
-        let (msg, frame_len) = stalls(stall, incoming.recv()).await?.ok_or(Failure::ClosedEarly)??;
+        let (msg, frame_len, wire_len) = stalls(stall, incoming.recv()).await?.ok_or(Failure::ClosedEarly)??;
         let round_trip = u64::from(std::mem::take(&mut sent));
         inner.with_replica(|rep| {
             inner.round_trips.fetch_add(round_trip, Ordering::Relaxed);
@@ -498,11 +507,14 @@ async fn drive_session(
                 now.bytes_received - before.bytes_received,
             );
             seen.clone_from(now);
+            inner.count_wire(0, wire_len);
+            wire_received += wire_len;
             handled
         })?;
     }
     drop(reader);
     *lock(&link.synced) = Some(inner.with_replica(|rep| rep.vector().clone()));
+    let wire_sent = w.wire_bytes();
     let mut send = w.into_inner().await?;
     // The stream may already be reset by a peer that finished first; its data is delivered.
     let _ = send.finish();
@@ -519,6 +531,8 @@ async fn drive_session(
             mode = ?stats.mode,
             sent_bytes = stats.bytes_sent,
             received_bytes = stats.bytes_received,
+            sent_wire_bytes = wire_sent,
+            received_wire_bytes = wire_received,
             live_received = stats.live_received,
             tombstones_received = stats.tombstones_received,
             secs = started.elapsed().as_secs_f64(),
@@ -532,18 +546,24 @@ async fn drive_session(
 
 async fn receive_pushes(inner: &Inner, peer: NodeId, (mut w, mut r): FrameStream, link: &Link) -> Result<(), Failure> {
     let mut rx = LiveReceiver::new(peer.replica_id());
-    while let Some(frame) = r.next().await? {
+    loop {
+        let wire_before = r.wire_bytes();
+        let Some(frame) = r.next().await? else { break };
+        let wire_len = r.wire_bytes() - wire_before;
         let got = inner.with_replica(|rep| {
             let got = rx.handle(rep, &frame);
             if let Ok(got) = &got {
                 inner.count_received(got.live, got.tombstones, frame.len() as u64);
                 crate::metrics::push_received(got.gap);
+                inner.count_wire(0, wire_len);
             }
             got
         })?;
         if let Some(reply) = got.reply {
             inner.count_sent(reply.len());
+            let before = w.wire_bytes();
             w.send(&reply).await?;
+            inner.count_wire(w.wire_bytes() - before, 0);
             w.flush().await?;
         }
         if got.gap {
@@ -619,7 +639,9 @@ async fn push_once(
             crate::metrics::pushes_sent(frames.len() as u64);
             for f in &frames {
                 inner.count_sent(f.len());
+                let before = w.wire_bytes();
                 w.send(f).await?;
+                inner.count_wire(w.wire_bytes() - before, 0);
             }
             w.flush().await?;
             Ok(false)

@@ -42,7 +42,7 @@ pub enum CloseCode {
     Done = 0,
     /// A frame did not decode or broke the protocol.
     Malformed = 1,
-    /// A frame exceeded the size limit.
+    /// A frame exceeded the size limit (on the wire, or as its compressed header declares).
     TooLarge = 2,
     /// The peer's data was refused by the engine (for example a clock beyond the drift bound).
     Refused = 3,
@@ -53,7 +53,7 @@ impl CloseCode {
     #[must_use]
     pub fn for_error(e: &Error) -> CloseCode {
         match e {
-            Error::FrameTooLarge { .. } => CloseCode::TooLarge,
+            Error::FrameTooLarge { .. } | Error::DeclaredTooLarge { .. } => CloseCode::TooLarge,
             _ => CloseCode::Malformed,
         }
     }
@@ -84,7 +84,8 @@ pub struct PeerConnection {
     pub peer: NodeId,
 }
 
-/// One stream of frames each way.
+/// One stream of frames each way: the writer compresses frames of at least
+/// [`crate::frame::COMPRESS_BYTES_MIN`], the reader takes raw and compressed frames.
 pub type FrameStream = (FrameWriter<SendStream>, FrameReader<RecvStream>);
 
 impl PeerConnection {
@@ -100,13 +101,13 @@ impl PeerConnection {
     /// Opens a stream to the peer.
     pub async fn open(&self) -> Result<FrameStream, Error> {
         let (send, recv) = self.conn.open_bi().await?;
-        Ok((FrameWriter::new(send, FRAME_BYTES_MAX), FrameReader::new(recv, FRAME_BYTES_MAX)))
+        Ok((FrameWriter::compressing(send, FRAME_BYTES_MAX), FrameReader::new(recv, FRAME_BYTES_MAX)))
     }
 
     /// Waits for the peer to open a stream.
     pub async fn accept(&self) -> Result<FrameStream, Error> {
         let (send, recv) = self.conn.accept_bi().await?;
-        Ok((FrameWriter::new(send, FRAME_BYTES_MAX), FrameReader::new(recv, FRAME_BYTES_MAX)))
+        Ok((FrameWriter::compressing(send, FRAME_BYTES_MAX), FrameReader::new(recv, FRAME_BYTES_MAX)))
     }
 
     /// Closes the connection with `code` and a reason the peer can log.

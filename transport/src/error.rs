@@ -61,6 +61,22 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A compressed frame declared a decompressed size over the limit (a zstd bomb, or a broken
+    /// peer); refused before anything was allocated for it.
+    #[error("a compressed frame declares {declared} bytes, over the limit of {max}; the peer is broken or hostile")]
+    DeclaredTooLarge {
+        /// The size its zstd header declares.
+        declared: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A compressed frame did not decompress to exactly the size it declares (corrupt, cut
+    /// short, no size declared, or more data than declared).
+    #[error("a compressed frame is corrupt: {reason}; the peer is broken or hostile")]
+    Corrupt {
+        /// What zstd or the size check said.
+        reason: String,
+    },
     /// The stream ended inside a frame.
     #[error("stream ended inside a frame ({got} of {expected} bytes)")]
     Truncated {
@@ -72,6 +88,16 @@ pub enum Error {
     /// Reading or writing a stream failed.
     #[error("stream: {0}")]
     Stream(String),
+}
+
+impl Error {
+    /// Whether the peer broke the frame layer (a length over the limit, a bomb, a corrupt
+    /// compressed frame), rather than the stream or connection failing: the connection should
+    /// be closed with [`crate::CloseCode::for_error`].
+    #[must_use]
+    pub fn is_peer_frame_error(&self) -> bool {
+        matches!(self, Error::FrameTooLarge { .. } | Error::DeclaredTooLarge { .. } | Error::Corrupt { .. })
+    }
 }
 
 impl From<quinn::ReadError> for Error {

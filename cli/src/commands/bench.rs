@@ -222,9 +222,10 @@ fn run_bench_bootstrap(params: lethe_bench::bench::BootstrapParams, json: bool) 
         if params.no_gc { ", tombstones not collected" } else { "" }
     );
     println!(
-        "{:<34} {:>12} {:>12} {:>7} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9}",
+        "{:<34} {:>12} {:>12} {:>12} {:>7} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9}",
         "system",
         "wire bytes",
+        "raw bytes",
         "udp bytes",
         "trips",
         "seconds",
@@ -244,8 +245,9 @@ fn run_bench_bootstrap(params: lethe_bench::bench::BootstrapParams, json: bool) 
     .chain(automerge)
     {
         println!(
-            "{name:<34} {:>12} {:>12} {:>7} {:>9.3} {:>9} {:>11} {:>9.2} {:>9.2} {:>9.1}",
+            "{name:<34} {:>12} {:>12} {:>12} {:>7} {:>9.3} {:>9} {:>11} {:>9.2} {:>9.2} {:>9.1}",
             s.wire_bytes,
+            s.raw_bytes,
             s.udp_bytes,
             s.round_trips,
             s.seconds,
