@@ -378,9 +378,6 @@ pub(crate) struct Inner {
     pub(crate) changes: broadcast::Sender<Change>,
     /// Bumped after every commit that changed the store or the vector: wakes the pushers.
     pub(crate) committed: watch::Sender<u64>,
-    /// Bumped after an import applied entries: starts an anti-entropy session with every
-    /// connected peer (imported entries are beyond no vector, so only reconciliation finds them).
-    pub(crate) imported: watch::Sender<u64>,
     writes: mpsc::Sender<WriteRequest>,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Connected peers and their connections.
@@ -582,7 +579,6 @@ impl Node {
             endpoint,
             changes: broadcast::channel(SUBSCRIBER_BUFFER).0,
             committed: watch::channel(0).0,
-            imported: watch::channel(0).0,
             writes,
             shutdown: watch::channel(false).0,
             connected: Mutex::new(BTreeMap::new()),
@@ -707,23 +703,14 @@ impl Node {
         Ok(self.inner.with_replica(|r| r.write(batch))?)
     }
 
-    /// Loads `entries` from an export as entries received from their writers, with their dots
-    /// and stamps, in one durable commit ([`Replica::import`]: LWW merge, dot-index rows, the
-    /// version vector not advanced). One invalid entry refuses them all.
-    ///
-    /// Imported entries are beyond no vector, so neither a delta session nor a live push sends
-    /// them: each connected peer is sent them by an anti-entropy session started at once, and a
-    /// peer that connects later by the next anti-entropy session (every
-    /// `anti_entropy_interval`), or by a bootstrap if this node's vector is not empty.
+    /// Writes `entries` from an export as this node's own writes that keep each entry's key,
+    /// value, metadata, expiry and HLC time, in one durable commit ([`Replica::import`]); they
+    /// reach peers as any write does. One invalid entry refuses them all.
     pub fn import(&self, entries: Vec<lethe_engine::Entry>) -> Result<lethe_engine::ApplyReport, NodeError> {
         if self.inner.shutting_down() {
             return Err(NodeError::ShuttingDown);
         }
-        let report = self.inner.with_replica(|r| r.import(entries))?;
-        if report.applied > 0 {
-            self.inner.imported.send_modify(|n| *n = n.wrapping_add(1));
-        }
-        Ok(report)
+        Ok(self.inner.with_replica(|r| r.import(entries))?)
     }
 
     /// What `lethe status` shows.

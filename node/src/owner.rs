@@ -176,9 +176,9 @@ async fn answer(inner: &Arc<Inner>, request: Request) -> Response {
                     superseded: report.superseded as u64,
                     stale: report.stale as u64,
                 },
-                Err(NodeError::Import(
-                    e @ (ImportError::Invalid { index, .. } | ImportError::OwnWriteBeyondCounter { index, .. }),
-                )) => Response::ImportRefused { index: index as u64, reason: e.to_string() },
+                Err(NodeError::Import(e @ ImportError::Invalid { index, .. })) => {
+                    Response::ImportRefused { index: index as u64, reason: e.to_string() }
+                }
                 Err(e) => return Err(e),
             },
             // `serve` answers a listing in pages with `send_list`, a watch with `send_watch`.

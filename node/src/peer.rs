@@ -4,8 +4,7 @@
 //! Per peer connection (dialed from `--peer`, or accepted from a trusted node):
 //! - **sessions** (`Session`, engine): one at connect time from the dialer, one whenever a live
 //!   stream reports a gap or a non-member peer has news, and an anti-entropy session every
-//!   `anti_entropy_interval` and after an import (`Node::import`: imported entries are beyond
-//!   no vector, so only reconciliation finds them). Each runs on its own QUIC stream;
+//!   `anti_entropy_interval`. Each runs on its own QUIC stream;
 //! - **live pushes** (`LiveSender`/`LiveReceiver`, engine): once the peer is a member and a
 //!   session has finished, every commit wakes a pusher that sends what the peer lacks on one
 //!   long-lived stream; the peer answers with its vector, which feeds the stable frontier;
@@ -360,14 +359,10 @@ async fn initiate_sessions(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Li
     // the start after one that completes): a store that keeps failing, or a peer that keeps
     // refusing, costs a session per backoff, not five a second.
     let mut retry = SESSION_RETRY_MIN;
-    let mut imported = inner.imported.subscribe();
-    imported.borrow_and_update();
     loop {
         let anti_entropy = tokio::select! {
             _ = link.want_session.notified() => false,
             _ = tokio::time::sleep(inner.config.anti_entropy_interval), if dialer => true,
-            // Entries an import applied are beyond no vector: only reconciliation sends them.
-            Ok(()) = imported.changed() => true,
         };
         let result = async {
             let (mut w, r) = conn.open().await?;

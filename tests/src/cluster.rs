@@ -55,6 +55,12 @@ impl NodeProc {
     /// `lethe serve` with `args` (peers, trust, intervals), on `addr` or the address it had
     /// before, or any free port; returns once it listens.
     pub fn start(&mut self, args: &[String]) {
+        self.start_with_env(args, &[]);
+    }
+
+    /// [`NodeProc::start`] with extra environment variables for the process (an `LD_PRELOAD`
+    /// shim, say).
+    pub fn start_with_env(&mut self, args: &[String], env: &[(&str, &Path)]) {
         let listen = self.addr.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
         let _ = std::fs::remove_file(self.dir.join("serve.addr"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
@@ -66,6 +72,7 @@ impl NodeProc {
             .arg(listen)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

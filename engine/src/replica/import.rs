@@ -1,78 +1,121 @@
-//! Import: entries loaded from an export (`lethe export`, then `lethe import`), applied as this
-//! replica applies entries a peer sends on behalf of their original writers.
+//! Import: entries loaded from an export (`lethe export`, then `lethe import`), written as this
+//! replica's own writes that keep each entry's time.
 //!
-//! Invariants kept here:
-//! - an imported entry keeps its dot and its stamp; it is merged by LWW like a remote entry and
-//!   gets its dot-index row, so a peer that lacks it is sent it by the next delta or session;
-//! - the version vector is not advanced: an import is a partial transfer (it carries only live
-//!   entries, not every write its writers made up to some seq), so claiming coverage would make
-//!   this replica drop, as "covered and absent means dead", older writes it has not seen;
-//! - a batch is validated entry by entry with the checks remote entries pass (sizes, a seq of
-//!   zero, a stamp beyond the drift bound, an own write beyond this replica's counter), and one
-//!   bad entry refuses the whole batch, naming it, with the store unchanged.
+//! Each imported entry becomes a write of this replica under a fresh dot of its own, with the
+//! entry's key, payload (value, metadata, expiry) and HLC time, and this replica as the stamp's
+//! writer (a stamp and its dot name the same writer). So an import is an ordinary write: the
+//! vector covers it, deltas and live pushes carry it once, and nothing of another writer's dot
+//! space is touched. (Applying entries under their original dots was tried: no vector ever
+//! covered them, so every push resent them; an entry beyond its live writer's counter cut that
+//! writer off; and two lines with one dot shared a dot-index row.)
+//!
+//! - LWW order is kept as far as a stamp can: an imported entry loses to anything stored for
+//!   its key with a later stamp (the key's entry stays as it is), and the HLC moves past the
+//!   imported times, so a later write here wins over them;
+//! - a batch is validated entry by entry (sizes, a seq of zero, a stamp beyond the drift bound)
+//!   and one bad entry refuses the whole batch, naming it, with the store unchanged;
+//! - refused while a restore recovery runs, as every local write is.
 
 use super::{ApplyReport, Replica};
 use crate::entry::Entry;
 use crate::error::Error;
-use crate::ids::{Dot, Seq};
-use crate::storage::Storage;
+use crate::hlc::Stamp;
+use crate::ids::Dot;
+use crate::storage::{Batch, Meta, Snapshot, Storage, encode_clock, encode_vector};
+use std::collections::BTreeMap;
 
 /// Why [`Replica::import`] refused a batch. Nothing of the batch was applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    /// Entry `index` of the batch would not pass as a remote entry (too large, seq zero, a stamp
-    /// beyond the clock's drift bound).
+    /// Entry `index` of the batch would not pass (too large, a seq of zero, a stamp beyond the
+    /// clock's drift bound).
     #[error("entry {index} ({dot}): {source}")]
     Invalid {
         /// Its position in the batch, from 0.
         index: usize,
-        /// Its dot.
+        /// Its dot in the export.
         dot: Dot,
         /// What is wrong with it.
         source: Error,
     },
-    /// Entry `index` is a write of this replica's own beyond its counter: this store never made
-    /// it, and taking it would let this replica issue the same dot again for another write.
-    #[error(
-        "entry {index} ({dot}) is a write of this node's own, beyond the {own} writes it has made: this store never \
-         held it. Import it into a node with another identity, or restore this node's newest store"
-    )]
-    OwnWriteBeyondCounter {
-        /// Its position in the batch, from 0.
-        index: usize,
-        /// Its dot.
-        dot: Dot,
-        /// This replica's own counter.
-        own: Seq,
-    },
-    /// The batch was valid but could not be applied (the store failed).
-    #[error("applying the import: {0}")]
+    /// The batch was valid but could not be written (a restore recovery runs, or the store
+    /// failed).
+    #[error("writing the import: {0}")]
     Apply(#[source] Error),
 }
 
 impl<S: Storage> Replica<S> {
-    /// Applies `entries` (from an export of this or another replica) as remote entries from
-    /// their original writers, in one durable commit: same dot, same stamp, LWW merge against
-    /// what is stored, dot-index rows written, the clock moved past their stamps, the version
-    /// vector not advanced (see the module docs). Entries that lose to what is stored, or whose
-    /// dot the vector covers but that are not stored here (superseded or deleted), are counted,
-    /// not applied. An entry whose value expired already is stored as an expired record.
+    /// Writes `entries` (from an export of this or another replica) as this replica's own
+    /// writes, in one durable commit: each under a fresh dot, with its key, payload and HLC time
+    /// and this replica as writer (see the module docs). An entry whose key holds a later stamp
+    /// here, or a later entry of the same batch, is counted as superseded and not written; one
+    /// that is not a live value (expired already, or a tombstone) as stale.
     ///
     /// Every entry is checked first, and the first that fails refuses the batch whole
-    /// ([`ImportError`] names its index). Costs one pass over the batch, then what
-    /// [`Replica::apply_remote`] costs.
+    /// ([`ImportError`] names its index). Costs one pass over the batch and one read per key.
     pub fn import(&mut self, entries: Vec<Entry>) -> Result<ApplyReport, ImportError> {
         let wall_ms = self.now_ms();
         for (index, entry) in entries.iter().enumerate() {
-            // The remote checks, one entry at a time, so that the error can name the entry.
-            self.validate_remote(std::slice::from_ref(entry), None, wall_ms).map_err(|source| match source {
-                Error::OwnWriteFromTheFuture { own, .. } => {
-                    ImportError::OwnWriteBeyondCounter { index, dot: entry.dot(), own }
-                }
-                source => ImportError::Invalid { index, dot: entry.dot(), source },
-            })?;
+            let invalid = |source| ImportError::Invalid { index, dot: entry.dot(), source };
+            self.config.limits.check_entry(entry).map_err(invalid)?;
+            if entry.seq == crate::ids::Seq(0) {
+                return Err(invalid(Error::ZeroSeq { dot: entry.dot() }));
+            }
+            if let Err(e) = self.clock.check(entry.stamp.hlc, wall_ms) {
+                self.drift_rejections += 1;
+                return Err(invalid(e));
+            }
         }
-        self.apply_remote(entries, None).map_err(ImportError::Apply)
+        self.check_not_recovering().map_err(ImportError::Apply)?;
+        // The latest entry per key in the batch, then against what is stored.
+        let mut latest: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+        let mut superseded = 0;
+        for entry in entries {
+            match latest.get(&entry.key) {
+                Some(kept) if kept.stamp.hlc >= entry.stamp.hlc => superseded += 1,
+                Some(_) => {
+                    superseded += 1;
+                    latest.insert(entry.key.clone(), entry);
+                }
+                None => {
+                    latest.insert(entry.key.clone(), entry);
+                }
+            }
+        }
+        let snap = self.store().snapshot().map_err(|e| ImportError::Apply(e.into()))?;
+        let mut clock = self.clock;
+        let mut seq = self.vector.get(self.id);
+        let mut batch = Batch::new();
+        let (mut applied, mut stale) = (0, 0);
+        for (key, entry) in latest {
+            // Only live values are imported (an export holds nothing else).
+            if !entry.is_live_at(wall_ms) {
+                stale += 1;
+                continue;
+            }
+            let stamp = Stamp { hlc: entry.stamp.hlc, replica: self.id };
+            let stored = snap.entry(&key).map_err(|e| ImportError::Apply(e.into()))?;
+            if stored.is_some_and(|s| s.stamp >= stamp) {
+                superseded += 1;
+                continue;
+            }
+            clock.observe(stamp.hlc, wall_ms).map_err(ImportError::Apply)?;
+            seq = seq.next();
+            batch.put(Entry { key, stamp, seq, payload: entry.payload });
+            applied += 1;
+        }
+        drop(snap);
+        if applied == 0 {
+            return Ok(ApplyReport { stale, superseded, ..ApplyReport::default() });
+        }
+        let mut vector = self.vector.clone();
+        vector.advance(self.id, seq);
+        batch.set_meta(Meta::Vector, encode_vector(&vector));
+        batch.set_meta(Meta::Clock, encode_clock(clock.last()));
+        self.commit(&batch).map_err(ImportError::Apply)?;
+        self.vector = vector;
+        self.clock = clock;
+        Ok(ApplyReport { applied, stale, superseded, vector_merged: false })
     }
 }
 
@@ -80,8 +123,8 @@ impl<S: Storage> Replica<S> {
 mod tests {
     use super::*;
     use crate::entry::{Payload, Value};
-    use crate::hlc::{Hlc, ManualClock, Stamp};
-    use crate::ids::ReplicaId;
+    use crate::hlc::{Hlc, ManualClock};
+    use crate::ids::{ReplicaId, Seq};
     use crate::replica::{Config, PutOptions};
     use crate::storage::{KeyRange, MemoryStore};
     use std::sync::Arc;
@@ -116,43 +159,53 @@ mod tests {
     }
 
     #[test]
-    fn import_keeps_stamps_dots_metadata_and_expiry_and_leaves_the_vector() {
+    fn import_keeps_values_metadata_expiry_and_times_as_own_writes() {
         let clock = ManualClock::new(T0);
         let mut source = replica(1, &clock);
         source.put("a", "1", PutOptions { ttl_ms: None, metadata: Some(b"{\"m\":1}".to_vec()) }).unwrap();
         source.put("b", "2", PutOptions { ttl_ms: Some(60_000), metadata: None }).unwrap();
         source.put("c", "3", PutOptions::default()).unwrap();
         source.delete("c").unwrap();
+        clock.advance(1_000);
         let mut target = replica(2, &clock);
         let report = target.import(export(&source)).unwrap();
         assert_eq!(report.applied, 2);
-        assert!(!report.vector_merged);
-        assert_eq!(target.scan(&KeyRange::all(), 10).unwrap(), source.scan(&KeyRange::all(), 10).unwrap());
-        assert!(target.vector().is_empty(), "an import is a partial transfer");
-        // The clock moved past the imported stamps: a later write here wins over them.
+        let (mine, theirs) = (target.scan(&KeyRange::all(), 10).unwrap(), source.scan(&KeyRange::all(), 10).unwrap());
+        assert_eq!(mine.len(), 2);
+        for (m, t) in mine.iter().zip(&theirs) {
+            assert_eq!(
+                (&m.key, &m.value, &m.metadata, m.expires_at_ms),
+                (&t.key, &t.value, &t.metadata, t.expires_at_ms)
+            );
+            assert_eq!(m.stamp.hlc, t.stamp.hlc, "the write's time is kept");
+            assert_eq!((m.stamp.replica, m.dot.replica), (ReplicaId(2), ReplicaId(2)), "written by the importer");
+        }
+        // Own writes: the vector covers them, and a later write here wins over them.
+        assert_eq!(target.vector().get(ReplicaId(2)), Seq(2));
+        assert_eq!(target.vector().get(ReplicaId(1)), Seq(0));
         let later = target.put("a", "new", PutOptions::default()).unwrap();
-        assert!(later.stamp > source.get(b"a").unwrap().unwrap().stamp);
-        // Importing again changes nothing.
+        assert!(later.stamp.hlc > theirs[0].stamp.hlc);
+        // Importing again writes nothing: the stored stamps are as late or later.
         let again = target.import(export(&source)).unwrap();
         assert_eq!((again.applied, again.superseded), (0, 2));
+        assert_eq!(target.vector().get(ReplicaId(2)), Seq(3));
     }
 
     #[test]
-    fn imported_entries_reach_a_peer_by_delta() {
+    fn imported_entries_reach_a_peer_by_delta_once() {
         let clock = ManualClock::new(T0);
         let mut source = replica(1, &clock);
         source.put("a", "1", PutOptions::default()).unwrap();
         source.put("b", "2", PutOptions::default()).unwrap();
         let mut target = replica(2, &clock);
         target.import(export(&source)).unwrap();
-        let peer = replica(3, &clock);
-        // The dot-index rows were written: the delta for an empty vector holds both.
+        let mut peer = replica(3, &clock);
         let delta = target.delta_for(peer.vector()).unwrap();
         let dots: Vec<Dot> = delta.entries.iter().map(Entry::dot).collect();
-        assert_eq!(dots, vec![Dot { replica: ReplicaId(1), seq: Seq(1) }, Dot { replica: ReplicaId(1), seq: Seq(2) }]);
-        let mut peer = peer;
+        assert_eq!(dots, vec![Dot { replica: ReplicaId(2), seq: Seq(1) }, Dot { replica: ReplicaId(2), seq: Seq(2) }]);
         peer.apply_remote(delta.entries, Some((&delta.vector, delta.clock))).unwrap();
-        assert_eq!(peer.scan(&KeyRange::all(), 10).unwrap(), source.scan(&KeyRange::all(), 10).unwrap());
+        assert_eq!(peer.scan(&KeyRange::all(), 10).unwrap(), target.scan(&KeyRange::all(), 10).unwrap());
+        assert!(target.delta_for(peer.vector()).unwrap().entries.is_empty(), "sent once, then covered");
     }
 
     #[test]
@@ -162,11 +215,7 @@ mod tests {
         let drift = Config::default().max_drift_ms;
         let mut too_large = value_entry("big", 1, 3, T0);
         too_large.key = vec![b'k'; 2000];
-        let cases = [
-            (value_entry("future", 1, 3, T0 + drift + 1000), "ClockDrift"),
-            (too_large, "KeyTooLarge"),
-            (value_entry("zero", 1, 0, T0), "ZeroSeq"),
-        ];
+        let cases = [(value_entry("future", 1, 3, T0 + drift + 1000), "ClockDrift"), (too_large, "KeyTooLarge")];
         for (bad, what) in cases {
             let batch = vec![value_entry("a", 1, 1, T0), value_entry("b", 1, 2, T0), bad];
             match target.import(batch) {
@@ -176,22 +225,25 @@ mod tests {
                 other => panic!("{what}: expected entry 2 refused, got {other:?}"),
             }
             assert!(target.scan(&KeyRange::all(), 10).unwrap().is_empty(), "{what}: nothing applied");
+            assert!(target.vector().is_empty());
         }
     }
 
     #[test]
-    fn an_own_write_beyond_the_counter_is_refused() {
+    fn entries_of_any_writer_and_dot_are_taken_without_touching_its_dots() {
         let clock = ManualClock::new(T0);
         let mut target = replica(2, &clock);
         target.put("mine", "1", PutOptions::default()).unwrap();
-        // Its own write 1 is fine (it made it; it is stored, so this one loses or merges).
-        let made = export(&target);
-        assert!(target.import(made).is_ok());
-        let err = target.import(vec![value_entry("a", 7, 1, T0), value_entry("x", 2, 5, T0)]).unwrap_err();
-        assert!(matches!(err, ImportError::OwnWriteBeyondCounter { index: 1, own: Seq(1), .. }), "got {err:?}");
-        assert!(err.to_string().contains("another identity"));
-        assert_eq!(target.scan(&KeyRange::all(), 10).unwrap().len(), 1);
-        assert_eq!(target.vector().get(ReplicaId(2)), Seq(1));
-        assert_eq!(target.vector().get(ReplicaId(7)), Seq(0), "the vector is not advanced");
+        // An "own" write beyond the counter, and two lines under one dot: each is a new own write.
+        let batch = vec![value_entry("x", 2, 5, T0), value_entry("y", 7, 1, T0), value_entry("z", 7, 1, T0)];
+        assert_eq!(target.import(batch).unwrap().applied, 3);
+        assert_eq!(target.vector().get(ReplicaId(2)), Seq(4));
+        assert_eq!(target.vector().get(ReplicaId(7)), Seq(0), "no other writer's dots are taken");
+        // The same key twice in a batch: the later time is written.
+        let mut older = value_entry("k", 7, 2, T0 - 10);
+        older.payload = Payload::Value(Value { bytes: b"old".to_vec(), expires_at_ms: None, metadata: None });
+        let report = target.import(vec![value_entry("k", 7, 3, T0), older]).unwrap();
+        assert_eq!((report.applied, report.superseded), (1, 1));
+        assert_eq!(target.get(b"k").unwrap().unwrap().value, b"v");
     }
 }
