@@ -15,7 +15,7 @@ use lethe_engine::{
 };
 use lethe_transport::{CloseCode, Endpoint, NodeId, TrustList};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -535,15 +535,6 @@ impl Node {
         let identity = config.data.identity()?;
         let id = identity.id();
         let mut replica = Replica::open(store, id.replica_id(), config.engine, config.clock.0.clone())?;
-        // A node dropped from the configuration is removed (an operator's removal, at once):
-        // otherwise it would hold collection back until its lease ran out.
-        let configured: BTreeSet<ReplicaId> =
-            config.peers.iter().map(|p| p.id).chain(config.trust.iter().copied()).map(|n| n.replica_id()).collect();
-        let dropped: Vec<ReplicaId> = replica.membership().enrolled().filter(|r| !configured.contains(r)).collect();
-        for member in dropped {
-            replica.remove_member(member)?;
-            info!(replica = %member, "removed from the members: it is neither a --peer nor --trust of this node any more");
-        }
         // Peers and trusted nodes are this node's members (docs/design.md §2.4): enrolled, so their
         // acknowledgements count; gossip about anyone else is ignored. Peers first (the mesh);
         // trusted nodes past the member limit still sync, as non-members (by reconciliation).
