@@ -479,7 +479,26 @@ async fn drive_session(
             frame
         })? {
             let before = w.wire_bytes();
-            stalls(stall, w.send(&frame)).await??;
+            // What the peer sends meanwhile is handled while this frame waits for room: two
+            // sides that each stream more than the windows hold would otherwise each wait for
+            // the other to read, for ever.
+            {
+                let send = stalls(stall, w.send(&frame));
+                tokio::pin!(send);
+                loop {
+                    tokio::select! {
+                        biased;
+                        done = &mut send => {
+                            done??;
+                            break;
+                        }
+                        next = incoming.recv() => {
+                            let next = next.ok_or(Failure::ClosedEarly)??;
+                            handle_incoming(inner, &mut session, seen, &mut wire_received, next, 0)?;
+                        }
+                    }
+                }
+            }
             inner.count_wire(w.wire_bytes() - before, 0);
             sent = true;
         }
@@ -487,25 +506,9 @@ async fn drive_session(
         if session.is_finished() {
             break;
         }
-        let (msg, frame_len, wire_len) = stalls(stall, incoming.recv()).await?.ok_or(Failure::ClosedEarly)??;
+        let next = stalls(stall, incoming.recv()).await?.ok_or(Failure::ClosedEarly)??;
         let round_trip = u64::from(std::mem::take(&mut sent));
-        inner.with_replica(|rep| {
-            inner.round_trips.fetch_add(round_trip, Ordering::Relaxed);
-            let before = session.stats().clone();
-            let handled = session.handle_message(rep, msg, frame_len);
-            // Counted under the replica's lock, as `status` reads them: a status that shows the
-            // data also counts it.
-            let now = session.stats();
-            inner.count_received(
-                now.live_received - before.live_received,
-                now.tombstones_received - before.tombstones_received,
-                now.bytes_received - before.bytes_received,
-            );
-            seen.clone_from(now);
-            inner.count_wire(0, wire_len);
-            wire_received += wire_len;
-            handled
-        })?;
+        handle_incoming(inner, &mut session, seen, &mut wire_received, next, round_trip)?;
     }
     drop(reader);
     *lock(&link.synced) = Some(inner.with_replica(|rep| rep.vector().clone()));
@@ -537,6 +540,35 @@ async fn drive_session(
         debug!(mode = ?stats.mode, "session finished with nothing to exchange");
     }
     Ok(stats)
+}
+
+/// Applies one message of the peer's to the session, under the replica's lock, and counts it.
+fn handle_incoming(
+    inner: &Inner,
+    session: &mut Session,
+    seen: &mut SessionStats,
+    wire_received: &mut u64,
+    (msg, frame_len, wire_len): (Message, usize, u64),
+    round_trip: u64,
+) -> Result<(), Failure> {
+    inner.with_replica(|rep| {
+        inner.round_trips.fetch_add(round_trip, Ordering::Relaxed);
+        let before = session.stats().clone();
+        let handled = session.handle_message(rep, msg, frame_len);
+        // Counted under the replica's lock, as `status` reads them: a status that shows the data
+        // also counts it.
+        let now = session.stats();
+        inner.count_received(
+            now.live_received - before.live_received,
+            now.tombstones_received - before.tombstones_received,
+            now.bytes_received - before.bytes_received,
+        );
+        seen.clone_from(now);
+        inner.count_wire(0, wire_len);
+        *wire_received += wire_len;
+        handled
+    })?;
+    Ok(())
 }
 
 async fn receive_pushes(inner: &Inner, peer: NodeId, (mut w, mut r): FrameStream, link: &Link) -> Result<(), Failure> {
