@@ -5,7 +5,7 @@
 //! memory, whatever the peer asked for.
 
 use super::{approx_bytes, chunk_full};
-use crate::entry::Entry;
+use crate::entry::{Entry, Payload};
 use crate::error::Error;
 use crate::storage::{KeyRange, Snapshot};
 use crate::vector::VersionVector;
@@ -79,11 +79,16 @@ impl EntryStream {
             let from =
                 KeyRange { start: self.cursor.take().unwrap_or_else(|| range.start.clone()), end: range.end.clone() };
             let mut last = None;
+            let reply = self.seen.is_some();
             self.snapshot.0.scan_keys(&from, &mut |e| {
                 last = Some(e.key.clone());
-                if e.is_live_at(now_ms) && unseen(&self.seen, &e) {
+                // A value that expired since the flow began goes to a reconciling sink as its
+                // expiry record: left out, the sink's older version of the key would outlive
+                // it once the flow's vector covers its dot.
+                let expired_meanwhile = reply && matches!(e.payload, Payload::Value(_)) && !e.is_live_at(now_ms);
+                if (e.is_live_at(now_ms) || expired_meanwhile) && unseen(&self.seen, &e) {
                     bytes += approx_bytes(&e);
-                    chunk.push(e);
+                    chunk.push(e.settled_at(now_ms));
                 }
                 if chunk_full(bytes, chunk.len()) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             })?;
