@@ -7,3 +7,4 @@
 pub mod cluster;
 pub mod failing_disk;
 pub mod sim;
+pub mod tmpfs;

@@ -8,47 +8,15 @@
 //! store, without mounting anything.
 
 use lethe_tests::cluster::{NodeProc, Owner, wait_converged, wait_until};
+use lethe_tests::tmpfs::Tmpfs;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 /// The filesystem the node's data directory starts on: a few dozen 64 KiB values fill it.
 const TMPFS_SIZE: &str = "size=3m";
 /// What it grows to.
-const TMPFS_GROWN: &str = "remount,size=64m";
 const VALUE_BYTES: usize = 64 * 1024;
-
-/// A tmpfs mounted at a directory, unmounted when dropped (after the node on it is killed:
-/// declare it before the node).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", TMPFS_SIZE, "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("running mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Tmpfs(dir.to_path_buf()))
-    }
-
-    fn grow(&self) {
-        let out = Command::new("mount").args(["-o", TMPFS_GROWN]).arg(&self.0).output().expect("running mount");
-        assert!(out.status.success(), "growing the tmpfs failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -74,7 +42,7 @@ fn list(node: &NodeProc, prefix: &str) -> BTreeSet<String> {
 #[test]
 fn a_full_disk_acknowledges_nothing_blames_no_peer_and_recovers_without_a_restart() {
     let root = tempfile::tempdir().unwrap();
-    let disk = match Tmpfs::mount(&root.path().join("a")) {
+    let disk = match Tmpfs::mount(&root.path().join("a"), TMPFS_SIZE) {
         Ok(disk) => disk,
         Err(why) => {
             eprintln!("SKIPPED: this test mounts a 3 MB tmpfs for the node's data directory and could not: {why}");

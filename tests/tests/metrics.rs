@@ -5,11 +5,11 @@
 //! down; a non-loopback address is refused.
 
 use lethe_tests::cluster::{NodeProc, identity, lethe_bin, wait_until};
+use lethe_tests::tmpfs::Tmpfs;
 use lethe_transport::{Endpoint, TrustList};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -272,35 +272,6 @@ fn a_metrics_address_off_loopback_is_refused_without_metrics_public() {
     assert!(stderr.contains("not a loopback address") && stderr.contains("--metrics-public"), "{stderr}");
     // The node did not start.
     assert!(!a.dir.join("serve.addr").exists());
-}
-
-/// A tmpfs mounted at a directory, unmounted when dropped (declare it before the node on it).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", size, "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("running mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Tmpfs(dir.to_path_buf()))
-    }
-
-    fn grow(&self) {
-        let out = Command::new("mount").args(["-o", "remount,size=64m"]).arg(&self.0).output().expect("mount");
-        assert!(out.status.success(), "growing the tmpfs failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]
