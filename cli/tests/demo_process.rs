@@ -17,6 +17,11 @@ fn demo_converges_forgets_deletes_and_expiry_sends_nothing() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "lethe demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("converged: yes (1000 live keys"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("readable by other users"),
+        "the demo's own new directories were reported as open: {stderr}"
+    );
     // live, tombstones, bytes, round trips.
     assert_eq!(&row(&stdout, "after the deletes and TTL writes")[..2], &[200, 2000]);
     assert_eq!(row(&stdout, "while the TTL passed and GC ran"), vec![0, 0, 0, 0], "expiry sent nothing");

@@ -84,7 +84,12 @@ impl DataDir {
         if let Ok(existing) = self.identity() {
             return Err(DataDirError::AlreadyInitialised(self.0.display().to_string(), existing.id().to_string()));
         }
-        std::fs::create_dir_all(&self.0).map_err(Self::io(&self.0))?;
+        // Created private (on Unix), not made private after: `secure` then has nothing to warn of.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
+        builder.create(&self.0).map_err(Self::io(&self.0))?;
         self.secure()?;
         let identity = Identity::generate()?;
         let path = self.identity_path();
