@@ -6,7 +6,7 @@
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use lethe_engine::fingerprint::{LiveIndex, LiveItem};
 use lethe_engine::session::Message;
-use lethe_engine::{Entry, Hlc, Payload, ReplicaId, Seq, Stamp, Value, entry::merge};
+use lethe_engine::{Dot, Entry, Hlc, Payload, ReplicaId, Seq, Stamp, Value, entry::merge};
 use std::hint::black_box;
 use std::ops::Bound;
 
@@ -14,7 +14,7 @@ fn entry(i: u64, replica: u64) -> Entry {
     Entry {
         key: format!("key:{i:020}").into_bytes(),
         stamp: Stamp { hlc: Hlc((1_700_000_000_000 << 16) + i), replica: ReplicaId(replica) },
-        seq: Seq(i + 1),
+        dot: Dot { replica: ReplicaId(replica), seq: Seq(i + 1) },
         payload: Payload::Value(Value { bytes: vec![b'v'; 100], expires_at_ms: None, metadata: None }),
     }
 }
@@ -28,14 +28,14 @@ fn benches(c: &mut Criterion) {
     let mut index = LiveIndex::new();
     for i in 0..100_000u64 {
         let e = entry(i, 1);
-        index.insert(&e.key, LiveItem { stamp: e.stamp, seq: e.seq, expires_at_ms: None });
+        index.insert(&e.key, LiveItem { stamp: e.stamp, dot: e.dot, expires_at_ms: None });
     }
     let mut next = 0u64;
     c.bench_function("fingerprint index: replace one of 100,000 items", |bench| {
         bench.iter(|| {
             next = (next + 7_919) % 100_000;
             let e = entry(next, 2);
-            black_box(index.insert(&e.key, LiveItem { stamp: e.stamp, seq: e.seq, expires_at_ms: None }))
+            black_box(index.insert(&e.key, LiveItem { stamp: e.stamp, dot: e.dot, expires_at_ms: None }))
         })
     });
     let (lo, hi) = (b"key:00000000000000020000".to_vec(), b"key:00000000000000070000".to_vec());

@@ -50,8 +50,10 @@ impl Payload {
 
 /// The winning version of one key, as stored and as replicated.
 ///
-/// The stamp and the dot share their replica: a write is stamped and numbered by the same writer,
-/// so an entry holds the writer once (in `stamp`) and its sequence number beside it.
+/// The stamp and the dot name different replicas when a device made the write: the device stamps
+/// it (`stamp.replica`, so LWW stays real-time order) and the member that admitted it numbers it
+/// (`dot.replica`, so version vectors have one component per member, never per device;
+/// docs/design.md §8). For a member's own write they are the same replica.
 ///
 /// Serialized as one flat array (see [`EntryWire`]), so CBOR carries no field names: about 20
 /// bytes of framing per entry besides its key and value.
@@ -62,17 +64,30 @@ pub struct Entry {
     pub key: Vec<u8>,
     /// The LWW stamp (HLC and writer).
     pub stamp: Stamp,
-    /// The writer's sequence number for this write.
-    pub seq: Seq,
+    /// The write's dot: the replica that numbered it and its sequence number there.
+    pub dot: Dot,
     /// What the write left.
     pub payload: Payload,
 }
 
 impl Entry {
-    /// The write's dot: (writer, seq).
+    /// The write's dot.
     #[must_use]
     pub fn dot(&self) -> Dot {
-        Dot { replica: self.stamp.replica, seq: self.seq }
+        self.dot
+    }
+
+    /// A write stamped and numbered by the same replica (a member's own write).
+    #[must_use]
+    pub fn own(key: Vec<u8>, stamp: Stamp, seq: Seq, payload: Payload) -> Entry {
+        Entry { key, stamp, dot: Dot { replica: stamp.replica, seq }, payload }
+    }
+
+    /// Whether the replica that numbered the write also stamped it (false for a device's write
+    /// admitted by a member).
+    #[must_use]
+    pub fn is_own_write(&self) -> bool {
+        self.dot.replica == self.stamp.replica
     }
 
     /// The live value at wall time `now_ms`, if there is one.
@@ -109,14 +124,20 @@ impl Entry {
     }
 
     /// The last-writer-wins order: stamp first; between equal stamps (the same write, one copy
-    /// purged) the payload rank, then the content, so the order is total.
+    /// purged) the payload rank, then the content; then the dot, so the order is total.
+    ///
+    /// The dot decides only between copies of one write under two dots: a device's upload
+    /// admitted by two members before their cursors met (the copy numbered by the **lower
+    /// member id** wins, docs/design.md §8), or a write a restored replica re-issued (the same
+    /// numbering replica: the **higher seq**, the re-issued copy, wins; `replica/restore.rs`).
+    /// The losing dot is then covered and absent everywhere, hence dead.
     #[must_use]
     pub fn lww_cmp(&self, other: &Entry) -> Ordering {
         self.stamp
             .cmp(&other.stamp)
-            .then_with(|| self.seq.cmp(&other.seq))
             .then_with(|| self.payload.rank().cmp(&other.payload.rank()))
             .then_with(|| content_cmp(&self.payload, &other.payload))
+            .then_with(|| dot_tie(self.dot, other.dot))
     }
 
     /// Whether this entry beats `other` in LWW order.
@@ -131,8 +152,10 @@ const WIRE_EXPIRED: u8 = 1;
 const WIRE_TOMBSTONE: u8 = 2;
 
 /// The serialized form of an [`Entry`]: `[key, hlc, writer, seq, kind, value, expires_at_ms,
-/// metadata]`, kind 0 = value (value present), 1 = expired (expires_at_ms present), 2 = tombstone;
-/// byte fields as CBOR byte strings, absent fields as null.
+/// metadata, numbered_by]`, kind 0 = value (value present), 1 = expired (expires_at_ms present),
+/// 2 = tombstone; byte fields as CBOR byte strings, absent fields as null. `writer` is the stamp's
+/// replica; `numbered_by` the dot's, null when it is the same (and may be left out: forms
+/// written before devices had eight fields).
 #[derive(Serialize, Deserialize)]
 pub struct EntryWire(
     #[serde(with = "serde_bytes")] Vec<u8>,
@@ -143,16 +166,18 @@ pub struct EntryWire(
     #[serde(with = "serde_bytes")] Option<Vec<u8>>,
     Option<u64>,
     #[serde(with = "serde_bytes")] Option<Vec<u8>>,
+    #[serde(default)] Option<u64>,
 );
 
 impl From<Entry> for EntryWire {
     fn from(e: Entry) -> Self {
+        let numbered_by = (!e.is_own_write()).then_some(e.dot.replica.0);
         let (kind, value, expires, metadata) = match e.payload {
             Payload::Value(v) => (WIRE_VALUE, Some(v.bytes), v.expires_at_ms, v.metadata),
             Payload::Expired { expires_at_ms } => (WIRE_EXPIRED, None, Some(expires_at_ms), None),
             Payload::Tombstone => (WIRE_TOMBSTONE, None, None, None),
         };
-        EntryWire(e.key, e.stamp.hlc.0, e.stamp.replica.0, e.seq.0, kind, value, expires, metadata)
+        EntryWire(e.key, e.stamp.hlc.0, e.stamp.replica.0, e.dot.seq.0, kind, value, expires, metadata, numbered_by)
     }
 }
 
@@ -160,7 +185,7 @@ impl TryFrom<EntryWire> for Entry {
     type Error = String;
 
     fn try_from(w: EntryWire) -> Result<Self, String> {
-        let EntryWire(key, hlc, replica, seq, kind, value, expires_at_ms, metadata) = w;
+        let EntryWire(key, hlc, replica, seq, kind, value, expires_at_ms, metadata, numbered_by) = w;
         let payload = match (kind, value, expires_at_ms, metadata) {
             (WIRE_VALUE, Some(bytes), expires_at_ms, metadata) => {
                 Payload::Value(Value { bytes, expires_at_ms, metadata })
@@ -169,8 +194,15 @@ impl TryFrom<EntryWire> for Entry {
             (WIRE_TOMBSTONE, None, None, None) => Payload::Tombstone,
             (kind, ..) => return Err(format!("entry of kind {kind} has fields that do not fit it")),
         };
-        Ok(Entry { key, stamp: Stamp { hlc: Hlc(hlc), replica: ReplicaId(replica) }, seq: Seq(seq), payload })
+        let stamp = Stamp { hlc: Hlc(hlc), replica: ReplicaId(replica) };
+        let dot = Dot { replica: ReplicaId(numbered_by.unwrap_or(replica)), seq: Seq(seq) };
+        Ok(Entry { key, stamp, dot, payload })
     }
+}
+
+/// The order between two dots of one write: lower numbering replica first, then higher seq.
+fn dot_tie(a: Dot, b: Dot) -> Ordering {
+    b.replica.cmp(&a.replica).then_with(|| a.seq.cmp(&b.seq))
 }
 
 fn content_cmp(a: &Payload, b: &Payload) -> Ordering {
@@ -203,12 +235,15 @@ pub(crate) mod tests {
             Just(Payload::Tombstone),
         ];
         // Few distinct clocks and replicas, so equal stamps (and equal wall clocks) are common.
-        (0u64..4, 0u16..2, 0u64..3, 1u64..4, payload).prop_map(move |(w, l, r, s, payload)| Entry {
-            key: key.clone(),
-            stamp: Stamp { hlc: Hlc::new(w, l), replica: ReplicaId(r) },
-            seq: Seq(s),
-            payload,
-        })
+        // Mostly own writes; sometimes a write numbered by another replica (a device's upload).
+        (0u64..4, 0u16..2, 0u64..3, proptest::option::of(0u64..3), 1u64..4, payload).prop_map(
+            move |(w, l, r, numbered_by, s, payload)| Entry {
+                key: key.clone(),
+                stamp: Stamp { hlc: Hlc::new(w, l), replica: ReplicaId(r) },
+                dot: Dot { replica: ReplicaId(numbered_by.unwrap_or(r)), seq: Seq(s) },
+                payload,
+            },
+        )
     }
 
     proptest! {
@@ -251,15 +286,15 @@ pub(crate) mod tests {
         let e = Entry {
             key: vec![b'k'; 24],
             stamp: Stamp { hlc: Hlc::new(1_700_000_000_000, 3), replica: ReplicaId(0x1234_5678_9abc_def0) },
-            seq: Seq(1_000_000),
+            dot: Dot { replica: ReplicaId(0x1234_5678_9abc_def0), seq: Seq(1_000_000) },
             payload: Payload::Value(Value { bytes: vec![7; 100], expires_at_ms: None, metadata: None }),
         };
         let mut buf = Vec::new();
         ciborium::into_writer(&e, &mut buf).unwrap();
-        // array(8) 1 + key 2+24 + hlc 9 + writer 9 + seq 5 + kind 1 + value 2+100 + 2 nulls.
-        assert_eq!(buf.len(), 155);
+        // array(9) 1 + key 2+24 + hlc 9 + writer 9 + seq 5 + kind 1 + value 2+100 + 3 nulls.
+        assert_eq!(buf.len(), 156);
         let mut wrong_shape = Vec::new();
-        let tomb_with_value = EntryWire(b"k".to_vec(), 1, 1, 1, WIRE_TOMBSTONE, Some(vec![1]), None, None);
+        let tomb_with_value = EntryWire(b"k".to_vec(), 1, 1, 1, WIRE_TOMBSTONE, Some(vec![1]), None, None, None);
         ciborium::into_writer(&tomb_with_value, &mut wrong_shape).unwrap();
         assert!(ciborium::from_reader::<Entry, _>(wrong_shape.as_slice()).is_err());
     }
@@ -269,7 +304,7 @@ pub(crate) mod tests {
         let mk = |w, r| Entry {
             key: b"k".to_vec(),
             stamp: Stamp { hlc: Hlc::new(w, 0), replica: ReplicaId(r) },
-            seq: Seq(1),
+            dot: Dot { replica: ReplicaId(r), seq: Seq(1) },
             payload: Payload::Tombstone,
         };
         assert!(mk(2, 0).wins_over(&mk(1, 9)));
@@ -282,7 +317,7 @@ pub(crate) mod tests {
         let e = Entry {
             key: b"k".to_vec(),
             stamp: Stamp { hlc: Hlc::new(10, 0), replica: ReplicaId(1) },
-            seq: Seq(3),
+            dot: Dot { replica: ReplicaId(1), seq: Seq(3) },
             payload: Payload::Value(Value { bytes: b"v".to_vec(), expires_at_ms: Some(20), metadata: None }),
         };
         assert!(e.is_live_at(19));

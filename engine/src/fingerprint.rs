@@ -11,7 +11,7 @@
 //! of items, never on the order they were inserted.
 
 use crate::hlc::Stamp;
-use crate::ids::{Dot, Seq};
+use crate::ids::Dot;
 use crate::sketch::Sketch;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -114,8 +114,8 @@ pub struct ItemId(pub u32);
 pub struct LiveItem {
     /// The entry's stamp.
     pub stamp: Stamp,
-    /// The writer's seq.
-    pub seq: Seq,
+    /// The entry's dot.
+    pub dot: Dot,
     /// When it expires, if it has a TTL.
     pub expires_at_ms: Option<u64>,
 }
@@ -124,7 +124,7 @@ impl LiveItem {
     /// The entry's dot.
     #[must_use]
     pub fn dot(&self) -> Dot {
-        Dot { replica: self.stamp.replica, seq: self.seq }
+        self.dot
     }
 }
 
@@ -475,7 +475,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn item(w: u64) -> LiveItem {
-        LiveItem { stamp: Stamp { hlc: Hlc::new(w, 0), replica: ReplicaId(1) }, seq: Seq(w + 1), expires_at_ms: None }
+        let dot = Dot { replica: ReplicaId(1), seq: crate::ids::Seq(w + 1) };
+        LiveItem { stamp: Stamp { hlc: Hlc::new(w, 0), replica: ReplicaId(1) }, dot, expires_at_ms: None }
     }
 
     fn naive(model: &BTreeMap<Vec<u8>, LiveItem>, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Fingerprint {

@@ -258,7 +258,7 @@ mod tests {
         let older = Entry {
             key: b"k".to_vec(),
             stamp: Stamp { hlc: crate::Hlc((1_600_000_000_000 << 16) + 1), replica: ReplicaId(9) },
-            seq: Seq(1),
+            dot: crate::Dot { replica: ReplicaId(9), seq: Seq(1) },
             payload: Payload::Value(Value { bytes: b"old".to_vec(), expires_at_ms: None, metadata: None }),
         };
         let w = r.put("k", "v", PutOptions { ttl_ms: Some(60_000), metadata: None }).unwrap();

@@ -72,12 +72,12 @@ impl KeyIndex {
     }
 
     pub(crate) fn put(&mut self, e: &Entry) {
-        let top = self.max_seq.entry(e.stamp.replica).or_default();
-        *top = (*top).max(e.seq);
+        let top = self.max_seq.entry(e.dot.replica).or_default();
+        *top = (*top).max(e.dot.seq);
         match &e.payload {
             Payload::Value(v) => {
                 // One walk down the treap: insert or replace.
-                let item = LiveItem { stamp: e.stamp, seq: e.seq, expires_at_ms: v.expires_at_ms };
+                let item = LiveItem { stamp: e.stamp, dot: e.dot, expires_at_ms: v.expires_at_ms };
                 let old = self.live.insert(&e.key, item);
                 self.forget_old(&e.key, old);
                 if let Some(t) = v.expires_at_ms {

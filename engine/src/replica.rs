@@ -527,7 +527,7 @@ impl<S: Storage> Replica<S> {
                 }
                 WriteOp::Delete { key } => (key, Payload::Tombstone),
             };
-            store_batch.put(Entry { key, stamp, seq, payload });
+            store_batch.put(Entry::own(key, stamp, seq, payload));
             receipts.push(WriteReceipt { dot: Dot { replica: self.id, seq }, stamp });
         }
         let mut vector = self.vector.clone();
@@ -725,7 +725,7 @@ impl<S: Storage> Replica<S> {
         let mut late = Vec::new();
         for entry in winners.into_values() {
             if defer_dots {
-                unindexed.advance(entry.stamp.replica, entry.seq);
+                unindexed.advance(entry.dot.replica, entry.dot.seq);
                 if self.unindexed_rows.is_some() {
                     late.push((entry.dot(), entry.key.clone()));
                 }
@@ -825,11 +825,13 @@ impl<S: Storage> Replica<S> {
         }
         for entry in entries {
             self.config.limits.check_entry(entry)?;
-            if entry.seq == Seq(0) {
+            if entry.dot.seq == Seq(0) {
                 return Err(Error::ZeroSeq { dot: entry.dot() });
             }
-            if entry.stamp.replica == self.id && entry.seq > own {
-                return Err(own_ahead(entry.seq));
+            // The dot's replica, not the stamp's: a device's write admitted here has this
+            // replica's dot and the device's stamp.
+            if entry.dot.replica == self.id && entry.dot.seq > own {
+                return Err(own_ahead(entry.dot.seq));
             }
         }
         if let Some(err) = entries.iter().find_map(|e| self.clock.check(e.stamp.hlc, wall_ms).err()) {

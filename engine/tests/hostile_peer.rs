@@ -232,7 +232,7 @@ fn tombstone(i: u64) -> Entry {
     Entry {
         key: format!("{i:x}").into_bytes(),
         stamp: Stamp { hlc: Hlc::new(T0, 0), replica: ReplicaId(7) },
-        seq: Seq(i + 1),
+        dot: lethe_engine::Dot { replica: ReplicaId(7), seq: Seq(i + 1) },
         payload: Payload::Tombstone,
     }
 }
@@ -272,7 +272,7 @@ fn a_peer_claiming_the_largest_seq_gets_no_overflow() {
     let third = Entry {
         key: b"t".to_vec(),
         stamp: Stamp { hlc: Hlc::new(T0, 0), replica: ReplicaId(9) },
-        seq: Seq(1),
+        dot: lethe_engine::Dot { replica: ReplicaId(9), seq: Seq(1) },
         payload: Payload::Tombstone,
     };
     r.apply_remote(vec![third], Some((&vv(&[(9, 1)]), Hlc::new(T0, 0)))).unwrap();

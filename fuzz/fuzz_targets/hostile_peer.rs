@@ -184,7 +184,7 @@ fn entries(u: &mut Unstructured<'_>) -> ArbResult<Vec<Entry>> {
             let mut e = proto[i % base].clone();
             if i >= base {
                 e.key.extend_from_slice(&(i as u32).to_be_bytes());
-                e.seq = Seq(e.seq.0.wrapping_add(i as u64));
+                e.dot.seq = Seq(e.dot.seq.0.wrapping_add(i as u64));
             }
             e
         })

@@ -100,9 +100,9 @@ impl Record {
     #[must_use]
     pub fn into_entry(self) -> Entry {
         Entry {
+            dot: self.dot(),
             key: self.key,
             stamp: self.stamp.into(),
-            seq: Seq(self.seq),
             payload: Payload::Value(Value {
                 bytes: self.value,
                 expires_at_ms: self.expires_at_ms,

@@ -58,7 +58,7 @@ impl<S: Storage> Replica<S> {
         for (index, entry) in entries.iter().enumerate() {
             let invalid = |source| ImportError::Invalid { index, dot: entry.dot(), source };
             self.config.limits.check_entry(entry).map_err(invalid)?;
-            if entry.seq == crate::ids::Seq(0) {
+            if entry.dot.seq == crate::ids::Seq(0) {
                 return Err(invalid(Error::ZeroSeq { dot: entry.dot() }));
             }
             if let Err(e) = self.clock.check(entry.stamp.hlc, wall_ms) {
@@ -101,7 +101,7 @@ impl<S: Storage> Replica<S> {
             }
             clock.observe(stamp.hlc, wall_ms).map_err(ImportError::Apply)?;
             seq = seq.next();
-            batch.put(Entry { key, stamp, seq, payload: entry.payload });
+            batch.put(Entry::own(key, stamp, seq, entry.payload));
             applied += 1;
         }
         drop(snap);
@@ -143,7 +143,7 @@ mod tests {
             .map(|i| Entry {
                 key: i.key,
                 stamp: i.stamp,
-                seq: i.dot.seq,
+                dot: i.dot,
                 payload: Payload::Value(Value { bytes: i.value, expires_at_ms: i.expires_at_ms, metadata: i.metadata }),
             })
             .collect()
@@ -153,7 +153,7 @@ mod tests {
         Entry {
             key: key.as_bytes().to_vec(),
             stamp: Stamp { hlc: Hlc::new(wall_ms, 0), replica: ReplicaId(writer) },
-            seq: Seq(seq),
+            dot: Dot { replica: ReplicaId(writer), seq: Seq(seq) },
             payload: Payload::Value(Value { bytes: b"v".to_vec(), expires_at_ms: None, metadata: None }),
         }
     }

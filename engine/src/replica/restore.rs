@@ -150,7 +150,7 @@ impl<S: Storage> Replica<S> {
                 continue;
             }
             seq = seq.next();
-            batch.put(crate::entry::Entry { seq, ..entry });
+            batch.put(crate::entry::Entry { dot: Dot { replica: me, seq }, ..entry });
             reissued += 1;
         }
         drop(snap);

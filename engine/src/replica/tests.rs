@@ -266,14 +266,18 @@ fn malformed_remote_entries_are_rejected_whole() {
     let good = Entry {
         key: b"ok".to_vec(),
         stamp: Stamp { hlc: Hlc::new(T0, 0), replica: ReplicaId(2) },
-        seq: Seq(1),
+        dot: Dot { replica: ReplicaId(2), seq: Seq(1) },
         payload: Payload::Tombstone,
     };
-    let zero = Entry { seq: Seq(0), key: b"z".to_vec(), ..good.clone() };
+    let zero = Entry { dot: Dot { replica: ReplicaId(2), seq: Seq(0) }, key: b"z".to_vec(), ..good.clone() };
     assert!(matches!(r.apply_remote(vec![good.clone(), zero], None), Err(Error::ZeroSeq { .. })));
     let empty = Entry { key: Vec::new(), ..good.clone() };
     assert!(matches!(r.apply_remote(vec![good.clone(), empty], None), Err(Error::KeyEmpty { .. })));
-    let mine = Entry { stamp: Stamp { hlc: Hlc::new(T0, 0), replica: ReplicaId(1) }, ..good.clone() };
+    let mine = Entry {
+        stamp: Stamp { hlc: Hlc::new(T0, 0), replica: ReplicaId(1) },
+        dot: Dot { replica: ReplicaId(1), seq: Seq(1) },
+        ..good.clone()
+    };
     assert!(matches!(r.apply_remote(vec![mine], None), Err(Error::OwnWriteFromTheFuture { .. })));
     assert_eq!(r.store().snapshot().unwrap().entry_count().unwrap(), 0);
     assert!(r.vector().is_empty());

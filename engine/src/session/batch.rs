@@ -1,7 +1,10 @@
 //! The compact wire form of a list of entries (a session's `Entries`, a live `Push`), used with
 //! `#[serde(with = "batch")]`.
 //!
-//! A batch is a list of groups, one per writer: `[[writer, [item, ...]], ...]`. Within a group the
+//! A batch is a list of groups, one per writer: `[[writer, [item, ...]], ...]`, where the writer
+//! numbered the items (their dots' replica) and stamped them too; a group of a device's writes
+//! admitted by a member has a third field, the device that stamped them:
+//! `[writer, [item, ...], stamped_by]`. Within a group the
 //! items are in seq order, and each carries its seq and HLC as the difference from the item
 //! before it (from 0 for the first): a writer's HLC grows with its seq, so both are small numbers
 //! (one to five bytes) whatever the history's length, where a lone [`Entry`] spends nine bytes on
@@ -75,29 +78,47 @@ impl Serialize for ItemOut<'_> {
 
 /// Serializes `entries` as a compact batch.
 pub fn serialize<S: Serializer>(entries: &[Entry], s: S) -> Result<S::Ok, S::Error> {
-    let mut groups: BTreeMap<ReplicaId, Vec<&Entry>> = BTreeMap::new();
+    let mut groups: BTreeMap<(ReplicaId, ReplicaId), Vec<&Entry>> = BTreeMap::new();
     for e in entries {
-        groups.entry(e.stamp.replica).or_default().push(e);
+        groups.entry((e.dot.replica, e.stamp.replica)).or_default().push(e);
     }
     let mut out = Vec::with_capacity(groups.len());
-    for (writer, mut group) in groups {
-        group.sort_by_key(|e| e.seq);
+    for ((writer, stamped_by), mut group) in groups {
+        group.sort_by_key(|e| e.dot.seq);
         let (mut seq, mut hlc) = (0u64, 0u64);
         let items: Vec<ItemOut<'_>> = group
             .into_iter()
             .map(|entry| {
                 let item = ItemOut {
                     entry,
-                    seq_delta: entry.seq.0 - seq,
+                    seq_delta: entry.dot.seq.0 - seq,
                     hlc_delta: i128::from(entry.stamp.hlc.0) - i128::from(hlc),
                 };
-                (seq, hlc) = (entry.seq.0, entry.stamp.hlc.0);
+                (seq, hlc) = (entry.dot.seq.0, entry.stamp.hlc.0);
                 item
             })
             .collect();
-        out.push((writer.0, items));
+        out.push(GroupOut { writer, items, stamped_by: (stamped_by != writer).then_some(stamped_by) });
     }
     out.serialize(s)
+}
+
+struct GroupOut<'a> {
+    writer: ReplicaId,
+    items: Vec<ItemOut<'a>>,
+    stamped_by: Option<ReplicaId>,
+}
+
+impl Serialize for GroupOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(if self.stamped_by.is_some() { 3 } else { 2 }))?;
+        seq.serialize_element(&self.writer.0)?;
+        seq.serialize_element(&self.items)?;
+        if let Some(r) = self.stamped_by {
+            seq.serialize_element(&r.0)?;
+        }
+        seq.end()
+    }
 }
 
 struct ItemIn {
@@ -205,7 +226,7 @@ impl<'de> de::DeserializeSeed<'de> for Group<'_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_tuple(2, self)
+        d.deserialize_seq(self)
     }
 }
 
@@ -213,15 +234,24 @@ impl<'de> Visitor<'de> for Group<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a writer's group [writer, [item, ...]]")
+        f.write_str("a writer's group [writer, [item, ...], stamped_by?]")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let writer: u64 = seq.next_element()?.ok_or_else(|| de::Error::custom("group without its writer"))?;
+        let first = self.0.entries.len();
         seq.next_element_seed(Items { budget: self.0, writer })?
             .ok_or_else(|| de::Error::custom("group without its items"))?;
+        if let Some(stamped_by) = seq.next_element::<u64>()? {
+            if stamped_by == writer {
+                return Err(de::Error::custom("a group stamped by its own writer names it twice"));
+            }
+            for e in &mut self.0.entries[first..] {
+                e.stamp.replica = ReplicaId(stamped_by);
+            }
+        }
         if seq.next_element::<de::IgnoredAny>()?.is_some() {
-            return Err(de::Error::custom("group has fields beyond [writer, items]"));
+            return Err(de::Error::custom("group has fields beyond [writer, items, stamped_by]"));
         }
         Ok(())
     }
@@ -253,12 +283,8 @@ impl<'de> Visitor<'de> for Items<'_> {
         while let Some(i) = seq.next_element::<ItemIn>()? {
             s = s.checked_add(i.seq_delta).ok_or_else(|| de::Error::custom("seq overflows"))?;
             hlc = u64::try_from(i128::from(hlc) + i.hlc_delta).map_err(|_| de::Error::custom("stamp out of range"))?;
-            self.budget.push(Entry {
-                key: i.key,
-                stamp: Stamp { hlc: Hlc(hlc), replica: ReplicaId(self.writer) },
-                seq: Seq(s),
-                payload: i.payload,
-            })?;
+            let stamp = Stamp { hlc: Hlc(hlc), replica: ReplicaId(self.writer) };
+            self.budget.push(Entry::own(i.key, stamp, Seq(s), i.payload))?;
         }
         Ok(())
     }
@@ -287,18 +313,19 @@ mod tests {
             any::<u64>().prop_map(|expires_at_ms| Payload::Expired { expires_at_ms }),
             Just(Payload::Tombstone),
         ];
-        (proptest::collection::vec(any::<u8>(), 1..6), any::<u64>(), 0u64..4, any::<u64>(), payload).prop_map(
-            |(key, hlc, replica, seq, payload)| Entry {
+        // Some entries stamped by a device and numbered by a member.
+        let stamped_by = proptest::option::of(0u64..3);
+        (proptest::collection::vec(any::<u8>(), 1..6), any::<u64>(), 0u64..4, stamped_by, any::<u64>(), payload)
+            .prop_map(|(key, hlc, replica, stamped_by, seq, payload)| Entry {
                 key,
-                stamp: Stamp { hlc: Hlc(hlc), replica: ReplicaId(u64::MAX - replica) },
-                seq: Seq(seq),
+                stamp: Stamp { hlc: Hlc(hlc), replica: ReplicaId(stamped_by.unwrap_or(u64::MAX - replica)) },
+                dot: crate::Dot { replica: ReplicaId(u64::MAX - replica), seq: Seq(seq) },
                 payload,
-            },
-        )
+            })
     }
 
     fn normalized(mut entries: Vec<Entry>) -> Vec<Entry> {
-        entries.sort_by(|a, b| (a.stamp.replica, a.seq, &a.key).cmp(&(b.stamp.replica, b.seq, &b.key)));
+        entries.sort_by(|a, b| (a.dot, a.stamp.replica, &a.key).cmp(&(b.dot, b.stamp.replica, &b.key)));
         entries
     }
 
@@ -318,7 +345,7 @@ mod tests {
             .map(|i| Entry {
                 key: format!("key:{i:020}").into_bytes(),
                 stamp: Stamp { hlc: Hlc((1_700_000_000_000 << 16) + i), replica: ReplicaId(0xdead_beef_0000_0001) },
-                seq: Seq(70_000 + i),
+                dot: crate::Dot { replica: ReplicaId(0xdead_beef_0000_0001), seq: Seq(70_000 + i) },
                 payload: Payload::Value(Value { bytes: vec![7; 100], expires_at_ms: None, metadata: None }),
             })
             .collect();

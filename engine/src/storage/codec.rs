@@ -3,9 +3,12 @@
 //! panicking, so a damaged file is reported, not trusted.
 //!
 //! Entry record (the key is the table key, not repeated here):
-//! `version:u8 kind:u8 hlc:u64 replica:u64 seq:u64` then, by kind,
+//! `version:u8 kind:u8 hlc:u64 replica:u64 seq:u64 [numbered_by:u64]` then, by kind,
 //! value: `flags:u8 [expires_at_ms:u64] [metadata_len:u32 metadata] value_len:u32 value`,
-//! expired: `expires_at_ms:u64`, tombstone: nothing.
+//! expired: `expires_at_ms:u64`, tombstone: nothing. `replica` is the stamp's; version 1 records
+//! are numbered by it too (a replica's own writes, and every record written before devices),
+//! version 2 records carry `numbered_by`, the dot's replica (a device's write admitted by a
+//! member). Own writes stay version 1, so they cost no byte more.
 
 use crate::entry::{Entry, Payload, Value};
 use crate::error::StorageError;
@@ -14,6 +17,8 @@ use crate::ids::{Dot, ReplicaId, Seq};
 use crate::vector::VersionVector;
 
 const FORMAT_VERSION: u8 = 1;
+/// The record carries the dot's replica after its seq.
+const FORMAT_VERSION_NUMBERED: u8 = 2;
 const KIND_VALUE: u8 = 0;
 const KIND_EXPIRED: u8 = 1;
 const KIND_TOMBSTONE: u8 = 2;
@@ -28,10 +33,14 @@ pub(crate) fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
         Payload::Expired { .. } => KIND_EXPIRED,
         Payload::Tombstone => KIND_TOMBSTONE,
     };
-    out.extend_from_slice(&[FORMAT_VERSION, kind]);
+    let version = if entry.is_own_write() { FORMAT_VERSION } else { FORMAT_VERSION_NUMBERED };
+    out.extend_from_slice(&[version, kind]);
     out.extend_from_slice(&entry.stamp.hlc.0.to_be_bytes());
     out.extend_from_slice(&entry.stamp.replica.0.to_be_bytes());
-    out.extend_from_slice(&entry.seq.0.to_be_bytes());
+    out.extend_from_slice(&entry.dot.seq.0.to_be_bytes());
+    if !entry.is_own_write() {
+        out.extend_from_slice(&entry.dot.replica.0.to_be_bytes());
+    }
     match &entry.payload {
         Payload::Value(v) => {
             let flags =
@@ -102,15 +111,17 @@ pub(crate) fn decode_dot(record: &[u8]) -> Result<Dot, StorageError> {
     if record.len() < HEADER_BYTES {
         return Err(corrupt(format!("record of {} bytes is shorter than its header", record.len())));
     }
-    let mut r = Reader(&record[10..HEADER_BYTES]);
-    Ok(Dot { replica: ReplicaId(r.u64()?), seq: Seq(r.u64()?) })
+    let mut r = Reader(&record[10..]);
+    let (stamp_replica, seq) = (ReplicaId(r.u64()?), Seq(r.u64()?));
+    let replica = if record[0] == FORMAT_VERSION_NUMBERED { ReplicaId(r.u64()?) } else { stamp_replica };
+    Ok(Dot { replica, seq })
 }
 
 /// Decodes an entry record stored under `key`.
 pub(crate) fn decode_entry(key: &[u8], record: &[u8]) -> Result<Entry, StorageError> {
     let mut r = Reader(record);
     let version = r.u8()?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_NUMBERED {
         return Err(corrupt(format!("unknown format version {version}")));
     }
     let kind = r.u8()?;
@@ -118,6 +129,11 @@ pub(crate) fn decode_entry(key: &[u8], record: &[u8]) -> Result<Entry, StorageEr
     let seq = Seq(r.u64()?);
     if seq == Seq(0) {
         return Err(corrupt("sequence number 0"));
+    }
+    let dot = Dot { replica: if version == FORMAT_VERSION { stamp.replica } else { ReplicaId(r.u64()?) }, seq };
+    if version == FORMAT_VERSION_NUMBERED && dot.replica == stamp.replica {
+        // One form per entry, so a record re-encoded is the same bytes.
+        return Err(corrupt("a version 2 record numbered by its own writer"));
     }
     let payload = match kind {
         KIND_VALUE => {
@@ -136,7 +152,7 @@ pub(crate) fn decode_entry(key: &[u8], record: &[u8]) -> Result<Entry, StorageEr
     if !r.0.is_empty() {
         return Err(corrupt(format!("{} trailing bytes", r.0.len())));
     }
-    Ok(Entry { key: key.to_vec(), stamp, seq, payload })
+    Ok(Entry { key: key.to_vec(), stamp, dot, payload })
 }
 
 /// Encodes a version vector as `count:u32` then `(replica:u64, seq:u64)` pairs.

@@ -51,7 +51,7 @@ fn entry(key: &str, replica: u64, seq: u64, payload: Payload) -> Entry {
     Entry {
         key: key.as_bytes().to_vec(),
         stamp: Stamp { hlc: Hlc::new(1000 + seq, 0), replica: ReplicaId(replica) },
-        seq: Seq(seq),
+        dot: Dot { replica: ReplicaId(replica), seq: Seq(seq) },
         payload,
     }
 }
