@@ -100,7 +100,7 @@ impl KeyIndex {
             match op {
                 Op::Put(e) | Op::PutDeferred(e) => self.put(e),
                 Op::Remove(key) => self.forget(key),
-                Op::SetMeta(..) | Op::IndexDot(..) => {}
+                Op::SetMeta(..) | Op::IndexDot(..) | Op::SetDevice(..) | Op::RemoveDevice(_) => {}
             }
         }
     }

@@ -394,7 +394,7 @@ impl<S: Storage> Replica<S> {
                     Op::Remove(key) if self.index.live.get(key).is_some() => {
                         changes.push(Change::Delete { key: key.clone(), stamp: None });
                     }
-                    Op::Remove(_) | Op::SetMeta(..) | Op::IndexDot(..) => {}
+                    Op::Remove(_) | Op::SetMeta(..) | Op::IndexDot(..) | Op::SetDevice(..) | Op::RemoveDevice(_) => {}
                 }
             }
         }

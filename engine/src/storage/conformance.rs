@@ -242,6 +242,24 @@ fn metadata_round_trips(h: &mut impl Harness) {
     assert_eq!(snap.meta(Meta::ReplicaId).unwrap(), None);
 }
 
+fn device_records_are_set_removed_scanned_in_id_order_and_survive_reopening(h: &mut impl Harness) {
+    let mut s = h.open();
+    let mut batch = Batch::new();
+    batch.set_device(9, b"nine".to_vec()).set_device(u64::MAX, b"max".to_vec()).set_device(3, b"three".to_vec());
+    batch.set_device(9, b"nine again".to_vec()).remove_device(u64::MAX).remove_device(7);
+    s.commit(&batch).unwrap();
+    let s = h.reopen(s);
+    let mut seen = Vec::new();
+    s.snapshot()
+        .unwrap()
+        .scan_devices(&mut |id, record| {
+            seen.push((id, record.to_vec()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(seen, vec![(3, b"three".to_vec()), (9, b"nine again".to_vec())]);
+}
+
 fn committed_batches_survive_reopening(h: &mut impl Harness) {
     let mut s = h.open();
     commit(&mut s, &[entry("a", 1, 1, value("a")), entry("b", 1, 2, Payload::Tombstone)]);
@@ -336,6 +354,10 @@ macro_rules! conformance {
             #[test]
             fn metadata_round_trips() {
                 super::metadata_round_trips(&mut $harness);
+            }
+            #[test]
+            fn device_records_are_set_removed_scanned_in_id_order_and_survive_reopening() {
+                super::device_records_are_set_removed_scanned_in_id_order_and_survive_reopening(&mut $harness);
             }
             #[test]
             fn committed_batches_survive_reopening() {

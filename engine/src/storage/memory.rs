@@ -18,6 +18,7 @@ struct Tables {
     entries: OrdMap<Vec<u8>, Entry>,
     dots: OrdMap<Dot, Vec<u8>>,
     meta: OrdMap<Meta, Vec<u8>>,
+    devices: OrdMap<u64, Vec<u8>>,
 }
 
 /// A store held in memory. Cloning it is O(1) and gives an independent copy.
@@ -73,6 +74,12 @@ impl Storage for MemoryStore {
                 Op::SetMeta(meta, value) => {
                     next.meta.insert(*meta, value.clone());
                 }
+                Op::SetDevice(id, record) => {
+                    next.devices.insert(*id, record.clone());
+                }
+                Op::RemoveDevice(id) => {
+                    next.devices.remove(id);
+                }
             }
         }
         self.tables = next;
@@ -114,6 +121,15 @@ impl Snapshot for MemorySnapshot {
 
     fn meta(&self, meta: Meta) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.tables.meta.get(&meta).cloned())
+    }
+
+    fn scan_devices(&self, visit: &mut dyn FnMut(u64, &[u8]) -> ControlFlow<()>) -> Result<(), StorageError> {
+        for (id, record) in &self.tables.devices {
+            if visit(*id, record).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn entry_count(&self) -> Result<u64, StorageError> {

@@ -82,6 +82,11 @@ pub enum Op {
     Remove(Vec<u8>),
     /// Set a metadata record.
     SetMeta(Meta, Vec<u8>),
+    /// Set the device record of replica `id` (a member's table of enrolled devices,
+    /// docs/design.md §8), replacing any.
+    SetDevice(u64, Vec<u8>),
+    /// Remove the device record of replica `id`, if any.
+    RemoveDevice(u64),
 }
 
 /// Changes applied all together or not at all.
@@ -119,6 +124,18 @@ impl Batch {
     /// Adds a removal.
     pub fn remove(&mut self, key: Vec<u8>) -> &mut Self {
         self.ops.push(Op::Remove(key));
+        self
+    }
+
+    /// Adds a device record update.
+    pub fn set_device(&mut self, id: u64, record: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::SetDevice(id, record));
+        self
+    }
+
+    /// Adds a device record removal.
+    pub fn remove_device(&mut self, id: u64) -> &mut Self {
+        self.ops.push(Op::RemoveDevice(id));
         self
     }
 
@@ -220,6 +237,9 @@ pub trait Snapshot {
 
     /// A metadata record.
     fn meta(&self, meta: Meta) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Visits every device record in id order, until `visit` breaks.
+    fn scan_devices(&self, visit: &mut dyn FnMut(u64, &[u8]) -> ControlFlow<()>) -> Result<(), StorageError>;
 
     /// How many entries are stored (live, tombstones and expired records).
     fn entry_count(&self) -> Result<u64, StorageError>;

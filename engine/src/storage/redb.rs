@@ -20,6 +20,7 @@ use std::path::Path;
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const DOTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dots");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const DEVICES: TableDefinition<u64, &[u8]> = TableDefinition::new("devices");
 
 /// Opens the database again: at [`RedbStore::open`] and at every [`Storage::reopen`].
 type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send>;
@@ -63,6 +64,7 @@ impl RedbStore {
             txn.open_table(ENTRIES).map_err(|e| StorageError::backend("creating tables", e))?;
             txn.open_table(DOTS).map_err(|e| StorageError::backend("creating tables", e))?;
             txn.open_table(META).map_err(|e| StorageError::backend("creating tables", e))?;
+            txn.open_table(DEVICES).map_err(|e| StorageError::backend("creating tables", e))?;
         }
         txn.commit().map_err(|e| StorageError::backend("creating tables", e))?;
         Ok(RedbStore { db: Some(db), open, scratch: Vec::new() })
@@ -101,6 +103,7 @@ impl Storage for RedbStore {
             let mut entries = txn.open_table(ENTRIES).map_err(write_err)?;
             let mut dots = txn.open_table(DOTS).map_err(write_err)?;
             let mut meta = txn.open_table(META).map_err(write_err)?;
+            let mut devices = txn.open_table(DEVICES).map_err(write_err)?;
             for op in &batch.ops {
                 match op {
                     Op::Put(entry) | Op::PutDeferred(entry) => {
@@ -133,6 +136,12 @@ impl Storage for RedbStore {
                     }
                     Op::SetMeta(name, value) => {
                         meta.insert(name.name(), value.as_slice()).map_err(write_err)?;
+                    }
+                    Op::SetDevice(id, record) => {
+                        devices.insert(*id, record.as_slice()).map_err(write_err)?;
+                    }
+                    Op::RemoveDevice(id) => {
+                        devices.remove(*id).map_err(write_err)?;
                     }
                 }
             }
@@ -203,6 +212,17 @@ impl Snapshot for RedbSnapshot {
     fn meta(&self, meta: Meta) -> Result<Option<Vec<u8>>, StorageError> {
         let table = self.txn.open_table(META).map_err(read_err)?;
         Ok(ReadableTable::get(&table, meta.name()).map_err(read_err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn scan_devices(&self, visit: &mut dyn FnMut(u64, &[u8]) -> ControlFlow<()>) -> Result<(), StorageError> {
+        let table = self.txn.open_table(DEVICES).map_err(read_err)?;
+        for row in ReadableTable::iter(&table).map_err(read_err)? {
+            let (id, record) = row.map_err(read_err)?;
+            if visit(id.value(), record.value()).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn entry_count(&self) -> Result<u64, StorageError> {
