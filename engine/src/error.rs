@@ -134,6 +134,9 @@ pub enum Error {
     /// Enrolling a member would exceed [`crate::membership::MEMBERS_MAX`].
     #[error(transparent)]
     TooManyMembers(#[from] crate::membership::TooManyMembers),
+    /// Enrolling a device would exceed [`crate::device::DEVICES_MAX`].
+    #[error(transparent)]
+    TooManyDevices(#[from] crate::device::TooManyDevices),
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),

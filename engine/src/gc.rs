@@ -30,6 +30,8 @@ pub struct GcReport {
     pub purged: usize,
     /// Members evicted for silence.
     pub evicted: Vec<ReplicaId>,
+    /// Devices that stopped holding collection back (silent past the device lease).
+    pub lapsed: Vec<ReplicaId>,
     /// Tombstones and expired records removed.
     pub collected: usize,
     /// Whether a checkpoint is now waiting for the frontier to cover its join.
@@ -40,7 +42,7 @@ impl<S: Storage> Replica<S> {
     /// The stable frontier: what every member (this replica included) has acknowledged.
     #[must_use]
     pub fn frontier(&self) -> VersionVector {
-        self.membership.frontier(self.vector())
+        self.devices.frontier(self.membership.frontier(self.vector()))
     }
 
     /// The members whose acknowledgements count (besides this replica).
@@ -160,8 +162,9 @@ impl<S: Storage> Replica<S> {
         let mut report = GcReport { purged: self.purge_expired()?, ..GcReport::default() };
         let now_ms = self.now_ms();
         report.evicted = self.membership.evict_silent(now_ms, self.config().lease_ms);
+        report.lapsed = self.devices.lapse_silent(now_ms, self.config().device_lease_ms);
         let frontier = self.frontier();
-        let join = self.membership.join(self.vector());
+        let join = self.devices.join(self.membership.join(self.vector()));
         let collect_under = match &self.checkpoint {
             Some(cp) if frontier.dominates(&cp.join) => Some(cp.frontier.clone()),
             Some(_) => None,
@@ -189,6 +192,7 @@ impl<S: Storage> Replica<S> {
         }
         report.pending = checkpoint.is_some();
         // Only what changed: an idle node's GC step then writes (and fsyncs) nothing.
+        Self::add_device_changes(&mut self.devices, &mut batch);
         let snap = self.store().snapshot()?;
         for (meta, value) in [(Meta::Members, encode_cbor(&membership)), (Meta::Checkpoint, encode_cbor(&checkpoint))] {
             if snap.meta(meta)?.as_deref() != Some(value.as_slice()) {

@@ -31,6 +31,7 @@
 //! # }
 //! ```
 
+pub mod device;
 pub mod entry;
 pub mod error;
 pub mod fingerprint;
@@ -47,6 +48,7 @@ pub mod sketch;
 pub mod storage;
 pub mod vector;
 
+pub use device::Role;
 pub use entry::{Entry, Payload, Value};
 pub use error::{Error, Result, StorageError};
 pub use hlc::{Hlc, HybridClock, ManualClock, Stamp, SystemClock, WallClock};

@@ -130,7 +130,17 @@ pub(crate) fn bounded_vector<'de, D: serde::Deserializer<'de>>(d: D) -> Result<c
     bounded_vec::<_, (crate::ReplicaId, crate::Seq), VECTOR_COMPONENTS_MAX>(d).map(Into::into)
 }
 
-/// [`bounded_vector`] for an optional vector (a push's).
+/// [`bounded_vector`] for an optional vector (a device's horizon).
+pub(crate) fn bounded_optional_vector<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::VersionVector>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct One(#[serde(deserialize_with = "bounded_vector")] crate::VersionVector);
+    let one: Option<One> = serde::Deserialize::deserialize(d)?;
+    Ok(one.map(|One(v)| v))
+}
+
+/// [`bounded_vector`] for an optional vector and a clock (a push's).
 pub(crate) fn bounded_vector_and_clock<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<(crate::VersionVector, crate::Hlc)>, D::Error> {

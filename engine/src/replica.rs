@@ -12,6 +12,7 @@
 //! - TTL expiry writes nothing and sends nothing (I6): an expired value is hidden from reads at
 //!   once and, when purged, becomes an `Expired` record with its original stamp and dot.
 
+use crate::device::{DeviceRecord, DeviceState, Devices, Role};
 use crate::entry::{Entry, Payload, Value};
 use crate::error::{Error, Result, StorageError};
 use crate::hlc::{HLC_WALL_MS_MAX, Hlc, HybridClock, Stamp, WallClock};
@@ -45,6 +46,11 @@ pub struct Config {
     /// How far a peer's measured wall time may lag its real one (transit), on top of
     /// `max_drift_ms`, before this replica counts itself ahead ([`PEER_CLOCK_SLACK_MS`]).
     pub peer_clock_slack_ms: u64,
+    /// Whether this replica is a member or a device (docs/design.md §8). A store keeps the role
+    /// it was opened with first.
+    pub role: Role,
+    /// On a member: how long a device may stay silent before it stops holding collection back.
+    pub device_lease_ms: u64,
 }
 
 impl Default for Config {
@@ -54,6 +60,8 @@ impl Default for Config {
             max_drift_ms: MAX_DRIFT_MS_DEFAULT,
             lease_ms: LEASE_MS_DEFAULT,
             peer_clock_slack_ms: PEER_CLOCK_SLACK_MS,
+            role: Role::Member,
+            device_lease_ms: crate::device::DEVICE_LEASE_MS_DEFAULT,
         }
     }
 }
@@ -223,6 +231,10 @@ pub struct Replica<S: Storage> {
     opened_clock: Hlc,
     /// The store's failure, from a failed commit until a commit succeeds (`recovery.rs`).
     store_failure: Option<StoreFailure>,
+    /// On a device: its upload queue's state (`device/queue.rs`).
+    pub(crate) device: DeviceState,
+    /// On a member: the enrolled devices (`device/records.rs`).
+    pub(crate) devices: Devices,
 }
 
 /// The dot-index rows still to write for entries stored without one ([`Meta::Unindexed`]).
@@ -332,6 +344,8 @@ impl<S: Storage> Replica<S> {
                     restore_epoch: 0,
                     opened_clock: durable.clock,
                     store_failure: None,
+                    device: durable.device,
+                    devices: durable.devices,
                     store,
                 }
             }
@@ -359,6 +373,8 @@ impl<S: Storage> Replica<S> {
                     restore_epoch: 0,
                     opened_clock: Hlc(0),
                     store_failure: None,
+                    device: DeviceState::default(),
+                    devices: Devices::default(),
                 }
             }
         };
@@ -412,6 +428,30 @@ impl<S: Storage> Replica<S> {
     /// The changes committed since the last call, in commit order (empty when not recording).
     pub fn take_changes(&mut self) -> Vec<Change> {
         self.changes.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Replaces the vector (its commit is the caller's, already done).
+    pub(crate) fn set_vector(&mut self, vector: VersionVector) {
+        self.vector = vector;
+    }
+
+    /// The hybrid clock, to advance a copy of it over a batch.
+    pub(crate) fn hybrid_clock(&self) -> HybridClock {
+        self.clock
+    }
+
+    /// Replaces the hybrid clock (its commit is the caller's, already done).
+    pub(crate) fn set_hybrid_clock(&mut self, clock: HybridClock) {
+        self.clock = clock;
+    }
+
+    /// Checks a remote stamp against `max_drift_ms`, counting a rejection.
+    pub(crate) fn clock_check(&mut self, hlc: Hlc, wall_ms: u64) -> Result<()> {
+        let checked = self.clock.check(hlc, wall_ms);
+        if checked.is_err() {
+            self.drift_rejections += 1;
+        }
+        checked
     }
 
     /// The wall clock, read once per operation.
@@ -534,9 +574,14 @@ impl<S: Storage> Replica<S> {
         vector.advance(self.id, seq);
         store_batch.set_meta(Meta::Vector, encode_vector(&vector));
         store_batch.set_meta(Meta::Clock, encode_clock(clock.last()));
+        let first = self.vector.get(self.id).next();
+        let device = self.note_device_writes(first, &mut store_batch);
         self.commit(&store_batch)?;
         self.vector = vector;
         self.clock = clock;
+        if let Some(state) = device {
+            self.device = state;
+        }
         Ok(receipts)
     }
 
@@ -692,6 +737,17 @@ impl<S: Storage> Replica<S> {
                 None => snap.entry(&entry.key)?,
             };
             match current {
+                // On a device: its own write, queued or answered as known, arriving numbered by
+                // a member: the member's copy replaces the one under the upload seq.
+                Some(cur)
+                    if cur.dot.replica == self.id
+                        && entry.dot.replica != self.id
+                        && cur.stamp == entry.stamp
+                        && self.is_device() =>
+                {
+                    report.applied += 1;
+                    winners.insert(entry.key.clone(), entry);
+                }
                 Some(cur) if cur.dot() == entry.dot() && !entry.wins_over(&cur) => report.superseded += 1,
                 Some(cur) if cur.dot() != entry.dot() && self.vector.covers(entry.dot()) => report.stale += 1,
                 None if self.vector.covers(entry.dot()) => report.stale += 1,
@@ -882,6 +938,28 @@ fn check_own_writes_covered(snap: &impl Snapshot, id: ReplicaId, counter: Seq) -
     }
 }
 
+/// A member's device table as its store holds it.
+pub(crate) fn load_devices(snap: &impl Snapshot) -> Result<Devices> {
+    let mut records = BTreeMap::new();
+    let mut failed = None;
+    snap.scan_devices(&mut |id, bytes| match decode_cbor::<DeviceRecord>("device record", bytes) {
+        Ok(r) => {
+            records.insert(ReplicaId(id), r);
+            ControlFlow::Continue(())
+        }
+        Err(e) => {
+            failed = Some(e);
+            ControlFlow::Break(())
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let revoked =
+        snap.meta(Meta::Revoked)?.map(|b| decode_cbor("revoked devices", &b)).transpose()?.unwrap_or_default();
+    Ok(Devices::load(records, revoked))
+}
+
 /// What a store holds durably besides its entries, and the index of those: what a replica
 /// resumes from when it opens, and again when its store is reopened after a failure.
 struct Durable {
@@ -892,6 +970,8 @@ struct Durable {
     unindexed: VersionVector,
     index: KeyIndex,
     recovery: Option<Recovery>,
+    device: DeviceState,
+    devices: Devices,
 }
 
 impl Durable {
@@ -914,6 +994,8 @@ impl Durable {
             unindexed: snap.meta(Meta::Unindexed)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default(),
             index: KeyIndex::load(snap)?,
             recovery,
+            device: DeviceState::load(snap)?,
+            devices: load_devices(snap)?,
         })
     }
 }

@@ -88,6 +88,8 @@ impl<S: Storage> Replica<S> {
         self.unindexed_rows = None;
         self.index = durable.index;
         self.recovery = durable.recovery;
+        self.device = durable.device;
+        self.devices = durable.devices;
         if let Some(failure) = self.store_failure.as_mut() {
             failure.needs_reopen = false;
         }

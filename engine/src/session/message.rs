@@ -324,6 +324,21 @@ pub enum Message {
     Ack(#[serde(deserialize_with = "limits::bounded_vector")] VersionVector),
     /// On a live stream, not in a session: entries committed since the last push.
     Push(Push),
+    /// Device → member: a device session's handshake (`device/session.rs`).
+    DeviceHello(crate::device::message::DeviceHello),
+    /// Member → device: the answer to a [`Message::DeviceHello`].
+    MemberHello(crate::device::message::MemberHello),
+    /// Device → member: queued writes, in upload-seq order, each under its dot (device, upload
+    /// seq); `last` on the final one.
+    Upload {
+        /// The writes.
+        #[serde(with = "super::batch")]
+        entries: Vec<Entry>,
+        /// Whether no upload follows in this session.
+        last: bool,
+    },
+    /// Member → device: one answer per write of the last `Upload`, in its order.
+    Admitted(#[serde(deserialize_with = "crate::device::message::bounded_admissions")] Vec<crate::device::Admission>),
 }
 
 impl Message {
@@ -340,6 +355,10 @@ impl Message {
             Message::Reply { .. } => "Reply",
             Message::Ack(_) => "Ack",
             Message::Push(_) => "Push",
+            Message::DeviceHello(_) => "DeviceHello",
+            Message::MemberHello(_) => "MemberHello",
+            Message::Upload { .. } => "Upload",
+            Message::Admitted(_) => "Admitted",
         }
     }
 

@@ -87,6 +87,12 @@ pub enum SyncError {
         /// What the session was doing.
         state: &'static str,
     },
+    /// A device that is not enrolled here (never, or removed) opened a device session.
+    #[error(
+        "device {0} is not enrolled at this member (never enrolled, or removed): enrol it with \
+         `device add` at a member, or stop syncing it"
+    )]
+    NotEnrolled(ReplicaId),
     /// A reply named an item this side never offered.
     #[error("reply asks for item {0:?}, which was not offered")]
     UnknownItem(ItemId),
@@ -215,6 +221,22 @@ pub struct Session {
     /// The ranges the next `Ranges` from the peer must describe, in order: the whole key space
     /// until this side asks for others.
     ranges_asked: Vec<KeyBounds>,
+    /// Whether this is the download of a device session, and on which side
+    /// (`device/session.rs`): it changes what an acknowledgement is, and nothing else.
+    download: Option<Download>,
+}
+
+/// The side of a device session's download a [`Session`] plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Download {
+    /// On the member: the source. The device's `Ack` is its acknowledgement as a device.
+    ToDevice,
+    /// On the device: the sink. Its `Ack` is capped at its oldest queued write's base, and a
+    /// bootstrap's vector becomes its horizon.
+    OnDevice {
+        /// The flow is a fresh bootstrap.
+        fresh: bool,
+    },
 }
 
 impl Session {
@@ -249,6 +271,7 @@ impl Session {
             wall_ms: replica.now_ms(),
         };
         Ok(Session {
+            download: None,
             restore_epoch: replica.restore_epoch(),
             peer_limit_ms: None,
             held: crate::replica::HeldBack::default(),
@@ -263,6 +286,82 @@ impl Session {
             sink: Sink::AwaitHello,
             stats: SessionStats::default(),
         })
+    }
+
+    /// The download of a device session, on the member (`device/session.rs`): no handshake
+    /// of its own (the device session's took its place), a source flow chosen for the device's
+    /// vector, nothing received but the device's replies and acknowledgement.
+    ///
+    /// It starts once the device's uploads are admitted, so its vector covers them, and the
+    /// writes admitted in this session (`admitted`) are not sent back.
+    ///
+    /// | device | flow |
+    /// | --- | --- |
+    /// | uploaded nothing and its vector covers this member's, or has a horizon this member's handshake vector did not cover | nothing |
+    /// | fresh (empty, holds nothing) | **bootstrap, live entries only**: no dead record at all (I12) |
+    /// | vector covers `collected` here | **delta** |
+    /// | anything else (back after its lease, restored) | **reconcile** |
+    pub(crate) fn to_device<S: Storage>(
+        replica: &mut Replica<S>,
+        hello: &crate::device::DeviceHello,
+        hello_vector: &VersionVector,
+        admitted: Option<&BTreeSet<Dot>>,
+    ) -> Result<Session, SyncError> {
+        let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms) = hello;
+        let (device, fresh, horizon) = (*device, *fresh, horizon.as_ref());
+        replica.purge_expired()?;
+        let mut s = Session::open(replica, Some(device), false)?;
+        s.outbox.clear();
+        s.download = Some(Download::ToDevice);
+        s.peer = Some(device);
+        s.sink = Sink::Nothing;
+        let slack_ms = replica.config().max_drift_ms + replica.config().peer_clock_slack_ms;
+        s.peer_limit_ms = Some(peer_wall_ms.saturating_add(slack_ms));
+        let v0 = replica.vector().clone();
+        if (admitted.is_none() && vector.dominates(&v0)) || horizon.is_some_and(|h| !hello_vector.dominates(h)) {
+            s.source = Source::Nothing;
+            s.stats.mode = Some(Mode::Nothing);
+        } else if fresh {
+            s.stats.mode = Some(Mode::Bootstrap);
+            let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));
+            s.source = Source::Streaming { v0, stream: EntryStream::bootstrap(snapshot), then: None };
+        } else if vector.dominates(replica.membership().collected()) {
+            s.stats.mode = Some(Mode::Delta);
+            let snapshot = replica.store().snapshot().map_err(Error::from)?;
+            let mut keys = replica.delta_keys(&snapshot, vector)?;
+            if let Some(admitted) = admitted {
+                keys.retain(|k| replica.index.dot_of(k).is_none_or(|d| !admitted.contains(&d)));
+            }
+            let stream = EntryStream::reply(HeldSnapshot(Box::new(snapshot)), keys, Vec::new(), vector.clone());
+            s.source = Source::Streaming { v0, stream, then: None };
+        } else {
+            s.stats.mode = Some(Mode::Reconcile);
+            s.start_ranges(replica, vector.clone())?;
+        }
+        Ok(s)
+    }
+
+    /// The download of a device session, on the device: the sink of what `member` (whose
+    /// handshake vector is `vector`) sends, or nothing when `receive` is false (the member's
+    /// rule in [`Session::to_device`], seen from here).
+    pub(crate) fn on_device<S: Storage>(
+        replica: &mut Replica<S>,
+        member: ReplicaId,
+        vector: &VersionVector,
+        receive: bool,
+        fresh: bool,
+    ) -> Result<Session, SyncError> {
+        let mut s = Session::open(replica, Some(member), false)?;
+        s.outbox.clear();
+        s.download = Some(Download::OnDevice { fresh });
+        s.peer = Some(member);
+        s.source = Source::Nothing;
+        s.sink = if receive {
+            Sink::Receiving { source_vector: vector.clone(), dead: BTreeMap::new(), bulk: fresh }
+        } else {
+            Sink::Nothing
+        };
+        Ok(s)
     }
 
     /// The peer, once its handshake arrived.
@@ -315,6 +414,7 @@ impl Session {
     ) -> Result<(), SyncError> {
         self.stats.messages_received += 1;
         self.stats.bytes_received += frame_len as u64;
+        let msg_name = msg.name();
         match msg {
             Message::Hello(hello) => self.on_hello(replica, hello),
             Message::Entries(entries) => {
@@ -371,25 +471,42 @@ impl Session {
                 // against the handshake's old vector, so this transfer is not complete.
                 let complete = replica.restore_epoch() == self.restore_epoch;
                 replica.apply_remote(Vec::new(), complete.then_some((&vector, clock)))?;
-                self.outbox.push_back(Message::Ack(replica.vector().clone()));
+                let ack = match self.download {
+                    Some(Download::OnDevice { fresh }) => {
+                        if fresh && complete {
+                            replica.set_horizon(vector)?;
+                        }
+                        replica.device_ack()?
+                    }
+                    _ => replica.vector().clone(),
+                };
+                self.outbox.push_back(Message::Ack(ack));
                 Ok(())
             }
             Message::Partial => {
                 self.receiving("Partial")?;
                 self.stats.partial_received = true;
                 self.sink = Sink::Finished;
-                self.outbox.push_back(Message::Ack(replica.vector().clone()));
+                let ack = if self.download.is_some() { replica.device_ack()? } else { replica.vector().clone() };
+                self.outbox.push_back(Message::Ack(ack));
                 Ok(())
             }
             Message::Reply { split, send, want, keys } => self.on_reply(replica, split, send, want, keys),
             Message::Push(_) => Err(SyncError::Unexpected { got: "Push", state: "in a session" }),
+            Message::DeviceHello(_) | Message::MemberHello(_) | Message::Upload { .. } | Message::Admitted(_) => {
+                Err(SyncError::Unexpected { got: msg_name, state: "in a member session's flow" })
+            }
             Message::Ack(vector) => {
                 if !matches!(self.source, Source::AwaitAck) {
                     return Err(SyncError::Unexpected { got: "Ack", state: self.source_state() });
                 }
                 if let Some(peer) = self.peer {
                     replica.notice_own_seq(vector.get(replica.id()))?;
-                    replica.acknowledge(peer, &vector);
+                    if self.download == Some(Download::ToDevice) {
+                        replica.acknowledge_device(peer, &vector);
+                    } else {
+                        replica.acknowledge(peer, &vector);
+                    }
                 }
                 self.source = Source::Finished;
                 Ok(())

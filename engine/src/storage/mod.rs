@@ -47,6 +47,10 @@ pub enum Meta {
     /// A recovery from a restore in progress: the own counter and the seq the vector must come
     /// back to (`replica/restore.rs`).
     Restore,
+    /// On a device: the upload queue's state and the horizon (`device/queue.rs`).
+    Device,
+    /// On a member: the devices removed and not enrolled again (`device/records.rs`).
+    Revoked,
 }
 
 impl Meta {
@@ -61,6 +65,8 @@ impl Meta {
             Meta::Checkpoint => "checkpoint",
             Meta::Unindexed => "unindexed",
             Meta::Restore => "restore",
+            Meta::Device => "device",
+            Meta::Revoked => "revoked",
         }
     }
 }

@@ -1,0 +1,107 @@
+//! A member admitting a device's uploads (docs/design.md §8, I10, I11).
+//!
+//! Rules, checked for the whole upload before anything is applied:
+//! - every write is the device's own: its stamp's writer and its dot's replica are the
+//!   authenticated device (a device can change nothing but its own writes);
+//! - upload seqs rise strictly within one upload; sizes and stamps pass the same checks as any
+//!   remote entry (limits, `max_drift`);
+//! - a write at or below the device's cursor was applied before (here or at another member):
+//!   it is answered with the dot this member holds it under if it holds that very write, and
+//!   as known otherwise, and never applied again;
+//! - any other write is applied under a fresh dot of this member if it wins over what the key
+//!   holds, and answered as superseded if not; either way the cursor passes it.
+//!
+//! The writes, the vector, the clock and the device's record (its cursor) are committed in one
+//! batch before the answer goes, so an answered upload is durable (I11).
+
+use crate::device::message::Admission;
+use crate::entry::Entry;
+use crate::error::{Error, Result};
+use crate::ids::{Dot, ReplicaId, Seq};
+use crate::replica::Replica;
+use crate::session::SyncError;
+use crate::storage::{Batch, Meta, Snapshot, Storage, encode_clock, encode_vector};
+use std::collections::BTreeMap;
+
+impl<S: Storage> Replica<S> {
+    /// Admits `device`'s uploaded writes (see the module docs); one answer per write, in order.
+    pub fn admit_uploads(&mut self, device: ReplicaId, entries: Vec<Entry>) -> Result<Vec<Admission>, SyncError> {
+        if self.is_device() {
+            return Err(SyncError::Unexpected { got: "Upload", state: "on a device (devices admit no uploads)" });
+        }
+        if !self.devices().is_enrolled(device) {
+            return Err(SyncError::NotEnrolled(device));
+        }
+        let wall_ms = self.now_ms();
+        let mut previous = Seq(0);
+        for e in &entries {
+            if e.stamp.replica != device || e.dot.replica != device {
+                return Err(SyncError::Malformed(format!(
+                    "device {device} uploaded a write stamped by {} under dot {}: a device uploads only its own writes",
+                    e.stamp.replica, e.dot
+                )));
+            }
+            if e.dot.seq <= previous {
+                return Err(SyncError::Malformed(format!(
+                    "upload seq {} after {previous}: an upload's seqs must rise",
+                    e.dot.seq
+                )));
+            }
+            previous = e.dot.seq;
+            self.config().limits.check_entry(e)?;
+        }
+        if let Some(err) = entries.iter().find_map(|e| self.clock_check(e.stamp.hlc, wall_ms).err()) {
+            return Err(err.into());
+        }
+        self.check_not_recovering()?;
+        let me = self.id();
+        let mut cursor = self.devices().cursor(device);
+        let snap = self.store().snapshot().map_err(Error::from)?;
+        let mut clock = self.hybrid_clock();
+        let mut seq = self.own_counter();
+        let mut winners: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+        let mut answers = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let upload_seq = entry.dot.seq;
+            let current = match winners.get(&entry.key) {
+                Some(e) => Some(e.clone()),
+                None => snap.entry(&entry.key).map_err(Error::from)?,
+            };
+            if upload_seq <= cursor {
+                answers.push(match current {
+                    Some(cur) if cur.stamp == entry.stamp => Admission::Admitted(cur.dot),
+                    _ => Admission::Known,
+                });
+                continue;
+            }
+            cursor = upload_seq;
+            clock.observe(entry.stamp.hlc, wall_ms)?;
+            let candidate = Entry { dot: Dot { replica: me, seq: seq.next() }, ..entry.settled_at(wall_ms) };
+            if current.as_ref().is_some_and(|cur| !candidate.wins_over(cur)) {
+                answers.push(Admission::Superseded);
+                continue;
+            }
+            seq = seq.next();
+            answers.push(Admission::Admitted(candidate.dot));
+            winners.insert(candidate.key.clone(), candidate);
+        }
+        drop(snap);
+        let mut batch = Batch::new();
+        let mut vector = self.vector().clone();
+        vector.advance(me, seq);
+        for e in winners.into_values() {
+            batch.put(e);
+        }
+        batch.set_meta(Meta::Vector, encode_vector(&vector));
+        batch.set_meta(Meta::Clock, encode_clock(clock.last()));
+        let record = self.devices_mut().advanced_record(device, cursor);
+        if let Some(record) = &record {
+            batch.set_device(device.0, crate::storage::encode_cbor(record));
+        }
+        self.commit(&batch)?;
+        self.devices_mut().advance_cursor(device, cursor);
+        self.set_vector(vector);
+        self.set_hybrid_clock(clock);
+        Ok(answers)
+    }
+}

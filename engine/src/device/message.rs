@@ -1,0 +1,110 @@
+//! The messages of a device session that a member-to-member session does not have: the two
+//! handshakes, the upload and its answers. The download reuses the member session's flow
+//! messages (`Entries`, `Ranges`, `Reply`, `Done`, `Ack`).
+//!
+//! Each is a flat CBOR array in field order, and every vector in them is bounded as it is
+//! decoded. A device's handshake carries nothing per device and nothing per other member's
+//! vector: a device session costs O(members) bytes (I9).
+
+use crate::ids::{Dot, ReplicaId, Seq};
+use crate::limits::{self, ENTRIES_PER_FRAME_MAX};
+use crate::vector::VersionVector;
+use serde::{Deserialize, Serialize};
+
+/// A device's handshake, to a member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceHello(
+    /// [`crate::session::PROTOCOL_VERSION`] of the device.
+    pub u32,
+    /// The device.
+    pub ReplicaId,
+    /// Its vector over members.
+    #[serde(deserialize_with = "limits::bounded_vector")]
+    pub VersionVector,
+    /// Its acknowledgement: the vector capped at the base of its oldest queued write.
+    #[serde(deserialize_with = "limits::bounded_vector")]
+    pub VersionVector,
+    /// Its horizon, if it bootstrapped fresh and the members have not collected past it yet:
+    /// it takes entries only from a member whose vector covers it.
+    #[serde(deserialize_with = "limits::bounded_optional_vector")]
+    pub Option<VersionVector>,
+    /// Whether it holds nothing (a fresh bootstrap: live entries only).
+    pub bool,
+    /// Whether it has writes to upload (they follow the member's handshake).
+    pub bool,
+    /// Its wall clock, in ms since the Unix epoch.
+    pub u64,
+);
+
+impl DeviceHello {
+    /// The device.
+    #[must_use]
+    pub fn device(&self) -> ReplicaId {
+        self.1
+    }
+}
+
+/// A member's handshake, to a device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberHello(
+    /// [`crate::session::PROTOCOL_VERSION`] of the member.
+    pub u32,
+    /// The member.
+    pub ReplicaId,
+    /// Its vector.
+    #[serde(deserialize_with = "limits::bounded_vector")]
+    pub VersionVector,
+    /// The join of every frontier under which it collected: a device's horizon it covers can
+    /// be forgotten.
+    #[serde(deserialize_with = "limits::bounded_vector")]
+    pub VersionVector,
+    /// The device's cursor: the highest upload seq of it that members applied.
+    pub Seq,
+    /// Its wall clock, in ms since the Unix epoch.
+    pub u64,
+);
+
+/// A member's answer to one uploaded write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "AdmissionWire", try_from = "AdmissionWire")]
+pub enum Admission {
+    /// Applied under this dot of the member's.
+    Admitted(Dot),
+    /// Not applied: something newer holds the key (the device will receive it).
+    Superseded,
+    /// At or below the device's cursor: applied before, here or at another member, and no
+    /// longer (or not yet) this member's entry for the key.
+    Known,
+}
+
+/// `[kind, replica, seq]`: 0 admitted (with its dot), 1 superseded, 2 known (zeros).
+#[derive(Serialize, Deserialize)]
+struct AdmissionWire(u8, u64, u64);
+
+impl From<Admission> for AdmissionWire {
+    fn from(a: Admission) -> Self {
+        match a {
+            Admission::Admitted(d) => AdmissionWire(0, d.replica.0, d.seq.0),
+            Admission::Superseded => AdmissionWire(1, 0, 0),
+            Admission::Known => AdmissionWire(2, 0, 0),
+        }
+    }
+}
+
+impl TryFrom<AdmissionWire> for Admission {
+    type Error = String;
+
+    fn try_from(w: AdmissionWire) -> Result<Self, String> {
+        match w {
+            AdmissionWire(0, r, s) if s > 0 => Ok(Admission::Admitted(Dot { replica: ReplicaId(r), seq: Seq(s) })),
+            AdmissionWire(1, 0, 0) => Ok(Admission::Superseded),
+            AdmissionWire(2, 0, 0) => Ok(Admission::Known),
+            AdmissionWire(kind, ..) => Err(format!("an admission of kind {kind} with fields that do not fit it")),
+        }
+    }
+}
+
+/// Decodes a list of admissions, refusing more than an upload can hold.
+pub(crate) fn bounded_admissions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Admission>, D::Error> {
+    limits::bounded_vec::<_, _, ENTRIES_PER_FRAME_MAX>(d)
+}

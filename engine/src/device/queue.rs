@@ -1,0 +1,235 @@
+//! A device's side of its writes (docs/design.md §8): the upload queue, the base vector of each
+//! queued write, the acknowledgement it caps, and the horizon of a fresh bootstrap.
+//!
+//! A device numbers its own writes 1, 2, 3, … as members do, but those numbers are **upload
+//! seqs**, never dots that leave the device: the write is stored under the dot (device, upload
+//! seq) until a member admits it and answers with a dot of its own, which replaces it. So the
+//! queue needs no table of its own: it is the device's entries still under its own dots, above
+//! the last upload seq a member answered, in the dot index's order. A write that something newer
+//! replaced is no longer stored, so it is never uploaded (I11).
+//!
+//! Invariants kept here:
+//! - the device's acknowledgement never passes the **base** (its vector over members when the
+//!   write was made) of its oldest write still queued: a delete it had not seen then is
+//!   concurrent with that write, and must not become stable before the write is admitted;
+//! - what a device sends about its vector never names the device itself (vectors have one
+//!   component per member);
+//! - the horizon H (the vector of a fresh bootstrap, which carried no dead record) is forgotten
+//!   only once the members' `collected` covers it.
+
+use crate::device::message::Admission;
+use crate::entry::Entry;
+use crate::error::{Result, StorageError};
+use crate::ids::{Dot, Seq};
+use crate::replica::Replica;
+use crate::storage::{Batch, Meta, Snapshot, Storage, decode_cbor, encode_cbor};
+use crate::vector::VersionVector;
+use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
+
+/// The durable state of a device's uploads ([`Meta::Device`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// Every own write up to this upload seq was answered by a member.
+    pub answered: Seq,
+    /// `(first upload seq, base)`: the device's vector over members when the writes from that
+    /// upload seq on (up to the next entry's) were made. Entries wholly answered are dropped.
+    pub bases: Vec<(Seq, VersionVector)>,
+    /// The vector of a fresh bootstrap: dead records under it may be missing here.
+    pub horizon: Option<VersionVector>,
+}
+
+impl DeviceState {
+    /// Loads it from a snapshot (empty when absent).
+    pub(crate) fn load(snap: &impl Snapshot) -> Result<DeviceState> {
+        Ok(snap.meta(Meta::Device)?.map(|b| decode_cbor("device state", &b)).transpose()?.unwrap_or_default())
+    }
+
+    /// The base of the write with upload seq `seq`.
+    fn base_of(&self, seq: Seq) -> Option<&VersionVector> {
+        self.bases.iter().rev().find(|(first, _)| *first <= seq).map(|(_, v)| v)
+    }
+}
+
+impl<S: Storage> Replica<S> {
+    /// This replica's vector over members: without its own component when it is a device (its
+    /// upload seqs are not dots anyone else holds).
+    #[must_use]
+    pub fn members_vector(&self) -> VersionVector {
+        if !self.is_device() {
+            return self.vector().clone();
+        }
+        let me = self.id();
+        self.vector().iter().filter(|(r, _)| *r != me).collect::<Vec<_>>().into()
+    }
+
+    /// The upload seq of the oldest write still queued, if any.
+    pub(crate) fn oldest_queued(&self, snap: &impl Snapshot) -> Result<Option<Seq>> {
+        let me = self.id();
+        let mut first = None;
+        let from = Dot { replica: me, seq: self.device.answered.next() };
+        snap.scan_dots(from, Dot { replica: me, seq: Seq(u64::MAX) }, &mut |dot, _| {
+            first = Some(dot.seq);
+            ControlFlow::Break(())
+        })?;
+        Ok(first)
+    }
+
+    /// How many writes wait in the upload queue (a device; 0 on a member).
+    pub fn pending_uploads(&self) -> Result<u64> {
+        if !self.is_device() {
+            return Ok(0);
+        }
+        let me = self.id();
+        let mut n = 0;
+        let from = Dot { replica: me, seq: self.device.answered.next() };
+        self.store().snapshot()?.scan_dots(from, Dot { replica: me, seq: Seq(u64::MAX) }, &mut |_, _| {
+            n += 1;
+            ControlFlow::Continue(())
+        })?;
+        Ok(n)
+    }
+
+    /// What this device acknowledges to a member: its vector over members, capped at the base
+    /// of its oldest queued write.
+    pub fn device_ack(&self) -> Result<VersionVector> {
+        let vector = self.members_vector();
+        let snap = self.store().snapshot()?;
+        Ok(match self.oldest_queued(&snap)?.and_then(|s| self.device.base_of(s)) {
+            Some(base) => base.meet(&vector),
+            None => vector,
+        })
+    }
+
+    /// The horizon of this device's fresh bootstrap, while it is remembered.
+    #[must_use]
+    pub fn horizon(&self) -> Option<&VersionVector> {
+        self.device.horizon.as_ref()
+    }
+
+    /// Up to `max` queued writes from upload seq `from` on, in upload-seq order, as `snap`
+    /// holds them.
+    pub(crate) fn queued_from(&self, snap: &impl Snapshot, from: Seq, max: usize) -> Result<Vec<Entry>> {
+        let me = self.id();
+        let mut keys = Vec::new();
+        snap.scan_dots(
+            Dot { replica: me, seq: from.max(self.device.answered.next()) },
+            Dot { replica: me, seq: Seq(u64::MAX) },
+            &mut |_, key| {
+                keys.push(key.to_vec());
+                if keys.len() >= max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            },
+        )?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let entry = snap.entry(&key)?.ok_or_else(|| StorageError::Corrupt {
+                what: "dot index",
+                detail: format!("names key {key:?}, which has no entry"),
+            })?;
+            out.push(entry.settled_at(self.now_ms()));
+        }
+        Ok(out)
+    }
+
+    /// Adds to `batch` what a device's local write of upload seqs from `first` on changes in its
+    /// state: a new base when its vector moved since the last one.
+    pub(crate) fn note_device_writes(&mut self, first: Seq, batch: &mut Batch) -> Option<DeviceState> {
+        if !self.is_device() {
+            return None;
+        }
+        let vector = self.members_vector();
+        if self.device.bases.last().is_some_and(|(_, v)| *v == vector) {
+            return None;
+        }
+        let mut state = self.device.clone();
+        state.bases.push((first, vector));
+        batch.set_meta(Meta::Device, encode_cbor(&state));
+        Some(state)
+    }
+
+    /// Settles a member's answers to this device's uploads: an admitted write takes the
+    /// member's dot (if it is still the key's entry here), and everything answered leaves the
+    /// queue. Durable when this returns.
+    pub(crate) fn settle_uploads(&mut self, uploaded: &[Entry], answers: &[Admission]) -> Result<()> {
+        let snap = self.store().snapshot()?;
+        let mut batch = Batch::new();
+        let mut state = self.device.clone();
+        for (entry, answer) in uploaded.iter().zip(answers) {
+            if let Admission::Admitted(dot) = answer
+                && let Some(current) = snap.entry(&entry.key)?
+                && current.dot == entry.dot
+            {
+                batch.put(Entry { dot: *dot, ..current });
+            }
+            state.answered = state.answered.max(entry.dot.seq);
+        }
+        drop(snap);
+        let oldest_left = {
+            let first = state.answered.next();
+            state.bases.iter().rposition(|(f, _)| *f <= first)
+        };
+        if let Some(i) = oldest_left {
+            state.bases.drain(..i);
+        }
+        batch.set_meta(Meta::Device, encode_cbor(&state));
+        self.commit(&batch)?;
+        self.device = state;
+        Ok(())
+    }
+
+    /// Records `vector` (a fresh bootstrap's, which carried no dead record) as the horizon.
+    pub(crate) fn set_horizon(&mut self, vector: VersionVector) -> Result<()> {
+        self.update_device(|s| s.horizon = Some(vector))
+    }
+
+    /// Forgets the horizon once `collected` (a member's) covers it: every dead record the
+    /// bootstrap left out is then collected everywhere.
+    pub(crate) fn settle_horizon(&mut self, collected: &VersionVector) -> Result<()> {
+        if self.device.horizon.as_ref().is_some_and(|h| collected.dominates(h)) {
+            self.update_device(|s| s.horizon = None)?;
+        }
+        Ok(())
+    }
+
+    /// Moves this device's upload counter past `cursor` (a member applied uploads up to it, so
+    /// this store is an older copy: restored from a backup), re-numbering every queued write
+    /// above it, so none is taken for one applied before (docs/design.md §10).
+    pub(crate) fn renumber_uploads_past(&mut self, cursor: Seq) -> Result<bool> {
+        let me = self.id();
+        if self.vector().get(me) >= cursor {
+            return Ok(false);
+        }
+        let snap = self.store().snapshot()?;
+        let queued = self.queued_from(&snap, Seq(1), usize::MAX)?;
+        drop(snap);
+        let mut batch = Batch::new();
+        let mut seq = cursor;
+        let mut state = self.device.clone();
+        for entry in queued {
+            seq = seq.next();
+            batch.put(Entry { dot: Dot { replica: me, seq }, ..entry });
+        }
+        state.answered = cursor;
+        // The re-numbered writes keep the oldest base: the most cautious cap.
+        let oldest = state.bases.first().map(|(_, v)| v.clone());
+        state.bases = oldest.map(|v| vec![(cursor.next(), v)]).unwrap_or_default();
+        let mut vector = self.vector().clone();
+        vector.advance(me, seq);
+        batch.set_meta(Meta::Device, encode_cbor(&state));
+        batch.set_meta(Meta::Vector, crate::storage::encode_vector(&vector));
+        self.commit(&batch)?;
+        self.device = state;
+        self.set_vector(vector);
+        Ok(true)
+    }
+
+    fn update_device(&mut self, change: impl FnOnce(&mut DeviceState)) -> Result<()> {
+        let mut state = self.device.clone();
+        change(&mut state);
+        let mut batch = Batch::new();
+        batch.set_meta(Meta::Device, encode_cbor(&state));
+        self.commit(&batch)?;
+        self.device = state;
+        Ok(())
+    }
+}

@@ -1,0 +1,485 @@
+//! The device session (docs/design.md §8), one sans-IO state machine per side: frames in
+//! (`handle`), frames out (`poll_transmit`), as [`crate::session::Session`].
+//!
+//! ```text
+//! device                                   member
+//!   DeviceHello(vector, ack, horizon) ──►    checks enrolment, records ack and last seen
+//!                                     ◄──  MemberHello(vector, collected, cursor)
+//!   Upload(writes…, last)             ──►    admits each under its own dot (admit.rs)
+//!                                     ◄──  Admitted(answers)
+//!                                     ◄──  download: Entries…, Done(v)   (or Ranges/Reply…)
+//!   Ack(capped vector)                ──►    records the device's acknowledgement
+//! ```
+//!
+//! Rules kept here: the device speaks first and only to a member; the member answers only an
+//! enrolled device whose handshake names the authenticated peer; the device takes a download
+//! only from a member whose vector covers its horizon (the member applies the same rule and
+//! sends nothing then); a member showing a cursor beyond the device's upload counter means the
+//! device's store is an older copy, and its queued writes are re-numbered above the cursor
+//! before any is uploaded; at most [`UPLOADS_IN_FLIGHT`] uploads await their answers.
+
+use crate::device::message::{Admission, DeviceHello, MemberHello};
+use crate::entry::Entry;
+use crate::error::Error;
+use crate::ids::{Dot, ReplicaId, Seq};
+use crate::replica::Replica;
+use crate::session::{Message, PROTOCOL_VERSION, Session, SessionStats, SyncError, approx_bytes, chunk_full};
+use crate::storage::Storage;
+use crate::vector::VersionVector;
+use std::collections::{BTreeSet, VecDeque};
+
+/// Uploads sent and not yet answered, at most.
+pub const UPLOADS_IN_FLIGHT: usize = 2;
+/// Writes per upload, at most (and about [`crate::session::CHUNK_BYTES`]).
+pub const UPLOAD_ENTRIES_MAX: usize = 1024;
+
+/// What a device session cost and did, from one side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Frames and bytes of the whole session, both ways, and the download's figures.
+    pub download: SessionStats,
+    /// Frames sent outside the download (handshake, uploads or answers).
+    pub messages_sent: u64,
+    /// Bytes of them.
+    pub bytes_sent: u64,
+    /// Frames received outside the download.
+    pub messages_received: u64,
+    /// Bytes of them.
+    pub bytes_received: u64,
+    /// Writes uploaded (device) or received for admission (member).
+    pub uploaded: u64,
+    /// Of them, admitted under a member's dot.
+    pub admitted: u64,
+    /// Of them, superseded by something newer at the member.
+    pub superseded: u64,
+    /// Of them, at or below the cursor (applied before).
+    pub known: u64,
+    /// On the device: its queued writes were re-numbered above the member's cursor (its store
+    /// was an older copy).
+    pub renumbered: bool,
+}
+
+impl DeviceStats {
+    /// Bytes sent, download included.
+    #[must_use]
+    pub fn total_sent(&self) -> u64 {
+        self.bytes_sent + self.download.bytes_sent
+    }
+
+    /// Bytes received, download included.
+    #[must_use]
+    pub fn total_received(&self) -> u64 {
+        self.bytes_received + self.download.bytes_received
+    }
+}
+
+/// The device's side of a device session.
+#[derive(Debug)]
+pub struct DeviceSession {
+    member: Option<ReplicaId>,
+    peer: Option<ReplicaId>,
+    fresh: bool,
+    has_uploads: bool,
+    outbox: VecDeque<Message>,
+    /// The download, once the member's handshake arrived.
+    download: Option<Session>,
+    /// Uploads sent and awaiting their answers, oldest first.
+    in_flight: VecDeque<Vec<Entry>>,
+    /// The next upload seq to read from the queue; `None` once the last upload went.
+    next_upload: Option<Seq>,
+    stats: DeviceStats,
+}
+
+impl DeviceSession {
+    /// Opens a session of this device with a member (`member`, if it must be that one).
+    pub fn new<S: Storage>(replica: &mut Replica<S>, member: Option<ReplicaId>) -> Result<DeviceSession, SyncError> {
+        if !replica.is_device() {
+            return Err(SyncError::Unexpected { got: "a device session", state: "on a member" });
+        }
+        replica.purge_expired()?;
+        let vector = replica.members_vector();
+        let fresh = vector.is_empty() && replica.index.live.is_empty();
+        let has_uploads = replica.pending_uploads()? > 0;
+        let hello = DeviceHello(
+            PROTOCOL_VERSION,
+            replica.id(),
+            vector,
+            replica.device_ack()?,
+            replica.horizon().cloned(),
+            fresh,
+            has_uploads,
+            replica.now_ms(),
+        );
+        Ok(DeviceSession {
+            member,
+            peer: None,
+            fresh,
+            has_uploads,
+            outbox: VecDeque::from([Message::DeviceHello(hello)]),
+            download: None,
+            in_flight: VecDeque::new(),
+            next_upload: has_uploads.then_some(Seq(1)),
+            stats: DeviceStats::default(),
+        })
+    }
+
+    /// The member, once its handshake arrived.
+    #[must_use]
+    pub fn peer(&self) -> Option<ReplicaId> {
+        self.peer
+    }
+
+    /// What the session has cost so far.
+    #[must_use]
+    pub fn stats(&self) -> DeviceStats {
+        let mut s = self.stats.clone();
+        if let Some(d) = &self.download {
+            s.download = d.stats().clone();
+        }
+        s
+    }
+
+    /// Whether everything is uploaded and answered, the download is complete and nothing is
+    /// left to send.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.outbox.is_empty()
+            && self.in_flight.is_empty()
+            && self.next_upload.is_none()
+            && self.download.as_ref().is_some_and(Session::is_finished)
+    }
+
+    /// The next frame to send, if any.
+    pub fn poll_transmit<S: Storage>(&mut self, replica: &Replica<S>) -> Result<Option<Vec<u8>>, SyncError> {
+        if self.outbox.is_empty() && self.download.is_some() && self.in_flight.len() < UPLOADS_IN_FLIGHT {
+            self.queue_upload(replica)?;
+        }
+        if let Some(msg) = self.outbox.pop_front() {
+            let frame = msg.encode()?;
+            self.stats.messages_sent += 1;
+            self.stats.bytes_sent += frame.len() as u64;
+            return Ok(Some(frame));
+        }
+        match &mut self.download {
+            Some(d) => d.poll_transmit(replica),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the next upload from the queue, if one is due.
+    fn queue_upload<S: Storage>(&mut self, replica: &Replica<S>) -> Result<(), SyncError> {
+        let Some(from) = self.next_upload else { return Ok(()) };
+        let snap = replica.store().snapshot().map_err(Error::from)?;
+        let mut writes = replica.queued_from(&snap, from, UPLOAD_ENTRIES_MAX + 1)?;
+        let mut bytes = 0;
+        let mut cut = writes.len();
+        for (i, e) in writes.iter().enumerate() {
+            bytes += approx_bytes(e);
+            if chunk_full(bytes, i + 1) || i + 1 >= UPLOAD_ENTRIES_MAX {
+                cut = i + 1;
+                break;
+            }
+        }
+        let last = cut >= writes.len();
+        writes.truncate(cut);
+        self.next_upload = if last { None } else { writes.last().and_then(|e| e.dot.seq.checked_next()) };
+        self.stats.uploaded += writes.len() as u64;
+        self.in_flight.push_back(writes.clone());
+        self.outbox.push_back(Message::Upload { entries: writes, last });
+        Ok(())
+    }
+
+    /// Handles one frame from the member. An error ends the session; nothing of the failing
+    /// message was applied.
+    pub fn handle<S: Storage>(&mut self, replica: &mut Replica<S>, frame: &[u8]) -> Result<(), SyncError> {
+        let msg = Message::decode(frame)?;
+        match msg {
+            Message::MemberHello(hello) => {
+                self.count_received(frame);
+                self.on_hello(replica, hello)
+            }
+            Message::Admitted(answers) => {
+                self.count_received(frame);
+                let Some(uploaded) = self.in_flight.pop_front() else {
+                    return Err(SyncError::Unexpected { got: "Admitted", state: "with no upload awaiting an answer" });
+                };
+                if answers.len() != uploaded.len() {
+                    return Err(SyncError::Malformed(format!(
+                        "{} answers to an upload of {} writes",
+                        answers.len(),
+                        uploaded.len()
+                    )));
+                }
+                for a in &answers {
+                    match a {
+                        Admission::Admitted(_) => self.stats.admitted += 1,
+                        Admission::Superseded => self.stats.superseded += 1,
+                        Admission::Known => self.stats.known += 1,
+                    }
+                }
+                replica.settle_uploads(&uploaded, &answers)?;
+                Ok(())
+            }
+            Message::DeviceHello(_) | Message::Upload { .. } | Message::Hello(_) | Message::Push(_) => {
+                Err(SyncError::Unexpected { got: msg.name(), state: "on a device, from a member" })
+            }
+            other => match &mut self.download {
+                Some(d) => d.handle_message(replica, other, frame.len()),
+                None => Err(SyncError::Unexpected { got: other.name(), state: "awaiting the member's handshake" }),
+            },
+        }
+    }
+
+    fn count_received(&mut self, frame: &[u8]) {
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += frame.len() as u64;
+    }
+
+    fn on_hello<S: Storage>(&mut self, replica: &mut Replica<S>, hello: MemberHello) -> Result<(), SyncError> {
+        if self.download.is_some() {
+            return Err(SyncError::Unexpected { got: "MemberHello", state: "after the member's handshake" });
+        }
+        let MemberHello(version, member, vector, collected, cursor, wall_ms) = hello;
+        if version != PROTOCOL_VERSION {
+            return Err(SyncError::Version { ours: PROTOCOL_VERSION, theirs: version });
+        }
+        if member == replica.id() || self.member.is_some_and(|m| m != member) {
+            let expected = self.member.map_or_else(|| "any member".to_string(), |m| m.to_string());
+            return Err(SyncError::WrongPeer { expected, actual: member });
+        }
+        crate::session::check_vector_growth(replica.vector(), &vector)?;
+        self.peer = Some(member);
+        replica.note_peer_wall(member, wall_ms);
+        // Only the writes queued when the handshake went (the member expects uploads only then).
+        self.stats.renumbered = replica.renumber_uploads_past(cursor)?;
+        replica.settle_horizon(&collected)?;
+        let receive = (self.has_uploads || !replica.members_vector().dominates(&vector))
+            && replica.horizon().is_none_or(|h| vector.dominates(h));
+        self.download = Some(Session::on_device(replica, member, &vector, receive, self.fresh)?);
+        Ok(())
+    }
+}
+
+/// The member's side of a device session.
+#[derive(Debug)]
+pub struct DeviceService {
+    device: Option<ReplicaId>,
+    peer: Option<ReplicaId>,
+    outbox: VecDeque<Message>,
+    download: Option<Session>,
+    /// The device's handshake, until the download starts (after its uploads, if any).
+    hello: Option<DeviceHello>,
+    uploads_open: bool,
+    /// The dots this session admitted the device's writes under: not sent back.
+    admitted: BTreeSet<Dot>,
+    /// This member's vector when it answered the handshake.
+    hello_vector: VersionVector,
+    stats: DeviceStats,
+}
+
+impl DeviceService {
+    /// Opens the member's side of a session with a device (`device`: the authenticated peer,
+    /// when the transport knows it). The device speaks first.
+    pub fn new<S: Storage>(replica: &mut Replica<S>, device: Option<ReplicaId>) -> Result<DeviceService, SyncError> {
+        if replica.is_device() {
+            return Err(SyncError::Unexpected { got: "a device session", state: "on a device (devices serve no one)" });
+        }
+        Ok(DeviceService {
+            device,
+            peer: None,
+            outbox: VecDeque::new(),
+            download: None,
+            hello: None,
+            uploads_open: false,
+            admitted: BTreeSet::new(),
+            hello_vector: VersionVector::new(),
+            stats: DeviceStats::default(),
+        })
+    }
+
+    /// The device, once its handshake arrived.
+    #[must_use]
+    pub fn peer(&self) -> Option<ReplicaId> {
+        self.peer
+    }
+
+    /// What the session has cost so far.
+    #[must_use]
+    pub fn stats(&self) -> DeviceStats {
+        let mut s = self.stats.clone();
+        if let Some(d) = &self.download {
+            s.download = d.stats().clone();
+        }
+        s
+    }
+
+    /// Whether the device's uploads are all answered, the download is acknowledged and nothing
+    /// is left to send.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.outbox.is_empty() && !self.uploads_open && self.download.as_ref().is_some_and(Session::is_finished)
+    }
+
+    /// The next frame to send, if any.
+    pub fn poll_transmit<S: Storage>(&mut self, replica: &Replica<S>) -> Result<Option<Vec<u8>>, SyncError> {
+        if let Some(msg) = self.outbox.pop_front() {
+            let frame = msg.encode()?;
+            self.stats.messages_sent += 1;
+            self.stats.bytes_sent += frame.len() as u64;
+            return Ok(Some(frame));
+        }
+        match &mut self.download {
+            Some(d) => d.poll_transmit(replica),
+            None => Ok(None),
+        }
+    }
+
+    /// Handles one frame from the device. An error ends the session; nothing of the failing
+    /// message was applied.
+    pub fn handle<S: Storage>(&mut self, replica: &mut Replica<S>, frame: &[u8]) -> Result<(), SyncError> {
+        let msg = Message::decode(frame)?;
+        match msg {
+            Message::DeviceHello(hello) => {
+                self.count_received(frame);
+                self.on_hello(replica, hello)
+            }
+            Message::Upload { entries, last } => {
+                self.count_received(frame);
+                if !self.uploads_open {
+                    return Err(SyncError::Unexpected {
+                        got: "Upload",
+                        state: "with no uploads announced or after the last",
+                    });
+                }
+                let Some(device) = self.peer else {
+                    return Err(SyncError::Unexpected { got: "Upload", state: "awaiting the device's handshake" });
+                };
+                self.stats.uploaded += entries.len() as u64;
+                let answers = replica.admit_uploads(device, entries)?;
+                for a in &answers {
+                    match a {
+                        Admission::Admitted(dot) => {
+                            self.stats.admitted += 1;
+                            self.admitted.insert(*dot);
+                        }
+                        Admission::Superseded => self.stats.superseded += 1,
+                        Admission::Known => self.stats.known += 1,
+                    }
+                }
+                self.outbox.push_back(Message::Admitted(answers));
+                self.uploads_open = !last;
+                if last {
+                    self.start_download(replica, true)?;
+                }
+                Ok(())
+            }
+            Message::Hello(_) | Message::MemberHello(_) | Message::Admitted(_) | Message::Push(_) => {
+                Err(SyncError::Unexpected { got: msg.name(), state: "on a member, from a device" })
+            }
+            other => match &mut self.download {
+                Some(d) => d.handle_message(replica, other, frame.len()),
+                None => Err(SyncError::Unexpected { got: other.name(), state: "awaiting the device's handshake" }),
+            },
+        }
+    }
+
+    fn count_received(&mut self, frame: &[u8]) {
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += frame.len() as u64;
+    }
+
+    fn on_hello<S: Storage>(&mut self, replica: &mut Replica<S>, hello: DeviceHello) -> Result<(), SyncError> {
+        if self.peer.is_some() {
+            return Err(SyncError::Unexpected { got: "DeviceHello", state: "after the device's handshake" });
+        }
+        let DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms) = hello;
+        if version != PROTOCOL_VERSION {
+            return Err(SyncError::Version { ours: PROTOCOL_VERSION, theirs: version });
+        }
+        if device == replica.id() || self.device.is_some_and(|d| d != device) {
+            let expected = self.device.map_or_else(|| "an enrolled device".to_string(), |d| d.to_string());
+            return Err(SyncError::WrongPeer { expected, actual: device });
+        }
+        if !replica.devices().is_enrolled(device) {
+            return Err(SyncError::NotEnrolled(device));
+        }
+        if !vector.dominates(&ack) {
+            return Err(SyncError::Malformed(format!("device {device} acknowledges more than its vector holds")));
+        }
+        self.peer = Some(device);
+        replica.note_peer_wall(device, wall_ms);
+        replica.notice_own_seq(vector.get(replica.id()))?;
+        replica.acknowledge_device(device, &ack);
+        let cursor = replica.devices().cursor(device);
+        let member_hello = MemberHello(
+            PROTOCOL_VERSION,
+            replica.id(),
+            replica.vector().clone(),
+            replica.membership().collected().clone(),
+            cursor,
+            replica.now_ms(),
+        );
+        self.hello = Some(DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms));
+        self.hello_vector = replica.vector().clone();
+        self.outbox.push_back(Message::MemberHello(member_hello));
+        self.uploads_open = uploads;
+        if !uploads {
+            self.start_download(replica, false)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the download, once the device's uploads (if any) are admitted.
+    fn start_download<S: Storage>(&mut self, replica: &mut Replica<S>, uploaded: bool) -> Result<(), SyncError> {
+        let Some(hello) = self.hello.take() else { return Ok(()) };
+        let admitted = uploaded.then_some(&self.admitted);
+        self.download = Some(Session::to_device(replica, &hello, &self.hello_vector, admitted)?);
+        Ok(())
+    }
+}
+
+/// What [`sync_device_in_process`] measured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceOutcome {
+    /// The device's side.
+    pub device: DeviceStats,
+    /// The member's side.
+    pub member: DeviceStats,
+    /// One-way trips.
+    pub trips: u32,
+}
+
+/// Runs one complete device session between a device and a member in one process (for tests,
+/// the simulation, benchmarks and embedding).
+pub fn sync_device_in_process<S: Storage, T: Storage>(
+    device: &mut Replica<S>,
+    member: &mut Replica<T>,
+) -> Result<DeviceOutcome, SyncError> {
+    let mut d = DeviceSession::new(device, Some(member.id()))?;
+    let mut m = DeviceService::new(member, Some(device.id()))?;
+    let mut trips = 0;
+    loop {
+        let mut to_m = Vec::new();
+        while let Some(f) = d.poll_transmit(device)? {
+            to_m.push(f);
+        }
+        let mut to_d = Vec::new();
+        while let Some(f) = m.poll_transmit(member)? {
+            to_d.push(f);
+        }
+        if to_m.is_empty() && to_d.is_empty() {
+            break;
+        }
+        trips += 1;
+        for f in &to_m {
+            m.handle(member, f)?;
+        }
+        for f in &to_d {
+            d.handle(device, f)?;
+        }
+    }
+    if !(d.is_finished() && m.is_finished()) {
+        return Err(SyncError::Malformed("device session stalled with nothing to send".into()));
+    }
+    Ok(DeviceOutcome { device: d.stats(), member: m.stats(), trips })
+}
