@@ -235,6 +235,11 @@ pub struct Replica<S: Storage> {
     pub(crate) device: DeviceState,
     /// On a member: the enrolled devices (`device/records.rs`).
     pub(crate) devices: Devices,
+    /// On a member: for each other member, the records clock up to which its device records
+    /// were merged here ([`Meta::RecordsSeen`]).
+    pub(crate) records_seen: crate::device::records::RecordsSeen,
+    /// Whether `records_seen` is as the store holds it.
+    pub(crate) records_seen_durable: bool,
 }
 
 /// The dot-index rows still to write for entries stored without one ([`Meta::Unindexed`]).
@@ -346,6 +351,8 @@ impl<S: Storage> Replica<S> {
                     store_failure: None,
                     device: durable.device,
                     devices: durable.devices,
+                    records_seen: durable.records_seen,
+                    records_seen_durable: true,
                     store,
                 }
             }
@@ -375,6 +382,8 @@ impl<S: Storage> Replica<S> {
                     store_failure: None,
                     device: DeviceState::default(),
                     devices: Devices::default(),
+                    records_seen: Default::default(),
+                    records_seen_durable: true,
                 }
             }
         };
@@ -955,9 +964,7 @@ pub(crate) fn load_devices(snap: &impl Snapshot) -> Result<Devices> {
     if let Some(e) = failed {
         return Err(e.into());
     }
-    let revoked =
-        snap.meta(Meta::Revoked)?.map(|b| decode_cbor("revoked devices", &b)).transpose()?.unwrap_or_default();
-    Ok(Devices::load(records, revoked))
+    Ok(Devices::load(records))
 }
 
 /// What a store holds durably besides its entries, and the index of those: what a replica
@@ -972,6 +979,7 @@ struct Durable {
     recovery: Option<Recovery>,
     device: DeviceState,
     devices: Devices,
+    records_seen: crate::device::records::RecordsSeen,
 }
 
 impl Durable {
@@ -996,6 +1004,11 @@ impl Durable {
             recovery,
             device: DeviceState::load(snap)?,
             devices: load_devices(snap)?,
+            records_seen: snap
+                .meta(Meta::RecordsSeen)?
+                .map(|b| decode_cbor("records seen", &b))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }

@@ -317,32 +317,74 @@ fn an_idle_device_session_costs_o_members_bytes_with_ten_thousand_devices_enroll
         for other in 1..=3 {
             h.enrol_member(ReplicaId(other)).unwrap();
         }
-        for d in 0..10_000 {
-            h.enrol_device(ReplicaId(1000 + d)).unwrap();
-        }
+    }
+    // Enrolled at the first member only: the records travel to the others.
+    for d in 0..10_000 {
+        hubs[0].enrol_device(ReplicaId(1000 + d)).unwrap();
     }
     for (i, h) in hubs.iter_mut().enumerate() {
         h.put(format!("from-{i}"), "v", PutOptions::default()).unwrap();
     }
     let (first, rest) = hubs.split_at_mut(1);
+    let busy = sync_in_process(&mut first[0], &mut rest[0], false).unwrap();
+    println!("member session carrying 10,000 new device records: {} bytes", busy.a.bytes_sent);
     for h in rest.iter_mut() {
         sync_in_process(&mut first[0], h, false).unwrap();
     }
     sync_in_process(&mut first[0], &mut rest[0], false).unwrap();
+    assert_eq!(hubs[2].devices().len(), 10_000, "every enrolment reached every member");
     let mut phone = device(1000, &clock);
-    sync_device_in_process(&mut phone, &mut hubs[0]).unwrap();
-    let idle = sync_device_in_process(&mut phone, &mut hubs[0]).unwrap();
+    sync_device_in_process(&mut phone, &mut hubs[2]).unwrap();
+    let idle = sync_device_in_process(&mut phone, &mut hubs[2]).unwrap();
     let bytes = idle.device.total_sent() + idle.device.total_received();
     println!(
         "idle device session, 10,000 devices and 3 members enrolled: {bytes} bytes both ways, {} trips",
         idle.trips
     );
     assert!(bytes <= 1024, "{bytes} bytes");
-    let (first, rest) = hubs.split_at_mut(1);
+    // The phone's acknowledgement changed one record at the third member: it travels.
+    let (first, rest) = hubs.split_at_mut(2);
+    let one_changed = sync_in_process(&mut first[0], &mut rest[0], false).unwrap();
+    println!(
+        "member session with one device record changed: {} bytes both ways",
+        one_changed.a.bytes_sent + one_changed.a.bytes_received
+    );
     let idle = sync_in_process(&mut first[0], &mut rest[0], false).unwrap();
     let member_bytes = idle.a.bytes_sent + idle.a.bytes_received;
     println!("idle member session with 10,000 devices enrolled: {member_bytes} bytes both ways");
     assert!(member_bytes <= 4096, "{member_bytes} bytes");
+}
+
+#[test]
+fn a_device_enrolled_at_one_member_syncs_with_another_and_a_removal_reaches_every_member() {
+    let clock = ManualClock::new(T0);
+    let mut a = member(1, &clock);
+    let mut b = member(2, &clock);
+    a.enrol_member(b.id()).unwrap();
+    b.enrol_member(a.id()).unwrap();
+    let mut phone = device(100, &clock);
+    a.enrol_device(phone.id()).unwrap();
+    assert!(matches!(sync_device_in_process(&mut phone, &mut b), Err(SyncError::NotEnrolled(_))));
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    phone.put("k", "via b", PutOptions::default()).unwrap();
+    let out = sync_device_in_process(&mut phone, &mut b).unwrap();
+    assert_eq!(out.member.admitted, 1);
+    // b's cursor for the phone reaches a: a re-upload there is not applied again.
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    assert_eq!(a.devices().cursor(phone.id()), Seq(1));
+    assert_eq!(a.get(b"k").unwrap().unwrap().value, b"via b");
+    // Removed at b, refused at a after one member session, and an older record from a does
+    // not bring it back.
+    b.remove_device(phone.id()).unwrap();
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    assert!(a.devices().is_revoked(phone.id()));
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    assert!(b.devices().is_revoked(phone.id()) && a.devices().is_revoked(phone.id()));
+    assert!(matches!(sync_device_in_process(&mut phone, &mut a), Err(SyncError::NotEnrolled(_))));
+    // Enrolled again at a (a new epoch), it is back everywhere.
+    a.enrol_device(phone.id()).unwrap();
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    assert!(b.devices().is_enrolled(phone.id()));
 }
 
 #[test]

@@ -29,7 +29,16 @@ fn vv(pairs: &[(u64, u64)]) -> VersionVector {
 }
 
 fn hello(vector: VersionVector, members: Vec<MemberInfo>, values: u64) -> Hello {
-    Hello { version: PROTOCOL_VERSION, replica: PEER, vector, members, values, anti_entropy: false, wall_ms: T0 }
+    Hello {
+        version: PROTOCOL_VERSION,
+        replica: PEER,
+        vector,
+        members,
+        values,
+        anti_entropy: false,
+        wall_ms: T0,
+        records_seen: 0,
+    }
 }
 
 fn member(replica: u64, acked: VersionVector, last_heard_ms: u64) -> MemberInfo {

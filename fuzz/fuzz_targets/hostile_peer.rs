@@ -217,6 +217,7 @@ fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
                 values: u.arbitrary()?,
                 anti_entropy: u.arbitrary()?,
                 wall_ms: time_ms(u)?,
+                records_seen: u.arbitrary()?,
             })
         }
         1 => Message::Entries(entries(u)?),

@@ -4,9 +4,12 @@
 //! device, and its sessions are refused from then on.
 
 use crate::device::records::Devices;
+use crate::device::records::RecordWire;
 use crate::error::Result;
 use crate::ids::ReplicaId;
 use crate::replica::Replica;
+use crate::session::Message;
+use crate::session::message::RECORDS_PER_MESSAGE_MAX;
 use crate::storage::{Batch, Meta, Storage, encode_cbor};
 use crate::vector::VersionVector;
 
@@ -65,38 +68,102 @@ impl<S: Storage> Replica<S> {
         counts
     }
 
+    /// The records clock of `peer`'s device records up to which they were merged here.
+    #[must_use]
+    pub fn records_seen(&self, peer: ReplicaId) -> u64 {
+        self.records_seen.seen.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// How far `peer` said it merged this replica's device records (its last handshake).
+    #[must_use]
+    pub fn records_acked(&self, peer: ReplicaId) -> u64 {
+        self.records_seen.acked.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// Notes how far `peer` merged this replica's device records (never past this replica's
+    /// records clock: a larger claim would only keep records from the peer). In memory until
+    /// the next merge persists it: lost, records are sent again, which changes nothing.
+    pub(crate) fn note_records_acked(&mut self, peer: ReplicaId, upto: u64) {
+        let upto = upto.min(self.devices.clock());
+        let acked = self.records_seen.acked.entry(peer).or_default();
+        if upto > *acked {
+            *acked = upto;
+            self.records_seen_durable = false;
+        }
+    }
+
+    /// The `Records` messages for a member that merged this replica's records up to `seen`:
+    /// those changed since, in chunks; at least one (the last says so).
+    pub(crate) fn device_records_for(&self, peer: Option<ReplicaId>, seen: u64) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut after = seen;
+        loop {
+            let (records, upto) = self.devices.changed_since(after, RECORDS_PER_MESSAGE_MAX, peer);
+            let last = upto == after || upto >= self.devices.clock();
+            out.push(Message::Records(if last { self.devices.clock().max(upto) } else { upto }, last, records));
+            if last {
+                return out;
+            }
+            after = upto;
+        }
+    }
+
+    /// Merges device records from `peer` (`Message::Records`), if it is an enrolled member:
+    /// enrolments and removals made there, cursors, last-seen times and acknowledgements.
+    /// Durable when this returns, with how far `peer`'s records were merged.
+    pub(crate) fn merge_device_records(&mut self, peer: ReplicaId, upto: u64, records: Vec<RecordWire>) -> Result<()> {
+        if self.is_device() || !self.membership.is_enrolled(peer) {
+            return Ok(());
+        }
+        let now_ms = self.now_ms();
+        let collected = self.membership.collected().clone();
+        let pending = self.checkpoint.as_ref().map(|c| c.frontier.clone());
+        let lease_ms = self.config().device_lease_ms;
+        let changed = self.devices.merge(peer, records, now_ms, lease_ms, &collected, pending.as_ref());
+        let mut seen = self.records_seen.clone();
+        let entry = seen.seen.entry(peer).or_default();
+        *entry = (*entry).max(upto);
+        if changed == 0 && seen == self.records_seen && self.records_seen_durable {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        Self::add_device_changes(&mut self.devices, &mut batch);
+        batch.set_meta(Meta::RecordsSeen, encode_cbor(&seen));
+        if let Err(e) = self.commit(&batch) {
+            self.reload_devices();
+            return Err(e);
+        }
+        self.records_seen = seen;
+        self.records_seen_durable = true;
+        Ok(())
+    }
+
+    /// Reads the device table back from the store (after a failed commit), so memory holds
+    /// what is durable.
+    fn reload_devices(&mut self) {
+        if let Ok(snap) = self.store().snapshot()
+            && let Ok(devices) = crate::replica::load_devices(&snap)
+        {
+            self.devices = devices;
+        }
+    }
+
     /// Commits the device records changed in memory (and the revoked set). If the commit
     /// fails, the table is read back from the store, so memory holds what is durable.
     fn persist_devices(&mut self) -> Result<()> {
         let mut batch = Batch::new();
         Self::add_device_changes(&mut self.devices, &mut batch);
         if let Err(e) = self.commit(&batch) {
-            if let Ok(snap) = self.store().snapshot()
-                && let Ok(devices) = crate::replica::load_devices(&snap)
-            {
-                self.devices = devices;
-            }
+            self.reload_devices();
             return Err(e);
         }
         Ok(())
     }
 
-    /// Adds to `batch` the records changed in `devices` since they were last persisted, and the
-    /// revoked set if a device was removed.
+    /// Adds to `batch` the records changed in `devices` since they were last persisted.
     pub(crate) fn add_device_changes(devices: &mut Devices, batch: &mut Batch) {
-        let mut removed = false;
         for (id, record) in devices.take_dirty() {
-            match record {
-                Some(r) => batch.set_device(id.0, encode_cbor(&r)),
-                None => {
-                    removed = true;
-                    batch.remove_device(id.0)
-                }
-            };
-        }
-        if removed {
-            let revoked: std::collections::BTreeSet<ReplicaId> = devices.revoked().collect();
-            batch.set_meta(Meta::Revoked, encode_cbor(&revoked));
+            batch.set_device(id.0, encode_cbor(&record));
         }
     }
 }

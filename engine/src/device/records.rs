@@ -2,10 +2,13 @@
 //! acknowledged, the highest upload seq applied for it (its cursor) and when it was last seen.
 //!
 //! Invariants kept here:
-//! - **only an enrolled device has a record**, and only the operator enrols or removes one
-//!   ([`Devices::enrol`], [`Devices::remove`]); a removed device is remembered as revoked, so
-//!   nothing (a later session, a record from elsewhere) brings it back until it is enrolled again;
-//! - at most [`DEVICES_MAX`] devices are enrolled;
+//! - **only an enrolled device has a record**: the operator enrols or removes one at a member
+//!   ([`Devices::enrol`], [`Devices::remove`]), and the records travel between members
+//!   (`Message::Records`, only those changed since the peer last merged); a removed device is
+//!   remembered as revoked, and within an enrolment epoch a removal wins over any record, so
+//!   nothing (a later session, an older record from elsewhere) brings it back until it is
+//!   enrolled again, in a new epoch;
+//! - at most [`DEVICES_MAX`] records (enrolled or removed) are kept;
 //! - a record's acknowledged vector only grows, and has at most
 //!   [`VECTOR_COMPONENTS_MAX`](crate::limits::VECTOR_COMPONENTS_MAX) components (devices
 //!   acknowledge vectors over members, never over devices);
@@ -41,7 +44,7 @@ pub struct TooManyDevices {
     pub max: usize,
 }
 
-/// What a member knows of one enrolled device.
+/// What a member knows of one device it enrolled (or that another member enrolled).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRecord {
     /// The newest vector (over members) the device acknowledged, once it counts: `None` for a
@@ -52,94 +55,162 @@ pub struct DeviceRecord {
     pub cursor: Seq,
     /// When the device was last heard from (wall-clock ms; 0: never).
     pub last_seen_ms: u64,
+    /// Bumped each time the device is enrolled again after a removal: the record of a higher
+    /// epoch replaces one of a lower.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Whether the device was removed (in this epoch).
+    #[serde(default)]
+    pub revoked: bool,
+    /// This member's records clock when the record last changed here (`Devices::clock`): what
+    /// a peer that has merged up to a clock value still lacks.
+    #[serde(default)]
+    pub changed: u64,
+    /// The member whose record made the last change here, if it came from one: it has the
+    /// record as it is, so it is not sent back (not kept across restarts: then it is, once).
+    #[serde(skip)]
+    pub from: Option<ReplicaId>,
 }
 
 impl DeviceRecord {
     /// Whether the record holds collection back.
     #[must_use]
     pub fn counts(&self) -> bool {
-        self.acked.is_some()
+        self.acked.is_some() && !self.revoked
     }
 }
 
-/// The enrolled devices and their records, and the devices removed since.
+/// A device record as it travels between members (`Message::Records`): everything but the
+/// local `changed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordWire(
+    /// The device.
+    pub ReplicaId,
+    /// Its epoch.
+    pub u64,
+    /// Whether it was removed.
+    pub bool,
+    /// Its acknowledged vector, if it counts.
+    #[serde(deserialize_with = "crate::limits::bounded_optional_vector")]
+    pub Option<VersionVector>,
+    /// Its cursor.
+    pub Seq,
+    /// When it was last seen.
+    pub u64,
+);
+
+/// How far device records were merged between this member and each other one
+/// ([`crate::storage::Meta::RecordsSeen`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordsSeen {
+    /// Per member: its records clock up to which its records were merged here.
+    pub seen: BTreeMap<ReplicaId, u64>,
+    /// Per member: this member's records clock up to which it said it merged (its handshake).
+    pub acked: BTreeMap<ReplicaId, u64>,
+}
+
+/// The devices this member knows (enrolled here or at another member) and those removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Devices {
     records: BTreeMap<ReplicaId, DeviceRecord>,
-    revoked: BTreeSet<ReplicaId>,
+    /// Ticks once per change to a record (persisted as the records' `changed`).
+    clock: u64,
     /// Records changed since they were last persisted.
     dirty: BTreeSet<ReplicaId>,
 }
 
 impl Devices {
-    /// The table from its persisted records and revocations.
-    pub(crate) fn load(records: BTreeMap<ReplicaId, DeviceRecord>, revoked: BTreeSet<ReplicaId>) -> Devices {
-        Devices { records, revoked, dirty: BTreeSet::new() }
+    /// The table from its persisted records.
+    pub(crate) fn load(records: BTreeMap<ReplicaId, DeviceRecord>) -> Devices {
+        let clock = records.values().map(|r| r.changed).max().unwrap_or(0);
+        Devices { records, clock, dirty: BTreeSet::new() }
     }
 
-    /// Whether `device` is enrolled.
+    /// The records clock: every record changed here carries a value up to it.
+    #[must_use]
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    fn touch(&mut self, device: ReplicaId) {
+        self.touch_from(device, None);
+    }
+
+    fn touch_from(&mut self, device: ReplicaId, from: Option<ReplicaId>) {
+        self.clock += 1;
+        if let Some(r) = self.records.get_mut(&device) {
+            r.changed = self.clock;
+            r.from = from;
+        }
+        self.dirty.insert(device);
+    }
+
+    /// Whether `device` is enrolled (and not removed).
     #[must_use]
     pub fn is_enrolled(&self, device: ReplicaId) -> bool {
-        self.records.contains_key(&device)
+        self.records.get(&device).is_some_and(|r| !r.revoked)
     }
 
     /// Whether `device` was removed (and not enrolled again since).
     #[must_use]
     pub fn is_revoked(&self, device: ReplicaId) -> bool {
-        self.revoked.contains(&device)
+        self.records.get(&device).is_some_and(|r| r.revoked)
     }
 
     /// The record of `device`, if enrolled.
     #[must_use]
     pub fn get(&self, device: ReplicaId) -> Option<&DeviceRecord> {
-        self.records.get(&device)
+        self.records.get(&device).filter(|r| !r.revoked)
     }
 
     /// Every enrolled device and its record, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (ReplicaId, &DeviceRecord)> {
-        self.records.iter().map(|(d, r)| (*d, r))
+        self.records.iter().filter(|(_, r)| !r.revoked).map(|(d, r)| (*d, r))
     }
 
     /// How many devices are enrolled.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.iter().count()
     }
 
     /// Whether no device is enrolled.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.iter().next().is_none()
     }
 
-    /// The revoked devices, in id order.
-    pub fn revoked(&self) -> impl Iterator<Item = ReplicaId> + '_ {
-        self.revoked.iter().copied()
-    }
-
-    /// Enrols `device` (an operator's act). Returns whether it was new.
+    /// Enrols `device` (an operator's act; a removed one again, in a new epoch). Returns
+    /// whether it was new.
     pub fn enrol(&mut self, device: ReplicaId) -> Result<bool, TooManyDevices> {
-        if self.records.contains_key(&device) {
-            return Ok(false);
+        let kept = self.records.len();
+        match self.records.get_mut(&device) {
+            Some(r) if !r.revoked => return Ok(false),
+            Some(r) => *r = DeviceRecord { epoch: r.epoch + 1, cursor: r.cursor, ..DeviceRecord::default() },
+            None if kept >= DEVICES_MAX => {
+                return Err(TooManyDevices { device, enrolled: kept, max: DEVICES_MAX });
+            }
+            None => {
+                self.records.insert(device, DeviceRecord::default());
+            }
         }
-        if self.records.len() >= DEVICES_MAX {
-            return Err(TooManyDevices { device, enrolled: self.records.len(), max: DEVICES_MAX });
-        }
-        self.revoked.remove(&device);
-        self.records.insert(device, DeviceRecord::default());
-        self.dirty.insert(device);
+        self.touch(device);
         Ok(true)
     }
 
-    /// Removes `device` at once (an operator's act): its record goes, so it no longer holds
-    /// collection back, and it is revoked. Returns whether it was enrolled.
+    /// Removes `device` at once (an operator's act): it no longer holds collection back and
+    /// is refused; the removal travels to the other members and nothing undoes it but a new
+    /// enrolment. Returns whether it was enrolled.
     pub fn remove(&mut self, device: ReplicaId) -> bool {
-        let was = self.records.remove(&device).is_some();
-        if was {
-            self.revoked.insert(device);
-            self.dirty.insert(device);
+        match self.records.get_mut(&device) {
+            Some(r) if !r.revoked => {
+                r.revoked = true;
+                r.acked = None;
+                self.touch(device);
+                true
+            }
+            _ => false,
         }
-        was
     }
 
     /// Records that `device` acknowledged `acked` (over members), heard at `now_ms`. The record
@@ -154,25 +225,11 @@ impl Devices {
         collected: &VersionVector,
         pending: Option<&VersionVector>,
     ) -> (bool, bool) {
-        let Some(record) = self.records.get_mut(&device) else { return (false, false) };
+        let Some(record) = self.records.get_mut(&device).filter(|r| !r.revoked) else { return (false, false) };
+        let outcome = grow(record, acked, collected, pending);
         record.last_seen_ms = record.last_seen_ms.max(now_ms);
-        self.dirty.insert(device);
-        let empty = VersionVector::new();
-        let merged = crate::limits::merged_components(record.acked.as_ref().unwrap_or(&empty), acked);
-        if merged > crate::limits::VECTOR_COMPONENTS_MAX {
-            return (record.counts(), false);
-        }
-        match &mut record.acked {
-            Some(v) => {
-                v.merge(acked);
-                (true, false)
-            }
-            None if acked.dominates(collected) && pending.is_none_or(|f| acked.dominates(f)) => {
-                record.acked = Some(acked.clone());
-                (true, true)
-            }
-            None => (false, false),
-        }
+        self.touch(device);
+        outcome
     }
 
     /// The cursor of `device` (0 if unknown).
@@ -181,55 +238,151 @@ impl Devices {
         self.records.get(&device).map_or(Seq(0), |r| r.cursor)
     }
 
-    /// The record of `device` with its cursor advanced to `seq` (for the batch that admits the
-    /// uploads up to it), if enrolled.
+    /// The record of `device` with its cursor advanced to `seq`, for the batch that admits the
+    /// uploads up to it (memory follows with [`Devices::advance_cursor`] once it is durable), if
+    /// enrolled.
     pub(crate) fn advanced_record(&self, device: ReplicaId, seq: Seq) -> Option<DeviceRecord> {
-        self.records.get(&device).map(|r| DeviceRecord { cursor: r.cursor.max(seq), ..r.clone() })
+        self.get(device).map(|r| DeviceRecord { cursor: r.cursor.max(seq), changed: self.clock + 1, ..r.clone() })
     }
 
     /// Advances the cursor of `device` to `seq` (never back).
     pub(crate) fn advance_cursor(&mut self, device: ReplicaId, seq: Seq) {
-        if let Some(r) = self.records.get_mut(&device)
-            && seq > r.cursor
-        {
+        if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked && seq > r.cursor) {
             r.cursor = seq;
-            self.dirty.insert(device);
+            self.touch(device);
         }
     }
 
     /// Folds every counting acknowledgement into `f` by `meet` and returns it.
     #[must_use]
     pub fn frontier(&self, f: VersionVector) -> VersionVector {
-        self.records.values().filter_map(|r| r.acked.as_ref()).fold(f, |f, a| f.meet(a))
+        self.counting().fold(f, |f, a| f.meet(a))
     }
 
     /// Folds every counting acknowledgement into `j` by `merge` and returns it.
     #[must_use]
     pub fn join(&self, mut j: VersionVector) -> VersionVector {
-        for a in self.records.values().filter_map(|r| r.acked.as_ref()) {
+        for a in self.counting() {
             j.merge(a);
         }
         j
+    }
+
+    fn counting(&self) -> impl Iterator<Item = &VersionVector> {
+        self.records.values().filter(|r| !r.revoked).filter_map(|r| r.acked.as_ref())
     }
 
     /// Stops counting devices not heard from since `now_ms - lease_ms` (their records stay, with
     /// their cursors: they are still enrolled); returns them.
     pub(crate) fn lapse_silent(&mut self, now_ms: u64, lease_ms: u64) -> Vec<ReplicaId> {
         let cutoff = now_ms.saturating_sub(lease_ms);
-        let mut lapsed = Vec::new();
-        for (d, r) in &mut self.records {
-            if r.acked.is_some() && r.last_seen_ms < cutoff {
+        let lapsed: Vec<ReplicaId> =
+            self.records.iter().filter(|(_, r)| r.counts() && r.last_seen_ms < cutoff).map(|(d, _)| *d).collect();
+        for d in &lapsed {
+            if let Some(r) = self.records.get_mut(d) {
                 r.acked = None;
-                lapsed.push(*d);
             }
+            self.touch(*d);
         }
-        self.dirty.extend(lapsed.iter().copied());
         lapsed
     }
 
-    /// The records changed since the last call (with `None` for a removed device), to persist.
-    pub(crate) fn take_dirty(&mut self) -> Vec<(ReplicaId, Option<DeviceRecord>)> {
-        std::mem::take(&mut self.dirty).into_iter().map(|d| (d, self.records.get(&d).cloned())).collect()
+    /// The records changed here after clock value `after`, in the order they changed, at most
+    /// `max` of them, as they travel to member `to` (leaving out those `to` itself made as they
+    /// are); and the clock value the last one considered carries.
+    #[must_use]
+    pub fn changed_since(&self, after: u64, max: usize, to: Option<ReplicaId>) -> (Vec<RecordWire>, u64) {
+        let mut changed: Vec<(&ReplicaId, &DeviceRecord)> =
+            self.records.iter().filter(|(_, r)| r.changed > after).collect();
+        changed.sort_by_key(|(_, r)| r.changed);
+        changed.truncate(max);
+        let upto = changed.last().map_or(after, |(_, r)| r.changed);
+        let wire = changed
+            .into_iter()
+            .filter(|(_, r)| to.is_none() || r.from != to)
+            .map(|(d, r)| RecordWire(*d, r.epoch, r.revoked, r.acked.clone(), r.cursor, r.last_seen_ms))
+            .collect();
+        (wire, upto)
+    }
+
+    /// Merges records from another member (`Message::Records`): a higher epoch replaces, a
+    /// removal wins within an epoch, the cursor and last-seen time take the maximum (a time
+    /// never later than `now_ms`), and an acknowledgement grows the record under the rule of
+    /// [`Devices::acknowledge`], unless the device was last seen longer than `lease_ms` ago.
+    /// A record the table has no room for is left out. Returns how many records changed.
+    pub(crate) fn merge(
+        &mut self,
+        from: ReplicaId,
+        records: Vec<RecordWire>,
+        now_ms: u64,
+        lease_ms: u64,
+        collected: &VersionVector,
+        pending: Option<&VersionVector>,
+    ) -> usize {
+        let mut changed = 0;
+        for RecordWire(device, epoch, revoked, acked, cursor, last_seen_ms) in records {
+            let before = self.records.get(&device).cloned();
+            if before.is_none() && self.records.len() >= DEVICES_MAX {
+                continue;
+            }
+            let record =
+                self.records.entry(device).or_insert_with(|| DeviceRecord { epoch, ..DeviceRecord::default() });
+            if epoch > record.epoch {
+                *record = DeviceRecord { epoch, cursor: record.cursor, ..DeviceRecord::default() };
+            }
+            if epoch == record.epoch {
+                record.revoked |= revoked;
+                record.cursor = record.cursor.max(cursor);
+                record.last_seen_ms = record.last_seen_ms.max(last_seen_ms.min(now_ms));
+                if record.revoked {
+                    record.acked = None;
+                } else if let Some(acked) = acked
+                    && record.last_seen_ms >= now_ms.saturating_sub(lease_ms)
+                {
+                    grow(record, &acked, collected, pending);
+                }
+            }
+            let after = self.records.get(&device).cloned();
+            if after != before {
+                changed += 1;
+                self.touch_from(device, Some(from));
+            }
+        }
+        changed
+    }
+
+    /// The records changed since the last call, to persist.
+    pub(crate) fn take_dirty(&mut self) -> Vec<(ReplicaId, DeviceRecord)> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|d| self.records.get(&d).map(|r| (d, r.clone())))
+            .collect()
+    }
+}
+
+/// Grows `record`'s acknowledgement by `acked` under the counting rule; returns whether it
+/// counts afterwards and whether it started counting now.
+fn grow(
+    record: &mut DeviceRecord,
+    acked: &VersionVector,
+    collected: &VersionVector,
+    pending: Option<&VersionVector>,
+) -> (bool, bool) {
+    let empty = VersionVector::new();
+    let merged = crate::limits::merged_components(record.acked.as_ref().unwrap_or(&empty), acked);
+    if merged > crate::limits::VECTOR_COMPONENTS_MAX {
+        return (record.counts(), false);
+    }
+    match &mut record.acked {
+        Some(v) => {
+            v.merge(acked);
+            (true, false)
+        }
+        None if acked.dominates(collected) && pending.is_none_or(|f| acked.dominates(f)) => {
+            record.acked = Some(acked.clone());
+            (true, true)
+        }
+        None => (false, false),
     }
 }
 
@@ -256,7 +409,36 @@ mod tests {
         assert!(d.remove(ReplicaId(7)));
         assert!(d.is_revoked(ReplicaId(7)) && !d.is_enrolled(ReplicaId(7)));
         assert_eq!(d.acknowledge(ReplicaId(7), &vv(&[(1, 3)]), 40, &vv(&[]), None), (false, false));
+        assert_eq!(d.advanced_record(ReplicaId(7), Seq(4)), None, "a removed device's cursor stays");
         d.advance_cursor(ReplicaId(7), Seq(4));
         assert_eq!(d.cursor(ReplicaId(7)), Seq(0));
+        assert!(d.enrol(ReplicaId(7)).unwrap(), "enrolled again, in a new epoch");
+        assert_eq!(d.get(ReplicaId(7)).unwrap().epoch, 1);
+    }
+
+    #[test]
+    fn records_merge_by_epoch_removal_wins_and_only_what_changed_travels() {
+        let mut a = Devices::default();
+        let mut b = Devices::default();
+        a.enrol(ReplicaId(7)).unwrap();
+        a.enrol(ReplicaId(8)).unwrap();
+        let (wire, upto) = a.changed_since(0, 100, None);
+        assert_eq!((wire.len(), upto), (2, 2));
+        assert_eq!(b.merge(ReplicaId(1), wire, 100, 1000, &vv(&[]), None), 2);
+        assert!(b.is_enrolled(ReplicaId(7)) && b.is_enrolled(ReplicaId(8)));
+        assert_eq!(a.changed_since(upto, 100, None).0, vec![], "nothing changed since");
+        // A removal at b travels to a and is not undone by a's older record.
+        b.remove(ReplicaId(7));
+        let (wire, _) = b.changed_since(0, 100, None);
+        a.merge(ReplicaId(2), wire, 100, 1000, &vv(&[]), None);
+        assert!(a.is_revoked(ReplicaId(7)));
+        let stale = RecordWire(ReplicaId(7), 0, false, Some(vv(&[(1, 1)])), Seq(9), 50);
+        a.merge(ReplicaId(2), vec![stale], 100, 1000, &vv(&[]), None);
+        assert!(a.is_revoked(ReplicaId(7)), "same epoch: the removal wins");
+        assert_eq!(a.cursor(ReplicaId(7)), Seq(9), "cursors only grow");
+        // A time from a peer is never later than the receiver's clock.
+        let future = RecordWire(ReplicaId(8), 0, false, Some(vv(&[(1, 1)])), Seq(0), u64::MAX);
+        a.merge(ReplicaId(2), vec![future], 100, 1000, &vv(&[]), None);
+        assert_eq!(a.get(ReplicaId(8)).unwrap().last_seen_ms, 100);
     }
 }

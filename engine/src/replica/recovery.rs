@@ -90,6 +90,7 @@ impl<S: Storage> Replica<S> {
         self.recovery = durable.recovery;
         self.device = durable.device;
         self.devices = durable.devices;
+        self.records_seen = durable.records_seen;
         if let Some(failure) = self.store_failure.as_mut() {
             failure.needs_reopen = false;
         }

@@ -17,10 +17,14 @@ use crate::vector::VersionVector;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version carried in every handshake (and, by the transport, in ALPN). 3: the
-/// transport's frames may be compressed (a flag in the length prefix, zstd bodies); 2: the
-/// handshake carries the wall time and no frontier.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// The protocol version carried in every handshake (and, by the transport, in ALPN). 4: device
+/// sessions, entries numbered by another replica than stamped them, and device records between
+/// members (the handshake says how far the sender merged the receiver's); 3: the transport's
+/// frames may be compressed (a flag in the length prefix, zstd bodies); 2: the handshake
+/// carries the wall time and no frontier.
+pub const PROTOCOL_VERSION: u32 = 4;
+/// Device records per `Records` message, at most.
+pub const RECORDS_PER_MESSAGE_MAX: usize = 4096;
 /// The largest frame a session sends or accepts: 4 MiB (a chunk of up to 1 MiB of entries plus
 /// one entry of the largest size).
 pub const FRAME_BYTES_MAX: usize = 4 << 20;
@@ -49,6 +53,9 @@ pub struct Hello {
     /// The sender's wall clock when it sent this, in ms since the Unix epoch: the receiver
     /// measures how far its own clock is from the sender's ([`crate::Replica::note_peer_wall`]).
     pub wall_ms: u64,
+    /// The receiver's records clock up to which the sender merged the receiver's device records
+    /// (`device/records.rs`): in its next session, the receiver sends only those changed since.
+    pub records_seen: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,6 +67,7 @@ struct HelloWire(
     u64,
     bool,
     u64,
+    u64,
 );
 
 /// A member record on the wire: `[replica, acked, last_heard_ms]`.
@@ -69,18 +77,18 @@ struct MemberWire(ReplicaId, #[serde(deserialize_with = "limits::bounded_vector"
 impl From<Hello> for HelloWire {
     fn from(h: Hello) -> Self {
         let members = h.members.into_iter().map(|m| MemberWire(m.replica, m.acked, m.last_heard_ms)).collect();
-        HelloWire(h.version, h.replica, h.vector, members, h.values, h.anti_entropy, h.wall_ms)
+        HelloWire(h.version, h.replica, h.vector, members, h.values, h.anti_entropy, h.wall_ms, h.records_seen)
     }
 }
 
 impl From<HelloWire> for Hello {
     fn from(w: HelloWire) -> Self {
-        let HelloWire(version, replica, vector, members, values, anti_entropy, wall_ms) = w;
+        let HelloWire(version, replica, vector, members, values, anti_entropy, wall_ms, records_seen) = w;
         let members = members
             .into_iter()
             .map(|MemberWire(replica, acked, last_heard_ms)| MemberInfo { replica, acked, last_heard_ms })
             .collect();
-        Hello { version, replica, vector, members, values, anti_entropy, wall_ms }
+        Hello { version, replica, vector, members, values, anti_entropy, wall_ms, records_seen }
     }
 }
 
@@ -337,6 +345,16 @@ pub enum Message {
         /// Whether no upload follows in this session.
         last: bool,
     },
+    /// Member → member, right after the handshake: device records changed since the peer last
+    /// said it merged (`records_seen` of its previous handshake), at most
+    /// [`RECORDS_PER_MESSAGE_MAX`]; the sender's records clock up to which they go; `last` on
+    /// the final one (one is always sent).
+    Records(
+        u64,
+        bool,
+        #[serde(deserialize_with = "limits::bounded_vec::<_, _, RECORDS_PER_MESSAGE_MAX>")]
+        Vec<crate::device::records::RecordWire>,
+    ),
     /// Member → device: one answer per write of the last `Upload`, in its order.
     Admitted(#[serde(deserialize_with = "crate::device::message::bounded_admissions")] Vec<crate::device::Admission>),
 }
@@ -359,6 +377,7 @@ impl Message {
             Message::MemberHello(_) => "MemberHello",
             Message::Upload { .. } => "Upload",
             Message::Admitted(_) => "Admitted",
+            Message::Records(..) => "Records",
         }
     }
 

@@ -224,6 +224,10 @@ pub struct Session {
     /// Whether this is the download of a device session, and on which side
     /// (`device/session.rs`): it changes what an acknowledgement is, and nothing else.
     download: Option<Download>,
+    /// Whether the peer's device records (`Records`, `last`) are still to come.
+    records_pending: bool,
+    /// Whether this side's device records wait for the peer's handshake.
+    records_deferred: bool,
 }
 
 /// The side of a device session's download a [`Session`] plays.
@@ -269,9 +273,12 @@ impl Session {
             values: replica.index.live.len(),
             anti_entropy,
             wall_ms: replica.now_ms(),
+            records_seen: expected_peer.map_or(0, |p| replica.records_seen(p)),
         };
+        let records_unchanged = expected_peer.is_some_and(|p| replica.devices().clock() <= replica.records_acked(p));
         Ok(Session {
             download: None,
+            records_pending: true,
             restore_epoch: replica.restore_epoch(),
             peer_limit_ms: None,
             held: crate::replica::HeldBack::default(),
@@ -281,7 +288,14 @@ impl Session {
             anti_entropy,
             expected_peer,
             peer: None,
-            outbox: VecDeque::from([Message::Hello(hello)]),
+            // Device records: with nothing changed since the peer last said it merged (its
+            // previous handshake), an empty `Records` goes with the handshake, so an idle
+            // session stays one flight each way; otherwise they go once the peer's handshake
+            // says how far it merged (`on_hello`).
+            outbox: std::iter::once(Message::Hello(hello))
+                .chain(records_unchanged.then(|| Message::Records(replica.devices().clock(), true, Vec::new())))
+                .collect(),
+            records_deferred: !records_unchanged,
             source: Source::AwaitHello,
             sink: Sink::AwaitHello,
             stats: SessionStats::default(),
@@ -312,6 +326,8 @@ impl Session {
         replica.purge_expired()?;
         let mut s = Session::open(replica, Some(device), false)?;
         s.outbox.clear();
+        s.records_pending = false;
+        s.records_deferred = false;
         s.download = Some(Download::ToDevice);
         s.peer = Some(device);
         s.sink = Sink::Nothing;
@@ -353,6 +369,8 @@ impl Session {
     ) -> Result<Session, SyncError> {
         let mut s = Session::open(replica, Some(member), false)?;
         s.outbox.clear();
+        s.records_pending = false;
+        s.records_deferred = false;
         s.download = Some(Download::OnDevice { fresh });
         s.peer = Some(member);
         s.source = Source::Nothing;
@@ -380,6 +398,7 @@ impl Session {
     #[must_use]
     pub fn is_finished(&self) -> bool {
         self.outbox.is_empty()
+            && !self.records_pending
             && matches!(self.source, Source::Nothing | Source::Finished)
             && matches!(self.sink, Sink::Nothing | Sink::Finished)
     }
@@ -493,6 +512,16 @@ impl Session {
             }
             Message::Reply { split, send, want, keys } => self.on_reply(replica, split, send, want, keys),
             Message::Push(_) => Err(SyncError::Unexpected { got: "Push", state: "in a session" }),
+            Message::Records(upto, last, records) => {
+                if !self.records_pending {
+                    return Err(SyncError::Unexpected { got: "Records", state: "after the peer's last records" });
+                }
+                if let Some(peer) = self.peer {
+                    replica.merge_device_records(peer, upto, records)?;
+                }
+                self.records_pending = !last;
+                Ok(())
+            }
             Message::DeviceHello(_) | Message::MemberHello(_) | Message::Upload { .. } | Message::Admitted(_) => {
                 Err(SyncError::Unexpected { got: msg_name, state: "in a member session's flow" })
             }
@@ -557,6 +586,10 @@ impl Session {
         // The handshake vector is durable state of the peer: an acknowledgement.
         replica.acknowledge(peer, &hello.vector);
         replica.merge_gossip(&hello.members);
+        replica.note_records_acked(peer, hello.records_seen);
+        if std::mem::take(&mut self.records_deferred) {
+            self.outbox.extend(replica.device_records_for(Some(peer), hello.records_seen));
+        }
 
         let anti_entropy = self.anti_entropy || hello.anti_entropy;
         self.stats.anti_entropy = anti_entropy;

@@ -49,8 +49,9 @@ pub enum Meta {
     Restore,
     /// On a device: the upload queue's state and the horizon (`device/queue.rs`).
     Device,
-    /// On a member: the devices removed and not enrolled again (`device/records.rs`).
-    Revoked,
+    /// On a member: for each other member, the records clock up to which this one merged its
+    /// device records (`device/records.rs`).
+    RecordsSeen,
 }
 
 impl Meta {
@@ -66,7 +67,7 @@ impl Meta {
             Meta::Unindexed => "unindexed",
             Meta::Restore => "restore",
             Meta::Device => "device",
-            Meta::Revoked => "revoked",
+            Meta::RecordsSeen => "records_seen",
         }
     }
 }
