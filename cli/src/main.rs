@@ -2,14 +2,16 @@
 //!
 //! Each command lives in `commands/`: `serve` (init, serve and its config file), `write` (put,
 //! del), `read` (get, list, status), `watch`, `transfer` (export, import), `bench` (benchmarks
-//! and the demo); `metrics` serves `serve --metrics`. `client` is the owner's connection to a running node; `json` the JSON forms
-//! the commands print and `import` reads.
+//! and the demo); `metrics` serves `serve --metrics`. `client` is the owner's connection to a
+//! running node; `json` the JSON forms the commands print and `import` reads; `output` writes
+//! stdout (a closed pipe ends a command quietly) and the text form of bytes.
 
 mod client;
 mod commands;
 mod demo;
 mod json;
 mod metrics;
+mod output;
 
 use clap::{Parser, Subcommand};
 use commands::bench::{BenchCommand, DemoArgs};
@@ -43,9 +45,10 @@ enum Command {
     Get(GetArgs),
     /// Delete KEY.
     Del(DelArgs),
-    /// List live keys and values in key order.
+    /// List live keys and values in key order (bytes that are not text escaped; see --help).
     List(ListArgs),
-    /// Print changes (local and replicated) as they happen, until interrupted.
+    /// Print changes (local and replicated) as they happen, until interrupted (bytes that are not
+    /// text escaped; see --help).
     Watch(WatchArgs),
     /// Write every live entry, with its stamp, dot, metadata and expiry, as JSON lines to stdout.
     Export(ExportArgs),
@@ -69,6 +72,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // The reader of stdout went away (`lethe list | head -1`): the output is over, not failed.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

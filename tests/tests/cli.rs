@@ -341,3 +341,77 @@ fn serve_reads_its_settings_from_a_config_file_and_flags_override_them() {
         fails_saying(&out, &[says]);
     }
 }
+
+#[test]
+fn list_and_watch_text_show_keys_and_values_that_are_not_text_unambiguously() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&[]);
+    let mut watch = Command::new(lethe_bin())
+        .arg("--data")
+        .arg(&a.dir)
+        .arg("watch")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(watch.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.starts_with("watching"), "{first}");
+    // Two values a lossy conversion prints alike (both as U+FFFD), a tab and a newline.
+    assert!(run(&a, &["put", "k\tx", "-"], &[0xff, b'\n', b'a']).status.success());
+    assert!(run(&a, &["put", "y", "-"], &[0xfe]).status.success());
+    assert!(run(&a, &["put", "z", "-"], "\u{fffd}\\".as_bytes()).status.success());
+    let (_, listed, err) = a.cli(&["list"]);
+    assert_eq!(listed, "k\\tx\t\\xff\\na\ny\t\\xfe\nz\t\u{fffd}\\\\\n", "{err}");
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let fields: Vec<Vec<String>> = (0..3)
+        .map(|_| lines.next().expect("a watch line").unwrap().split('\t').map(str::to_string).collect())
+        .collect();
+    let shown: Vec<(&str, &str, &str)> = fields.iter().map(|f| (f[0].as_str(), f[1].as_str(), f[2].as_str())).collect();
+    assert_eq!(shown, [("put", "k\\tx", "\\xff\\na"), ("put", "y", "\\xfe"), ("put", "z", "\u{fffd}\\\\")]);
+    let _ = Command::new("kill").arg("-INT").arg(watch.id().to_string()).status();
+    assert!(watch.wait().unwrap().success());
+}
+
+#[test]
+fn output_into_a_pipe_closed_early_ends_quietly_with_status_0() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&[]);
+    // 3,000 entries of 1 KiB: far more than a pipe holds.
+    let writer = "00000000000000aa";
+    let dump: String = (1..=3000u64)
+        .map(|i| {
+            line(&format!("k{i:05}"), writer, i, now_hlc()).replace("\"dg==\"", &format!("\"{}\"", "A".repeat(1368)))
+        })
+        .collect();
+    assert_eq!(run_text(&a, &dump).0, 0);
+    for command in
+        [&["list"][..], &["list", "--json"], &["export"], &["status"], &["status", "--json"], &["get", "k00001"]]
+    {
+        let mut child = Command::new(lethe_bin())
+            .arg("--data")
+            .arg(&a.dir)
+            .args(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -1` for the long outputs; the reader gone before anything is written for the
+        // short ones.
+        let stdout = child.stdout.take().unwrap();
+        if command[0] == "list" || command[0] == "export" {
+            let mut first = String::new();
+            BufReader::new(stdout).read_line(&mut first).unwrap();
+            assert!(!first.is_empty());
+        } else {
+            drop(stdout);
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "lethe {command:?} into a closed pipe: {} {stderr}", out.status);
+        assert!(!stderr.contains("panicked") && !stderr.contains("error"), "lethe {command:?}: {stderr}");
+    }
+}
