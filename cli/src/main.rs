@@ -41,7 +41,8 @@ enum Command {
     Serve(ServeArgs),
     /// Write KEY = VALUE (or the bytes of --file PATH, or of stdin with `-`) on the running node.
     Put(PutArgs),
-    /// Print the value of KEY (exit status 1 if it is absent).
+    /// Print the value of KEY: its bytes exactly, a newline after them only on a terminal (exit
+    /// status 1 if it is absent).
     Get(GetArgs),
     /// Delete KEY.
     Del(DelArgs),

@@ -12,6 +12,9 @@ use std::process::ExitCode;
 
 /// `lethe get`'s arguments.
 #[derive(clap::Args)]
+#[command(after_help = "Without --json, the value's bytes are written exactly as they were put: \
+`lethe get KEY > FILE` gives back the bytes `lethe put KEY --file FILE` stored. A newline follows \
+only when stdout is a terminal, so the prompt starts on a line of its own.")]
 pub struct GetArgs {
     /// The key.
     key: String,
@@ -39,8 +42,8 @@ pub struct ListArgs {
     json: bool,
 }
 
-/// Prints the value of KEY (its bytes as they are, then a newline), or the entry as JSON; exit
-/// status 1 if the key is absent.
+/// Prints the value of KEY (its bytes exactly; a newline after them only on a terminal), or
+/// the entry as JSON; exit status 1 if the key is absent.
 pub fn get(data: Option<PathBuf>, args: GetArgs) -> Result<ExitCode> {
     match client::request(data, &Request::Get { key: args.key.into_bytes() })? {
         Response::Found(Some(record)) => {
@@ -49,7 +52,9 @@ pub fn get(data: Option<PathBuf>, args: GetArgs) -> Result<ExitCode> {
                 writeln!(out, "{}", serde_json::to_string(&RecordJson::new(&record, false))?)?;
             } else {
                 out.write_all(&record.value)?;
-                writeln!(out)?;
+                if std::io::IsTerminal::is_terminal(&out) {
+                    writeln!(out)?;
+                }
             }
             out.flush()?;
             Ok(ExitCode::SUCCESS)
