@@ -333,7 +333,25 @@ fn serve_reads_its_settings_from_a_config_file_and_flags_override_them() {
         (s.connected.contains(&a.id.to_string()), s.connected)
     });
 
+    // The metrics flags from the file, alone or beside the flags.
+    let public = "0.0.0.0:0";
+    for (name, text, flags) in [
+        ("m1", format!("metrics = \"{public}\"\nmetrics-public = true\n"), vec![]),
+        ("m2", format!("metrics = \"{public}\"\n"), vec!["--metrics-public"]),
+        ("m3", "metrics-public = true\n".to_string(), vec!["--metrics", public]),
+    ] {
+        let path = root.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let mut node = NodeProc::init(root.path(), name);
+        let mut all = args(&["--config", path.to_str().unwrap()]);
+        all.extend(args(&flags));
+        node.start(&all);
+        assert!(node.log_text().contains("metrics on http://0.0.0.0:"), "{name}: {}", node.log_text());
+        node.stop();
+    }
+
     for (text, says) in [
+        ("listen = \"127.0.0.1:0\"\nmetrics-public = true\n", "--metrics ADDR"),
         ("listen = \"127.0.0.1:0\"\ngc_interval = \"1s\"\n", "unknown field `gc_interval`"),
         ("listen = \"127.0.0.1:0\"\nlease = \"soon\"\n", "config key `lease`"),
         ("peer = \"not a list\"\n", "lethe.toml"),

@@ -175,6 +175,13 @@ impl ServeArgs {
             },
             metrics_public: self.metrics.metrics_public || file.metrics_public.unwrap_or(false),
         };
+        // Checked here, not by clap: either may come from the file.
+        if metrics.metrics_public && metrics.metrics.is_none() {
+            anyhow::bail!(
+                "metrics-public allows a public address for the metrics endpoint, but none is set: give --metrics ADDR \
+                 (or `metrics = \"0.0.0.0:9100\"` in the --config file), or drop metrics-public"
+            );
+        }
         Ok((config, metrics))
     }
 }
