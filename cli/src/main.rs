@@ -2,18 +2,21 @@
 //!
 //! Each command lives in `commands/`: `serve` (init, serve and its config file), `write` (put,
 //! del), `read` (get, list, status), `watch`, `transfer` (export, import), `bench` (benchmarks
-//! and the demo); `metrics` serves `serve --metrics`. `client` is the owner's connection to a
-//! running node; `json` the JSON forms the commands print and `import` reads; `output` writes
-//! stdout (a closed pipe ends a command quietly) and the text form of bytes.
+//! and the demo, with the default feature `bench`); `metrics` serves `serve --metrics`.
+//! `client` is the owner's connection to a running node; `json` the JSON forms the commands
+//! print and `import` reads; `output` writes stdout (a closed pipe ends a command quietly) and
+//! the text form of bytes.
 
 mod client;
 mod commands;
+#[cfg(feature = "bench")]
 mod demo;
 mod json;
 mod metrics;
 mod output;
 
 use clap::{Parser, Subcommand};
+#[cfg(feature = "bench")]
 use commands::bench::{BenchCommand, DemoArgs};
 use commands::read::{GetArgs, ListArgs};
 use commands::serve::{InitArgs, ServeArgs};
@@ -62,11 +65,20 @@ enum Command {
         json: bool,
     },
     /// Measure lethe beside the models of atServer's sync, over QUIC on 127.0.0.1.
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Run the engine on redb files in a temporary directory: writes, deletes, local TTL expiry,
     /// tombstone collection, and a fresh replica bootstrapping; prints what each session cost.
+    #[cfg(feature = "bench")]
     Demo(DemoArgs),
+    /// `bench` or `demo` in a build without them: says how to get them.
+    #[cfg(not(feature = "bench"))]
+    #[command(name = "bench", alias = "demo", hide = true)]
+    NotBuilt {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,8 +107,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => commands::watch::watch(data, args),
         Command::Export(args) => commands::transfer::export(data, args),
         Command::Import(args) => commands::transfer::import(data, args),
+        #[cfg(feature = "bench")]
         Command::Bench(command) => commands::bench::bench(command),
+        #[cfg(feature = "bench")]
         Command::Demo(args) => commands::bench::demo(args),
+        #[cfg(not(feature = "bench"))]
+        Command::NotBuilt { .. } => anyhow::bail!(
+            "this lethe was built without the `bench` feature, so it has no `bench` or `demo`: \
+             install the default build (`cargo install lethe-cli`) to run them"
+        ),
     }
 }
 
