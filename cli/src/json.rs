@@ -172,6 +172,34 @@ impl RecordJson {
     }
 }
 
+/// The version of the export format [`ExportHeader`] names.
+pub const EXPORT_FORMAT: u32 = 1;
+
+/// The first line of `lethe export`: where the entries come from, and what its source had seen
+/// before they were listed (so a full export into a blank node can take them as a bootstrap).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportHeader {
+    /// The format's version, [`EXPORT_FORMAT`].
+    pub lethe_export: u32,
+    /// The source's replica id, 16 hex digits.
+    pub source: String,
+    /// The prefix exported (`""`: every key, a full export).
+    pub prefix: String,
+    /// The source's version vector before the listing: replica id (16 hex digits) to seq.
+    pub vector: std::collections::BTreeMap<String, u64>,
+    /// The source's clock then, as one integer (like a stamp's `hlc`).
+    pub clock: u64,
+}
+
+/// The last line of `lethe export`: how many entries it holds. An export without it was cut.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportEnd {
+    /// The number of entry lines.
+    pub lethe_export_end: u64,
+}
+
 /// A watch event as one JSON object: `{"event": "put" | "deleted" | "expired", "key", ...}`, a
 /// put with every field of [`RecordJson`], a delete with its stamp (`null` when a peer showed
 /// the entry dead), an expiry with the stamp of the write that expired.

@@ -54,9 +54,11 @@ enum Command {
     /// Print changes (local and replicated) as they happen, until interrupted (bytes that are not
     /// text escaped; see --help).
     Watch(WatchArgs),
-    /// Write every live entry, with its stamp, dot, metadata and expiry, as JSON lines to stdout.
+    /// Write a header (the node's vector and clock), every live entry with its stamp, dot,
+    /// metadata and expiry, and an end line, as JSON lines to stdout.
     Export(ExportArgs),
-    /// Load the JSON lines of `lethe export` from stdin, keeping their stamps and dots.
+    /// Load a `lethe export` from stdin, checked whole first: a full export into a blank node as
+    /// a bootstrap (same dots, digest and vector), anything else as this node's own writes.
     Import(ImportArgs),
     /// Print the node's id, counts, vectors, members, peers and digest.
     Status {
