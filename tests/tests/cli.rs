@@ -189,6 +189,14 @@ fn a_full_export_imported_into_a_blank_node_gives_the_same_digest_and_vector_and
         let connected = b.status().connected;
         (connected.contains(&c.id.to_string()), connected)
     });
+    // An empty export into a blank node: a bootstrap of nothing, still checked and finished.
+    let mut f = NodeProc::init(root.path(), "f");
+    f.start(&[]);
+    let empty = run(&a, &["export"], b"").stdout;
+    assert_eq!(empty.iter().filter(|&&b| b == b'\n').count(), 2, "a header and an end line");
+    let summary: Json = serde_json::from_slice(&run(&f, &["import", "--json"], &empty).stdout).unwrap();
+    assert_eq!((summary["mode"].as_str(), summary["entries"].as_u64()), (Some("bootstrap"), Some(0)), "{summary}");
+
     for i in 0..30 {
         assert_eq!(a.cli(&["put", &format!("k{i:02}"), &format!("v{i}")]).0, 0);
     }
@@ -246,11 +254,6 @@ fn a_full_export_imported_into_a_blank_node_gives_the_same_digest_and_vector_and
     assert!(String::from_utf8_lossy(&imported.stderr).contains("not blank"));
     assert_eq!(e.status().vector.values().copied().collect::<Vec<_>>(), [32]);
     // A prefix export is never a bootstrap either.
-    let f = {
-        let mut f = NodeProc::init(root.path(), "f");
-        f.start(&[]);
-        f
-    };
     let part = run(&a, &["export", "--prefix", "k1"], b"").stdout;
     let summary: Json = serde_json::from_slice(&run(&f, &["import", "--json"], &part).stdout).unwrap();
     assert_eq!((summary["mode"].as_str(), summary["applied"].as_u64()), (Some("own-writes"), Some(10)), "{summary}");
