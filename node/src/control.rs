@@ -226,9 +226,8 @@ pub enum Request {
     /// End a bootstrap import ([`ImportMode::Bootstrap`]): merge the export's source vector and
     /// observe its clock (`Replica::finish_import_as_bootstrap`).
     FinishImport {
-        /// The source's vector as `(replica, seq)` pairs, at most
-        /// [`VECTOR_COMPONENTS_MAX`](lethe_engine::limits::VECTOR_COMPONENTS_MAX) (checked while
-        /// decoding).
+        /// The source's vector as `(replica, seq)` pairs, at most [`VECTOR_COMPONENTS_MAX`]
+        /// (checked while decoding).
         #[serde(deserialize_with = "bounded_vector")]
         vector: Vec<(u64, u64)>,
         /// The source's clock, as the 64-bit integer [`Hlc`] is.
