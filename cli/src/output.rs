@@ -17,6 +17,18 @@ pub fn print_line(line: &str) -> std::io::Result<()> {
     out.flush()
 }
 
+/// `println!` that hands back the write's error (a closed pipe) instead of panicking: use it
+/// with `?`.
+macro_rules! outln {
+    () => {
+        $crate::output::print_line("")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::print_line(&format!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
 /// Whether `e` comes from writing to a pipe whose reader has gone away.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
