@@ -1,13 +1,16 @@
-//! Import: entries loaded from an export (`lethe export`, then `lethe import`), written as this
-//! replica's own writes that keep each entry's time.
+//! Import: entries loaded from an export (`lethe export`, then `lethe import`), either as this
+//! replica's own writes that keep each entry's time ([`Replica::import`]), or, for a full export
+//! into a blank replica, as a bootstrap from the export's source (below).
 //!
-//! Each imported entry becomes a write of this replica under a fresh dot of its own, with the
+//! With [`Replica::import`], each imported entry becomes a write of this replica under a fresh dot of its own, with the
 //! entry's key, payload (value, metadata, expiry) and HLC time, and this replica as the stamp's
 //! writer (a stamp and its dot name the same writer). So an import is an ordinary write: the
 //! vector covers it, deltas and live pushes carry it once, and nothing of another writer's dot
 //! space is touched. (Applying entries under their original dots was tried: no vector ever
 //! covered them, so every push resent them; an entry beyond its live writer's counter cut that
-//! writer off; and two lines with one dot shared a dot-index row.)
+//! writer off; and two lines with one dot shared a dot-index row. A bootstrap import avoids all
+//! three: the source's vector covers the entries, a blank replica has no live counter of theirs,
+//! and a reused dot is refused.)
 //!
 //! - LWW order is kept as far as a stamp can: an imported entry loses to anything stored for
 //!   its key with a later stamp (the key's entry stays as it is), and the HLC moves past the
