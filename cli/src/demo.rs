@@ -9,6 +9,7 @@
 //! the model of atServer's commit-log sync ([`lethe_bench::baseline`]). The run fails if the nodes do
 //! not converge.
 
+use crate::output::outln;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use lethe_bench::baseline::{CommitLogModel, ReplayCost};
@@ -169,7 +170,7 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     let server = start(root, "server", vec![], vec![a_id, b_id]).await?;
     let server_peer = PeerAddr { id: server.id(), addr: server.local_addr() };
     let client_a = start(root, "client-a", vec![server_peer], vec![]).await?;
-    println!("server {} and client-a on {} (QUIC, 127.0.0.1)", &server.id().to_string()[..16], root.display());
+    outln!("server {} and client-a on {} (QUIC, 127.0.0.1)", &server.id().to_string()[..16], root.display())?;
 
     let mut log = CommitLogModel::new();
     let key = |i: usize| format!("user:{i:08}");
@@ -182,7 +183,7 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     (0..p.keys).for_each(|i| log.put(&key(i), &value_text, now_ms(), None));
     converge(&server, &[&client_a], "client-a follows", p.progress).await?;
     let first = received_since(&a0, &client_a.status()?, t);
-    println!("server wrote {} keys; client-a received {} live, {} bytes", p.keys, first.live, first.bytes);
+    outln!("server wrote {} keys; client-a received {} live, {} bytes", p.keys, first.live, first.bytes)?;
 
     let a1 = client_a.status()?;
     let t = Instant::now();
@@ -196,7 +197,7 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     converge(&server, &[&client_a], "client-a follows", p.progress).await?;
     report.incremental = received_since(&a1, &client_a.status()?, t);
     report.server_tombstones.0 = (p.deleted + p.ttl_keys) as u64;
-    println!(
+    outln!(
         "server deleted {} keys and wrote {} keys with a {} ms TTL; client-a received {} tombstones, {} live, {} bytes",
         p.deleted,
         p.ttl_keys,
@@ -204,7 +205,7 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
         report.incremental.tombstones,
         report.incremental.live,
         report.incremental.bytes
-    );
+    )?;
 
     // The TTL passes. Each node's GC purges expired values locally; the atServer model's expiry
     // job deletes them and logs the deletes.
@@ -221,12 +222,12 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     report.after_expiry = received_since(&a2, &client_a.status()?, t);
     let end = server.status()?;
     report.server_tombstones.1 = end.tombstones + end.expired;
-    println!(
+    outln!(
         "TTL passed and GC ran: tombstones and expired records {} -> {} on every node; client-a received {} entries meanwhile",
         report.server_tombstones.0,
         report.server_tombstones.1,
         report.after_expiry.live + report.after_expiry.tombstones
-    );
+    )?;
 
     let t = Instant::now();
     let client_b = start(root, "client-b", vec![server_peer], vec![]).await?;
@@ -240,10 +241,13 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     let statuses = converge(&server, &[&client_a, &client_b], "client-b joins", p.progress).await?;
     report.fresh = received_since(&b0, &statuses[1], t);
     report.commit_log = log.replay(false);
-    println!(
+    outln!(
         "fresh client-b joined: {} live, {} tombstones, {} bytes in {:.2} s",
-        report.fresh.live, report.fresh.tombstones, report.fresh.bytes, report.fresh.seconds
-    );
+        report.fresh.live,
+        report.fresh.tombstones,
+        report.fresh.bytes,
+        report.fresh.seconds
+    )?;
 
     let items = server.scan(&lethe_engine::KeyRange::all(), usize::MAX)?;
     report.live_keys = items.len() as u64;

@@ -138,23 +138,17 @@ impl RecordJson {
             metadata_encoding: metadata.as_ref().map(|m| m.1),
             metadata: metadata.map(|m| m.0),
             stamp: r.stamp.into(),
-            dot: DotJson { writer: ReplicaId(r.stamp.writer).to_string(), seq: r.seq },
+            dot: DotJson { writer: ReplicaId(r.dot_writer).to_string(), seq: r.seq },
             expires_at_ms: r.expires_at_ms,
         }
     }
 
-    /// The record this describes, checked to be one write (the dot's writer is the stamp's).
-    /// Sizes, the stamp's drift and the dot against the node's counter are the node's to check.
+    /// The record this describes. The dot's writer may differ from the stamp's (a device's
+    /// write, numbered by the member that admitted it). Sizes, the stamp's drift and the dot
+    /// against the node's counter are the node's to check.
     pub fn into_record(self) -> Result<Record> {
         let writer = parse_writer("stamp.writer", &self.stamp.writer)?;
         let dot_writer = parse_writer("dot.writer", &self.dot.writer)?;
-        if writer != dot_writer {
-            bail!(
-                "the dot's writer {} is not the stamp's writer {}: a write is stamped and numbered by one replica",
-                self.dot.writer,
-                self.stamp.writer
-            );
-        }
         let metadata = match (self.metadata, self.metadata_encoding) {
             (Some(m), Some(enc)) => Some(decode_bytes("metadata", m, enc)?),
             (Some(_), None) => bail!("`metadata` is given without `metadata_encoding` (\"utf8\" or \"base64\")"),
@@ -167,9 +161,38 @@ impl RecordJson {
             metadata,
             expires_at_ms: self.expires_at_ms,
             stamp: WireStamp { hlc: self.stamp.hlc, writer },
+            dot_writer,
             seq: self.dot.seq,
         })
     }
+}
+
+/// The version of the export format [`ExportHeader`] names.
+pub const EXPORT_FORMAT: u32 = 1;
+
+/// The first line of `lethe export`: where the entries come from, and what its source had seen
+/// before they were listed (so a full export into a blank node can take them as a bootstrap).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportHeader {
+    /// The format's version, [`EXPORT_FORMAT`].
+    pub lethe_export: u32,
+    /// The source's replica id, 16 hex digits.
+    pub source: String,
+    /// The prefix exported (`""`: every key, a full export).
+    pub prefix: String,
+    /// The source's version vector before the listing: replica id (16 hex digits) to seq.
+    pub vector: std::collections::BTreeMap<String, u64>,
+    /// The source's clock then, as one integer (like a stamp's `hlc`).
+    pub clock: u64,
+}
+
+/// The last line of `lethe export`: how many entries it holds. An export without it was cut.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportEnd {
+    /// The number of entry lines.
+    pub lethe_export_end: u64,
 }
 
 /// A watch event as one JSON object: `{"event": "put" | "deleted" | "expired", "key", ...}`, a
@@ -211,6 +234,7 @@ mod tests {
             metadata: Some(b"{\"a\":1}".to_vec()),
             expires_at_ms: Some(42),
             stamp: WireStamp { hlc: 7 << 16 | 3, writer: 0xabcd },
+            dot_writer: 0xabcd,
             seq: 9,
         };
         for base64 in [false, true] {
@@ -224,17 +248,18 @@ mod tests {
     }
 
     #[test]
-    fn a_dot_of_another_writer_is_refused() {
+    fn a_device_write_keeps_the_dot_of_the_member_that_numbered_it() {
         let record = Record {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             metadata: None,
             expires_at_ms: None,
-            stamp: WireStamp { hlc: 1, writer: 1 },
+            stamp: WireStamp { hlc: 1, writer: 100 },
+            dot_writer: 1,
             seq: 1,
         };
-        let mut json = RecordJson::new(&record, true);
-        json.dot.writer = ReplicaId(2).to_string();
-        assert!(json.into_record().unwrap_err().to_string().contains("not the stamp's writer"));
+        let json = RecordJson::new(&record, true);
+        assert_eq!(json.dot.writer, ReplicaId(1).to_string());
+        assert_eq!(json.into_record().unwrap(), record);
     }
 }

@@ -2,16 +2,21 @@
 //!
 //! Each command lives in `commands/`: `serve` (init, serve and its config file), `write` (put,
 //! del), `read` (get, list, status), `watch`, `transfer` (export, import), `bench` (benchmarks
-//! and the demo); `metrics` serves `serve --metrics`. `client` is the owner's connection to a running node; `json` the JSON forms
-//! the commands print and `import` reads.
+//! and the demo, with the default feature `bench`); `metrics` serves `serve --metrics`.
+//! `client` is the owner's connection to a running node; `json` the JSON forms the commands
+//! print and `import` reads; `output` writes stdout (a closed pipe ends a command quietly) and
+//! the text form of bytes.
 
 mod client;
 mod commands;
+#[cfg(feature = "bench")]
 mod demo;
 mod json;
 mod metrics;
+mod output;
 
 use clap::{Parser, Subcommand};
+#[cfg(feature = "bench")]
 use commands::bench::{BenchCommand, DemoArgs};
 use commands::read::{GetArgs, ListArgs};
 use commands::serve::{InitArgs, ServeArgs};
@@ -39,17 +44,21 @@ enum Command {
     Serve(ServeArgs),
     /// Write KEY = VALUE (or the bytes of --file PATH, or of stdin with `-`) on the running node.
     Put(PutArgs),
-    /// Print the value of KEY (exit status 1 if it is absent).
+    /// Print the value of KEY: its bytes exactly, a newline after them only on a terminal (exit
+    /// status 1 if it is absent).
     Get(GetArgs),
     /// Delete KEY.
     Del(DelArgs),
-    /// List live keys and values in key order.
+    /// List live keys and values in key order (bytes that are not text escaped; see --help).
     List(ListArgs),
-    /// Print changes (local and replicated) as they happen, until interrupted.
+    /// Print changes (local and replicated) as they happen, until interrupted (bytes that are not
+    /// text escaped; see --help).
     Watch(WatchArgs),
-    /// Write every live entry, with its stamp, dot, metadata and expiry, as JSON lines to stdout.
+    /// Write a header (the node's vector and clock), every live entry with its stamp, dot,
+    /// metadata and expiry, and an end line, as JSON lines to stdout.
     Export(ExportArgs),
-    /// Load the JSON lines of `lethe export` from stdin, keeping their stamps and dots.
+    /// Load a `lethe export` from stdin, checked whole first: a full export into a blank node as
+    /// a bootstrap (same dots, digest and vector), anything else as this node's own writes.
     Import(ImportArgs),
     /// Print the node's id, counts, vectors, members, peers and digest.
     Status {
@@ -58,17 +67,28 @@ enum Command {
         json: bool,
     },
     /// Measure lethe beside the models of atServer's sync, over QUIC on 127.0.0.1.
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Run the engine on redb files in a temporary directory: writes, deletes, local TTL expiry,
     /// tombstone collection, and a fresh replica bootstrapping; prints what each session cost.
+    #[cfg(feature = "bench")]
     Demo(DemoArgs),
+    /// `bench` or `demo` in a build without them: says how to get them.
+    #[cfg(not(feature = "bench"))]
+    #[command(name = "bench", alias = "demo", hide = true)]
+    NotBuilt {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // The reader of stdout went away (`lethe list | head -1`): the output is over, not failed.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -89,8 +109,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => commands::watch::watch(data, args),
         Command::Export(args) => commands::transfer::export(data, args),
         Command::Import(args) => commands::transfer::import(data, args),
+        #[cfg(feature = "bench")]
         Command::Bench(command) => commands::bench::bench(command),
+        #[cfg(feature = "bench")]
         Command::Demo(args) => commands::bench::demo(args),
+        #[cfg(not(feature = "bench"))]
+        Command::NotBuilt { .. } => anyhow::bail!(
+            "this lethe was built without the `bench` feature, so it has no `bench` or `demo`: \
+             install the default build (`cargo install lethe-cli`) to run them"
+        ),
     }
 }
 

@@ -44,8 +44,8 @@ pub struct MetricsArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<SocketAddr>,
     /// Allow --metrics on an address other than loopback: the endpoints have no authentication,
-    /// so put them behind a firewall or proxy.
-    #[arg(long, requires = "metrics")]
+    /// so put them behind a firewall or proxy. Needs --metrics, here or in the --config file.
+    #[arg(long)]
     pub(crate) metrics_public: bool,
 }
 

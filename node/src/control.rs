@@ -12,6 +12,7 @@
 //! a request are bounded again while they decode.
 
 use crate::node::Status;
+use lethe_engine::limits::VECTOR_COMPONENTS_MAX;
 use lethe_engine::{Change, Dot, Entry, Hlc, Item, Payload, ReplicaId, Seq, Stamp, Value};
 use serde::{Deserialize, Serialize};
 
@@ -77,9 +78,12 @@ pub struct Record {
     pub metadata: Option<Vec<u8>>,
     /// When the value expires (absolute wall ms), if it has a TTL.
     pub expires_at_ms: Option<u64>,
-    /// The write's stamp; its writer is also the writer of the dot.
+    /// The write's stamp.
     pub stamp: WireStamp,
-    /// The writer's sequence number for the write (the dot is `(stamp.writer, seq)`).
+    /// The replica that numbered the write: the stamp's writer, or the member that admitted a
+    /// device's write.
+    pub dot_writer: u64,
+    /// Its sequence number for the write (the dot is `(dot_writer, seq)`).
     pub seq: u64,
 }
 
@@ -93,7 +97,7 @@ impl Record {
     /// The write's dot.
     #[must_use]
     pub fn dot(&self) -> Dot {
-        Dot { replica: ReplicaId(self.stamp.writer), seq: Seq(self.seq) }
+        Dot { replica: ReplicaId(self.dot_writer), seq: Seq(self.seq) }
     }
 
     /// The engine entry this record describes (a value), for an import.
@@ -120,6 +124,7 @@ impl From<Item> for Record {
             metadata: i.metadata,
             expires_at_ms: i.expires_at_ms,
             stamp: i.stamp.into(),
+            dot_writer: i.dot.replica.0,
             seq: i.dot.seq.0,
         }
     }
@@ -212,38 +217,79 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
     },
-    /// Load entries from an export, with their stamps and dots, as entries received from their
-    /// writers (`Replica::import`): applied whole or not at all.
+    /// Load entries from an export (`Replica::import`, or `Replica::import_as_bootstrap` for a
+    /// full export into a blank node): applied whole or not at all.
     Import {
         /// The entries, at most [`IMPORT_ENTRIES_MAX`] (checked while decoding).
         #[serde(deserialize_with = "bounded_records")]
         entries: Vec<Record>,
+        /// How they are applied.
+        #[serde(default)]
+        mode: ImportMode,
+    },
+    /// End a bootstrap import ([`ImportMode::Bootstrap`]): merge the export's source vector and
+    /// observe its clock (`Replica::finish_import_as_bootstrap`).
+    FinishImport {
+        /// The source's vector as `(replica, seq)` pairs, at most [`VECTOR_COMPONENTS_MAX`]
+        /// (checked while decoding).
+        #[serde(deserialize_with = "bounded_vector")]
+        vector: Vec<(u64, u64)>,
+        /// The source's clock, as the 64-bit integer [`Hlc`] is.
+        clock: u64,
+    },
+    /// The node's replica id, vector and clock, and whether it is blank: what an export's
+    /// header records and what an import asks before it picks its mode.
+    Position,
+}
+
+/// How an [`Request::Import`] applies its entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImportMode {
+    /// As the node's own writes that keep each entry's time (`Replica::import`).
+    #[default]
+    Own,
+    /// Under the entries' own dots and stamps, as a bootstrap chunk (`Replica::import_as_bootstrap`):
+    /// a batch of a full export into a blank node, to be ended by [`Request::FinishImport`].
+    Bootstrap {
+        /// The first batch, which needs the node blank; a later one needs its vector still empty.
+        first: bool,
     },
 }
 
 /// Decodes at most [`IMPORT_ENTRIES_MAX`] records, refusing a longer list as soon as it passes
 /// the limit (the list never grows beyond it, whatever length the frame claims).
 fn bounded_records<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Record>, D::Error> {
-    struct Bounded;
-    impl<'de> serde::de::Visitor<'de> for Bounded {
-        type Value = Vec<Record>;
+    bounded::<_, _, IMPORT_ENTRIES_MAX>(d, "entries")
+}
+
+/// Decodes a vector of at most [`VECTOR_COMPONENTS_MAX`] components, like [`bounded_records`].
+fn bounded_vector<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(u64, u64)>, D::Error> {
+    bounded::<_, _, VECTOR_COMPONENTS_MAX>(d, "vector components")
+}
+
+fn bounded<'de, D, T, const MAX: usize>(d: D, what: &'static str) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T, const MAX: usize>(&'static str, std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Bounded<T, MAX> {
+        type Value = Vec<T>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "a list of at most {IMPORT_ENTRIES_MAX} records")
+            write!(f, "a list of at most {MAX} {}", self.0)
         }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Record>, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(IMPORT_ENTRIES_MAX));
-            while let Some(record) = seq.next_element()? {
-                if out.len() == IMPORT_ENTRIES_MAX {
-                    return Err(serde::de::Error::custom(format!(
-                        "an import request carries more than {IMPORT_ENTRIES_MAX} entries"
-                    )));
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX).min(1024));
+            while let Some(x) = seq.next_element()? {
+                if out.len() == MAX {
+                    return Err(serde::de::Error::custom(format!("a request carries more than {MAX} {}", self.0)));
                 }
-                out.push(record);
+                out.push(x);
             }
             Ok(out)
         }
     }
-    d.deserialize_seq(Bounded)
+    d.deserialize_seq(Bounded::<T, MAX>(what, std::marker::PhantomData))
 }
 
 /// The node's answer.
@@ -284,6 +330,19 @@ pub enum Response {
         superseded: u64,
         /// Entries the node knows were superseded or deleted.
         stale: u64,
+    },
+    /// A bootstrap import was ended: the source's vector is merged.
+    ImportFinished,
+    /// The node's position (answers [`Request::Position`]).
+    Position {
+        /// Its replica id.
+        replica: u64,
+        /// Its vector, as `(replica, seq)` pairs.
+        vector: Vec<(u64, u64)>,
+        /// Its clock, as the 64-bit integer [`Hlc`] is.
+        clock: u64,
+        /// Whether it holds nothing and has seen nothing (`Replica::is_blank`).
+        blank: bool,
     },
     /// An import was refused whole because of one entry; nothing of it was applied.
     ImportRefused {

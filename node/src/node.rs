@@ -10,7 +10,7 @@ use crate::data_dir::{DataDir, DataDirError};
 use lethe_engine::replica::StoreFailure;
 use lethe_engine::session::SyncError;
 use lethe_engine::{
-    Change, Config, Item, KeyRange, PutOptions, RedbStore, Replica, ReplicaId, Seq, SystemClock, VersionVector,
+    Change, Config, Hlc, Item, KeyRange, PutOptions, RedbStore, Replica, ReplicaId, Seq, SystemClock, VersionVector,
     WallClock, WriteBatch, WriteReceipt,
 };
 use lethe_transport::{CloseCode, Endpoint, NodeId, TrustList};
@@ -702,6 +702,37 @@ impl Node {
             return Err(NodeError::ShuttingDown);
         }
         Ok(self.inner.with_replica(|r| r.import(entries))?)
+    }
+
+    /// Stores one batch of a full export into this blank node under the entries' own dots and
+    /// stamps, as a bootstrap chunk ([`Replica::import_as_bootstrap`]); `first` needs the node
+    /// blank, a later batch its vector still empty. One invalid entry refuses them all.
+    pub fn import_as_bootstrap(
+        &self,
+        entries: Vec<lethe_engine::Entry>,
+        first: bool,
+    ) -> Result<lethe_engine::ApplyReport, NodeError> {
+        if self.inner.shutting_down() {
+            return Err(NodeError::ShuttingDown);
+        }
+        Ok(self.inner.with_replica(|r| r.import_as_bootstrap(entries, first))?)
+    }
+
+    /// Ends a bootstrap import: merges the export's source vector and observes its clock
+    /// ([`Replica::finish_import_as_bootstrap`]). Peers then get deltas against that vector, as
+    /// from a node that was bootstrapped.
+    pub fn finish_import(&self, vector: &VersionVector, clock: Hlc) -> Result<(), NodeError> {
+        if self.inner.shutting_down() {
+            return Err(NodeError::ShuttingDown);
+        }
+        self.inner.with_replica(|r| r.finish_import_as_bootstrap(vector, clock))?;
+        Ok(())
+    }
+
+    /// This node's replica id, vector and clock, and whether it is blank ([`Replica::is_blank`]),
+    /// read at one instant.
+    pub fn position(&self) -> (ReplicaId, VersionVector, Hlc, bool) {
+        self.inner.with_replica(|r| (r.id(), r.vector().clone(), r.clock(), r.is_blank()))
     }
 
     /// What `lethe status` shows.

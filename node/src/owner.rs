@@ -3,12 +3,11 @@
 //! listing with as many pages as it takes, a watch with one frame per change until the owner
 //! finishes its side).
 
-use crate::control::{self, Event, LIST_PAGE_BYTES_MAX, LIST_SCAN_ITEMS, Record, Request, Response};
+use crate::control::{self, Event, ImportMode, LIST_PAGE_BYTES_MAX, LIST_SCAN_ITEMS, Record, Request, Response};
 use crate::node::{Inner, Node, NodeError, SubscriptionError};
 use lethe_engine::limits::KEY_BYTES_MAX;
-use lethe_engine::replica::ImportError;
 use lethe_engine::session::FRAME_BYTES_MAX;
-use lethe_engine::{KeyRange, PutOptions};
+use lethe_engine::{Hlc, KeyRange, PutOptions, ReplicaId, Seq, VersionVector};
 use lethe_transport::endpoint::{RecvStream, SendStream};
 use lethe_transport::{FrameReader, FrameWriter, PeerConnection};
 use std::ops::Bound;
@@ -170,17 +169,35 @@ async fn answer(inner: &Arc<Inner>, request: Request) -> Response {
                 let receipt = node.delete(key).await?;
                 Response::Written { seq: receipt.dot.seq.0, stamp: receipt.stamp.into() }
             }
-            Request::Import { entries } => match node.import(entries.into_iter().map(Record::into_entry).collect()) {
-                Ok(report) => Response::Imported {
-                    applied: report.applied as u64,
-                    superseded: report.superseded as u64,
-                    stale: report.stale as u64,
-                },
-                Err(NodeError::Import(e @ ImportError::Invalid { index, .. })) => {
-                    Response::ImportRefused { index: index as u64, reason: e.to_string() }
+            Request::Import { entries, mode } => {
+                let entries = entries.into_iter().map(Record::into_entry).collect();
+                let imported = match mode {
+                    ImportMode::Own => node.import(entries),
+                    ImportMode::Bootstrap { first } => node.import_as_bootstrap(entries, first),
+                };
+                match imported {
+                    Ok(report) => Response::Imported {
+                        applied: report.applied as u64,
+                        superseded: report.superseded as u64,
+                        stale: report.stale as u64,
+                    },
+                    Err(NodeError::Import(e)) => match e.index() {
+                        Some(index) => Response::ImportRefused { index: index as u64, reason: e.to_string() },
+                        None => return Err(NodeError::Import(e)),
+                    },
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            },
+            }
+            Request::FinishImport { vector, clock } => {
+                let vector: Vec<(ReplicaId, Seq)> = vector.into_iter().map(|(r, s)| (ReplicaId(r), Seq(s))).collect();
+                node.finish_import(&VersionVector::from(vector), Hlc(clock))?;
+                Response::ImportFinished
+            }
+            Request::Position => {
+                let (replica, vector, clock, blank) = node.position();
+                let vector = Vec::from(vector).into_iter().map(|(r, s)| (r.0, s.0)).collect();
+                Response::Position { replica: replica.0, vector, clock: clock.0, blank }
+            }
             // `serve` answers a listing in pages with `send_list`, a watch with `send_watch`.
             Request::List { .. } | Request::Watch { .. } => {
                 Response::Error("a listing or a watch is answered as a stream".to_string())

@@ -75,8 +75,12 @@ fn put_and_get_take_and_show_values_from_every_source_with_receipts() {
     let binary = [0x00u8, 0xff, 0x10];
     let put = run(&a, &["put", "bin", "-"], &binary);
     assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    // `get > FILE` gives back exactly the bytes put: no newline is added off a terminal.
     let got = run(&a, &["get", "bin"], b"");
-    assert_eq!(got.stdout, [&binary[..], b"\n"].concat());
+    assert_eq!(got.stdout, binary, "the value's bytes, exactly");
+    let ends_in_newline = run(&a, &["put", "nl", "-"], b"line\n");
+    assert!(ends_in_newline.status.success());
+    assert_eq!(run(&a, &["get", "nl"], b"").stdout, b"line\n");
     let got = json_cli(&a, &["get", "bin", "--json"]);
     assert_eq!((got["value"].as_str(), got["value_encoding"].as_str()), (Some("AP8Q"), Some("base64")));
     assert_eq!(got["dot"]["seq"], 2);
@@ -100,10 +104,10 @@ fn put_and_get_take_and_show_values_from_every_source_with_receipts() {
     assert!((before_ms + 3_600_000..before_ms + 3_700_000).contains(&expires), "{expires}");
 
     let del = json_cli(&a, &["del", "text", "--json"]);
-    assert_eq!(del["seq"], 5);
+    assert_eq!(del["seq"], 6);
     assert_eq!(a.cli(&["get", "text"]).0, 1, "absent");
     let keys: Vec<Json> = list_json(&a).into_iter().map(|o| o["key"].clone()).collect();
-    assert_eq!(keys, ["bin", "f", "m"]);
+    assert_eq!(keys, ["bin", "f", "m", "nl"]);
 
     // Bad input: what was wrong and what to do, exit status 2, nothing written.
     let path = file.to_str().unwrap();
@@ -166,25 +170,17 @@ fn watch_prints_local_and_replicated_changes_until_interrupted() {
     assert!(status.success(), "watch exits 0 when interrupted: {status}");
 }
 
-/// An export line without what names its writer (the stamp's writer and the dot): what an
-/// import into another node reproduces.
-fn content(o: &Json) -> Json {
-    let mut o = o.clone();
-    if let Some(map) = o.as_object_mut() {
-        map.remove("dot");
-        if let Some(stamp) = map.get_mut("stamp").and_then(Json::as_object_mut) {
-            stamp.remove("writer");
-        }
-    }
-    o
+/// `lethe status --json` of a node, as a JSON value.
+fn status_json(node: &NodeProc) -> Json {
+    json_cli(node, &["status", "--json"])
 }
 
 #[test]
-fn export_then_import_into_an_empty_node_reproduces_entries_with_their_times_and_they_sync() {
+fn a_full_export_imported_into_a_blank_node_gives_the_same_digest_and_vector_and_they_sync() {
     let root = tempfile::tempdir().unwrap();
     let (mut a, mut b, mut c) =
         (NodeProc::init(root.path(), "a"), NodeProc::init(root.path(), "b"), NodeProc::init(root.path(), "c"));
-    let mut d = NodeProc::init(root.path(), "d");
+    let (mut d, mut e) = (NodeProc::init(root.path(), "d"), NodeProc::init(root.path(), "e"));
     a.start(&[]);
     b.start(&args(&["--trust", &c.id.to_string(), "--trust", &d.id.to_string()]));
     // c is connected when the import comes; d connects after it.
@@ -193,43 +189,74 @@ fn export_then_import_into_an_empty_node_reproduces_entries_with_their_times_and
         let connected = b.status().connected;
         (connected.contains(&c.id.to_string()), connected)
     });
+    // An empty export into a blank node: a bootstrap of nothing, still checked and finished.
+    let mut f = NodeProc::init(root.path(), "f");
+    f.start(&[]);
+    let empty = run(&a, &["export"], b"").stdout;
+    assert_eq!(empty.iter().filter(|&&b| b == b'\n').count(), 2, "a header and an end line");
+    let summary: Json = serde_json::from_slice(&run(&f, &["import", "--json"], &empty).stdout).unwrap();
+    assert_eq!((summary["mode"].as_str(), summary["entries"].as_u64()), (Some("bootstrap"), Some(0)), "{summary}");
+
     for i in 0..30 {
         assert_eq!(a.cli(&["put", &format!("k{i:02}"), &format!("v{i}")]).0, 0);
     }
     assert!(run(&a, &["put", "bin", "-"], &[0, 159, 146, 150, 255]).status.success());
     assert_eq!(a.cli(&["put", "meta", "m", "--metadata", "[1,2]", "--ttl", "2h"]).0, 0);
     assert_eq!(a.cli(&["del", "k03"]).0, 0);
+    assert_eq!(a.cli(&["put", "k04", "overwritten"]).0, 0);
     let exported = run(&a, &["export"], b"");
     assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
     let dump = exported.stdout;
-    assert_eq!(dump.iter().filter(|&&b| b == b'\n').count(), 31, "live entries only");
+    let lines: Vec<Json> =
+        dump.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    assert_eq!(lines.len(), 33, "a header, the 31 live entries, an end line");
+    assert_eq!(lines[0]["source"], a.id.to_string()[..16]);
+    assert_eq!(lines[0]["vector"][&a.id.to_string()[..16]], 34, "the vector before the listing");
+    assert_eq!(lines[32], serde_json::json!({ "lethe_export_end": 31 }));
 
-    let imported = run(&b, &["import"], &dump);
+    let imported = run(&b, &["import", "--json"], &dump);
     assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
-    assert!(String::from_utf8_lossy(&imported.stderr).contains("31 applied"));
-    let on_a = list_json(&a);
-    let on_b = list_json(&b);
-    assert_eq!(on_b.iter().map(content).collect::<Vec<_>>(), on_a.iter().map(content).collect::<Vec<_>>());
-    assert!(on_a.iter().any(|o| o["key"] == "meta" && o["expires_at_ms"].is_u64() && o["metadata"] == "[1,2]"));
-    // b's own writes, under its own dots: its vector covers them.
-    assert_eq!(b.status().vector.values().copied().collect::<Vec<_>>(), [31]);
+    let summary: Json = serde_json::from_slice(&imported.stdout).expect("a JSON summary");
+    assert_eq!((summary["mode"].as_str(), summary["applied"].as_u64()), (Some("bootstrap"), Some(31)), "{summary}");
+    let (on_a, on_b) = (status_json(&a), status_json(&b));
+    assert_eq!(on_b["digest"], on_a["digest"], "the same entries under the same dots and stamps");
+    assert_eq!(on_b["vector"], on_a["vector"], "the source's vector, merged");
+    assert_eq!(list_json(&b), list_json(&a));
+    assert!(
+        list_json(&b).iter().any(|o| o["key"] == "meta" && o["expires_at_ms"].is_u64() && o["metadata"] == "[1,2]")
+    );
 
-    // They go on to peers as any write does: to c by a push, to d when it connects.
-    wait_until("c has b's imported entries", CONVERGE, || {
-        let on_c = list_json(&c);
-        (on_c == on_b, on_c.len())
+    // They go on to peers: to c, connected, and to d when it connects.
+    wait_until("c has b's digest", CONVERGE, || {
+        let digest = status_json(&c)["digest"].clone();
+        (digest == on_a["digest"], digest)
     });
     d.start(&args(&["--peer", &b.peer_arg()]));
-    wait_until("d has b's imported entries", CONVERGE, || {
-        let on_d = list_json(&d);
-        (on_d == on_b, on_d.len())
+    wait_until("d has b's digest", CONVERGE, || {
+        let digest = status_json(&d)["digest"].clone();
+        (digest == on_a["digest"], digest)
     });
-    // A later write at b wins over the imported one (its clock moved past their times).
+    assert_eq!(list_json(&d), list_json(&a));
+    // A later write at b wins over the imported one (its clock moved past the source's).
     assert_eq!(b.cli(&["put", "k00", "newer"]).0, 0);
     wait_until("c has b's newer write", CONVERGE, || {
         let (_, v, _) = c.cli(&["get", "k00"]);
-        (v == "newer\n", v)
+        (v == "newer", v)
     });
+
+    // Into a node that holds something: its own writes keeping each entry's time, no vector
+    // of a's claimed (it could hide a delete e never saw).
+    e.start(&[]);
+    assert_eq!(e.cli(&["put", "k03", "e's own"]).0, 0);
+    let imported = run(&e, &["import", "--json"], &dump);
+    let summary: Json = serde_json::from_slice(&imported.stdout).expect("a JSON summary");
+    assert_eq!((summary["mode"].as_str(), summary["applied"].as_u64()), (Some("own-writes"), Some(31)), "{summary}");
+    assert!(String::from_utf8_lossy(&imported.stderr).contains("not blank"));
+    assert_eq!(e.status().vector.values().copied().collect::<Vec<_>>(), [32]);
+    // A prefix export is never a bootstrap either.
+    let part = run(&a, &["export", "--prefix", "k1"], b"").stdout;
+    let summary: Json = serde_json::from_slice(&run(&f, &["import", "--json"], &part).stdout).unwrap();
+    assert_eq!((summary["mode"].as_str(), summary["applied"].as_u64()), (Some("own-writes"), Some(10)), "{summary}");
 }
 
 /// One export line of writer `writer` (16 hex digits) at `hlc`.
@@ -273,7 +300,29 @@ fn import_refuses_a_bad_line_by_number_and_applies_nothing_of_its_batch() {
         .enumerate()
         .map(|(i, l)| if i == 1199 { format!("{broken}\n") } else { format!("{l}\n") })
         .collect();
-    fails_saying(&run_text(&a, &text), &["line 1200", "seq", "lines before 1001 were imported"]);
+    fails_saying(&run_text(&a, &text), &["line 1200", "seq", "nothing was imported"]);
+    assert_eq!(count(&a), 0, "the whole input is checked before anything is sent");
+
+    // An export cut short, its end line miscounted, two exports joined: refused by line.
+    let header = format!(
+        "{{\"lethe_export\":1,\"source\":\"{writer}\",\"prefix\":\"\",\"vector\":{{\"{writer}\":3}},\"clock\":{}}}\n",
+        now_hlc()
+    );
+    let end = |n: u64| format!("{{\"lethe_export_end\":{n}}}\n");
+    fails_saying(&run_text(&a, &format!("{header}{}", good(3))), &["line 4", "cut short", "nothing was imported"]);
+    fails_saying(&run_text(&a, &format!("{header}{}{}", good(3), end(2))), &["line 5", "counts 2", "holds 3"]);
+    let twice = format!("{header}{}{}{header}", good(3), end(3));
+    fails_saying(&run_text(&a, &twice), &["line 6", "after the export's end"]);
+    fails_saying(&run_text(&a, &format!("{}{header}", good(1))), &["line 2", "header after the first line"]);
+    let bad_vector = header.replace(&format!("\"{writer}\":3"), "\"nope\":3");
+    fails_saying(&run_text(&a, &format!("{bad_vector}{}", end(0))), &["line 1", "`vector`", "16 hex digits"]);
+    assert_eq!(count(&a), 0);
+    assert!(a.status().vector.is_empty(), "no vector merged");
+
+    // What only the node checks (a stamp beyond its drift bound), in the second request: the
+    // first request stands, the second does not, and the error says so.
+    let late = format!("{}{}", good(1200), line("z", writer, 1201, now_hlc() + (3_600_000 << 16)));
+    fails_saying(&run_text(&a, &late), &["line 1201", "ahead", "lines before 1001 were imported"]);
     assert_eq!(count(&a), 1000);
 }
 
@@ -297,7 +346,10 @@ fn an_import_into_the_same_identity_on_an_empty_store_writes_the_entries_again_u
     // Its own writes, into its own store: already held, nothing applied.
     let again = run(&a, &["import", "--json"], &dump);
     let summary: Json = serde_json::from_slice(&again.stdout).expect("a JSON summary");
-    assert_eq!(summary, serde_json::json!({ "entries": 2, "applied": 0, "superseded": 2, "stale": 0 }));
+    assert_eq!(
+        summary,
+        serde_json::json!({ "mode": "own-writes", "entries": 2, "applied": 0, "superseded": 2, "stale": 0 })
+    );
     // The same identity on an empty store: written again as new writes (seqs 1 and 2 of this
     // store), with their times; no dot of the old store is claimed.
     a.stop();
@@ -306,6 +358,7 @@ fn an_import_into_the_same_identity_on_an_empty_store_writes_the_entries_again_u
     let out = run(&a, &["import", "--json"], &dump);
     let summary: Json = serde_json::from_slice(&out.stdout).expect("a JSON summary");
     assert_eq!(summary["applied"], 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary["mode"], "own-writes", "its own old dots are not claimed");
     assert_eq!(a.status().live, 2);
     assert_eq!(a.status().vector.values().copied().collect::<Vec<_>>(), [2]);
 }
@@ -329,7 +382,25 @@ fn serve_reads_its_settings_from_a_config_file_and_flags_override_them() {
         (s.connected.contains(&a.id.to_string()), s.connected)
     });
 
+    // The metrics flags from the file, alone or beside the flags.
+    let public = "0.0.0.0:0";
+    for (name, text, flags) in [
+        ("m1", format!("metrics = \"{public}\"\nmetrics-public = true\n"), vec![]),
+        ("m2", format!("metrics = \"{public}\"\n"), vec!["--metrics-public"]),
+        ("m3", "metrics-public = true\n".to_string(), vec!["--metrics", public]),
+    ] {
+        let path = root.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let mut node = NodeProc::init(root.path(), name);
+        let mut all = args(&["--config", path.to_str().unwrap()]);
+        all.extend(args(&flags));
+        node.start(&all);
+        assert!(node.log_text().contains("metrics on http://0.0.0.0:"), "{name}: {}", node.log_text());
+        node.stop();
+    }
+
     for (text, says) in [
+        ("listen = \"127.0.0.1:0\"\nmetrics-public = true\n", "--metrics ADDR"),
         ("listen = \"127.0.0.1:0\"\ngc_interval = \"1s\"\n", "unknown field `gc_interval`"),
         ("listen = \"127.0.0.1:0\"\nlease = \"soon\"\n", "config key `lease`"),
         ("peer = \"not a list\"\n", "lethe.toml"),
@@ -339,5 +410,79 @@ fn serve_reads_its_settings_from_a_config_file_and_flags_override_them() {
         let c = NodeProc::init(root.path(), &format!("c{}", text.len()));
         let out = c.cli(&["serve", "--config", config.to_str().unwrap()]);
         fails_saying(&out, &[says]);
+    }
+}
+
+#[test]
+fn list_and_watch_text_show_keys_and_values_that_are_not_text_unambiguously() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&[]);
+    let mut watch = Command::new(lethe_bin())
+        .arg("--data")
+        .arg(&a.dir)
+        .arg("watch")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(watch.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.starts_with("watching"), "{first}");
+    // Two values a lossy conversion prints alike (both as U+FFFD), a tab and a newline.
+    assert!(run(&a, &["put", "k\tx", "-"], &[0xff, b'\n', b'a']).status.success());
+    assert!(run(&a, &["put", "y", "-"], &[0xfe]).status.success());
+    assert!(run(&a, &["put", "z", "-"], "\u{fffd}\\".as_bytes()).status.success());
+    let (_, listed, err) = a.cli(&["list"]);
+    assert_eq!(listed, "k\\tx\t\\xff\\na\ny\t\\xfe\nz\t\u{fffd}\\\\\n", "{err}");
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let fields: Vec<Vec<String>> = (0..3)
+        .map(|_| lines.next().expect("a watch line").unwrap().split('\t').map(str::to_string).collect())
+        .collect();
+    let shown: Vec<(&str, &str, &str)> = fields.iter().map(|f| (f[0].as_str(), f[1].as_str(), f[2].as_str())).collect();
+    assert_eq!(shown, [("put", "k\\tx", "\\xff\\na"), ("put", "y", "\\xfe"), ("put", "z", "\u{fffd}\\\\")]);
+    let _ = Command::new("kill").arg("-INT").arg(watch.id().to_string()).status();
+    assert!(watch.wait().unwrap().success());
+}
+
+#[test]
+fn output_into_a_pipe_closed_early_ends_quietly_with_status_0() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&[]);
+    // 3,000 entries of 1 KiB: far more than a pipe holds.
+    let writer = "00000000000000aa";
+    let dump: String = (1..=3000u64)
+        .map(|i| {
+            line(&format!("k{i:05}"), writer, i, now_hlc()).replace("\"dg==\"", &format!("\"{}\"", "A".repeat(1368)))
+        })
+        .collect();
+    assert_eq!(run_text(&a, &dump).0, 0);
+    for command in
+        [&["list"][..], &["list", "--json"], &["export"], &["status"], &["status", "--json"], &["get", "k00001"]]
+    {
+        let mut child = Command::new(lethe_bin())
+            .arg("--data")
+            .arg(&a.dir)
+            .args(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -1` for the long outputs; the reader gone before anything is written for the
+        // short ones.
+        let stdout = child.stdout.take().unwrap();
+        if command[0] == "list" || command[0] == "export" {
+            let mut first = String::new();
+            BufReader::new(stdout).read_line(&mut first).unwrap();
+            assert!(!first.is_empty());
+        } else {
+            drop(stdout);
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "lethe {command:?} into a closed pipe: {} {stderr}", out.status);
+        assert!(!stderr.contains("panicked") && !stderr.contains("error"), "lethe {command:?}: {stderr}");
     }
 }

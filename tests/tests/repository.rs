@@ -114,3 +114,29 @@ fn an_embedder_of_lethe_node_builds_none_of_the_cli_or_benchmark_dependencies() 
     }
     assert!(tree.lines().any(|l| l.starts_with("lethe-engine")), "the tree lists lethe-node's dependencies:\n{tree}");
 }
+
+/// The packages `cargo tree -p lethe-cli -e normal` lists, with `extra` flags.
+fn cli_tree(extra: &[&str]) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(root())
+        .args(["tree", "-p", "lethe-cli", "-e", "normal", "--prefix", "none", "--offline"])
+        .args(extra)
+        .output()
+        .expect("running cargo tree");
+    assert!(out.status.success(), "cargo tree: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_cli_without_default_features_builds_none_of_the_benchmark_dependencies() {
+    let has = |tree: &str, name: &str| tree.lines().any(|l| l.split_whitespace().next() == Some(name));
+    let lean = cli_tree(&["--no-default-features"]);
+    for name in ["automerge", "plotters", "lethe-bench"] {
+        assert!(!has(&lean, name), "lethe-cli --no-default-features depends on {name}:\n{lean}");
+    }
+    assert!(has(&lean, "lethe-node"), "the tree lists lethe-cli's dependencies:\n{lean}");
+    // The default build keeps `lethe bench` and `lethe demo`.
+    let full = cli_tree(&[]);
+    assert!(has(&full, "automerge") && has(&full, "lethe-bench"), "the default lethe-cli has the benchmarks:\n{full}");
+}

@@ -1,6 +1,7 @@
 //! `bench` and `demo`: measurements and a walk-through on temporary stores.
 
 use crate::demo::{self, DemoParams};
+use crate::output::outln;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -133,7 +134,7 @@ pub fn bench(command: BenchCommand) -> Result<ExitCode> {
             crate::init_logs("warn");
             let job: lethe_bench::bench::ClientJob = serde_json::from_str(&job).context("reading --job")?;
             let result = lethe_bench::bench::run_client(&job)?;
-            println!("{}", serde_json::to_string(&result)?);
+            outln!("{}", serde_json::to_string(&result)?)?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Plot { out, reports } => {
@@ -146,7 +147,7 @@ pub fn bench(command: BenchCommand) -> Result<ExitCode> {
                 })
                 .collect::<Result<Vec<lethe_bench::bench::BootstrapReport>>>()?;
             for path in lethe_bench::bench::plot(&reports, &out)? {
-                println!("{}", path.display());
+                outln!("{}", path.display())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -154,15 +155,18 @@ pub fn bench(command: BenchCommand) -> Result<ExitCode> {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
             let r = lethe_bench::bench::incremental(dir.path(), keys, diffs)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
             } else {
-                println!("{} differences among {} keys", r.diffs, r.keys);
-                println!("{:<10} {:>12} {:>7} {:>9} {:>9}", "path", "wire bytes", "trips", "seconds", "entries");
+                outln!("{} differences among {} keys", r.diffs, r.keys)?;
+                outln!("{:<10} {:>12} {:>7} {:>9} {:>9}", "path", "wire bytes", "trips", "seconds", "entries")?;
                 for (name, p) in [("delta", r.delta), ("reconcile", r.reconcile)] {
-                    println!(
+                    outln!(
                         "{name:<10} {:>12} {:>7} {:>9.3} {:>9}",
-                        p.wire_bytes, p.round_trips, p.seconds, p.entries_sent
-                    );
+                        p.wire_bytes,
+                        p.round_trips,
+                        p.seconds,
+                        p.entries_sent
+                    )?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -171,19 +175,26 @@ pub fn bench(command: BenchCommand) -> Result<ExitCode> {
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
             let r = lethe_bench::bench::gc(dir.path(), replicas, deleted)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
             } else {
-                println!("{replicas} replicas, {deleted} keys written and deleted on the first");
-                println!(
+                outln!("{replicas} replicas, {deleted} keys written and deleted on the first")?;
+                outln!(
                     "{:<8} {:>12} {:>12} {:>12} {:>12}",
-                    "replica", "tombstones", "store bytes", "tombstones", "store bytes"
-                );
-                println!("{:<8} {:>25} {:>25}", "", "before acknowledgement", "after");
+                    "replica",
+                    "tombstones",
+                    "store bytes",
+                    "tombstones",
+                    "store bytes"
+                )?;
+                outln!("{:<8} {:>25} {:>25}", "", "before acknowledgement", "after")?;
                 for (i, (b, a)) in r.before.iter().zip(&r.after).enumerate() {
-                    println!(
+                    outln!(
                         "{i:<8} {:>12} {:>12} {:>12} {:>12}",
-                        b.tombstones, b.store_bytes, a.tombstones, a.store_bytes
-                    );
+                        b.tombstones,
+                        b.store_bytes,
+                        a.tombstones,
+                        a.store_bytes
+                    )?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -193,12 +204,12 @@ pub fn bench(command: BenchCommand) -> Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
             let r = runtime.block_on(lethe_bench::bench::write(dir.path(), ops, writers))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
             } else {
-                println!("{ops} durable writes of 24-byte keys and 100-byte values");
-                println!("node API, {writers} concurrent writers: {:>10.0} puts/s", r.node_puts_per_sec);
-                println!("raw redb, one commit per insert:     {:>10.0} inserts/s", r.raw_redb_single_per_sec);
-                println!("raw redb, 1,000 inserts per commit:  {:>10.0} inserts/s", r.raw_redb_batched_per_sec);
+                outln!("{ops} durable writes of 24-byte keys and 100-byte values")?;
+                outln!("node API, {writers} concurrent writers: {:>10.0} puts/s", r.node_puts_per_sec)?;
+                outln!("raw redb, one commit per insert:     {:>10.0} inserts/s", r.raw_redb_single_per_sec)?;
+                outln!("raw redb, 1,000 inserts per commit:  {:>10.0} inserts/s", r.raw_redb_batched_per_sec)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -210,18 +221,18 @@ fn run_bench_bootstrap(params: lethe_bench::bench::BootstrapParams, json: bool) 
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let r = lethe_bench::bench::bootstrap(dir.path(), params)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "bootstrap of {} live keys ({} live bytes) after {} deletes and {} expiries{}",
         params.live,
         r.live_bytes,
         params.deleted,
         params.expired,
         if params.no_gc { ", tombstones not collected" } else { "" }
-    );
-    println!(
+    )?;
+    outln!(
         "{:<34} {:>12} {:>12} {:>12} {:>7} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9}",
         "system",
         "wire bytes",
@@ -234,7 +245,7 @@ fn run_bench_bootstrap(params: lethe_bench::bench::BootstrapParams, json: bool) 
         "srv cpu",
         "cli cpu",
         "cli MiB"
-    );
+    )?;
     let automerge = r.automerge.map(|a| ("automerge (sync protocol)", a));
     for (name, s) in [
         ("lethe", r.lethe),
@@ -244,7 +255,7 @@ fn run_bench_bootstrap(params: lethe_bench::bench::BootstrapParams, json: bool) 
     .into_iter()
     .chain(automerge)
     {
-        println!(
+        outln!(
             "{name:<34} {:>12} {:>12} {:>12} {:>7} {:>9.3} {:>9} {:>11} {:>9.2} {:>9.2} {:>9.1}",
             s.wire_bytes,
             s.raw_bytes,
@@ -256,14 +267,14 @@ fn run_bench_bootstrap(params: lethe_bench::bench::BootstrapParams, json: bool) 
             s.server_cpu_seconds,
             s.client_cpu_seconds,
             s.client_peak_bytes as f64 / f64::from(1 << 20)
-        );
+        )?;
     }
-    println!(
+    outln!(
         "raw redb: inserting the {} live entries, sorted, took {:.3} s (lethe's bootstrap: {:.2}x that)",
         params.live,
         r.raw_redb_insert_seconds,
         r.lethe.seconds / r.raw_redb_insert_seconds.max(1e-9)
-    );
+    )?;
     Ok(())
 }
 
@@ -272,36 +283,40 @@ fn run_demo(params: DemoParams) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let r = runtime.block_on(demo::run(dir.path(), params))?;
-    println!();
-    println!("{:<40} {:>8} {:>11} {:>12} {:>12}", "client-a received", "live", "tombstones", "bytes", "round trips");
+    outln!()?;
+    outln!("{:<40} {:>8} {:>11} {:>12} {:>12}", "client-a received", "live", "tombstones", "bytes", "round trips")?;
     for (name, c) in
         [("after the deletes and TTL writes", r.incremental), ("while the TTL passed and GC ran", r.after_expiry)]
     {
-        println!("{name:<40} {:>8} {:>11} {:>12} {:>12}", c.live, c.tombstones, c.bytes, c.round_trips);
+        outln!("{name:<40} {:>8} {:>11} {:>12} {:>12}", c.live, c.tombstones, c.bytes, c.round_trips)?;
     }
-    println!();
-    println!("{:<40} {:>8} {:>11} {:>12} {:>12}", "a fresh client joins", "live", "tombstones", "bytes", "round trips");
+    outln!()?;
+    outln!("{:<40} {:>8} {:>11} {:>12} {:>12}", "a fresh client joins", "live", "tombstones", "bytes", "round trips")?;
     let f = r.fresh;
-    println!(
+    outln!(
         "{:<40} {:>8} {:>11} {:>12} {:>12}",
-        "lethe (client-b, QUIC)", f.live, f.tombstones, f.bytes, f.round_trips
-    );
+        "lethe (client-b, QUIC)",
+        f.live,
+        f.tombstones,
+        f.bytes,
+        f.round_trips
+    )?;
     let m = r.commit_log;
-    println!(
+    outln!(
         "{:<40} {:>8} {:>11} {:>12} {:>12}",
         "commit-log replay (atServer 2024 model)",
         m.entries - m.deletes,
         m.deletes,
         m.bytes,
         m.round_trips
-    );
-    println!();
-    println!(
+    )?;
+    outln!()?;
+    outln!(
         "converged: yes ({} live keys, {} live bytes; lethe sent {:.1}x fewer bytes than the replay; {:.2} s)",
         r.live_keys,
         r.live_bytes,
         m.bytes as f64 / f.bytes.max(1) as f64,
         r.elapsed.as_secs_f64()
-    );
+    )?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The commands, one concept per module.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod read;
 pub mod serve;

@@ -2,6 +2,7 @@
 
 use crate::client::{self, Client};
 use crate::json::{RecordJson, stamp_text};
+use crate::output::{escape_bytes, print_line};
 use anyhow::{Result, bail};
 use lethe_node::Status;
 use lethe_node::control::{Request, Response};
@@ -11,6 +12,9 @@ use std::process::ExitCode;
 
 /// `lethe get`'s arguments.
 #[derive(clap::Args)]
+#[command(after_help = "Without --json, the value's bytes are written exactly as they were put: \
+`lethe get KEY > FILE` gives back the bytes `lethe put KEY --file FILE` stored. A newline follows \
+only when stdout is a terminal, so the prompt starts on a line of its own.")]
 pub struct GetArgs {
     /// The key.
     key: String,
@@ -22,6 +26,10 @@ pub struct GetArgs {
 
 /// `lethe list`'s arguments.
 #[derive(clap::Args)]
+#[command(after_help = "Text lines are KEY<TAB>VALUE. Keys and values are shown unambiguously: \
+UTF-8 text as it is, but `\\` as `\\\\`, tab, newline and carriage return as `\\t`, `\\n`, `\\r`, \
+other control characters as `\\xNN` (`\\u{NNNN}` beyond ASCII), and bytes that are not UTF-8 \
+as `\\xNN`. --json gives the bytes as text or base64 instead.")]
 pub struct ListArgs {
     /// Only keys starting with this.
     #[arg(long, default_value = "")]
@@ -34,8 +42,8 @@ pub struct ListArgs {
     json: bool,
 }
 
-/// Prints the value of KEY (its bytes as they are, then a newline), or the entry as JSON; exit
-/// status 1 if the key is absent.
+/// Prints the value of KEY (its bytes exactly; a newline after them only on a terminal), or
+/// the entry as JSON; exit status 1 if the key is absent.
 pub fn get(data: Option<PathBuf>, args: GetArgs) -> Result<ExitCode> {
     match client::request(data, &Request::Get { key: args.key.into_bytes() })? {
         Response::Found(Some(record)) => {
@@ -44,7 +52,9 @@ pub fn get(data: Option<PathBuf>, args: GetArgs) -> Result<ExitCode> {
                 writeln!(out, "{}", serde_json::to_string(&RecordJson::new(&record, false))?)?;
             } else {
                 out.write_all(&record.value)?;
-                writeln!(out)?;
+                if std::io::IsTerminal::is_terminal(&out) {
+                    writeln!(out)?;
+                }
             }
             out.flush()?;
             Ok(ExitCode::SUCCESS)
@@ -54,27 +64,29 @@ pub fn get(data: Option<PathBuf>, args: GetArgs) -> Result<ExitCode> {
     }
 }
 
-/// Lists live entries in key order: `KEY<TAB>VALUE` lines (lossy UTF-8), or JSON lines.
+/// Lists live entries in key order: `KEY<TAB>VALUE` lines ([`escape_bytes`]), or JSON lines.
 pub fn list(data: Option<PathBuf>, args: ListArgs) -> Result<ExitCode> {
     let client = Client::connect(data)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let request = Request::List { prefix: args.prefix.into_bytes(), limit: args.limit, after: None };
     // Pages are printed as they arrive: the node sends as many as the listing takes.
-    client.request_pages(&request, |response| match response {
+    let listed = client.request_pages(&request, |response| match response {
         Response::Listed { items, more } => {
             for item in &items {
                 if args.json {
                     writeln!(out, "{}", serde_json::to_string(&RecordJson::new(item, false))?)?;
                 } else {
-                    writeln!(out, "{}\t{}", String::from_utf8_lossy(&item.key), String::from_utf8_lossy(&item.value))?;
+                    writeln!(out, "{}\t{}", escape_bytes(&item.key), escape_bytes(&item.value))?;
                 }
             }
             Ok(more)
         }
         other => bail!("unexpected answer {other:?}"),
-    })?;
-    out.flush()?;
+    });
+    // The reader may have gone away (`lethe list | head -1`): close the connection either way.
+    let flushed = listed.and_then(|()| Ok(out.flush()?));
     client.close();
+    flushed?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -83,9 +95,9 @@ pub fn status(data: Option<PathBuf>, json: bool) -> Result<ExitCode> {
     match client::request(data, &Request::Status)? {
         Response::Status(status) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                print_line(&serde_json::to_string_pretty(&status)?)?;
             } else {
-                print_status(&status);
+                print_line(&status_text(&status))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -98,37 +110,44 @@ pub fn stamp_field(stamp: Option<lethe_node::control::WireStamp>) -> String {
     stamp.map_or_else(|| "-".to_string(), stamp_text)
 }
 
-fn print_status(s: &Status) {
+fn status_text(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let mut line = |l: String| {
+        let _ = writeln!(text, "{l}");
+    };
     let vector = |v: &std::collections::BTreeMap<String, u64>| {
         v.iter().map(|(r, n)| format!("{r}:{n}")).collect::<Vec<_>>().join(" ")
     };
-    println!("node id      {}", s.node_id);
-    println!("replica      {}", s.replica);
-    println!("listen       {}", s.listen);
-    println!("live keys    {}", s.live);
-    println!("tombstones   {}", s.tombstones);
-    println!("expired      {}", s.expired);
-    println!("vector       {}", vector(&s.vector));
-    println!("frontier     {}", vector(&s.frontier));
-    println!("digest       {}", s.digest);
+    line(format!("node id      {}", s.node_id));
+    line(format!("replica      {}", s.replica));
+    line(format!("listen       {}", s.listen));
+    line(format!("live keys    {}", s.live));
+    line(format!("tombstones   {}", s.tombstones));
+    line(format!("expired      {}", s.expired));
+    line(format!("vector       {}", vector(&s.vector)));
+    line(format!("frontier     {}", vector(&s.frontier)));
+    line(format!("digest       {}", s.digest));
     match (&s.store_error, s.store_failed_since_ms) {
-        (Some(e), since) => println!("store        FAILED since {} ms: {e}", since.unwrap_or_default()),
-        (None, _) => println!("store        ok ({} reopens after failures since start)", s.store_reopens),
+        (Some(e), since) => line(format!("store        FAILED since {} ms: {e}", since.unwrap_or_default())),
+        (None, _) => line(format!("store        ok ({} reopens after failures since start)", s.store_reopens)),
     }
-    println!(
+    line(format!(
         "received     {} live, {} tombstones, {} bytes (since start)",
         s.live_received, s.tombstones_received, s.bytes_received
-    );
-    println!(
+    ));
+    line(format!(
         "sessions     {} finished ({} anti-entropy), {} ended early (since start)",
         s.sessions_finished, s.anti_entropy_sessions, s.sessions_failed
-    );
+    ));
     if let Some(ahead_ms) = s.clock_ahead_ms {
-        println!("clock        {ahead_ms} ms ahead of the peers': local writes refused (fix the system clock)");
+        line(format!("clock        {ahead_ms} ms ahead of the peers': local writes refused (fix the system clock)"));
     }
-    println!("connected    {}", if s.connected.is_empty() { "-".to_string() } else { s.connected.join(" ") });
-    println!("members      {}", s.members.len());
+    line(format!("connected    {}", if s.connected.is_empty() { "-".to_string() } else { s.connected.join(" ") }));
+    line(format!("members      {}", s.members.len()));
     for m in &s.members {
-        println!("  {}  acked {}  last heard {} ms", m.replica, vector(&m.acked), m.last_heard_ms);
+        line(format!("  {}  acked {}  last heard {} ms", m.replica, vector(&m.acked), m.last_heard_ms));
     }
+    text.truncate(text.trim_end().len());
+    text
 }

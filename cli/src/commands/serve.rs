@@ -12,6 +12,7 @@
 //! [`ServeArgs::settle`].
 
 use crate::client::data_dir;
+use crate::output::print_line;
 use anyhow::{Context, Result, anyhow};
 use lethe_node::{Node, NodeConfig, PeerAddr};
 use lethe_transport::NodeId;
@@ -41,9 +42,9 @@ pub fn init(data: Option<PathBuf>, args: InitArgs) -> Result<ExitCode> {
     let dir = data_dir(data)?;
     let identity = dir.init()?;
     if args.json {
-        println!("{}", serde_json::json!({ "node_id": identity.id().to_string() }));
+        print_line(&serde_json::json!({ "node_id": identity.id().to_string() }).to_string())?;
     } else {
-        println!("{}", identity.id());
+        print_line(&identity.id().to_string())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -174,6 +175,13 @@ impl ServeArgs {
             },
             metrics_public: self.metrics.metrics_public || file.metrics_public.unwrap_or(false),
         };
+        // Checked here, not by clap: either may come from the file.
+        if metrics.metrics_public && metrics.metrics.is_none() {
+            anyhow::bail!(
+                "metrics-public allows a public address for the metrics endpoint, but none is set: give --metrics ADDR \
+                 (or `metrics = \"0.0.0.0:9100\"` in the --config file), or drop metrics-public"
+            );
+        }
         Ok((config, metrics))
     }
 }
@@ -201,7 +209,10 @@ pub fn serve(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
         let node = Node::start(config).await?;
         metrics.serve(&node);
         dir.write_addr(node.local_addr())?;
-        println!("node {} listening on {}", node.id(), node.local_addr());
+        // The node runs on when nobody reads its stdout: the address is in the data directory.
+        if let Err(e) = print_line(&format!("node {} listening on {}", node.id(), node.local_addr())) {
+            tracing::warn!("stdout: {e}");
+        }
         let reason = shutdown_signal().await?;
         tracing::info!("{reason}: shutting down");
         node.shutdown().await;

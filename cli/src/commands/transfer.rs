@@ -1,41 +1,87 @@
-//! `export` and `import`: live entries out as JSON lines, and back in with their stamps.
+//! `export` and `import`: live entries out as JSON lines, and back in.
 //!
-//! `export` pages through `List` requests (each up to `LIST_LIMIT_MAX` entries, the next going
-//! on after the last key), writing one [`RecordJson`] per line with the value and metadata in
-//! base64. `import` reads lines one at a time (each at most [`LINE_BYTES_MAX`]), parses and
-//! checks each, and sends them in `Import` requests of at most `IMPORT_ENTRIES_MAX` entries and
-//! `IMPORT_BATCH_BYTES_MAX` bytes; the node applies a request whole or refuses it whole. A bad
-//! line stops the import with its line number: what earlier requests carried stays applied,
-//! nothing of the request the line was in is.
+//! An export is a header line ([`ExportHeader`]: the source's replica id, the prefix, and the
+//! vector and clock the source held *before* its entries were listed), one [`RecordJson`] per
+//! live entry (value and metadata in base64, with its stamp and dot), and an end line
+//! ([`ExportEnd`]: the count of entries). `export` reads the header with a `Position` request,
+//! then pages through `List` requests (each up to `LIST_LIMIT_MAX` entries, the next going on
+//! after the last key).
+//!
+//! `import` reads stdin twice over: first line by line (each at most [`LINE_BYTES_MAX`]) into a
+//! temporary file, checking every line (JSON, base64, writers, the engine's size limits, a seq
+//! above zero, the header first, the end last, the count), so a malformed or cut export is
+//! refused with its line number before anything is sent. Then it sends the entries in `Import`
+//! requests of at most `IMPORT_ENTRIES_MAX` entries and `IMPORT_BATCH_BYTES_MAX` bytes, each
+//! applied whole or refused whole by the node, in one of two modes:
+//! - **as a bootstrap**, for a full export (no `--prefix`, header and end present) into a blank
+//!   node (`Replica::is_blank`): the entries keep their dots and stamps, and a `FinishImport`
+//!   merges the source's vector and observes its clock, as a complete transfer does; the node
+//!   then has the source's digest and vector;
+//! - **as the node's own writes** that keep each entry's key, value, metadata, expiry and time,
+//!   for anything else (a node that holds or has seen anything, a prefix export, a dump without
+//!   header): claiming the source's vector there could hide deletes the node never saw.
+//!
+//! A line the node refuses (a stamp beyond the drift bound, the only check the node makes that
+//! this one cannot) stops the import: what earlier requests carried stays applied, nothing of the
+//! request the line was in is, and the error says which.
 
 use crate::client::Client;
-use crate::json::RecordJson;
+use crate::json::{EXPORT_FORMAT, ExportEnd, ExportHeader, RecordJson, parse_writer};
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::ProgressBar;
-use lethe_node::control::{IMPORT_BATCH_BYTES_MAX, IMPORT_ENTRIES_MAX, LIST_LIMIT_MAX, Record, Request, Response};
-use std::io::{BufRead, Write};
+use lethe_engine::limits::VECTOR_COMPONENTS_MAX;
+use lethe_engine::{Limits, ReplicaId};
+use lethe_node::control::{
+    IMPORT_BATCH_BYTES_MAX, IMPORT_ENTRIES_MAX, ImportMode, LIST_LIMIT_MAX, Record, Request, Response,
+};
+use std::io::{BufRead, Seek, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// The longest line `import` reads: an entry at the engine's limits (1 KiB key, 1 MiB value,
-/// 4 KiB metadata) is under 1.5 MiB in base64; a longer line is refused before it is read whole.
+/// 4 KiB metadata) is under 1.5 MiB in base64, a header of [`VECTOR_COMPONENTS_MAX`] components
+/// under 40 KiB; a longer line is refused before it is read whole.
 pub const LINE_BYTES_MAX: usize = 3 << 20;
 
 /// `lethe export`'s arguments.
 #[derive(clap::Args)]
 pub struct ExportArgs {
-    /// Only keys starting with this.
+    /// Only keys starting with this. An export of a prefix imports as the importer's own
+    /// writes, never as a bootstrap.
     #[arg(long, default_value = "")]
     prefix: String,
 }
 
-/// Writes every live entry under the prefix to stdout, one JSON object per line. Like `list`,
-/// the pages are not one snapshot: a write made meanwhile may or may not be in the dump.
+/// Writes the header, every live entry under the prefix, and the end line to stdout, one JSON
+/// object per line. Like `list`, the pages are not one snapshot: a write made meanwhile may or
+/// may not be in the dump, and the header's vector, read first, covers none of them.
 pub fn export(data: Option<PathBuf>, args: ExportArgs) -> Result<ExitCode> {
     let client = Client::connect(data)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let header = match client.request(&Request::Position)? {
+        Response::Position { replica, vector, clock, .. } => ExportHeader {
+            lethe_export: EXPORT_FORMAT,
+            source: ReplicaId(replica).to_string(),
+            prefix: args.prefix.clone(),
+            vector: vector.into_iter().map(|(r, s)| (ReplicaId(r).to_string(), s)).collect(),
+            clock,
+        },
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let written = write_export(&client, &mut out, &header);
+    client.close();
+    let exported = match written {
+        Err(e) if crate::output::is_broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    };
+    eprintln!("exported {exported} entries");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_export(client: &Client, out: &mut impl Write, header: &ExportHeader) -> Result<u64> {
+    writeln!(out, "{}", serde_json::to_string(header)?)?;
     let progress = ProgressBar::new_spinner();
-    let prefix = args.prefix.into_bytes();
+    let prefix = header.prefix.clone().into_bytes();
     let (mut exported, mut after) = (0u64, None);
     loop {
         let request = Request::List { prefix: prefix.clone(), limit: LIST_LIMIT_MAX, after: after.take() };
@@ -58,75 +104,208 @@ pub fn export(data: Option<PathBuf>, args: ExportArgs) -> Result<ExitCode> {
         }
         after = last;
     }
+    writeln!(out, "{}", serde_json::to_string(&ExportEnd { lethe_export_end: exported })?)?;
     out.flush().context("writing the export")?;
     progress.finish_and_clear();
-    client.close();
-    eprintln!("exported {exported} entries");
-    Ok(ExitCode::SUCCESS)
+    Ok(exported)
 }
 
 /// `lethe import`'s arguments.
 #[derive(clap::Args)]
+#[command(after_help = "The whole input is checked before anything is sent: a line that is not \
+part of an export, an export cut short (no end line) or miscounted is refused with its line \
+number, and nothing is imported.\n\n\
+A full export (no --prefix) into a blank node (one that holds nothing and has never written or \
+synced: a fresh `lethe init`) is loaded as a bootstrap: the entries keep their dots and stamps, \
+and the source's vector and clock are taken, so `lethe status` shows the source's digest and \
+vector. Anything else (a node that holds or has seen entries, a prefix export, an export of this \
+node's own identity) is loaded as this node's own writes that keep each entry's value, \
+metadata, expiry and time: taking the source's vector there could hide deletes the node never \
+saw.")]
 pub struct ImportArgs {
-    /// Print the summary as one JSON object on stdout (entries, applied, superseded, stale).
+    /// Print the summary as one JSON object on stdout (mode, entries, applied, superseded,
+    /// stale).
     #[arg(long)]
     json: bool,
 }
 
-/// Reads an export from stdin and loads it into the running node (see the module docs).
+/// What pass one learnt of the input.
+struct Checked {
+    /// The header, if line 1 is one.
+    header: Option<ExportHeader>,
+    /// The source vector, parsed from the header.
+    vector: Vec<(u64, u64)>,
+    /// Whether the end line was read.
+    ended: bool,
+    /// Entry lines.
+    entries: u64,
+}
+
+/// Reads an export from stdin, checks it whole, and loads it into the running node (see the
+/// module docs).
 pub fn import(data: Option<PathBuf>, args: ImportArgs) -> Result<ExitCode> {
+    let mut spool = tempfile::tempfile().context("creating a temporary file for the input")?;
+    let checked = {
+        let mut writer = std::io::BufWriter::new(&mut spool);
+        let checked = check_input(&mut std::io::stdin().lock(), &mut writer)?;
+        writer.flush().context("writing the input to a temporary file")?;
+        checked
+    };
+    spool.rewind().context("reading the temporary file back")?;
     let client = Client::connect(data)?;
-    let mut input = std::io::stdin().lock();
+    let (replica, blank) = match client.request(&Request::Position)? {
+        Response::Position { replica, blank, .. } => (replica, blank),
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let bootstrap = match &checked.header {
+        Some(h) if !h.prefix.is_empty() => None,
+        Some(_) if checked.vector.iter().any(|(r, _)| *r == replica) => {
+            eprintln!("note: the export names this node's own writes: they are written again as new writes");
+            None
+        }
+        Some(_) if !blank => {
+            eprintln!(
+                "note: this node is not blank (it holds or has seen entries): the entries are written as its own writes"
+            );
+            None
+        }
+        Some(h) => Some(h.clock),
+        None => None,
+    };
     let progress = ProgressBar::new_spinner();
     let mut totals = Totals::default();
-    let mut batch = Batch::default();
-    let mut line = Vec::new();
-    let mut line_no = 0u64;
-    let result = loop {
-        line_no += 1;
-        let record = match read_line(&mut input, &mut line) {
-            Ok(false) => break batch.send(&client, &mut totals),
-            Ok(true) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(true) => parse_line(&line),
-            Err(e) => Err(e),
-        };
-        let record = match record {
-            Ok(record) => record,
-            Err(e) => break Err(batch.refused(line_no, e)),
-        };
-        let bytes = record.counted_bytes();
-        if !batch.records.is_empty()
-            && batch.bytes + bytes > IMPORT_BATCH_BYTES_MAX
-            && let Err(e) = batch.send(&client, &mut totals)
-        {
-            break Err(e);
-        }
-        batch.push(line_no, record, bytes);
-        if batch.records.len() == IMPORT_ENTRIES_MAX {
-            if let Err(e) = batch.send(&client, &mut totals) {
-                break Err(e);
-            }
-            progress.set_message(format!("{} entries imported", totals.lines));
-        }
-    };
+    let result = send_entries(&client, std::io::BufReader::new(spool), bootstrap.is_some(), &mut totals, &progress)
+        .and_then(|()| match bootstrap {
+            Some(clock) => match client.request(&Request::FinishImport { vector: checked.vector.clone(), clock }) {
+                Ok(Response::ImportFinished) => Ok(()),
+                Ok(other) => bail!("unexpected answer {other:?}"),
+                Err(e) => Err(e.context(
+                    "every entry was imported under its own dot, but the source's vector was not merged: the node \
+                     reconciles with its peers as after an interrupted bootstrap",
+                )),
+            },
+            None => Ok(()),
+        });
     progress.finish_and_clear();
     client.close();
     result?;
+    let mode = if bootstrap.is_some() { "bootstrap" } else { "own-writes" };
     if args.json {
         let summary = serde_json::json!({
+            "mode": mode,
             "entries": totals.lines,
             "applied": totals.applied,
             "superseded": totals.superseded,
             "stale": totals.stale,
         });
-        println!("{summary}");
+        crate::output::print_line(&summary.to_string())?;
         return Ok(ExitCode::SUCCESS);
     }
+    let how = if bootstrap.is_some() {
+        "under their own dots, and the source's vector merged (a bootstrap)"
+    } else {
+        "as this node's own writes"
+    };
     eprintln!(
-        "imported {} entries: {} applied, {} already held or older than what the node holds, {} known superseded",
+        "imported {} entries {how}: {} applied, {} already held or older than what the node holds, {} known superseded",
         totals.lines, totals.applied, totals.superseded, totals.stale
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pass one: copies `input` to `spool` line by line, checking each; an error names the line and
+/// says nothing was imported.
+fn check_input(input: &mut impl BufRead, spool: &mut impl Write) -> Result<Checked> {
+    let mut checked = Checked { header: None, vector: Vec::new(), ended: false, entries: 0 };
+    let mut line = Vec::new();
+    let mut line_no = 0u64;
+    let nothing = |line_no: u64, e: anyhow::Error| anyhow!("line {line_no}: {e:#}\n(nothing was imported)");
+    while read_line(input, &mut line).map_err(|e| nothing(line_no + 1, e))? {
+        line_no += 1;
+        spool.write_all(&line).and_then(|()| spool.write_all(b"\n")).context("writing a temporary file")?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if checked.ended {
+            return Err(nothing(line_no, anyhow!("a line after the export's end line: were two exports joined?")));
+        }
+        match parse_line(&line).map_err(|e| nothing(line_no, e))? {
+            Line::Record(_) => checked.entries += 1,
+            Line::Header(_) if line_no > 1 || checked.entries > 0 => {
+                return Err(nothing(
+                    line_no,
+                    anyhow!("an export header after the first line: were two exports joined?"),
+                ));
+            }
+            Line::Header(h) => {
+                checked.vector = header_vector(&h).map_err(|e| nothing(line_no, e))?;
+                checked.header = Some(h);
+            }
+            Line::End(_) if checked.header.is_none() => {
+                return Err(nothing(line_no, anyhow!("an export's end line, but line 1 is not its header")));
+            }
+            Line::End(end) if end.lethe_export_end != checked.entries => {
+                return Err(nothing(
+                    line_no,
+                    anyhow!(
+                        "the end line counts {} entries but the export holds {}: lines were lost or added",
+                        end.lethe_export_end,
+                        checked.entries
+                    ),
+                ));
+            }
+            Line::End(_) => checked.ended = true,
+        }
+    }
+    if checked.header.is_some() && !checked.ended {
+        bail!(
+            "the export ends at line {line_no} without its end line ({{\"lethe_export_end\": N}}): it was cut short, \
+             or `lethe export` did not finish; export again\n(nothing was imported)"
+        );
+    }
+    Ok(checked)
+}
+
+/// The header's vector as `(replica, seq)` pairs, checked.
+fn header_vector(h: &ExportHeader) -> Result<Vec<(u64, u64)>> {
+    if h.lethe_export != EXPORT_FORMAT {
+        bail!("an export of format {}; this lethe reads format {EXPORT_FORMAT}", h.lethe_export);
+    }
+    parse_writer("source", &h.source)?;
+    if h.vector.len() > VECTOR_COMPONENTS_MAX {
+        bail!("the header's vector has {} components, more than {VECTOR_COMPONENTS_MAX}", h.vector.len());
+    }
+    h.vector.iter().map(|(r, s)| Ok((parse_writer("vector", r)?, *s))).collect()
+}
+
+/// Pass two: sends the checked entries in batches.
+fn send_entries(
+    client: &Client,
+    mut input: impl BufRead,
+    bootstrap: bool,
+    totals: &mut Totals,
+    progress: &ProgressBar,
+) -> Result<()> {
+    let mut batch = Batch { bootstrap, first: true, ..Batch::default() };
+    let mut line = Vec::new();
+    let mut line_no = 0u64;
+    while read_line(&mut input, &mut line)? {
+        line_no += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Line::Record(record) = parse_line(&line).map_err(|e| batch.refused(line_no, e))? else { continue };
+        let bytes = record.counted_bytes();
+        if !batch.records.is_empty() && batch.bytes + bytes > IMPORT_BATCH_BYTES_MAX {
+            batch.send(client, totals)?;
+        }
+        batch.push(line_no, *record, bytes);
+        if batch.records.len() == IMPORT_ENTRIES_MAX {
+            batch.send(client, totals)?;
+            progress.set_message(format!("{} entries imported", totals.lines));
+        }
+    }
+    batch.send(client, totals)
 }
 
 /// Reads one line (without its line ending) into `line`; whether there was one.
@@ -148,11 +327,51 @@ fn read_line<R: BufRead>(input: &mut R, line: &mut Vec<u8>) -> Result<bool> {
     Ok(true)
 }
 
-fn parse_line(line: &[u8]) -> Result<Record> {
-    let json: RecordJson = serde_json::from_slice(line).map_err(|e| {
-        anyhow!("not a line of `lethe export`: {e} (each line is one JSON object with key, value, stamp and dot)")
-    })?;
-    json.into_record()
+/// One line of an export.
+enum Line {
+    Header(ExportHeader),
+    Record(Box<Record>),
+    End(ExportEnd),
+}
+
+fn parse_line(line: &[u8]) -> Result<Line> {
+    let record_error = match serde_json::from_slice::<RecordJson>(line) {
+        Ok(json) => {
+            let record = json.into_record()?;
+            check_sizes(&record)?;
+            return Ok(Line::Record(Box::new(record)));
+        }
+        Err(e) => e,
+    };
+    // Not an entry: the header or end line, or broken. Which field it has says which it meant.
+    let object = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line).ok();
+    let has = |field: &str| object.as_ref().is_some_and(|o| o.contains_key(field));
+    if has("lethe_export") {
+        let header = serde_json::from_slice(line).map_err(|e| {
+            anyhow!("not an export header: {e} (it has lethe_export, source, prefix, vector and clock)")
+        })?;
+        return Ok(Line::Header(header));
+    }
+    if has("lethe_export_end") {
+        let end = serde_json::from_slice(line)
+            .map_err(|e| anyhow!("not an export's end line: {e} (it is {{\"lethe_export_end\": N}})"))?;
+        return Ok(Line::End(end));
+    }
+    Err(anyhow!(
+        "not a line of `lethe export`: {record_error} (each line is one JSON object with key, value, stamp and dot)"
+    ))
+}
+
+/// The engine's checks on sizes and the seq, made here so a dump the node would refuse is
+/// refused before anything of it is sent (a node runs with the engine's default limits).
+fn check_sizes(r: &Record) -> Result<()> {
+    let limits = Limits::default();
+    limits.check_key(&r.key)?;
+    limits.check_value(&r.value, r.metadata.as_deref())?;
+    if r.seq == 0 {
+        bail!("the dot's seq is 0, but sequence numbers start at 1");
+    }
+    Ok(())
 }
 
 /// What the node did with the entries imported so far.
@@ -170,6 +389,10 @@ struct Batch {
     records: Vec<Record>,
     lines: Vec<u64>,
     bytes: usize,
+    /// Sent as bootstrap batches.
+    bootstrap: bool,
+    /// No batch sent yet.
+    first: bool,
 }
 
 impl Batch {
@@ -180,12 +403,15 @@ impl Batch {
     }
 
     fn send(&mut self, client: &Client, totals: &mut Totals) -> Result<()> {
-        if self.records.is_empty() {
+        // A bootstrap of an empty export still sends its (empty) first batch: the node checks
+        // it is blank before it takes the source's vector.
+        if self.records.is_empty() && !(self.bootstrap && self.first) {
             return Ok(());
         }
         let entries = std::mem::take(&mut self.records);
         let count = entries.len() as u64;
-        match client.request(&Request::Import { entries })? {
+        let mode = if self.bootstrap { ImportMode::Bootstrap { first: self.first } } else { ImportMode::Own };
+        match client.request(&Request::Import { entries, mode }).map_err(|e| self.failed(e))? {
             Response::Imported { applied, superseded, stale } => {
                 totals.lines += count;
                 totals.applied += applied;
@@ -193,6 +419,7 @@ impl Batch {
                 totals.stale += stale;
                 self.lines.clear();
                 self.bytes = 0;
+                self.first = false;
                 Ok(())
             }
             Response::ImportRefused { index, reason } => {
@@ -203,14 +430,34 @@ impl Batch {
         }
     }
 
+    /// What was applied when a request failed as a whole (the node was written to meanwhile, say).
+    fn failed(&self, error: anyhow::Error) -> anyhow::Error {
+        let first = self.lines.first().copied().unwrap_or(1);
+        let again = if self.bootstrap {
+            "; run `lethe import` again: a node that is no longer blank takes the entries as its own writes"
+        } else {
+            ""
+        };
+        anyhow!("{error:#}\n({}; nothing from line {first} on was{again})", self.applied_before(first))
+    }
+
     /// The error for a bad `line_no`, saying what of the input was applied.
     fn refused(&self, line_no: u64, error: anyhow::Error) -> anyhow::Error {
         let first = self.lines.first().copied().unwrap_or(line_no);
-        let applied = if first > 1 {
-            format!("lines before {first} were imported, nothing from line {first} on was")
-        } else {
-            "nothing was imported".to_string()
-        };
-        anyhow!("line {line_no}: {error:#}\n({applied}; fix the line and import from line {first} on)")
+        anyhow!(
+            "line {line_no}: {error:#}\n({}; fix the line and import from line {first} on)",
+            self.applied_before(first)
+        )
+    }
+
+    fn applied_before(&self, first: u64) -> String {
+        match (self.first, self.bootstrap) {
+            (true, _) => "nothing was imported".to_string(),
+            (false, false) => format!("lines before {first} were imported"),
+            (false, true) => format!(
+                "lines before {first} were imported under their own dots, without the source's vector: \
+                 as after an interrupted bootstrap, which the next sync reconciles"
+            ),
+        }
     }
 }

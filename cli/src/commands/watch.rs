@@ -3,6 +3,7 @@
 use crate::client::Client;
 use crate::commands::read::stamp_field;
 use crate::json::event_json;
+use crate::output::escape_bytes;
 use anyhow::{Result, bail};
 use lethe_node::control::{Event, Request, Response};
 use std::io::Write;
@@ -11,6 +12,11 @@ use std::process::ExitCode;
 
 /// `lethe watch`'s arguments.
 #[derive(clap::Args)]
+#[command(after_help = "Text lines are `put KEY VALUE STAMP`, `deleted KEY - STAMP` and \
+`expired KEY - STAMP`, tab-separated. Keys and values are shown unambiguously, as `lethe list` \
+shows them: UTF-8 text as it is, but `\\` as `\\\\`, tab, newline and carriage return as `\\t`, \
+`\\n`, `\\r`, other control characters as `\\xNN` (`\\u{NNNN}` beyond ASCII), and bytes that are \
+not UTF-8 as `\\xNN`. --json gives the bytes as text or base64 instead.")]
 pub struct WatchArgs {
     /// Only keys starting with this.
     #[arg(long, default_value = "")]
@@ -22,7 +28,7 @@ pub struct WatchArgs {
 
 /// Streams changes to stdout, one line each (flushed as it comes), until SIGINT or SIGTERM;
 /// exits 0 then. Text lines are `put KEY VALUE STAMP`, `deleted KEY - STAMP`, `expired KEY -
-/// STAMP`, tab-separated; `watching` goes to stderr once the node has subscribed.
+/// STAMP`, tab-separated, keys and values escaped ([`escape_bytes`]); `watching` goes to stderr once the node has subscribed.
 pub fn watch(data: Option<PathBuf>, args: WatchArgs) -> Result<ExitCode> {
     let client = Client::connect(data)?;
     let mut out = std::io::stdout().lock();
@@ -55,17 +61,14 @@ pub fn watch(data: Option<PathBuf>, args: WatchArgs) -> Result<ExitCode> {
 
 fn text_line(event: &Event) -> String {
     match event {
-        Event::Put(r) => format!(
-            "put\t{}\t{}\t{}",
-            String::from_utf8_lossy(&r.key),
-            String::from_utf8_lossy(&r.value),
-            stamp_field(Some(r.stamp))
-        ),
+        Event::Put(r) => {
+            format!("put\t{}\t{}\t{}", escape_bytes(&r.key), escape_bytes(&r.value), stamp_field(Some(r.stamp)))
+        }
         Event::Deleted { key, stamp } => {
-            format!("deleted\t{}\t-\t{}", String::from_utf8_lossy(key), stamp_field(*stamp))
+            format!("deleted\t{}\t-\t{}", escape_bytes(key), stamp_field(*stamp))
         }
         Event::Expired { key, stamp } => {
-            format!("expired\t{}\t-\t{}", String::from_utf8_lossy(key), stamp_field(Some(*stamp)))
+            format!("expired\t{}\t-\t{}", escape_bytes(key), stamp_field(Some(*stamp)))
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::client;
 use crate::json::{ReceiptJson, stamp_text};
+use crate::output::print_line;
 use anyhow::{Context, Result, bail};
 use lethe_engine::session::FRAME_BYTES_MAX;
 use lethe_node::control::{Request, Response};
@@ -72,10 +73,8 @@ pub fn del(data: Option<PathBuf>, args: DelArgs) -> Result<ExitCode> {
 
 fn print_receipt(response: Response, json: bool) -> Result<ExitCode> {
     match response {
-        Response::Written { seq, stamp } if json => {
-            println!("{}", serde_json::to_string(&ReceiptJson::new(seq, stamp))?)
-        }
-        Response::Written { seq, stamp } => println!("ok seq={seq} stamp={}", stamp_text(stamp)),
+        Response::Written { seq, stamp } if json => print_line(&serde_json::to_string(&ReceiptJson::new(seq, stamp))?)?,
+        Response::Written { seq, stamp } => print_line(&format!("ok seq={seq} stamp={}", stamp_text(stamp)))?,
         other => bail!("unexpected answer {other:?}"),
     }
     Ok(ExitCode::SUCCESS)

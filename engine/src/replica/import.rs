@@ -1,13 +1,16 @@
-//! Import: entries loaded from an export (`lethe export`, then `lethe import`), written as this
-//! replica's own writes that keep each entry's time.
+//! Import: entries loaded from an export (`lethe export`, then `lethe import`), either as this
+//! replica's own writes that keep each entry's time ([`Replica::import`]), or, for a full export
+//! into a blank replica, as a bootstrap from the export's source (below).
 //!
-//! Each imported entry becomes a write of this replica under a fresh dot of its own, with the
+//! With [`Replica::import`], each imported entry becomes a write of this replica under a fresh dot of its own, with the
 //! entry's key, payload (value, metadata, expiry) and HLC time, and this replica as the stamp's
 //! writer (a stamp and its dot name the same writer). So an import is an ordinary write: the
 //! vector covers it, deltas and live pushes carry it once, and nothing of another writer's dot
 //! space is touched. (Applying entries under their original dots was tried: no vector ever
 //! covered them, so every push resent them; an entry beyond its live writer's counter cut that
-//! writer off; and two lines with one dot shared a dot-index row.)
+//! writer off; and two lines with one dot shared a dot-index row. A bootstrap import avoids all
+//! three: the source's vector covers the entries, a blank replica has no live counter of theirs,
+//! and a reused dot is refused.)
 //!
 //! - LWW order is kept as far as a stamp can: an imported entry loses to anything stored for
 //!   its key with a later stamp (the key's entry stays as it is), and the HLC moves past the
@@ -15,14 +18,28 @@
 //! - a batch is validated entry by entry (sizes, a seq of zero, a stamp beyond the drift bound)
 //!   and one bad entry refuses the whole batch, naming it, with the store unchanged;
 //! - refused while a restore recovery runs, as every local write is.
+//!
+//! A **full export loaded into a blank replica** (no entry, an empty vector: a fresh node) is
+//! applied instead as a bootstrap from the export's source is: [`Replica::import_as_bootstrap`]
+//! stores each batch's entries under their own dots and stamps, as the chunks of a bootstrap
+//! are, and [`Replica::finish_import_as_bootstrap`] then merges the source's vector and observes
+//! its clock, as a complete transfer's `Done` does. The replica then holds what the source held,
+//! entry for entry, so their digests are equal and the vector covers every entry, as after a
+//! bootstrap. The vector must be the one the source held *before* its entries were listed: then
+//! every dot it covers was written before the listing began, so the listing shows that write or
+//! a later one of its key, or the key is dead at the source (and the merged vector says so).
+//! Only a blank replica may claim another's vector: one that holds a key the source deleted
+//! would keep it live under a covered dot and never be sent the tombstone.
 
 use super::{ApplyReport, Replica};
 use crate::entry::Entry;
 use crate::error::Error;
-use crate::hlc::Stamp;
+use crate::hlc::{Hlc, Stamp};
 use crate::ids::Dot;
+use crate::limits::{VECTOR_COMPONENTS_MAX, merged_components};
 use crate::storage::{Batch, Meta, Snapshot, Storage, encode_clock, encode_vector};
-use std::collections::BTreeMap;
+use crate::vector::VersionVector;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Why [`Replica::import`] refused a batch. Nothing of the batch was applied.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +59,58 @@ pub enum ImportError {
     /// failed).
     #[error("writing the import: {0}")]
     Apply(#[source] Error),
+    /// A bootstrap import ([`Replica::import_as_bootstrap`]) was asked of a replica that is not
+    /// blank, or stopped being blank meanwhile (a local write, or a complete sync with a peer).
+    #[error("this replica is not blank ({why}), so it cannot take the export's dots and vector")]
+    NotBlank {
+        /// What it holds or has seen.
+        why: String,
+    },
+    /// Entry `index` of a bootstrap import is a write of this replica's own: taking its dot
+    /// would run ahead of this replica's counter.
+    #[error("entry {index} ({dot}) is a write of this replica itself, beyond its counter")]
+    OwnWrite {
+        /// Its position in the batch, from 0.
+        index: usize,
+        /// Its dot.
+        dot: Dot,
+    },
+    /// The export's vector covers writes of this replica itself, up to `seq`, beyond its
+    /// counter: the export came from an earlier store of this identity.
+    #[error("the export's vector covers writes of this replica itself up to seq {seq}, beyond its counter")]
+    OwnVector {
+        /// This replica's component in the export's vector.
+        seq: crate::ids::Seq,
+    },
+    /// Entry `index` of a bootstrap import has a dot already taken by another key (in the store
+    /// or earlier in the batch): a dot names one write.
+    #[error("entry {index} has dot {dot}, which another entry of the import already has")]
+    DotReused {
+        /// Its position in the batch, from 0.
+        index: usize,
+        /// Its dot.
+        dot: Dot,
+    },
+    /// The export's vector would give this replica more components than
+    /// [`VECTOR_COMPONENTS_MAX`].
+    #[error("the export's vector has {components} components, more than {VECTOR_COMPONENTS_MAX}")]
+    VectorTooLarge {
+        /// Components after the merge.
+        components: usize,
+    },
+}
+
+impl ImportError {
+    /// The position in the batch of the entry that refused it, if one did.
+    #[must_use]
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            ImportError::Invalid { index, .. }
+            | ImportError::OwnWrite { index, .. }
+            | ImportError::DotReused { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
 }
 
 impl<S: Storage> Replica<S> {
@@ -56,15 +125,7 @@ impl<S: Storage> Replica<S> {
     pub fn import(&mut self, entries: Vec<Entry>) -> Result<ApplyReport, ImportError> {
         let wall_ms = self.now_ms();
         for (index, entry) in entries.iter().enumerate() {
-            let invalid = |source| ImportError::Invalid { index, dot: entry.dot(), source };
-            self.config.limits.check_entry(entry).map_err(invalid)?;
-            if entry.dot.seq == crate::ids::Seq(0) {
-                return Err(invalid(Error::ZeroSeq { dot: entry.dot() }));
-            }
-            if let Err(e) = self.clock.check(entry.stamp.hlc, wall_ms) {
-                self.drift_rejections += 1;
-                return Err(invalid(e));
-            }
+            self.check_imported(index, entry, wall_ms)?;
         }
         self.check_not_recovering().map_err(ImportError::Apply)?;
         // The latest entry per key in the batch, then against what is stored.
@@ -116,6 +177,96 @@ impl<S: Storage> Replica<S> {
         self.vector = vector;
         self.clock = clock;
         Ok(ApplyReport { applied, stale, superseded, vector_merged: false })
+    }
+
+    /// Whether this replica holds nothing and has seen nothing: no entry (live, tombstone or
+    /// expired), an empty vector, no bootstrap rows pending. What a fresh node is, and what
+    /// [`Replica::import_as_bootstrap`] needs.
+    #[must_use]
+    pub fn is_blank(&self) -> bool {
+        self.blank_or_why(true).is_ok()
+    }
+
+    /// `Err(why)` unless blank; with `entries: false`, only the vector is asked about (a later
+    /// batch of a bootstrap import finds the entries of the earlier ones).
+    fn blank_or_why(&self, entries: bool) -> Result<(), ImportError> {
+        let why = if !self.vector.is_empty() {
+            format!("its vector is {:?}: it has written or synced", self.vector)
+        } else if entries && (!self.index.live.is_empty() || self.index.dead_count() > 0) {
+            format!("it holds {} live and {} dead entries", self.index.live.len(), self.index.dead_count())
+        } else if entries && !self.unindexed.is_empty() {
+            "an interrupted bootstrap left entries".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(ImportError::NotBlank { why })
+    }
+
+    /// Stores one batch of a full export into a blank replica under the entries' own dots and
+    /// stamps, as a bootstrap chunk is (see the module docs): `first` for the first batch, which
+    /// needs the replica blank; a later one needs its vector still empty. The vector is not
+    /// advanced: [`Replica::finish_import_as_bootstrap`] merges the source's at the end, and until
+    /// then the replica is as after an interrupted bootstrap (values under an empty vector, which
+    /// the next session reconciles).
+    ///
+    /// Every entry is checked first, as for [`Replica::import`], and also refused if it is this
+    /// replica's own write (its dots would run ahead of the counter) or reuses a dot already
+    /// stored for another key, or in the batch. One durable commit; costs one dot-index read per
+    /// entry besides what [`Replica::apply_remote`] costs.
+    pub fn import_as_bootstrap(&mut self, entries: Vec<Entry>, first: bool) -> Result<ApplyReport, ImportError> {
+        self.blank_or_why(first)?;
+        let wall_ms = self.now_ms();
+        let snap = self.store().snapshot().map_err(|e| ImportError::Apply(e.into()))?;
+        let mut dots = BTreeSet::new();
+        for (index, entry) in entries.iter().enumerate() {
+            self.check_imported(index, entry, wall_ms)?;
+            if entry.dot.replica == self.id {
+                return Err(ImportError::OwnWrite { index, dot: entry.dot() });
+            }
+            let held = snap.key_at(entry.dot()).map_err(|e| ImportError::Apply(e.into()))?;
+            if !dots.insert(entry.dot()) || held.is_some_and(|k| k != entry.key) {
+                return Err(ImportError::DotReused { index, dot: entry.dot() });
+            }
+        }
+        drop(snap);
+        self.check_not_recovering().map_err(ImportError::Apply)?;
+        self.apply_remote(entries, None).map_err(ImportError::Apply)
+    }
+
+    /// Ends a bootstrap import: merges the source's `vector` and observes its `clock` (both read
+    /// from the source before its entries were listed), as the `Done` of a complete transfer
+    /// does. Needs the vector still empty (nothing written or synced since the import began) and
+    /// the merge within [`VECTOR_COMPONENTS_MAX`]; refuses `vector` if it names this replica
+    /// (its own writes would be claimed beyond its counter). Changes nothing when it refuses.
+    pub fn finish_import_as_bootstrap(
+        &mut self,
+        vector: &VersionVector,
+        clock: Hlc,
+    ) -> Result<ApplyReport, ImportError> {
+        self.blank_or_why(false)?;
+        if vector.get(self.id) > crate::ids::Seq(0) {
+            return Err(ImportError::OwnVector { seq: vector.get(self.id) });
+        }
+        let components = merged_components(&self.vector, vector);
+        if components > VECTOR_COMPONENTS_MAX {
+            return Err(ImportError::VectorTooLarge { components });
+        }
+        self.apply_remote(Vec::new(), Some((vector, clock))).map_err(ImportError::Apply)
+    }
+
+    /// The checks every imported entry passes: sizes, a seq above zero, a stamp within the drift
+    /// bound.
+    fn check_imported(&mut self, index: usize, entry: &Entry, wall_ms: u64) -> Result<(), ImportError> {
+        let invalid = |source| ImportError::Invalid { index, dot: entry.dot(), source };
+        self.config.limits.check_entry(entry).map_err(invalid)?;
+        if entry.dot.seq == crate::ids::Seq(0) {
+            return Err(invalid(Error::ZeroSeq { dot: entry.dot() }));
+        }
+        if let Err(e) = self.clock.check(entry.stamp.hlc, wall_ms) {
+            self.drift_rejections += 1;
+            return Err(invalid(e));
+        }
+        Ok(())
     }
 }
 
@@ -245,5 +396,82 @@ mod tests {
         let report = target.import(vec![value_entry("k", 7, 3, T0), older]).unwrap();
         assert_eq!((report.applied, report.superseded), (1, 1));
         assert_eq!(target.get(b"k").unwrap().unwrap().value, b"v");
+    }
+
+    #[test]
+    fn a_full_export_into_a_blank_replica_is_a_bootstrap_and_gives_the_sources_digest() {
+        let clock = ManualClock::new(T0);
+        let mut source = replica(1, &clock);
+        let mut other = replica(3, &clock);
+        other.put("from-3", "x", PutOptions::default()).unwrap();
+        let d = other.delta_for(source.vector()).unwrap();
+        source.apply_remote(d.entries, Some((&d.vector, d.clock))).unwrap();
+        source.put("a", "1", PutOptions { ttl_ms: None, metadata: Some(b"{\"m\":1}".to_vec()) }).unwrap();
+        source.put("b", "2", PutOptions { ttl_ms: Some(60_000), metadata: None }).unwrap();
+        source.put("c", "3", PutOptions::default()).unwrap();
+        source.delete("c").unwrap();
+        // The vector and clock are read before the entries are listed.
+        let (vector, at) = (source.vector().clone(), source.clock());
+        let entries = export(&source);
+        clock.advance(1_000);
+        let mut target = replica(2, &clock);
+        assert!(target.is_blank());
+        let (first, rest) = entries.split_at(1);
+        target.import_as_bootstrap(first.to_vec(), true).unwrap();
+        target.import_as_bootstrap(rest.to_vec(), false).unwrap();
+        assert!(target.vector().is_empty(), "no vector before the end");
+        assert!(target.finish_import_as_bootstrap(&vector, at).unwrap().vector_merged);
+        assert_eq!(target.digest(), source.digest());
+        assert_eq!(target.vector(), source.vector());
+        assert_eq!(target.scan(&KeyRange::all(), 10).unwrap(), source.scan(&KeyRange::all(), 10).unwrap());
+        assert!(target.clock() >= at, "its next write is stamped after everything the vector covers");
+        // In step: neither has anything for the other, and the delete of `c` is known.
+        assert!(source.delta_for(target.vector()).unwrap().entries.is_empty());
+        assert!(target.delta_for(source.vector()).unwrap().entries.is_empty());
+        let old_c = Entry { key: b"c".to_vec(), ..value_entry("c", 1, 3, T0) };
+        assert_eq!(target.apply_remote(vec![old_c], None).unwrap().stale, 1, "the deleted write is covered");
+    }
+
+    #[test]
+    fn a_bootstrap_import_is_refused_unless_the_replica_is_blank_and_changes_nothing() {
+        let clock = ManualClock::new(T0);
+        let mut target = replica(2, &clock);
+        target.put("mine", "1", PutOptions::default()).unwrap();
+        let before = target.scan(&KeyRange::all(), 10).unwrap();
+        let refused = target.import_as_bootstrap(vec![value_entry("x", 1, 1, T0)], true);
+        assert!(matches!(refused, Err(ImportError::NotBlank { .. })), "{refused:?}");
+        let vector = VersionVector::from(vec![(ReplicaId(1), Seq(1))]);
+        let refused = target.finish_import_as_bootstrap(&vector, Hlc::new(T0, 0));
+        assert!(matches!(refused, Err(ImportError::NotBlank { .. })), "{refused:?}");
+        assert_eq!(target.scan(&KeyRange::all(), 10).unwrap(), before);
+        assert_eq!(target.vector().get(ReplicaId(1)), Seq(0));
+
+        // Blank, but a write lands between two batches: the next batch and the end are refused.
+        let mut target = replica(4, &clock);
+        target.import_as_bootstrap(vec![value_entry("x", 1, 1, T0)], true).unwrap();
+        target.put("local", "1", PutOptions::default()).unwrap();
+        assert!(matches!(
+            target.import_as_bootstrap(vec![value_entry("y", 1, 2, T0)], false),
+            Err(ImportError::NotBlank { .. })
+        ));
+        assert!(matches!(
+            target.finish_import_as_bootstrap(&vector, Hlc::new(T0, 0)),
+            Err(ImportError::NotBlank { .. })
+        ));
+        assert_eq!(target.vector().get(ReplicaId(1)), Seq(0));
+
+        // Its own writes, a dot twice, a vector naming it: refused by index, nothing stored.
+        let mut blank = replica(5, &clock);
+        let own = blank.import_as_bootstrap(vec![value_entry("x", 1, 1, T0), value_entry("y", 5, 1, T0)], true);
+        assert!(matches!(own, Err(ImportError::OwnWrite { index: 1, .. })), "{own:?}");
+        let twice = blank.import_as_bootstrap(vec![value_entry("x", 1, 1, T0), value_entry("y", 1, 1, T0)], true);
+        assert!(matches!(twice, Err(ImportError::DotReused { index: 1, .. })), "{twice:?}");
+        blank.import_as_bootstrap(vec![value_entry("x", 1, 1, T0)], true).unwrap();
+        let across = blank.import_as_bootstrap(vec![value_entry("y", 1, 1, T0)], false);
+        assert!(matches!(across, Err(ImportError::DotReused { index: 0, .. })), "{across:?}");
+        let mine = VersionVector::from(vec![(ReplicaId(5), Seq(3))]);
+        assert!(matches!(blank.finish_import_as_bootstrap(&mine, Hlc::new(T0, 0)), Err(ImportError::OwnVector { .. })));
+        assert_eq!(blank.scan(&KeyRange::all(), 10).unwrap().len(), 1);
+        assert!(blank.vector().is_empty());
     }
 }
