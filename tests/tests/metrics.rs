@@ -2,7 +2,8 @@
 //! (`std::net::TcpStream`). The gauges, session counters, bytes and the write latency histogram
 //! say what happened; `/health` turns 503 while the store has failed (a full tmpfs) and 200
 //! again once it is back; bad requests get an answer (or a close) and never take the endpoint
-//! down; a non-loopback address is refused.
+//! down; more silent connections than the server holds do not starve a `/health` probe; a
+//! non-loopback address is refused.
 
 use lethe_tests::cluster::{NodeProc, identity, lethe_bin, wait_until};
 use lethe_tests::tmpfs::Tmpfs;
@@ -255,6 +256,30 @@ fn the_metrics_endpoint_answers_bad_requests_and_stays_up() {
     let (code, body) = get(addr, "/metrics?format=text");
     assert_eq!(code, 200);
     assert!(body.contains("# TYPE lethe_live_keys gauge"), "{body}");
+    a.stop();
+}
+
+/// More silent connections than the server serves at once (`CONNECTIONS_MAX`, 16).
+const SILENT_CONNECTIONS: usize = 20;
+
+#[test]
+fn health_is_answered_while_silent_connections_hold_every_slot() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&serve_args(&[], &[]));
+    let addr = metrics_addr(&a);
+    // Clients that connect and send nothing (idle keep-alive connections, a slowloris), more
+    // than the server holds at once; each is accepted before the probe below.
+    let silent: Vec<TcpStream> = (0..SILENT_CONNECTIONS).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // A monitoring probe is still answered: the oldest silent connection makes room for it.
+    assert_eq!(get(addr, "/health"), (200, "ok: the store takes writes\n".to_string()));
+    // The silent ones are closed unanswered (evicted, or at their head timeout), never answered.
+    for mut conn in silent {
+        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(conn.read_to_end(&mut rest).expect("the server closes a silent connection"), 0);
+    }
+    assert_eq!(get(addr, "/health").0, 200);
     a.stop();
 }
 
