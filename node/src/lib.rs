@@ -3,6 +3,7 @@
 //! - [`node`]: [`Node`] and [`NodeConfig`];
 //! - [`data_dir`]: a node's identity, store and address on disk;
 //! - [`metrics`]: what the node counts, through the `metrics` facade (no recorder of its own);
+//! - [`watch`]: the subscriptions to the node's changes ([`Node::subscribe`]), each bounded;
 //! - [`control`]: how a client (the `lethe` command, in the `lethe-cli` crate) talks to a
 //!   running node.
 //!
@@ -48,6 +49,7 @@ pub mod metrics;
 pub mod node;
 mod owner;
 mod peer;
+pub mod watch;
 
 pub use data_dir::DataDir;
 pub use node::{Node, NodeConfig, NodeError, PeerAddr, Status, Subscription};
