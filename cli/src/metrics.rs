@@ -18,7 +18,7 @@
 //! `--metrics-public` says otherwise.
 
 use anyhow::{Context, Result, bail};
-use lethe_node::Node;
+use lethe_node::{Node, NodeError, Status};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(clap::Args, Debug, Default)]
 pub struct MetricsArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics and a health check on http://ADDR/health
-    /// (200 while the store takes writes, else 503), e.g. 127.0.0.1:9100. A loopback address
+    /// (200 while the node takes writes, else 503 and why), e.g. 127.0.0.1:9100. A loopback address
     /// unless --metrics-public is given.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<SocketAddr>,
@@ -349,16 +349,26 @@ fn answer(head: &[u8], state: &State) -> Response {
             Response::new(200, "OK", "text/plain; version=0.0.4; charset=utf-8", &body, with_body)
         }
         "/health" => {
-            let (code, reason, body) = match state.node.status() {
-                Ok(status) => match status.store_error {
-                    None => (200, "OK", "ok: the store takes writes\n".to_string()),
-                    Some(e) => (503, "Service Unavailable", format!("store failed: {e}\n")),
-                },
-                Err(e) => (503, "Service Unavailable", format!("no status: {e}\n")),
-            };
+            let (code, reason, body) = health(state.node.status());
             Response::new(code, reason, "text/plain; charset=utf-8", &body, with_body)
         }
         _ => Response::text(404, "Not Found", "not found: try /metrics or /health\n"),
+    }
+}
+
+/// The answer to `/health`: 200 while the node takes local writes; else 503, with one line per
+/// reason saying why and what to do ([`Status::write_refusals`]).
+fn health(status: Result<Status, NodeError>) -> (u16, &'static str, String) {
+    match status {
+        Ok(status) => {
+            let refusals = status.write_refusals();
+            if refusals.is_empty() {
+                (200, "OK", "ok: the node takes writes\n".to_string())
+            } else {
+                (503, "Service Unavailable", refusals.iter().map(|r| format!("{r}\n")).collect())
+            }
+        }
+        Err(e) => (503, "Service Unavailable", format!("no status: {e}\n")),
     }
 }
 
@@ -373,6 +383,21 @@ mod tests {
         let refused = check_address("0.0.0.0:9100".parse().unwrap(), false).unwrap_err().to_string();
         assert!(refused.contains("--metrics-public"), "{refused}");
         assert!(check_address("0.0.0.0:9100".parse().unwrap(), true).is_ok());
+    }
+
+    #[test]
+    fn health_is_200_while_the_node_takes_writes_and_503_with_every_reason_otherwise() {
+        assert_eq!(health(Ok(Status::default())), (200, "OK", "ok: the node takes writes\n".to_string()));
+        let recovering = lethe_node::health::RecoveryStatus { target_seq: 9, own_seq: 4, reissued: 2 };
+        let (code, _, body) = health(Ok(Status { recovering: Some(recovering), ..Status::default() }));
+        assert_eq!(code, 503);
+        assert!(body.starts_with("recovering from a restore: ") && body.ends_with("peers\n"), "{body}");
+        let (code, _, body) =
+            health(Ok(Status { recovering: Some(recovering), clock_ahead_ms: Some(9_000), ..Status::default() }));
+        assert_eq!(code, 503);
+        let lines: Vec<&str> = body.lines().collect();
+        assert!(lines.len() == 2 && lines[1].starts_with("clock ahead: "), "{body}");
+        assert_eq!(health(Err(NodeError::ShuttingDown)).0, 503);
     }
 
     #[tokio::test]

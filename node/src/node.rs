@@ -7,6 +7,7 @@
 //! inside `block_in_place`, so the node needs tokio's multi-thread runtime.
 
 use crate::data_dir::{DataDir, DataDirError};
+use crate::health::RecoveryStatus;
 use crate::watch::Watchers;
 pub use crate::watch::{Subscription, SubscriptionError};
 use lethe_engine::replica::StoreFailure;
@@ -205,8 +206,9 @@ pub struct MemberStatus {
     pub last_heard_ms: u64,
 }
 
-/// What `lethe status` prints.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What `lethe status` prints. [`Status::write_refusals`] says whether the node takes local
+/// writes, and why not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// The node id.
     pub node_id: String,
@@ -275,6 +277,11 @@ pub struct Status {
     /// Times the store was reopened after a failure since the node started.
     #[serde(default)]
     pub store_reopens: u64,
+    /// While this node recovers from a restore from an older copy of its store
+    /// (`engine/src/replica/restore.rs`): what it waits for. Local writes are refused until a
+    /// peer holding its writes up to `target_seq` has synced with it. `None` otherwise.
+    #[serde(default)]
+    pub recovering: Option<RecoveryStatus>,
     /// Whether dot-index rows a bootstrap left out are still to be written (deltas for peers
     /// below the bootstrap are read from memory until then).
     #[serde(default)]
@@ -729,6 +736,11 @@ impl Node {
                 store_error: r.store_failure().map(|f| f.error.clone()),
                 store_failed_since_ms: r.store_failure().map(|f| f.since_ms),
                 store_reopens: self.inner.store_reopens.load(Ordering::Relaxed),
+                recovering: r.recovery().map(|recovery| RecoveryStatus {
+                    target_seq: recovery.target.0,
+                    own_seq: r.vector().get(r.id()).0,
+                    reissued: recovery.reissued,
+                }),
             })
         })?;
         Ok(status)
