@@ -4,22 +4,29 @@
 //! The node counts through the `metrics` facade (`lethe_node::metrics`); this module installs
 //! the Prometheus recorder (`metrics-exporter-prometheus`, without its HTTP listener or push
 //! gateway) and serves it over a small HTTP/1.1 server of its own, so that `/health` sits beside
-//! `/metrics` and every request is bounded here: its head at [`REQUEST_HEAD_BYTES_MAX`], each
-//! connection at [`REQUEST_TIMEOUT`], and at most [`CONNECTIONS_MAX`] at once (more are closed
-//! unanswered). One request per connection; a request that is not HTTP gets 400, a method other
-//! than GET or HEAD 405, an unknown path 404.
+//! `/metrics` and every request is bounded here: its head at [`REQUEST_HEAD_BYTES_MAX`] and
+//! [`REQUEST_HEAD_TIMEOUT`], each connection at [`REQUEST_TIMEOUT`], and at most
+//! [`CONNECTIONS_MAX`] at once. One request per connection (no keep-alive); a request that is not
+//! HTTP gets 400, a method other than GET or HEAD 405, an unknown path 404.
+//!
+//! A connection that is not writing its answer (still waiting for a head, or done) gives its
+//! place up to a new one when all are taken, oldest first: idle or slowloris clients cannot
+//! starve a monitoring probe, which sends its request as soon as it connects. A new connection
+//! is closed unanswered only while all [`CONNECTIONS_MAX`] are writing answers.
 //!
 //! Neither endpoint has authentication, so the address must be a loopback one unless
 //! `--metrics-public` says otherwise.
 
 use anyhow::{Context, Result, bail};
-use lethe_node::Node;
+use lethe_node::{Node, NodeError, Status};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 /// The longest request head (request line and headers) read; a longer one gets 431.
@@ -29,7 +36,11 @@ pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 const REQUEST_DRAIN_BYTES_MAX: usize = 64 * 1024;
 /// How long one connection may take, from accept to the last byte of the answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; one beyond is closed without an answer.
+/// How long a connection may take to send its request head, from accept; it is closed
+/// unanswered then.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections open at once; a new one beyond takes the place of the oldest not writing an
+/// answer.
 pub const CONNECTIONS_MAX: usize = 16;
 /// How often the recorder folds histogram samples into its buckets when nobody scrapes (a
 /// scrape does it too), so that samples do not pile up in memory.
@@ -39,7 +50,7 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(clap::Args, Debug, Default)]
 pub struct MetricsArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics and a health check on http://ADDR/health
-    /// (200 while the store takes writes, else 503), e.g. 127.0.0.1:9100. A loopback address
+    /// (200 while the node takes writes, else 503 and why), e.g. 127.0.0.1:9100. A loopback address
     /// unless --metrics-public is given.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<SocketAddr>,
@@ -112,7 +123,7 @@ struct State {
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let connections = Arc::new(Connections::default());
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -123,19 +134,89 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!("more than {CONNECTIONS_MAX} metrics connections at once; closing one unanswered");
+        let Some(slot) = connections.admit() else {
+            debug!("{CONNECTIONS_MAX} metrics connections are writing answers; closing a new one unanswered");
             continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let _slot = slot;
-            match tokio::time::timeout(REQUEST_TIMEOUT, serve_connection(stream, &state)).await {
+            match tokio::time::timeout(REQUEST_TIMEOUT, serve_connection(stream, &state, &slot)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => debug!("metrics connection: {e}"),
                 Err(_) => debug!("metrics connection took longer than {REQUEST_TIMEOUT:?}; closed"),
             }
         });
+    }
+}
+
+/// The connections open now, by accept order: at most [`CONNECTIONS_MAX`].
+#[derive(Default)]
+struct Connections {
+    table: std::sync::Mutex<ConnectionTable>,
+}
+
+#[derive(Default)]
+struct ConnectionTable {
+    next_id: u64,
+    /// Each open connection by id (accept order), with whether it is idle.
+    open: BTreeMap<u64, OpenConnection>,
+}
+
+struct OpenConnection {
+    /// Told when the connection is evicted.
+    evict: Arc<Notify>,
+    /// Writing its answer: the one phase in which it is not evicted.
+    answering: bool,
+}
+
+impl Connections {
+    fn table(&self) -> std::sync::MutexGuard<'_, ConnectionTable> {
+        self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for a new connection: a free one, or else that of the oldest connection not
+    /// answering (it is told to close). `None` when every connection is writing an answer.
+    fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let mut table = self.table();
+        if table.open.len() >= CONNECTIONS_MAX {
+            let (&oldest, _) = table.open.iter().find(|(_, c)| !c.answering)?;
+            if let Some(evicted) = table.open.remove(&oldest) {
+                evicted.evict.notify_one();
+            }
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let evict = Arc::new(Notify::new());
+        table.open.insert(id, OpenConnection { evict: evict.clone(), answering: false });
+        debug_assert!(table.open.len() <= CONNECTIONS_MAX);
+        Some(Slot { connections: self.clone(), id, evict })
+    }
+}
+
+/// One admitted connection's place in [`Connections`], given back when dropped.
+struct Slot {
+    connections: Arc<Connections>,
+    id: u64,
+    evict: Arc<Notify>,
+}
+
+impl Slot {
+    /// Marks the connection as writing its answer (not to be evicted) or not; false if it was
+    /// evicted already.
+    fn set_answering(&self, answering: bool) -> bool {
+        let mut table = self.connections.table();
+        table.open.get_mut(&self.id).map(|c| c.answering = answering).is_some()
+    }
+
+    /// Resolves once the connection is evicted.
+    async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.connections.table().open.remove(&self.id);
     }
 }
 
@@ -170,26 +251,49 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Head> {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
-    let response = match read_head(&mut stream).await? {
-        Head::Complete(head) => answer(&head, state),
-        Head::TooLarge => Response::text(431, "Request Header Fields Too Large", "request head too large\n"),
-        Head::Closed => return Ok(()),
+async fn serve_connection(mut stream: TcpStream, state: &State, slot: &Slot) -> std::io::Result<()> {
+    let head = tokio::select! {
+        head = tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut stream)) => head,
+        () = slot.evicted() => {
+            debug!("metrics connection sent no request head before a newer one needed its place; closed");
+            return Ok(());
+        }
     };
+    let response = match head {
+        Ok(Ok(Head::Complete(head))) => answer(&head, state),
+        Ok(Ok(Head::TooLarge)) => Response::text(431, "Request Header Fields Too Large", "request head too large\n"),
+        Ok(Ok(Head::Closed)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            debug!("metrics connection sent no request head within {REQUEST_HEAD_TIMEOUT:?}; closed");
+            return Ok(());
+        }
+    };
+    if !slot.set_answering(true) {
+        return Ok(());
+    }
     stream.write_all(&response.bytes).await?;
     stream.shutdown().await?;
+    slot.set_answering(false);
     // Read what the client sent beyond the head (a body, the rest of a head too long) before
     // closing: a socket closed with unread data resets the connection, and the client may lose
-    // the answer. Bounded by [`REQUEST_DRAIN_BYTES_MAX`] and the connection's timeout.
-    let mut drained = 0;
-    let mut chunk = [0u8; 4096];
-    while drained < REQUEST_DRAIN_BYTES_MAX {
-        match stream.read(&mut chunk).await? {
-            0 => break,
-            n => drained += n,
+    // the answer. Bounded by [`REQUEST_DRAIN_BYTES_MAX`] and the connection's timeout, and given
+    // up for a newer connection (the answer is sent).
+    let drain = async {
+        let mut drained = 0;
+        let mut chunk = [0u8; 4096];
+        while drained < REQUEST_DRAIN_BYTES_MAX {
+            match stream.read(&mut chunk).await? {
+                0 => break,
+                n => drained += n,
+            }
         }
+        Ok(())
+    };
+    tokio::select! {
+        drained = drain => drained,
+        () = slot.evicted() => Ok(()),
     }
-    Ok(())
 }
 
 /// An encoded HTTP response.
@@ -245,16 +349,26 @@ fn answer(head: &[u8], state: &State) -> Response {
             Response::new(200, "OK", "text/plain; version=0.0.4; charset=utf-8", &body, with_body)
         }
         "/health" => {
-            let (code, reason, body) = match state.node.status() {
-                Ok(status) => match status.store_error {
-                    None => (200, "OK", "ok: the store takes writes\n".to_string()),
-                    Some(e) => (503, "Service Unavailable", format!("store failed: {e}\n")),
-                },
-                Err(e) => (503, "Service Unavailable", format!("no status: {e}\n")),
-            };
+            let (code, reason, body) = health(state.node.status());
             Response::new(code, reason, "text/plain; charset=utf-8", &body, with_body)
         }
         _ => Response::text(404, "Not Found", "not found: try /metrics or /health\n"),
+    }
+}
+
+/// The answer to `/health`: 200 while the node takes local writes; else 503, with one line per
+/// reason saying why and what to do ([`Status::write_refusals`]).
+fn health(status: Result<Status, NodeError>) -> (u16, &'static str, String) {
+    match status {
+        Ok(status) => {
+            let refusals = status.write_refusals();
+            if refusals.is_empty() {
+                (200, "OK", "ok: the node takes writes\n".to_string())
+            } else {
+                (503, "Service Unavailable", refusals.iter().map(|r| format!("{r}\n")).collect())
+            }
+        }
+        Err(e) => (503, "Service Unavailable", format!("no status: {e}\n")),
     }
 }
 
@@ -269,5 +383,43 @@ mod tests {
         let refused = check_address("0.0.0.0:9100".parse().unwrap(), false).unwrap_err().to_string();
         assert!(refused.contains("--metrics-public"), "{refused}");
         assert!(check_address("0.0.0.0:9100".parse().unwrap(), true).is_ok());
+    }
+
+    #[test]
+    fn health_is_200_while_the_node_takes_writes_and_503_with_every_reason_otherwise() {
+        assert_eq!(health(Ok(Status::default())), (200, "OK", "ok: the node takes writes\n".to_string()));
+        let recovering = lethe_node::health::RecoveryStatus { target_seq: 9, own_seq: 4, reissued: 2 };
+        let (code, _, body) = health(Ok(Status { recovering: Some(recovering), ..Status::default() }));
+        assert_eq!(code, 503);
+        assert!(body.starts_with("recovering from a restore: ") && body.ends_with("peers\n"), "{body}");
+        let (code, _, body) =
+            health(Ok(Status { recovering: Some(recovering), clock_ahead_ms: Some(9_000), ..Status::default() }));
+        assert_eq!(code, 503);
+        let lines: Vec<&str> = body.lines().collect();
+        assert!(lines.len() == 2 && lines[1].starts_with("clock ahead: "), "{body}");
+        assert_eq!(health(Err(NodeError::ShuttingDown)).0, 503);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_takes_the_place_of_the_oldest_not_answering() {
+        let connections = Arc::new(Connections::default());
+        let slots: Vec<Slot> = (0..CONNECTIONS_MAX).map(|_| connections.admit().unwrap()).collect();
+        // The oldest is writing an answer: the second oldest gives its place up.
+        assert!(slots[0].set_answering(true));
+        let newest = connections.admit().expect("a place for a new connection");
+        tokio::time::timeout(Duration::from_secs(10), slots[1].evicted()).await.expect("the second oldest is evicted");
+        assert!(!slots[1].set_answering(true), "an evicted connection does not answer");
+        assert_eq!(connections.table().open.len(), CONNECTIONS_MAX);
+        // With every connection answering, a new one gets no place.
+        for slot in slots.iter().skip(2).chain([&newest]) {
+            assert!(slot.set_answering(true));
+        }
+        assert!(connections.admit().is_none());
+        // One done answering is idle again, and the first to go.
+        assert!(slots[5].set_answering(false));
+        let _admitted = connections.admit().expect("the idle connection's place");
+        tokio::time::timeout(Duration::from_secs(10), slots[5].evicted()).await.expect("the idle one is evicted");
+        drop(slots);
+        assert_eq!(connections.table().open.len(), 2, "dropped slots are given back");
     }
 }

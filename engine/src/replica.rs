@@ -434,6 +434,12 @@ impl<S: Storage> Replica<S> {
         self.changes = on.then(Vec::new);
     }
 
+    /// Whether commits record their changes ([`Replica::record_changes`]).
+    #[must_use]
+    pub fn records_changes(&self) -> bool {
+        self.changes.is_some()
+    }
+
     /// The changes committed since the last call, in commit order (empty when not recording).
     pub fn take_changes(&mut self) -> Vec<Change> {
         self.changes.as_mut().map(std::mem::take).unwrap_or_default()

@@ -317,7 +317,9 @@ pub enum Response {
     Watching,
     /// A change under a watch's prefix.
     Event(Event),
-    /// A watch fell this many changes behind and missed them (list the prefix to catch up).
+    /// A watch fell behind by more than its queue holds (`lethe_node::watch`) and this many
+    /// changes under its prefix were dropped; the changes after follow (list the prefix again
+    /// to resync).
     Lagged {
         /// Changes missed.
         missed: u64,

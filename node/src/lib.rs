@@ -2,7 +2,9 @@
 //!
 //! - [`node`]: [`Node`] and [`NodeConfig`];
 //! - [`data_dir`]: a node's identity, store and address on disk;
+//! - [`health`]: whether the node takes local writes, and why not ([`Status::write_refusals`]);
 //! - [`metrics`]: what the node counts, through the `metrics` facade (no recorder of its own);
+//! - [`watch`]: the subscriptions to the node's changes ([`Node::subscribe`]), each bounded;
 //! - [`control`]: how a client (the `lethe` command, in the `lethe-cli` crate) talks to a
 //!   running node.
 //!
@@ -44,10 +46,12 @@
 
 pub mod control;
 pub mod data_dir;
+pub mod health;
 pub mod metrics;
 pub mod node;
 mod owner;
 mod peer;
+pub mod watch;
 
 pub use data_dir::DataDir;
 pub use node::{Node, NodeConfig, NodeError, PeerAddr, Status, Subscription};

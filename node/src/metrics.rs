@@ -33,6 +33,9 @@ pub const CONNECTED_DEVICES: &str = "lethe_connected_devices";
 pub const CLOCK_AHEAD_MS: &str = "lethe_clock_ahead_ms";
 /// Gauge: 1 while the store is failed (`status.store_error`), else 0.
 pub const STORE_FAILED: &str = "lethe_store_failed";
+/// Gauge: 1 while the node recovers from a restore from an older copy of its store and refuses
+/// local writes for it (`status.recovering`), else 0.
+pub const RECOVERING: &str = "lethe_recovering";
 /// Counter: times the store was reopened after a failure.
 pub const STORE_REOPENS: &str = "lethe_store_reopens_total";
 /// Counter: sync sessions ended, by `mode` (see [`mode_label`]) and `outcome` (see
@@ -133,6 +136,7 @@ pub fn describe() {
         "How far this clock is ahead of the peers' (local writes refused)."
     );
     describe_gauge!(STORE_FAILED, "1 while the store is failed (writes refused), else 0.");
+    describe_gauge!(RECOVERING, "1 while recovering from a restore (local writes refused), else 0.");
     describe_counter!(STORE_REOPENS, Unit::Count, "Times the store was reopened after a failure.");
     describe_counter!(SESSIONS, Unit::Count, "Sync sessions ended, by mode and outcome.");
     describe_counter!(BYTES_RECEIVED, Unit::Bytes, "Bytes of sync frames received from peers.");
@@ -158,6 +162,7 @@ pub fn record_status(status: &Status) {
     gauge!(CONNECTED_DEVICES).set(0.0);
     gauge!(CLOCK_AHEAD_MS).set(status.clock_ahead_ms.unwrap_or(0) as f64);
     gauge!(STORE_FAILED).set(if status.store_error.is_some() { 1.0 } else { 0.0 });
+    gauge!(RECOVERING).set(if status.recovering.is_some() { 1.0 } else { 0.0 });
 }
 
 /// A session ended: `stats` as far as it got.

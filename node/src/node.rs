@@ -7,11 +7,14 @@
 //! inside `block_in_place`, so the node needs tokio's multi-thread runtime.
 
 use crate::data_dir::{DataDir, DataDirError};
+use crate::health::RecoveryStatus;
+use crate::watch::Watchers;
+pub use crate::watch::{Subscription, SubscriptionError};
 use lethe_engine::replica::StoreFailure;
 use lethe_engine::session::SyncError;
 use lethe_engine::{
-    Change, Config, Hlc, Item, KeyRange, PutOptions, RedbStore, Replica, ReplicaId, Seq, SystemClock, VersionVector,
-    WallClock, WriteBatch, WriteReceipt,
+    Config, Hlc, Item, KeyRange, PutOptions, RedbStore, Replica, ReplicaId, Seq, SystemClock, VersionVector, WallClock,
+    WriteBatch, WriteReceipt,
 };
 use lethe_transport::{CloseCode, Endpoint, NodeId, TrustList};
 use serde::{Deserialize, Serialize};
@@ -21,7 +24,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 /// Writes committed together at most.
@@ -31,9 +34,6 @@ const GROUP_COMMIT_MAX: usize = 1024;
 /// for a first session with one of them: a store restored from an older copy learns from it what
 /// its peers hold of its writes before it issues a seq they hold (`engine/src/replica/restore.rs`).
 pub const STARTUP_WRITE_FENCE: Duration = Duration::from_secs(3);
-
-/// How many changes a slow subscriber may fall behind before it is told it lagged.
-const SUBSCRIBER_BUFFER: usize = 4096;
 
 /// How long after a failed store is reopened the node first checks that it takes commits again;
 /// the wait doubles after every check that fails, up to [`STORE_RETRY_MAX`]. Each reopen
@@ -193,38 +193,6 @@ pub enum NodeError {
     ShuttingDown,
 }
 
-/// A subscriber fell behind or the node stopped.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SubscriptionError {
-    /// Changes were missed; rescan the prefix to catch up.
-    #[error("missed {0} changes; rescan the prefix to catch up")]
-    Lagged(u64),
-    /// The node stopped.
-    #[error("the node stopped")]
-    Closed,
-}
-
-/// Changes to keys under a prefix, local and replicated, in commit order.
-#[derive(Debug)]
-pub struct Subscription {
-    rx: broadcast::Receiver<Change>,
-    prefix: Vec<u8>,
-}
-
-impl Subscription {
-    /// The next change under the prefix.
-    pub async fn next(&mut self) -> Result<Change, SubscriptionError> {
-        loop {
-            match self.rx.recv().await {
-                Ok(change) if change.key().starts_with(&self.prefix) => return Ok(change),
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => return Err(SubscriptionError::Lagged(n)),
-                Err(broadcast::error::RecvError::Closed) => return Err(SubscriptionError::Closed),
-            }
-        }
-    }
-}
-
 /// One member as `status` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
@@ -238,8 +206,9 @@ pub struct MemberStatus {
     pub last_heard_ms: u64,
 }
 
-/// What `lethe status` prints.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What `lethe status` prints. [`Status::write_refusals`] says whether the node takes local
+/// writes, and why not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// The node id.
     pub node_id: String,
@@ -308,6 +277,11 @@ pub struct Status {
     /// Times the store was reopened after a failure since the node started.
     #[serde(default)]
     pub store_reopens: u64,
+    /// While this node recovers from a restore from an older copy of its store
+    /// (`engine/src/replica/restore.rs`): what it waits for. Local writes are refused until a
+    /// peer holding its writes up to `target_seq` has synced with it. `None` otherwise.
+    #[serde(default)]
+    pub recovering: Option<RecoveryStatus>,
     /// Whether dot-index rows a bootstrap left out are still to be written (deltas for peers
     /// below the bootstrap are read from memory until then).
     #[serde(default)]
@@ -375,7 +349,9 @@ pub(crate) struct Inner {
     pub(crate) config: NodeConfig,
     pub(crate) replica: Mutex<Replica<RedbStore>>,
     pub(crate) endpoint: Endpoint,
-    pub(crate) changes: broadcast::Sender<Change>,
+    /// Who watches the changes, each with its queue; the replica records changes only while
+    /// someone does.
+    pub(crate) watchers: Arc<Watchers>,
     /// Bumped after every commit that changed the store or the vector: wakes the pushers.
     pub(crate) committed: watch::Sender<u64>,
     writes: mpsc::Sender<WriteRequest>,
@@ -434,6 +410,12 @@ impl Inner {
     pub(crate) fn with_replica<T>(&self, f: impl FnOnce(&mut Replica<RedbStore>) -> T) -> T {
         tokio::task::block_in_place(|| {
             let mut replica = lock(&self.replica);
+            // Record changes exactly while someone watches: one who stopped costs nothing from
+            // here on.
+            let watching = self.watchers.any();
+            if replica.records_changes() != watching {
+                replica.record_changes(watching);
+            }
             let before = replica.vector().clone();
             let failed_before = replica.store_failure().map(|f| f.failed_commits);
             let recovering_before = replica.recovery();
@@ -447,10 +429,7 @@ impl Inner {
             drop(replica);
             log_restore(recovering_before, recovering);
             let wake = moved || !changes.is_empty();
-            for change in changes {
-                // No subscriber is fine: changes are only for those listening.
-                let _ = self.changes.send(change);
-            }
+            self.watchers.publish(&changes);
             if wake {
                 self.committed.send_modify(|n| *n = n.wrapping_add(1));
             }
@@ -568,7 +547,7 @@ impl Node {
             config,
             replica: Mutex::new(replica),
             endpoint,
-            changes: broadcast::channel(SUBSCRIBER_BUFFER).0,
+            watchers: Arc::default(),
             committed: watch::channel(0).0,
             writes,
             shutdown: watch::channel(false).0,
@@ -655,11 +634,16 @@ impl Node {
         Ok(self.inner.with_replica(|r| r.scan(range, limit))?)
     }
 
-    /// A stream of changes to keys starting with `prefix`, from now on.
+    /// A stream of changes to keys starting with `prefix`, from now on. Its queue holds at most
+    /// [`crate::watch::WATCH_QUEUE_CHANGES_MAX`] changes and
+    /// [`crate::watch::WATCH_QUEUE_BYTES_MAX`] bytes of them: a subscriber that falls further
+    /// behind is told how many it lost ([`SubscriptionError::Lagged`]). While no subscription is
+    /// alive, commits record no changes.
     pub fn subscribe(&self, prefix: impl Into<Vec<u8>>) -> Subscription {
-        let rx = self.inner.changes.subscribe();
-        self.inner.with_replica(|r| r.record_changes(true));
-        Subscription { rx, prefix: prefix.into() }
+        let subscription = self.inner.watchers.register(prefix.into());
+        // Turns recording on: `with_replica` follows the watchers.
+        self.inner.with_replica(|r| debug_assert!(r.records_changes()));
+        subscription
     }
 
     /// For this node's write `seq`: which members have it (or something newer), by what they
@@ -783,6 +767,11 @@ impl Node {
                 store_error: r.store_failure().map(|f| f.error.clone()),
                 store_failed_since_ms: r.store_failure().map(|f| f.since_ms),
                 store_reopens: self.inner.store_reopens.load(Ordering::Relaxed),
+                recovering: r.recovery().map(|recovery| RecoveryStatus {
+                    target_seq: recovery.target.0,
+                    own_seq: r.vector().get(r.id()).0,
+                    reissued: recovery.reissued,
+                }),
             })
         })?;
         Ok(status)
@@ -793,6 +782,8 @@ impl Node {
     /// seconds). Every write acknowledged before was already durable.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+        // Subscribers read what is queued, then learn the node stopped.
+        self.inner.watchers.close();
         // The writer commits what is queued, then stops.
         let writer = lock(&self.inner.writer).take();
         if let Some(writer) = writer {
@@ -952,5 +943,31 @@ async fn store_loop(inner: Arc<Inner>) {
             }
             wait = (wait * 2).min(STORE_RETRY_MAX);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_replica_records_changes_only_while_a_watcher_is_registered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("a"));
+        dir.init().unwrap();
+        let node = NodeConfig::new(dir, "127.0.0.1:0".parse().unwrap()).start().await.unwrap();
+        let recording = || node.inner.with_replica(|r| r.records_changes());
+        assert!(!recording(), "recording before anyone watches");
+        let first = node.subscribe("a");
+        let second = node.subscribe("b");
+        assert!(recording());
+        drop(first);
+        node.put("a1", "v", PutOptions::default()).await.unwrap();
+        assert!(recording(), "one watcher is left");
+        drop(second);
+        // From the first call after the last watcher left, nothing is recorded.
+        node.put("a2", "v", PutOptions::default()).await.unwrap();
+        assert!(!recording(), "still recording after the last watcher left");
+        node.shutdown().await;
     }
 }

@@ -125,8 +125,9 @@ async fn send_list(
 }
 
 /// Streams changes under `prefix` to the owner until it finishes its side of the stream (or the
-/// connection closes), or the node shuts down. A subscriber that falls behind is told how many
-/// changes it missed and goes on from the newest.
+/// connection closes), or the node shuts down. A subscriber that falls behind (its queue is
+/// bounded: `crate::watch`) is told how many changes were dropped and goes on with those
+/// committed after.
 async fn send_watch(
     inner: &Arc<Inner>,
     prefix: Vec<u8>,

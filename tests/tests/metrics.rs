@@ -1,9 +1,12 @@
 //! `lethe serve --metrics`: real `lethe serve` processes on 127.0.0.1, scraped over plain HTTP
 //! (`std::net::TcpStream`). The gauges, session counters, bytes and the write latency histogram
-//! say what happened; `/health` turns 503 while the store has failed (a full tmpfs) and 200
-//! again once it is back; bad requests get an answer (or a close) and never take the endpoint
-//! down; a non-loopback address is refused.
+//! say what happened; `/health` turns 503 while the store has failed (a full tmpfs), or while
+//! the node's clock is ahead of its peers' (an `LD_PRELOAD` shim steps it), and 200 again once
+//! that is over; bad requests get an answer (or a close) and never take the endpoint
+//! down; more silent connections than the server holds do not starve a `/health` probe; a
+//! non-loopback address is refused.
 
+use lethe_tests::clock_shim;
 use lethe_tests::cluster::{NodeProc, identity, lethe_bin, wait_until};
 use lethe_tests::tmpfs::Tmpfs;
 use lethe_transport::{Endpoint, TrustList};
@@ -258,6 +261,30 @@ fn the_metrics_endpoint_answers_bad_requests_and_stays_up() {
     a.stop();
 }
 
+/// More silent connections than the server serves at once (`CONNECTIONS_MAX`, 16).
+const SILENT_CONNECTIONS: usize = 20;
+
+#[test]
+fn health_is_answered_while_silent_connections_hold_every_slot() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&serve_args(&[], &[]));
+    let addr = metrics_addr(&a);
+    // Clients that connect and send nothing (idle keep-alive connections, a slowloris), more
+    // than the server holds at once; each is accepted before the probe below.
+    let silent: Vec<TcpStream> = (0..SILENT_CONNECTIONS).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // A monitoring probe is still answered: the oldest silent connection makes room for it.
+    assert_eq!(get(addr, "/health"), (200, "ok: the node takes writes\n".to_string()));
+    // The silent ones are closed unanswered (evicted, or at their head timeout), never answered.
+    for mut conn in silent {
+        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(conn.read_to_end(&mut rest).expect("the server closes a silent connection"), 0);
+    }
+    assert_eq!(get(addr, "/health").0, 200);
+    a.stop();
+}
+
 #[test]
 fn a_metrics_address_off_loopback_is_refused_without_metrics_public() {
     let root = tempfile::tempdir().unwrap();
@@ -287,7 +314,7 @@ fn health_is_503_while_the_disk_is_full_and_200_once_it_has_room() {
     let mut a = NodeProc::init(root.path(), "a");
     a.start(&serve_args(&[], &[]));
     let addr = metrics_addr(&a);
-    assert_eq!(get(addr, "/health"), (200, "ok: the store takes writes\n".to_string()));
+    assert_eq!(get(addr, "/health"), (200, "ok: the node takes writes\n".to_string()));
     let value = "x".repeat(64 * 1024);
     let refused = (0..1000).find_map(|i| {
         let (code, _, err) = a.cli(&["put", &format!("k{i:04}"), &value]);
@@ -306,11 +333,49 @@ fn health_is_503_while_the_disk_is_full_and_200_once_it_has_room() {
         let health = get(addr, "/health");
         (health.0 == 200, health)
     });
-    assert_eq!(health.1, "ok: the store takes writes\n");
+    assert_eq!(health.1, "ok: the node takes writes\n");
     let scrape = Scrape::of(&a);
     assert_eq!(scrape.value("lethe_store_failed", &[]), 0.0, "{scrape:#?}");
     assert!(scrape.value("lethe_store_reopens_total", &[]) >= 1.0, "{scrape:#?}");
     assert!(scrape.has("lethe_write_latency_seconds_count"), "{scrape:#?}");
     cli_ok(&a, &["put", "after", "room again"]);
+    a.stop();
+}
+
+#[test]
+fn health_is_503_while_the_clock_is_ahead_of_the_peers_and_200_once_it_is_set_right() {
+    let root = tempfile::tempdir().unwrap();
+    let (shim, offset) = clock_shim::build(root.path());
+    let (mut a, mut b) = (NodeProc::init(root.path(), "a"), NodeProc::init(root.path(), "b"));
+    a.start(&serve_args(&[], &[&b]));
+    b.start_with_env(&serve_args(&[&a], &[]), &clock_shim::env(&shim, &offset));
+    let addr = metrics_addr(&b);
+    // b has measured a's clock in their handshake once a has its write.
+    cli_ok(&b, &["put", "before", "v"]);
+    wait_until("a has b's write", WAIT, || {
+        let got = a.cli(&["get", "before"]);
+        (got.0 == 0, got)
+    });
+    assert_eq!(get(addr, "/health").0, 200);
+
+    // b's clock steps an hour ahead: it would refuse a write, and /health says so before any.
+    std::fs::write(&offset, "3600000").unwrap();
+    let (code, body) = get(addr, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("clock ahead: ") && body.contains("check the system clock"), "{body}");
+    assert!(Scrape::of(&b).value("lethe_clock_ahead_ms", &[]) > 3_000_000.0);
+    let (code, _, err) = b.cli(&["put", "during", "v"]);
+    assert_ne!(code, 0, "b took a write while /health said it would not");
+    assert!(err.contains("check the system clock"), "{err}");
+
+    // Set right again, b is healthy and takes writes.
+    std::fs::write(&offset, "0").unwrap();
+    let health = wait_until("b's health is 200 again", WAIT, || {
+        let health = get(addr, "/health");
+        (health.0 == 200, health)
+    });
+    assert_eq!(health.1, "ok: the node takes writes\n");
+    cli_ok(&b, &["put", "after", "v"]);
+    b.stop();
     a.stop();
 }

@@ -28,7 +28,11 @@ pub struct WatchArgs {
 
 /// Streams changes to stdout, one line each (flushed as it comes), until SIGINT or SIGTERM;
 /// exits 0 then. Text lines are `put KEY VALUE STAMP`, `deleted KEY - STAMP`, `expired KEY -
-/// STAMP`, tab-separated, keys and values escaped ([`escape_bytes`]); `watching` goes to stderr once the node has subscribed.
+/// STAMP`, tab-separated, keys and values escaped ([`escape_bytes`]); `watching` goes to stderr
+/// once the node has subscribed. A watch that fell behind (the node queues a bounded number of
+/// changes and bytes for it) gets a warning on stderr, or with `--json` a
+/// `{"event": "lagged", "dropped": N}` line in the stream, then the changes after: list the
+/// prefix again to resync.
 pub fn watch(data: Option<PathBuf>, args: WatchArgs) -> Result<ExitCode> {
     let client = Client::connect(data)?;
     let mut out = std::io::stdout().lock();
@@ -39,8 +43,16 @@ pub fn watch(data: Option<PathBuf>, args: WatchArgs) -> Result<ExitCode> {
                 eprintln!("watching (interrupt to stop)");
                 return Ok(true);
             }
+            Response::Lagged { missed } if args.json => serde_json::to_string(&serde_json::json!({
+                "event": "lagged",
+                "dropped": missed,
+                "hint": "this watch fell behind; list the prefix again to resync",
+            }))?,
             Response::Lagged { missed } => {
-                eprintln!("warning: fell behind and missed {missed} changes; `lethe list` shows the current state");
+                eprintln!(
+                    "warning: lagged: {missed} changes dropped because this watch fell behind; \
+                     list the prefix again (`lethe list --prefix ...`) to resync"
+                );
                 return Ok(true);
             }
             Response::Event(event) if args.json => serde_json::to_string(&event_json(&event)?)?,
