@@ -17,10 +17,12 @@ use crate::vector::VersionVector;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version carried in every handshake (and, by the transport, in ALPN). 3: the
+/// The protocol version carried in every handshake (and, by the transport, in ALPN). 4: a
+/// batch of entries is columnar (keys, values and numbers in runs of their own, see
+/// [`super::batch`]), and the transport's ALPN says whether frames may be compressed; 3: the
 /// transport's frames may be compressed (a flag in the length prefix, zstd bodies); 2: the
 /// handshake carries the wall time and no frontier.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The largest frame a session sends or accepts: 4 MiB (a chunk of up to 1 MiB of entries plus
 /// one entry of the largest size).
 pub const FRAME_BYTES_MAX: usize = 4 << 20;
