@@ -19,7 +19,10 @@
 //! The writer coalesces small frames into one buffer and hands the stream one write per
 //! [`FLUSH_BYTES`], so a burst of small messages does not cost a system call (or a QUIC packet)
 //! each; each write waits for the peer's flow-control window, which is the backpressure: a slow
-//! reader slows the writer instead of growing a buffer.
+//! reader slows the writer instead of growing a buffer. A frame of [`FLUSH_BYTES`] or more skips
+//! the buffer: it is written from the caller's bytes, or from its compressed copy, which is
+//! dropped once written; so between frames a writer holds about one flush, not one maximal
+//! frame.
 
 use crate::error::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -198,10 +201,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter { compression: Compression::Zstd(None), ..FrameWriter::new(inner, max) }
     }
 
-    /// Queues one frame; writes the queue out once it reaches [`FLUSH_BYTES`].
+    /// Queues one frame; writes the queue out once it reaches [`FLUSH_BYTES`]. A frame of at least
+    /// [`FLUSH_BYTES`] is written at once after the queue, from its own bytes or from a
+    /// compressed copy dropped after the write: the writer keeps no buffer of its size.
     pub async fn send(&mut self, frame: &[u8]) -> Result<(), Error> {
         if frame.len() > self.max {
             return Err(Error::FrameTooLarge { len: frame.len(), max: self.max });
+        }
+        if frame.len() >= FLUSH_BYTES {
+            return self.send_long(frame).await;
         }
         let start = self.buf.len();
         if !self.queue_compressed(frame) {
@@ -216,6 +224,45 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Writes out the queue, then `frame` (compressed if this writer compresses and that makes
+    /// it shorter) without copying it into the queue.
+    async fn send_long(&mut self, frame: &[u8]) -> Result<(), Error> {
+        self.flush().await?;
+        let compressed = self.compress_long(frame);
+        let (flag, body) = match &compressed {
+            Some(c) => (COMPRESSED_FLAG, c.as_slice()),
+            None => (0, frame),
+        };
+        // Within `max`, which is at most `BODY_BYTES_MAX`, so it fits below the flag bit.
+        let len = u32::try_from(body.len()).map_err(|_| Error::FrameTooLarge { len: body.len(), max: self.max })?;
+        let prefix = (flag | len).to_be_bytes();
+        self.inner.write_all(&prefix).await.map_err(|e| Error::Stream(e.to_string()))?;
+        self.inner.write_all(body).await.map_err(|e| Error::Stream(e.to_string()))?;
+        self.wire_bytes += (PREFIX_BYTES + body.len()) as u64;
+        Ok(())
+    }
+
+    /// `frame` compressed, if this writer compresses and the result is shorter, in a buffer of
+    /// at most the frame's length (zstd stops when it would not be shorter).
+    fn compress_long(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
+        let compressor = self.compressor()?;
+        let mut body = Vec::with_capacity(frame.len() - 1);
+        match compressor.compress_to_buffer(frame, &mut body) {
+            Ok(n) if n < frame.len() => Some(body),
+            _ => None,
+        }
+    }
+
+    /// The zstd context, made at the first frame that needs it; `None` if this writer sends
+    /// every frame raw (or a context could not be made: raw frames are always valid).
+    fn compressor(&mut self) -> Option<&mut zstd::bulk::Compressor<'static>> {
+        let Compression::Zstd(context) = &mut self.compression else { return None };
+        match context {
+            Some(c) => Some(c),
+            None => new_compressor().ok().map(|c| &mut *context.insert(c)),
+        }
     }
 
     /// Queues `frame` compressed if this writer compresses, the frame is long enough and the
@@ -304,6 +351,31 @@ mod tests {
         assert!(matches!(r.next().await, Err(Error::Truncated { got: 2, expected: 5 })));
         let mut r = FrameReader::new(&[0, 0][..], 100);
         assert!(matches!(r.next().await, Err(Error::Truncated { got: 2, expected: 4 })));
+    }
+
+    #[tokio::test]
+    async fn a_long_frame_leaves_no_buffer_of_its_size_behind() {
+        let max = 4 << 20;
+        let text: Vec<u8> = b"key:0123456789abcdef value of a key ".iter().copied().cycle().take(max).collect();
+        let noise: Vec<u8> = (0..max as u32).map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[0]).collect();
+        for (compressing, frame) in [(false, &text), (true, &text), (true, &noise)] {
+            let inner = Vec::new();
+            let mut w = if compressing { FrameWriter::compressing(inner, max) } else { FrameWriter::new(inner, max) };
+            w.send(b"a small frame before").await.unwrap();
+            w.send(frame).await.unwrap();
+            w.send(b"and one after").await.unwrap();
+            w.flush().await.unwrap();
+            // What the writer keeps between frames: its queue, of about one flush.
+            assert!(w.buf.capacity() <= 2 * FLUSH_BYTES, "{} bytes kept", w.buf.capacity());
+            let wire = w.wire_bytes();
+            let bytes = w.into_inner().await.unwrap();
+            assert_eq!(wire, bytes.len() as u64);
+            let mut r = FrameReader::new(bytes.as_slice(), max);
+            assert_eq!(r.next().await.unwrap().as_deref(), Some(&b"a small frame before"[..]));
+            assert_eq!(r.next().await.unwrap().as_ref(), Some(frame));
+            assert_eq!(r.next().await.unwrap().as_deref(), Some(&b"and one after"[..]));
+            assert_eq!(r.next().await.unwrap(), None);
+        }
     }
 
     /// Reads one frame that a raw writer put as `prefix` then `body`.
