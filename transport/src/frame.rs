@@ -1,11 +1,13 @@
-//! Length-prefixed frames, each raw or compressed with zstd (protocol version 3).
+//! Length-prefixed frames, each raw or compressed with zstd (since protocol version 3).
 //!
 //! A frame on the wire is a 4-byte big-endian prefix, then a body of that many bytes. The top bit
 //! of the prefix ([`COMPRESSED_FLAG`]) says whether the body is the frame itself (one CBOR
 //! message) or one zstd frame holding it; the other 31 bits are the body's length on the wire.
 //! A [`FrameWriter::compressing`] writer compresses frames of at least [`COMPRESS_BYTES_MIN`] at
 //! [`COMPRESSION_LEVEL`], and sends a frame raw when compressing it would not make it smaller;
-//! every reader takes both.
+//! a [`FrameReader::decompressing`] reader takes both. Whether a connection compresses is
+//! settled in its TLS handshake (ALPN `lethe/4z` or `lethe/4`, see [`crate::endpoint`]); on one
+//! that does not, writers send raw and readers ([`FrameReader::new`]) refuse a compressed frame.
 //!
 //! The reader trusts no length a peer sends. It checks the prefix's length against the limit
 //! before it allocates the body, so a hostile peer cannot make a node reserve more than one
@@ -48,6 +50,8 @@ pub struct FrameReader<R> {
     max: usize,
     /// Made at the first compressed frame (a reader that sees none never allocates one).
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// Whether compressed frames are taken (else refused).
+    decompressing: bool,
     wire_bytes: u64,
 }
 
@@ -58,14 +62,24 @@ impl<R> std::fmt::Debug for FrameReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Frames of at most `max` bytes (decompressed, and on the wire) from `inner`.
+    /// Raw frames of at most `max` bytes from `inner`; a compressed frame is refused
+    /// ([`Error::CompressionNotNegotiated`]), as on a connection where this side or the peer
+    /// turned compression off.
     pub fn new(inner: R, max: usize) -> FrameReader<R> {
-        FrameReader { inner, max: max.min(BODY_BYTES_MAX), decompressor: None, wire_bytes: 0 }
+        FrameReader { inner, max: max.min(BODY_BYTES_MAX), decompressor: None, decompressing: false, wire_bytes: 0 }
+    }
+
+    /// Raw and compressed frames of at most `max` bytes (decompressed, and on the wire) from
+    /// `inner`.
+    pub fn decompressing(inner: R, max: usize) -> FrameReader<R> {
+        FrameReader { decompressing: true, ..FrameReader::new(inner, max) }
     }
 
     /// The next frame (decompressed), or `None` when the stream ends cleanly between frames.
     ///
-    /// Fails with [`Error::FrameTooLarge`] for a body over the limit, [`Error::DeclaredTooLarge`]
+    /// Fails with [`Error::FrameTooLarge`] for a body over the limit,
+    /// [`Error::CompressionNotNegotiated`] for a compressed one a raw reader does not take,
+    /// [`Error::DeclaredTooLarge`]
     /// for a compressed body that declares more, and [`Error::Corrupt`] for one that does not
     /// decompress to exactly what it declares; in each case before allocating more than the
     /// limit. The stream cannot be read on after an error.
@@ -81,6 +95,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let len = (prefix & !COMPRESSED_FLAG) as usize;
         if len > self.max {
             return Err(Error::FrameTooLarge { len, max: self.max });
+        }
+        if compressed && !self.decompressing {
+            return Err(Error::CompressionNotNegotiated { len });
         }
         let mut body = vec![0u8; len];
         let got = read_full(&mut self.inner, &mut body).await?;
@@ -354,6 +371,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_raw_reader_refuses_a_compressed_frame_and_a_raw_writer_sends_none() {
+        let text: Vec<u8> = b"key:0123456789abcdef value of a key ".iter().copied().cycle().take(100_000).collect();
+        let mut w = FrameWriter::compressing(Vec::new(), 1 << 20);
+        w.send(&text).await.unwrap();
+        let compressed = w.into_inner().await.unwrap();
+        let mut r = FrameReader::new(compressed.as_slice(), 1 << 20);
+        let len = compressed.len() - PREFIX_BYTES;
+        assert!(matches!(r.next().await, Err(Error::CompressionNotNegotiated { len: l }) if l == len));
+        assert!(Error::CompressionNotNegotiated { len }.is_peer_frame_error());
+
+        let mut w = FrameWriter::new(Vec::new(), 1 << 20);
+        w.send(&text[..1000]).await.unwrap();
+        w.send(&text).await.unwrap();
+        let raw = w.into_inner().await.unwrap();
+        assert_eq!(raw.len(), 2 * PREFIX_BYTES + 1000 + text.len());
+        let mut r = FrameReader::new(raw.as_slice(), 1 << 20);
+        assert_eq!(r.next().await.unwrap().as_deref(), Some(&text[..1000]));
+        assert_eq!(r.next().await.unwrap().as_ref(), Some(&text));
+    }
+
+    #[tokio::test]
     async fn a_long_frame_leaves_no_buffer_of_its_size_behind() {
         let max = 4 << 20;
         let text: Vec<u8> = b"key:0123456789abcdef value of a key ".iter().copied().cycle().take(max).collect();
@@ -370,7 +408,7 @@ mod tests {
             let wire = w.wire_bytes();
             let bytes = w.into_inner().await.unwrap();
             assert_eq!(wire, bytes.len() as u64);
-            let mut r = FrameReader::new(bytes.as_slice(), max);
+            let mut r = FrameReader::decompressing(bytes.as_slice(), max);
             assert_eq!(r.next().await.unwrap().as_deref(), Some(&b"a small frame before"[..]));
             assert_eq!(r.next().await.unwrap().as_ref(), Some(frame));
             assert_eq!(r.next().await.unwrap().as_deref(), Some(&b"and one after"[..]));
@@ -381,7 +419,7 @@ mod tests {
     /// Reads one frame that a raw writer put as `prefix` then `body`.
     async fn read_framed(prefix: u32, body: &[u8], max: usize) -> Result<Option<Vec<u8>>, Error> {
         let bytes = [&prefix.to_be_bytes()[..], body].concat();
-        FrameReader::new(bytes.as_slice(), max).next().await
+        FrameReader::decompressing(bytes.as_slice(), max).next().await
     }
 
     #[tokio::test]
@@ -404,7 +442,7 @@ mod tests {
         let tail = &bytes[bytes.len() - raw_tail..];
         assert_eq!(tail[..PREFIX_BYTES], (noise.len() as u32).to_be_bytes(), "the noise goes raw");
 
-        let mut r = FrameReader::new(bytes.as_slice(), 1 << 20);
+        let mut r = FrameReader::decompressing(bytes.as_slice(), 1 << 20);
         for frame in [&text, &noise, &short] {
             assert_eq!(r.next().await.unwrap().as_ref(), Some(frame));
         }
