@@ -27,7 +27,7 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> =
 
 fuzz_target!(|data: &[u8]| {
     let frames: Vec<Vec<u8>> = RUNTIME.block_on(async {
-        let mut reader = FrameReader::new(data, FRAME_BYTES_MAX);
+        let mut reader = FrameReader::decompressing(data, FRAME_BYTES_MAX);
         let mut frames = Vec::new();
         while let Ok(Some(frame)) = reader.next().await {
             assert!(frame.len() <= FRAME_BYTES_MAX);
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             let mut w = FrameWriter::compressing(Vec::new(), FRAME_BYTES_MAX);
             w.send(data).await.expect("the input is under the frame limit");
             let sent = w.into_inner().await.expect("a Vec takes every write");
-            let mut back = FrameReader::new(sent.as_slice(), FRAME_BYTES_MAX);
+            let mut back = FrameReader::decompressing(sent.as_slice(), FRAME_BYTES_MAX);
             assert_eq!(back.next().await.expect("our own frame reads").as_deref(), Some(data));
         }
         frames

@@ -92,6 +92,10 @@ pub struct NodeConfig {
     /// The wall clock the replica reads (the system clock by default; a test injects one to step
     /// it).
     pub clock: NodeClock,
+    /// Whether this node offers and accepts zstd-compressed frames (default: yes). Off, every
+    /// connection it makes or takes sends frames raw both ways, whatever the peer's setting:
+    /// less CPU, more bytes (about 1.4 × on a bootstrap of base64 values).
+    pub compression: bool,
 }
 
 /// The wall clock a node reads: [`SystemClock`] unless one is injected
@@ -133,6 +137,14 @@ impl NodeConfig {
         self
     }
 
+    /// Offers and accepts compressed frames, or not (builder style; see
+    /// [`NodeConfig::compression`]).
+    #[must_use]
+    pub fn with_compression(mut self, compression: bool) -> NodeConfig {
+        self.compression = compression;
+        self
+    }
+
     /// Runs a GC step this often (builder style).
     #[must_use]
     pub fn with_gc_interval(mut self, every: Duration) -> NodeConfig {
@@ -158,6 +170,7 @@ impl NodeConfig {
             reconnect_max: Duration::from_secs(5),
             session_stall_timeout: SESSION_STALL_TIMEOUT,
             clock: NodeClock::default(),
+            compression: true,
         }
     }
 }
@@ -537,7 +550,7 @@ impl Node {
         }
         // The owner (this node's own key) may connect too: that is how the CLI reaches it.
         let trust = TrustList::new(config.trust.iter().copied().chain(config.peers.iter().map(|p| p.id)).chain([id]));
-        let endpoint = Endpoint::bind(config.listen, identity, trust.clone())?;
+        let endpoint = Endpoint::bind_with_compression(config.listen, identity, trust.clone(), config.compression)?;
         let listen = endpoint.local_addr()?;
         let (writes, write_rx) = mpsc::channel(GROUP_COMMIT_MAX * 4);
         let known = trust.ids().into_iter().map(|n| (n.replica_id(), n)).collect();

@@ -215,7 +215,12 @@ fn register(inner: &Inner, conn: &PeerConnection, dialer: NodeId) {
 /// Serves one peer connection until it closes. `None` if a session finished on it; otherwise
 /// why it ended, for the dial loop to back off and say (once).
 async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) -> Option<String> {
-    debug!("connected to {} at {}", conn.peer, conn.conn.remote_address());
+    debug!(
+        "connected to {} at {} (frames {})",
+        conn.peer,
+        conn.conn.remote_address(),
+        if conn.compressed() { "compressed" } else { "raw" }
+    );
     register(&inner, &conn, if dialer { inner.id } else { conn.peer });
     lock(&inner.known).insert(conn.peer.replica_id(), conn.peer);
     let link = Arc::new(Link::default());

@@ -82,10 +82,13 @@ pub struct PeerConnection {
     pub conn: quinn::Connection,
     /// Who is on the other end (checked in the TLS handshake).
     pub peer: NodeId,
+    /// Whether the handshake settled on [`crate::alpn_compressed`].
+    compressed: bool,
 }
 
-/// One stream of frames each way: the writer compresses frames of at least
-/// [`crate::frame::COMPRESS_BYTES_MIN`], the reader takes raw and compressed frames.
+/// One stream of frames each way. On a compressed connection the writer compresses frames of
+/// at least [`crate::frame::COMPRESS_BYTES_MIN`] and the reader takes raw and compressed
+/// frames; otherwise both are raw and the reader refuses a compressed frame.
 pub type FrameStream = (FrameWriter<SendStream>, FrameReader<RecvStream>);
 
 impl PeerConnection {
@@ -95,19 +98,43 @@ impl PeerConnection {
             .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
             .ok_or(Error::NoPeerIdentity)?;
         let cert = certs.first().ok_or(Error::NoPeerIdentity)?;
-        Ok(PeerConnection { peer: NodeId::from_cert(cert)?, conn })
+        let alpn = conn
+            .handshake_data()
+            .and_then(|any| any.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol);
+        let compressed = match alpn {
+            Some(p) if p == crate::alpn_compressed() => true,
+            Some(p) if p == crate::alpn_plain() => false,
+            other => return Err(Error::NoProtocol { alpn: other.map(|p| String::from_utf8_lossy(&p).into_owned()) }),
+        };
+        Ok(PeerConnection { peer: NodeId::from_cert(cert)?, conn, compressed })
+    }
+
+    /// Whether frames on this connection may be compressed: both ends allowed it, and the
+    /// handshake settled on [`crate::alpn_compressed`].
+    #[must_use]
+    pub fn compressed(&self) -> bool {
+        self.compressed
+    }
+
+    fn frame_stream(&self, send: SendStream, recv: RecvStream) -> FrameStream {
+        if self.compressed {
+            (FrameWriter::compressing(send, FRAME_BYTES_MAX), FrameReader::decompressing(recv, FRAME_BYTES_MAX))
+        } else {
+            (FrameWriter::new(send, FRAME_BYTES_MAX), FrameReader::new(recv, FRAME_BYTES_MAX))
+        }
     }
 
     /// Opens a stream to the peer.
     pub async fn open(&self) -> Result<FrameStream, Error> {
         let (send, recv) = self.conn.open_bi().await?;
-        Ok((FrameWriter::compressing(send, FRAME_BYTES_MAX), FrameReader::new(recv, FRAME_BYTES_MAX)))
+        Ok(self.frame_stream(send, recv))
     }
 
     /// Waits for the peer to open a stream.
     pub async fn accept(&self) -> Result<FrameStream, Error> {
         let (send, recv) = self.conn.accept_bi().await?;
-        Ok((FrameWriter::compressing(send, FRAME_BYTES_MAX), FrameReader::new(recv, FRAME_BYTES_MAX)))
+        Ok(self.frame_stream(send, recv))
     }
 
     /// Closes the connection with `code` and a reason the peer can log.
@@ -127,21 +154,42 @@ pub struct Endpoint {
     inner: quinn::Endpoint,
     identity: Arc<Identity>,
     trust: TrustList,
+    /// Whether this endpoint offers and accepts compressed frames.
+    compression: bool,
     /// Incoming handshakes in flight; [`Endpoint::accept`] returns them as they finish.
     handshakes: tokio::sync::Mutex<JoinSet<Result<PeerConnection, Error>>>,
 }
 
 impl Endpoint {
-    /// Binds `addr` (use port 0 for any). Must be called inside a tokio runtime.
+    /// Binds `addr` (use port 0 for any), offering and accepting compressed frames. Must be
+    /// called inside a tokio runtime.
     pub fn bind(addr: SocketAddr, identity: Identity, trust: TrustList) -> Result<Endpoint, Error> {
-        let tls = server_config(&identity, trust.clone())?;
+        Endpoint::bind_with_compression(addr, identity, trust, true)
+    }
+
+    /// Binds `addr`; with `compression` false this endpoint neither offers nor accepts
+    /// compressed frames (ALPN `lethe/4` only), so every connection it makes or takes sends
+    /// frames raw both ways and refuses compressed ones.
+    pub fn bind_with_compression(
+        addr: SocketAddr,
+        identity: Identity,
+        trust: TrustList,
+        compression: bool,
+    ) -> Result<Endpoint, Error> {
+        let tls = server_config(&identity, trust.clone(), compression)?;
         let crypto = QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config()));
         // Initials waiting to be taken by `accept` (it takes them at once, so few ever wait).
         config.max_incoming(HANDSHAKES_IN_FLIGHT_MAX);
         let inner = quinn::Endpoint::server(config, addr).map_err(|source| Error::Bind { addr, source })?;
-        Ok(Endpoint { inner, identity: Arc::new(identity), trust, handshakes: tokio::sync::Mutex::new(JoinSet::new()) })
+        Ok(Endpoint {
+            inner,
+            identity: Arc::new(identity),
+            trust,
+            compression,
+            handshakes: tokio::sync::Mutex::new(JoinSet::new()),
+        })
     }
 
     /// The address it listens on.
@@ -164,7 +212,7 @@ impl Endpoint {
     /// Connects to the node `expected` at `addr`; fails unless the peer proves it holds the key
     /// of `expected`.
     pub async fn connect(&self, addr: SocketAddr, expected: NodeId) -> Result<PeerConnection, Error> {
-        let tls = client_config(&self.identity, expected)?;
+        let tls = client_config(&self.identity, expected, self.compression)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config()));

@@ -77,6 +77,19 @@ pub enum Error {
         /// What zstd or the size check said.
         reason: String,
     },
+    /// A compressed frame on a connection that did not negotiate compression (ALPN
+    /// [`crate::alpn_plain`]): this side refused it, and the peer sent one anyway.
+    #[error("a compressed frame of {len} bytes on a connection without compression; the peer is broken or hostile")]
+    CompressionNotNegotiated {
+        /// The body's length on the wire.
+        len: usize,
+    },
+    /// The TLS handshake settled on no lethe protocol (a peer of another version).
+    #[error("the peer negotiated no lethe protocol (ALPN {alpn:?})")]
+    NoProtocol {
+        /// What was negotiated, if anything.
+        alpn: Option<String>,
+    },
     /// The stream ended inside a frame.
     #[error("stream ended inside a frame ({got} of {expected} bytes)")]
     Truncated {
@@ -96,7 +109,13 @@ impl Error {
     /// be closed with [`crate::CloseCode::for_error`].
     #[must_use]
     pub fn is_peer_frame_error(&self) -> bool {
-        matches!(self, Error::FrameTooLarge { .. } | Error::DeclaredTooLarge { .. } | Error::Corrupt { .. })
+        matches!(
+            self,
+            Error::FrameTooLarge { .. }
+                | Error::DeclaredTooLarge { .. }
+                | Error::Corrupt { .. }
+                | Error::CompressionNotNegotiated { .. }
+        )
     }
 }
 

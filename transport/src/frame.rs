@@ -1,11 +1,13 @@
-//! Length-prefixed frames, each raw or compressed with zstd (protocol version 3).
+//! Length-prefixed frames, each raw or compressed with zstd (since protocol version 3).
 //!
 //! A frame on the wire is a 4-byte big-endian prefix, then a body of that many bytes. The top bit
 //! of the prefix ([`COMPRESSED_FLAG`]) says whether the body is the frame itself (one CBOR
 //! message) or one zstd frame holding it; the other 31 bits are the body's length on the wire.
 //! A [`FrameWriter::compressing`] writer compresses frames of at least [`COMPRESS_BYTES_MIN`] at
 //! [`COMPRESSION_LEVEL`], and sends a frame raw when compressing it would not make it smaller;
-//! every reader takes both.
+//! a [`FrameReader::decompressing`] reader takes both. Whether a connection compresses is
+//! settled in its TLS handshake (ALPN `lethe/4z` or `lethe/4`, see [`crate::endpoint`]); on one
+//! that does not, writers send raw and readers ([`FrameReader::new`]) refuse a compressed frame.
 //!
 //! The reader trusts no length a peer sends. It checks the prefix's length against the limit
 //! before it allocates the body, so a hostile peer cannot make a node reserve more than one
@@ -19,7 +21,10 @@
 //! The writer coalesces small frames into one buffer and hands the stream one write per
 //! [`FLUSH_BYTES`], so a burst of small messages does not cost a system call (or a QUIC packet)
 //! each; each write waits for the peer's flow-control window, which is the backpressure: a slow
-//! reader slows the writer instead of growing a buffer.
+//! reader slows the writer instead of growing a buffer. A frame of [`FLUSH_BYTES`] or more skips
+//! the buffer: it is written from the caller's bytes, or from its compressed copy, which is
+//! dropped once written; so between frames a writer holds about one flush, not one maximal
+//! frame.
 
 use crate::error::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -45,6 +50,8 @@ pub struct FrameReader<R> {
     max: usize,
     /// Made at the first compressed frame (a reader that sees none never allocates one).
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// Whether compressed frames are taken (else refused).
+    decompressing: bool,
     wire_bytes: u64,
 }
 
@@ -55,14 +62,24 @@ impl<R> std::fmt::Debug for FrameReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Frames of at most `max` bytes (decompressed, and on the wire) from `inner`.
+    /// Raw frames of at most `max` bytes from `inner`; a compressed frame is refused
+    /// ([`Error::CompressionNotNegotiated`]), as on a connection where this side or the peer
+    /// turned compression off.
     pub fn new(inner: R, max: usize) -> FrameReader<R> {
-        FrameReader { inner, max: max.min(BODY_BYTES_MAX), decompressor: None, wire_bytes: 0 }
+        FrameReader { inner, max: max.min(BODY_BYTES_MAX), decompressor: None, decompressing: false, wire_bytes: 0 }
+    }
+
+    /// Raw and compressed frames of at most `max` bytes (decompressed, and on the wire) from
+    /// `inner`.
+    pub fn decompressing(inner: R, max: usize) -> FrameReader<R> {
+        FrameReader { decompressing: true, ..FrameReader::new(inner, max) }
     }
 
     /// The next frame (decompressed), or `None` when the stream ends cleanly between frames.
     ///
-    /// Fails with [`Error::FrameTooLarge`] for a body over the limit, [`Error::DeclaredTooLarge`]
+    /// Fails with [`Error::FrameTooLarge`] for a body over the limit,
+    /// [`Error::CompressionNotNegotiated`] for a compressed one a raw reader does not take,
+    /// [`Error::DeclaredTooLarge`]
     /// for a compressed body that declares more, and [`Error::Corrupt`] for one that does not
     /// decompress to exactly what it declares; in each case before allocating more than the
     /// limit. The stream cannot be read on after an error.
@@ -78,6 +95,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let len = (prefix & !COMPRESSED_FLAG) as usize;
         if len > self.max {
             return Err(Error::FrameTooLarge { len, max: self.max });
+        }
+        if compressed && !self.decompressing {
+            return Err(Error::CompressionNotNegotiated { len });
         }
         let mut body = vec![0u8; len];
         let got = read_full(&mut self.inner, &mut body).await?;
@@ -198,10 +218,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter { compression: Compression::Zstd(None), ..FrameWriter::new(inner, max) }
     }
 
-    /// Queues one frame; writes the queue out once it reaches [`FLUSH_BYTES`].
+    /// Queues one frame; writes the queue out once it reaches [`FLUSH_BYTES`]. A frame of at least
+    /// [`FLUSH_BYTES`] is written at once after the queue, from its own bytes or from a
+    /// compressed copy dropped after the write: the writer keeps no buffer of its size.
     pub async fn send(&mut self, frame: &[u8]) -> Result<(), Error> {
         if frame.len() > self.max {
             return Err(Error::FrameTooLarge { len: frame.len(), max: self.max });
+        }
+        if frame.len() >= FLUSH_BYTES {
+            return self.send_long(frame).await;
         }
         let start = self.buf.len();
         if !self.queue_compressed(frame) {
@@ -216,6 +241,45 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Writes out the queue, then `frame` (compressed if this writer compresses and that makes
+    /// it shorter) without copying it into the queue.
+    async fn send_long(&mut self, frame: &[u8]) -> Result<(), Error> {
+        self.flush().await?;
+        let compressed = self.compress_long(frame);
+        let (flag, body) = match &compressed {
+            Some(c) => (COMPRESSED_FLAG, c.as_slice()),
+            None => (0, frame),
+        };
+        // Within `max`, which is at most `BODY_BYTES_MAX`, so it fits below the flag bit.
+        let len = u32::try_from(body.len()).map_err(|_| Error::FrameTooLarge { len: body.len(), max: self.max })?;
+        let prefix = (flag | len).to_be_bytes();
+        self.inner.write_all(&prefix).await.map_err(|e| Error::Stream(e.to_string()))?;
+        self.inner.write_all(body).await.map_err(|e| Error::Stream(e.to_string()))?;
+        self.wire_bytes += (PREFIX_BYTES + body.len()) as u64;
+        Ok(())
+    }
+
+    /// `frame` compressed, if this writer compresses and the result is shorter, in a buffer of
+    /// at most the frame's length (zstd stops when it would not be shorter).
+    fn compress_long(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
+        let compressor = self.compressor()?;
+        let mut body = Vec::with_capacity(frame.len() - 1);
+        match compressor.compress_to_buffer(frame, &mut body) {
+            Ok(n) if n < frame.len() => Some(body),
+            _ => None,
+        }
+    }
+
+    /// The zstd context, made at the first frame that needs it; `None` if this writer sends
+    /// every frame raw (or a context could not be made: raw frames are always valid).
+    fn compressor(&mut self) -> Option<&mut zstd::bulk::Compressor<'static>> {
+        let Compression::Zstd(context) = &mut self.compression else { return None };
+        match context {
+            Some(c) => Some(c),
+            None => new_compressor().ok().map(|c| &mut *context.insert(c)),
+        }
     }
 
     /// Queues `frame` compressed if this writer compresses, the frame is long enough and the
@@ -306,10 +370,56 @@ mod tests {
         assert!(matches!(r.next().await, Err(Error::Truncated { got: 2, expected: 4 })));
     }
 
+    #[tokio::test]
+    async fn a_raw_reader_refuses_a_compressed_frame_and_a_raw_writer_sends_none() {
+        let text: Vec<u8> = b"key:0123456789abcdef value of a key ".iter().copied().cycle().take(100_000).collect();
+        let mut w = FrameWriter::compressing(Vec::new(), 1 << 20);
+        w.send(&text).await.unwrap();
+        let compressed = w.into_inner().await.unwrap();
+        let mut r = FrameReader::new(compressed.as_slice(), 1 << 20);
+        let len = compressed.len() - PREFIX_BYTES;
+        assert!(matches!(r.next().await, Err(Error::CompressionNotNegotiated { len: l }) if l == len));
+        assert!(Error::CompressionNotNegotiated { len }.is_peer_frame_error());
+
+        let mut w = FrameWriter::new(Vec::new(), 1 << 20);
+        w.send(&text[..1000]).await.unwrap();
+        w.send(&text).await.unwrap();
+        let raw = w.into_inner().await.unwrap();
+        assert_eq!(raw.len(), 2 * PREFIX_BYTES + 1000 + text.len());
+        let mut r = FrameReader::new(raw.as_slice(), 1 << 20);
+        assert_eq!(r.next().await.unwrap().as_deref(), Some(&text[..1000]));
+        assert_eq!(r.next().await.unwrap().as_ref(), Some(&text));
+    }
+
+    #[tokio::test]
+    async fn a_long_frame_leaves_no_buffer_of_its_size_behind() {
+        let max = 4 << 20;
+        let text: Vec<u8> = b"key:0123456789abcdef value of a key ".iter().copied().cycle().take(max).collect();
+        let noise: Vec<u8> = (0..max as u32).map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[0]).collect();
+        for (compressing, frame) in [(false, &text), (true, &text), (true, &noise)] {
+            let inner = Vec::new();
+            let mut w = if compressing { FrameWriter::compressing(inner, max) } else { FrameWriter::new(inner, max) };
+            w.send(b"a small frame before").await.unwrap();
+            w.send(frame).await.unwrap();
+            w.send(b"and one after").await.unwrap();
+            w.flush().await.unwrap();
+            // What the writer keeps between frames: its queue, of about one flush.
+            assert!(w.buf.capacity() <= 2 * FLUSH_BYTES, "{} bytes kept", w.buf.capacity());
+            let wire = w.wire_bytes();
+            let bytes = w.into_inner().await.unwrap();
+            assert_eq!(wire, bytes.len() as u64);
+            let mut r = FrameReader::decompressing(bytes.as_slice(), max);
+            assert_eq!(r.next().await.unwrap().as_deref(), Some(&b"a small frame before"[..]));
+            assert_eq!(r.next().await.unwrap().as_ref(), Some(frame));
+            assert_eq!(r.next().await.unwrap().as_deref(), Some(&b"and one after"[..]));
+            assert_eq!(r.next().await.unwrap(), None);
+        }
+    }
+
     /// Reads one frame that a raw writer put as `prefix` then `body`.
     async fn read_framed(prefix: u32, body: &[u8], max: usize) -> Result<Option<Vec<u8>>, Error> {
         let bytes = [&prefix.to_be_bytes()[..], body].concat();
-        FrameReader::new(bytes.as_slice(), max).next().await
+        FrameReader::decompressing(bytes.as_slice(), max).next().await
     }
 
     #[tokio::test]
@@ -332,7 +442,7 @@ mod tests {
         let tail = &bytes[bytes.len() - raw_tail..];
         assert_eq!(tail[..PREFIX_BYTES], (noise.len() as u32).to_be_bytes(), "the noise goes raw");
 
-        let mut r = FrameReader::new(bytes.as_slice(), 1 << 20);
+        let mut r = FrameReader::decompressing(bytes.as_slice(), 1 << 20);
         for frame in [&text, &noise, &short] {
             assert_eq!(r.next().await.unwrap().as_ref(), Some(frame));
         }

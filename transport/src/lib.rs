@@ -4,7 +4,8 @@
 //!   blake3 hash of the public key (the certificate's SubjectPublicKeyInfo), so it can be pinned.
 //! - [`TrustList`]: the node ids allowed to connect. Peers are authenticated by pinned public
 //!   keys in a mutual TLS 1.3 handshake, never by address.
-//! - [`Endpoint`]: quinn endpoints with those verifiers, ALPN naming the protocol version, and
+//! - [`Endpoint`]: quinn endpoints with those verifiers, ALPN naming the protocol version and
+//!   whether frames may be compressed (`lethe/4z`, or `lethe/4` when either end refuses), and
 //!   flow-control windows that bound what a slow peer can make a node buffer.
 //! - [`frame`]: length-prefixed CBOR frames with a maximum size, read without trusting the
 //!   length before it is checked.
@@ -23,8 +24,23 @@ pub use frame::{FrameReader, FrameWriter};
 pub use identity::{Identity, NodeId};
 pub use tls::TrustList;
 
-/// The ALPN protocol name: `lethe/` and the engine's protocol version.
+/// The ALPN protocol name of a connection whose frames all go raw: `lethe/` and the engine's
+/// protocol version (`lethe/4`). A reader on such a connection refuses a compressed frame.
 #[must_use]
-pub fn alpn() -> Vec<u8> {
+pub fn alpn_plain() -> Vec<u8> {
     format!("lethe/{}", lethe_engine::session::PROTOCOL_VERSION).into_bytes()
+}
+
+/// The ALPN protocol name of a connection whose frames may be compressed (`lethe/4z`).
+#[must_use]
+pub fn alpn_compressed() -> Vec<u8> {
+    format!("lethe/{}z", lethe_engine::session::PROTOCOL_VERSION).into_bytes()
+}
+
+/// What an endpoint offers as a client and accepts as a server, most preferred first: with
+/// compression, [`alpn_compressed`] then [`alpn_plain`]; without, only [`alpn_plain`]. The
+/// server picks the first of its own list that the client offers (rustls), so a connection is
+/// compressed only when both ends allow it, and either end refuses by leaving it out.
+pub(crate) fn alpn_protocols(compression: bool) -> Vec<Vec<u8>> {
+    if compression { vec![alpn_compressed(), alpn_plain()] } else { vec![alpn_plain()] }
 }

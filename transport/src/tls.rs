@@ -149,7 +149,12 @@ impl ClientCertVerifier for TrustedClients {
 }
 
 /// The server half: our certificate, clients checked against `trust`.
-pub(crate) fn server_config(identity: &Identity, trust: TrustList) -> Result<rustls::ServerConfig, Error> {
+/// `compression`: whether to accept `lethe/4z` (preferred) beside `lethe/4`.
+pub(crate) fn server_config(
+    identity: &Identity,
+    trust: TrustList,
+    compression: bool,
+) -> Result<rustls::ServerConfig, Error> {
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -158,12 +163,17 @@ pub(crate) fn server_config(identity: &Identity, trust: TrustList) -> Result<rus
         .with_client_cert_verifier(Arc::new(TrustedClients { trust, algs }))
         .with_single_cert(vec![identity.cert()], identity.key())
         .map_err(|e| Error::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![crate::alpn()];
+    config.alpn_protocols = crate::alpn_protocols(compression);
     Ok(config)
 }
 
 /// The client half for dialing `expected`: our certificate as client authentication.
-pub(crate) fn client_config(identity: &Identity, expected: NodeId) -> Result<rustls::ClientConfig, Error> {
+/// `compression`: whether to offer `lethe/4z` beside `lethe/4`.
+pub(crate) fn client_config(
+    identity: &Identity,
+    expected: NodeId,
+    compression: bool,
+) -> Result<rustls::ClientConfig, Error> {
     let provider = provider();
     let algs = provider.signature_verification_algorithms;
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -173,6 +183,6 @@ pub(crate) fn client_config(identity: &Identity, expected: NodeId) -> Result<rus
         .with_custom_certificate_verifier(Arc::new(ExpectServer { expected, algs }))
         .with_client_auth_cert(vec![identity.cert()], identity.key())
         .map_err(|e| Error::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![crate::alpn()];
+    config.alpn_protocols = crate::alpn_protocols(compression);
     Ok(config)
 }

@@ -38,7 +38,7 @@ fn read_one(bytes: &[u8]) -> (Error, usize) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
-    let result = runtime.block_on(FrameReader::new(bytes, 4 << 20).next());
+    let result = runtime.block_on(FrameReader::decompressing(bytes, 4 << 20).next());
     let peak = PEAK.load(Ordering::Relaxed) - before;
     (result.unwrap_err(), peak)
 }

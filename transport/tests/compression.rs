@@ -1,6 +1,8 @@
 //! Compressed frames over real QUIC on 127.0.0.1: long frames cross compressed and intact, short
 //! ones raw; a zstd bomb or a corrupt compressed frame sent by a raw writer is refused with a
-//! clear error, and the connection is closed with the matching code.
+//! clear error, and the connection is closed with the matching code. Compression is negotiated
+//! in the TLS handshake (ALPN): only when both ends allow it; when either refuses, frames go raw
+//! both ways and a compressed one is refused.
 
 use lethe_engine::session::FRAME_BYTES_MAX;
 use lethe_transport::frame::{COMPRESS_BYTES_MIN, COMPRESSED_FLAG, PREFIX_BYTES};
@@ -12,10 +14,18 @@ fn localhost() -> std::net::SocketAddr {
 
 /// Two endpoints that trust each other, connected: (server side, client side).
 async fn pair() -> (Endpoint, PeerConnection, Endpoint, PeerConnection) {
+    pair_with(true, true).await
+}
+
+/// [`pair`], each end allowing compression or not.
+async fn pair_with(
+    server_compresses: bool,
+    client_compresses: bool,
+) -> (Endpoint, PeerConnection, Endpoint, PeerConnection) {
     let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let (a_id, b_id) = (a.id(), b.id());
-    let server = Endpoint::bind(localhost(), a, TrustList::new([b_id])).unwrap();
-    let client = Endpoint::bind(localhost(), b, TrustList::new([a_id])).unwrap();
+    let server = Endpoint::bind_with_compression(localhost(), a, TrustList::new([b_id]), server_compresses).unwrap();
+    let client = Endpoint::bind_with_compression(localhost(), b, TrustList::new([a_id]), client_compresses).unwrap();
     let addr = server.local_addr().unwrap();
     let (accepted, connected) = tokio::join!(server.accept(), client.connect(addr, a_id));
     (server, accepted.unwrap().unwrap(), client, connected.unwrap())
@@ -80,6 +90,68 @@ async fn long_frames_cross_compressed_and_short_ones_raw() {
     assert_eq!(server_wire, sent_wire);
     assert_eq!(r.wire_bytes(), sent_wire);
     assert!(sent_wire < raw * 85 / 100, "{sent_wire} wire bytes for {raw} raw");
+}
+
+/// Sends one long frame each way over a connection whose ends allow compression as given;
+/// returns whether each end's connection says it is compressed and the wire bytes each way.
+async fn exchange(server_compresses: bool, client_compresses: bool) -> ((bool, bool), (u64, u64)) {
+    let (_server, accepted, _client, conn) = pair_with(server_compresses, client_compresses).await;
+    let long = entries_like(1 << 20);
+    let echo = {
+        let long = long.clone();
+        tokio::spawn(async move {
+            let (mut w, mut r) = accepted.accept().await.unwrap();
+            assert_eq!(r.next().await.unwrap().as_ref(), Some(&long));
+            w.send(&long).await.unwrap();
+            let sent = w.wire_bytes();
+            let mut send = w.into_inner().await.unwrap();
+            send.finish().unwrap();
+            accepted.conn.closed().await;
+            (accepted.compressed(), sent)
+        })
+    };
+    let (mut w, mut r) = conn.open().await.unwrap();
+    w.send(&long).await.unwrap();
+    let sent = w.wire_bytes();
+    w.flush().await.unwrap();
+    assert_eq!(r.next().await.unwrap().as_ref(), Some(&long));
+    conn.close(CloseCode::Done, "done");
+    let (server_compressed, server_sent) = echo.await.unwrap();
+    ((server_compressed, conn.compressed()), (sent, server_sent))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_is_used_only_when_both_ends_allow_it() {
+    let raw = (PREFIX_BYTES + (1 << 20)) as u64;
+    let (compressed, (up, down)) = exchange(true, true).await;
+    assert_eq!(compressed, (true, true));
+    assert!(up < raw * 85 / 100 && down < raw * 85 / 100, "{up} and {down} wire bytes for {raw} raw");
+    for (server, client) in [(false, true), (true, false), (false, false)] {
+        let (compressed, wire) = exchange(server, client).await;
+        assert_eq!(compressed, (false, false), "server {server}, client {client}");
+        assert_eq!(wire, (raw, raw), "raw both ways: server {server}, client {client}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_frame_on_a_connection_without_compression_is_refused() {
+    let (_server, accepted, _client, conn) = pair_with(false, true).await;
+    let reader = tokio::spawn(async move {
+        let (_w, mut r) = accepted.accept().await.unwrap();
+        let err = r.next().await.unwrap_err();
+        assert!(err.is_peer_frame_error(), "{err}");
+        accepted.close(CloseCode::for_error(&err), &err.to_string());
+        err
+    });
+    // A compressing writer on a raw stream of this connection: what a broken peer would send.
+    let (send, _recv) = conn.conn.open_bi().await.unwrap();
+    let mut w = FrameWriter::compressing(send, FRAME_BYTES_MAX);
+    w.send(&entries_like(64 * 1024)).await.unwrap();
+    w.flush().await.unwrap();
+    let err = reader.await.unwrap();
+    assert!(matches!(err, Error::CompressionNotNegotiated { .. }), "{err}");
+    let closed = conn.conn.closed().await;
+    assert!(closed_with(&closed, CloseCode::Malformed), "{closed}");
 }
 
 /// Sends `body` after a compressed-flag prefix on a raw QUIC stream (no `FrameWriter`), and

@@ -3,7 +3,7 @@
 //!
 //! The file's keys are the flags' names in kebab-case (`listen`, `peer`, `trust`,
 //! `gc-interval`, `anti-entropy-interval`, `lease`, `metrics`, `metrics-public`), plus `data`
-//! for the global `--data`; a
+//! for the global `--data` and `compression` (`compression = false` is `--no-compression`); a
 //! repeatable flag is a list (`peer = ["ID@ADDR"]`), a duration a string (`"2s"`). A key the
 //! file does not know is an error naming it. A flag given on the command line overrides the
 //! file's key (a repeatable flag given once or more replaces the file's whole list).
@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// [default: 30days].
     #[arg(long, value_parser = positive_duration)]
     lease: Option<Duration>,
+    /// Neither offer nor accept zstd-compressed frames: every connection sends frames raw both
+    /// ways (less CPU, more bytes). In the file: `compression = false`.
+    #[arg(long)]
+    no_compression: bool,
     #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
 }
@@ -92,6 +96,7 @@ pub struct ServeFile {
     lease: Option<String>,
     metrics: Option<String>,
     metrics_public: Option<bool>,
+    compression: Option<bool>,
 }
 
 impl ServeFile {
@@ -166,6 +171,7 @@ impl ServeArgs {
         )?;
         let lease = duration(self.lease, "lease", file.lease, LEASE_DEFAULT)?;
         config.engine.lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        config.compression = !self.no_compression && file.compression.unwrap_or(true);
         let metrics = crate::metrics::MetricsArgs {
             metrics: match self.metrics.metrics {
                 Some(addr) => Some(addr),
@@ -262,6 +268,25 @@ mod tests {
         assert_eq!(config.engine.lease_ms, 3_600_000, "the file's key");
         assert_eq!(config.anti_entropy_interval, ANTI_ENTROPY_INTERVAL_DEFAULT);
         assert_eq!(config.data.path(), tmp.path().join("node"), "relative to the file");
+        assert!(config.compression, "on by default");
+    }
+
+    #[test]
+    fn compression_is_turned_off_by_the_flag_or_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let on = write(tmp.path(), "listen = \"127.0.0.1:7000\"\n");
+        let args = |path: &PathBuf, no_compression| ServeArgs {
+            config: Some(path.clone()),
+            no_compression,
+            ..ServeArgs::default()
+        };
+        assert!(args(&on, false).settle(Some("d".into())).unwrap().0.compression);
+        assert!(!args(&on, true).settle(Some("d".into())).unwrap().0.compression, "the flag");
+        let off = write(tmp.path(), "listen = \"127.0.0.1:7000\"\ncompression = false\n");
+        assert!(!args(&off, false).settle(Some("d".into())).unwrap().0.compression, "the file's key");
+        let bad = write(tmp.path(), "listen = \"127.0.0.1:7000\"\ncompression = \"no\"\n");
+        let err = args(&bad, false).settle(Some("d".into())).unwrap_err();
+        assert!(format!("{err:#}").contains("compression"), "{err:#}");
     }
 
     #[test]

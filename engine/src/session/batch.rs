@@ -1,197 +1,490 @@
-//! The compact wire form of a list of entries (a session's `Entries`, a live `Push`), used with
-//! `#[serde(with = "batch")]`.
+//! The compact, columnar wire form of a list of entries (a session's `Entries`, a live `Push`),
+//! used with `#[serde(with = "batch")]`.
 //!
-//! A batch is a list of groups, one per writer: `[[writer, [item, ...]], ...]`, where the writer
-//! numbered the items (their dots' replica) and stamped them too; a group of a device's writes
-//! admitted by a member has a third field, the device that stamped them:
-//! `[writer, [item, ...], stamped_by]`. Within a group the
-//! items are in seq order, and each carries its seq and HLC as the difference from the item
-//! before it (from 0 for the first): a writer's HLC grows with its seq, so both are small numbers
-//! (one to five bytes) whatever the history's length, where a lone [`Entry`] spends nine bytes on
-//! each and eight more on its writer. An item is a flat array whose length depends on its kind,
-//! so nothing absent is sent:
+//! A batch is one CBOR array of byte strings, one per column, so that a compressor sees each
+//! column alone: keys beside keys, values beside values, and the small numbers apart from both
+//! (protocol 4; zstd builds its literal statistics per block, and keys, values and framing
+//! interleaved in one block share one table, which cost about 8 % of the bytes of a bootstrap):
 //!
-//! | kind | item |
-//! | --- | --- |
-//! | value | `[key, seq delta, hlc delta, 0, value]`, then `expires_at_ms` and `metadata` if present (`null` for an absent expiry before metadata) |
-//! | expired record | `[key, seq delta, hlc delta, 1, expires_at_ms]` |
-//! | tombstone | `[key, seq delta, hlc delta, 2]` |
+//! `[groups, flags, seqs, stamps, key_lens, value_lens, expiries, metadata_lens, stamp_writers,
+//! keys, values, metadata]`
 //!
-//! The HLC difference is signed (a writer's HLC only grows with its seq, but a batch must encode
-//! whatever it is given). Decoding checks every sum and shape; a bad batch is an error. The
-//! entries come back grouped by writer and in seq order, which no receiver depends on: applying
-//! a batch is order-independent (LWW).
+//! | column | per | holds |
+//! | --- | --- | --- |
+//! | `groups` | dot writer | its id (8 bytes, big-endian), then how many items follow (varint) |
+//! | `flags` | item | one byte: bits 0–1 the kind (0 value, 1 expired record, 2 tombstone); bit 2 a value's expiry present; bit 3 a value's metadata present; bit 4 the stamp's writer is not the group's |
+//! | `seqs` | item | the seq, as the difference from the item before in its group (from 0 for the first), varint |
+//! | `stamps` | item | the stamp's HLC: its difference from the item before's in the group (from 0 for the first), less the seq difference, signed (zigzag varint) |
+//! | `key_lens`, `keys` | item | the key's length (varint); the keys, concatenated |
+//! | `value_lens`, `values` | value | the value's length (varint); the values, concatenated |
+//! | `expiries` | expired record, value with an expiry | `expires_at_ms` (varint) |
+//! | `metadata_lens`, `metadata` | value with metadata | its length (varint); the metadata, concatenated |
+//! | `stamp_writers` | item with bit 4 | the stamp's writer (8 bytes, big-endian) |
+//!
+//! Items are grouped by the writer of their dot, in seq order within a group: a writer's seqs
+//! and HLCs grow together, so both differences are small numbers (one to three bytes) whatever
+//! the history's length, where a lone [`Entry`] spends nine bytes on each and eight more on its
+//! writer. Each write advances its writer's clock by at least one logical tick, so the HLC
+//! difference is at least the seq difference, and in a burst of writes within one millisecond
+//! equal to it: the `stamps` column sends what is left, mostly zeros. A stamp is usually made by the dot's writer; the `stamp_writers` column carries one
+//! that is not (a write admitted under another replica's dot) and is empty otherwise. Nothing
+//! absent is sent: a tombstone costs its flag, its two differences and its key.
+//!
+//! Decoding trusts no count or length: the number of items is checked against
+//! [`ENTRIES_PER_FRAME_MAX`] and against the `flags` column (one byte an item) before anything
+//! is allocated for them, each key against [`KEY_BYTES_MAX`], each length against what is left
+//! of its column, the memory the entries take against [`ENTRIES_DECODED_BYTES_MAX`] before each
+//! is copied out, every sum against overflow, and every column must be used up exactly. A bad
+//! batch is a [`BatchError`], never a panic. The entries come back grouped by writer and in seq
+//! order, which no receiver depends on: applying a batch is order-independent (LWW).
 
 use crate::entry::{Entry, Payload, Value};
 use crate::hlc::{Hlc, Stamp};
-use crate::ids::{ReplicaId, Seq};
-use crate::limits::{ENTRIES_DECODED_BYTES_MAX, ENTRIES_PER_FRAME_MAX};
+use crate::ids::{Dot, ReplicaId, Seq};
+use crate::limits::{ENTRIES_DECODED_BYTES_MAX, ENTRIES_PER_FRAME_MAX, KEY_BYTES_MAX};
 use serde::de::{self, SeqAccess, Visitor};
-use serde::ser::SerializeSeq;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::ser::SerializeTuple;
+use serde::{Deserializer, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 
 const KIND_VALUE: u8 = 0;
 const KIND_EXPIRED: u8 = 1;
 const KIND_TOMBSTONE: u8 = 2;
+const KIND_MASK: u8 = 0b11;
+const FLAG_EXPIRY: u8 = 1 << 2;
+const FLAG_METADATA: u8 = 1 << 3;
+const FLAG_STAMP_WRITER: u8 = 1 << 4;
+const FLAGS_KNOWN: u8 = KIND_MASK | FLAG_EXPIRY | FLAG_METADATA | FLAG_STAMP_WRITER;
 
-struct ItemOut<'a> {
-    entry: &'a Entry,
-    seq_delta: u64,
-    hlc_delta: i128,
+/// How many columns a batch has.
+const COLUMNS: usize = 12;
+/// The columns' names, in wire order, for errors.
+const COLUMN_NAMES: [&str; COLUMNS] = [
+    "groups",
+    "flags",
+    "seqs",
+    "stamps",
+    "key_lens",
+    "value_lens",
+    "expiries",
+    "metadata_lens",
+    "stamp_writers",
+    "keys",
+    "values",
+    "metadata",
+];
+
+/// Why a batch did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// A column ended inside a number or a byte run.
+    #[error("the batch's {column} column ends early")]
+    Truncated {
+        /// The column.
+        column: &'static str,
+    },
+    /// A column held more than its items use.
+    #[error("the batch's {column} column has {len} bytes left over")]
+    LeftOver {
+        /// The column.
+        column: &'static str,
+        /// Bytes not used.
+        len: usize,
+    },
+    /// A varint longer than its type allows.
+    #[error("a number in the batch's {column} column does not fit its type")]
+    NumberTooLarge {
+        /// The column.
+        column: &'static str,
+    },
+    /// More items than one frame may carry.
+    #[error("a batch of more than {max} entries")]
+    TooManyEntries {
+        /// [`ENTRIES_PER_FRAME_MAX`].
+        max: usize,
+    },
+    /// The groups count a number of items other than the `flags` column holds.
+    #[error("the groups count {counted} items, the flags column {flags}")]
+    CountMismatch {
+        /// Items the groups count.
+        counted: usize,
+        /// Bytes of the flags column.
+        flags: usize,
+    },
+    /// The entries would take more memory than one frame's may.
+    #[error("a batch taking more than {max} bytes decoded")]
+    DecodedTooLarge {
+        /// [`ENTRIES_DECODED_BYTES_MAX`].
+        max: usize,
+    },
+    /// A flag byte with an unknown kind, an unknown bit, or a bit its kind does not take.
+    #[error("an entry item with flags {flags:#04x}")]
+    BadFlags {
+        /// The byte.
+        flags: u8,
+    },
+    /// A key longer than any replica accepts.
+    #[error("an entry key of {len} bytes, more than {max}")]
+    KeyTooLarge {
+        /// Its length.
+        len: u64,
+        /// [`KEY_BYTES_MAX`].
+        max: usize,
+    },
+    /// A seq past `u64::MAX`.
+    #[error("a seq in the batch overflows")]
+    SeqOverflow,
+    /// An HLC below 0 or past `u64::MAX`.
+    #[error("a stamp in the batch is out of range")]
+    StampOutOfRange,
 }
 
-impl Serialize for ItemOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = self.entry;
-        let len = match &e.payload {
-            Payload::Value(v) if v.metadata.is_some() => 7,
-            Payload::Value(v) if v.expires_at_ms.is_some() => 6,
-            Payload::Value(_) | Payload::Expired { .. } => 5,
-            Payload::Tombstone => 4,
-        };
-        let mut seq = s.serialize_seq(Some(len))?;
-        seq.serialize_element(serde_bytes::Bytes::new(&e.key))?;
-        seq.serialize_element(&self.seq_delta)?;
-        seq.serialize_element(&self.hlc_delta)?;
-        match &e.payload {
+/// One entry as a batch carries it: the writer of its dot apart from the writer of its stamp.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ItemRef<'a> {
+    /// The writer of the entry's dot (its group).
+    pub dot_writer: ReplicaId,
+    /// The entry; its `stamp.replica` is the stamp's writer.
+    pub entry: &'a Entry,
+}
+
+impl<'a> From<&'a Entry> for ItemRef<'a> {
+    fn from(entry: &'a Entry) -> Self {
+        ItemRef { dot_writer: entry.dot().replica, entry }
+    }
+}
+
+/// A decoded item: the writer of its dot and the entry (stamped by `entry.stamp.replica`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Item {
+    /// The writer of the entry's dot.
+    pub dot_writer: ReplicaId,
+    /// The entry.
+    pub entry: Entry,
+}
+
+impl Item {
+    /// The entry (its dot already names `dot_writer`).
+    fn into_entry(self) -> Result<Entry, BatchError> {
+        debug_assert_eq!(self.entry.dot.replica, self.dot_writer);
+        Ok(self.entry)
+    }
+}
+
+/// The columns of a batch, as byte strings (see the module doc).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Columns([Vec<u8>; COLUMNS]);
+
+const GROUPS: usize = 0;
+const FLAGS: usize = 1;
+const SEQS: usize = 2;
+const STAMPS: usize = 3;
+const KEY_LENS: usize = 4;
+const VALUE_LENS: usize = 5;
+const EXPIRIES: usize = 6;
+const METADATA_LENS: usize = 7;
+const STAMP_WRITERS: usize = 8;
+const KEYS: usize = 9;
+const VALUES: usize = 10;
+const METADATA: usize = 11;
+
+fn put_varint(out: &mut Vec<u8>, mut x: u128) {
+    while x >= 0x80 {
+        out.push((x as u8) | 0x80);
+        x >>= 7;
+    }
+    out.push(x as u8);
+}
+
+fn zigzag(x: i128) -> u128 {
+    ((x << 1) ^ (x >> 127)) as u128
+}
+
+fn unzigzag(x: u128) -> i128 {
+    ((x >> 1) as i128) ^ -((x & 1) as i128)
+}
+
+impl Columns {
+    /// The columns of `items`, grouped by dot writer and in seq order within a group.
+    pub(crate) fn encode<'a>(items: impl IntoIterator<Item = ItemRef<'a>>) -> Columns {
+        let mut groups: BTreeMap<ReplicaId, Vec<&'a Entry>> = BTreeMap::new();
+        for i in items {
+            groups.entry(i.dot_writer).or_default().push(i.entry);
+        }
+        let mut c = Columns::default();
+        for (writer, mut group) in groups {
+            group.sort_by_key(|e| e.dot.seq);
+            c.0[GROUPS].extend_from_slice(&writer.0.to_be_bytes());
+            put_varint(&mut c.0[GROUPS], group.len() as u128);
+            let (mut seq, mut hlc) = (0u64, 0u64);
+            for e in group {
+                let seq_delta = e.dot.seq.0 - seq;
+                let hlc_delta = i128::from(e.stamp.hlc.0) - i128::from(hlc);
+                c.push_item(writer, e, seq_delta, hlc_delta - i128::from(seq_delta));
+                (seq, hlc) = (e.dot.seq.0, e.stamp.hlc.0);
+            }
+        }
+        c
+    }
+
+    fn push_item(&mut self, group_writer: ReplicaId, e: &Entry, seq_delta: u64, hlc_residual: i128) {
+        let mut flags = match &e.payload {
             Payload::Value(v) => {
-                seq.serialize_element(&KIND_VALUE)?;
-                seq.serialize_element(serde_bytes::Bytes::new(&v.bytes))?;
-                if len >= 6 {
-                    seq.serialize_element(&v.expires_at_ms)?;
+                put_varint(&mut self.0[VALUE_LENS], v.bytes.len() as u128);
+                self.0[VALUES].extend_from_slice(&v.bytes);
+                let mut flags = KIND_VALUE;
+                if let Some(t) = v.expires_at_ms {
+                    put_varint(&mut self.0[EXPIRIES], u128::from(t));
+                    flags |= FLAG_EXPIRY;
                 }
                 if let Some(m) = &v.metadata {
-                    seq.serialize_element(serde_bytes::Bytes::new(m))?;
+                    put_varint(&mut self.0[METADATA_LENS], m.len() as u128);
+                    self.0[METADATA].extend_from_slice(m);
+                    flags |= FLAG_METADATA;
                 }
+                flags
             }
             Payload::Expired { expires_at_ms } => {
-                seq.serialize_element(&KIND_EXPIRED)?;
-                seq.serialize_element(expires_at_ms)?;
+                put_varint(&mut self.0[EXPIRIES], u128::from(*expires_at_ms));
+                KIND_EXPIRED
             }
-            Payload::Tombstone => seq.serialize_element(&KIND_TOMBSTONE)?,
-        }
-        seq.end()
-    }
-}
-
-/// Serializes `entries` as a compact batch.
-pub fn serialize<S: Serializer>(entries: &[Entry], s: S) -> Result<S::Ok, S::Error> {
-    let mut groups: BTreeMap<(ReplicaId, ReplicaId), Vec<&Entry>> = BTreeMap::new();
-    for e in entries {
-        groups.entry((e.dot.replica, e.stamp.replica)).or_default().push(e);
-    }
-    let mut out = Vec::with_capacity(groups.len());
-    for ((writer, stamped_by), mut group) in groups {
-        group.sort_by_key(|e| e.dot.seq);
-        let (mut seq, mut hlc) = (0u64, 0u64);
-        let items: Vec<ItemOut<'_>> = group
-            .into_iter()
-            .map(|entry| {
-                let item = ItemOut {
-                    entry,
-                    seq_delta: entry.dot.seq.0 - seq,
-                    hlc_delta: i128::from(entry.stamp.hlc.0) - i128::from(hlc),
-                };
-                (seq, hlc) = (entry.dot.seq.0, entry.stamp.hlc.0);
-                item
-            })
-            .collect();
-        out.push(GroupOut { writer, items, stamped_by: (stamped_by != writer).then_some(stamped_by) });
-    }
-    out.serialize(s)
-}
-
-struct GroupOut<'a> {
-    writer: ReplicaId,
-    items: Vec<ItemOut<'a>>,
-    stamped_by: Option<ReplicaId>,
-}
-
-impl Serialize for GroupOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(if self.stamped_by.is_some() { 3 } else { 2 }))?;
-        seq.serialize_element(&self.writer.0)?;
-        seq.serialize_element(&self.items)?;
-        if let Some(r) = self.stamped_by {
-            seq.serialize_element(&r.0)?;
-        }
-        seq.end()
-    }
-}
-
-struct ItemIn {
-    key: Vec<u8>,
-    seq_delta: u64,
-    hlc_delta: i128,
-    payload: Payload,
-}
-
-impl<'de> Deserialize<'de> for ItemIn {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ItemIn, D::Error> {
-        d.deserialize_seq(ItemVisitor)
-    }
-}
-
-struct ItemVisitor;
-
-impl<'de> Visitor<'de> for ItemVisitor {
-    type Value = ItemIn;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an entry item [key, seq delta, hlc delta, kind, ...]")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ItemIn, A::Error> {
-        let missing = |what: &str| de::Error::custom(format!("entry item without its {what}"));
-        let key: serde_bytes::ByteBuf = seq.next_element()?.ok_or_else(|| missing("key"))?;
-        let seq_delta: u64 = seq.next_element()?.ok_or_else(|| missing("seq"))?;
-        let hlc_delta: i128 = seq.next_element()?.ok_or_else(|| missing("stamp"))?;
-        let kind: u8 = seq.next_element()?.ok_or_else(|| missing("kind"))?;
-        let payload = match kind {
-            KIND_VALUE => {
-                let bytes: serde_bytes::ByteBuf = seq.next_element()?.ok_or_else(|| missing("value"))?;
-                let expires_at_ms: Option<u64> = seq.next_element::<Option<u64>>()?.flatten();
-                let metadata = seq.next_element::<serde_bytes::ByteBuf>()?.map(serde_bytes::ByteBuf::into_vec);
-                Payload::Value(Value { bytes: bytes.into_vec(), expires_at_ms, metadata })
-            }
-            KIND_EXPIRED => Payload::Expired { expires_at_ms: seq.next_element()?.ok_or_else(|| missing("expiry"))? },
-            KIND_TOMBSTONE => Payload::Tombstone,
-            other => return Err(de::Error::custom(format!("entry item of unknown kind {other}"))),
+            Payload::Tombstone => KIND_TOMBSTONE,
         };
-        if seq.next_element::<de::IgnoredAny>()?.is_some() {
-            return Err(de::Error::custom("entry item has fields beyond its kind's"));
+        if e.stamp.replica != group_writer {
+            flags |= FLAG_STAMP_WRITER;
+            self.0[STAMP_WRITERS].extend_from_slice(&e.stamp.replica.0.to_be_bytes());
         }
-        Ok(ItemIn { key: key.into_vec(), seq_delta, hlc_delta, payload })
+        self.0[FLAGS].push(flags);
+        put_varint(&mut self.0[SEQS], u128::from(seq_delta));
+        put_varint(&mut self.0[STAMPS], zigzag(hlc_residual));
+        put_varint(&mut self.0[KEY_LENS], e.key.len() as u128);
+        self.0[KEYS].extend_from_slice(&e.key);
+    }
+
+    /// The items the columns hold, checking every count, length and sum (see the module doc).
+    pub(crate) fn decode(&self) -> Result<Vec<Item>, BatchError> {
+        let mut r: [Reader<'_>; COLUMNS] =
+            std::array::from_fn(|i| Reader { bytes: &self.0[i], column: COLUMN_NAMES[i] });
+        // The groups first: how many items there are, checked before allocating for them.
+        let mut groups = Vec::new();
+        let mut counted = 0usize;
+        while !r[GROUPS].bytes.is_empty() {
+            let writer = ReplicaId(r[GROUPS].u64_be()?);
+            let len = r[GROUPS].varint_usize()?;
+            counted = counted
+                .checked_add(len)
+                .filter(|n| *n <= ENTRIES_PER_FRAME_MAX)
+                .ok_or(BatchError::TooManyEntries { max: ENTRIES_PER_FRAME_MAX })?;
+            groups.push((writer, len));
+        }
+        if counted != self.0[FLAGS].len() {
+            return Err(BatchError::CountMismatch { counted, flags: self.0[FLAGS].len() });
+        }
+        let mut out = Vec::with_capacity(counted);
+        let mut decoded = 0usize;
+        for (writer, len) in groups {
+            let (mut seq, mut hlc) = (0u64, 0u64);
+            for _ in 0..len {
+                let flags = r[FLAGS].byte()?;
+                let seq_delta = r[SEQS].varint_u64()?;
+                seq = seq.checked_add(seq_delta).ok_or(BatchError::SeqOverflow)?;
+                hlc = unzigzag(r[STAMPS].varint()?)
+                    .checked_add(i128::from(seq_delta) + i128::from(hlc))
+                    .and_then(|h| u64::try_from(h).ok())
+                    .ok_or(BatchError::StampOutOfRange)?;
+                let key_len = r[KEY_LENS].varint_u64()?;
+                if key_len > KEY_BYTES_MAX as u64 {
+                    return Err(BatchError::KeyTooLarge { len: key_len, max: KEY_BYTES_MAX });
+                }
+                // Within KEY_BYTES_MAX, so it fits a usize.
+                let key = r[KEYS].take(key_len as usize)?;
+                let (payload, bytes) = read_payload(flags, &mut r)?;
+                let stamp_writer =
+                    if flags & FLAG_STAMP_WRITER != 0 { ReplicaId(r[STAMP_WRITERS].u64_be()?) } else { writer };
+                // Counted before the key and value are copied out of their columns.
+                decoded = decoded.saturating_add(std::mem::size_of::<Entry>() + key.len() + bytes);
+                if decoded > ENTRIES_DECODED_BYTES_MAX {
+                    return Err(BatchError::DecodedTooLarge { max: ENTRIES_DECODED_BYTES_MAX });
+                }
+                let entry = Entry {
+                    key: key.to_vec(),
+                    stamp: Stamp { hlc: Hlc(hlc), replica: stamp_writer },
+                    dot: Dot { replica: writer, seq: Seq(seq) },
+                    payload: payload.into_payload(),
+                };
+                debug_assert_eq!(decoded_bytes(&entry), std::mem::size_of::<Entry>() + key.len() + bytes);
+                out.push(Item { dot_writer: writer, entry });
+            }
+        }
+        for column in &r {
+            column.finish()?;
+        }
+        Ok(out)
     }
 }
 
-/// Deserializes a compact batch, checking every sum, straight into one list of entries, and
-/// refusing more than [`ENTRIES_PER_FRAME_MAX`] entries or [`ENTRIES_DECODED_BYTES_MAX`] of them
-/// in memory as they arrive (a small item takes some thirty times its wire size once decoded).
+/// A payload still borrowing its bytes from the columns.
+enum PayloadRef<'a> {
+    Value { bytes: &'a [u8], expires_at_ms: Option<u64>, metadata: Option<&'a [u8]> },
+    Expired { expires_at_ms: u64 },
+    Tombstone,
+}
+
+impl PayloadRef<'_> {
+    fn into_payload(self) -> Payload {
+        match self {
+            PayloadRef::Value { bytes, expires_at_ms, metadata } => {
+                Payload::Value(Value { bytes: bytes.to_vec(), expires_at_ms, metadata: metadata.map(<[u8]>::to_vec) })
+            }
+            PayloadRef::Expired { expires_at_ms } => Payload::Expired { expires_at_ms },
+            PayloadRef::Tombstone => Payload::Tombstone,
+        }
+    }
+}
+
+/// An item's payload from its flags and the columns, and how many value and metadata bytes it
+/// holds.
+fn read_payload<'a>(flags: u8, r: &mut [Reader<'a>; COLUMNS]) -> Result<(PayloadRef<'a>, usize), BatchError> {
+    let bad = BatchError::BadFlags { flags };
+    if flags & !FLAGS_KNOWN != 0 {
+        return Err(bad);
+    }
+    match flags & KIND_MASK {
+        KIND_VALUE => {
+            let len = r[VALUE_LENS].varint_usize()?;
+            let bytes = r[VALUES].take(len)?;
+            let expires_at_ms = if flags & FLAG_EXPIRY != 0 { Some(r[EXPIRIES].varint_u64()?) } else { None };
+            let metadata = if flags & FLAG_METADATA != 0 {
+                let len = r[METADATA_LENS].varint_usize()?;
+                Some(r[METADATA].take(len)?)
+            } else {
+                None
+            };
+            let held = bytes.len() + metadata.map_or(0, <[u8]>::len);
+            Ok((PayloadRef::Value { bytes, expires_at_ms, metadata }, held))
+        }
+        _ if flags & (FLAG_EXPIRY | FLAG_METADATA) != 0 => Err(bad),
+        KIND_EXPIRED => Ok((PayloadRef::Expired { expires_at_ms: r[EXPIRIES].varint_u64()? }, 0)),
+        KIND_TOMBSTONE => Ok((PayloadRef::Tombstone, 0)),
+        _ => Err(bad),
+    }
+}
+
+/// Reads one column front to back.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    column: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn truncated(&self) -> BatchError {
+        BatchError::Truncated { column: self.column }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BatchError> {
+        if n > self.bytes.len() {
+            return Err(self.truncated());
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, BatchError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64_be(&mut self) -> Result<u64, BatchError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(b))
+    }
+
+    /// A LEB128 varint of at most 128 bits.
+    fn varint(&mut self) -> Result<u128, BatchError> {
+        let mut x = 0u128;
+        for shift in (0..128).step_by(7) {
+            let b = self.byte()?;
+            let part = u128::from(b & 0x7f);
+            if shift == 126 && part > 0b11 {
+                break;
+            }
+            x |= part << shift;
+            if b & 0x80 == 0 {
+                return Ok(x);
+            }
+        }
+        Err(BatchError::NumberTooLarge { column: self.column })
+    }
+
+    fn varint_u64(&mut self) -> Result<u64, BatchError> {
+        u64::try_from(self.varint()?).map_err(|_| BatchError::NumberTooLarge { column: self.column })
+    }
+
+    fn varint_usize(&mut self) -> Result<usize, BatchError> {
+        usize::try_from(self.varint()?).map_err(|_| BatchError::NumberTooLarge { column: self.column })
+    }
+
+    fn finish(&self) -> Result<(), BatchError> {
+        match self.bytes.len() {
+            0 => Ok(()),
+            len => Err(BatchError::LeftOver { column: self.column, len }),
+        }
+    }
+}
+
+impl serde::Serialize for Columns {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(COLUMNS)?;
+        for column in &self.0 {
+            t.serialize_element(serde_bytes::Bytes::new(column))?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Columns {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Columns, D::Error> {
+        struct ColumnsVisitor;
+        impl<'de> Visitor<'de> for ColumnsVisitor {
+            type Value = Columns;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a batch of {COLUMNS} byte-string columns")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Columns, A::Error> {
+                let mut c = Columns::default();
+                for (i, column) in c.0.iter_mut().enumerate() {
+                    let bytes: serde_bytes::ByteBuf = seq
+                        .next_element()?
+                        .ok_or_else(|| de::Error::custom(format!("a batch without its {} column", COLUMN_NAMES[i])))?;
+                    *column = bytes.into_vec();
+                }
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom(format!("a batch of more than {COLUMNS} columns")));
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_tuple(COLUMNS, ColumnsVisitor)
+    }
+}
+
+/// Serializes `entries` as a columnar batch.
+pub fn serialize<S: Serializer>(entries: &[Entry], s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&Columns::encode(entries.iter().map(ItemRef::from)), s)
+}
+
+/// Deserializes a columnar batch, checking every count, length and sum, and refusing more than
+/// [`ENTRIES_PER_FRAME_MAX`] entries or [`ENTRIES_DECODED_BYTES_MAX`] of them in memory (a small
+/// item takes some thirty times its wire size once decoded) before allocating for them.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
-    d.deserialize_seq(Groups)
-}
-
-/// What the entries decoded so far take, against the bounds.
-struct Budget {
-    entries: Vec<Entry>,
-    bytes: usize,
-}
-
-impl Budget {
-    fn push<E: de::Error>(&mut self, entry: Entry) -> Result<(), E> {
-        if self.entries.len() >= ENTRIES_PER_FRAME_MAX {
-            return Err(E::custom(format!("a batch of more than {ENTRIES_PER_FRAME_MAX} entries")));
-        }
-        self.bytes = self.bytes.saturating_add(decoded_bytes(&entry));
-        if self.bytes > ENTRIES_DECODED_BYTES_MAX {
-            return Err(E::custom(format!("a batch taking more than {ENTRIES_DECODED_BYTES_MAX} bytes decoded")));
-        }
-        self.entries.push(entry);
-        Ok(())
-    }
+    let columns: Columns = serde::Deserialize::deserialize(d)?;
+    let items = columns.decode().map_err(de::Error::custom)?;
+    drop(columns);
+    items.into_iter().map(Item::into_entry).collect::<Result<_, _>>().map_err(de::Error::custom)
 }
 
 /// What an entry takes in memory, as [`ENTRIES_DECODED_BYTES_MAX`] counts it.
@@ -203,180 +496,5 @@ pub(crate) fn decoded_bytes(e: &Entry) -> usize {
     std::mem::size_of::<Entry>() + e.key.len() + payload
 }
 
-struct Groups;
-
-impl<'de> Visitor<'de> for Groups {
-    type Value = Vec<Entry>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a batch [[writer, [item, ...]], ...]")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Entry>, A::Error> {
-        let mut budget = Budget { entries: Vec::new(), bytes: 0 };
-        while seq.next_element_seed(Group(&mut budget))?.is_some() {}
-        Ok(budget.entries)
-    }
-}
-
-/// One writer's group, `[writer, [item, ...]]`, decoded into the budget's list.
-struct Group<'a>(&'a mut Budget);
-
-impl<'de> de::DeserializeSeed<'de> for Group<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Group<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a writer's group [writer, [item, ...], stamped_by?]")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let writer: u64 = seq.next_element()?.ok_or_else(|| de::Error::custom("group without its writer"))?;
-        let first = self.0.entries.len();
-        seq.next_element_seed(Items { budget: self.0, writer })?
-            .ok_or_else(|| de::Error::custom("group without its items"))?;
-        if let Some(stamped_by) = seq.next_element::<u64>()? {
-            if stamped_by == writer {
-                return Err(de::Error::custom("a group stamped by its own writer names it twice"));
-            }
-            for e in &mut self.0.entries[first..] {
-                e.stamp.replica = ReplicaId(stamped_by);
-            }
-        }
-        if seq.next_element::<de::IgnoredAny>()?.is_some() {
-            return Err(de::Error::custom("group has fields beyond [writer, items, stamped_by]"));
-        }
-        Ok(())
-    }
-}
-
-/// A group's items, with the running seq and HLC sums.
-struct Items<'a> {
-    budget: &'a mut Budget,
-    writer: u64,
-}
-
-impl<'de> de::DeserializeSeed<'de> for Items<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Items<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list of entry items")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let (mut s, mut hlc) = (0u64, 0u64);
-        while let Some(i) = seq.next_element::<ItemIn>()? {
-            s = s.checked_add(i.seq_delta).ok_or_else(|| de::Error::custom("seq overflows"))?;
-            hlc = u64::try_from(i128::from(hlc) + i.hlc_delta).map_err(|_| de::Error::custom("stamp out of range"))?;
-            let stamp = Stamp { hlc: Hlc(hlc), replica: ReplicaId(self.writer) };
-            self.budget.push(Entry::own(i.key, stamp, Seq(s), i.payload))?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    struct Wrapped(#[serde(with = "super")] Vec<Entry>);
-
-    fn entry() -> impl Strategy<Value = Entry> {
-        let payload = prop_oneof![
-            (
-                proptest::collection::vec(any::<u8>(), 0..8),
-                any::<Option<u64>>(),
-                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4))
-            )
-                .prop_map(|(bytes, expires_at_ms, metadata)| Payload::Value(Value {
-                    bytes,
-                    expires_at_ms,
-                    metadata
-                })),
-            any::<u64>().prop_map(|expires_at_ms| Payload::Expired { expires_at_ms }),
-            Just(Payload::Tombstone),
-        ];
-        // Some entries stamped by a device and numbered by a member.
-        let stamped_by = proptest::option::of(0u64..3);
-        (proptest::collection::vec(any::<u8>(), 1..6), any::<u64>(), 0u64..4, stamped_by, any::<u64>(), payload)
-            .prop_map(|(key, hlc, replica, stamped_by, seq, payload)| Entry {
-                key,
-                stamp: Stamp { hlc: Hlc(hlc), replica: ReplicaId(stamped_by.unwrap_or(u64::MAX - replica)) },
-                dot: crate::Dot { replica: ReplicaId(u64::MAX - replica), seq: Seq(seq) },
-                payload,
-            })
-    }
-
-    fn normalized(mut entries: Vec<Entry>) -> Vec<Entry> {
-        entries.sort_by(|a, b| (a.dot, a.stamp.replica, &a.key).cmp(&(b.dot, b.stamp.replica, &b.key)));
-        entries
-    }
-
-    proptest! {
-        #[test]
-        fn batches_round_trip(entries in proptest::collection::vec(entry(), 0..12)) {
-            let mut bytes = Vec::new();
-            ciborium::into_writer(&Wrapped(entries.clone()), &mut bytes).unwrap();
-            let back: Wrapped = ciborium::from_reader(bytes.as_slice()).unwrap();
-            prop_assert_eq!(normalized(back.0), normalized(entries));
-        }
-    }
-
-    #[test]
-    fn a_value_item_costs_far_less_than_a_lone_entry() {
-        let entries: Vec<Entry> = (0..100u64)
-            .map(|i| Entry {
-                key: format!("key:{i:020}").into_bytes(),
-                stamp: Stamp { hlc: Hlc((1_700_000_000_000 << 16) + i), replica: ReplicaId(0xdead_beef_0000_0001) },
-                dot: crate::Dot { replica: ReplicaId(0xdead_beef_0000_0001), seq: Seq(70_000 + i) },
-                payload: Payload::Value(Value { bytes: vec![7; 100], expires_at_ms: None, metadata: None }),
-            })
-            .collect();
-        let (mut compact, mut plain) = (Vec::new(), Vec::new());
-        ciborium::into_writer(&Wrapped(entries.clone()), &mut compact).unwrap();
-        ciborium::into_writer(&entries, &mut plain).unwrap();
-        let per_item = |bytes: usize| bytes as f64 / 100.0 - 124.0;
-        assert!(per_item(compact.len()) < 14.0, "{} bytes of framing per item", per_item(compact.len()));
-        assert!(per_item(plain.len()) > 25.0);
-    }
-
-    #[test]
-    fn bad_sums_and_shapes_are_refused() {
-        let decode = |v: ciborium::Value| {
-            let mut bytes = Vec::new();
-            ciborium::into_writer(&v, &mut bytes).unwrap();
-            ciborium::from_reader::<Wrapped, _>(bytes.as_slice())
-        };
-        use ciborium::Value as V;
-        let item = |seq: u64, hlc: V, kind: u64, rest: Vec<V>| {
-            let mut v = vec![V::Bytes(b"k".to_vec()), V::from(seq), hlc, V::from(kind)];
-            v.extend(rest);
-            V::Array(v)
-        };
-        let batch = |items: Vec<V>| V::Array(vec![V::Array(vec![V::from(9), V::Array(items)])]);
-        assert!(decode(batch(vec![item(1, V::from(5), 2, vec![])])).is_ok());
-        assert!(decode(batch(vec![item(1, V::from(5), 7, vec![])])).is_err(), "unknown kind");
-        assert!(decode(batch(vec![item(1, V::from(5), 2, vec![V::from(1)])])).is_err(), "trailing field");
-        assert!(decode(batch(vec![item(1, V::from(5), 0, vec![])])).is_err(), "value without bytes");
-        assert!(decode(batch(vec![item(1, V::from(-1), 2, vec![])])).is_err(), "negative stamp");
-        let over = vec![item(u64::MAX, V::from(5), 2, vec![]), item(1, V::from(0), 2, vec![])];
-        assert!(decode(batch(over)).is_err(), "seq overflow");
-    }
-}
+mod tests;

@@ -17,11 +17,13 @@ use crate::vector::VersionVector;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version carried in every handshake (and, by the transport, in ALPN). 4: device
-/// sessions, entries numbered by another replica than stamped them, and device records between
-/// members (the handshake says how far the sender merged the receiver's); 3: the transport's
-/// frames may be compressed (a flag in the length prefix, zstd bodies); 2: the handshake
-/// carries the wall time and no frontier.
+/// The protocol version carried in every handshake (and, by the transport, in ALPN). 4: a
+/// batch of entries is columnar (keys, values and numbers in runs of their own, see
+/// [`super::batch`]) and may carry entries numbered by another replica than stamped them; the
+/// transport's ALPN says whether frames may be compressed; device sessions; device records
+/// between members (the handshake says how far the sender merged the receiver's); 3: the
+/// transport's frames may be compressed (a flag in the length prefix, zstd bodies); 2: the
+/// handshake carries the wall time and no frontier.
 pub const PROTOCOL_VERSION: u32 = 4;
 /// Device records per `Records` message, at most.
 pub const RECORDS_PER_MESSAGE_MAX: usize = 4096;
