@@ -133,14 +133,6 @@ fn keys_and_values_travel_in_runs_of_their_own() {
     assert_eq!(columns.0[SEQS][3..], vec![2; 49][..], "seq differences after the first (70,000: three bytes)");
 }
 
-#[test]
-fn a_foreign_stamp_is_refused_until_entries_can_hold_it() {
-    let e = bootstrap_like(1).remove(0);
-    let columns = Columns::encode([ItemRef { dot_writer: ReplicaId(5), entry: &e }]);
-    let err = decode_columns(&columns).unwrap_err();
-    assert!(err.contains("cannot hold"), "{err}");
-}
-
 /// The columns of one tombstone of writer 9 with key `k`, seq 1, HLC 5.
 fn one_tombstone() -> Columns {
     let e = Entry {
