@@ -451,3 +451,46 @@ fn a_device_gc_step_never_collects_a_queued_delete() {
     assert_eq!(hub.get(b"k").unwrap(), None, "the delete reached the member");
     assert_eq!(phone.get(b"k").unwrap(), None, "and the old value did not come back");
 }
+
+#[test]
+fn a_device_handshake_cannot_start_a_recovery_or_acknowledge_what_no_member_holds() {
+    let clock = ManualClock::new(T0);
+    let mut hub = member(1, &clock);
+    let mut phone = device(100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    hub.put("k", "v", PutOptions::default()).unwrap();
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let claims = |vector: lethe_engine::VersionVector| {
+        let hello = lethe_engine::device::DeviceHello(
+            lethe_engine::session::PROTOCOL_VERSION,
+            ReplicaId(100),
+            vector.clone(),
+            vector,
+            None,
+            false,
+            false,
+            T0,
+        );
+        Message::DeviceHello(hello).encode().unwrap()
+    };
+    let vv = |pairs: &[(u64, u64)]| -> lethe_engine::VersionVector {
+        pairs.iter().map(|&(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into()
+    };
+    // Writes of the hub beyond its counter: from a device, no evidence of a restore.
+    let mut ms = DeviceService::new(&mut hub, Some(ReplicaId(100))).unwrap();
+    assert!(ms.handle(&mut hub, &claims(vv(&[(1, 1_000)]))).is_err());
+    assert!(hub.recovery().is_none(), "a device's claim started a recovery");
+    hub.put("still", "writable", PutOptions::default()).unwrap();
+    // A component of a replica that is not a member, or beyond what any member holds: the
+    // acknowledgement must not hold collection back forever.
+    let mut ms = DeviceService::new(&mut hub, Some(ReplicaId(100))).unwrap();
+    assert!(ms.handle(&mut hub, &claims(vv(&[(1, 2), (101, 971)]))).is_err());
+    let acked = hub.devices().get(ReplicaId(100)).unwrap().acked.clone().unwrap();
+    assert_eq!(acked.get(ReplicaId(101)), Seq(0), "{acked:?}");
+    hub.delete("k").unwrap();
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    for _ in 0..3 {
+        hub.collect_garbage().unwrap();
+    }
+    assert_eq!(hub.tombstone_count(), 0);
+}

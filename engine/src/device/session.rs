@@ -409,9 +409,28 @@ impl DeviceService {
         if !vector.dominates(&ack) {
             return Err(SyncError::Malformed(format!("device {device} acknowledges more than its vector holds")));
         }
+        // A device's vector names members only, and none of this member's writes beyond what
+        // it issued: a device is no witness of a restore (docs/design.md §9: it can change
+        // nothing but its own writes), so such a claim is refused, never acted on.
+        let me = replica.id();
+        if let Some((r, _)) = vector.iter().find(|(r, _)| *r != me && !replica.membership().is_enrolled(*r)) {
+            return Err(SyncError::Malformed(format!(
+                "device {device}'s vector names replica {r}, which is not a member here"
+            )));
+        }
+        if vector.get(me) > replica.own_counter() {
+            return Err(SyncError::Malformed(format!(
+                "device {device} claims write {} of this member, which issued only {}: refused (a device is no \
+                 witness of a restore; if this member was restored from a backup, let a member sync with it first)",
+                vector.get(me),
+                replica.own_counter()
+            )));
+        }
         self.peer = Some(device);
         replica.note_peer_wall(device, wall_ms);
-        replica.notice_own_seq(vector.get(replica.id()))?;
+        // No more than what some member holds: an acknowledgement beyond it could never be
+        // covered by the frontier and would hold collection back for good.
+        let ack = ack.meet(&replica.membership().join(replica.vector()));
         replica.acknowledge_device(device, &ack);
         let cursor = replica.devices().cursor(device);
         let member_hello = MemberHello(
