@@ -455,7 +455,7 @@ impl<C: Choices> Sim<'_, C> {
             if fault == 2 {
                 l.to_member.push_front(frame.clone());
             }
-            self.to_member(k, &frame)?
+            self.hand_to_member(k, &frame)?
         } else {
             let l = &mut self.fleet.links[k];
             let Some(frame) = l.to_device.pop_front() else { return Ok(()) };
@@ -502,7 +502,7 @@ impl<C: Choices> Sim<'_, C> {
     /// Hands `frame` from the device of link `k` to its member; whether the session goes on.
     /// Checks removal (a removed device's handshake is refused as not enrolled) and I11 (at most
     /// one fresh dot per device write per member), and counts the dots issued (I6).
-    fn to_member(&mut self, k: usize, frame: &[u8]) -> Result<bool, Violation> {
+    fn hand_to_member(&mut self, k: usize, frame: &[u8]) -> Result<bool, Violation> {
         let l = &mut self.fleet.links[k];
         let device = &self.fleet.devices[l.device];
         let node = &mut self.nodes[l.member];
