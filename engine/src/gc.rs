@@ -166,6 +166,8 @@ impl<S: Storage> Replica<S> {
         let frontier = self.frontier();
         let join = self.devices.join(self.membership.join(self.vector()));
         let collect_under = match &self.checkpoint {
+            // A device collects what the members collected, nothing else (`device/queue.rs`).
+            _ if self.is_device() => Some(self.device.collected.clone()),
             Some(cp) if frontier.dominates(&cp.join) => Some(cp.frontier.clone()),
             Some(_) => None,
             None => Some(VersionVector::new()),

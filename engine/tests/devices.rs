@@ -387,3 +387,25 @@ fn a_fresh_device_gets_no_dead_record_while_another_device_holds_the_tombstones(
     hub.collect_garbage().unwrap();
     assert_eq!(hub.tombstone_count(), 0);
 }
+
+/// Found by the simulation (seed 74 of `lethe-sim`, I2 and I3): a device's GC step collected its
+/// own queued delete before it was uploaded (a device's frontier was its own vector, which covers
+/// its upload seqs), so the delete was lost and the older value came back from the member.
+#[test]
+fn a_device_gc_step_never_collects_a_queued_delete() {
+    let clock = ManualClock::new(T0);
+    let mut hub = member(1, &clock);
+    let mut phone = device(100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    hub.put("k", "v1", PutOptions::default()).unwrap();
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    clock.advance(10);
+    phone.delete("k").unwrap();
+    for _ in 0..3 {
+        phone.collect_garbage().unwrap();
+    }
+    assert_eq!(phone.pending_uploads().unwrap(), 1, "the delete is still queued");
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(hub.get(b"k").unwrap(), None, "the delete reached the member");
+    assert_eq!(phone.get(b"k").unwrap(), None, "and the old value did not come back");
+}

@@ -37,6 +37,11 @@ pub struct DeviceState {
     pub bases: Vec<(Seq, VersionVector)>,
     /// The vector of a fresh bootstrap: dead records under it may be missing here.
     pub horizon: Option<VersionVector>,
+    /// The members' `collected`, as the last member handshake showed it: a device collects the
+    /// dead records it covers, and only those (docs/design.md §8), never by a frontier of its
+    /// own (its vector covers its own upload seqs: its queued deletes would go before upload).
+    #[serde(default)]
+    pub collected: VersionVector,
 }
 
 impl DeviceState {
@@ -183,10 +188,17 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Forgets the horizon once `collected` (a member's) covers it: every dead record the
-    /// bootstrap left out is then collected everywhere.
+    /// bootstrap left out is then collected everywhere. Records `collected` for this device's
+    /// GC steps.
     pub(crate) fn settle_horizon(&mut self, collected: &VersionVector) -> Result<()> {
-        if self.device.horizon.as_ref().is_some_and(|h| collected.dominates(h)) {
-            self.update_device(|s| s.horizon = None)?;
+        let forget = self.device.horizon.as_ref().is_some_and(|h| collected.dominates(h));
+        if forget || !self.device.collected.dominates(collected) {
+            self.update_device(|s| {
+                if forget {
+                    s.horizon = None;
+                }
+                s.collected.merge(collected);
+            })?;
         }
         Ok(())
     }

@@ -253,6 +253,9 @@ impl DeviceSession {
         // Only the writes queued when the handshake went (the member expects uploads only then).
         self.stats.renumbered = replica.renumber_uploads_past(cursor)?;
         replica.settle_horizon(&collected)?;
+        // Before the download: a dead record the member collected must not beat what it sends
+        // (a write that won there once the delete was gone, by the documented exception).
+        replica.collect_garbage()?;
         let receive = (self.has_uploads || !replica.members_vector().dominates(&vector))
             && replica.horizon().is_none_or(|h| vector.dominates(h));
         self.download = Some(Session::on_device(replica, member, &vector, receive, self.fresh)?);
