@@ -1028,9 +1028,16 @@ impl<'c, C: Choices> Sim<'c, C> {
         // remains (at members and at converging devices).
         for r in &replicas {
             if r.tombstone_count() != 0 {
+                let dead = dead_keys(r, now_ms)?;
                 return Err(violation(
                     "I5 bounded tombstones",
-                    format!("{} still holds {}", r.id(), r.tombstone_count()),
+                    format!(
+                        "{} still holds {}: {:?}; members' collected {:?}",
+                        r.id(),
+                        r.tombstone_count(),
+                        dead.iter().map(|(k, d)| format!("{} {d}", String::from_utf8_lossy(k))).collect::<Vec<_>>(),
+                        replicas[0].membership().collected()
+                    ),
                 ));
             }
         }
