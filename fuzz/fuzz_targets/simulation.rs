@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut choices = ByteChoices::new(data);
     // Steps scale with the input: two bytes per choice, a few choices per step.
-    let config = SimConfig { steps: (data.len() / 4).clamp(1, 400), verbose: false };
+    let config = SimConfig { steps: (data.len() / 4).clamp(1, 400), ..SimConfig::default() };
     let result = Sim::new(&mut choices, config).and_then(|sim| sim.run());
     if let Err(violation) = result {
         panic!("invariant violated: {violation}");

@@ -1,6 +1,8 @@
-//! Deterministic simulation of a lethe cluster: 3–7 replicas on in-memory stores, driven by a
-//! stream of choices (a seeded RNG, or fuzzer bytes), then healed and checked against the
-//! invariants of docs/design.md §6.
+//! Deterministic simulation of a lethe cluster on in-memory stores, driven by a stream of
+//! choices (a seeded RNG, or fuzzer bytes), then healed and checked against the invariants of
+//! docs/design.md §6 and §8. By default a run has 1–3 members and 2–20 devices (the device tier,
+//! `sim/devices.rs`); with [`SimConfig::devices_max`] at 0 it is the member-only run of 3–7
+//! replicas it was before devices, choice for choice.
 //!
 //! What it does at random points: puts, deletes, re-creates and TTL writes; sync sessions
 //! between random pairs, several at once (so the same data arrives twice, through different
@@ -29,6 +31,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+
+mod devices;
 
 /// Where the simulation's decisions come from.
 pub trait Choices {
@@ -98,13 +102,19 @@ pub struct SimConfig {
     pub steps: usize,
     /// Print every step.
     pub verbose: bool,
+    /// The most devices a run has (it has 2 to this many, or this many if fewer); 0 for the
+    /// member-only run (3–7 members, the choices of a seed as before devices existed).
+    pub devices_max: usize,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { steps: 300, verbose: false }
+        SimConfig { steps: 300, verbose: false, devices_max: DEVICES_MAX_DEFAULT }
     }
 }
+
+/// The default of [`SimConfig::devices_max`].
+pub const DEVICES_MAX_DEFAULT: usize = 20;
 
 /// What a run saw.
 #[derive(Clone, Debug, Default)]
@@ -127,6 +137,18 @@ pub struct SimReport {
     pub sketches: (u64, u64),
     /// Local writes refused because the writer's clock was ahead of its peers'.
     pub clock_refusals: u64,
+    /// Devices in the run (some may join late, some are removed).
+    pub devices: usize,
+    /// Device sessions that ran to the end (random phase and final rounds).
+    pub device_sessions: u64,
+    /// Device sessions that ended early (loss, a cut, a crash, removal, an error).
+    pub device_sessions_aborted: u64,
+    /// Device writes a member admitted under a fresh dot of its own.
+    pub uploads: u64,
+    /// Device sessions that bootstrapped a device that started empty.
+    pub fresh_bootstraps: u64,
+    /// Forged frames from a hostile device that members refused.
+    pub forged_refused: u64,
 }
 
 /// An invariant that did not hold.
@@ -148,6 +170,20 @@ const T0: u64 = 1_700_000_000_000;
 const KEYS: u64 = 12;
 const LEASE_MS: u64 = 120_000;
 const MAX_DRIFT_MS: u64 = 1_000;
+/// Shorter than the member lease, so that time jumps lapse devices more often than they evict
+/// members.
+const DEVICE_LEASE_MS: u64 = 60_000;
+
+/// The configuration of every member of a run.
+fn member_config() -> Config {
+    Config {
+        max_drift_ms: MAX_DRIFT_MS,
+        lease_ms: LEASE_MS,
+        peer_clock_slack_ms: 0,
+        device_lease_ms: DEVICE_LEASE_MS,
+        ..Config::default()
+    }
+}
 
 fn violation(invariant: &'static str, detail: impl Into<String>) -> Violation {
     Violation { invariant, detail: detail.into() }
@@ -171,6 +207,8 @@ struct Node {
     crashed_store: Option<MemoryStore>,
     clock: Arc<SkewedClock>,
     writes: u64,
+    /// Dots this member issued for device writes it admitted.
+    admitted: u64,
     max_wall_ms: u64,
     /// The highest stamp this replica has held for each key: holding an older one later is a
     /// resurrection (I2), checked after every step.
@@ -183,9 +221,7 @@ struct Node {
 impl Node {
     fn open(&mut self) -> Result<(), Violation> {
         let store = self.crashed_store.take().unwrap_or_default();
-        let config =
-            Config { max_drift_ms: MAX_DRIFT_MS, lease_ms: LEASE_MS, peer_clock_slack_ms: 0, ..Config::default() };
-        let replica = Replica::open(store, self.id, config, self.clock.clone())
+        let replica = Replica::open(store, self.id, member_config(), self.clock.clone())
             .map_err(|e| violation("I3 restart", format!("replica {} did not reopen: {e}", self.id)))?;
         self.replica = Some(replica);
         Ok(())
@@ -229,21 +265,27 @@ pub struct Sim<'c, C: Choices> {
     /// Collections, for the documented exception: a tombstone or expired record (key, dot) was
     /// collected by a replica that did not count these writers as members.
     collections: Vec<(Vec<u8>, lethe_engine::Dot, BTreeSet<ReplicaId>)>,
-    /// Each write's dot → its writer's vector just before it (what the writer had seen).
-    seen_at_write: BTreeMap<lethe_engine::Dot, lethe_engine::VersionVector>,
+    /// Each write's stamp → its writer's vector (over members) just before it (what the writer
+    /// had seen). By stamp, not dot: a device's write changes dot when a member admits it.
+    seen_at_write: BTreeMap<lethe_engine::Stamp, lethe_engine::VersionVector>,
+    /// The device tier of the run (empty when [`SimConfig::devices_max`] is 0).
+    fleet: devices::Fleet,
     /// The node whose two bootstraps are running, if any.
     joining: Option<usize>,
     report: SimReport,
 }
 
 impl<'c, C: Choices> Sim<'c, C> {
-    /// A cluster of 3–7 replicas, sized by the first choice, which also says (in a quarter of
-    /// the runs) whether the last replica is a new node that joins later, bootstrapped by two
-    /// peers at once. (`x % 5` of a number in `0..20` is the size a seed had before joiners.)
+    /// A cluster sized by the first choice, which also says (in a quarter of the runs) whether
+    /// the last member is a new node that joins later, bootstrapped by two peers at once. (`x %
+    /// 5` of a number in `0..20` is the size a seed had before joiners.) Member-only
+    /// ([`SimConfig::devices_max`] 0): 3–7 members. With devices: 1–3 members (a joiner only
+    /// with 3, as it needs two sources), then 2–`devices_max` devices (`sim/devices.rs`).
     pub fn new(choices: &'c mut C, config: SimConfig) -> Result<Sim<'c, C>, Violation> {
         let first = choices.below(20);
-        let n = 3 + (first % 5) as usize;
-        let joiner = first / 5 == 3;
+        let with_devices = config.devices_max > 0;
+        let n = if with_devices { 1 + (first % 3) as usize } else { 3 + (first % 5) as usize };
+        let joiner = first / 5 == 3 && n >= 3;
         let time = ManualClock::new(T0);
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
@@ -254,6 +296,7 @@ impl<'c, C: Choices> Sim<'c, C> {
                 crashed_store: None,
                 clock,
                 writes: 0,
+                admitted: 0,
                 max_wall_ms: T0,
                 floor: BTreeMap::new(),
                 waiting: joiner && i == n - 1,
@@ -268,7 +311,9 @@ impl<'c, C: Choices> Sim<'c, C> {
                 r.enrol_member(ReplicaId(j as u64 + 1)).map_err(|e| violation("enrolment", e.to_string()))?;
             }
         }
-        let report = SimReport { replicas: n, ..SimReport::default() };
+        let mut report = SimReport { replicas: n, ..SimReport::default() };
+        let fleet = devices::Fleet::new(choices, &time, config.devices_max, &mut nodes)?;
+        report.devices = fleet.len();
         Ok(Sim {
             choices,
             config,
@@ -281,6 +326,7 @@ impl<'c, C: Choices> Sim<'c, C> {
             history: BTreeMap::new(),
             collections: Vec::new(),
             seen_at_write: BTreeMap::new(),
+            fleet,
             joining: None,
             report,
         })
@@ -341,6 +387,10 @@ impl<'c, C: Choices> Sim<'c, C> {
             && self.choices.chance(1)
         {
             return self.join(j);
+        }
+        // No choice is drawn for devices in a member-only run, so its seeds replay as before.
+        if !self.fleet.is_empty() && self.choices.chance(40) {
+            return self.device_step();
         }
         match self.choices.below(100) {
             0..=29 => self.write(),
@@ -432,7 +482,7 @@ impl<'c, C: Choices> Sim<'c, C> {
         node.writes += 1;
         self.report.writes += 1;
         let entry = entry_of(r, &key)?;
-        self.seen_at_write.insert(entry.dot(), seen);
+        self.seen_at_write.insert(entry.stamp, seen);
         self.log(|| format!("node {i} writes {} {:?}", String::from_utf8_lossy(&key), entry.payload));
         self.history.entry(key).or_default().push(entry);
         Ok(())
@@ -674,7 +724,13 @@ impl<'c, C: Choices> Sim<'c, C> {
         // The step evicts before it collects: who counted is the membership after it.
         let members: BTreeSet<ReplicaId> = r.membership().iter().map(|(id, _)| id).chain([r.id()]).collect();
         let after = dead_keys(r, now_ms)?;
-        let outside: BTreeSet<ReplicaId> = ids.into_iter().filter(|id| !members.contains(id)).collect();
+        // Devices whose acknowledgement did not count (new, lapsed, removed) are outside too.
+        let counting: BTreeSet<ReplicaId> = r.devices().iter().filter(|(_, d)| d.counts()).map(|(id, _)| id).collect();
+        let outside: BTreeSet<ReplicaId> = ids
+            .into_iter()
+            .filter(|id| !members.contains(id))
+            .chain(self.fleet.ids().filter(|id| !counting.contains(id)))
+            .collect();
         for (key, dot) in &before {
             if !after.contains_key(key) && !outside.is_empty() {
                 self.collections.push((key.clone(), *dot, outside.clone()));
@@ -695,6 +751,7 @@ impl<'c, C: Choices> Sim<'c, C> {
         self.report.sessions_aborted += (before - self.links.len()) as u64;
         self.streams.retain(|s| s.from != i && s.to != i);
         self.stray_pushes.retain(|(from, to, _)| *from != i && *to != i);
+        self.drop_device_links_of_member(i);
         self.log(|| format!("node {i} crashes"));
     }
 
@@ -789,7 +846,7 @@ impl<'c, C: Choices> Sim<'c, C> {
                 }
             }
         }
-        Ok(())
+        self.check_device_floors()
     }
 
     fn heal(&mut self) -> Result<(), Violation> {
@@ -804,6 +861,7 @@ impl<'c, C: Choices> Sim<'c, C> {
                 node.open()?;
             }
         }
+        self.heal_devices()?;
         // Past every skewed stamp, so no final session is refused for drift.
         self.time.advance(10_000);
         self.log(|| "healed".to_string());
@@ -848,12 +906,29 @@ impl<'c, C: Choices> Sim<'c, C> {
                 self.sync_pair(a, b, false)?;
             }
         }
+        if !self.fleet.is_empty() {
+            self.device_final_rounds()?;
+        }
+        Ok(())
+    }
+
+    /// Every member syncs with every other, once (by anti-entropy if `anti_entropy`).
+    fn sync_all_members(&mut self, anti_entropy: bool) -> Result<(), Violation> {
+        let n = self.nodes.len();
+        for a in 0..n {
+            for b in (a + 1)..n {
+                self.sync_pair(a, b, anti_entropy)?;
+            }
+        }
         Ok(())
     }
 
     fn check(&mut self) -> Result<(), Violation> {
         let now_ms = self.time.now_ms();
-        let replicas: Vec<&Replica<MemoryStore>> = self.nodes.iter().filter_map(|n| n.replica.as_ref()).collect();
+        // Members, then the devices that must have converged (every one not removed: see
+        // `Fleet::converging`).
+        let replicas: Vec<&Replica<MemoryStore>> =
+            self.nodes.iter().filter_map(|n| n.replica.as_ref()).chain(self.fleet.converging()).collect();
         for r in &replicas {
             self.report.drift_rejections += r.drift_rejections();
             let mut vectors: Vec<VersionVector> = replicas.iter().map(|o| o.vector().clone()).collect();
@@ -877,15 +952,23 @@ impl<'c, C: Choices> Sim<'c, C> {
                 let show = |m: &BTreeMap<Vec<u8>, Entry>| {
                     diff.and_then(|k| m.get(k)).map(|e| format!("{} {:?}", e.stamp, e.payload))
                 };
+                let stored = |r: &Replica<MemoryStore>| {
+                    diff.and_then(|k| r.store().snapshot().and_then(|s| s.entry(k)).ok().flatten())
+                        .map(|e| format!("{} {} {:?}", e.stamp, e.dot, e.payload))
+                };
                 return Err(violation(
                     "I1 convergence",
                     format!(
-                        "{} and {} differ at {:?}: {:?} vs {:?}",
+                        "{} and {} differ at {:?}: {:?} vs {:?} (stored: {:?} vs {:?}; vectors {:?} vs {:?})",
                         replicas[0].id(),
                         r.id(),
                         diff.map(|k| String::from_utf8_lossy(k)),
                         show(&first),
-                        show(&live)
+                        show(&live),
+                        stored(replicas[0]),
+                        stored(r),
+                        replicas[0].vector(),
+                        r.vector()
                     ),
                 ));
             }
@@ -896,8 +979,22 @@ impl<'c, C: Choices> Sim<'c, C> {
         // I2 and I3 against the model: every key holds the LWW winner of all writes to it, live
         // if that winner is a live value, absent if it is a delete or expired (save the
         // documented exception).
+        // A removed device's write that no member admitted reached no one: not in the model.
+        let reached = |e: &Entry| self.fleet.write_reached_members(e);
         for (key, writes) in &self.history {
-            let Some(winner) = writes.iter().cloned().reduce(lethe_engine::entry::merge) else { continue };
+            let Some(winner) = writes.iter().filter(|e| reached(e)).cloned().reduce(lethe_engine::entry::merge) else {
+                if let Some(e) = first.get(key) {
+                    return Err(violation(
+                        "I2 no resurrection",
+                        format!(
+                            "key {}: {} is live, but only a removed device wrote it and no member admitted it",
+                            String::from_utf8_lossy(key),
+                            e.stamp
+                        ),
+                    ));
+                }
+                continue;
+            };
             let held = first.get(key);
             let name = String::from_utf8_lossy(key);
             if winner.is_live_at(now_ms) {
@@ -927,31 +1024,44 @@ impl<'c, C: Choices> Sim<'c, C> {
                 return Err(violation("I2 no resurrection", format!("key {:?} was never written", key)));
             }
         }
-        // I5: after every member acknowledged twice, no tombstone or expired record remains.
+        // I5: after every member and device acknowledged twice, no tombstone or expired record
+        // remains (at members and at converging devices).
         for r in &replicas {
             if r.tombstone_count() != 0 {
+                let dead = dead_keys(r, now_ms)?;
                 return Err(violation(
                     "I5 bounded tombstones",
-                    format!("{} still holds {}", r.id(), r.tombstone_count()),
+                    format!(
+                        "{} still holds {}: {:?}; members' collected {:?}",
+                        r.id(),
+                        r.tombstone_count(),
+                        dead.iter().map(|(k, d)| format!("{} {d}", String::from_utf8_lossy(k))).collect::<Vec<_>>(),
+                        replicas[0].membership().collected()
+                    ),
                 ));
             }
         }
         // I6: expiry issued no write: each replica's own seq counts exactly the writes it made.
         for node in &self.nodes {
             if let Some(r) = &node.replica
-                && r.vector().get(node.id).0 != node.writes
+                && r.vector().get(node.id).0 != node.writes + node.admitted
             {
                 return Err(violation(
                     "I6 local TTL",
-                    format!("{} made {} writes but its vector says {}", node.id, node.writes, r.vector().get(node.id)),
+                    format!(
+                        "{} made {} writes and admitted {} device writes but its vector says {}",
+                        node.id,
+                        node.writes,
+                        node.admitted,
+                        r.vector().get(node.id)
+                    ),
                 ));
             }
         }
+        self.fleet.check_own_seqs()?;
         // I4: a new replica bootstraps live entries only.
-        let config =
-            Config { max_drift_ms: MAX_DRIFT_MS, lease_ms: LEASE_MS, peer_clock_slack_ms: 0, ..Config::default() };
         let clock = Arc::new(SkewedClock { base: self.time.clone(), skew_ms: AtomicI64::new(0) });
-        let mut fresh = Replica::open(MemoryStore::new(), ReplicaId(1000), config, clock)
+        let mut fresh = Replica::open(MemoryStore::new(), ReplicaId(1000), member_config(), clock)
             .map_err(|e| violation("I4", e.to_string()))?;
         let Some(source) = self.nodes[0].replica.as_mut() else { return Err(violation("I4", "no source")) };
         let stats = run_session(source, &mut fresh, false).map_err(|e| violation("I4 live-only bootstrap", e))?;
@@ -974,10 +1084,10 @@ impl<'c, C: Choices> Sim<'c, C> {
 /// that delete (concurrent with it).
 fn excepted(
     collections: &[(Vec<u8>, lethe_engine::Dot, BTreeSet<ReplicaId>)],
-    seen_at_write: &BTreeMap<lethe_engine::Dot, lethe_engine::VersionVector>,
+    seen_at_write: &BTreeMap<lethe_engine::Stamp, lethe_engine::VersionVector>,
     e: &Entry,
 ) -> bool {
-    let Some(seen) = seen_at_write.get(&e.dot()) else { return false };
+    let Some(seen) = seen_at_write.get(&e.stamp) else { return false };
     collections
         .iter()
         .any(|(key, dot, outside)| *key == e.key && outside.contains(&e.stamp.replica) && !seen.covers(*dot))

@@ -1,32 +1,45 @@
-//! The deterministic simulation (see `lethe_tests::sim`) over 2,000 seeds, split in two so the
-//! test runner can use two cores. A failure names its seed and the command that replays it.
+//! The deterministic simulation (see `lethe_tests::sim`) over 2,000 seeds with devices (the
+//! default) and 1,000 member-only, split so the test runner can use two cores. A failure names
+//! its seed and the command that replays it.
 //! More seeds: `cargo run --release -p lethe-tests --bin lethe-sim -- --seeds 100000`.
 
 use lethe_tests::sim::{SimConfig, run_seed};
 
-fn run_seeds(seeds: std::ops::Range<u64>) {
+fn run_seeds(seeds: std::ops::Range<u64>, config: &SimConfig) {
     let mut failures = Vec::new();
     for seed in seeds {
-        if let Err(v) = run_seed(seed, SimConfig::default()) {
+        if let Err(v) = run_seed(seed, config.clone()) {
             failures.push(format!(
-                "seed {seed}: {v}\n  replay: cargo run --release -p lethe-tests --bin lethe-sim -- --seed {seed} --verbose"
+                "seed {seed}: {v}\n  replay: cargo run --release -p lethe-tests --bin lethe-sim -- --seed {seed} \
+                 --devices {} --verbose",
+                config.devices_max
             ));
         }
     }
     assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
 }
 
-#[test]
-fn invariants_hold_for_seeds_0_to_999() {
-    run_seeds(0..1000);
+fn member_only() -> SimConfig {
+    SimConfig { devices_max: 0, ..SimConfig::default() }
 }
 
 #[test]
-fn invariants_hold_for_seeds_1000_to_1999() {
-    run_seeds(1000..2000);
+fn invariants_hold_with_devices_for_seeds_0_to_999() {
+    run_seeds(0..1000, &SimConfig::default());
 }
 
-/// Seeds that once found a bug, kept whatever the random phase's mix becomes:
+#[test]
+fn invariants_hold_with_devices_for_seeds_1000_to_1999() {
+    run_seeds(1000..2000, &SimConfig::default());
+}
+
+#[test]
+fn invariants_hold_member_only_for_seeds_0_to_999() {
+    run_seeds(0..1000, &member_only());
+}
+
+/// Seeds that once found a bug in member-only runs (their choices make that run only with
+/// `devices_max: 0`), kept whatever the random phase's mix becomes:
 /// - 5011: a replica re-admitted while a checkpoint was pending; its earlier concurrent write,
 ///   in a stale session frame, reached a replica that had just collected the tombstone (fixed:
 ///   a newcomer must cover the pending F₀, and its vector joins J₀);
@@ -38,6 +51,6 @@ fn invariants_hold_for_seeds_1000_to_1999() {
 #[test]
 fn invariants_hold_for_seeds_that_found_bugs() {
     for seed in [4393, 5011, 10723] {
-        run_seeds(seed..seed + 1);
+        run_seeds(seed..seed + 1, &member_only());
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! `cargo run --release -p lethe-tests --bin lethe-sim -- --seeds 100000 [--from 0] [--steps 300]`
 //! `cargo run --release -p lethe-tests --bin lethe-sim -- --seed 42 --verbose`
+//! `--devices N`: at most N devices per run (default 20); `--devices 0`: the member-only run.
 
 use lethe_tests::sim::{SimConfig, run_seed};
 
@@ -12,7 +13,8 @@ fn main() {
     };
     let verbose = args.iter().any(|a| a == "--verbose");
     let steps = value("--steps").unwrap_or(300) as usize;
-    let config = SimConfig { steps, verbose };
+    let devices_max = value("--devices").map_or(lethe_tests::sim::DEVICES_MAX_DEFAULT, |n| n as usize);
+    let config = SimConfig { steps, verbose, devices_max };
     let seeds: Vec<u64> = match value("--seed") {
         Some(seed) => vec![seed],
         None => {
@@ -38,12 +40,19 @@ fn main() {
                 total.sketches.0 += report.sketches.0;
                 total.sketches.1 += report.sketches.1;
                 total.clock_refusals += report.clock_refusals;
+                total.devices += report.devices;
+                total.device_sessions += report.device_sessions;
+                total.device_sessions_aborted += report.device_sessions_aborted;
+                total.uploads += report.uploads;
+                total.fresh_bootstraps += report.fresh_bootstraps;
+                total.forged_refused += report.forged_refused;
             }
             Err(v) => {
                 failed += 1;
                 println!("seed {seed}: {v}");
                 println!(
-                    "  replay: cargo run --release -p lethe-tests --bin lethe-sim -- --seed {seed} --steps {steps} --verbose"
+                    "  replay: cargo run --release -p lethe-tests --bin lethe-sim -- --seed {seed} --steps {steps} \
+                     --devices {devices_max} --verbose"
                 );
             }
         }
@@ -62,6 +71,16 @@ fn main() {
         total.sketches.0,
         total.sketches.1,
         total.clock_refusals
+    );
+    println!(
+        "devices: {} in all, {} device sessions finished, {} ended early, {} uploads admitted, \
+         {} fresh device bootstraps, {} forged frames refused",
+        total.devices,
+        total.device_sessions,
+        total.device_sessions_aborted,
+        total.uploads,
+        total.fresh_bootstraps,
+        total.forged_refused
     );
     println!("{} seeds, {} failed, {:.1} s", seeds.len(), failed, started.elapsed().as_secs_f64());
     if failed > 0 {
