@@ -18,7 +18,8 @@ pub fn print_line(line: &str) -> std::io::Result<()> {
 }
 
 /// `println!` that hands back the write's error (a closed pipe) instead of panicking: use it
-/// with `?`.
+/// with `?`. Used by the `bench` feature's commands (unused without it).
+#[cfg_attr(not(feature = "bench"), allow(unused_macros))]
 macro_rules! outln {
     () => {
         $crate::output::print_line("")
@@ -27,6 +28,7 @@ macro_rules! outln {
         $crate::output::print_line(&format!($($arg)*))
     };
 }
+#[cfg_attr(not(feature = "bench"), allow(unused_imports))]
 pub(crate) use outln;
 
 /// Whether `e` comes from writing to a pipe whose reader has gone away.

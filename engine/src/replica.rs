@@ -758,6 +758,7 @@ impl<S: Storage> Replica<S> {
                     if cur.dot.replica == self.id
                         && entry.dot.replica != self.id
                         && cur.stamp == entry.stamp
+                        && cur.payload == entry.payload
                         && self.is_device() =>
                 {
                     report.applied += 1;

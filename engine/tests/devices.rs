@@ -494,3 +494,38 @@ fn a_device_handshake_cannot_start_a_recovery_or_acknowledge_what_no_member_hold
     }
     assert_eq!(hub.tombstone_count(), 0);
 }
+
+#[test]
+fn a_device_ack_cannot_start_a_recovery_or_hold_collection_back_for_good() {
+    let clock = ManualClock::new(T0);
+    let mut hub = member(1, &clock);
+    let mut phone = device(100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    hub.put("k", "v", PutOptions::default()).unwrap();
+    let vv = |pairs: &[(u64, u64)]| -> lethe_engine::VersionVector {
+        pairs.iter().map(|&(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into()
+    };
+    // The session runs honestly up to the member's `Done`; the device then answers a forged Ack.
+    let forge = |hub: &mut Replica<MemoryStore>, phone: &mut Replica<MemoryStore>, ack: lethe_engine::VersionVector| {
+        let mut ds = DeviceSession::new(phone, Some(HUB)).unwrap();
+        let mut ms = DeviceService::new(hub, Some(phone.id())).unwrap();
+        while let Some(f) = ds.poll_transmit(phone).unwrap() {
+            ms.handle(hub, &f).unwrap();
+        }
+        while let Some(f) = ms.poll_transmit(hub).unwrap() {
+            ds.handle(phone, &f).unwrap();
+        }
+        ms.handle(hub, &Message::Ack(ack).encode().unwrap())
+    };
+    assert!(forge(&mut hub, &mut phone, vv(&[(1, 1_000)])).is_err());
+    assert!(hub.recovery().is_none(), "a device's Ack started a recovery");
+    hub.put("still", "writable", PutOptions::default()).unwrap();
+    assert!(forge(&mut hub, &mut phone, vv(&[(1, 2), (100, 5)])).is_err(), "its own upload counter");
+    hub.delete("k").unwrap();
+    clock.advance(1);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    for _ in 0..3 {
+        hub.collect_garbage().unwrap();
+    }
+    assert_eq!(hub.tombstone_count(), 0, "collection goes on");
+}

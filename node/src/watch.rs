@@ -6,7 +6,7 @@
 //! go beyond has its queue emptied and is told next how many changes it lost
 //! ([`SubscriptionError::Lagged`]), then goes on with the changes committed after. The replica
 //! records changes ([`lethe_engine::Replica::record_changes`]) exactly while a watcher is
-//! registered: `Inner::with_replica` sets it from [`Watchers::any`] before each call, so an
+//! registered: `Inner::with_replica` sets it from `Watchers::any` before each call, so an
 //! embedder that stops watching pays nothing from its next call on.
 //!
 //! Cost: a publish takes one lock and, per watcher, a prefix comparison per change and a clone

@@ -48,6 +48,13 @@ impl<S: Storage> Replica<S> {
                 )));
             }
             previous = e.dot.seq;
+            let cursor = self.devices().cursor(device);
+            if e.dot.seq.0 > cursor.0.saturating_add(crate::replica::RESTORE_SEQ_GAP_MAX) {
+                return Err(SyncError::Malformed(format!(
+                    "upload seq {} is implausibly far beyond the device's cursor {cursor}",
+                    e.dot.seq
+                )));
+            }
             self.config().limits.check_entry(e)?;
         }
         if let Some(err) = entries.iter().find_map(|e| self.clock_check(e.stamp.hlc, wall_ms).err()) {

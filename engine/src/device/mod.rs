@@ -32,6 +32,7 @@ pub use records::{DEVICE_LEASE_MS_DEFAULT, DEVICES_MAX, DeviceRecord, Devices, T
 pub use session::{
     DeviceOutcome, DeviceService, DeviceSession, DeviceStats, UPLOADS_IN_FLIGHT, sync_device_in_process,
 };
+pub(crate) use session::{cap_device_ack, check_device_vector};
 
 /// What a replica is (docs/design.md §8).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -218,7 +218,10 @@ impl<S: Storage> Replica<S> {
         let mut seq = cursor;
         let mut state = self.device.clone();
         for entry in queued {
-            seq = seq.next();
+            seq = seq.checked_next().ok_or_else(|| StorageError::Corrupt {
+                what: "upload queue",
+                detail: format!("re-numbering above cursor {cursor} runs past the last upload seq"),
+            })?;
             batch.put(Entry { dot: Dot { replica: me, seq }, ..entry });
         }
         state.answered = cursor;

@@ -210,6 +210,13 @@ impl DeviceSession {
                         uploaded.len()
                     )));
                 }
+                if let Some(Admission::Admitted(dot)) =
+                    answers.iter().find(|a| matches!(a, Admission::Admitted(d) if Some(d.replica) != self.peer))
+                {
+                    return Err(SyncError::Malformed(format!(
+                        "the member answered an upload with dot {dot}, which is not its own"
+                    )));
+                }
                 for a in &answers {
                     match a {
                         Admission::Admitted(_) => self.stats.admitted += 1,
@@ -409,28 +416,11 @@ impl DeviceService {
         if !vector.dominates(&ack) {
             return Err(SyncError::Malformed(format!("device {device} acknowledges more than its vector holds")));
         }
-        // A device's vector names members only, and none of this member's writes beyond what
-        // it issued: a device is no witness of a restore (docs/design.md §9: it can change
-        // nothing but its own writes), so such a claim is refused, never acted on.
-        let me = replica.id();
-        if let Some((r, _)) = vector.iter().find(|(r, _)| *r != me && !replica.membership().is_enrolled(*r)) {
-            return Err(SyncError::Malformed(format!(
-                "device {device}'s vector names replica {r}, which is not a member here"
-            )));
-        }
-        if vector.get(me) > replica.own_counter() {
-            return Err(SyncError::Malformed(format!(
-                "device {device} claims write {} of this member, which issued only {}: refused (a device is no \
-                 witness of a restore; if this member was restored from a backup, let a member sync with it first)",
-                vector.get(me),
-                replica.own_counter()
-            )));
-        }
+        check_device_vector(replica, device, &vector)?;
         self.peer = Some(device);
-        replica.note_peer_wall(device, wall_ms);
-        // No more than what some member holds: an acknowledgement beyond it could never be
-        // covered by the frontier and would hold collection back for good.
-        let ack = ack.meet(&replica.membership().join(replica.vector()));
+        // A device's wall time bounds what this session sends it (`to_device`), but is not
+        // taken as a peer clock: devices' clocks must not decide whether this member may write.
+        let ack = cap_device_ack(replica, &ack);
         replica.acknowledge_device(device, &ack);
         let cursor = replica.devices().cursor(device);
         let member_hello = MemberHello(
@@ -458,6 +448,38 @@ impl DeviceService {
         self.download = Some(Session::to_device(replica, &hello, &self.hello_vector, admitted)?);
         Ok(())
     }
+}
+
+/// Checks a vector a device sends (its handshake's, its `Ack`): it names members only, and none
+/// of this member's writes beyond what it issued. A device is no witness of a restore
+/// (docs/design.md §9: it can change nothing but its own writes), so such a claim is refused,
+/// never acted on.
+pub(crate) fn check_device_vector<S: Storage>(
+    replica: &Replica<S>,
+    device: ReplicaId,
+    vector: &VersionVector,
+) -> Result<(), SyncError> {
+    let me = replica.id();
+    if let Some((r, _)) = vector.iter().find(|(r, _)| *r != me && !replica.membership().is_enrolled(*r)) {
+        return Err(SyncError::Malformed(format!(
+            "device {device}'s vector names replica {r}, which is not a member here"
+        )));
+    }
+    if vector.get(me) > replica.own_counter() {
+        return Err(SyncError::Malformed(format!(
+            "device {device} claims write {} of this member, which issued only {}: refused (a device is no witness \
+             of a restore; if this member was restored from a backup, let a member sync with it first)",
+            vector.get(me),
+            replica.own_counter()
+        )));
+    }
+    Ok(())
+}
+
+/// A device's acknowledgement, capped at what some member holds: beyond it, it could never be
+/// covered by the frontier and would hold collection back for good.
+pub(crate) fn cap_device_ack<S: Storage>(replica: &Replica<S>, ack: &VersionVector) -> VersionVector {
+    ack.meet(&replica.membership().join(replica.vector()))
 }
 
 /// What [`sync_device_in_process`] measured.

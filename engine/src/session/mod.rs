@@ -530,10 +530,14 @@ impl Session {
                     return Err(SyncError::Unexpected { got: "Ack", state: self.source_state() });
                 }
                 if let Some(peer) = self.peer {
-                    replica.notice_own_seq(vector.get(replica.id()))?;
                     if self.download == Some(Download::ToDevice) {
-                        replica.acknowledge_device(peer, &vector);
+                        // Checked and capped as the device's handshake was: a device is no
+                        // witness of a restore, and acknowledges nothing no member holds.
+                        crate::device::check_device_vector(replica, peer, &vector)?;
+                        let ack = crate::device::cap_device_ack(replica, &vector);
+                        replica.acknowledge_device(peer, &ack);
                     } else {
+                        replica.notice_own_seq(vector.get(replica.id()))?;
                         replica.acknowledge(peer, &vector);
                     }
                 }
