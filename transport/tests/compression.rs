@@ -146,8 +146,11 @@ async fn a_compressed_frame_on_a_connection_without_compression_is_refused() {
     // A compressing writer on a raw stream of this connection: what a broken peer would send.
     let (send, _recv) = conn.conn.open_bi().await.unwrap();
     let mut w = FrameWriter::compressing(send, FRAME_BYTES_MAX);
-    w.send(&entries_like(64 * 1024)).await.unwrap();
-    w.flush().await.unwrap();
+    // The reader refuses the frame at its prefix and closes the connection, which may come
+    // before this side has written the whole body: a failed write here is the expected race.
+    if w.send(&entries_like(64 * 1024)).await.is_ok() {
+        let _ = w.flush().await;
+    }
     let err = reader.await.unwrap();
     assert!(matches!(err, Error::CompressionNotNegotiated { .. }), "{err}");
     let closed = conn.conn.closed().await;
