@@ -22,6 +22,10 @@ fn device(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
     Replica::open(MemoryStore::new(), ReplicaId(id), config, Arc::new(clock.clone())).unwrap()
 }
 
+fn vv(pairs: &[(u64, u64)]) -> lethe_engine::VersionVector {
+    pairs.iter().map(|&(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into()
+}
+
 fn key(i: u64) -> Vec<u8> {
     let h = blake3::hash(&i.to_le_bytes());
     format!("user:{}", &h.to_hex()[..19]).into_bytes()
@@ -473,9 +477,6 @@ fn a_device_handshake_cannot_start_a_recovery_or_acknowledge_what_no_member_hold
         );
         Message::DeviceHello(hello).encode().unwrap()
     };
-    let vv = |pairs: &[(u64, u64)]| -> lethe_engine::VersionVector {
-        pairs.iter().map(|&(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into()
-    };
     // Writes of the hub beyond its counter: from a device, no evidence of a restore.
     let mut ms = DeviceService::new(&mut hub, Some(ReplicaId(100))).unwrap();
     assert!(ms.handle(&mut hub, &claims(vv(&[(1, 1_000)]))).is_err());
@@ -502,9 +503,6 @@ fn a_device_ack_cannot_start_a_recovery_or_hold_collection_back_for_good() {
     let mut phone = device(100, &clock);
     hub.enrol_device(phone.id()).unwrap();
     hub.put("k", "v", PutOptions::default()).unwrap();
-    let vv = |pairs: &[(u64, u64)]| -> lethe_engine::VersionVector {
-        pairs.iter().map(|&(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into()
-    };
     // The session runs honestly up to the member's `Done`; the device then answers a forged Ack.
     let forge = |hub: &mut Replica<MemoryStore>, phone: &mut Replica<MemoryStore>, ack: lethe_engine::VersionVector| {
         let mut ds = DeviceSession::new(phone, Some(HUB)).unwrap();

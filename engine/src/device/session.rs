@@ -60,6 +60,32 @@ pub struct DeviceStats {
 }
 
 impl DeviceStats {
+    /// Counts a frame received outside the download.
+    fn received(&mut self, frame: &[u8]) {
+        self.messages_received += 1;
+        self.bytes_received += frame.len() as u64;
+    }
+
+    /// Counts a member's answers to an upload.
+    fn count(&mut self, answers: &[Admission]) {
+        for a in answers {
+            match a {
+                Admission::Admitted(_) => self.admitted += 1,
+                Admission::Superseded => self.superseded += 1,
+                Admission::Known => self.known += 1,
+            }
+        }
+    }
+
+    /// These figures with the download's.
+    fn with_download(&self, download: Option<&Session>) -> DeviceStats {
+        let mut s = self.clone();
+        if let Some(d) = download {
+            s.download = d.stats().clone();
+        }
+        s
+    }
+
     /// Bytes sent, download included.
     #[must_use]
     pub fn total_sent(&self) -> u64 {
@@ -132,11 +158,7 @@ impl DeviceSession {
     /// What the session has cost so far.
     #[must_use]
     pub fn stats(&self) -> DeviceStats {
-        let mut s = self.stats.clone();
-        if let Some(d) = &self.download {
-            s.download = d.stats().clone();
-        }
-        s
+        self.stats.with_download(self.download.as_ref())
     }
 
     /// Whether everything is uploaded and answered, the download is complete and nothing is
@@ -154,16 +176,7 @@ impl DeviceSession {
         if self.outbox.is_empty() && self.download.is_some() && self.in_flight.len() < UPLOADS_IN_FLIGHT {
             self.queue_upload(replica)?;
         }
-        if let Some(msg) = self.outbox.pop_front() {
-            let frame = msg.encode()?;
-            self.stats.messages_sent += 1;
-            self.stats.bytes_sent += frame.len() as u64;
-            return Ok(Some(frame));
-        }
-        match &mut self.download {
-            Some(d) => d.poll_transmit(replica),
-            None => Ok(None),
-        }
+        next_frame(&mut self.outbox, self.download.as_mut(), &mut self.stats, replica)
     }
 
     /// Reads the next upload from the queue, if one is due.
@@ -195,11 +208,11 @@ impl DeviceSession {
         let msg = Message::decode(frame)?;
         match msg {
             Message::MemberHello(hello) => {
-                self.count_received(frame);
+                self.stats.received(frame);
                 self.on_hello(replica, hello)
             }
             Message::Admitted(answers) => {
-                self.count_received(frame);
+                self.stats.received(frame);
                 let Some(uploaded) = self.in_flight.pop_front() else {
                     return Err(SyncError::Unexpected { got: "Admitted", state: "with no upload awaiting an answer" });
                 };
@@ -210,13 +223,7 @@ impl DeviceSession {
                         uploaded.len()
                     )));
                 }
-                for a in &answers {
-                    match a {
-                        Admission::Admitted(_) => self.stats.admitted += 1,
-                        Admission::Superseded => self.stats.superseded += 1,
-                        Admission::Known => self.stats.known += 1,
-                    }
-                }
+                self.stats.count(&answers);
                 replica.settle_uploads(&uploaded, &answers)?;
                 Ok(())
             }
@@ -228,11 +235,6 @@ impl DeviceSession {
                 None => Err(SyncError::Unexpected { got: other.name(), state: "awaiting the member's handshake" }),
             },
         }
-    }
-
-    fn count_received(&mut self, frame: &[u8]) {
-        self.stats.messages_received += 1;
-        self.stats.bytes_received += frame.len() as u64;
     }
 
     fn on_hello<S: Storage>(&mut self, replica: &mut Replica<S>, hello: MemberHello) -> Result<(), SyncError> {
@@ -309,11 +311,7 @@ impl DeviceService {
     /// What the session has cost so far.
     #[must_use]
     pub fn stats(&self) -> DeviceStats {
-        let mut s = self.stats.clone();
-        if let Some(d) = &self.download {
-            s.download = d.stats().clone();
-        }
-        s
+        self.stats.with_download(self.download.as_ref())
     }
 
     /// Whether the device's uploads are all answered, the download is acknowledged and nothing
@@ -325,16 +323,7 @@ impl DeviceService {
 
     /// The next frame to send, if any.
     pub fn poll_transmit<S: Storage>(&mut self, replica: &Replica<S>) -> Result<Option<Vec<u8>>, SyncError> {
-        if let Some(msg) = self.outbox.pop_front() {
-            let frame = msg.encode()?;
-            self.stats.messages_sent += 1;
-            self.stats.bytes_sent += frame.len() as u64;
-            return Ok(Some(frame));
-        }
-        match &mut self.download {
-            Some(d) => d.poll_transmit(replica),
-            None => Ok(None),
-        }
+        next_frame(&mut self.outbox, self.download.as_mut(), &mut self.stats, replica)
     }
 
     /// Handles one frame from the device. An error ends the session; nothing of the failing
@@ -343,11 +332,11 @@ impl DeviceService {
         let msg = Message::decode(frame)?;
         match msg {
             Message::DeviceHello(hello) => {
-                self.count_received(frame);
+                self.stats.received(frame);
                 self.on_hello(replica, hello)
             }
             Message::Upload { entries, last } => {
-                self.count_received(frame);
+                self.stats.received(frame);
                 if !self.uploads_open {
                     return Err(SyncError::Unexpected {
                         got: "Upload",
@@ -359,16 +348,11 @@ impl DeviceService {
                 };
                 self.stats.uploaded += entries.len() as u64;
                 let answers = replica.admit_uploads(device, entries)?;
-                for a in &answers {
-                    match a {
-                        Admission::Admitted(dot) => {
-                            self.stats.admitted += 1;
-                            self.admitted.insert(*dot);
-                        }
-                        Admission::Superseded => self.stats.superseded += 1,
-                        Admission::Known => self.stats.known += 1,
-                    }
-                }
+                self.stats.count(&answers);
+                self.admitted.extend(answers.iter().filter_map(|a| match a {
+                    Admission::Admitted(dot) => Some(*dot),
+                    _ => None,
+                }));
                 self.outbox.push_back(Message::Admitted(answers));
                 self.uploads_open = !last;
                 if last {
@@ -384,11 +368,6 @@ impl DeviceService {
                 None => Err(SyncError::Unexpected { got: other.name(), state: "awaiting the device's handshake" }),
             },
         }
-    }
-
-    fn count_received(&mut self, frame: &[u8]) {
-        self.stats.messages_received += 1;
-        self.stats.bytes_received += frame.len() as u64;
     }
 
     fn on_hello<S: Storage>(&mut self, replica: &mut Replica<S>, hello: DeviceHello) -> Result<(), SyncError> {
@@ -440,6 +419,25 @@ impl DeviceService {
         let admitted = uploaded.then_some(&self.admitted);
         self.download = Some(Session::to_device(replica, &hello, &self.hello_vector, admitted)?);
         Ok(())
+    }
+}
+
+/// The next frame of either side: its own messages first, then the download's.
+fn next_frame<S: Storage>(
+    outbox: &mut VecDeque<Message>,
+    download: Option<&mut Session>,
+    stats: &mut DeviceStats,
+    replica: &Replica<S>,
+) -> Result<Option<Vec<u8>>, SyncError> {
+    if let Some(msg) = outbox.pop_front() {
+        let frame = msg.encode()?;
+        stats.messages_sent += 1;
+        stats.bytes_sent += frame.len() as u64;
+        return Ok(Some(frame));
+    }
+    match download {
+        Some(d) => d.poll_transmit(replica),
+        None => Ok(None),
     }
 }
 
