@@ -1,7 +1,8 @@
 //! A member's devices, as a [`Replica`] keeps them: enrolment and removal by the operator, each
 //! device's acknowledgement, and the part devices play in the stable frontier (docs/design.md
-//! §8). Removal takes effect at once: the record goes, collection no longer waits for the
-//! device, and its sessions are refused from then on.
+//! §8). Removal takes effect at once: the record is marked revoked (and kept, so the removal
+//! travels to the other members and wins there), collection no longer waits for the device, and
+//! its sessions are refused from then on.
 
 use crate::device::records::Devices;
 use crate::device::records::RecordWire;
