@@ -708,7 +708,14 @@ impl<S: Storage> Replica<S> {
     /// (and the sender's clock) against `max_drift_ms`. Any failure rejects the whole batch and
     /// leaves the store unchanged.
     pub fn apply_remote(&mut self, entries: Vec<Entry>, sender: Option<(&VersionVector, Hlc)>) -> Result<ApplyReport> {
-        self.apply_entries(entries, sender, false)
+        self.apply_entries(entries, sender, false, false)
+    }
+
+    /// [`Replica::apply_remote`] on a device, of a partial transfer from a member not behind it:
+    /// an entry whose dot this device's vector covers is taken by LWW alone (see the rule in
+    /// `apply_entries`).
+    pub(crate) fn apply_from_member(&mut self, entries: Vec<Entry>) -> Result<ApplyReport> {
+        self.apply_entries(entries, None, false, self.is_device())
     }
 
     /// [`Replica::apply_remote`] for a chunk of a bootstrap into this (empty) replica: the
@@ -719,7 +726,7 @@ impl<S: Storage> Replica<S> {
     /// ([`Replica::delta_for`]). Peers that synced past the bootstrap's snapshot (the source
     /// first of all) get deltas from the dot index as usual.
     pub(crate) fn apply_bootstrap_chunk(&mut self, entries: Vec<Entry>) -> Result<ApplyReport> {
-        self.apply_entries(entries, None, true)
+        self.apply_entries(entries, None, true, false)
     }
 
     fn apply_entries(
@@ -727,6 +734,7 @@ impl<S: Storage> Replica<S> {
         entries: Vec<Entry>,
         sender: Option<(&VersionVector, Hlc)>,
         defer_dots: bool,
+        take_covered: bool,
     ) -> Result<ApplyReport> {
         let wall_ms = self.now_ms();
         let sender_vector = sender.map(|(v, _)| v);
@@ -765,8 +773,14 @@ impl<S: Storage> Replica<S> {
                     winners.insert(entry.key.clone(), entry);
                 }
                 Some(cur) if cur.dot() == entry.dot() && !entry.wins_over(&cur) => report.superseded += 1,
-                Some(cur) if cur.dot() != entry.dot() && self.vector.covers(entry.dot()) => report.stale += 1,
-                None if self.vector.covers(entry.dot()) => report.stale += 1,
+                // A covered dot this replica no longer holds was replaced or collected here. A
+                // device takes the word of a member not behind it all the same (`take_covered`,
+                // by LWW alone): it cannot make the member drop it (I10), and converges to what
+                // members hold.
+                Some(cur) if cur.dot() != entry.dot() && self.vector.covers(entry.dot()) && !take_covered => {
+                    report.stale += 1;
+                }
+                None if self.vector.covers(entry.dot()) && !take_covered => report.stale += 1,
                 Some(cur) if !entry.wins_over(&cur) => report.superseded += 1,
                 _ => {
                     report.applied += 1;

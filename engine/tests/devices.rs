@@ -474,6 +474,7 @@ fn a_device_handshake_cannot_start_a_recovery_or_acknowledge_what_no_member_hold
             false,
             false,
             T0,
+            false,
         );
         Message::DeviceHello(hello).encode().unwrap()
     };
@@ -526,4 +527,30 @@ fn a_device_ack_cannot_start_a_recovery_or_hold_collection_back_for_good() {
         hub.collect_garbage().unwrap();
     }
     assert_eq!(hub.tombstone_count(), 0, "collection goes on");
+}
+
+#[test]
+fn a_re_uploaded_write_that_members_replaced_and_collected_since_is_dropped_at_the_device() {
+    let clock = ManualClock::new(T0);
+    let mut hub = member(1, &clock);
+    let mut phone = device(100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    phone.put("k", "old", PutOptions::default()).unwrap();
+    phone.delete("gone").unwrap();
+    sync_losing_answers(&mut phone, &mut hub);
+    assert_eq!(phone.pending_uploads().unwrap(), 2, "the phone never heard the answers");
+    // The hub deletes k, the phone stays silent past its lease, and the deletes are collected.
+    hub.delete("k").unwrap();
+    clock.advance(lethe_engine::device::DEVICE_LEASE_MS_DEFAULT + 1);
+    for _ in 0..3 {
+        hub.collect_garbage().unwrap();
+    }
+    assert_eq!((hub.tombstone_count(), hub.get(b"k").unwrap()), (0, None));
+    // Back, the phone uploads both again: applied before, replaced and collected since.
+    let out = sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!((out.member.uploaded, out.member.known), (2, 2));
+    assert_eq!(phone.pending_uploads().unwrap(), 0);
+    assert_eq!(phone.get(b"k").unwrap(), None, "not kept live under the phone's own upload seq");
+    assert_eq!(phone.tombstone_count(), 0, "nor its delete, which no member would ever collect for it");
+    assert_eq!(phone.digest(), hub.digest());
 }

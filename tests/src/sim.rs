@@ -268,6 +268,10 @@ pub struct Sim<'c, C: Choices> {
     /// Each write's stamp → its writer's vector (over members) just before it (what the writer
     /// had seen). By stamp, not dot: a device's write changes dot when a member admits it.
     seen_at_write: BTreeMap<lethe_engine::Stamp, lethe_engine::VersionVector>,
+    /// Devices that acknowledged what they did not hold (the hostile one, once it forged a
+    /// handshake a member accepted): a delete collected on their word may lose to their own
+    /// older writes, which is no more than such a device could do by writing afresh.
+    liars: BTreeSet<ReplicaId>,
     /// The device tier of the run (empty when [`SimConfig::devices_max`] is 0).
     fleet: devices::Fleet,
     /// The node whose two bootstraps are running, if any.
@@ -326,6 +330,7 @@ impl<'c, C: Choices> Sim<'c, C> {
             history: BTreeMap::new(),
             collections: Vec::new(),
             seen_at_write: BTreeMap::new(),
+            liars: BTreeSet::new(),
             fleet,
             joining: None,
             report,
@@ -825,7 +830,7 @@ impl<'c, C: Choices> Sim<'c, C> {
                     // An older dead record coming back is garbage for the next GC, not visible.
                     Some(floor) if e.stamp < *floor && !e.is_live_at(now_ms) => {}
                     Some(floor) if e.stamp < *floor => {
-                        if !excepted(&self.collections, &self.seen_at_write, &e) {
+                        if !excepted(&self.collections, &self.seen_at_write, &self.liars, &e) {
                             return Err(violation(
                                 "I2 no resurrection",
                                 format!(
@@ -945,10 +950,15 @@ impl<'c, C: Choices> Sim<'c, C> {
         // I1: same live entries and digest everywhere.
         let first = live_entries(replicas[0])?;
         let digest: Fingerprint = replicas[0].digest();
+        // The same writes: stamp and payload. Not the dot: a device's write admitted by two
+        // members before their cursors met has two dots, and a member whose reconciliation found
+        // the copies equal (fingerprints name the key and stamp) may keep either; reads, digests
+        // and fingerprints are the same (docs/design.md §8).
+        let write = |e: Option<&Entry>| e.map(|e| (e.stamp, e.payload.clone()));
         for r in &replicas[1..] {
             let live = live_entries(r)?;
-            if live != first {
-                let diff = first.keys().chain(live.keys()).find(|k| first.get(*k) != live.get(*k));
+            if let Some(diff) = first.keys().chain(live.keys()).find(|k| write(first.get(*k)) != write(live.get(*k))) {
+                let diff = Some(diff);
                 let show = |m: &BTreeMap<Vec<u8>, Entry>| {
                     diff.and_then(|k| m.get(k)).map(|e| format!("{} {:?}", e.stamp, e.payload))
                 };
@@ -1009,7 +1019,7 @@ impl<'c, C: Choices> Sim<'c, C> {
                     ));
                 }
             } else if let Some(e) = held {
-                if excepted(&self.collections, &self.seen_at_write, e) {
+                if excepted(&self.collections, &self.seen_at_write, &self.liars, e) {
                     self.report.exception_wins += 1;
                 } else {
                     return Err(violation(
@@ -1080,17 +1090,17 @@ impl<'c, C: Choices> Sim<'c, C> {
 }
 
 /// Whether the documented exception lets `e` win: a delete of its key was collected by a
-/// replica that did not count `e`'s writer as a member, and `e` was made before its writer saw
-/// that delete (concurrent with it).
+/// replica that did not count `e`'s writer as a member (or on the word of a writer that lied
+/// about what it held), and `e` was made before its writer saw that delete (concurrent with it).
 fn excepted(
     collections: &[(Vec<u8>, lethe_engine::Dot, BTreeSet<ReplicaId>)],
     seen_at_write: &BTreeMap<lethe_engine::Stamp, lethe_engine::VersionVector>,
+    liars: &BTreeSet<ReplicaId>,
     e: &Entry,
 ) -> bool {
     let Some(seen) = seen_at_write.get(&e.stamp) else { return false };
-    collections
-        .iter()
-        .any(|(key, dot, outside)| *key == e.key && outside.contains(&e.stamp.replica) && !seen.covers(*dot))
+    let outside = |o: &BTreeSet<ReplicaId>| o.contains(&e.stamp.replica) || liars.contains(&e.stamp.replica);
+    collections.iter().any(|(key, dot, o)| *key == e.key && outside(o) && !seen.covers(*dot))
 }
 
 fn entry_of(r: &Replica<MemoryStore>, key: &[u8]) -> Result<Entry, Violation> {

@@ -5,9 +5,12 @@
 //!   authenticated device (a device can change nothing but its own writes);
 //! - upload seqs rise strictly within one upload; sizes and stamps pass the same checks as any
 //!   remote entry (limits, `max_drift`);
-//! - a write at or below the device's cursor was applied before (here or at another member):
-//!   it is answered with the dot this member holds it under if it holds that very write, and
-//!   as known otherwise, and never applied again;
+//! - a write at or below the device's cursor was applied before (here or at another member),
+//!   and is never applied again: it is answered with the dot this member holds it under if it
+//!   holds that very write; as superseded if it holds something newer; as known if it holds
+//!   neither but has seen every admission up to the cursor (the record's `cursor_at`: the
+//!   write was replaced, or collected, since); and as pending otherwise (another member
+//!   admitted it, and this one has not seen that yet: the device uploads it again later);
 //! - any other write is applied under a fresh dot of this member if it wins over what the key
 //!   holds, and answered as superseded if not; either way the cursor passes it.
 //!
@@ -63,6 +66,7 @@ impl<S: Storage> Replica<S> {
         self.check_not_recovering()?;
         let me = self.id();
         let mut cursor = self.devices().cursor(device);
+        let seen_all = self.devices().covers_cursor(device, self.vector());
         let snap = self.store().snapshot().map_err(Error::from)?;
         let mut clock = self.hybrid_clock();
         let mut seq = self.own_counter();
@@ -77,7 +81,9 @@ impl<S: Storage> Replica<S> {
             if upload_seq <= cursor {
                 answers.push(match current {
                     Some(cur) if cur.stamp == entry.stamp => Admission::Admitted(cur.dot),
-                    _ => Admission::Known,
+                    Some(cur) if cur.wins_over(&entry) => Admission::Superseded,
+                    _ if seen_all => Admission::Known,
+                    _ => Admission::Pending,
                 });
                 continue;
             }
@@ -101,12 +107,12 @@ impl<S: Storage> Replica<S> {
         }
         batch.set_meta(Meta::Vector, encode_vector(&vector));
         batch.set_meta(Meta::Clock, encode_clock(clock.last()));
-        let record = self.devices_mut().advanced_record(device, cursor);
+        let record = self.devices().advanced_record(device, cursor, me, seq);
         if let Some(record) = &record {
             batch.set_device(device.0, crate::storage::encode_cbor(record));
         }
         self.commit(&batch)?;
-        self.devices_mut().advance_cursor(device, cursor);
+        self.devices_mut().advance_cursor(device, cursor, me, seq);
         self.set_vector(vector);
         self.set_hybrid_clock(clock);
         Ok(answers)

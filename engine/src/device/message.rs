@@ -34,6 +34,10 @@ pub struct DeviceHello(
     pub bool,
     /// Its wall clock, in ms since the Unix epoch.
     pub u64,
+    /// Whether it asks for anti-entropy: a reconciliation by fingerprints even when its vector
+    /// covers the member's (run periodically, as between members).
+    #[serde(default)]
+    pub bool,
 );
 
 impl DeviceHello {
@@ -72,12 +76,24 @@ pub enum Admission {
     Admitted(Dot),
     /// Not applied: something newer holds the key (the device will receive it).
     Superseded,
-    /// At or below the device's cursor: applied before, here or at another member, and no
-    /// longer (or not yet) this member's entry for the key.
+    /// At or below the device's cursor: applied before, and no longer this member's entry for
+    /// the key, though this member has seen every admission up to the cursor (so it was
+    /// replaced, or collected, since).
     Known,
+    /// At or below the device's cursor, applied by another member whose admission this member
+    /// has not seen yet: the device keeps the write queued and uploads it again later.
+    Pending,
 }
 
-/// `[kind, replica, seq]`: 0 admitted (with its dot), 1 superseded, 2 known (zeros).
+impl Admission {
+    /// Whether the write is settled: the device need not upload it again.
+    #[must_use]
+    pub fn is_settled(self) -> bool {
+        !matches!(self, Admission::Pending)
+    }
+}
+
+/// `[kind, replica, seq]`: 0 admitted (with its dot), 1 superseded, 2 known, 3 pending (zeros).
 #[derive(Serialize, Deserialize)]
 struct AdmissionWire(u8, u64, u64);
 
@@ -87,6 +103,7 @@ impl From<Admission> for AdmissionWire {
             Admission::Admitted(d) => AdmissionWire(0, d.replica.0, d.seq.0),
             Admission::Superseded => AdmissionWire(1, 0, 0),
             Admission::Known => AdmissionWire(2, 0, 0),
+            Admission::Pending => AdmissionWire(3, 0, 0),
         }
     }
 }
@@ -99,6 +116,7 @@ impl TryFrom<AdmissionWire> for Admission {
             AdmissionWire(0, r, s) if s > 0 => Ok(Admission::Admitted(Dot { replica: ReplicaId(r), seq: Seq(s) })),
             AdmissionWire(1, 0, 0) => Ok(Admission::Superseded),
             AdmissionWire(2, 0, 0) => Ok(Admission::Known),
+            AdmissionWire(3, 0, 0) => Ok(Admission::Pending),
             AdmissionWire(kind, ..) => Err(format!("an admission of kind {kind} with fields that do not fit it")),
         }
     }

@@ -44,6 +44,18 @@ pub struct DeviceState {
     pub collected: VersionVector,
 }
 
+/// What one device session's answers settle once its download is complete
+/// ([`Replica::settle_download`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Settle {
+    /// The writes answered as superseded or known, under the device's own dots.
+    pub(crate) writes: Vec<(Vec<u8>, Dot)>,
+    /// The highest upload seq answered.
+    pub(crate) answered: Seq,
+    /// The lowest upload seq answered as pending, if any: the queue stays there.
+    pub(crate) pending_from: Option<Seq>,
+}
+
 impl DeviceState {
     /// Loads it from a snapshot (empty when absent).
     pub(crate) fn load(snap: &impl Snapshot) -> Result<DeviceState> {
@@ -106,6 +118,11 @@ impl<S: Storage> Replica<S> {
         })
     }
 
+    /// This device's upload state.
+    pub(crate) fn device_state(&self) -> &DeviceState {
+        &self.device
+    }
+
     /// The horizon of this device's fresh bootstrap, while it is remembered.
     #[must_use]
     pub fn horizon(&self) -> Option<&VersionVector> {
@@ -152,28 +169,72 @@ impl<S: Storage> Replica<S> {
         Some(state)
     }
 
-    /// Settles a member's answers to this device's uploads: an admitted write takes the
-    /// member's dot (if it is still the key's entry here), and everything answered leaves the
-    /// queue. Durable when this returns.
-    pub(crate) fn settle_uploads(&mut self, uploaded: &[Entry], answers: &[Admission]) -> Result<()> {
+    /// Takes a member's answers to one of this device's uploads, durable when this returns: an
+    /// admitted write takes the member's dot and a known one is dropped (if it is still the
+    /// key's entry here); superseded and pending ones are noted in `settle`, for the end of the
+    /// download ([`Replica::settle_download`]).
+    pub(crate) fn settle_uploads(
+        &mut self,
+        uploaded: &[Entry],
+        answers: &[Admission],
+        settle: &mut Settle,
+    ) -> Result<()> {
         let snap = self.store().snapshot()?;
         let mut batch = Batch::new();
-        let mut state = self.device.clone();
         for (entry, answer) in uploaded.iter().zip(answers) {
-            if let Admission::Admitted(dot) = answer
-                && let Some(current) = snap.entry(&entry.key)?
-                && current.dot == entry.dot
-            {
-                batch.put(Entry { dot: *dot, ..current });
+            match answer {
+                Admission::Admitted(dot) => {
+                    if let Some(current) = snap.entry(&entry.key)?
+                        && current.dot == entry.dot
+                    {
+                        batch.put(Entry { dot: *dot, ..current });
+                    }
+                }
+                // Replaced and collected since: nothing will come for it, so it goes now (a
+                // download cut short, or none at all, must not keep it queued).
+                Admission::Known => {
+                    if self.index.dot_of(&entry.key) == Some(entry.dot) {
+                        batch.remove(entry.key.clone());
+                    }
+                }
+                Admission::Superseded => settle.writes.push((entry.key.clone(), entry.dot)),
+                Admission::Pending => {
+                    settle.pending_from = Some(settle.pending_from.map_or(entry.dot.seq, |p| p.min(entry.dot.seq)));
+                }
             }
-            state.answered = state.answered.max(entry.dot.seq);
+            settle.answered = settle.answered.max(entry.dot.seq);
         }
         drop(snap);
-        let oldest_left = {
-            let first = state.answered.next();
-            state.bases.iter().rposition(|(f, _)| *f <= first)
+        if !batch.ops.is_empty() {
+            self.commit(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// At the end of a complete download from the member that answered this session's
+    /// uploads: every write it answered as superseded or known and still this device's entry
+    /// for its key is dropped (the member holds something newer, which this download brought,
+    /// or the write was replaced and collected since: either way it is dead here), and the
+    /// queue moves past every answered write but the first pending one. Durable when this
+    /// returns.
+    pub(crate) fn settle_download(&mut self, settle: &Settle) -> Result<()> {
+        let upto = match settle.pending_from {
+            Some(p) => Seq(p.0.saturating_sub(1)).min(settle.answered),
+            None => settle.answered,
         };
-        if let Some(i) = oldest_left {
+        if settle.writes.is_empty() && upto <= self.device.answered {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for (key, dot) in &settle.writes {
+            if self.index.dot_of(key) == Some(*dot) {
+                batch.remove(key.clone());
+            }
+        }
+        let mut state = self.device.clone();
+        state.answered = state.answered.max(upto);
+        let first = state.answered.next();
+        if let Some(i) = state.bases.iter().rposition(|(f, _)| *f <= first) {
             state.bases.drain(..i);
         }
         batch.set_meta(Meta::Device, encode_cbor(&state));

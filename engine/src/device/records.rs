@@ -53,6 +53,11 @@ pub struct DeviceRecord {
     pub acked: Option<VersionVector>,
     /// The highest upload seq applied for the device, here or at another member.
     pub cursor: Seq,
+    /// For each member that admitted uploads of the device, its own counter once it had: a
+    /// member whose vector covers it has seen every admission up to the cursor (and what
+    /// replaced them). Only grows.
+    #[serde(default)]
+    pub cursor_at: VersionVector,
     /// When the device was last heard from (wall-clock ms; 0: never).
     pub last_seen_ms: u64,
     /// Bumped each time the device is enrolled again after a removal: the record of a higher
@@ -97,6 +102,9 @@ pub struct RecordWire(
     pub Seq,
     /// When it was last seen.
     pub u64,
+    /// The vector at which its cursor was reached.
+    #[serde(default, deserialize_with = "crate::limits::bounded_vector")]
+    pub VersionVector,
 );
 
 /// How far device records were merged between this member and each other one
@@ -186,7 +194,14 @@ impl Devices {
         let kept = self.records.len();
         match self.records.get_mut(&device) {
             Some(r) if !r.revoked => return Ok(false),
-            Some(r) => *r = DeviceRecord { epoch: r.epoch + 1, cursor: r.cursor, ..DeviceRecord::default() },
+            Some(r) => {
+                *r = DeviceRecord {
+                    epoch: r.epoch + 1,
+                    cursor: r.cursor,
+                    cursor_at: std::mem::take(&mut r.cursor_at),
+                    ..DeviceRecord::default()
+                }
+            }
             None if kept >= DEVICES_MAX => {
                 return Err(TooManyDevices { device, enrolled: kept, max: DEVICES_MAX });
             }
@@ -238,17 +253,36 @@ impl Devices {
         self.records.get(&device).map_or(Seq(0), |r| r.cursor)
     }
 
-    /// The record of `device` with its cursor advanced to `seq`, for the batch that admits the
-    /// uploads up to it (memory follows with [`Devices::advance_cursor`] once it is durable), if
-    /// enrolled.
-    pub(crate) fn advanced_record(&self, device: ReplicaId, seq: Seq) -> Option<DeviceRecord> {
-        self.get(device).map(|r| DeviceRecord { cursor: r.cursor.max(seq), changed: self.clock + 1, ..r.clone() })
+    /// Whether a member with vector `vector` has seen every admission of `device`'s uploads up
+    /// to its cursor.
+    #[must_use]
+    pub fn covers_cursor(&self, device: ReplicaId, vector: &VersionVector) -> bool {
+        self.records.get(&device).is_none_or(|r| vector.dominates(&r.cursor_at))
     }
 
-    /// Advances the cursor of `device` to `seq` (never back).
-    pub(crate) fn advance_cursor(&mut self, device: ReplicaId, seq: Seq) {
+    /// The record of `device` with its cursor advanced to `seq` by member `by`, whose counter is
+    /// then `counter`, for the batch that admits the uploads up to it (memory follows with
+    /// [`Devices::advance_cursor`] once it is durable), if enrolled and it moves.
+    pub(crate) fn advanced_record(
+        &self,
+        device: ReplicaId,
+        seq: Seq,
+        by: ReplicaId,
+        counter: Seq,
+    ) -> Option<DeviceRecord> {
+        self.get(device).filter(|r| seq > r.cursor).map(|r| {
+            let mut record = DeviceRecord { cursor: seq, changed: self.clock + 1, ..r.clone() };
+            record.cursor_at.advance(by, counter);
+            record
+        })
+    }
+
+    /// Advances the cursor of `device` to `seq` (never back), admitted by member `by` whose
+    /// counter is then `counter`.
+    pub(crate) fn advance_cursor(&mut self, device: ReplicaId, seq: Seq, by: ReplicaId, counter: Seq) {
         if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked && seq > r.cursor) {
             r.cursor = seq;
+            r.cursor_at.advance(by, counter);
             self.touch(device);
         }
     }
@@ -300,7 +334,9 @@ impl Devices {
         let wire = changed
             .into_iter()
             .filter(|(_, r)| to.is_none() || r.from != to)
-            .map(|(d, r)| RecordWire(*d, r.epoch, r.revoked, r.acked.clone(), r.cursor, r.last_seen_ms))
+            .map(|(d, r)| {
+                RecordWire(*d, r.epoch, r.revoked, r.acked.clone(), r.cursor, r.last_seen_ms, r.cursor_at.clone())
+            })
             .collect();
         (wire, upto)
     }
@@ -320,7 +356,7 @@ impl Devices {
         pending: Option<&VersionVector>,
     ) -> usize {
         let mut changed = 0;
-        for RecordWire(device, epoch, revoked, acked, cursor, last_seen_ms) in records {
+        for RecordWire(device, epoch, revoked, acked, cursor, last_seen_ms, cursor_at) in records {
             let before = self.records.get(&device).cloned();
             if before.is_none() && self.records.len() >= DEVICES_MAX {
                 continue;
@@ -328,11 +364,19 @@ impl Devices {
             let record =
                 self.records.entry(device).or_insert_with(|| DeviceRecord { epoch, ..DeviceRecord::default() });
             if epoch > record.epoch {
-                *record = DeviceRecord { epoch, cursor: record.cursor, ..DeviceRecord::default() };
+                *record = DeviceRecord {
+                    epoch,
+                    cursor: record.cursor,
+                    cursor_at: std::mem::take(&mut record.cursor_at),
+                    ..DeviceRecord::default()
+                };
+            }
+            record.cursor = record.cursor.max(cursor);
+            if crate::limits::merged_components(&record.cursor_at, &cursor_at) <= crate::limits::VECTOR_COMPONENTS_MAX {
+                record.cursor_at.merge(&cursor_at);
             }
             if epoch == record.epoch {
                 record.revoked |= revoked;
-                record.cursor = record.cursor.max(cursor);
                 record.last_seen_ms = record.last_seen_ms.max(last_seen_ms.min(now_ms));
                 if record.revoked {
                     record.acked = None;
@@ -409,8 +453,12 @@ mod tests {
         assert!(d.remove(ReplicaId(7)));
         assert!(d.is_revoked(ReplicaId(7)) && !d.is_enrolled(ReplicaId(7)));
         assert_eq!(d.acknowledge(ReplicaId(7), &vv(&[(1, 3)]), 40, &vv(&[]), None), (false, false));
-        assert_eq!(d.advanced_record(ReplicaId(7), Seq(4)), None, "a removed device's cursor stays");
-        d.advance_cursor(ReplicaId(7), Seq(4));
+        assert_eq!(
+            d.advanced_record(ReplicaId(7), Seq(4), ReplicaId(1), Seq(1)),
+            None,
+            "a removed device's cursor stays"
+        );
+        d.advance_cursor(ReplicaId(7), Seq(4), ReplicaId(1), Seq(1));
         assert_eq!(d.cursor(ReplicaId(7)), Seq(0));
         assert!(d.enrol(ReplicaId(7)).unwrap(), "enrolled again, in a new epoch");
         assert_eq!(d.get(ReplicaId(7)).unwrap().epoch, 1);
@@ -432,12 +480,13 @@ mod tests {
         let (wire, _) = b.changed_since(0, 100, None);
         a.merge(ReplicaId(2), wire, 100, 1000, &vv(&[]), None);
         assert!(a.is_revoked(ReplicaId(7)));
-        let stale = RecordWire(ReplicaId(7), 0, false, Some(vv(&[(1, 1)])), Seq(9), 50);
+        let stale = RecordWire(ReplicaId(7), 0, false, Some(vv(&[(1, 1)])), Seq(9), 50, vv(&[(1, 4)]));
         a.merge(ReplicaId(2), vec![stale], 100, 1000, &vv(&[]), None);
         assert!(a.is_revoked(ReplicaId(7)), "same epoch: the removal wins");
         assert_eq!(a.cursor(ReplicaId(7)), Seq(9), "cursors only grow");
+        assert!(!a.covers_cursor(ReplicaId(7), &vv(&[(1, 3)])) && a.covers_cursor(ReplicaId(7), &vv(&[(1, 4)])));
         // A time from a peer is never later than the receiver's clock.
-        let future = RecordWire(ReplicaId(8), 0, false, Some(vv(&[(1, 1)])), Seq(0), u64::MAX);
+        let future = RecordWire(ReplicaId(8), 0, false, Some(vv(&[(1, 1)])), Seq(0), u64::MAX, vv(&[]));
         a.merge(ReplicaId(2), vec![future], 100, 1000, &vv(&[]), None);
         assert_eq!(a.get(ReplicaId(8)).unwrap().last_seen_ms, 100);
     }

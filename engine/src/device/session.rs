@@ -54,6 +54,9 @@ pub struct DeviceStats {
     pub superseded: u64,
     /// Of them, at or below the cursor (applied before).
     pub known: u64,
+    /// Of them, applied at another member this one has not heard from since: uploaded again
+    /// later.
+    pub pending: u64,
     /// On the device: its queued writes were re-numbered above the member's cursor (its store
     /// was an older copy).
     pub renumbered: bool,
@@ -73,6 +76,7 @@ impl DeviceStats {
                 Admission::Admitted(_) => self.admitted += 1,
                 Admission::Superseded => self.superseded += 1,
                 Admission::Known => self.known += 1,
+                Admission::Pending => self.pending += 1,
             }
         }
     }
@@ -106,6 +110,7 @@ pub struct DeviceSession {
     peer: Option<ReplicaId>,
     fresh: bool,
     has_uploads: bool,
+    anti_entropy: bool,
     outbox: VecDeque<Message>,
     /// The download, once the member's handshake arrived.
     download: Option<Session>,
@@ -119,6 +124,25 @@ pub struct DeviceSession {
 impl DeviceSession {
     /// Opens a session of this device with a member (`member`, if it must be that one).
     pub fn new<S: Storage>(replica: &mut Replica<S>, member: Option<ReplicaId>) -> Result<DeviceSession, SyncError> {
+        DeviceSession::open(replica, member, false)
+    }
+
+    /// Opens an anti-entropy session: the download reconciles by fingerprints even when this
+    /// device's vector covers the member's. Run it periodically (docs/design.md §8): it settles
+    /// what deltas cannot, such as a write that won at one member by the documented exception
+    /// while another still held the delete.
+    pub fn anti_entropy<S: Storage>(
+        replica: &mut Replica<S>,
+        member: Option<ReplicaId>,
+    ) -> Result<DeviceSession, SyncError> {
+        DeviceSession::open(replica, member, true)
+    }
+
+    fn open<S: Storage>(
+        replica: &mut Replica<S>,
+        member: Option<ReplicaId>,
+        anti_entropy: bool,
+    ) -> Result<DeviceSession, SyncError> {
         if !replica.is_device() {
             return Err(SyncError::Unexpected { got: "a device session", state: "on a member" });
         }
@@ -135,12 +159,14 @@ impl DeviceSession {
             fresh,
             has_uploads,
             replica.now_ms(),
+            anti_entropy && !fresh,
         );
         Ok(DeviceSession {
             member,
             peer: None,
             fresh,
             has_uploads,
+            anti_entropy: anti_entropy && !fresh,
             outbox: VecDeque::from([Message::DeviceHello(hello)]),
             download: None,
             in_flight: VecDeque::new(),
@@ -224,7 +250,10 @@ impl DeviceSession {
                     )));
                 }
                 self.stats.count(&answers);
-                replica.settle_uploads(&uploaded, &answers)?;
+                let Some(settle) = self.download.as_mut().and_then(Session::settle_mut) else {
+                    return Err(SyncError::Unexpected { got: "Admitted", state: "awaiting the member's handshake" });
+                };
+                replica.settle_uploads(&uploaded, &answers, settle)?;
                 Ok(())
             }
             Message::DeviceHello(_) | Message::Upload { .. } | Message::Hello(_) | Message::Push(_) => {
@@ -252,15 +281,17 @@ impl DeviceSession {
         crate::session::check_vector_growth(replica.vector(), &vector)?;
         self.peer = Some(member);
         replica.note_peer_wall(member, wall_ms);
+        let take_covered =
+            vector.dominates(&replica.members_vector()) && collected.dominates(&replica.device_state().collected);
         // Only the writes queued when the handshake went (the member expects uploads only then).
         self.stats.renumbered = replica.renumber_uploads_past(cursor)?;
         replica.settle_horizon(&collected)?;
         // Before the download: a dead record the member collected must not beat what it sends
         // (a write that won there once the delete was gone, by the documented exception).
         replica.collect_garbage()?;
-        let receive = (self.has_uploads || !replica.members_vector().dominates(&vector))
+        let receive = (self.has_uploads || self.anti_entropy || !replica.members_vector().dominates(&vector))
             && replica.horizon().is_none_or(|h| vector.dominates(h));
-        self.download = Some(Session::on_device(replica, member, &vector, receive, self.fresh)?);
+        self.download = Some(Session::on_device(replica, member, &vector, receive, self.fresh, take_covered)?);
         Ok(())
     }
 }
@@ -374,7 +405,7 @@ impl DeviceService {
         if self.peer.is_some() {
             return Err(SyncError::Unexpected { got: "DeviceHello", state: "after the device's handshake" });
         }
-        let DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms) = hello;
+        let DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms, anti_entropy) = hello;
         if version != PROTOCOL_VERSION {
             return Err(SyncError::Version { ours: PROTOCOL_VERSION, theirs: version });
         }
@@ -403,7 +434,7 @@ impl DeviceService {
             cursor,
             replica.now_ms(),
         );
-        self.hello = Some(DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms));
+        self.hello = Some(DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms, anti_entropy));
         self.hello_vector = replica.vector().clone();
         self.outbox.push_back(Message::MemberHello(member_hello));
         self.uploads_open = uploads;
@@ -490,7 +521,24 @@ pub fn sync_device_in_process<S: Storage, T: Storage>(
     device: &mut Replica<S>,
     member: &mut Replica<T>,
 ) -> Result<DeviceOutcome, SyncError> {
-    let mut d = DeviceSession::new(device, Some(member.id()))?;
+    let d = DeviceSession::new(device, Some(member.id()))?;
+    run_in_process(d, device, member)
+}
+
+/// As [`sync_device_in_process`], an anti-entropy session ([`DeviceSession::anti_entropy`]).
+pub fn anti_entropy_device_in_process<S: Storage, T: Storage>(
+    device: &mut Replica<S>,
+    member: &mut Replica<T>,
+) -> Result<DeviceOutcome, SyncError> {
+    let d = DeviceSession::anti_entropy(device, Some(member.id()))?;
+    run_in_process(d, device, member)
+}
+
+fn run_in_process<S: Storage, T: Storage>(
+    mut d: DeviceSession,
+    device: &mut Replica<S>,
+    member: &mut Replica<T>,
+) -> Result<DeviceOutcome, SyncError> {
     let mut m = DeviceService::new(member, Some(device.id()))?;
     let mut trips = 0;
     loop {

@@ -231,7 +231,7 @@ pub struct Session {
 }
 
 /// The side of a device session's download a [`Session`] plays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Download {
     /// On the member: the source. The device's `Ack` is its acknowledgement as a device.
     ToDevice,
@@ -240,6 +240,12 @@ pub(crate) enum Download {
     OnDevice {
         /// The flow is a fresh bootstrap.
         fresh: bool,
+        /// What the member's answers to the uploads settle once the download is complete.
+        settle: crate::device::Settle,
+        /// Whether entries this device's vector covers are taken by LWW alone: only from a
+        /// member not behind it (its vector and `collected` cover the device's), so a lagging
+        /// or restored member cannot bring back what the device collected.
+        take_covered: bool,
     },
 }
 
@@ -311,17 +317,17 @@ impl Session {
     ///
     /// | device | flow |
     /// | --- | --- |
-    /// | uploaded nothing and its vector covers this member's, or has a horizon this member's handshake vector did not cover | nothing |
+    /// | uploaded nothing, asked for no anti-entropy and its vector covers this member's, or has a horizon this member's handshake vector did not cover | nothing |
     /// | fresh (empty, holds nothing) | **bootstrap, live entries only**: no dead record at all (I12) |
-    /// | vector covers `collected` here | **delta** |
-    /// | anything else (back after its lease, restored) | **reconcile** |
+    /// | vector covers `collected` here, no anti-entropy asked | **delta** |
+    /// | anything else (anti-entropy, back after its lease, restored) | **reconcile** |
     pub(crate) fn to_device<S: Storage>(
         replica: &mut Replica<S>,
         hello: &crate::device::DeviceHello,
         hello_vector: &VersionVector,
         admitted: Option<&BTreeSet<Dot>>,
     ) -> Result<Session, SyncError> {
-        let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms) = hello;
+        let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms, anti_entropy) = hello;
         let (device, fresh, horizon) = (*device, *fresh, horizon.as_ref());
         replica.purge_expired()?;
         let mut s = Session::open(replica, Some(device), false)?;
@@ -334,14 +340,15 @@ impl Session {
         let slack_ms = replica.config().max_drift_ms + replica.config().peer_clock_slack_ms;
         s.peer_limit_ms = Some(peer_wall_ms.saturating_add(slack_ms));
         let v0 = replica.vector().clone();
-        if (admitted.is_none() && vector.dominates(&v0)) || horizon.is_some_and(|h| !hello_vector.dominates(h)) {
+        let idle = admitted.is_none() && !*anti_entropy && vector.dominates(&v0);
+        if idle || horizon.is_some_and(|h| !hello_vector.dominates(h)) {
             s.source = Source::Nothing;
             s.stats.mode = Some(Mode::Nothing);
         } else if fresh {
             s.stats.mode = Some(Mode::Bootstrap);
             let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));
             s.source = Source::Streaming { v0, stream: EntryStream::bootstrap(snapshot), then: None };
-        } else if vector.dominates(replica.membership().collected()) {
+        } else if !*anti_entropy && vector.dominates(replica.membership().collected()) {
             s.stats.mode = Some(Mode::Delta);
             let snapshot = replica.store().snapshot().map_err(Error::from)?;
             let mut keys = replica.delta_keys(&snapshot, vector)?;
@@ -366,12 +373,13 @@ impl Session {
         vector: &VersionVector,
         receive: bool,
         fresh: bool,
+        take_covered: bool,
     ) -> Result<Session, SyncError> {
         let mut s = Session::open(replica, Some(member), false)?;
         s.outbox.clear();
         s.records_pending = false;
         s.records_deferred = false;
-        s.download = Some(Download::OnDevice { fresh });
+        s.download = Some(Download::OnDevice { fresh, settle: crate::device::Settle::default(), take_covered });
         s.peer = Some(member);
         s.source = Source::Nothing;
         s.sink = if receive {
@@ -380,6 +388,14 @@ impl Session {
             Sink::Nothing
         };
         Ok(s)
+    }
+
+    /// On a device's download: what the member's answers settle at its end.
+    pub(crate) fn settle_mut(&mut self) -> Option<&mut crate::device::Settle> {
+        match &mut self.download {
+            Some(Download::OnDevice { settle, .. }) => Some(settle),
+            _ => None,
+        }
     }
 
     /// The peer, once its handshake arrived.
@@ -442,6 +458,8 @@ impl Session {
                 let (live, dead) = count_kinds(&entries);
                 if bulk {
                     replica.apply_bootstrap_chunk(entries)?;
+                } else if let Some(Download::OnDevice { take_covered: true, .. }) = &self.download {
+                    replica.apply_from_member(entries)?;
                 } else {
                     replica.apply_remote(entries, None)?;
                 }
@@ -490,10 +508,13 @@ impl Session {
                 // against the handshake's old vector, so this transfer is not complete.
                 let complete = replica.restore_epoch() == self.restore_epoch;
                 replica.apply_remote(Vec::new(), complete.then_some((&vector, clock)))?;
-                let ack = match self.download {
-                    Some(Download::OnDevice { fresh }) => {
-                        if fresh && complete {
-                            replica.set_horizon(vector)?;
+                let ack = match &self.download {
+                    Some(Download::OnDevice { fresh, settle, .. }) => {
+                        if complete {
+                            replica.settle_download(settle)?;
+                            if *fresh {
+                                replica.set_horizon(vector)?;
+                            }
                         }
                         replica.device_ack()?
                     }
@@ -741,9 +762,10 @@ impl Session {
         // holds as it was: the sink saw it and dropped it, so it is dead; it goes at the sink's
         // `Done`, like the items a range comparison shows dead.
         let mut dead_here = Vec::new();
+        let to_device = self.download == Some(Download::ToDevice);
         for message::WantedItem(key, hlc, writer) in keys {
             match replica.index.live.get(&key) {
-                Some(item) if sink_vector.covers(item.dot()) => {
+                Some(item) if sink_vector.covers(item.dot()) && !to_device => {
                     if item.stamp == (Stamp { hlc: Hlc(hlc), replica: ReplicaId(writer) }) {
                         dead_here.push((key, item.dot()));
                     }
@@ -766,7 +788,11 @@ impl Session {
         let Source::Reconciling { v0, sink_vector, .. } = std::mem::replace(&mut self.source, Source::AwaitAck) else {
             return Ok(());
         };
-        let stream = EntryStream::reply(snapshot, wanted, send, sink_vector.clone());
+        // To a device, what it lacks goes even if its vector covers it: a device cannot make a
+        // member drop anything (I10), so it converges to what the member holds, such as a write
+        // that won here by the documented exception after the device had collected the delete.
+        let seen = if to_device { VersionVector::new() } else { sink_vector.clone() };
+        let stream = EntryStream::reply(snapshot, wanted, send, seen);
         let then = (!split.is_empty()).then(|| {
             let mut offered = BTreeMap::new();
             let groups: Vec<_> =

@@ -23,7 +23,9 @@
 //! bytes) and, with the members, I1–I3, I5 and I6 (see [`Fleet::converging`]).
 
 use super::{Choices, Node, Sim, SkewedClock, Violation, entry_of, violation};
-use lethe_engine::device::{Admission, DeviceHello, DeviceService, DeviceSession, sync_device_in_process};
+use lethe_engine::device::{
+    Admission, DeviceHello, DeviceService, DeviceSession, anti_entropy_device_in_process, sync_device_in_process,
+};
 use lethe_engine::session::{Message, PROTOCOL_VERSION, SyncError};
 use lethe_engine::{
     Config, Dot, Entry, Hlc, KeyRange, ManualClock, MemoryStore, Payload, PutOptions, Replica, ReplicaId, Role, Seq,
@@ -371,8 +373,13 @@ impl<C: Choices> Sim<'_, C> {
             return Ok(());
         };
         let fresh = rd.members_vector().is_empty() && rd.counts().live == 0;
-        let ds = DeviceSession::new(rd, Some(member_id))
-            .map_err(|e| violation("device session", format!("opening on device {device_id}: {e}")))?;
+        let anti_entropy = self.choices.chance(25);
+        let ds = if anti_entropy {
+            DeviceSession::anti_entropy(rd, Some(member_id))
+        } else {
+            DeviceSession::new(rd, Some(member_id))
+        }
+        .map_err(|e| violation("device session", format!("opening on device {device_id}: {e}")))?;
         let ms = DeviceService::new(rm, Some(device_id))
             .map_err(|e| violation("device session", format!("opening on member {member_id}: {e}")))?;
         self.fleet.links.push(DeviceLink {
@@ -385,7 +392,14 @@ impl<C: Choices> Sim<'_, C> {
             fresh,
             answers_in_flight: 0,
         });
-        self.log(|| format!("device session {device_id}<->{member_id} opens{}", if fresh { " (fresh)" } else { "" }));
+        let kind = if fresh {
+            " (fresh)"
+        } else if anti_entropy {
+            " (anti-entropy)"
+        } else {
+            ""
+        };
+        self.log(|| format!("device session {device_id}<->{member_id} opens{kind}"));
         self.pump_device(self.fleet.links.len() - 1)
     }
 
@@ -697,7 +711,7 @@ impl<C: Choices> Sim<'_, C> {
                 match device.floor.get(&e.key) {
                     Some(floor) if e.stamp < *floor && !e.is_live_at(now_ms) => {}
                     Some(floor) if e.stamp < *floor => {
-                        if !super::excepted(&self.collections, &self.seen_at_write, &e) {
+                        if !super::excepted(&self.collections, &self.seen_at_write, &self.liars, &e) {
                             return Err(violation(
                                 "I2 no resurrection",
                                 format!(
@@ -743,13 +757,18 @@ impl<C: Choices> Sim<'_, C> {
     }
 
     /// One complete device session, no faults (final rounds); I12 when the device was empty.
-    fn sync_device(&mut self, d: usize, m: usize) -> Result<lethe_engine::device::DeviceOutcome, Violation> {
+    fn sync_device(
+        &mut self,
+        d: usize,
+        m: usize,
+        anti_entropy: bool,
+    ) -> Result<lethe_engine::device::DeviceOutcome, Violation> {
         let (Some(rd), Some(rm)) = (self.fleet.devices[d].replica.as_mut(), self.nodes[m].replica.as_mut()) else {
             return Err(violation("final round", "replica missing after heal"));
         };
         let fresh = rd.members_vector().is_empty() && rd.counts().live == 0;
         let own_before = rm.vector().get(rm.id());
-        let out = sync_device_in_process(rd, rm)
+        let out = if anti_entropy { anti_entropy_device_in_process(rd, rm) } else { sync_device_in_process(rd, rm) }
             .map_err(|e| violation("final round", format!("device session {}<->{} failed: {e}", rd.id(), rm.id())))?;
         let issued = rm.vector().get(rm.id()).0 - own_before.0;
         let (did, mid) = (rd.id(), rm.id());
@@ -801,8 +820,11 @@ impl<C: Choices> Sim<'_, C> {
         let active: Vec<usize> =
             (0..self.fleet.devices.len()).filter(|&d| self.fleet.devices[d].life == Life::Enrolled).collect();
         for round in 0..5 {
+            // Deltas, then anti-entropy from the third round on: a device's copy of a write that
+            // won by the documented exception at one member while another still held the
+            // delete is settled by reconciliation, as between members.
             for &d in &active {
-                self.sync_device(d, (d + round) % n)?;
+                self.sync_device(d, (d + round) % n, round >= 2)?;
             }
             // Anti-entropy, as in the members' final rounds: a device's write that won by the
             // documented exception at one member while another still held the delete is settled
@@ -819,10 +841,10 @@ impl<C: Choices> Sim<'_, C> {
             }
         }
         for &d in &active {
-            self.sync_device(d, d % n)?;
+            self.sync_device(d, d % n, false)?;
         }
         for &d in &active {
-            let out = self.sync_device(d, (d + 1) % n)?;
+            let out = self.sync_device(d, (d + 1) % n, false)?;
             let bytes = out.device.total_sent() + out.device.total_received();
             if bytes > IDLE_DEVICE_BYTES_MAX || out.member.uploaded != 0 || out.device.download.live_received != 0 {
                 return Err(violation(
@@ -864,7 +886,7 @@ impl<C: Choices> Sim<'_, C> {
         let mut claimed = vector.clone();
         claimed.advance(victim, Seq(claimed.get(victim).0.saturating_add(extra)));
         let hello = |who: ReplicaId, vector: VersionVector, ack: VersionVector, uploads: bool| {
-            Message::DeviceHello(DeviceHello(PROTOCOL_VERSION, who, vector, ack, None, false, uploads, wall_ms))
+            Message::DeviceHello(DeviceHello(PROTOCOL_VERSION, who, vector, ack, None, false, uploads, wall_ms, false))
         };
         let forged = |stamped: ReplicaId, numbered: ReplicaId, hlc_ms: u64| Entry {
             key: b"k00".to_vec(),
@@ -941,6 +963,8 @@ impl<C: Choices> Sim<'_, C> {
                     ));
                 }
                 Ok(()) => {
+                    // An accepted handshake acknowledged the member's vector, held or not.
+                    self.liars.insert(hostile);
                     if !before.same_but_own(&after) {
                         return Err(violation(
                             "I10 device trust",
