@@ -1090,8 +1090,9 @@ impl<'c, C: Choices> Sim<'c, C> {
 }
 
 /// Whether the documented exception lets `e` win: a delete of its key was collected by a
-/// replica that did not count `e`'s writer as a member (or on the word of a writer that lied
-/// about what it held), and `e` was made before its writer saw that delete (concurrent with it).
+/// replica that did not count `e`'s writer (or the member that numbered it) as a member, or on
+/// the word of a writer that lied about what it held, and `e` was made before its writer saw
+/// that delete (concurrent with it).
 fn excepted(
     collections: &[(Vec<u8>, lethe_engine::Dot, BTreeSet<ReplicaId>)],
     seen_at_write: &BTreeMap<lethe_engine::Stamp, lethe_engine::VersionVector>,
@@ -1099,7 +1100,11 @@ fn excepted(
     e: &Entry,
 ) -> bool {
     let Some(seen) = seen_at_write.get(&e.stamp) else { return false };
-    let outside = |o: &BTreeSet<ReplicaId>| o.contains(&e.stamp.replica) || liars.contains(&e.stamp.replica);
+    // The writer, or for a device's write the member that admitted it (the write entered the
+    // members' world there), was not counted.
+    let outside = |o: &BTreeSet<ReplicaId>| {
+        o.contains(&e.stamp.replica) || o.contains(&e.dot.replica) || liars.contains(&e.stamp.replica)
+    };
     collections.iter().any(|(key, dot, o)| *key == e.key && outside(o) && !seen.covers(*dot))
 }
 

@@ -523,10 +523,13 @@ impl<C: Choices> Sim<'_, C> {
         let Some(rm) = node.replica.as_mut() else { return Ok(false) };
         let decoded = Message::decode(frame).ok();
         let own_before = rm.vector().get(node.id);
+        // A handshake repeated on a session that began before the removal is refused as such.
+        let had_hello = l.ms.peer().is_some();
         let result = l.ms.handle(rm, frame);
         if matches!(decoded, Some(Message::DeviceHello(_))) && device.life == Life::Removed {
             return match result {
                 Err(SyncError::NotEnrolled(id)) if id == device.id => Ok(false),
+                Err(SyncError::Unexpected { got: "DeviceHello", .. }) if had_hello => Ok(false),
                 other => Err(violation(
                     "device removal",
                     format!("member {} answered removed device {}'s handshake with {other:?}", node.id, device.id),
