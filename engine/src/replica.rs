@@ -51,6 +51,9 @@ pub struct Config {
     pub role: Role,
     /// On a member: how long a device may stay silent before it stops holding collection back.
     pub device_lease_ms: u64,
+    /// On a member: a device gets an anti-entropy session at most once in this many ms
+    /// ([`crate::device::DEVICE_ANTI_ENTROPY_MIN_MS`]).
+    pub device_anti_entropy_min_ms: u64,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             peer_clock_slack_ms: PEER_CLOCK_SLACK_MS,
             role: Role::Member,
             device_lease_ms: crate::device::DEVICE_LEASE_MS_DEFAULT,
+            device_anti_entropy_min_ms: crate::device::DEVICE_ANTI_ENTROPY_MIN_MS,
         }
     }
 }
@@ -240,6 +244,10 @@ pub struct Replica<S: Storage> {
     pub(crate) records_seen: crate::device::records::RecordsSeen,
     /// Whether `records_seen` is as the store holds it.
     pub(crate) records_seen_durable: bool,
+    /// On a member: when each device last had an anti-entropy session here (memory only; at
+    /// most one per enrolled device), so none can have one more often than
+    /// [`crate::device::DEVICE_ANTI_ENTROPY_MIN_MS`].
+    pub(crate) device_anti_entropy: BTreeMap<ReplicaId, u64>,
 }
 
 /// The dot-index rows still to write for entries stored without one ([`Meta::Unindexed`]).
@@ -353,6 +361,7 @@ impl<S: Storage> Replica<S> {
                     devices: durable.devices,
                     records_seen: durable.records_seen,
                     records_seen_durable: true,
+                    device_anti_entropy: BTreeMap::new(),
                     store,
                 }
             }
@@ -384,6 +393,7 @@ impl<S: Storage> Replica<S> {
                     devices: Devices::default(),
                     records_seen: Default::default(),
                     records_seen_durable: true,
+                    device_anti_entropy: BTreeMap::new(),
                 }
             }
         };

@@ -554,3 +554,53 @@ fn a_re_uploaded_write_that_members_replaced_and_collected_since_is_dropped_at_t
     assert_eq!(phone.tombstone_count(), 0, "nor its delete, which no member would ever collect for it");
     assert_eq!(phone.digest(), hub.digest());
 }
+
+#[test]
+fn a_device_gets_an_anti_entropy_session_at_most_once_a_minute_at_a_member() {
+    let clock = ManualClock::new(T0);
+    let mut hub = member(1, &clock);
+    let mut phone = device(100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    write_keys(&mut hub, 0..50);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let mode = |out: &lethe_engine::device::DeviceOutcome| out.member.download.mode;
+    let ae = lethe_engine::device::anti_entropy_device_in_process;
+    assert_eq!(mode(&ae(&mut phone, &mut hub).unwrap()), Some(lethe_engine::session::Mode::Reconcile));
+    // Asked again at once, it gets a delta: empty, it is in sync.
+    let again = ae(&mut phone, &mut hub).unwrap();
+    assert_eq!(mode(&again), Some(lethe_engine::session::Mode::Delta));
+    assert_eq!(again.device.download.live_received, 0);
+    clock.advance(lethe_engine::device::DEVICE_ANTI_ENTROPY_MIN_MS);
+    assert_eq!(mode(&ae(&mut phone, &mut hub).unwrap()), Some(lethe_engine::session::Mode::Reconcile));
+}
+
+#[test]
+fn a_member_refuses_uploads_from_a_device_that_does_not_read_the_answers() {
+    let clock = ManualClock::new(T0);
+    let mut hub = member(1, &clock);
+    let mut phone = device(100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    phone.put("mine", "v", PutOptions::default()).unwrap();
+    let mut ms = DeviceService::new(&mut hub, Some(phone.id())).unwrap();
+    let mut ds = DeviceSession::new(&mut phone, Some(HUB)).unwrap();
+    let hello = ds.poll_transmit(&phone).unwrap().unwrap();
+    ms.handle(&mut hub, &hello).unwrap();
+    let upload = |seq: u64| {
+        let entry = Entry {
+            key: format!("k{seq}").into_bytes(),
+            stamp: Stamp { hlc: Hlc::new(T0, seq as u16), replica: phone.id() },
+            dot: Dot { replica: phone.id(), seq: Seq(seq) },
+            payload: Payload::Value(Value { bytes: b"v".to_vec(), expires_at_ms: None, metadata: None }),
+        };
+        Message::Upload { entries: vec![entry], last: false }.encode().unwrap()
+    };
+    // The handshake's answer and two answers may wait; a third upload with them unread is refused
+    // and changes nothing.
+    for seq in 1..=2 {
+        ms.handle(&mut hub, &upload(seq)).unwrap();
+    }
+    let before = (hub.vector().clone(), hub.digest(), hub.devices().cursor(phone.id()));
+    let err = ms.handle(&mut hub, &upload(3)).unwrap_err();
+    assert!(err.to_string().contains("answers unread"), "{err}");
+    assert_eq!((hub.vector().clone(), hub.digest(), hub.devices().cursor(phone.id())), before);
+}

@@ -69,6 +69,22 @@ impl<S: Storage> Replica<S> {
         counts
     }
 
+    /// Whether `device` may have the anti-entropy session it asks for: not if it had one here
+    /// within `Config::device_anti_entropy_min_ms` (it then gets what it would get without
+    /// asking). Each one walks this member's whole index, so a device must not be able
+    /// to ask for it at every session.
+    pub(crate) fn grant_device_anti_entropy(&mut self, device: ReplicaId) -> bool {
+        let now_ms = self.now_ms();
+        let min = self.config().device_anti_entropy_min_ms;
+        match self.device_anti_entropy.get(&device) {
+            Some(&last) if now_ms.saturating_sub(last) < min && last <= now_ms => false,
+            _ => {
+                self.device_anti_entropy.insert(device, now_ms);
+                true
+            }
+        }
+    }
+
     /// The records clock of `peer`'s device records up to which they were merged here.
     #[must_use]
     pub fn records_seen(&self, peer: ReplicaId) -> u64 {

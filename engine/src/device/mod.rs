@@ -31,8 +31,8 @@ pub use queue::DeviceState;
 pub(crate) use queue::Settle;
 pub use records::{DEVICE_LEASE_MS_DEFAULT, DEVICES_MAX, DeviceRecord, Devices, TooManyDevices};
 pub use session::{
-    DeviceOutcome, DeviceService, DeviceSession, DeviceStats, UPLOADS_IN_FLIGHT, anti_entropy_device_in_process,
-    sync_device_in_process,
+    DEVICE_ANTI_ENTROPY_MIN_MS, DeviceOutcome, DeviceService, DeviceSession, DeviceStats, UPLOADS_IN_FLIGHT,
+    UPLOADS_PER_SESSION_MAX, anti_entropy_device_in_process, sync_device_in_process,
 };
 pub(crate) use session::{cap_device_ack, check_device_vector};
 

@@ -28,8 +28,15 @@ use crate::storage::Storage;
 use crate::vector::VersionVector;
 use std::collections::{BTreeSet, VecDeque};
 
+/// By default, a member grants a device an anti-entropy session at most once in this many ms
+/// (60 s; `Config::device_anti_entropy_min_ms`).
+pub const DEVICE_ANTI_ENTROPY_MIN_MS: u64 = 60_000;
+
 /// Uploads sent and not yet answered, at most.
 pub const UPLOADS_IN_FLIGHT: usize = 2;
+/// Writes uploaded in one session, at most: a device with more queued uploads the rest in its
+/// next session, and a member refuses more (it keeps the dots it admitted in a session).
+pub const UPLOADS_PER_SESSION_MAX: u64 = 65_536;
 /// Writes per upload, at most (and about [`crate::session::CHUNK_BYTES`]).
 pub const UPLOAD_ENTRIES_MAX: usize = 1024;
 
@@ -209,17 +216,18 @@ impl DeviceSession {
     fn queue_upload<S: Storage>(&mut self, replica: &Replica<S>) -> Result<(), SyncError> {
         let Some(from) = self.next_upload else { return Ok(()) };
         let snap = replica.store().snapshot().map_err(Error::from)?;
-        let mut writes = replica.queued_from(&snap, from, UPLOAD_ENTRIES_MAX + 1)?;
+        let room = UPLOADS_PER_SESSION_MAX.saturating_sub(self.stats.uploaded) as usize;
+        let mut writes = replica.queued_from(&snap, from, UPLOAD_ENTRIES_MAX.min(room) + 1)?;
         let mut bytes = 0;
         let mut cut = writes.len();
         for (i, e) in writes.iter().enumerate() {
             bytes += approx_bytes(e);
-            if chunk_full(bytes, i + 1) || i + 1 >= UPLOAD_ENTRIES_MAX {
+            if chunk_full(bytes, i + 1) || i + 1 >= UPLOAD_ENTRIES_MAX.min(room) {
                 cut = i + 1;
                 break;
             }
         }
-        let last = cut >= writes.len();
+        let last = cut >= writes.len() || cut >= room;
         writes.truncate(cut);
         self.next_upload = if last { None } else { writes.last().and_then(|e| e.dot.seq.checked_next()) };
         self.stats.uploaded += writes.len() as u64;
@@ -377,6 +385,19 @@ impl DeviceService {
                 let Some(device) = self.peer else {
                     return Err(SyncError::Unexpected { got: "Upload", state: "awaiting the device's handshake" });
                 };
+                // The device keeps at most `UPLOADS_IN_FLIGHT` unanswered: more answers waiting
+                // here mean it sends without reading them.
+                if self.outbox.len() > UPLOADS_IN_FLIGHT {
+                    return Err(SyncError::Malformed(format!(
+                        "device {device} sent an upload with {} answers unread (at most {UPLOADS_IN_FLIGHT} uploads may                          await their answers)",
+                        self.outbox.len()
+                    )));
+                }
+                if self.stats.uploaded + entries.len() as u64 > UPLOADS_PER_SESSION_MAX {
+                    return Err(SyncError::Malformed(format!(
+                        "device {device} uploaded more than {UPLOADS_PER_SESSION_MAX} writes in one session"
+                    )));
+                }
                 self.stats.uploaded += entries.len() as u64;
                 let answers = replica.admit_uploads(device, entries)?;
                 self.stats.count(&answers);

@@ -319,7 +319,7 @@ impl Session {
     /// | --- | --- |
     /// | uploaded nothing, asked for no anti-entropy and its vector covers this member's, or has a horizon this member's handshake vector did not cover | nothing |
     /// | fresh (empty, holds nothing) | **bootstrap, live entries only**: no dead record at all (I12) |
-    /// | vector covers `collected` here, no anti-entropy asked | **delta** |
+    /// | vector covers `collected` here, no anti-entropy granted (asked for within `Config::device_anti_entropy_min_ms` of the last one) | **delta** |
     /// | anything else (anti-entropy, back after its lease, restored) | **reconcile** |
     pub(crate) fn to_device<S: Storage>(
         replica: &mut Replica<S>,
@@ -340,7 +340,10 @@ impl Session {
         let slack_ms = replica.config().max_drift_ms + replica.config().peer_clock_slack_ms;
         s.peer_limit_ms = Some(peer_wall_ms.saturating_add(slack_ms));
         let v0 = replica.vector().clone();
-        let idle = admitted.is_none() && !*anti_entropy && vector.dominates(&v0);
+        // Asked for, the device expects a download even if it is not granted: then a delta.
+        let asked = *anti_entropy;
+        let anti_entropy = asked && replica.grant_device_anti_entropy(device);
+        let idle = admitted.is_none() && !asked && vector.dominates(&v0);
         if idle || horizon.is_some_and(|h| !hello_vector.dominates(h)) {
             s.source = Source::Nothing;
             s.stats.mode = Some(Mode::Nothing);
@@ -348,7 +351,7 @@ impl Session {
             s.stats.mode = Some(Mode::Bootstrap);
             let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));
             s.source = Source::Streaming { v0, stream: EntryStream::bootstrap(snapshot), then: None };
-        } else if !*anti_entropy && vector.dominates(replica.membership().collected()) {
+        } else if !anti_entropy && vector.dominates(replica.membership().collected()) {
             s.stats.mode = Some(Mode::Delta);
             let snapshot = replica.store().snapshot().map_err(Error::from)?;
             let mut keys = replica.delta_keys(&snapshot, vector)?;
