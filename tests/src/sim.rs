@@ -273,7 +273,7 @@ pub struct Sim<'c, C: Choices> {
     /// Devices that acknowledged what they did not hold (the hostile one, once it forged a
     /// handshake a member accepted): a delete collected on their word may lose to their own
     /// older writes, which is no more than such a device could do by writing afresh.
-    liars: BTreeSet<ReplicaId>,
+    liars: BTreeMap<ReplicaId, usize>,
     /// The device tier of the run (empty when [`SimConfig::devices_max`] is 0).
     fleet: devices::Fleet,
     /// The node whose two bootstraps are running, if any.
@@ -332,7 +332,7 @@ impl<'c, C: Choices> Sim<'c, C> {
             history: BTreeMap::new(),
             collections: Vec::new(),
             seen_at_write: BTreeMap::new(),
-            liars: BTreeSet::new(),
+            liars: BTreeMap::new(),
             fleet,
             joining: None,
             report,
@@ -1098,16 +1098,17 @@ impl<'c, C: Choices> Sim<'c, C> {
 fn excepted(
     collections: &[(Vec<u8>, lethe_engine::Dot, BTreeSet<ReplicaId>)],
     seen_at_write: &BTreeMap<lethe_engine::Stamp, lethe_engine::VersionVector>,
-    liars: &BTreeSet<ReplicaId>,
+    liars: &BTreeMap<ReplicaId, usize>,
     e: &Entry,
 ) -> bool {
     let Some(seen) = seen_at_write.get(&e.stamp) else { return false };
     // The writer, or for a device's write the member that admitted it (the write entered the
-    // members' world there), was not counted.
-    let outside = |o: &BTreeSet<ReplicaId>| {
-        o.contains(&e.stamp.replica) || o.contains(&e.dot.replica) || liars.contains(&e.stamp.replica)
+    // members' world there), was not counted; or the writer had lied before this collection.
+    let lied_before = |i: usize| liars.get(&e.stamp.replica).is_some_and(|&first| first <= i);
+    let outside = |i: usize, o: &BTreeSet<ReplicaId>| {
+        o.contains(&e.stamp.replica) || o.contains(&e.dot.replica) || lied_before(i)
     };
-    collections.iter().any(|(key, dot, o)| *key == e.key && outside(o) && !seen.covers(*dot))
+    collections.iter().enumerate().any(|(i, (key, dot, o))| *key == e.key && outside(i, o) && !seen.covers(*dot))
 }
 
 fn entry_of(r: &Replica<MemoryStore>, key: &[u8]) -> Result<Entry, Violation> {

@@ -967,7 +967,8 @@ impl<C: Choices> Sim<'_, C> {
                 }
                 Ok(()) => {
                     // An accepted handshake acknowledged the member's vector, held or not.
-                    self.liars.insert(hostile);
+                    let collected_so_far = self.collections.len();
+                    self.liars.entry(hostile).or_insert(collected_so_far);
                     if !before.same_but_own(&after) {
                         return Err(violation(
                             "I10 device trust",
