@@ -5,6 +5,7 @@
 
 pub mod baseline;
 pub mod bench;
+pub mod devices;
 
 use anyhow::{Result, bail};
 use std::time::{Duration, Instant};

@@ -60,6 +60,26 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The device tier with engine sessions in one process: idle device and member sessions with
+    /// --devices enrolled, a fresh device's bootstrap while another is offline and --deleted
+    /// tombstones are pending, against no history, and a member's memory per device.
+    Devices {
+        /// Devices enrolled.
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Members.
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        /// Live keys.
+        #[arg(long, default_value_t = 10_000)]
+        live: u64,
+        /// Keys deleted while a device is offline.
+        #[arg(long, default_value_t = 100_000)]
+        deleted: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Tombstones and store size on each replica before and after every member acknowledges.
     Gc {
         /// Replicas.
@@ -168,6 +188,39 @@ pub fn bench(command: BenchCommand) -> Result<ExitCode> {
                         p.entries_sent
                     )?;
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Devices { devices, members, live, deleted, json } => {
+            let r = lethe_bench::devices::devices(devices, members, live, deleted)?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&r)?)?;
+            } else {
+                outln!("{} devices, {} members, {} live keys, {} deleted", r.devices, r.members, r.live, r.deleted)?;
+                outln!("idle device session:          {:>10} bytes both ways (goal <= 1024)", r.idle_session_bytes)?;
+                outln!(
+                    "idle member session:          {:>10} bytes both ways (goal <= 4096)",
+                    r.idle_member_session_bytes
+                )?;
+                outln!("member session with all records: {:>7} bytes", r.records_session_bytes)?;
+                for (name, b) in
+                    [("fresh device, deletes pending", r.fresh_bootstrap), ("no history", r.no_history_bootstrap)]
+                {
+                    outln!(
+                        "{name:<30}{:>10} bytes, {} live, {} dead records, {} trips",
+                        b.wire_bytes,
+                        b.live_received,
+                        b.tombstones_received,
+                        b.trips
+                    )?;
+                }
+                outln!("fresh against no history:     {:>+10.3} % (goal within 2)", r.fresh_over_no_history_percent)?;
+                outln!(
+                    "tombstones pending: {}, after removing the offline device and two GC steps: {}",
+                    r.tombstones_pending,
+                    r.tombstones_after_remove
+                )?;
+                outln!("member memory per device:     {:>10} bytes (goal <= 1024)", r.member_bytes_per_device)?;
             }
             Ok(ExitCode::SUCCESS)
         }
