@@ -647,6 +647,12 @@ impl Node {
         Ok(self.inner.with_replica(|r| r.scan(range, limit))?)
     }
 
+    /// The dead records (tombstones, expired values) in `range`, in key order, at most `limit`
+    /// ([`Replica::dead_entries`]): what an export lists besides the live entries.
+    pub fn dead_entries(&self, range: &KeyRange, limit: usize) -> Result<Vec<lethe_engine::Entry>, NodeError> {
+        Ok(self.inner.with_replica(|r| r.dead_entries(range, limit))?)
+    }
+
     /// A stream of changes to keys starting with `prefix`, from now on. Its queue holds at most
     /// [`crate::watch::WATCH_QUEUE_CHANGES_MAX`] changes and
     /// [`crate::watch::WATCH_QUEUE_BYTES_MAX`] bytes of them: a subscriber that falls further

@@ -78,4 +78,18 @@ fn a_bootstrap_import_keeps_the_sources_tombstones_so_an_older_write_from_a_thir
         let (code, value, _) = c.cli(&["get", "k"]);
         (code == 1, value)
     });
+
+    // An export of format 1 (live entries only) is still read, but never as a bootstrap.
+    let dump = String::from_utf8(exported.stdout).unwrap();
+    let old: String = dump
+        .lines()
+        .filter(|l| !l.starts_with("{\"dead\""))
+        .map(|l| format!("{}\n", l.replace("\"lethe_export\":2", "\"lethe_export\":1").replace(",\"dead\":1}", "}")))
+        .collect();
+    let mut d = NodeProc::init(root.path(), "d");
+    d.start(&[]);
+    let imported = run(&d, &["import", "--json"], old.as_bytes());
+    let summary: Json = serde_json::from_slice(&imported.stdout).expect("a JSON summary");
+    assert_eq!((summary["mode"].as_str(), summary["applied"].as_u64()), (Some("own-writes"), Some(1)), "{summary}");
+    assert!(String::from_utf8_lossy(&imported.stderr).contains("format 1"));
 }
