@@ -7,6 +7,7 @@
 //! non-loopback address is refused.
 
 use lethe_tests::clock_shim;
+use lethe_tests::disk_shim::DiskShim;
 use lethe_tests::cluster::{NodeProc, identity, lethe_bin, wait_until};
 use lethe_tests::tmpfs::Tmpfs;
 use lethe_transport::{Endpoint, TrustList};
@@ -377,5 +378,43 @@ fn health_is_503_while_the_clock_is_ahead_of_the_peers_and_200_once_it_is_set_ri
     assert_eq!(health.1, "ok: the node takes writes\n");
     cli_ok(&b, &["put", "after", "v"]);
     b.stop();
+    a.stop();
+}
+
+#[test]
+fn health_is_503_while_a_commit_waits_on_a_stalled_disk_and_the_probe_never_waits_for_it() {
+    let root = tempfile::tempdir().unwrap();
+    let shim = DiskShim::build(root.path());
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start_with_env(&serve_args(&[], &[]), &shim.env());
+    let addr = metrics_addr(&a);
+    cli_ok(&a, &["put", "before", "v"]);
+    assert_eq!(get(addr, "/health").0, 200);
+
+    // Every fsync now hangs: a put's commit holds the store until the disk comes back.
+    shim.stall();
+    let dir = a.dir.clone();
+    let put = std::thread::spawn(move || {
+        Command::new(lethe_bin()).arg("--data").arg(&dir).args(["put", "during", "v"]).output().expect("lethe put")
+    });
+    // Probes are answered meanwhile (each within `get`'s read timeout), and say why once the
+    // commit has waited past the threshold.
+    let (code, body) = wait_until("health says the store stalled", WAIT, || {
+        let health = get(addr, "/health");
+        (health.1.starts_with("store stalled: "), health)
+    });
+    assert_eq!(code, 503, "{body}");
+    let (code, body) = get(addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(!put.is_finished(), "the put waits for the disk");
+
+    shim.free();
+    let out = put.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let health = wait_until("health is 200 again", WAIT, || {
+        let health = get(addr, "/health");
+        (health.0 == 200, health)
+    });
+    assert_eq!(health.1, "ok: the node takes writes\n");
     a.stop();
 }
