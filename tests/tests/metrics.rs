@@ -7,8 +7,8 @@
 //! non-loopback address is refused.
 
 use lethe_tests::clock_shim;
-use lethe_tests::disk_shim::DiskShim;
 use lethe_tests::cluster::{NodeProc, identity, lethe_bin, wait_until};
+use lethe_tests::disk_shim::DiskShim;
 use lethe_tests::tmpfs::Tmpfs;
 use lethe_transport::{Endpoint, TrustList};
 use std::collections::BTreeMap;
@@ -361,7 +361,11 @@ fn health_is_503_while_the_clock_is_ahead_of_the_peers_and_200_once_it_is_set_ri
 
     // b's clock steps an hour ahead: it would refuse a write, and /health says so before any.
     std::fs::write(&offset, "3600000").unwrap();
-    let (code, body) = get(addr, "/health");
+    // /health answers from a status snapshot refreshed every 200 ms.
+    let (code, body) = wait_until("health says the clock is ahead", WAIT, || {
+        let health = get(addr, "/health");
+        (health.0 == 503, health)
+    });
     assert_eq!(code, 503, "{body}");
     assert!(body.starts_with("clock ahead: ") && body.contains("check the system clock"), "{body}");
     assert!(Scrape::of(&b).value("lethe_clock_ahead_ms", &[]) > 3_000_000.0);

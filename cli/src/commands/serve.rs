@@ -211,9 +211,10 @@ pub fn serve(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
     runtime.block_on(async {
         let dir = config.data.clone();
         // Bound (and the recorder installed) before the node starts, so its first sessions count.
-        let metrics = crate::metrics::MetricsServer::bind(&metrics).await?;
+        // Served at once: `/health` says "starting" (503) while the store opens.
+        let slot = crate::metrics::MetricsServer::bind(&metrics).await?.serve();
         let node = Node::start(config).await?;
-        metrics.serve(&node);
+        slot.set(&node);
         dir.write_addr(node.local_addr())?;
         // The node runs on when nobody reads its stdout: the address is in the data directory.
         if let Err(e) = print_line(&format!("node {} listening on {}", node.id(), node.local_addr())) {
