@@ -93,3 +93,51 @@ fn a_bootstrap_import_keeps_the_sources_tombstones_so_an_older_write_from_a_thir
     assert_eq!((summary["mode"].as_str(), summary["applied"].as_u64()), (Some("own-writes"), Some(1)), "{summary}");
     assert!(String::from_utf8_lossy(&imported.stderr).contains("format 1"));
 }
+
+/// `lethe --data DIR import ARGS` with stdin from `stdin` and `TMPDIR` pointing nowhere, so any
+/// temporary copy of the input fails.
+fn import_without_tmpdir(node: &NodeProc, args: &[&str], stdin: Stdio) -> Output {
+    Command::new(lethe_bin())
+        .arg("--data")
+        .arg(&node.dir)
+        .arg("import")
+        .args(args)
+        .env("TMPDIR", node.dir.join("no-such-directory"))
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("lethe import")
+}
+
+#[test]
+fn import_reads_a_regular_file_twice_and_copies_only_a_pipe() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start(&[]);
+    for i in 0..5 {
+        assert_eq!(a.cli(&["put", &format!("k{i}"), "v"]).0, 0);
+    }
+    let dump = root.path().join("dump.jsonl");
+    std::fs::write(&dump, run(&a, &["export"], b"").stdout).unwrap();
+    for (name, args, stdin) in [
+        ("b", vec![dump.to_str().unwrap()], Stdio::null()),
+        ("c", vec![], Stdio::from(std::fs::File::open(&dump).unwrap())),
+    ] {
+        let mut node = NodeProc::init(root.path(), name);
+        node.start(&[]);
+        let out = import_without_tmpdir(&node, &args, stdin);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(node.status().live, 5, "{name}");
+    }
+    // A pipe is copied to $TMPDIR, and says so when it cannot be.
+    let mut d = NodeProc::init(root.path(), "d");
+    d.start(&[]);
+    let out = import_without_tmpdir(&d, &[], Stdio::piped());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("temporary file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -14,10 +14,13 @@
 //! send them, and an older write of a deleted key from a third peer would then be stored live.
 //! A format 1 export (live entries only) is still read, but only ever as own writes.
 //!
-//! `import` reads stdin twice over: first line by line (each at most [`LINE_BYTES_MAX`]) into a
-//! temporary file, checking every line (JSON, base64, writers, the engine's size limits, a seq
+//! `import` reads its input twice over: first line by line (each at most [`LINE_BYTES_MAX`]),
+//! checking every line (JSON, base64, writers, the engine's size limits, a seq
 //! above zero, the header first, the end last, the count), so a malformed or cut export is
-//! refused with its line number before anything is sent. Then it sends the entries in `Import`
+//! refused with its line number before anything is sent. A regular file (`lethe import FILE`, or
+//! stdin redirected from one) is read again from where it began; only a pipe or terminal is
+//! copied to a temporary file (in `$TMPDIR`) as it is checked, so its size is bounded by that
+//! disk. Then it sends the entries in `Import`
 //! requests of at most `IMPORT_ENTRIES_MAX` entries and `IMPORT_BATCH_BYTES_MAX` bytes, each
 //! applied whole or refused whole by the node, in one of two modes:
 //! - **as a bootstrap**, for a full export (no `--prefix`, header and end present, format 2) into
@@ -156,6 +159,10 @@ format 1, which lists no dead records) is loaded as this node's own writes that 
 metadata, expiry and time: taking the source's vector there could hide deletes the node never \
 saw.")]
 pub struct ImportArgs {
+    /// Read the export from this file instead of stdin (read twice, never copied). Stdin
+    /// redirected from a regular file is read twice as well; a pipe is copied to a temporary
+    /// file in $TMPDIR while it is checked.
+    file: Option<PathBuf>,
     /// Print the summary as one JSON object on stdout (mode, entries, applied, superseded,
     /// stale).
     #[arg(long)]
@@ -176,17 +183,48 @@ struct Checked {
     dead: u64,
 }
 
-/// Reads an export from stdin, checks it whole, and loads it into the running node (see the
-/// module docs).
+/// The input opened as a regular file, and where the export begins in it.
+fn regular_input(file: Option<&PathBuf>) -> Result<Option<(std::fs::File, u64)>> {
+    if let Some(path) = file {
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        return Ok(Some((file, 0)));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned().context("reading stdin")?);
+        if stdin.metadata().is_ok_and(|m| m.is_file()) {
+            let mut stdin = stdin;
+            let start = stdin.stream_position().context("finding where stdin begins")?;
+            return Ok(Some((stdin, start)));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads an export from FILE or stdin, checks it whole, and loads it into the running node (see
+/// the module docs).
 pub fn import(data: Option<PathBuf>, args: ImportArgs) -> Result<ExitCode> {
-    let mut spool = tempfile::tempfile().context("creating a temporary file for the input")?;
-    let checked = {
-        let mut writer = std::io::BufWriter::new(&mut spool);
-        let checked = check_input(&mut std::io::stdin().lock(), &mut writer)?;
-        writer.flush().context("writing the input to a temporary file")?;
-        checked
+    let (checked, mut input) = match regular_input(args.file.as_ref())? {
+        Some((file, start)) => {
+            let checked = check_input(&mut std::io::BufReader::new(&file), &mut std::io::sink())?;
+            let mut file = file;
+            file.seek(std::io::SeekFrom::Start(start)).context("reading the input again")?;
+            (checked, file)
+        }
+        None => {
+            let mut spool =
+                tempfile::tempfile().context("creating a temporary file (in $TMPDIR) for the piped input")?;
+            let checked = {
+                let mut writer = std::io::BufWriter::new(&mut spool);
+                let checked = check_input(&mut std::io::stdin().lock(), &mut writer)?;
+                writer.flush().context("writing the input to a temporary file")?;
+                checked
+            };
+            spool.rewind().context("reading the temporary file back")?;
+            (checked, spool)
+        }
     };
-    spool.rewind().context("reading the temporary file back")?;
     let client = Client::connect(data)?;
     let (replica, blank) = match client.request(&Request::Position)? {
         Response::Position { replica, blank, .. } => (replica, blank),
@@ -217,18 +255,19 @@ pub fn import(data: Option<PathBuf>, args: ImportArgs) -> Result<ExitCode> {
     };
     let progress = ProgressBar::new_spinner();
     let mut totals = Totals::default();
-    let result = send_entries(&client, std::io::BufReader::new(spool), bootstrap.is_some(), &mut totals, &progress)
-        .and_then(|()| match bootstrap {
-            Some(clock) => match client.request(&Request::FinishImport { vector: checked.vector.clone(), clock }) {
-                Ok(Response::ImportFinished) => Ok(()),
-                Ok(other) => bail!("unexpected answer {other:?}"),
-                Err(e) => Err(e.context(
-                    "every entry was imported under its own dot, but the source's vector was not merged: the node \
+    let result =
+        send_entries(&client, std::io::BufReader::new(&mut input), bootstrap.is_some(), &mut totals, &progress)
+            .and_then(|()| match bootstrap {
+                Some(clock) => match client.request(&Request::FinishImport { vector: checked.vector.clone(), clock }) {
+                    Ok(Response::ImportFinished) => Ok(()),
+                    Ok(other) => bail!("unexpected answer {other:?}"),
+                    Err(e) => Err(e.context(
+                        "every entry was imported under its own dot, but the source's vector was not merged: the node \
                      reconciles with its peers as after an interrupted bootstrap",
-                )),
-            },
-            None => Ok(()),
-        });
+                    )),
+                },
+                None => Ok(()),
+            });
     progress.finish_and_clear();
     client.close();
     result?;
@@ -258,8 +297,9 @@ pub fn import(data: Option<PathBuf>, args: ImportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Pass one: copies `input` to `spool` line by line, checking each; an error names the line and
-/// says nothing was imported.
+/// Pass one: reads `input` line by line, checking each, and copies it to `spool` (a sink when the
+/// input is a regular file, read again for pass two); an error names the line and says nothing
+/// was imported.
 fn check_input(input: &mut impl BufRead, spool: &mut impl Write) -> Result<Checked> {
     let mut checked = Checked { header: None, vector: Vec::new(), ended: false, entries: 0, dead: 0 };
     let mut line = Vec::new();
@@ -386,8 +426,9 @@ fn send_entries(
 /// Reads one line (without its line ending) into `line`; whether there was one.
 fn read_line<R: BufRead>(input: &mut R, line: &mut Vec<u8>) -> Result<bool> {
     line.clear();
-    let read =
-        std::io::Read::take(&mut *input, LINE_BYTES_MAX as u64 + 1).read_until(b'\n', line).context("reading stdin")?;
+    let read = std::io::Read::take(&mut *input, LINE_BYTES_MAX as u64 + 1)
+        .read_until(b'\n', line)
+        .context("reading the input")?;
     if read == 0 {
         return Ok(false);
     }
