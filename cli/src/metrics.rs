@@ -56,8 +56,12 @@ pub struct MetricsArgs {
     pub(crate) metrics: Option<SocketAddr>,
     /// Allow --metrics on an address other than loopback: the endpoints have no authentication,
     /// so put them behind a firewall or proxy. Needs --metrics, here or in the --config file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_metrics_public")]
     pub(crate) metrics_public: bool,
+    /// Refuse --metrics on an address other than loopback (the default): overrides
+    /// `metrics-public = true` in the --config file.
+    #[arg(long)]
+    pub(crate) no_metrics_public: bool,
 }
 
 /// The metrics endpoint of `lethe serve`, bound but not yet serving; nothing when `--metrics`
