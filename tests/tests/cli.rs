@@ -448,7 +448,7 @@ fn list_and_watch_text_show_keys_and_values_that_are_not_text_unambiguously() {
 }
 
 #[test]
-fn output_into_a_pipe_closed_early_ends_quietly_with_status_0() {
+fn output_into_a_pipe_closed_early_ends_quietly_with_status_0_but_an_export_fails() {
     let root = tempfile::tempdir().unwrap();
     let mut a = NodeProc::init(root.path(), "a");
     a.start(&[]);
@@ -460,9 +460,7 @@ fn output_into_a_pipe_closed_early_ends_quietly_with_status_0() {
         })
         .collect();
     assert_eq!(run_text(&a, &dump).0, 0);
-    for command in
-        [&["list"][..], &["list", "--json"], &["export"], &["status"], &["status", "--json"], &["get", "k00001"]]
-    {
+    for command in [&["list"][..], &["list", "--json"], &["status"], &["status", "--json"], &["get", "k00001"]] {
         let mut child = Command::new(lethe_bin())
             .arg("--data")
             .arg(&a.dir)
@@ -486,4 +484,19 @@ fn output_into_a_pipe_closed_early_ends_quietly_with_status_0() {
         assert!(out.status.success(), "lethe {command:?} into a closed pipe: {} {stderr}", out.status);
         assert!(!stderr.contains("panicked") && !stderr.contains("error"), "lethe {command:?}: {stderr}");
     }
+    // But an export cut short is a truncated backup: a failure, and it says so.
+    let mut child = Command::new(lethe_bin())
+        .arg("--data")
+        .arg(&a.dir)
+        .arg("export")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "an export into a pipe closed early: {stderr}");
+    assert!(stderr.contains("cut short"), "{stderr}");
 }
