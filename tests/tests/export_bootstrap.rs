@@ -50,8 +50,11 @@ fn a_bootstrap_import_keeps_the_sources_tombstones_so_an_older_write_from_a_thir
     assert_eq!(a.cli(&["put", "kept", "v"]).0, 0);
     assert_eq!(a.cli(&["del", "k"]).0, 0);
 
-    let exported = run(&a, &["export"], b"");
+    let exported = run(&a, &["export", "--json"], b"");
     assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    let stderr = String::from_utf8_lossy(&exported.stderr);
+    let summary: Json = serde_json::from_str(stderr.lines().last().unwrap_or_default()).expect("a JSON summary");
+    assert_eq!(summary, serde_json::json!({ "entries": 1, "dead": 1 }));
     let imported = run(&b, &["import", "--json"], &exported.stdout);
     assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
     let summary: Json = serde_json::from_slice(&imported.stdout).expect("a JSON summary");

@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// in the --config file.
     #[arg(long)]
     compression: bool,
+    /// Print the line saying the node listens as one JSON object (`node_id`, `replica`,
+    /// `listen`) on stdout.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
 }
@@ -216,6 +220,7 @@ pub fn positive_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs the node until SIGINT or SIGTERM.
 pub fn serve(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
+    let json = args.json;
     let (config, metrics) = args.settle(data)?;
     crate::init_logs("info");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
@@ -228,7 +233,17 @@ pub fn serve(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
         slot.set(&node);
         dir.write_addr(node.local_addr())?;
         // The node runs on when nobody reads its stdout: the address is in the data directory.
-        if let Err(e) = print_line(&format!("node {} listening on {}", node.id(), node.local_addr())) {
+        let line = if json {
+            serde_json::json!({
+                "node_id": node.id().to_string(),
+                "replica": node.id().replica_id().to_string(),
+                "listen": node.local_addr().to_string(),
+            })
+            .to_string()
+        } else {
+            format!("node {} listening on {}", node.id(), node.local_addr())
+        };
+        if let Err(e) = print_line(&line) {
             tracing::warn!("stdout: {e}");
         }
         let reason = shutdown_signal().await?;

@@ -61,6 +61,9 @@ pub const LINE_BYTES_MAX: usize = 3 << 20;
 /// `lethe export`'s arguments.
 #[derive(clap::Args)]
 pub struct ExportArgs {
+    /// Print the summary (entries, dead) as one JSON object on stderr (stdout is the export).
+    #[arg(long)]
+    json: bool,
     /// Only keys starting with this. An export of a prefix imports as the importer's own
     /// writes, never as a bootstrap.
     #[arg(long, default_value = "")]
@@ -87,10 +90,18 @@ pub fn export(data: Option<PathBuf>, args: ExportArgs) -> Result<ExitCode> {
     let written = write_export(&client, &mut out, &header);
     client.close();
     let (exported, dead) = match written {
-        Err(e) if crate::output::is_broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
+        // Unlike `list`, a dump cut short is a failure: it would be a truncated backup.
+        Err(e) if crate::output::is_broken_pipe(&e) => bail!(
+            "the export was cut short: its reader closed the pipe before the end line (an import refuses a dump \
+             without it)"
+        ),
         other => other?,
     };
-    eprintln!("exported {exported} entries and {dead} dead records");
+    if args.json {
+        eprintln!("{}", serde_json::json!({ "entries": exported, "dead": dead }));
+    } else {
+        eprintln!("exported {exported} entries and {dead} dead records");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
