@@ -193,3 +193,15 @@ fn the_cli_without_default_features_builds_none_of_the_benchmark_dependencies() 
     let full = cli_tree(&[]);
     assert!(has(&full, "automerge") && has(&full, "lethe-bench"), "the default lethe-cli has the benchmarks:\n{full}");
 }
+
+#[test]
+fn every_published_crate_packages_both_licence_texts() {
+    let root = root();
+    for krate in ["engine", "transport", "node", "bench", "cli"] {
+        for licence in ["LICENSE-MIT", "LICENSE-APACHE"] {
+            let text = std::fs::read(root.join(krate).join(licence))
+                .unwrap_or_else(|e| panic!("{krate}/{licence}: {e} (cargo package would leave the licence text out)"));
+            assert_eq!(text, std::fs::read(root.join(licence)).unwrap(), "{krate}/{licence} is the workspace's");
+        }
+    }
+}
