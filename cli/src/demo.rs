@@ -19,6 +19,18 @@ use lethe_node::{DataDir, Node, NodeConfig, PeerAddr, Status};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// One narrative line: on stdout, or on stderr when `--json` keeps stdout for the figures.
+macro_rules! say {
+    ($p:expr, $($arg:tt)*) => {
+        if $p.narrate_to_stderr {
+            eprintln!($($arg)*);
+            Ok::<(), std::io::Error>(())
+        } else {
+            outln!($($arg)*)
+        }
+    };
+}
+
 /// What the demo does.
 #[derive(Clone, Copy, Debug)]
 pub struct DemoParams {
@@ -34,11 +46,21 @@ pub struct DemoParams {
     pub value_bytes: usize,
     /// Show progress bars.
     pub progress: bool,
+    /// Write the narrative lines to stderr instead of stdout (for `demo --json`).
+    pub narrate_to_stderr: bool,
 }
 
 impl Default for DemoParams {
     fn default() -> Self {
-        DemoParams { keys: 20_000, deleted: 15_000, ttl_keys: 2_000, ttl_ms: 1_500, value_bytes: 100, progress: true }
+        DemoParams {
+            keys: 20_000,
+            deleted: 15_000,
+            ttl_keys: 2_000,
+            ttl_ms: 1_500,
+            value_bytes: 100,
+            progress: true,
+            narrate_to_stderr: false,
+        }
     }
 }
 
@@ -170,7 +192,7 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     let server = start(root, "server", vec![], vec![a_id, b_id]).await?;
     let server_peer = PeerAddr { id: server.id(), addr: server.local_addr() };
     let client_a = start(root, "client-a", vec![server_peer], vec![]).await?;
-    outln!("server {} and client-a on {} (QUIC, 127.0.0.1)", &server.id().to_string()[..16], root.display())?;
+    say!(p, "server {} and client-a on {} (QUIC, 127.0.0.1)", &server.id().to_string()[..16], root.display())?;
 
     let mut log = CommitLogModel::new();
     let key = |i: usize| format!("user:{i:08}");
@@ -183,7 +205,7 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     (0..p.keys).for_each(|i| log.put(&key(i), &value_text, now_ms(), None));
     converge(&server, &[&client_a], "client-a follows", p.progress).await?;
     let first = received_since(&a0, &client_a.status()?, t);
-    outln!("server wrote {} keys; client-a received {} live, {} bytes", p.keys, first.live, first.bytes)?;
+    say!(p, "server wrote {} keys; client-a received {} live, {} bytes", p.keys, first.live, first.bytes)?;
 
     let a1 = client_a.status()?;
     let t = Instant::now();
@@ -197,7 +219,8 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     converge(&server, &[&client_a], "client-a follows", p.progress).await?;
     report.incremental = received_since(&a1, &client_a.status()?, t);
     report.server_tombstones.0 = (p.deleted + p.ttl_keys) as u64;
-    outln!(
+    say!(
+        p,
         "server deleted {} keys and wrote {} keys with a {} ms TTL; client-a received {} tombstones, {} live, {} bytes",
         p.deleted,
         p.ttl_keys,
@@ -222,7 +245,8 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     report.after_expiry = received_since(&a2, &client_a.status()?, t);
     let end = server.status()?;
     report.server_tombstones.1 = end.tombstones + end.expired;
-    outln!(
+    say!(
+        p,
         "TTL passed and GC ran: tombstones and expired records {} -> {} on every node; client-a received {} entries meanwhile",
         report.server_tombstones.0,
         report.server_tombstones.1,
@@ -241,7 +265,8 @@ pub async fn run(root: &Path, p: DemoParams) -> Result<DemoReport> {
     let statuses = converge(&server, &[&client_a, &client_b], "client-b joins", p.progress).await?;
     report.fresh = received_since(&b0, &statuses[1], t);
     report.commit_log = log.replay(false);
-    outln!(
+    say!(
+        p,
         "fresh client-b joined: {} live, {} tombstones, {} bytes in {:.2} s",
         report.fresh.live,
         report.fresh.tombstones,

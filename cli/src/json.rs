@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use lethe_engine::{ReplicaId, Stamp};
-use lethe_node::control::{Event, Record, WireStamp};
+use lethe_node::control::{DeadRecord, Event, Record, WireStamp};
 use serde::{Deserialize, Serialize};
 
 /// How a bytes field is written.
@@ -167,8 +167,75 @@ impl RecordJson {
     }
 }
 
-/// The version of the export format [`ExportHeader`] names.
-pub const EXPORT_FORMAT: u32 = 1;
+/// The version of the export format [`ExportHeader`] names. Format 2 added the dead records
+/// ([`DeadJson`]) and their count in the end line; format 1 exports (live entries only) are
+/// still read, but never as a bootstrap (see `commands/transfer.rs`).
+pub const EXPORT_FORMAT: u32 = 2;
+
+/// The export format before dead records were listed.
+pub const EXPORT_FORMAT_LIVE_ONLY: u32 = 1;
+
+/// What a dead record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadKind {
+    /// A delete.
+    Tombstone,
+    /// A value whose TTL passed.
+    Expired,
+}
+
+/// One dead record of an export (format 2): a tombstone or an expired value, with the stamp and
+/// dot of the write, so a bootstrap import keeps the delete as a network bootstrap would.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadJson {
+    /// Tombstone or expired value.
+    pub dead: DeadKind,
+    /// The key.
+    pub key: String,
+    /// How the key is written.
+    pub key_encoding: Encoding,
+    /// The stamp of the delete, or of the write that expired.
+    pub stamp: StampJson,
+    /// Its dot.
+    pub dot: DotJson,
+    /// For an expired value, when it expired (absolute Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at_ms: Option<u64>,
+}
+
+impl DeadJson {
+    /// The JSON form of `r`.
+    pub fn new(r: &DeadRecord) -> DeadJson {
+        let (key, key_encoding) = encode_bytes(&r.key, false);
+        DeadJson {
+            dead: if r.expired_at_ms.is_some() { DeadKind::Expired } else { DeadKind::Tombstone },
+            key,
+            key_encoding,
+            stamp: r.stamp.into(),
+            dot: DotJson { writer: ReplicaId(r.dot_writer).to_string(), seq: r.seq },
+            expired_at_ms: r.expired_at_ms,
+        }
+    }
+
+    /// The record this describes.
+    pub fn into_record(self) -> Result<DeadRecord> {
+        let expired_at_ms = match (self.dead, self.expired_at_ms) {
+            (DeadKind::Tombstone, None) => None,
+            (DeadKind::Expired, Some(t)) => Some(t),
+            (DeadKind::Tombstone, Some(_)) => bail!("a tombstone has no `expired_at_ms`"),
+            (DeadKind::Expired, None) => bail!("an expired record needs `expired_at_ms`"),
+        };
+        Ok(DeadRecord {
+            key: decode_bytes("key", self.key, self.key_encoding)?,
+            stamp: WireStamp { hlc: self.stamp.hlc, writer: parse_writer("stamp.writer", &self.stamp.writer)? },
+            dot_writer: parse_writer("dot.writer", &self.dot.writer)?,
+            seq: self.dot.seq,
+            expired_at_ms,
+        })
+    }
+}
 
 /// The first line of `lethe export`: where the entries come from, and what its source had seen
 /// before they were listed (so a full export into a blank node can take them as a bootstrap).
@@ -191,8 +258,11 @@ pub struct ExportHeader {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportEnd {
-    /// The number of entry lines.
+    /// The number of entry lines (live entries).
     pub lethe_export_end: u64,
+    /// The number of dead-record lines (format 2; absent in format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead: Option<u64>,
 }
 
 /// A watch event as one JSON object: `{"event": "put" | "deleted" | "expired", "key", ...}`, a
@@ -245,6 +315,23 @@ mod tests {
         let text = RecordJson::new(&Record { value: b"hi".to_vec(), ..record.clone() }, false);
         assert_eq!((text.value.as_str(), text.value_encoding), ("hi", Encoding::Utf8));
         assert_eq!(text.key_encoding, Encoding::Base64);
+    }
+
+    #[test]
+    fn a_dead_record_goes_through_its_json_form_unchanged() {
+        let tombstone = DeadRecord {
+            key: b"k\xff".to_vec(),
+            stamp: WireStamp { hlc: 7 << 16 | 3, writer: 0xabcd },
+            dot_writer: 0xabcd,
+            seq: 9,
+            expired_at_ms: None,
+        };
+        let expired = DeadRecord { expired_at_ms: Some(42), ..tombstone.clone() };
+        for record in [tombstone, expired] {
+            let line = serde_json::to_string(&DeadJson::new(&record)).unwrap();
+            let back: DeadJson = serde_json::from_str(&line).unwrap();
+            assert_eq!(back.into_record().unwrap(), record);
+        }
     }
 
     #[test]

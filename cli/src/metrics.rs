@@ -18,7 +18,7 @@
 //! `--metrics-public` says otherwise.
 
 use anyhow::{Context, Result, bail};
-use lethe_node::{Node, NodeError, Status};
+use lethe_node::{Node, Status};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -56,8 +56,12 @@ pub struct MetricsArgs {
     pub(crate) metrics: Option<SocketAddr>,
     /// Allow --metrics on an address other than loopback: the endpoints have no authentication,
     /// so put them behind a firewall or proxy. Needs --metrics, here or in the --config file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_metrics_public")]
     pub(crate) metrics_public: bool,
+    /// Refuse --metrics on an address other than loopback (the default): overrides
+    /// `metrics-public = true` in the --config file.
+    #[arg(long)]
+    pub(crate) no_metrics_public: bool,
 }
 
 /// The metrics endpoint of `lethe serve`, bound but not yet serving; nothing when `--metrics`
@@ -97,9 +101,12 @@ impl MetricsServer {
         Ok(MetricsServer { served: Some((listener, handle)) })
     }
 
-    /// Serves `node`'s metrics and health from now on, on tasks of the current runtime.
-    pub fn serve(self, node: &Node) {
-        let Some((listener, handle)) = self.served else { return };
+    /// Serves metrics and health from now on, on tasks of the current runtime: `/health` is 503
+    /// "starting" until [`NodeSlot::set`] gives the node, then answers from
+    /// [`Node::status_snapshot`] (never waiting for the replica).
+    pub fn serve(self) -> NodeSlot {
+        let slot = NodeSlot::default();
+        let Some((listener, handle)) = self.served else { return slot };
         match listener.local_addr() {
             Ok(addr) => info!("metrics on http://{addr}/metrics, health on http://{addr}/health"),
             Err(e) => warn!("metrics listener has no local address: {e}"),
@@ -111,14 +118,31 @@ impl MetricsServer {
                 upkeep.run_upkeep();
             }
         });
-        let state = Arc::new(State { node: node.clone(), handle });
+        let state = Arc::new(State { node: slot.clone(), handle });
         tokio::spawn(accept_loop(listener, state));
+        slot
+    }
+}
+
+/// The node the endpoints answer for, once it has started.
+#[derive(Clone, Default)]
+pub struct NodeSlot(Arc<std::sync::OnceLock<Node>>);
+
+impl NodeSlot {
+    /// The node has started: the endpoints answer for it from now on.
+    pub fn set(&self, node: &Node) {
+        let _ = self.0.set(node.clone());
+    }
+
+    /// The node's status snapshot, or `None` while it starts.
+    fn status(&self) -> Option<Status> {
+        self.0.get().map(Node::status_snapshot)
     }
 }
 
 /// What a request is answered from.
 struct State {
-    node: Node,
+    node: NodeSlot,
     handle: PrometheusHandle,
 }
 
@@ -341,8 +365,8 @@ fn answer(head: &[u8], state: &State) -> Response {
     match path {
         "/metrics" => {
             match state.node.status() {
-                Ok(status) => lethe_node::metrics::record_status(&status),
-                Err(e) => debug!("metrics: no status to mirror: {e}"),
+                Some(status) => lethe_node::metrics::record_status(&status),
+                None => debug!("metrics: the node is starting, no status to mirror yet"),
             }
             state.handle.run_upkeep();
             let body = state.handle.render();
@@ -357,10 +381,11 @@ fn answer(head: &[u8], state: &State) -> Response {
 }
 
 /// The answer to `/health`: 200 while the node takes local writes; else 503, with one line per
-/// reason saying why and what to do ([`Status::write_refusals`]).
-fn health(status: Result<Status, NodeError>) -> (u16, &'static str, String) {
+/// reason saying why and what to do ([`Status::write_refusals`]), or saying the node is still
+/// starting (`None`: opening its store, which may wait on the disk).
+fn health(status: Option<Status>) -> (u16, &'static str, String) {
     match status {
-        Ok(status) => {
+        Some(status) => {
             let refusals = status.write_refusals();
             if refusals.is_empty() {
                 (200, "OK", "ok: the node takes writes\n".to_string())
@@ -368,7 +393,11 @@ fn health(status: Result<Status, NodeError>) -> (u16, &'static str, String) {
                 (503, "Service Unavailable", refusals.iter().map(|r| format!("{r}\n")).collect())
             }
         }
-        Err(e) => (503, "Service Unavailable", format!("no status: {e}\n")),
+        None => (
+            503,
+            "Service Unavailable",
+            "starting: the node is opening its store and does not take writes yet\n".to_string(),
+        ),
     }
 }
 
@@ -387,17 +416,22 @@ mod tests {
 
     #[test]
     fn health_is_200_while_the_node_takes_writes_and_503_with_every_reason_otherwise() {
-        assert_eq!(health(Ok(Status::default())), (200, "OK", "ok: the node takes writes\n".to_string()));
+        assert_eq!(health(Some(Status::default())), (200, "OK", "ok: the node takes writes\n".to_string()));
         let recovering = lethe_node::health::RecoveryStatus { target_seq: 9, own_seq: 4, reissued: 2 };
-        let (code, _, body) = health(Ok(Status { recovering: Some(recovering), ..Status::default() }));
+        let (code, _, body) = health(Some(Status { recovering: Some(recovering), ..Status::default() }));
         assert_eq!(code, 503);
         assert!(body.starts_with("recovering from a restore: ") && body.ends_with("peers\n"), "{body}");
         let (code, _, body) =
-            health(Ok(Status { recovering: Some(recovering), clock_ahead_ms: Some(9_000), ..Status::default() }));
+            health(Some(Status { recovering: Some(recovering), clock_ahead_ms: Some(9_000), ..Status::default() }));
         assert_eq!(code, 503);
         let lines: Vec<&str> = body.lines().collect();
         assert!(lines.len() == 2 && lines[1].starts_with("clock ahead: "), "{body}");
-        assert_eq!(health(Err(NodeError::ShuttingDown)).0, 503);
+        let (code, _, body) = health(None);
+        assert_eq!(code, 503);
+        assert!(body.starts_with("starting: "), "{body}");
+        let (code, _, body) = health(Some(Status { store_stalled_ms: Some(6_000), ..Status::default() }));
+        assert_eq!(code, 503);
+        assert!(body.starts_with("store stalled: ") && body.contains("6000 ms"), "{body}");
     }
 
     #[tokio::test]

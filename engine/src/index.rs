@@ -172,6 +172,29 @@ impl KeyIndex {
         self.expiring.range(..(now_ms.saturating_add(1), Vec::new())).count()
     }
 
+    /// Keys in `range` of the dead records (tombstones, expired records) and of the values
+    /// whose TTL passed at `now_ms` but are not purged yet, in key order, at most `limit`: what an
+    /// export lists besides the live values. Costs O(log n + limit) for the dead records plus one
+    /// pass over the values that expired and wait for their purge (bounded by one GC interval).
+    pub(crate) fn dead_keys_in(&self, range: &KeyRange, now_ms: u64, limit: usize) -> Vec<Vec<u8>> {
+        let mut keys: BTreeSet<Vec<u8>> = self
+            .expiring
+            .range(..(now_ms.saturating_add(1), Vec::new()))
+            .filter(|(_, k)| range.contains(k))
+            .map(|(_, k)| k.clone())
+            .collect();
+        // From the start bound on, stopping at the end bound (a range whose bounds cross is
+        // empty, never a panic).
+        let from = (range.start.clone(), std::ops::Bound::Unbounded);
+        for key in self.dead_by_key.range::<Vec<u8>, _>(from).map(|(k, _)| k) {
+            if !range.contains(key) || (keys.len() >= limit && keys.last().is_some_and(|last| key > last)) {
+                break;
+            }
+            keys.insert(key.clone());
+        }
+        keys.into_iter().take(limit).collect()
+    }
+
     /// Tombstones and expired records whose dot `peer` does not cover, as (dot, key).
     pub(crate) fn dead_beyond(&self, peer: &VersionVector) -> Vec<Vec<u8>> {
         let mut keys = Vec::new();

@@ -28,6 +28,11 @@ pub const LIST_PAGE_BYTES_MAX: usize = 2 << 20;
 /// for a few entries at a time, and at most this many values are in memory beside the page.
 pub const LIST_SCAN_ITEMS: usize = 16;
 
+/// The most dead records one [`Request::ListDead`] is answered with (and one
+/// [`Request::Import`] may carry): each is a key of at most 1 KiB and a few integers, so an
+/// answer stays near 1 MiB, well under the 4 MiB frame limit.
+pub const DEAD_LIST_LIMIT_MAX: usize = 1000;
+
 /// The most entries one [`Request::Import`] may carry; a request with more is refused while it
 /// decodes, before the list grows past this.
 pub const IMPORT_ENTRIES_MAX: usize = 1000;
@@ -130,6 +135,64 @@ impl From<Item> for Record {
     }
 }
 
+/// One dead record (a tombstone, or a value whose TTL passed) with its stamp and dot: what
+/// `export` lists besides the live entries, so a bootstrap import holds what a network bootstrap
+/// sends (`Replica::dead_entries`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadRecord {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The stamp of the delete, or of the write whose value expired.
+    pub stamp: WireStamp,
+    /// The replica that numbered it (see [`Record::dot_writer`]).
+    pub dot_writer: u64,
+    /// Its sequence number.
+    pub seq: u64,
+    /// `None` for a tombstone; for an expired value, when it expired (absolute wall ms).
+    pub expired_at_ms: Option<u64>,
+}
+
+impl DeadRecord {
+    /// The dead record `entry` is, or `None` if it holds a value (`Replica::dead_entries` gives
+    /// an expired value as the expired record it has become).
+    #[must_use]
+    pub fn from_entry(entry: Entry) -> Option<DeadRecord> {
+        let expired_at_ms = match entry.payload {
+            Payload::Tombstone => None,
+            Payload::Expired { expires_at_ms } => Some(expires_at_ms),
+            Payload::Value(_) => return None,
+        };
+        Some(DeadRecord {
+            key: entry.key,
+            stamp: entry.stamp.into(),
+            dot_writer: entry.dot.replica.0,
+            seq: entry.dot.seq.0,
+            expired_at_ms,
+        })
+    }
+
+    /// The bytes a batch counts for it (see [`RECORD_OVERHEAD_BYTES`]).
+    #[must_use]
+    pub fn counted_bytes(&self) -> usize {
+        self.key.len() + RECORD_OVERHEAD_BYTES
+    }
+
+    /// The engine entry this record describes, for an import.
+    #[must_use]
+    pub fn into_entry(self) -> Entry {
+        Entry {
+            dot: Dot { replica: ReplicaId(self.dot_writer), seq: Seq(self.seq) },
+            key: self.key,
+            stamp: self.stamp.into(),
+            payload: match self.expired_at_ms {
+                None => Payload::Tombstone,
+                Some(expires_at_ms) => Payload::Expired { expires_at_ms },
+            },
+        }
+    }
+}
+
 /// One change a watch reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -223,6 +286,12 @@ pub enum Request {
         /// The entries, at most [`IMPORT_ENTRIES_MAX`] (checked while decoding).
         #[serde(deserialize_with = "bounded_records")]
         entries: Vec<Record>,
+        /// Dead records (tombstones, expired values) of a bootstrap import, applied before
+        /// `entries` in the same commit; at most [`DEAD_LIST_LIMIT_MAX`] (checked while
+        /// decoding). A node takes them as a bootstrap takes a sender's dead records; as its
+        /// own writes, it counts them stale.
+        #[serde(default, deserialize_with = "bounded_dead")]
+        dead: Vec<DeadRecord>,
         /// How they are applied.
         #[serde(default)]
         mode: ImportMode,
@@ -236,6 +305,18 @@ pub enum Request {
         vector: Vec<(u64, u64)>,
         /// The source's clock, as the 64-bit integer [`Hlc`] is.
         clock: u64,
+    },
+    /// The dead records (tombstones, expired values) under a prefix, in key order: answered with
+    /// one [`Response::DeadListed`]; fewer than `limit` means there are no more.
+    ListDead {
+        /// The prefix (empty: every key).
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+        /// At most this many (capped at [`DEAD_LIST_LIMIT_MAX`]).
+        limit: usize,
+        /// Only keys after this one.
+        #[serde(default, with = "serde_bytes")]
+        after: Option<Vec<u8>>,
     },
     /// The node's replica id, vector and clock, and whether it is blank: what an export's
     /// header records and what an import asks before it picks its mode.
@@ -260,6 +341,11 @@ pub enum ImportMode {
 /// the limit (the list never grows beyond it, whatever length the frame claims).
 fn bounded_records<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Record>, D::Error> {
     bounded::<_, _, IMPORT_ENTRIES_MAX>(d, "entries")
+}
+
+/// Decodes at most [`DEAD_LIST_LIMIT_MAX`] dead records, like [`bounded_records`].
+fn bounded_dead<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<DeadRecord>, D::Error> {
+    bounded::<_, _, DEAD_LIST_LIMIT_MAX>(d, "dead records")
 }
 
 /// Decodes a vector of at most [`VECTOR_COMPONENTS_MAX`] components, like [`bounded_records`].
@@ -323,6 +409,11 @@ pub enum Response {
     Lagged {
         /// Changes missed.
         missed: u64,
+    },
+    /// Dead records under a prefix, in key order (answers [`Request::ListDead`]).
+    DeadListed {
+        /// The records.
+        items: Vec<DeadRecord>,
     },
     /// An import was applied.
     Imported {

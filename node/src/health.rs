@@ -1,7 +1,9 @@
 //! Whether a node takes local writes, and if not why and what to do: what `/health` of
 //! `lethe serve --metrics` answers, from [`Status`] alone (so an embedder can answer the same).
 //!
-//! A node refuses local writes for three reasons, each shown in `Status` while it lasts: its
+//! A node refuses (or cannot answer) local writes for four reasons, each shown in `Status` while
+//! it lasts: its store stalled (`store_stalled_ms`: one call has held the store longer than
+//! `STORE_STALL_MS`, a commit waiting on the disk, say; only `Node::status_snapshot` sees it), its
 //! store failed (`store_error`: a full disk, an I/O error; the node retries by itself), it is
 //! recovering from a restore from an older copy of its store (`recovering`:
 //! `engine/src/replica/restore.rs`), or its clock is ahead of its peers' by more than the drift
@@ -34,6 +36,11 @@ pub enum WriteRefusal {
         /// Since when, in Unix ms.
         since_ms: Option<u64>,
     },
+    /// One call has held the store this long (a commit waiting on a stalled disk): writes wait.
+    StoreStalled {
+        /// For how long, in ms.
+        held_ms: u64,
+    },
     /// The node recovers from a restore from an older copy of its store.
     Recovering(RecoveryStatus),
     /// The node's clock is this many ms ahead of its peers'.
@@ -57,6 +64,11 @@ impl fmt::Display for WriteRefusal {
                      space on the disk or fix the device, the node retries by itself"
                 )
             }
+            WriteRefusal::StoreStalled { held_ms } => write!(
+                f,
+                "store stalled: a commit or read has waited on the store for {held_ms} ms, so writes are not \
+                 answered: check the disk (a hung device, a full or frozen filesystem)"
+            ),
             WriteRefusal::Recovering(r) => write!(
                 f,
                 "recovering from a restore: this node's store was restored from an older copy, and it refuses \
@@ -74,7 +86,7 @@ impl fmt::Display for WriteRefusal {
 }
 
 impl Status {
-    /// Why local writes are refused now, each reason once (store, recovery, clock); empty while
+    /// Why local writes are refused now, each reason once (stall, store, recovery, clock); empty while
     /// the node takes writes.
     #[must_use]
     pub fn write_refusals(&self) -> Vec<WriteRefusal> {
@@ -84,7 +96,8 @@ impl Status {
             .map(|error| WriteRefusal::StoreFailed { error, since_ms: self.store_failed_since_ms });
         let recovery = self.recovering.map(WriteRefusal::Recovering);
         let clock = self.clock_ahead_ms.map(|ahead_ms| WriteRefusal::ClockAhead { ahead_ms });
-        [store, recovery, clock].into_iter().flatten().collect()
+        let stalled = self.store_stalled_ms.map(|held_ms| WriteRefusal::StoreStalled { held_ms });
+        [stalled, store, recovery, clock].into_iter().flatten().collect()
     }
 }
 

@@ -65,6 +65,15 @@ impl FromStr for PeerAddr {
 /// The default [`NodeConfig::session_stall_timeout`]: 60 s.
 pub const SESSION_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long one call may hold the replica (a commit waiting on its fsync, say) before
+/// [`Node::status_snapshot`] reports the store stalled ([`Status::store_stalled_ms`]), so a
+/// health probe says 503 instead of waiting for the disk.
+pub const STORE_STALL_MS: u64 = 5_000;
+
+/// How often the status snapshot is refreshed besides after each commit (the clock-ahead
+/// reason changes with time alone). A refresh that finds the replica held is skipped.
+pub const STATUS_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+
 /// How a node runs.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -295,6 +304,11 @@ pub struct Status {
     /// peer holding its writes up to `target_seq` has synced with it. `None` otherwise.
     #[serde(default)]
     pub recovering: Option<RecoveryStatus>,
+    /// While one call has held the store longer than [`STORE_STALL_MS`] (a commit waiting on a
+    /// stalled disk, say): for how many ms. Only [`Node::status_snapshot`] fills it in (a
+    /// status read under the replica's lock finds the store free).
+    #[serde(default)]
+    pub store_stalled_ms: Option<u64>,
     /// Whether dot-index rows a bootstrap left out are still to be written (deltas for peers
     /// below the bootstrap are read from memory until then).
     #[serde(default)]
@@ -397,6 +411,15 @@ pub(crate) struct Inner {
     store_failed: Notify,
     /// The writer task, awaited at shutdown so that queued writes are committed.
     pub(crate) writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The status as of the last commit or refresh (its replica part: counts, vectors,
+    /// failure, recovery, clock), read by [`Node::status_snapshot`] without the replica's lock.
+    /// This mutex is held only to clone or swap the `Arc`.
+    status_cache: Mutex<Arc<Status>>,
+    /// When the call holding the replica took it, in ms since `started`, plus one; 0 while
+    /// nobody holds it.
+    busy_since: AtomicU64,
+    /// The instant `busy_since` counts from.
+    started: std::time::Instant,
 }
 
 /// Says when a recovery from a restore begins and ends (`engine/src/replica/restore.rs`).
@@ -423,6 +446,7 @@ impl Inner {
     pub(crate) fn with_replica<T>(&self, f: impl FnOnce(&mut Replica<RedbStore>) -> T) -> T {
         tokio::task::block_in_place(|| {
             let mut replica = lock(&self.replica);
+            self.busy_since.store(self.elapsed_ms() + 1, Ordering::Relaxed);
             // Record changes exactly while someone watches: one who stopped costs nothing from
             // here on.
             let watching = self.watchers.any();
@@ -434,11 +458,16 @@ impl Inner {
             let recovering_before = replica.recovery();
             let out = f(&mut replica);
             let recovering = replica.recovery();
-            if replica.store_failure().map(|f| f.failed_commits) != failed_before {
+            let failed = replica.store_failure().map(|f| f.failed_commits) != failed_before;
+            if failed {
                 self.store_failure_changed(replica.store_failure());
             }
             let changes = replica.take_changes();
             let moved = replica.vector() != &before;
+            if moved || failed || !changes.is_empty() || recovering != recovering_before {
+                self.cache_status(&replica);
+            }
+            self.busy_since.store(0, Ordering::Relaxed);
             drop(replica);
             log_restore(recovering_before, recovering);
             let wake = moved || !changes.is_empty();
@@ -466,6 +495,88 @@ impl Inner {
             }
             None => info!("the store takes commits again; writes are accepted"),
         }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// The replica's part of the status (see [`Inner::fill_status`] for the rest).
+    fn replica_status(&self, r: &Replica<RedbStore>) -> Status {
+        let counts = r.counts();
+        let digest = r.digest();
+        let members = r
+            .membership()
+            .iter()
+            .map(|(replica, m)| MemberStatus {
+                replica: replica.to_string(),
+                node_id: None,
+                acked: vector_map(&m.acked),
+                last_heard_ms: m.last_heard_ms,
+            })
+            .collect();
+        Status {
+            node_id: self.id.to_string(),
+            replica: r.id().to_string(),
+            listen: self.listen.to_string(),
+            live: counts.live,
+            tombstones: counts.tombstones,
+            expired: counts.expired,
+            vector: vector_map(r.vector()),
+            frontier: vector_map(&r.frontier()),
+            members,
+            digest: format!("{}/{}", hex(&digest.wire()), digest.count),
+            deferred_rows: r.deferred_rows_pending(),
+            clock_ahead_ms: r.clock_ahead_ms(),
+            store_error: r.store_failure().map(|f| f.error.clone()),
+            store_failed_since_ms: r.store_failure().map(|f| f.since_ms),
+            recovering: r.recovery().map(|recovery| RecoveryStatus {
+                target_seq: recovery.target.0,
+                own_seq: r.vector().get(r.id()).0,
+                reissued: recovery.reissued,
+            }),
+            ..Status::default()
+        }
+    }
+
+    /// Stores the replica's part of the status for [`Node::status_snapshot`].
+    fn cache_status(&self, r: &Replica<RedbStore>) {
+        let status = Arc::new(self.replica_status(r));
+        *lock(&self.status_cache) = status;
+    }
+
+    /// Refreshes the cached status if nobody holds the replica (never waits for it).
+    fn refresh_status(&self) {
+        if let Ok(replica) = self.replica.try_lock() {
+            self.cache_status(&replica);
+        }
+    }
+
+    /// Fills in what the node counts outside the replica: peers, node ids, counters.
+    fn fill_status(&self, status: &mut Status) {
+        {
+            let known: BTreeMap<String, String> =
+                lock(&self.known).iter().map(|(r, n)| (r.to_string(), n.to_string())).collect();
+            for m in &mut status.members {
+                m.node_id = known.get(&m.replica).cloned();
+            }
+        }
+        {
+            let map = lock(&self.connected);
+            status.connected = map.keys().map(ToString::to_string).collect();
+            status.connections = map.values().map(Vec::len).sum();
+        }
+        status.live_received = self.live_received.load(Ordering::Relaxed);
+        status.tombstones_received = self.tombstones_received.load(Ordering::Relaxed);
+        status.bytes_received = self.bytes_received.load(Ordering::Relaxed);
+        status.session_round_trips = self.round_trips.load(Ordering::Relaxed);
+        status.sessions_finished = self.sessions_finished.load(Ordering::Relaxed);
+        status.anti_entropy_sessions = self.anti_entropy_sessions.load(Ordering::Relaxed);
+        status.sessions_failed = self.sessions_failed.load(Ordering::Relaxed);
+        status.bytes_sent = self.bytes_sent.load(Ordering::Relaxed);
+        status.wire_bytes_received = self.wire_bytes_received.load(Ordering::Relaxed);
+        status.wire_bytes_sent = self.wire_bytes_sent.load(Ordering::Relaxed);
+        status.store_reopens = self.store_reopens.load(Ordering::Relaxed);
     }
 
     pub(crate) fn shutting_down(&self) -> bool {
@@ -580,12 +691,17 @@ impl Node {
             synced: watch::channel(false).0,
             store_reopens: AtomicU64::new(0),
             store_failed: Notify::new(),
+            status_cache: Mutex::new(Arc::new(Status::default())),
+            busy_since: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         });
+        inner.refresh_status();
         info!(node = %id, %listen, "node started");
         *lock(&inner.writer) = Some(tokio::spawn(write_loop(inner.clone(), write_rx)));
         tokio::spawn(crate::peer::accept_loop(inner.clone()));
         tokio::spawn(gc_loop(inner.clone()));
         tokio::spawn(store_loop(inner.clone()));
+        tokio::spawn(status_loop(inner.clone()));
         for peer in inner.config.peers.clone() {
             tokio::spawn(crate::peer::dial_loop(inner.clone(), peer));
         }
@@ -645,6 +761,12 @@ impl Node {
     /// Live entries in `range`, in key order, at most `limit`.
     pub fn scan(&self, range: &KeyRange, limit: usize) -> Result<Vec<Item>, NodeError> {
         Ok(self.inner.with_replica(|r| r.scan(range, limit))?)
+    }
+
+    /// The dead records (tombstones, expired values) in `range`, in key order, at most `limit`
+    /// ([`Replica::dead_entries`]): what an export lists besides the live entries.
+    pub fn dead_entries(&self, range: &KeyRange, limit: usize) -> Result<Vec<lethe_engine::Entry>, NodeError> {
+        Ok(self.inner.with_replica(|r| r.dead_entries(range, limit))?)
     }
 
     /// A stream of changes to keys starting with `prefix`, from now on. Its queue holds at most
@@ -732,62 +854,31 @@ impl Node {
         self.inner.with_replica(|r| (r.id(), r.vector().clone(), r.clock(), r.is_blank()))
     }
 
-    /// What `lethe status` shows.
+    /// What `lethe status` shows, read under the replica's lock (so it waits for a commit in
+    /// progress; a health probe uses [`Node::status_snapshot`], which never does).
     pub fn status(&self) -> Result<Status, NodeError> {
-        let known = lock(&self.inner.known).clone();
-        let (connected, connections) = {
-            let map = lock(&self.inner.connected);
-            (map.keys().map(ToString::to_string).collect(), map.values().map(Vec::len).sum())
-        };
-        let status = self.inner.with_replica(|r| -> Result<Status, lethe_engine::Error> {
-            let counts = r.counts();
-            let digest = r.digest();
-            let members = r
-                .membership()
-                .iter()
-                .map(|(replica, m)| MemberStatus {
-                    replica: replica.to_string(),
-                    node_id: known.get(&replica).map(ToString::to_string),
-                    acked: vector_map(&m.acked),
-                    last_heard_ms: m.last_heard_ms,
-                })
-                .collect();
-            Ok(Status {
-                node_id: self.inner.id.to_string(),
-                replica: r.id().to_string(),
-                listen: self.inner.listen.to_string(),
-                live: counts.live,
-                tombstones: counts.tombstones,
-                expired: counts.expired,
-                vector: vector_map(r.vector()),
-                frontier: vector_map(&r.frontier()),
-                members,
-                connected,
-                connections,
-                digest: format!("{}/{}", hex(&digest.wire()), digest.count),
-                live_received: self.inner.live_received.load(Ordering::Relaxed),
-                tombstones_received: self.inner.tombstones_received.load(Ordering::Relaxed),
-                bytes_received: self.inner.bytes_received.load(Ordering::Relaxed),
-                session_round_trips: self.inner.round_trips.load(Ordering::Relaxed),
-                sessions_finished: self.inner.sessions_finished.load(Ordering::Relaxed),
-                anti_entropy_sessions: self.inner.anti_entropy_sessions.load(Ordering::Relaxed),
-                sessions_failed: self.inner.sessions_failed.load(Ordering::Relaxed),
-                deferred_rows: r.deferred_rows_pending(),
-                bytes_sent: self.inner.bytes_sent.load(Ordering::Relaxed),
-                wire_bytes_received: self.inner.wire_bytes_received.load(Ordering::Relaxed),
-                wire_bytes_sent: self.inner.wire_bytes_sent.load(Ordering::Relaxed),
-                clock_ahead_ms: r.clock_ahead_ms(),
-                store_error: r.store_failure().map(|f| f.error.clone()),
-                store_failed_since_ms: r.store_failure().map(|f| f.since_ms),
-                store_reopens: self.inner.store_reopens.load(Ordering::Relaxed),
-                recovering: r.recovery().map(|recovery| RecoveryStatus {
-                    target_seq: recovery.target.0,
-                    own_seq: r.vector().get(r.id()).0,
-                    reissued: recovery.reissued,
-                }),
-            })
-        })?;
+        let mut status = self.inner.with_replica(|r| {
+            self.inner.cache_status(r);
+            self.inner.replica_status(r)
+        });
+        self.inner.fill_status(&mut status);
         Ok(status)
+    }
+
+    /// The status as of the last commit or refresh (at most [`STATUS_REFRESH_INTERVAL`] old
+    /// while the replica is free), with the counters and peers as they are now, and
+    /// [`Status::store_stalled_ms`] set while one call has held the replica longer than
+    /// [`STORE_STALL_MS`]. Never takes the replica's lock: what `/health` and `/metrics` answer
+    /// from, so a stalled disk makes them say so instead of hanging.
+    pub fn status_snapshot(&self) -> Status {
+        let mut status = Status::clone(&lock(&self.inner.status_cache));
+        self.inner.fill_status(&mut status);
+        let since = self.inner.busy_since.load(Ordering::Relaxed);
+        if since > 0 {
+            let held_ms = self.inner.elapsed_ms().saturating_sub(since - 1);
+            status.store_stalled_ms = (held_ms > STORE_STALL_MS).then_some(held_ms);
+        }
+        status
     }
 
     /// Stops: no new writes are taken, those already taken are committed, peers are told the
@@ -810,6 +901,17 @@ impl Node {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Refreshes the status snapshot every [`STATUS_REFRESH_INTERVAL`] until shutdown.
+async fn status_loop(inner: Arc<Inner>) {
+    let mut stop = inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(STATUS_REFRESH_INTERVAL) => inner.refresh_status(),
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Group commit: takes every write waiting, commits them as one batch, answers each.

@@ -3,7 +3,9 @@
 //! listing with as many pages as it takes, a watch with one frame per change until the owner
 //! finishes its side).
 
-use crate::control::{self, Event, ImportMode, LIST_PAGE_BYTES_MAX, LIST_SCAN_ITEMS, Record, Request, Response};
+use crate::control::{
+    self, DeadRecord, Event, ImportMode, LIST_PAGE_BYTES_MAX, LIST_SCAN_ITEMS, Record, Request, Response,
+};
 use crate::node::{Inner, Node, NodeError, SubscriptionError};
 use lethe_engine::limits::KEY_BYTES_MAX;
 use lethe_engine::session::FRAME_BYTES_MAX;
@@ -18,37 +20,40 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: PeerConnection) {
     while let Ok((mut w, mut r)) = conn.accept().await {
         let inner = inner.clone();
         tokio::spawn(async move {
-            let response = match r.next().await {
-                Ok(Some(frame)) => match control::decode::<Request>(&frame) {
-                    Ok(Request::List { prefix, .. } | Request::Watch { prefix }) if prefix.len() > KEY_BYTES_MAX => {
-                        Some(Response::Error(format!(
+            let response =
+                match r.next().await {
+                    Ok(Some(frame)) => match control::decode::<Request>(&frame) {
+                        Ok(
+                            Request::List { prefix, .. } | Request::Watch { prefix } | Request::ListDead { prefix, .. },
+                        ) if prefix.len() > KEY_BYTES_MAX => Some(Response::Error(format!(
                             "the prefix is {} bytes, longer than any key (at most {KEY_BYTES_MAX})",
                             prefix.len()
-                        )))
-                    }
-                    Ok(Request::List { after: Some(after), .. }) if after.len() > KEY_BYTES_MAX => {
-                        Some(Response::Error(format!(
-                            "the key to list after is {} bytes, longer than any key (at most {KEY_BYTES_MAX})",
-                            after.len()
-                        )))
-                    }
-                    Ok(Request::List { prefix, limit, after }) => {
-                        // The owner went away mid-listing: nothing to do.
-                        let limit = limit.min(control::LIST_LIMIT_MAX);
-                        let _ = send_list(&inner, prefix, after, limit, &mut w).await;
-                        None
-                    }
-                    Ok(Request::Watch { prefix }) => {
-                        // Ends when the owner goes away or finishes its side: nothing to do.
-                        let _ = send_watch(&inner, prefix, &mut w, &mut r).await;
-                        None
-                    }
-                    Ok(request) => Some(answer(&inner, request).await),
-                    Err(e) => Some(Response::Error(e)),
-                },
-                Ok(None) => return,
-                Err(e) => Some(Response::Error(e.to_string())),
-            };
+                        ))),
+                        Ok(Request::List { after: Some(after), .. } | Request::ListDead { after: Some(after), .. })
+                            if after.len() > KEY_BYTES_MAX =>
+                        {
+                            Some(Response::Error(format!(
+                                "the key to list after is {} bytes, longer than any key (at most {KEY_BYTES_MAX})",
+                                after.len()
+                            )))
+                        }
+                        Ok(Request::List { prefix, limit, after }) => {
+                            // The owner went away mid-listing: nothing to do.
+                            let limit = limit.min(control::LIST_LIMIT_MAX);
+                            let _ = send_list(&inner, prefix, after, limit, &mut w).await;
+                            None
+                        }
+                        Ok(Request::Watch { prefix }) => {
+                            // Ends when the owner goes away or finishes its side: nothing to do.
+                            let _ = send_watch(&inner, prefix, &mut w, &mut r).await;
+                            None
+                        }
+                        Ok(request) => Some(answer(&inner, request).await),
+                        Err(e) => Some(Response::Error(e)),
+                    },
+                    Ok(None) => return,
+                    Err(e) => Some(Response::Error(e.to_string())),
+                };
             if let Some(response) = response
                 && send_response(&mut w, &response).await.is_err()
             {
@@ -170,8 +175,13 @@ async fn answer(inner: &Arc<Inner>, request: Request) -> Response {
                 let receipt = node.delete(key).await?;
                 Response::Written { seq: receipt.dot.seq.0, stamp: receipt.stamp.into() }
             }
-            Request::Import { entries, mode } => {
-                let entries = entries.into_iter().map(Record::into_entry).collect();
+            Request::Import { entries, dead, mode } => {
+                // Dead records first, as a bootstrap sends them; one commit for both.
+                let entries = dead
+                    .into_iter()
+                    .map(DeadRecord::into_entry)
+                    .chain(entries.into_iter().map(Record::into_entry))
+                    .collect();
                 let imported = match mode {
                     ImportMode::Own => node.import(entries),
                     ImportMode::Bootstrap { first } => node.import_as_bootstrap(entries, first),
@@ -193,6 +203,21 @@ async fn answer(inner: &Arc<Inner>, request: Request) -> Response {
                 let vector: Vec<(ReplicaId, Seq)> = vector.into_iter().map(|(r, s)| (ReplicaId(r), Seq(s))).collect();
                 node.finish_import(&VersionVector::from(vector), Hlc(clock))?;
                 Response::ImportFinished
+            }
+            Request::ListDead { prefix, limit, after } => {
+                let mut range = KeyRange::prefix(prefix.clone());
+                let limit = match after {
+                    Some(after) if after.starts_with(&prefix) => {
+                        range.start = Bound::Excluded(after);
+                        limit
+                    }
+                    // Every key with the prefix sorts before it: nothing to list.
+                    Some(after) if after > prefix => 0,
+                    // Every key with the prefix sorts after it.
+                    _ => limit,
+                };
+                let items = node.dead_entries(&range, limit.min(control::DEAD_LIST_LIMIT_MAX))?;
+                Response::DeadListed { items: items.into_iter().filter_map(DeadRecord::from_entry).collect() }
             }
             Request::Position => {
                 let (replica, vector, clock, blank) = node.position();

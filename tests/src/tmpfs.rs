@@ -9,6 +9,22 @@ use std::process::Command;
 pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
+    /// [`Tmpfs::mount`], or `None` after saying on stderr why the test is skipped; where the
+    /// environment sets `CI`, a test that cannot run fails instead (a CI that skips it silently
+    /// would never run it).
+    pub fn mount_or_skip(dir: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+        match Tmpfs::mount(dir, size) {
+            Ok(disk) => Some(disk),
+            Err(why) if std::env::var_os("CI").is_some() => {
+                panic!("{test} mounts a tmpfs ({size}) and could not: {why}; CI is set, so it must run (as root)")
+            }
+            Err(why) => {
+                eprintln!("SKIPPED: {test} mounts a tmpfs ({size}) and could not: {why} (with CI set this fails)");
+                None
+            }
+        }
+    }
+
     /// Mounts a tmpfs of `size` (mount's option, like `size=3m`) at `dir`; the error says why it
     /// could not (not root, say), for the caller to skip.
     pub fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {

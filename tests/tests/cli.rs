@@ -209,15 +209,17 @@ fn a_full_export_imported_into_a_blank_node_gives_the_same_digest_and_vector_and
     let dump = exported.stdout;
     let lines: Vec<Json> =
         dump.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
-    assert_eq!(lines.len(), 33, "a header, the 31 live entries, an end line");
+    assert_eq!(lines.len(), 34, "a header, the tombstone of k03, the 31 live entries, an end line");
     assert_eq!(lines[0]["source"], a.id.to_string()[..16]);
     assert_eq!(lines[0]["vector"][&a.id.to_string()[..16]], 34, "the vector before the listing");
-    assert_eq!(lines[32], serde_json::json!({ "lethe_export_end": 31 }));
+    assert_eq!((lines[1]["dead"].as_str(), lines[1]["key"].as_str()), (Some("tombstone"), Some("k03")));
+    assert_eq!(lines[33], serde_json::json!({ "lethe_export_end": 31, "dead": 1 }));
 
     let imported = run(&b, &["import", "--json"], &dump);
     assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
     let summary: Json = serde_json::from_slice(&imported.stdout).expect("a JSON summary");
-    assert_eq!((summary["mode"].as_str(), summary["applied"].as_u64()), (Some("bootstrap"), Some(31)), "{summary}");
+    assert_eq!((summary["mode"].as_str(), summary["applied"].as_u64()), (Some("bootstrap"), Some(32)), "{summary}");
+    assert_eq!(summary["dead"], 1, "{summary}");
     let (on_a, on_b) = (status_json(&a), status_json(&b));
     assert_eq!(on_b["digest"], on_a["digest"], "the same entries under the same dots and stamps");
     assert_eq!(on_b["vector"], on_a["vector"], "the source's vector, merged");
@@ -347,7 +349,7 @@ fn an_import_into_the_same_identity_on_an_empty_store_writes_the_entries_again_u
     let summary: Json = serde_json::from_slice(&again.stdout).expect("a JSON summary");
     assert_eq!(
         summary,
-        serde_json::json!({ "mode": "own-writes", "entries": 2, "applied": 0, "superseded": 2, "stale": 0 })
+        serde_json::json!({ "mode": "own-writes", "entries": 2, "dead": 0, "applied": 0, "superseded": 2, "stale": 0 })
     );
     // The same identity on an empty store: written again as new writes (seqs 1 and 2 of this
     // store), with their times; no dot of the old store is claimed.
@@ -446,7 +448,7 @@ fn list_and_watch_text_show_keys_and_values_that_are_not_text_unambiguously() {
 }
 
 #[test]
-fn output_into_a_pipe_closed_early_ends_quietly_with_status_0() {
+fn output_into_a_pipe_closed_early_ends_quietly_with_status_0_but_an_export_fails() {
     let root = tempfile::tempdir().unwrap();
     let mut a = NodeProc::init(root.path(), "a");
     a.start(&[]);
@@ -458,9 +460,7 @@ fn output_into_a_pipe_closed_early_ends_quietly_with_status_0() {
         })
         .collect();
     assert_eq!(run_text(&a, &dump).0, 0);
-    for command in
-        [&["list"][..], &["list", "--json"], &["export"], &["status"], &["status", "--json"], &["get", "k00001"]]
-    {
+    for command in [&["list"][..], &["list", "--json"], &["status"], &["status", "--json"], &["get", "k00001"]] {
         let mut child = Command::new(lethe_bin())
             .arg("--data")
             .arg(&a.dir)
@@ -484,4 +484,19 @@ fn output_into_a_pipe_closed_early_ends_quietly_with_status_0() {
         assert!(out.status.success(), "lethe {command:?} into a closed pipe: {} {stderr}", out.status);
         assert!(!stderr.contains("panicked") && !stderr.contains("error"), "lethe {command:?}: {stderr}");
     }
+    // But an export cut short is a truncated backup: a failure, and it says so.
+    let mut child = Command::new(lethe_bin())
+        .arg("--data")
+        .arg(&a.dir)
+        .arg("export")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "an export into a pipe closed early: {stderr}");
+    assert!(stderr.contains("cut short"), "{stderr}");
 }

@@ -42,12 +42,8 @@ fn list(node: &NodeProc, prefix: &str) -> BTreeSet<String> {
 #[test]
 fn a_full_disk_acknowledges_nothing_blames_no_peer_and_recovers_without_a_restart() {
     let root = tempfile::tempdir().unwrap();
-    let disk = match Tmpfs::mount(&root.path().join("a"), TMPFS_SIZE) {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!("SKIPPED: this test mounts a 3 MB tmpfs for the node's data directory and could not: {why}");
-            return;
-        }
+    let Some(disk) = Tmpfs::mount_or_skip(&root.path().join("a"), TMPFS_SIZE, "this test of a real full disk") else {
+        return;
     };
     // a's data directory is the tmpfs (its log is beside it, on the ordinary disk); b's is not.
     let (mut a, mut b) = (NodeProc::init(root.path(), "a"), NodeProc::init(root.path(), "b"));

@@ -1,14 +1,15 @@
 //! `lethe serve --metrics`: real `lethe serve` processes on 127.0.0.1, scraped over plain HTTP
 //! (`std::net::TcpStream`). The gauges, session counters, bytes and the write latency histogram
-//! say what happened; `/health` turns 503 while the store has failed (a full tmpfs), or while
-//! the node's clock is ahead of its peers' (an `LD_PRELOAD` shim steps it), and 200 again once
+//! say what happened; `/health` turns 503 while the store has failed (syncs failing with ENOSPC
+//! under an `LD_PRELOAD` shim), while a commit waits on a stalled disk (the same shim), or while
+//! the node's clock is ahead of its peers' (another shim steps it), and 200 again once
 //! that is over; bad requests get an answer (or a close) and never take the endpoint
 //! down; more silent connections than the server holds do not starve a `/health` probe; a
 //! non-loopback address is refused.
 
 use lethe_tests::clock_shim;
 use lethe_tests::cluster::{NodeProc, identity, lethe_bin, wait_until};
-use lethe_tests::tmpfs::Tmpfs;
+use lethe_tests::disk_shim::DiskShim;
 use lethe_transport::{Endpoint, TrustList};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -303,31 +304,28 @@ fn a_metrics_address_off_loopback_is_refused_without_metrics_public() {
 
 #[test]
 fn health_is_503_while_the_disk_is_full_and_200_once_it_has_room() {
+    // Every sync fails with ENOSPC under an `LD_PRELOAD` shim while the test says the disk is
+    // full: no mount, so it runs unprivileged (tests/disk_full.rs fills a real tmpfs).
     let root = tempfile::tempdir().unwrap();
-    let disk = match Tmpfs::mount(&root.path().join("a"), "size=3m") {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!("SKIPPED: this test mounts a 3 MB tmpfs for the node's data directory and could not: {why}");
-            return;
-        }
-    };
+    let shim = DiskShim::build(root.path());
     let mut a = NodeProc::init(root.path(), "a");
-    a.start(&serve_args(&[], &[]));
+    a.start_with_env(&serve_args(&[], &[]), &shim.env());
     let addr = metrics_addr(&a);
+    cli_ok(&a, &["put", "before", "v"]);
     assert_eq!(get(addr, "/health"), (200, "ok: the node takes writes\n".to_string()));
-    let value = "x".repeat(64 * 1024);
-    let refused = (0..1000).find_map(|i| {
-        let (code, _, err) = a.cli(&["put", &format!("k{i:04}"), &value]);
-        (code != 0).then_some(err)
-    });
-    let refused = refused.expect("1,000 values of 64 KiB fit on a 3 MB tmpfs: is it mounted?");
+    shim.fill();
+    let (code, _, refused) = a.cli(&["put", "full", "v"]);
+    assert_ne!(code, 0, "a write was acknowledged on a full disk");
     assert!(refused.contains("No space left on device"), "{refused}");
-    let (code, body) = get(addr, "/health");
+    let (code, body) = wait_until("health says the store failed", WAIT, || {
+        let health = get(addr, "/health");
+        (health.1.starts_with("store failed: "), health)
+    });
     assert_eq!(code, 503, "{body}");
-    assert!(body.starts_with("store failed: ") && body.contains("No space left on device"), "{body}");
+    assert!(body.contains("No space left on device"), "{body}");
     assert_eq!(Scrape::of(&a).value("lethe_store_failed", &[]), 1.0);
 
-    disk.grow();
+    shim.free();
     // The node reopens its store by itself; health follows without a write or a restart.
     let health = wait_until("health is 200 again", WAIT, || {
         let health = get(addr, "/health");
@@ -360,7 +358,11 @@ fn health_is_503_while_the_clock_is_ahead_of_the_peers_and_200_once_it_is_set_ri
 
     // b's clock steps an hour ahead: it would refuse a write, and /health says so before any.
     std::fs::write(&offset, "3600000").unwrap();
-    let (code, body) = get(addr, "/health");
+    // /health answers from a status snapshot refreshed every 200 ms.
+    let (code, body) = wait_until("health says the clock is ahead", WAIT, || {
+        let health = get(addr, "/health");
+        (health.0 == 503, health)
+    });
     assert_eq!(code, 503, "{body}");
     assert!(body.starts_with("clock ahead: ") && body.contains("check the system clock"), "{body}");
     assert!(Scrape::of(&b).value("lethe_clock_ahead_ms", &[]) > 3_000_000.0);
@@ -377,5 +379,43 @@ fn health_is_503_while_the_clock_is_ahead_of_the_peers_and_200_once_it_is_set_ri
     assert_eq!(health.1, "ok: the node takes writes\n");
     cli_ok(&b, &["put", "after", "v"]);
     b.stop();
+    a.stop();
+}
+
+#[test]
+fn health_is_503_while_a_commit_waits_on_a_stalled_disk_and_the_probe_never_waits_for_it() {
+    let root = tempfile::tempdir().unwrap();
+    let shim = DiskShim::build(root.path());
+    let mut a = NodeProc::init(root.path(), "a");
+    a.start_with_env(&serve_args(&[], &[]), &shim.env());
+    let addr = metrics_addr(&a);
+    cli_ok(&a, &["put", "before", "v"]);
+    assert_eq!(get(addr, "/health").0, 200);
+
+    // Every fsync now hangs: a put's commit holds the store until the disk comes back.
+    shim.stall();
+    let dir = a.dir.clone();
+    let put = std::thread::spawn(move || {
+        Command::new(lethe_bin()).arg("--data").arg(&dir).args(["put", "during", "v"]).output().expect("lethe put")
+    });
+    // Probes are answered meanwhile (each within `get`'s read timeout), and say why once the
+    // commit has waited past the threshold.
+    let (code, body) = wait_until("health says the store stalled", WAIT, || {
+        let health = get(addr, "/health");
+        (health.1.starts_with("store stalled: "), health)
+    });
+    assert_eq!(code, 503, "{body}");
+    let (code, body) = get(addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(!put.is_finished(), "the put waits for the disk");
+
+    shim.free();
+    let out = put.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let health = wait_until("health is 200 again", WAIT, || {
+        let health = get(addr, "/health");
+        (health.0 == 200, health)
+    });
+    assert_eq!(health.1, "ok: the node takes writes\n");
     a.stop();
 }

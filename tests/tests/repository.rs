@@ -1,5 +1,6 @@
-//! The repository is whole: every relative link in its Markdown files names a file or directory
-//! that exists in it, and nothing points outside it.
+//! The repository is whole: every link in its tracked Markdown files (inline, reference-style,
+//! HTML `src`/`href`) that is not a web link names a file or directory git tracks, and nothing
+//! points outside it.
 
 use std::path::{Path, PathBuf};
 
@@ -7,23 +8,24 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
 }
 
-/// Every `.md` file of the repository (not under `target/` or hidden directories).
-fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "target" {
-            continue;
-        }
-        if path.is_dir() {
-            markdown_files(&path, out);
-        } else if name.ends_with(".md") {
-            out.push(path);
-        }
-    }
+/// The files git tracks, relative to the root: what a clone holds (an untracked file in the
+/// working tree does not count).
+fn tracked_files(root: &Path) -> Vec<PathBuf> {
+    let out = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root)
+        .output()
+        .expect("running git ls-files (the link check needs git)");
+    assert!(out.status.success(), "git ls-files: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
+        .collect()
 }
 
-/// The targets of `[text](target)` links in `text`.
+/// The targets of the links in Markdown `text`: inline `[text](target "title")`, reference
+/// definitions `[label]: target`, and HTML `src="target"` and `href="target"`.
 fn link_targets(text: &str) -> Vec<String> {
     let mut targets = Vec::new();
     let mut rest = text;
@@ -33,59 +35,110 @@ fn link_targets(text: &str) -> Vec<String> {
             targets.push(rest[..end].to_string());
         }
     }
+    for line in text.lines() {
+        let line = line.trim_start();
+        if let Some(close) = line.strip_prefix('[').and_then(|l| l.find("]:").map(|i| (l, i))) {
+            let (l, i) = close;
+            if !l[..i].is_empty() && !l[..i].contains(']') {
+                targets.push(l[i + 2..].trim().to_string());
+            }
+        }
+    }
+    for attribute in ["src=\"", "href=\"", "src='", "href='"] {
+        let quote = attribute.chars().last().unwrap_or('"');
+        let mut rest = text;
+        while let Some(i) = rest.find(attribute) {
+            rest = &rest[i + attribute.len()..];
+            if let Some(end) = rest.find(quote) {
+                targets.push(rest[..end].to_string());
+            }
+        }
+    }
+    // The target alone: no title after it, no angle brackets around it.
     targets
+        .into_iter()
+        .map(|t| {
+            t.split_whitespace().next().unwrap_or_default().trim_start_matches('<').trim_end_matches('>').to_string()
+        })
+        .collect()
+}
+
+/// Whether a link leaves the repository on purpose: a web page, a mail address. Any other
+/// scheme (`file://` above all) is checked like a path, and so fails.
+fn is_web(target: &str) -> bool {
+    ["http://", "https://", "mailto:"].iter().any(|scheme| target.starts_with(scheme))
+}
+
+#[test]
+fn links_are_found_in_every_form_and_only_web_links_are_skipped() {
+    let text = "see [a](docs/a.md \"title\") and [b](<b c.md>)\n[ref]: docs/ref.md\n  [r2]: ./r2.md \"t\"\n\
+                <img src=\"img/x.png\"> <a href='y.html'>y</a>\n[web](https://example.com) [f](file:///etc/passwd)\n";
+    assert_eq!(
+        link_targets(text),
+        [
+            "docs/a.md",
+            "b",
+            "https://example.com",
+            "file:///etc/passwd",
+            "docs/ref.md",
+            "./r2.md",
+            "img/x.png",
+            "y.html"
+        ]
+    );
+    assert!(is_web("https://example.com") && is_web("mailto:x@y"));
+    assert!(!is_web("file:///etc/passwd"), "a file:// link is checked, not skipped");
 }
 
 #[test]
 fn every_relative_link_in_the_docs_names_something_in_the_repository() {
     let root = root();
-    let mut files = Vec::new();
-    markdown_files(&root, &mut files);
+    let tracked = tracked_files(&root);
+    let files: Vec<&PathBuf> = tracked.iter().filter(|p| p.extension().is_some_and(|e| e == "md")).collect();
     assert!(files.iter().any(|f| f.ends_with("docs/design.md")), "docs/design.md is missing");
+    let names_tracked = |path: &Path| tracked.iter().any(|t| t.starts_with(path));
     let mut broken = Vec::new();
     for file in &files {
-        let text = std::fs::read_to_string(file).unwrap();
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
         for target in link_targets(&text) {
-            if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+            if is_web(&target) || target.starts_with('#') {
                 continue;
             }
             let path = target.split('#').next().unwrap_or_default();
             if path.is_empty() {
                 continue;
             }
-            let resolved = file.parent().unwrap().join(path);
-            let inside = resolved.canonicalize().is_ok_and(|p| p.starts_with(&root));
-            if !inside {
-                broken.push(format!("{}: {target}", file.strip_prefix(&root).unwrap().display()));
+            // Resolved without touching the file system, so `..` cannot step out unseen.
+            let mut resolved = PathBuf::new();
+            let mut outside = false;
+            for part in file.parent().unwrap_or(Path::new("")).join(path).components() {
+                match part {
+                    std::path::Component::Normal(p) => resolved.push(p),
+                    std::path::Component::CurDir => {}
+                    std::path::Component::ParentDir => outside |= !resolved.pop(),
+                    _ => outside = true,
+                }
+            }
+            if outside || !names_tracked(&resolved) {
+                broken.push(format!("{}: {target}", file.display()));
             }
         }
     }
-    assert!(broken.is_empty(), "links that leave the repository or name nothing:\n{}", broken.join("\n"));
+    assert!(broken.is_empty(), "links that leave the repository or name nothing git tracks:\n{}", broken.join("\n"));
 }
 
 #[test]
 fn nothing_in_the_repository_points_at_files_beside_it() {
     let root = root();
-    let mut files = Vec::new();
-    markdown_files(&root, &mut files);
-    for dir in ["engine", "transport", "node", "cli", "bench", "tests", "fuzz"] {
-        let mut stack = vec![root.join(dir)];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).unwrap() {
-                let path = entry.unwrap().path();
-                let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                if name == "target" || name.starts_with('.') {
-                    continue;
-                }
-                if path.is_dir() {
-                    stack.push(path);
-                } else if name.ends_with(".rs") || name.ends_with(".toml") {
-                    files.push(path);
-                }
-            }
-        }
-    }
-    files.push(root.join(".ci/run"));
+    let mut files: Vec<PathBuf> = tracked_files(&root)
+        .into_iter()
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            name.ends_with(".md") || name.ends_with(".rs") || name.ends_with(".toml") || name == ".ci/run"
+        })
+        .map(|p| root.join(p))
+        .collect();
+    files.dedup();
     // Spelled in two pieces so this file does not match itself.
     let outside = ["../", "shared"].concat();
     let hits: Vec<_> = files
@@ -139,4 +192,16 @@ fn the_cli_without_default_features_builds_none_of_the_benchmark_dependencies() 
     // The default build keeps `lethe bench` and `lethe demo`.
     let full = cli_tree(&[]);
     assert!(has(&full, "automerge") && has(&full, "lethe-bench"), "the default lethe-cli has the benchmarks:\n{full}");
+}
+
+#[test]
+fn every_published_crate_packages_both_licence_texts() {
+    let root = root();
+    for krate in ["engine", "transport", "node", "bench", "cli"] {
+        for licence in ["LICENSE-MIT", "LICENSE-APACHE"] {
+            let text = std::fs::read(root.join(krate).join(licence))
+                .unwrap_or_else(|e| panic!("{krate}/{licence}: {e} (cargo package would leave the licence text out)"));
+            assert_eq!(text, std::fs::read(root.join(licence)).unwrap(), "{krate}/{licence} is the workspace's");
+        }
+    }
 }

@@ -121,12 +121,15 @@ pub struct DemoArgs {
     /// That TTL, in milliseconds.
     #[arg(long, default_value_t = DemoParams::default().ttl_ms)]
     ttl_ms: u64,
+    /// Print the figures as one JSON object on stdout (the narrative goes to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs the demo.
 pub fn demo(args: DemoArgs) -> Result<ExitCode> {
-    let DemoArgs { keys, deleted, ttl_keys, ttl_ms } = args;
-    run_demo(DemoParams { keys, deleted, ttl_keys, ttl_ms, ..DemoParams::default() })?;
+    let DemoArgs { keys, deleted, ttl_keys, ttl_ms, json } = args;
+    run_demo(DemoParams { keys, deleted, ttl_keys, ttl_ms, narrate_to_stderr: json, ..DemoParams::default() }, json)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -331,11 +334,32 @@ fn run_bench_bootstrap(params: lethe_bench::bench::BootstrapParams, json: bool) 
     Ok(())
 }
 
-fn run_demo(params: DemoParams) -> Result<()> {
+fn run_demo(params: DemoParams, json: bool) -> Result<()> {
     crate::init_logs("warn");
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let r = runtime.block_on(demo::run(dir.path(), params))?;
+    if json {
+        let received = |c: &demo::Received| {
+            serde_json::json!({
+                "live": c.live, "tombstones": c.tombstones, "bytes": c.bytes, "round_trips": c.round_trips,
+            })
+        };
+        let m = &r.commit_log;
+        let summary = serde_json::json!({
+            "incremental": received(&r.incremental),
+            "after_expiry": received(&r.after_expiry),
+            "fresh": received(&r.fresh),
+            "commit_log": {
+                "live": m.entries - m.deletes, "deletes": m.deletes, "bytes": m.bytes, "round_trips": m.round_trips,
+            },
+            "live_keys": r.live_keys,
+            "live_bytes": r.live_bytes,
+            "seconds": r.elapsed.as_secs_f64(),
+        });
+        outln!("{summary}")?;
+        return Ok(());
+    }
     outln!()?;
     outln!("{:<40} {:>8} {:>11} {:>12} {:>12}", "client-a received", "live", "tombstones", "bytes", "round trips")?;
     for (name, c) in

@@ -5,7 +5,7 @@ use crate::json::{RecordJson, stamp_text};
 use crate::output::{escape_bytes, print_line};
 use anyhow::{Result, bail};
 use lethe_node::Status;
-use lethe_node::control::{Request, Response};
+use lethe_node::control::{LIST_LIMIT_MAX, Request, Response};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +19,8 @@ pub struct GetArgs {
     /// The key.
     key: String,
     /// Print the entry as one JSON object: value (as text, or base64 if it is not UTF-8, with
-    /// `value_encoding` saying which), metadata, stamp, dot, expiry.
+    /// `value_encoding` saying which), metadata, stamp, dot, expiry; `null` if the key is absent
+    /// (exit status 1).
     #[arg(long)]
     json: bool,
 }
@@ -34,16 +35,17 @@ pub struct ListArgs {
     /// Only keys starting with this.
     #[arg(long, default_value = "")]
     prefix: String,
-    /// At most this many.
-    #[arg(long, default_value_t = 1000)]
-    limit: usize,
+    /// At most this many (default: every entry, in requests of up to 100,000 each going on after
+    /// the last key, as `export` does).
+    #[arg(long)]
+    limit: Option<usize>,
     /// Print one JSON object per entry, one per line (as `get --json` prints).
     #[arg(long)]
     json: bool,
 }
 
 /// Prints the value of KEY (its bytes exactly; a newline after them only on a terminal), or
-/// the entry as JSON; exit status 1 if the key is absent.
+/// the entry as JSON; exit status 1 if the key is absent (with `--json`, after printing `null`).
 pub fn get(data: Option<PathBuf>, args: GetArgs) -> Result<ExitCode> {
     match client::request(data, &Request::Get { key: args.key.into_bytes() })? {
         Response::Found(Some(record)) => {
@@ -59,7 +61,13 @@ pub fn get(data: Option<PathBuf>, args: GetArgs) -> Result<ExitCode> {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Response::Found(None) => Ok(ExitCode::from(1)),
+        Response::Found(None) => {
+            // A script reading JSON gets JSON either way; the exit status says it is absent.
+            if args.json {
+                print_line("null")?;
+            }
+            Ok(ExitCode::from(1))
+        }
         other => bail!("unexpected answer {other:?}"),
     }
 }
@@ -68,26 +76,46 @@ pub fn get(data: Option<PathBuf>, args: GetArgs) -> Result<ExitCode> {
 pub fn list(data: Option<PathBuf>, args: ListArgs) -> Result<ExitCode> {
     let client = Client::connect(data)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let request = Request::List { prefix: args.prefix.into_bytes(), limit: args.limit, after: None };
-    // Pages are printed as they arrive: the node sends as many as the listing takes.
-    let listed = client.request_pages(&request, |response| match response {
-        Response::Listed { items, more } => {
-            for item in &items {
-                if args.json {
-                    writeln!(out, "{}", serde_json::to_string(&RecordJson::new(item, false))?)?;
-                } else {
-                    writeln!(out, "{}\t{}", escape_bytes(&item.key), escape_bytes(&item.value))?;
-                }
-            }
-            Ok(more)
-        }
-        other => bail!("unexpected answer {other:?}"),
-    });
+    let listed = list_all(&client, &mut out, args.prefix.into_bytes(), args.limit, args.json);
     // The reader may have gone away (`lethe list | head -1`): close the connection either way.
     let flushed = listed.and_then(|()| Ok(out.flush()?));
     client.close();
     flushed?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lists up to `limit` entries (every one without), one request of at most `LIST_LIMIT_MAX`
+/// after another, each going on after the last key of the one before. Pages are printed as
+/// they arrive. Like `export`, the requests are not one snapshot.
+fn list_all(client: &Client, out: &mut impl Write, prefix: Vec<u8>, limit: Option<usize>, json: bool) -> Result<()> {
+    let mut left = limit.unwrap_or(usize::MAX);
+    let mut after = None;
+    while left > 0 {
+        let want = left.min(LIST_LIMIT_MAX);
+        let request = Request::List { prefix: prefix.clone(), limit: want, after: after.take() };
+        let (mut listed, mut last) = (0usize, None);
+        client.request_pages(&request, |response| match response {
+            Response::Listed { items, more } => {
+                for item in items {
+                    if json {
+                        writeln!(out, "{}", serde_json::to_string(&RecordJson::new(&item, false))?)?;
+                    } else {
+                        writeln!(out, "{}\t{}", escape_bytes(&item.key), escape_bytes(&item.value))?;
+                    }
+                    listed += 1;
+                    last = Some(item.key);
+                }
+                Ok(more)
+            }
+            other => bail!("unexpected answer {other:?}"),
+        })?;
+        left -= listed;
+        if listed < want {
+            break;
+        }
+        after = last;
+    }
+    Ok(())
 }
 
 /// Prints the node's status, as text or one JSON object.

@@ -3,8 +3,9 @@
 //!
 //! The file's keys are the flags' names in kebab-case (`listen`, `peer`, `trust`,
 //! `gc-interval`, `anti-entropy-interval`, `lease`, `metrics`, `metrics-public`), plus `data`
-//! for the global `--data` and `compression` (`compression = false` is `--no-compression`); a
-//! repeatable flag is a list (`peer = ["ID@ADDR"]`), a duration a string (`"2s"`). A key the
+//! for the global `--data` and `compression` (`compression = false` is `--no-compression`). A
+//! boolean the file sets is overridden by the opposite flag (`--compression`,
+//! `--no-metrics-public`). A repeatable flag is a list (`peer = ["ID@ADDR"]`), a duration a string (`"2s"`). A key the
 //! file does not know is an error naming it. A flag given on the command line overrides the
 //! file's key (a repeatable flag given once or more replaces the file's whole list).
 //!
@@ -77,8 +78,16 @@ pub struct ServeArgs {
     lease: Option<Duration>,
     /// Neither offer nor accept zstd-compressed frames: every connection sends frames raw both
     /// ways (less CPU, more bytes). In the file: `compression = false`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compression")]
     no_compression: bool,
+    /// Offer and accept zstd-compressed frames (the default): overrides `compression = false`
+    /// in the --config file.
+    #[arg(long)]
+    compression: bool,
+    /// Print the line saying the node listens as one JSON object (`node_id`, `replica`,
+    /// `listen`) on stdout.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
 }
@@ -171,7 +180,11 @@ impl ServeArgs {
         )?;
         let lease = duration(self.lease, "lease", file.lease, LEASE_DEFAULT)?;
         config.engine.lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-        config.compression = !self.no_compression && file.compression.unwrap_or(true);
+        config.compression = match (self.compression, self.no_compression) {
+            (true, _) => true,
+            (_, true) => false,
+            _ => file.compression.unwrap_or(true),
+        };
         let metrics = crate::metrics::MetricsArgs {
             metrics: match self.metrics.metrics {
                 Some(addr) => Some(addr),
@@ -179,7 +192,9 @@ impl ServeArgs {
                     t.parse::<SocketAddr>().map_err(|_| format!("`{t}` is not an address like 127.0.0.1:9100"))
                 })?,
             },
-            metrics_public: self.metrics.metrics_public || file.metrics_public.unwrap_or(false),
+            metrics_public: !self.metrics.no_metrics_public
+                && (self.metrics.metrics_public || file.metrics_public.unwrap_or(false)),
+            no_metrics_public: false,
         };
         // Checked here, not by clap: either may come from the file.
         if metrics.metrics_public && metrics.metrics.is_none() {
@@ -205,18 +220,30 @@ pub fn positive_duration(text: &str) -> Result<Duration, String> {
 
 /// Runs the node until SIGINT or SIGTERM.
 pub fn serve(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
+    let json = args.json;
     let (config, metrics) = args.settle(data)?;
     crate::init_logs("info");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let dir = config.data.clone();
         // Bound (and the recorder installed) before the node starts, so its first sessions count.
-        let metrics = crate::metrics::MetricsServer::bind(&metrics).await?;
+        // Served at once: `/health` says "starting" (503) while the store opens.
+        let slot = crate::metrics::MetricsServer::bind(&metrics).await?.serve();
         let node = Node::start(config).await?;
-        metrics.serve(&node);
+        slot.set(&node);
         dir.write_addr(node.local_addr())?;
         // The node runs on when nobody reads its stdout: the address is in the data directory.
-        if let Err(e) = print_line(&format!("node {} listening on {}", node.id(), node.local_addr())) {
+        let line = if json {
+            serde_json::json!({
+                "node_id": node.id().to_string(),
+                "replica": node.id().replica_id().to_string(),
+                "listen": node.local_addr().to_string(),
+            })
+            .to_string()
+        } else {
+            format!("node {} listening on {}", node.id(), node.local_addr())
+        };
+        if let Err(e) = print_line(&line) {
             tracing::warn!("stdout: {e}");
         }
         let reason = shutdown_signal().await?;
@@ -287,6 +314,37 @@ mod tests {
         let bad = write(tmp.path(), "listen = \"127.0.0.1:7000\"\ncompression = \"no\"\n");
         let err = args(&bad, false).settle(Some("d".into())).unwrap_err();
         assert!(format!("{err:#}").contains("compression"), "{err:#}");
+    }
+
+    #[test]
+    fn a_flag_turns_off_or_on_what_the_file_turned_on_or_off() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = write(
+            tmp.path(),
+            "listen = \"127.0.0.1:7000\"\nmetrics = \"0.0.0.0:9100\"\nmetrics-public = true\ncompression = false\n",
+        );
+        let settle = |flags: &[&str]| {
+            let mut argv = vec!["serve", "--config", path.to_str().unwrap()];
+            argv.extend(flags);
+            let cli = <Cli as clap::Parser>::try_parse_from(argv).unwrap();
+            cli.serve.settle(Some("d".into()))
+        };
+        let (config, metrics) = settle(&[]).unwrap();
+        assert!(!config.compression && metrics.metrics_public, "the file's keys");
+        let (config, _) = settle(&["--compression"]).unwrap();
+        assert!(config.compression, "--compression overrides `compression = false`");
+        let (_, metrics) = settle(&["--no-metrics-public", "--metrics", "127.0.0.1:9100"]).unwrap();
+        assert!(!metrics.metrics_public, "--no-metrics-public overrides `metrics-public = true`");
+        for both in [["--compression", "--no-compression"], ["--metrics-public", "--no-metrics-public"]] {
+            let mut argv = vec!["serve"];
+            argv.extend(both);
+            assert!(<Cli as clap::Parser>::try_parse_from(argv).is_err(), "{both:?} conflict");
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::error::Error;
 use crate::hlc::{Hlc, Stamp};
 use crate::ids::Dot;
 use crate::limits::{VECTOR_COMPONENTS_MAX, merged_components};
-use crate::storage::{Batch, Meta, Snapshot, Storage, encode_clock, encode_vector};
+use crate::storage::{Batch, KeyRange, Meta, Snapshot, Storage, encode_clock, encode_vector};
 use crate::vector::VersionVector;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -179,6 +179,28 @@ impl<S: Storage> Replica<S> {
         Ok(ApplyReport { applied, stale, superseded, vector_merged: false })
     }
 
+    /// The dead records stored in `range`, in key order, at most `limit`: tombstones and expired
+    /// records with their stamps and dots, and values whose TTL has passed but that are not purged
+    /// yet, as the expired records they have become. What an export lists besides its live
+    /// entries, so that a bootstrap import ([`Replica::import_as_bootstrap`]) holds what a network
+    /// bootstrap sends first ([`Replica::dead_entries_beyond`] of an empty vector): without them
+    /// the importer would take the source's vector, count the deletes' dots as seen, and store
+    /// an older write of a deleted key that a third peer sends it as live. Reads one entry per
+    /// record; the dead records are bounded by the deletes and expiries of one GC interval.
+    pub fn dead_entries(&self, range: &KeyRange, limit: usize) -> crate::error::Result<Vec<Entry>> {
+        let now_ms = self.now_ms();
+        let snap = self.store().snapshot()?;
+        let mut entries = Vec::new();
+        for key in self.index.dead_keys_in(range, now_ms, limit) {
+            if let Some(entry) = snap.entry(&key)? {
+                let entry = entry.settled_at(now_ms);
+                debug_assert!(!entry.is_live_at(now_ms), "the index lists only dead records");
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
     /// Whether this replica holds nothing and has seen nothing: no entry (live, tombstone or
     /// expired), an empty vector, no bootstrap rows pending. What a fresh node is, and what
     /// [`Replica::import_as_bootstrap`] needs.
@@ -277,7 +299,7 @@ mod tests {
     use crate::hlc::{Hlc, ManualClock};
     use crate::ids::{ReplicaId, Seq};
     use crate::replica::{Config, PutOptions};
-    use crate::storage::{KeyRange, MemoryStore};
+    use crate::storage::MemoryStore;
     use std::sync::Arc;
 
     const T0: u64 = 1_700_000_000_000;
@@ -298,6 +320,55 @@ mod tests {
                 payload: Payload::Value(Value { bytes: i.value, expires_at_ms: i.expires_at_ms, metadata: i.metadata }),
             })
             .collect()
+    }
+
+    /// What a full export of `r` holds, in the order it lists them: its dead records, then its
+    /// live entries.
+    fn full_export(r: &Replica<MemoryStore>) -> Vec<Entry> {
+        let mut entries = r.dead_entries(&KeyRange::all(), 1000).unwrap();
+        entries.extend(export(r));
+        entries
+    }
+
+    #[test]
+    fn a_bootstrap_import_keeps_the_sources_dead_records_as_a_network_bootstrap_does() {
+        let clock = ManualClock::new(T0);
+        // c writes k, which never reaches a; a then writes k, deletes it, and lets a value expire.
+        let mut c = replica(3, &clock);
+        c.put("k", "old", PutOptions::default()).unwrap();
+        c.put("e", "old", PutOptions::default()).unwrap();
+        clock.advance(10);
+        let mut a = replica(1, &clock);
+        a.put("k", "new", PutOptions::default()).unwrap();
+        a.delete("k").unwrap();
+        a.put("e", "short", PutOptions { ttl_ms: Some(5), metadata: None }).unwrap();
+        a.put("kept", "v", PutOptions::default()).unwrap();
+        clock.advance(10);
+        let (vector, at) = (a.vector().clone(), a.clock());
+        let dead = a.dead_entries(&KeyRange::all(), 1000).unwrap();
+        assert_eq!(dead.len(), 2, "the tombstone and the expired value: {dead:?}");
+        assert!(dead.iter().all(|e| !e.is_live_at(T0 + 20)));
+        assert_eq!(a.dead_entries(&KeyRange::all(), 1).unwrap().len(), 1, "at most `limit`");
+        assert_eq!(a.dead_entries(&KeyRange::prefix("k"), 10).unwrap().len(), 1, "only the range's");
+
+        // b by import, n by a network bootstrap from a.
+        let mut b = replica(2, &clock);
+        b.import_as_bootstrap(full_export(&a), true).unwrap();
+        b.finish_import_as_bootstrap(&vector, at).unwrap();
+        let mut n = replica(4, &clock);
+        crate::session::sync_in_process(&mut a, &mut n, false).unwrap();
+        assert_eq!(b.vector(), n.vector());
+        assert_eq!(b.counts(), n.counts(), "an import holds what a network bootstrap holds");
+
+        // c's older writes arrive at both: a's delete and a's expired write still win.
+        for sink in [&mut b, &mut n] {
+            let d = c.delta_for(sink.vector()).unwrap();
+            sink.apply_remote(d.entries, Some((&d.vector, d.clock))).unwrap();
+            assert_eq!(sink.get(b"k").unwrap(), None, "c's older write of k came back at {}", sink.id());
+            assert_eq!(sink.get(b"e").unwrap(), None, "c's older write of e came back at {}", sink.id());
+            assert_eq!(sink.get(b"kept").unwrap().map(|i| i.value), Some(b"v".to_vec()));
+        }
+        assert_eq!(b.digest(), n.digest());
     }
 
     fn value_entry(key: &str, writer: u64, seq: u64, wall_ms: u64) -> Entry {
