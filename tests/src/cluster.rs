@@ -130,6 +130,29 @@ impl NodeProc {
         )
     }
 
+    /// Runs `lethe --data DIR args...` with `stdin` fed to it, and returns its output.
+    pub fn cli_with_input(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        let mut child = Command::new(lethe_bin())
+            .arg("--data")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("lethe");
+        let mut input = child.stdin.take().expect("stdin");
+        let bytes = stdin.to_vec();
+        // Fed from a thread: the command may stop reading early (a bad line) and answer at once.
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = input.write_all(&bytes);
+        });
+        let out = child.wait_with_output().expect("lethe output");
+        let _ = feeder.join();
+        out
+    }
+
     /// `lethe status --json`, parsed.
     pub fn status(&self) -> Status {
         let (code, out, err) = self.cli(&["status", "--json"]);

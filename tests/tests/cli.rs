@@ -3,7 +3,7 @@
 
 use lethe_tests::cluster::{NodeProc, lethe_bin, wait_until};
 use serde_json::Value as Json;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,24 +16,7 @@ fn args(list: &[&str]) -> Vec<String> {
 
 /// `lethe --data DIR args...` with `stdin` fed to it.
 fn run(node: &NodeProc, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(lethe_bin())
-        .arg("--data")
-        .arg(&node.dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("lethe");
-    let mut input = child.stdin.take().expect("stdin");
-    let bytes = stdin.to_vec();
-    // Fed from a thread: the command may stop reading early (a bad line) and answer at once.
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&bytes);
-    });
-    let out = child.wait_with_output().expect("lethe output");
-    let _ = feeder.join();
-    out
+    node.cli_with_input(args, stdin)
 }
 
 fn json_cli(node: &NodeProc, args: &[&str]) -> Json {

@@ -4,7 +4,6 @@
 
 use lethe_tests::cluster::{NodeProc, lethe_bin, wait_until};
 use serde_json::Value as Json;
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -16,23 +15,7 @@ fn args(list: &[&str]) -> Vec<String> {
 
 /// `lethe --data DIR args...` with `stdin` fed to it.
 fn run(node: &NodeProc, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(lethe_bin())
-        .arg("--data")
-        .arg(&node.dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("lethe");
-    let mut input = child.stdin.take().expect("stdin");
-    let bytes = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&bytes);
-    });
-    let out = child.wait_with_output().expect("lethe output");
-    let _ = feeder.join();
-    out
+    node.cli_with_input(args, stdin)
 }
 
 #[test]
