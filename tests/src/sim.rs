@@ -265,8 +265,14 @@ pub struct Sim<'c, C: Choices> {
     /// Every write ever made, per key.
     history: BTreeMap<Vec<u8>, Vec<Entry>>,
     /// Collections, for the documented exception: a tombstone or expired record (key, dot) was
-    /// collected by a replica that did not count these writers as members.
+    /// collected by a replica that did not count these writers as members (at a device: by
+    /// members, under a frontier of theirs, see `frontiers`).
     collections: Vec<(Vec<u8>, lethe_engine::Dot, BTreeSet<ReplicaId>)>,
+    /// Each frontier F₀ a member collected under, with the writers it did not count: the
+    /// members' `collected` is the join of these, and a device collects under it
+    /// (docs/design.md §8), so a device's collection of a dot is one these members made, and
+    /// excuses the writes of whoever they did not count (`sim/devices.rs`).
+    frontiers: Vec<(VersionVector, BTreeSet<ReplicaId>)>,
     /// Each write's stamp → its writer's vector (over members) just before it (what the writer
     /// had seen). By stamp, not dot: a device's write changes dot when a member admits it.
     seen_at_write: BTreeMap<lethe_engine::Stamp, lethe_engine::VersionVector>,
@@ -331,6 +337,7 @@ impl<'c, C: Choices> Sim<'c, C> {
             partitioned: BTreeSet::new(),
             history: BTreeMap::new(),
             collections: Vec::new(),
+            frontiers: Vec::new(),
             seen_at_write: BTreeMap::new(),
             liars: BTreeMap::new(),
             fleet,
@@ -725,6 +732,7 @@ impl<'c, C: Choices> Sim<'c, C> {
         let now_ms = self.nodes[i].clock.now_ms();
         let Some(r) = self.nodes[i].replica.as_mut() else { return Ok(()) };
         let before = dead_keys(r, now_ms)?;
+        let pending = r.checkpoint().cloned();
         let report = r.collect_garbage().map_err(|e| violation("gc", format!("node {i}: {e}")))?;
         // A node writes the dot-index rows a bootstrap left out in the background.
         r.write_deferred_rows(1).map_err(|e| violation("storage", format!("node {i}: {e}")))?;
@@ -742,6 +750,16 @@ impl<'c, C: Choices> Sim<'c, C> {
             if !after.contains_key(key) && !outside.is_empty() {
                 self.collections.push((key.clone(), *dot, outside.clone()));
             }
+        }
+        // The step collected under F₀ of the pending checkpoint if its frontier (the one the
+        // step computed: evictions and lapses are applied) covered that checkpoint's J₀; with no
+        // checkpoint pending it collected nothing (an empty F₀).
+        if let Some(cp) = pending
+            && r.frontier().dominates(&cp.join)
+            && !outside.is_empty()
+            && !self.frontiers.iter().any(|(f, o)| *f == cp.frontier && *o == outside)
+        {
+            self.frontiers.push((cp.frontier, outside));
         }
         self.report.collected += report.collected as u64;
         self.log(|| format!("node {i} gc: {report:?}"));
@@ -1092,7 +1110,8 @@ impl<'c, C: Choices> Sim<'c, C> {
 }
 
 /// Whether the documented exception lets `e` win: a delete of its key was collected by a
-/// replica that did not count `e`'s writer (or the member that numbered it) as a member, or on
+/// replica that did not count `e`'s writer (or the member that numbered it) as a member (a
+/// device collects under the members' frontiers, so it inherits whom they did not count), or on
 /// the word of a writer that lied about what it held, and `e` was made before its writer saw
 /// that delete (concurrent with it).
 fn excepted(

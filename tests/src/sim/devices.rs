@@ -20,7 +20,9 @@
 //! frame (a refused frame changes nothing at the member; an accepted one changes nothing but the
 //! hostile device's own record); removal (a removed device's handshake is refused as not
 //! enrolled); at the end, I9 (an idle device session costs at most [`IDLE_DEVICE_BYTES_MAX`]
-//! bytes) and, with the members, I1–I3, I5 and I6 (see [`Fleet::converging`]).
+//! bytes) and, with the members, I1–I3, I5 and I6 (see [`Fleet::converging`]). I2 at every
+//! step, as for members, with the exception accounted: a device's collection (in its GC steps and
+//! at a member's handshake) counts as one by the members whose frontier covered the dot.
 
 use super::{Choices, Node, Sim, SkewedClock, Violation, entry_of, violation};
 use lethe_engine::device::{
@@ -476,8 +478,13 @@ impl<C: Choices> Sim<'_, C> {
             if matches!(Message::decode(&frame), Ok(Message::Admitted(_))) {
                 l.answers_in_flight = l.answers_in_flight.saturating_sub(1);
             }
+            let now_ms = self.fleet.devices[l.device].clock.now_ms();
             let Some(rd) = self.fleet.devices[l.device].replica.as_mut() else { return Ok(()) };
+            // The member's handshake makes the device collect (under the `collected` it shows).
+            let before = dead_records(rd, now_ms)?;
             let result = l.ds.handle(rd, &frame);
+            let collected = collected_since(rd, before)?;
+            let id = rd.id();
             if l.fresh && l.ds.stats().download.tombstones_received != 0 {
                 return Err(violation(
                     "I12 fresh device",
@@ -488,13 +495,15 @@ impl<C: Choices> Sim<'_, C> {
                     ),
                 ));
             }
-            if let Err(e) = result {
+            let ok = if let Err(e) = result {
                 let msg = e.to_string();
                 self.log(|| format!("device session: the device ends it: {msg}"));
                 false
             } else {
                 true
-            }
+            };
+            self.note_device_collections(id, &collected);
+            ok
         };
         if !ok {
             self.abort_device_link(k);
@@ -686,13 +695,33 @@ impl<C: Choices> Sim<'_, C> {
     }
 
     fn device_gc_at(&mut self, d: usize) -> Result<(), Violation> {
+        let now_ms = self.fleet.devices[d].clock.now_ms();
         let Some(r) = self.fleet.devices[d].replica.as_mut() else { return Ok(()) };
+        let before = dead_records(r, now_ms)?;
         let report = r.collect_garbage().map_err(|e| violation("gc", format!("device {}: {e}", r.id())))?;
         r.write_deferred_rows(1).map_err(|e| violation("storage", format!("device {}: {e}", r.id())))?;
+        let collected = collected_since(r, before)?;
         self.report.collected += report.collected as u64;
         let id = r.id();
+        self.note_device_collections(id, &collected);
         self.log(|| format!("device {id} gc: {report:?}"));
         Ok(())
+    }
+
+    /// Notes the dead records device `id` collected (key and dot) for the documented exception:
+    /// a device collects only under the members' `collected` (docs/design.md §8), so each is a
+    /// collection some member made under a frontier covering its dot, and the writers that
+    /// member did not count are outside it here too. (A removal no frontier covers, such as a
+    /// queued write of its own answered as known, excuses nothing.)
+    fn note_device_collections(&mut self, id: ReplicaId, collected: &[(Vec<u8>, Dot)]) {
+        for (key, dot) in collected {
+            for (frontier, outside) in &self.frontiers {
+                if frontier.covers(*dot) {
+                    self.collections.push((key.clone(), *dot, outside.clone()));
+                }
+            }
+            self.log(|| format!("device {id} collects {} ({dot})", String::from_utf8_lossy(key)));
+        }
     }
 
     /// I2 at every step, at every device (as [`Sim::check_floors`] for members).
@@ -766,14 +795,18 @@ impl<C: Choices> Sim<'_, C> {
         m: usize,
         anti_entropy: bool,
     ) -> Result<lethe_engine::device::DeviceOutcome, Violation> {
+        let now_ms = self.fleet.devices[d].clock.now_ms();
         let (Some(rd), Some(rm)) = (self.fleet.devices[d].replica.as_mut(), self.nodes[m].replica.as_mut()) else {
             return Err(violation("final round", "replica missing after heal"));
         };
         let fresh = rd.members_vector().is_empty() && rd.counts().live == 0;
         let own_before = rm.vector().get(rm.id());
+        // The member's handshake makes the device collect (under the `collected` it shows).
+        let before = dead_records(rd, now_ms)?;
         let out = if anti_entropy { anti_entropy_device_in_process(rd, rm) } else { sync_device_in_process(rd, rm) }
             .map_err(|e| violation("final round", format!("device session {}<->{} failed: {e}", rd.id(), rm.id())))?;
         let issued = rm.vector().get(rm.id()).0 - own_before.0;
+        let collected = collected_since(rd, before)?;
         let (did, mid) = (rd.id(), rm.id());
         let differ = if self.config.verbose {
             let (dl, ml) = (super::live_entries(rd)?, super::live_entries(rm)?);
@@ -799,6 +832,7 @@ impl<C: Choices> Sim<'_, C> {
             out.device.download.dropped
         ) + &differ;
         self.log(|| line);
+        self.note_device_collections(did, &collected);
         self.nodes[m].admitted += issued;
         self.report.uploads += issued;
         if fresh {
@@ -985,4 +1019,38 @@ impl<C: Choices> Sim<'_, C> {
         self.log(|| format!("hostile device {hostile} forged frames (kind {kind}, victim {victim}) at member {m}"));
         Ok(())
     }
+}
+
+/// The dead records (tombstones and values expired at `now_ms`) `r` holds, by key.
+fn dead_records(r: &Replica<MemoryStore>, now_ms: u64) -> Result<BTreeMap<Vec<u8>, Entry>, Violation> {
+    let mut dead = BTreeMap::new();
+    r.store()
+        .snapshot()
+        .and_then(|s| {
+            s.scan_keys(&KeyRange::all(), &mut |e| {
+                if e.is_tombstone() || !e.is_live_at(now_ms) {
+                    dead.insert(e.key.clone(), e);
+                }
+                ControlFlow::Continue(())
+            })
+        })
+        .map_err(|e| violation("storage", e.to_string()))?;
+    Ok(dead)
+}
+
+/// Which of the dead records `before` (from [`dead_records`]) `r` no longer holds: not replaced by
+/// something newer, but gone (or under something older, which can only come after it went).
+fn collected_since(
+    r: &Replica<MemoryStore>,
+    before: BTreeMap<Vec<u8>, Entry>,
+) -> Result<Vec<(Vec<u8>, Dot)>, Violation> {
+    let snap = r.store().snapshot().map_err(|e| violation("storage", e.to_string()))?;
+    let mut gone = Vec::new();
+    for (key, e) in before {
+        match snap.entry(&key).map_err(|e| violation("storage", e.to_string()))? {
+            Some(now) if now.stamp >= e.stamp => {}
+            _ => gone.push((key, e.dot)),
+        }
+    }
+    Ok(gone)
 }
