@@ -77,8 +77,9 @@ struct Device {
 impl Device {
     fn open(&mut self) -> Result<(), Violation> {
         let store = self.crashed_store.take().unwrap_or_default();
-        let replica = Replica::open(store, self.id, device_config(), self.clock.clone())
+        let mut replica = Replica::open(store, self.id, device_config(), self.clock.clone())
             .map_err(|e| violation("I3 restart", format!("device {} did not reopen: {e}", self.id)))?;
+        replica.set_signer(super::stand_in_signer(self.id));
         self.replica = Some(replica);
         Ok(())
     }
