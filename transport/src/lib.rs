@@ -7,17 +7,21 @@
 //! - [`Endpoint`]: quinn endpoints with those verifiers, ALPN naming the protocol version and
 //!   whether frames may be compressed (`lethe/5z`, or `lethe/5` when either end refuses), and
 //!   flow-control windows that bound what a slow peer can make a node buffer.
+//! - [`Ed25519AckSigner`]: the engine's `AckSigner` with the node's key, verifying the replicas
+//!   it trusts (docs/design.md §9: acknowledgements about a third replica count only signed).
 //! - [`frame`]: length-prefixed CBOR frames with a maximum size, read without trusting the
 //!   length before it is checked.
 //!
 //! No engine state lives here: the node drives the engine's sans-IO sessions over these streams.
 
+pub mod ack_signer;
 pub mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod tls;
 
+pub use ack_signer::Ed25519AckSigner;
 pub use endpoint::{CloseCode, Endpoint, PeerConnection};
 pub use error::Error;
 pub use frame::{FrameReader, FrameWriter};
