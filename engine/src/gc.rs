@@ -96,22 +96,68 @@ impl<S: Storage> Replica<S> {
         member
     }
 
-    /// This replica's membership as gossip for a handshake (itself included).
+    /// This replica's membership as gossip for a handshake: its own acknowledgement (its
+    /// vector, now, signed), then each member's latest signed one (`sign.rs`).
     #[must_use]
     pub fn gossip(&self) -> Vec<MemberInfo> {
-        self.membership.gossip(self.id(), self.vector(), self.now_ms())
+        self.membership.gossip(self.sign_ack(self.vector().clone()))
     }
 
-    /// Merges a peer's gossip under the admission rule of [`Replica::acknowledge`].
-    /// A member's record only grows; this replica is never a member of itself; a record about a
-    /// replica that is not enrolled here is ignored (gossip never creates a member); and a time
-    /// later than this replica's own clock counts as now (docs/design.md §9), so a peer cannot keep a
-    /// member from being evicted by claiming to hear from it in the future.
-    pub fn merge_gossip(&mut self, gossip: &[MemberInfo]) {
+    /// Merges gossip from `peer` under the admission rule of [`Replica::acknowledge`].
+    ///
+    /// What `peer` says about itself counts as the connection's word (and is kept to relay if
+    /// signed); what it says about any other replica counts only if that replica signed it
+    /// (docs/design.md §9): otherwise it changes nothing here and is counted in
+    /// [`Replica::acks_unverified`]. A member's record only grows; this replica is never a
+    /// member of itself; a record about a replica that is not enrolled here is ignored (gossip
+    /// never creates a member); and a time later than this replica's own clock counts as now, so
+    /// a peer cannot keep a member from being evicted by claiming to hear from it in the future.
+    pub fn merge_gossip(&mut self, peer: ReplicaId, gossip: &[MemberInfo]) {
         let now_ms = self.now_ms();
         for g in gossip {
+            if g.replica == self.id() {
+                continue;
+            }
+            let signed = g.as_signed();
+            let verified = if g.replica == peer {
+                signed.verify(self.signer.as_ref())
+            } else if self.membership.is_enrolled(g.replica) {
+                // Only claims that could count are checked (and counted when they fail).
+                self.verify_relayed(&signed)
+            } else {
+                continue;
+            };
+            if g.replica != peer && !verified {
+                continue;
+            }
             self.acknowledge_at(g.replica, &g.acked, g.last_heard_ms.min(now_ms));
+            if verified {
+                self.membership.note_signed(signed);
+            }
         }
+    }
+
+    /// Records `peer`'s acknowledgement of `vector` from an `Ack`, and keeps it to relay if
+    /// `proof` is its valid signature.
+    pub(crate) fn acknowledge_signed(
+        &mut self,
+        peer: ReplicaId,
+        vector: &VersionVector,
+        proof: Option<&crate::sign::AckProof>,
+    ) -> bool {
+        let member = self.acknowledge(peer, vector);
+        if let Some(crate::sign::AckProof(time_ms, signature)) = proof {
+            let signed = crate::sign::SignedAck {
+                signer: peer,
+                vector: vector.clone(),
+                time_ms: *time_ms,
+                signature: signature.clone(),
+            };
+            if signed.verify(self.signer.as_ref()) {
+                self.membership.note_signed(signed);
+            }
+        }
+        member
     }
 
     /// Stops counting `replica` (an operator's eviction). It stays enrolled and rejoins by

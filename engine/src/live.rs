@@ -127,9 +127,9 @@ pub fn handle_ack<S: Storage>(
     frame: &[u8],
 ) -> std::result::Result<(), SyncError> {
     match Message::decode(frame)? {
-        Message::Ack(vector) => {
+        Message::Ack(vector, proof) => {
             replica.notice_own_seq(vector.get(replica.id()))?;
-            replica.acknowledge(peer, &vector);
+            replica.acknowledge_signed(peer, &vector, proof.as_ref());
             Ok(())
         }
         other => Err(SyncError::Unexpected { got: other.name(), state: "sending live pushes" }),
@@ -191,7 +191,7 @@ impl LiveReceiver {
         };
         // The sender's vector is its durable state: an acknowledgement, as a handshake's is.
         replica.acknowledge(self.peer, &sender_vector);
-        let reply = Message::Ack(replica.vector().clone()).encode()?;
+        let reply = replica.ack_frame(replica.vector().clone()).encode()?;
         Ok(Received { report, gap: !in_step, reply: Some(reply), live, tombstones })
     }
 }

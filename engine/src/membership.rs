@@ -60,17 +60,46 @@ pub struct Member {
     pub acked: VersionVector,
     /// When it was last heard from (directly or through gossip), in wall-clock ms.
     pub last_heard_ms: u64,
+    /// The latest acknowledgement it signed (`sign.rs`), heard from it or relayed with a valid
+    /// signature: what this replica relays about it, since a merged record is no one's claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<crate::sign::SignedAck>,
 }
 
 /// One member as gossiped in a handshake.
+///
+/// About the sender itself, the claim is the connection's and counts as it is; about any other
+/// replica, it counts only if `signature` is that replica's over (`replica`, `acked`,
+/// `last_heard_ms`): then it is an acknowledgement that replica signed, at its own wall time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     /// The member.
     pub replica: ReplicaId,
     /// Its acknowledged vector.
     pub acked: VersionVector,
-    /// When it was last heard from.
+    /// When it was last heard from (for a signed claim: when it signed).
     pub last_heard_ms: u64,
+    /// The member's signature over the claim ([`crate::sign::ack_message`]); empty: unsigned.
+    pub signature: Vec<u8>,
+}
+
+impl MemberInfo {
+    /// The claim as a signed acknowledgement, to verify.
+    #[must_use]
+    pub fn as_signed(&self) -> crate::sign::SignedAck {
+        crate::sign::SignedAck {
+            signer: self.replica,
+            vector: self.acked.clone(),
+            time_ms: self.last_heard_ms,
+            signature: self.signature.clone(),
+        }
+    }
+}
+
+impl From<crate::sign::SignedAck> for MemberInfo {
+    fn from(a: crate::sign::SignedAck) -> Self {
+        MemberInfo { replica: a.signer, acked: a.vector, last_heard_ms: a.time_ms, signature: a.signature }
+    }
 }
 
 /// The other members (this replica is implicitly one), and the replicas enrolled as members.
@@ -229,8 +258,18 @@ impl Membership {
         if !acked.dominates(&self.collected) || pending.is_some_and(|f| !acked.dominates(f)) {
             return false;
         }
-        self.members.insert(replica, Member { acked: acked.clone(), last_heard_ms: now_ms });
+        self.members.insert(replica, Member { acked: acked.clone(), last_heard_ms: now_ms, signed: None });
         true
+    }
+
+    /// Keeps `ack` as the latest signed acknowledgement of its signer, if that is a member and
+    /// `ack` is newer than the one kept (the caller has verified it).
+    pub fn note_signed(&mut self, ack: crate::sign::SignedAck) {
+        if let Some(m) = self.members.get_mut(&ack.signer)
+            && ack.is_newer_than(m.signed.as_ref())
+        {
+            m.signed = Some(ack);
+        }
     }
 
     /// Notes that tombstones under `frontier` were collected.
@@ -244,14 +283,20 @@ impl Membership {
         &self.collected
     }
 
-    /// This membership as gossip, with this replica itself (vector `own`, heard `now_ms`).
+    /// This membership as gossip, after this replica's own signed acknowledgement `own`: for
+    /// each member its latest signed acknowledgement, or, lacking one, its record unsigned (which
+    /// a receiver does not count, but reads for the restore check of `replica/restore.rs`).
     #[must_use]
-    pub fn gossip(&self, me: ReplicaId, own: &VersionVector, now_ms: u64) -> Vec<MemberInfo> {
-        let mut out = vec![MemberInfo { replica: me, acked: own.clone(), last_heard_ms: now_ms }];
-        out.extend(self.members.iter().map(|(r, m)| MemberInfo {
-            replica: *r,
-            acked: m.acked.clone(),
-            last_heard_ms: m.last_heard_ms,
+    pub fn gossip(&self, own: crate::sign::SignedAck) -> Vec<MemberInfo> {
+        let mut out = vec![MemberInfo::from(own)];
+        out.extend(self.members.iter().map(|(r, m)| match &m.signed {
+            Some(signed) => MemberInfo::from(signed.clone()),
+            None => MemberInfo {
+                replica: *r,
+                acked: m.acked.clone(),
+                last_heard_ms: m.last_heard_ms,
+                signature: Vec::new(),
+            },
         }));
         out
     }
@@ -303,8 +348,9 @@ mod tests {
     #[test]
     fn a_store_from_before_enrolment_keeps_its_members_unless_they_are_too_many() {
         let wire = |n: u64| {
-            let members: BTreeMap<ReplicaId, Member> =
-                (1..=n).map(|i| (ReplicaId(i), Member { acked: vv(&[(i, 1)]), last_heard_ms: 5 })).collect();
+            let members: BTreeMap<ReplicaId, Member> = (1..=n)
+                .map(|i| (ReplicaId(i), Member { acked: vv(&[(i, 1)]), last_heard_ms: 5, signed: None }))
+                .collect();
             #[derive(Serialize)]
             struct Old {
                 members: BTreeMap<ReplicaId, Member>,

@@ -214,6 +214,10 @@ pub struct Replica<S: Storage> {
     vector: VersionVector,
     config: Config,
     drift_rejections: u64,
+    /// Signs this replica's acknowledgements and verifies relayed ones (`sign.rs`).
+    pub(crate) signer: Arc<dyn crate::sign::AckSigner>,
+    /// Relayed acknowledgements about a third replica ignored for want of its valid signature.
+    pub(crate) acks_unverified: u64,
     pub(crate) index: KeyIndex,
     pub(crate) membership: Membership,
     pub(crate) checkpoint: Option<Checkpoint>,
@@ -346,6 +350,8 @@ impl<S: Storage> Replica<S> {
                     vector: durable.vector,
                     config,
                     drift_rejections: 0,
+                    signer: Arc::new(crate::sign::NoSigner),
+                    acks_unverified: 0,
                     index: durable.index,
                     membership: durable.membership,
                     checkpoint: durable.checkpoint,
@@ -378,6 +384,8 @@ impl<S: Storage> Replica<S> {
                     vector: VersionVector::new(),
                     config,
                     drift_rejections: 0,
+                    signer: Arc::new(crate::sign::NoSigner),
+                    acks_unverified: 0,
                     index: KeyIndex::default(),
                     membership: Membership::default(),
                     checkpoint: None,

@@ -5,21 +5,28 @@
 use lethe_engine::device::{DeviceService, DeviceSession, sync_device_in_process};
 use lethe_engine::session::{Message, SyncError, sync_in_process};
 use lethe_engine::{
-    Config, Dot, Entry, Hlc, ManualClock, MemoryStore, Payload, PutOptions, Replica, ReplicaId, Role, Seq, Stamp,
-    Value, WriteBatch,
+    Config, Dot, Entry, Hlc, InsecureTestSigner, ManualClock, MemoryStore, Payload, PutOptions, Replica, ReplicaId,
+    Role, Seq, Stamp, Value, WriteBatch,
 };
 use std::sync::Arc;
 
 const T0: u64 = 1_700_000_000_000;
 const HUB: ReplicaId = ReplicaId(1);
 
+/// Every replica here signs its acknowledgements with the stand-in (`sign.rs`), so the byte
+/// figures include a signature per member record, device handshake and `Ack`.
+fn signed(mut r: Replica<MemoryStore>) -> Replica<MemoryStore> {
+    r.set_signer(Arc::new(InsecureTestSigner::new(r.id())));
+    r
+}
+
 fn member(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
-    Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap()
+    signed(Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap())
 }
 
 fn device(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
     let config = Config { role: Role::Device, ..Config::default() };
-    Replica::open(MemoryStore::new(), ReplicaId(id), config, Arc::new(clock.clone())).unwrap()
+    signed(Replica::open(MemoryStore::new(), ReplicaId(id), config, Arc::new(clock.clone())).unwrap())
 }
 
 fn vv(pairs: &[(u64, u64)]) -> lethe_engine::VersionVector {
@@ -475,6 +482,7 @@ fn a_device_handshake_cannot_start_a_recovery_or_acknowledge_what_no_member_hold
             false,
             T0,
             false,
+            Vec::new(),
         );
         Message::DeviceHello(hello).encode().unwrap()
     };
@@ -514,7 +522,7 @@ fn a_device_ack_cannot_start_a_recovery_or_hold_collection_back_for_good() {
         while let Some(f) = ms.poll_transmit(hub).unwrap() {
             ds.handle(phone, &f).unwrap();
         }
-        ms.handle(hub, &Message::Ack(ack).encode().unwrap())
+        ms.handle(hub, &Message::Ack(ack, None).encode().unwrap())
     };
     assert!(forge(&mut hub, &mut phone, vv(&[(1, 1_000)])).is_err());
     assert!(hub.recovery().is_none(), "a device's Ack started a recovery");

@@ -6,14 +6,19 @@
 //!   has seen every collected tombstone, so it reconciles instead of receiving a delta and keeping
 //!   what was deleted while it was away.
 
+use lethe_engine::membership::MemberInfo;
 use lethe_engine::session::{Mode, sync_in_process};
-use lethe_engine::{Config, Entry, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Snapshot, Storage};
+use lethe_engine::{
+    Config, Entry, InsecureTestSigner, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Snapshot, Storage,
+};
 use std::sync::Arc;
 
 const T0: u64 = 1_700_000_000_000;
 
 fn replica(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
-    enrolled(Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap())
+    let mut r = Replica::open(MemoryStore::new(), ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap();
+    r.set_signer(Arc::new(InsecureTestSigner::new(ReplicaId(id))));
+    enrolled(r)
 }
 
 /// Enrols replicas 1 to 8 (all the tests use) as members of `r`.
@@ -103,11 +108,10 @@ fn an_evicted_replica_gossiped_back_reconciles_and_keeps_nothing_deleted_meanwhi
     }
     assert_eq!((a.tombstone_count(), c.tombstone_count()), (0, 0));
 
-    // A replica that still counts b gossips it back to a: a must not take it as a member, since
-    // b has not seen the collected deletes.
-    let mut stale_view = replica(4, &clock);
-    stale_view.acknowledge(ReplicaId(2), b.vector());
-    a.merge_gossip(&stale_view.gossip());
+    // A replica that still counts b gossips b's last signed acknowledgement back to a: a must
+    // not take it as a member, since b has not seen the collected deletes.
+    let stale_view = vec![MemberInfo::from(b.sign_ack(b.vector().clone()))];
+    a.merge_gossip(ReplicaId(4), &stale_view);
     assert!(!a.membership().contains(ReplicaId(2)));
 
     // So b reconciles: it drops what was deleted, and becomes a member again.

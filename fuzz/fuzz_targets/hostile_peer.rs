@@ -205,7 +205,12 @@ fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
             let n = repeat(u, 100)?;
             let mut members = Vec::with_capacity(n);
             for _ in 0..n {
-                members.push(MemberInfo { replica: replica_id(u)?, acked: vector(u)?, last_heard_ms: time_ms(u)? });
+                members.push(MemberInfo {
+                    replica: replica_id(u)?,
+                    acked: vector(u)?,
+                    last_heard_ms: time_ms(u)?,
+                    signature: Vec::new(),
+                });
             }
             let replica = if u.arbitrary()? { PEER } else { replica_id(u)? };
             let vector = vector(u)?;
@@ -252,7 +257,7 @@ fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
             let keys = vec![WantedItem(key(u)?, u.arbitrary()?, u.arbitrary()?); repeat(u, 5000)?];
             Message::Reply { split, send, want, keys }
         }
-        6 => Message::Ack(vector(u)?),
+        6 => Message::Ack(vector(u)?, None),
         _ => Message::Push(Push {
             base: vector(u)?,
             entries: entries(u)?,

@@ -661,6 +661,9 @@ impl Node {
         }
         // The owner (this node's own key) may connect too: that is how the CLI reaches it.
         let trust = TrustList::new(config.trust.iter().copied().chain(config.peers.iter().map(|p| p.id)).chain([id]));
+        // Acknowledgements are signed with this node's key, and one a peer relays about a third
+        // replica counts only if that replica, one this node trusts, signed it (docs/design.md §9).
+        replica.set_signer(Arc::new(lethe_transport::Ed25519AckSigner::new(&identity, trust.clone())?));
         let endpoint = Endpoint::bind_with_compression(config.listen, identity, trust.clone(), config.compression)?;
         let listen = endpoint.local_addr()?;
         let (writes, write_rx) = mpsc::channel(GROUP_COMMIT_MAX * 4);

@@ -223,11 +223,18 @@ struct Node {
 impl Node {
     fn open(&mut self) -> Result<(), Violation> {
         let store = self.crashed_store.take().unwrap_or_default();
-        let replica = Replica::open(store, self.id, member_config(), self.clock.clone())
+        let mut replica = Replica::open(store, self.id, member_config(), self.clock.clone())
             .map_err(|e| violation("I3 restart", format!("replica {} did not reopen: {e}", self.id)))?;
+        replica.set_signer(stand_in_signer(self.id));
         self.replica = Some(replica);
         Ok(())
     }
+}
+
+/// What signs a simulated replica's acknowledgements: the engine's deterministic stand-in
+/// (it authenticates nothing; the simulation's hostile device forges without it).
+pub(crate) fn stand_in_signer(id: ReplicaId) -> Arc<dyn lethe_engine::AckSigner> {
+    Arc::new(lethe_engine::InsecureTestSigner::new(id))
 }
 
 /// A live push stream from `from` to `to`: pushes one way, acknowledgements back.

@@ -5,19 +5,23 @@
 //! - [`TrustList`]: the node ids allowed to connect. Peers are authenticated by pinned public
 //!   keys in a mutual TLS 1.3 handshake, never by address.
 //! - [`Endpoint`]: quinn endpoints with those verifiers, ALPN naming the protocol version and
-//!   whether frames may be compressed (`lethe/4z`, or `lethe/4` when either end refuses), and
+//!   whether frames may be compressed (`lethe/5z`, or `lethe/5` when either end refuses), and
 //!   flow-control windows that bound what a slow peer can make a node buffer.
+//! - [`Ed25519AckSigner`]: the engine's `AckSigner` with the node's key, verifying the replicas
+//!   it trusts (docs/design.md §9: acknowledgements about a third replica count only signed).
 //! - [`frame`]: length-prefixed CBOR frames with a maximum size, read without trusting the
 //!   length before it is checked.
 //!
 //! No engine state lives here: the node drives the engine's sans-IO sessions over these streams.
 
+pub mod ack_signer;
 pub mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod tls;
 
+pub use ack_signer::Ed25519AckSigner;
 pub use endpoint::{CloseCode, Endpoint, PeerConnection};
 pub use error::Error;
 pub use frame::{FrameReader, FrameWriter};
@@ -25,13 +29,13 @@ pub use identity::{Identity, NodeId};
 pub use tls::TrustList;
 
 /// The ALPN protocol name of a connection whose frames all go raw: `lethe/` and the engine's
-/// protocol version (`lethe/4`). A reader on such a connection refuses a compressed frame.
+/// protocol version (`lethe/5`). A reader on such a connection refuses a compressed frame.
 #[must_use]
 pub fn alpn_plain() -> Vec<u8> {
     format!("lethe/{}", lethe_engine::session::PROTOCOL_VERSION).into_bytes()
 }
 
-/// The ALPN protocol name of a connection whose frames may be compressed (`lethe/4z`).
+/// The ALPN protocol name of a connection whose frames may be compressed (`lethe/5z`).
 #[must_use]
 pub fn alpn_compressed() -> Vec<u8> {
     format!("lethe/{}z", lethe_engine::session::PROTOCOL_VERSION).into_bytes()

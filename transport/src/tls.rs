@@ -149,7 +149,7 @@ impl ClientCertVerifier for TrustedClients {
 }
 
 /// The server half: our certificate, clients checked against `trust`.
-/// `compression`: whether to accept `lethe/4z` (preferred) beside `lethe/4`.
+/// `compression`: whether to accept `lethe/5z` (preferred) beside `lethe/5`.
 pub(crate) fn server_config(
     identity: &Identity,
     trust: TrustList,
@@ -168,7 +168,7 @@ pub(crate) fn server_config(
 }
 
 /// The client half for dialing `expected`: our certificate as client authentication.
-/// `compression`: whether to offer `lethe/4z` beside `lethe/4`.
+/// `compression`: whether to offer `lethe/5z` beside `lethe/5`.
 pub(crate) fn client_config(
     identity: &Identity,
     expected: NodeId,

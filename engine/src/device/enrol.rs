@@ -85,6 +85,23 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// Keeps `device`'s acknowledgement of `vector` (as it sent it, before any cap), if `proof`
+    /// is its valid signature over it: what this member relays to the others as the device's
+    /// acknowledgement and last-seen time. An unsigned or badly signed one still counted here
+    /// (the session is authenticated) but is not relayed.
+    pub(crate) fn note_device_signed(
+        &mut self,
+        device: ReplicaId,
+        vector: VersionVector,
+        proof: Option<&crate::sign::AckProof>,
+    ) {
+        let Some(crate::sign::AckProof(time_ms, signature)) = proof else { return };
+        let signed = crate::sign::SignedAck { signer: device, vector, time_ms: *time_ms, signature: signature.clone() };
+        if signed.verify(self.signer.as_ref()) {
+            self.devices.note_signed(signed);
+        }
+    }
+
     /// The records clock of `peer`'s device records up to which they were merged here.
     #[must_use]
     pub fn records_seen(&self, peer: ReplicaId) -> u64 {
@@ -136,7 +153,22 @@ impl<S: Storage> Replica<S> {
         let collected = self.membership.collected().clone();
         let pending = self.checkpoint.as_ref().map(|c| c.frontier.clone());
         let lease_ms = self.config().device_lease_ms;
-        let changed = self.devices.merge(peer, records, now_ms, lease_ms, &collected, pending.as_ref());
+        // A device's acknowledgement counts here only as the device signed it (docs/design.md
+        // §9), capped as a direct one is (`cap_device_ack`): at what some member holds, so it
+        // names members only and none of this member's writes beyond what it issued.
+        let signer = std::sync::Arc::clone(&self.signer);
+        let cap = self.membership.join(self.vector());
+        let mut unverified = 0;
+        let mut accept = |claim: &crate::sign::SignedAck| {
+            if claim.verify(signer.as_ref()) {
+                Some(claim.vector.meet(&cap))
+            } else {
+                unverified += 1;
+                None
+            }
+        };
+        let changed = self.devices.merge(peer, records, now_ms, lease_ms, &collected, pending.as_ref(), &mut accept);
+        self.acks_unverified += unverified;
         let mut seen = self.records_seen.clone();
         let entry = seen.seen.entry(peer).or_default();
         *entry = (*entry).max(upto);

@@ -38,6 +38,12 @@ pub struct DeviceHello(
     /// covers the member's (run periodically, as between members).
     #[serde(default)]
     pub bool,
+    /// Its signature over its acknowledgement and wall time ([`crate::sign::ack_message`] of
+    /// the device, the acknowledgement and the wall time), at most
+    /// [`crate::sign::SIGNATURE_BYTES_MAX`] bytes; empty: unsigned. The member relays it to the
+    /// other members with the device's record, who count the acknowledgement only with it.
+    #[serde(default, serialize_with = "serde_bytes::serialize", deserialize_with = "crate::sign::bounded_signature")]
+    pub Vec<u8>,
 );
 
 impl DeviceHello {

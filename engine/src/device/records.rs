@@ -75,6 +75,11 @@ pub struct DeviceRecord {
     /// record as it is, so it is not sent back (not kept across restarts: then it is, once).
     #[serde(skip)]
     pub from: Option<ReplicaId>,
+    /// The latest acknowledgement the device signed (`sign.rs`), heard from it or relayed with
+    /// a valid signature: what travels to other members as its acknowledgement and last-seen
+    /// time (a member's own view of them is no one else's evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<crate::sign::SignedAck>,
 }
 
 impl DeviceRecord {
@@ -85,8 +90,10 @@ impl DeviceRecord {
     }
 }
 
-/// A device record as it travels between members (`Message::Records`): everything but the
-/// local `changed`.
+/// A device record as it travels between members (`Message::Records`): its epoch, removal and
+/// cursor as members know them, and the device's latest signed acknowledgement (vector and
+/// time, with the device's signature). The receiver takes the acknowledgement and the time only
+/// if the signature is the device's (docs/design.md §9).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordWire(
     /// The device.
@@ -95,17 +102,34 @@ pub struct RecordWire(
     pub u64,
     /// Whether it was removed.
     pub bool,
-    /// Its acknowledged vector, if it counts.
+    /// The vector it acknowledged and signed, if any (and it is not removed).
     #[serde(deserialize_with = "crate::limits::bounded_optional_vector")]
     pub Option<VersionVector>,
     /// Its cursor.
     pub Seq,
-    /// When it was last seen.
+    /// When it signed that acknowledgement (its wall clock), or 0.
     pub u64,
     /// The vector at which its cursor was reached.
     #[serde(default, deserialize_with = "crate::limits::bounded_vector")]
     pub VersionVector,
+    /// The device's signature over its acknowledgement ([`crate::sign::ack_message`] of the
+    /// device, the vector and the time); empty: unsigned, and then neither counts.
+    #[serde(default, serialize_with = "serde_bytes::serialize", deserialize_with = "crate::sign::bounded_signature")]
+    pub Vec<u8>,
 );
+
+impl RecordWire {
+    /// The acknowledgement this record relays, as its device signed it, if it carries one.
+    #[must_use]
+    pub fn claim(&self) -> Option<crate::sign::SignedAck> {
+        self.3.as_ref().map(|vector| crate::sign::SignedAck {
+            signer: self.0,
+            vector: vector.clone(),
+            time_ms: self.5,
+            signature: self.7.clone(),
+        })
+    }
+}
 
 /// How far device records were merged between this member and each other one
 /// ([`crate::storage::Meta::RecordsSeen`]).
@@ -247,6 +271,18 @@ impl Devices {
         outcome
     }
 
+    /// Keeps `ack` as the latest signed acknowledgement of its device, if enrolled and `ack` is
+    /// newer than the one kept (the caller has verified it).
+    pub(crate) fn note_signed(&mut self, ack: crate::sign::SignedAck) {
+        let device = ack.signer;
+        if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked)
+            && ack.is_newer_than(r.signed.as_ref())
+        {
+            r.signed = Some(ack);
+            self.touch(device);
+        }
+    }
+
     /// The cursor of `device` (0 if unknown).
     #[must_use]
     pub fn cursor(&self, device: ReplicaId) -> Seq {
@@ -335,17 +371,25 @@ impl Devices {
             .into_iter()
             .filter(|(_, r)| to.is_none() || r.from != to)
             .map(|(d, r)| {
-                RecordWire(*d, r.epoch, r.revoked, r.acked.clone(), r.cursor, r.last_seen_ms, r.cursor_at.clone())
+                let (acked, time_ms, signature) = match r.signed.as_ref().filter(|_| !r.revoked) {
+                    Some(s) => (Some(s.vector.clone()), s.time_ms, s.signature.clone()),
+                    None => (None, 0, Vec::new()),
+                };
+                RecordWire(*d, r.epoch, r.revoked, acked, r.cursor, time_ms, r.cursor_at.clone(), signature)
             })
             .collect();
         (wire, upto)
     }
 
     /// Merges records from another member (`Message::Records`): a higher epoch replaces, a
-    /// removal wins within an epoch, the cursor and last-seen time take the maximum (a time
-    /// never later than `now_ms`), and an acknowledgement grows the record under the rule of
-    /// [`Devices::acknowledge`], unless the device was last seen longer than `lease_ms` ago.
-    /// A record the table has no room for is left out. Returns how many records changed.
+    /// removal wins within an epoch, the cursor takes the maximum. The device's acknowledgement
+    /// and its time count only if `accept` passes its claim (the device's signature verifies)
+    /// and returns what to count of it: then the last-seen time takes the maximum (a time never
+    /// later than `now_ms`), the acknowledgement grows the record under the rule of
+    /// [`Devices::acknowledge`] unless the device was last seen longer than `lease_ms` ago,
+    /// and the claim is kept to relay. A record the table has no room for is left out. Returns
+    /// how many records changed.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn merge(
         &mut self,
         from: ReplicaId,
@@ -354,9 +398,12 @@ impl Devices {
         lease_ms: u64,
         collected: &VersionVector,
         pending: Option<&VersionVector>,
+        accept: &mut dyn FnMut(&crate::sign::SignedAck) -> Option<VersionVector>,
     ) -> usize {
         let mut changed = 0;
-        for RecordWire(device, epoch, revoked, acked, cursor, last_seen_ms, cursor_at) in records {
+        for wire in records {
+            let claim = wire.claim().and_then(|c| accept(&c).map(|counted| (c, counted)));
+            let RecordWire(device, epoch, revoked, _, cursor, _, cursor_at, _) = wire;
             let before = self.records.get(&device).cloned();
             if before.is_none() && self.records.len() >= DEVICES_MAX {
                 continue;
@@ -377,13 +424,16 @@ impl Devices {
             }
             if epoch == record.epoch {
                 record.revoked |= revoked;
-                record.last_seen_ms = record.last_seen_ms.max(last_seen_ms.min(now_ms));
                 if record.revoked {
                     record.acked = None;
-                } else if let Some(acked) = acked
-                    && record.last_seen_ms >= now_ms.saturating_sub(lease_ms)
-                {
-                    grow(record, &acked, collected, pending);
+                } else if let Some((claim, counted)) = claim {
+                    record.last_seen_ms = record.last_seen_ms.max(claim.time_ms.min(now_ms));
+                    if record.last_seen_ms >= now_ms.saturating_sub(lease_ms) {
+                        grow(record, &counted, collected, pending);
+                    }
+                    if claim.is_newer_than(record.signed.as_ref()) {
+                        record.signed = Some(claim);
+                    }
                 }
             }
             let after = self.records.get(&device).cloned();
@@ -466,28 +516,30 @@ mod tests {
 
     #[test]
     fn records_merge_by_epoch_removal_wins_and_only_what_changed_travels() {
+        // Every claim passes here; what a failed signature does is in `engine/tests/signed_acks.rs`.
+        let mut accept = |c: &crate::sign::SignedAck| Some(c.vector.clone());
         let mut a = Devices::default();
         let mut b = Devices::default();
         a.enrol(ReplicaId(7)).unwrap();
         a.enrol(ReplicaId(8)).unwrap();
         let (wire, upto) = a.changed_since(0, 100, None);
         assert_eq!((wire.len(), upto), (2, 2));
-        assert_eq!(b.merge(ReplicaId(1), wire, 100, 1000, &vv(&[]), None), 2);
+        assert_eq!(b.merge(ReplicaId(1), wire, 100, 1000, &vv(&[]), None, &mut accept), 2);
         assert!(b.is_enrolled(ReplicaId(7)) && b.is_enrolled(ReplicaId(8)));
         assert_eq!(a.changed_since(upto, 100, None).0, vec![], "nothing changed since");
         // A removal at b travels to a and is not undone by a's older record.
         b.remove(ReplicaId(7));
         let (wire, _) = b.changed_since(0, 100, None);
-        a.merge(ReplicaId(2), wire, 100, 1000, &vv(&[]), None);
+        a.merge(ReplicaId(2), wire, 100, 1000, &vv(&[]), None, &mut accept);
         assert!(a.is_revoked(ReplicaId(7)));
-        let stale = RecordWire(ReplicaId(7), 0, false, Some(vv(&[(1, 1)])), Seq(9), 50, vv(&[(1, 4)]));
-        a.merge(ReplicaId(2), vec![stale], 100, 1000, &vv(&[]), None);
+        let stale = RecordWire(ReplicaId(7), 0, false, Some(vv(&[(1, 1)])), Seq(9), 50, vv(&[(1, 4)]), vec![1]);
+        a.merge(ReplicaId(2), vec![stale], 100, 1000, &vv(&[]), None, &mut accept);
         assert!(a.is_revoked(ReplicaId(7)), "same epoch: the removal wins");
         assert_eq!(a.cursor(ReplicaId(7)), Seq(9), "cursors only grow");
         assert!(!a.covers_cursor(ReplicaId(7), &vv(&[(1, 3)])) && a.covers_cursor(ReplicaId(7), &vv(&[(1, 4)])));
         // A time from a peer is never later than the receiver's clock.
-        let future = RecordWire(ReplicaId(8), 0, false, Some(vv(&[(1, 1)])), Seq(0), u64::MAX, vv(&[]));
-        a.merge(ReplicaId(2), vec![future], 100, 1000, &vv(&[]), None);
+        let future = RecordWire(ReplicaId(8), 0, false, Some(vv(&[(1, 1)])), Seq(0), u64::MAX, vv(&[]), vec![1]);
+        a.merge(ReplicaId(2), vec![future], 100, 1000, &vv(&[]), None, &mut accept);
         assert_eq!(a.get(ReplicaId(8)).unwrap().last_seen_ms, 100);
     }
 }

@@ -157,16 +157,18 @@ impl DeviceSession {
         let vector = replica.members_vector();
         let fresh = vector.is_empty() && replica.index.live.is_empty();
         let has_uploads = replica.pending_uploads()? > 0;
+        let ack = replica.sign_ack(replica.device_ack()?);
         let hello = DeviceHello(
             PROTOCOL_VERSION,
             replica.id(),
             vector,
-            replica.device_ack()?,
+            ack.vector,
             replica.horizon().cloned(),
             fresh,
             has_uploads,
-            replica.now_ms(),
+            ack.time_ms,
             anti_entropy && !fresh,
+            ack.signature,
         );
         Ok(DeviceSession {
             member,
@@ -426,7 +428,8 @@ impl DeviceService {
         if self.peer.is_some() {
             return Err(SyncError::Unexpected { got: "DeviceHello", state: "after the device's handshake" });
         }
-        let DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms, anti_entropy) = hello;
+        let DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms, anti_entropy, signature) =
+            hello;
         if version != PROTOCOL_VERSION {
             return Err(SyncError::Version { ours: PROTOCOL_VERSION, theirs: version });
         }
@@ -444,8 +447,10 @@ impl DeviceService {
         self.peer = Some(device);
         // A device's wall time bounds what this session sends it (`to_device`), but is not
         // taken as a peer clock: devices' clocks must not decide whether this member may write.
-        let ack = cap_device_ack(replica, &ack);
-        replica.acknowledge_device(device, &ack);
+        let capped = cap_device_ack(replica, &ack);
+        replica.acknowledge_device(device, &capped);
+        replica.note_device_signed(device, ack, Some(&crate::sign::AckProof(wall_ms, signature)));
+        let ack = capped;
         let cursor = replica.devices().cursor(device);
         let member_hello = MemberHello(
             PROTOCOL_VERSION,
@@ -455,7 +460,8 @@ impl DeviceService {
             cursor,
             replica.now_ms(),
         );
-        self.hello = Some(DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms, anti_entropy));
+        self.hello =
+            Some(DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms, anti_entropy, Vec::new()));
         self.hello_vector = replica.vector().clone();
         self.outbox.push_back(Message::MemberHello(member_hello));
         self.uploads_open = uploads;

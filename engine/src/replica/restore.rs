@@ -110,12 +110,17 @@ impl<S: Storage> Replica<S> {
     }
 
     /// [`Replica::notice_own_seq`] for everything a handshake shows: the sender's vector and
-    /// its members' acknowledged vectors.
+    /// the acknowledged vectors of its members that they signed (docs/design.md §9: a sender's
+    /// word about a third replica is no evidence, and a recovery refuses local writes).
     pub fn notice_own_seqs(&mut self, vector: &VersionVector, gossip: &[MemberInfo]) -> Result<bool> {
         let me = self.id();
         // A member's gossiped record of this replica is this replica's own past report (it may
         // name writes no peer ever received); the others' records are what they hold.
-        let seen = gossip.iter().filter(|g| g.replica != me).map(|g| g.acked.get(me)).fold(vector.get(me), Seq::max);
+        let seen = gossip
+            .iter()
+            .filter(|g| g.replica != me && g.as_signed().verify(self.signer.as_ref()))
+            .map(|g| g.acked.get(me))
+            .fold(vector.get(me), Seq::max);
         self.notice_own_seq(seen)
     }
 

@@ -17,14 +17,16 @@ use crate::vector::VersionVector;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version carried in every handshake (and, by the transport, in ALPN). 4: a
+/// The protocol version carried in every handshake (and, by the transport, in ALPN). 5:
+/// acknowledgements are signed (`sign.rs`): a handshake's member records and a device's
+/// handshake carry signatures, an `Ack` its proof, a device record its device's signature; 4: a
 /// batch of entries is columnar (keys, values and numbers in runs of their own, see
 /// [`super::batch`]) and may carry entries numbered by another replica than stamped them; the
 /// transport's ALPN says whether frames may be compressed; device sessions; device records
 /// between members (the handshake says how far the sender merged the receiver's); 3: the
 /// transport's frames may be compressed (a flag in the length prefix, zstd bodies); 2: the
 /// handshake carries the wall time and no frontier.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Device records per `Records` message, at most.
 pub const RECORDS_PER_MESSAGE_MAX: usize = 4096;
 /// The largest frame a session sends or accepts: 4 MiB (a chunk of up to 1 MiB of entries plus
@@ -72,13 +74,20 @@ struct HelloWire(
     u64,
 );
 
-/// A member record on the wire: `[replica, acked, last_heard_ms]`.
+/// A member record on the wire: `[replica, acked, last_heard_ms, signature]` (the signature at
+/// most [`crate::sign::SIGNATURE_BYTES_MAX`] bytes, empty when unsigned).
 #[derive(Serialize, Deserialize)]
-struct MemberWire(ReplicaId, #[serde(deserialize_with = "limits::bounded_vector")] VersionVector, u64);
+struct MemberWire(
+    ReplicaId,
+    #[serde(deserialize_with = "limits::bounded_vector")] VersionVector,
+    u64,
+    #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "crate::sign::bounded_signature")] Vec<u8>,
+);
 
 impl From<Hello> for HelloWire {
     fn from(h: Hello) -> Self {
-        let members = h.members.into_iter().map(|m| MemberWire(m.replica, m.acked, m.last_heard_ms)).collect();
+        let members =
+            h.members.into_iter().map(|m| MemberWire(m.replica, m.acked, m.last_heard_ms, m.signature)).collect();
         HelloWire(h.version, h.replica, h.vector, members, h.values, h.anti_entropy, h.wall_ms, h.records_seen)
     }
 }
@@ -88,7 +97,12 @@ impl From<HelloWire> for Hello {
         let HelloWire(version, replica, vector, members, values, anti_entropy, wall_ms, records_seen) = w;
         let members = members
             .into_iter()
-            .map(|MemberWire(replica, acked, last_heard_ms)| MemberInfo { replica, acked, last_heard_ms })
+            .map(|MemberWire(replica, acked, last_heard_ms, signature)| MemberInfo {
+                replica,
+                acked,
+                last_heard_ms,
+                signature,
+            })
             .collect();
         Hello { version, replica, vector, members, values, anti_entropy, wall_ms, records_seen }
     }
@@ -330,8 +344,9 @@ pub enum Message {
         keys: Vec<WantedItem>,
     },
     /// Sink → source: the sink's vector after applying `Done` (or, on a live stream, a push that
-    /// ended a delta).
-    Ack(#[serde(deserialize_with = "limits::bounded_vector")] VersionVector),
+    /// ended a delta), and the sink's signature over it (`sign.rs`), so the source can relay it
+    /// to members the sink never talks to; `None`: unsigned, it counts at the source only.
+    Ack(#[serde(deserialize_with = "limits::bounded_vector")] VersionVector, Option<crate::sign::AckProof>),
     /// On a live stream, not in a session: entries committed since the last push.
     Push(Push),
     /// Device → member: a device session's handshake (`device/session.rs`).
@@ -373,7 +388,7 @@ impl Message {
             Message::Done(..) => "Done",
             Message::Partial => "Partial",
             Message::Reply { .. } => "Reply",
-            Message::Ack(_) => "Ack",
+            Message::Ack(..) => "Ack",
             Message::Push(_) => "Push",
             Message::DeviceHello(_) => "DeviceHello",
             Message::MemberHello(_) => "MemberHello",

@@ -327,7 +327,7 @@ impl Session {
         hello_vector: &VersionVector,
         admitted: Option<&BTreeSet<Dot>>,
     ) -> Result<Session, SyncError> {
-        let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms, anti_entropy) = hello;
+        let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms, anti_entropy, _) = hello;
         let (device, fresh, horizon) = (*device, *fresh, horizon.as_ref());
         replica.purge_expired()?;
         let mut s = Session::open(replica, Some(device), false)?;
@@ -523,7 +523,7 @@ impl Session {
                     }
                     _ => replica.vector().clone(),
                 };
-                self.outbox.push_back(Message::Ack(ack));
+                self.outbox.push_back(replica.ack_frame(ack));
                 Ok(())
             }
             Message::Partial => {
@@ -531,7 +531,7 @@ impl Session {
                 self.stats.partial_received = true;
                 self.sink = Sink::Finished;
                 let ack = if self.download.is_some() { replica.device_ack()? } else { replica.vector().clone() };
-                self.outbox.push_back(Message::Ack(ack));
+                self.outbox.push_back(replica.ack_frame(ack));
                 Ok(())
             }
             Message::Reply { split, send, want, keys } => self.on_reply(replica, split, send, want, keys),
@@ -549,7 +549,7 @@ impl Session {
             Message::DeviceHello(_) | Message::MemberHello(_) | Message::Upload { .. } | Message::Admitted(_) => {
                 Err(SyncError::Unexpected { got: msg_name, state: "in a member session's flow" })
             }
-            Message::Ack(vector) => {
+            Message::Ack(vector, proof) => {
                 if !matches!(self.source, Source::AwaitAck) {
                     return Err(SyncError::Unexpected { got: "Ack", state: self.source_state() });
                 }
@@ -560,9 +560,10 @@ impl Session {
                         crate::device::check_device_vector(replica, peer, &vector)?;
                         let ack = crate::device::cap_device_ack(replica, &vector);
                         replica.acknowledge_device(peer, &ack);
+                        replica.note_device_signed(peer, vector, proof.as_ref());
                     } else {
                         replica.notice_own_seq(vector.get(replica.id()))?;
-                        replica.acknowledge(peer, &vector);
+                        replica.acknowledge_signed(peer, &vector, proof.as_ref());
                     }
                 }
                 self.source = Source::Finished;
@@ -613,7 +614,7 @@ impl Session {
         replica.notice_own_seqs(&hello.vector, &hello.members)?;
         // The handshake vector is durable state of the peer: an acknowledgement.
         replica.acknowledge(peer, &hello.vector);
-        replica.merge_gossip(&hello.members);
+        replica.merge_gossip(peer, &hello.members);
         replica.note_records_acked(peer, hello.records_seen);
         if std::mem::take(&mut self.records_deferred) {
             self.outbox.extend(replica.device_records_for(Some(peer), hello.records_seen));

@@ -79,8 +79,9 @@ struct Device {
 impl Device {
     fn open(&mut self) -> Result<(), Violation> {
         let store = self.crashed_store.take().unwrap_or_default();
-        let replica = Replica::open(store, self.id, device_config(), self.clock.clone())
+        let mut replica = Replica::open(store, self.id, device_config(), self.clock.clone())
             .map_err(|e| violation("I3 restart", format!("device {} did not reopen: {e}", self.id)))?;
+        replica.set_signer(super::stand_in_signer(self.id));
         self.replica = Some(replica);
         Ok(())
     }
@@ -923,7 +924,18 @@ impl<C: Choices> Sim<'_, C> {
         let mut claimed = vector.clone();
         claimed.advance(victim, Seq(claimed.get(victim).0.saturating_add(extra)));
         let hello = |who: ReplicaId, vector: VersionVector, ack: VersionVector, uploads: bool| {
-            Message::DeviceHello(DeviceHello(PROTOCOL_VERSION, who, vector, ack, None, false, uploads, wall_ms, false))
+            Message::DeviceHello(DeviceHello(
+                PROTOCOL_VERSION,
+                who,
+                vector,
+                ack,
+                None,
+                false,
+                uploads,
+                wall_ms,
+                false,
+                vec![],
+            ))
         };
         let forged = |stamped: ReplicaId, numbered: ReplicaId, hlc_ms: u64| Entry {
             key: b"k00".to_vec(),
@@ -964,7 +976,10 @@ impl<C: Choices> Sim<'_, C> {
             _ => {
                 let mut more = claimed.clone();
                 more.advance(node.id, Seq(more.get(node.id).0.saturating_add(extra)));
-                vec![(hello(hostile, claimed.clone(), claimed.clone(), false), false), (Message::Ack(more), false)]
+                vec![
+                    (hello(hostile, claimed.clone(), claimed.clone(), false), false),
+                    (Message::Ack(more, None), false),
+                ]
             }
         };
         let mut service = DeviceService::new(rm, Some(hostile))
