@@ -120,7 +120,7 @@ impl<S: Storage> Replica<S> {
             }
             let signed = g.as_signed();
             let verified = if g.replica == peer {
-                signed.verify(self.signer.as_ref())
+                signed.verify_by(self.signer.as_ref(), self.signed_time_limit_ms())
             } else if self.membership.is_enrolled(g.replica) {
                 // Only claims that could count are checked (and counted when they fail).
                 self.verify_relayed(&signed)
@@ -153,7 +153,7 @@ impl<S: Storage> Replica<S> {
                 time_ms: *time_ms,
                 signature: signature.clone(),
             };
-            if signed.verify(self.signer.as_ref()) {
+            if signed.verify_by(self.signer.as_ref(), self.signed_time_limit_ms()) {
                 self.membership.note_signed(signed);
             }
         }

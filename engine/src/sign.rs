@@ -167,6 +167,14 @@ impl SignedAck {
             && with.verify(self.signer, &ack_message(self.signer, &self.vector, self.time_ms), &self.signature)
     }
 
+    /// [`SignedAck::verify`], and signed no later than `latest_ms`: a signed time from the future
+    /// would count as "heard now" wherever it is relayed and, being the latest, would never be
+    /// replaced by the signer's honest later acknowledgements.
+    #[must_use]
+    pub fn verify_by(&self, with: &dyn AckSigner, latest_ms: u64) -> bool {
+        self.time_ms <= latest_ms && self.verify(with)
+    }
+
     /// Whether this acknowledgement replaces `kept` as the latest of its signer: signed later,
     /// or at the same time with a vector that covers more.
     #[must_use]
@@ -191,6 +199,12 @@ pub struct AckProof(
 );
 
 impl<S: crate::storage::Storage> crate::Replica<S> {
+    /// The latest signed time this replica accepts: its clock plus the drift bound and the
+    /// peers' clock slack, as for stamps.
+    pub(crate) fn signed_time_limit_ms(&self) -> u64 {
+        self.now_ms().saturating_add(self.config().max_drift_ms).saturating_add(self.config().peer_clock_slack_ms)
+    }
+
     /// Sets what signs this replica's acknowledgements and verifies other replicas'
     /// ([`AckSigner`]). Until it is called, [`NoSigner`]: only what a peer says about itself
     /// counts. Set it right after opening, before any session.
@@ -226,7 +240,7 @@ impl<S: crate::storage::Storage> crate::Replica<S> {
 
     /// Whether a relayed claim verifies for its signer; one that does not is counted.
     pub(crate) fn verify_relayed(&mut self, claim: &SignedAck) -> bool {
-        let ok = claim.verify(self.signer.as_ref());
+        let ok = claim.verify_by(self.signer.as_ref(), self.signed_time_limit_ms());
         if !ok {
             self.acks_unverified += 1;
         }

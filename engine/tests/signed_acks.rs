@@ -261,3 +261,27 @@ fn signatures_beyond_the_bound_are_refused_as_they_decode() {
     assert!(Message::decode(&hello(fits).encode().unwrap()).is_ok());
     assert!(Message::decode(&hello(long).encode().unwrap()).is_err());
 }
+
+#[test]
+fn a_genuine_ack_signed_at_a_time_in_the_future_is_not_counted_when_relayed() {
+    let clock = ManualClock::new(T0);
+    let (mut a, mut b, mut c) = (member(A, &clock), member(B, &clock), member(C, &clock));
+    a.put("k", "v", PutOptions::default()).unwrap();
+    sync_in_process(&mut a, &mut c, false).unwrap();
+    a.delete("k").unwrap();
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    let c_before = a.membership().get(C).cloned().unwrap();
+    // c's own key, a vector covering the delete, and a time ten days ahead: it would count as
+    // "heard now" wherever it went, and as c's latest, no honest later ack would replace it.
+    let ten_days = 10 * 24 * 3600 * 1000;
+    let future = MemberInfo::from(SignedAck::sign(&InsecureTestSigner::new(C), C, a.vector().clone(), T0 + ten_days));
+    let unverified = a.acks_unverified();
+    let mut s = Session::new(&mut a, Some(B)).unwrap();
+    s.handle(&mut a, &hostile_hello(&b, A, vec![future])).unwrap();
+    assert_eq!(a.membership().get(C), Some(&c_before), "the future-dated ack changed c's record");
+    assert_eq!(a.acks_unverified(), unverified + 1);
+    for _ in 0..3 {
+        a.collect_garbage().unwrap();
+    }
+    assert_eq!(a.tombstone_count(), 1, "collected on c's word dated ten days ahead");
+}

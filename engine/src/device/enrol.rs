@@ -97,7 +97,7 @@ impl<S: Storage> Replica<S> {
     ) {
         let Some(crate::sign::AckProof(time_ms, signature)) = proof else { return };
         let signed = crate::sign::SignedAck { signer: device, vector, time_ms: *time_ms, signature: signature.clone() };
-        if signed.verify(self.signer.as_ref()) {
+        if signed.verify_by(self.signer.as_ref(), self.signed_time_limit_ms()) {
             self.devices.note_signed(signed);
         }
     }
@@ -157,10 +157,11 @@ impl<S: Storage> Replica<S> {
         // §9), capped as a direct one is (`cap_device_ack`): at what some member holds, so it
         // names members only and none of this member's writes beyond what it issued.
         let signer = std::sync::Arc::clone(&self.signer);
+        let latest_ms = self.signed_time_limit_ms();
         let cap = self.membership.join(self.vector());
         let mut unverified = 0;
         let mut accept = |claim: &crate::sign::SignedAck| {
-            if claim.verify(signer.as_ref()) {
+            if claim.verify_by(signer.as_ref(), latest_ms) {
                 Some(claim.vector.meet(&cap))
             } else {
                 unverified += 1;

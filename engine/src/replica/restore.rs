@@ -118,7 +118,7 @@ impl<S: Storage> Replica<S> {
         // name writes no peer ever received); the others' records are what they hold.
         let seen = gossip
             .iter()
-            .filter(|g| g.replica != me && g.as_signed().verify(self.signer.as_ref()))
+            .filter(|g| g.replica != me && g.as_signed().verify_by(self.signer.as_ref(), self.signed_time_limit_ms()))
             .map(|g| g.acked.get(me))
             .fold(vector.get(me), Seq::max);
         self.notice_own_seq(seen)
