@@ -110,7 +110,8 @@ impl<S: Storage> Replica<S> {
     /// (docs/design.md §9): otherwise it changes nothing here and is counted in
     /// [`Replica::acks_unverified`]. A member's record only grows; this replica is never a
     /// member of itself; a record about a replica that is not enrolled here is ignored (gossip
-    /// never creates a member); and a time later than this replica's own clock counts as now, so
+    /// never creates a member); a signed time past this replica's clock plus the drift bounds
+    /// does not verify ([`crate::SignedAck::verify_by`]), and one within them counts as now, so
     /// a peer cannot keep a member from being evicted by claiming to hear from it in the future.
     pub fn merge_gossip(&mut self, peer: ReplicaId, gossip: &[MemberInfo]) {
         let now_ms = self.now_ms();

@@ -106,16 +106,23 @@ fn a_handshake_with_more_members_than_the_limit_is_refused_and_changes_nothing()
 }
 
 #[test]
-fn gossiped_last_heard_is_capped_at_the_receivers_clock_so_a_silent_member_is_still_evicted() {
+fn gossiped_last_heard_from_the_future_is_not_counted_so_a_silent_member_is_still_evicted() {
     let clock = ManualClock::new(T0);
     let mut r = replica(&clock);
     let silent = ReplicaId(3);
     r.enrol_member(PEER).unwrap();
     r.enrol_member(silent).unwrap();
-    let gossip = vec![member(3, VersionVector::new(), u64::MAX)];
+    let heard = vec![member(3, VersionVector::new(), T0)];
     let mut s = Session::new(&mut r, Some(PEER)).unwrap();
-    s.handle(&mut r, &frame(&Message::Hello(hello(VersionVector::new(), gossip, 0)))).unwrap();
+    s.handle(&mut r, &frame(&Message::Hello(hello(VersionVector::new(), heard, 0)))).unwrap();
     assert_eq!(r.membership().get(silent).map(|m| m.last_heard_ms), Some(T0));
+    // A genuine signature on a time past this replica's clock and every drift bound.
+    let future = vec![member(3, VersionVector::new(), u64::MAX)];
+    let unverified = r.acks_unverified();
+    let mut s = Session::new(&mut r, Some(PEER)).unwrap();
+    s.handle(&mut r, &frame(&Message::Hello(hello(VersionVector::new(), future, 0)))).unwrap();
+    assert_eq!(r.membership().get(silent).map(|m| m.last_heard_ms), Some(T0), "not heard in the future");
+    assert_eq!(r.acks_unverified(), unverified + 1, "the claim is counted as unverified");
     clock.advance(r.config().lease_ms + 1);
     let report = r.collect_garbage().unwrap();
     assert!(report.evicted.contains(&silent), "evicted once the lease passed: {report:?}");
