@@ -149,6 +149,7 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
         )
     };
     let _listener = AbortOnDrop(listener);
+    let _current = Current::set(inner, conn.peer);
     let mut committed = inner.committed.subscribe();
     let mut stop = inner.shutdown.subscribe();
     let mut finished_any = false;
@@ -228,6 +229,22 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
         inner.event(SyncEvent::Disconnected { server: server.clone(), reason });
     }
     finished_any
+}
+
+/// The member a device is connected to, for `status`, while this lives.
+struct Current<'a>(&'a Inner);
+
+impl<'a> Current<'a> {
+    fn set(inner: &'a Inner, server: lethe_transport::NodeId) -> Current<'a> {
+        *lock(&inner.server) = Some(server);
+        Current(inner)
+    }
+}
+
+impl Drop for Current<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.server) = None;
+    }
 }
 
 /// Aborts a task when dropped.

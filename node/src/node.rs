@@ -380,6 +380,9 @@ pub struct Status {
     /// On a device: the last session that finished.
     #[serde(default)]
     pub last_sync: Option<crate::sync_events::LastSync>,
+    /// On a device: the node id of the member it is connected to now.
+    #[serde(default)]
+    pub server: Option<String>,
 }
 
 pub(crate) fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -493,6 +496,8 @@ pub(crate) struct Inner {
     pub(crate) events: tokio::sync::broadcast::Sender<crate::sync_events::SyncEvent>,
     /// On a device: the last session that finished.
     pub(crate) last_sync: Mutex<Option<crate::sync_events::LastSync>>,
+    /// On a device: the member connected now.
+    pub(crate) server: Mutex<Option<NodeId>>,
 }
 
 /// Says when a recovery from a restore begins and ends (`engine/src/replica/restore.rs`).
@@ -653,6 +658,7 @@ impl Inner {
         status.wire_bytes_sent = self.wire_bytes_sent.load(Ordering::Relaxed);
         status.store_reopens = self.store_reopens.load(Ordering::Relaxed);
         status.last_sync = lock(&self.last_sync).clone();
+        status.server = lock(&self.server).map(|s| s.to_string());
         status.in_sync = status.role == NodeRole::Device && status.pending_uploads == 0 && status.last_sync.is_some();
     }
 
@@ -720,6 +726,10 @@ impl Node {
         }
         let identity = config.data.identity()?;
         let id = identity.id();
+        let mut config = config;
+        if !config.servers.is_empty() {
+            config.engine.role = lethe_engine::Role::Device;
+        }
         let device = config.engine.role == lethe_engine::Role::Device;
         if device && !(config.peers.is_empty() && config.trust.is_empty()) {
             return Err(NodeError::DeviceWithPeers);
@@ -796,6 +806,7 @@ impl Node {
             devices,
             events: tokio::sync::broadcast::channel(crate::sync_events::SYNC_EVENTS_QUEUED_MAX).0,
             last_sync: Mutex::new(None),
+            server: Mutex::new(None),
         });
         // Devices enrolled here or learned from members, as the engine has them enrolled.
         crate::device_service::refresh_trust(&inner);

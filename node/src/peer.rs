@@ -104,6 +104,11 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
             Ok(conn) if conn.peer == inner.id => {
                 tokio::spawn(crate::owner::serve(inner.clone(), conn));
             }
+            // A device serves no peers (docs/design.md §8): only its owner.
+            Ok(conn) if inner.config.engine.role == lethe_engine::Role::Device => {
+                debug!(peer = %conn.peer, "a device serves no peers; closing");
+                conn.close(CloseCode::Refused, "this node is a device: it serves no peers");
+            }
             // An enrolled device's key: its sessions are device sessions (`device_stream.rs`).
             Ok(conn) if crate::device_service::is_device_connection(&inner, &conn.peer) => {
                 tokio::spawn(crate::device_service::serve(inner.clone(), conn));

@@ -128,6 +128,7 @@ async fn a_device_enrolled_at_runtime_syncs_both_ways_live() {
     let status = phone.status().unwrap();
     assert_eq!((status.role, status.pending_uploads), (NodeRole::Device, 0));
     assert!(status.last_sync.is_some());
+    assert_eq!(status.server, Some(server.id().to_string()));
     assert_eq!(server.status().unwrap().role, NodeRole::Member);
 
     // The enrolment persists: a restarted server still lets the phone in.
@@ -331,5 +332,47 @@ async fn sync_events_say_connected_uploaded_in_sync_then_refused_after_removal()
         }
     }
     phone.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_silent_past_the_device_lease_stops_holding_collection_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let (writer_dir, writer_id) = dir(tmp.path(), "writer");
+    let (offline_dir, offline_id) = dir(tmp.path(), "offline");
+    let clock = lethe_engine::ManualClock::new(1_700_000_000_000);
+    let lease = Duration::from_secs(600);
+    let config = quick(NodeConfig::new(md.clone(), listen())).with_clock(std::sync::Arc::new(clock.clone()));
+    let server = config.with_device_lease(lease).start().await.unwrap();
+    server.enrol_device(writer_id, None).unwrap();
+    server.enrol_device(offline_id, None).unwrap();
+    let device_clock = NodeClock(std::sync::Arc::new(clock.clone()));
+    sync_once(&offline_dir, &[addr(&server)], device_clock.clone()).await.unwrap();
+    let writer = quick(NodeConfig::new(writer_dir.clone(), listen()).with_server(addr(&server)))
+        .with_clock(std::sync::Arc::new(clock.clone()))
+        .start()
+        .await
+        .unwrap();
+    writer.put("k", "v", PutOptions::default()).await.unwrap();
+    writer.delete("k").await.unwrap();
+    until("the delete arrives", || server.status().unwrap().tombstones == 1).await;
+    until("the offline device holds collection back", || {
+        server.devices().iter().any(|d| d.replica == offline_id.replica_id().to_string() && d.holds_collection_back)
+    })
+    .await;
+    // Within the lease the tombstone stays, whatever the GC does.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.status().unwrap().tombstones, 1);
+    // Past it, the silent device stops counting and the tombstone goes (the writer, connected,
+    // acknowledges again as the member tells it of news).
+    clock.advance(lease.as_millis() as u64 + 1_000);
+    writer.put("nudge", "1", PutOptions::default()).await.unwrap();
+    until("the silent device no longer holds collection back", || {
+        server.devices().iter().all(|d| d.replica != offline_id.replica_id().to_string() || !d.holds_collection_back)
+    })
+    .await;
+    until("the tombstone is collected", || server.status().unwrap().tombstones == 0).await;
+    writer.shutdown().await;
     server.shutdown().await;
 }
