@@ -211,8 +211,8 @@ impl DeviceDirectory {
     }
 
     /// The frames that share this directory with a member: every entry (`after` `None`) or
-    /// those changed after version `after`; at least one frame, the last marked. With the
-    /// version they bring the member up to.
+    /// those changed after version `after`, the last frame marked; none if there are none.
+    /// With the version they bring the member up to.
     pub(crate) fn frames_since(&self, after: Option<u64>) -> (Vec<Vec<u8>>, u64) {
         let wire: Vec<EntryWire> = self
             .entries
@@ -220,11 +220,8 @@ impl DeviceDirectory {
             .filter(|e| after.is_none_or(|a| e.changed > a))
             .map(|e| EntryWire(e.node, e.name.clone()))
             .collect();
-        let mut chunks: Vec<&[EntryWire]> = wire.chunks(DIRECTORY_ENTRIES_PER_FRAME).collect();
-        if chunks.is_empty() {
-            chunks.push(&[]);
-        }
-        let last = chunks.len() - 1;
+        let chunks: Vec<&[EntryWire]> = wire.chunks(DIRECTORY_ENTRIES_PER_FRAME).collect();
+        let last = chunks.len().saturating_sub(1);
         let frames = chunks
             .into_iter()
             .enumerate()

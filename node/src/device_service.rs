@@ -373,7 +373,11 @@ pub(crate) async fn share_directory(inner: Arc<Inner>, conn: PeerConnection) {
     let mut sent_upto = None;
     loop {
         let (frames, upto) = lock(&inner.devices.directory).frames_since(sent_upto);
+        // Nothing to say: no stream (a mesh without devices sees no new stream kind).
         let sent = async {
+            if frames.is_empty() {
+                return Ok(());
+            }
             let (mut w, _r) = conn.open().await?;
             w.send(&[STREAM_DIRECTORY]).await?;
             for f in &frames {

@@ -80,6 +80,22 @@ async fn sync(dir: &DataDir, servers: &[PeerAddr]) -> Result<lethe_node::SyncRep
     }
 }
 
+/// Waits until `n` has run no session for 500 ms (the sessions a write sets off are over), so
+/// what follows starts from a quiet connection.
+async fn quiet(n: &Node) {
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = n.status().unwrap().sessions_finished;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = n.status().unwrap().sessions_finished;
+        if now == last {
+            return;
+        }
+        assert!(Instant::now() < deadline, "sessions never stopped");
+        last = now;
+    }
+}
+
 fn value(n: &Node, key: &str) -> Option<Vec<u8>> {
     n.get(key.as_bytes()).unwrap().map(|i| i.value)
 }
@@ -189,6 +205,8 @@ async fn a_removed_device_is_cut_off_refused_and_its_writes_reach_no_one() {
     })
     .await;
 
+    quiet(&server).await;
+    let failed_before = server.status().unwrap().sessions_failed;
     assert!(server.remove_device(lost_id).unwrap());
     assert!(server.devices().is_empty());
     // Its connection closes at once, and the device hears it was refused.
@@ -204,6 +222,9 @@ async fn a_removed_device_is_cut_off_refused_and_its_writes_reach_no_one() {
     .await
     .unwrap();
     assert!(reason.contains("removed") || reason.contains("not trusted"), "{reason}");
+    until("the device is disconnected", || lost.status().unwrap().server.is_none()).await;
+    // The removal itself closed the connection: no session of the device's had to be refused.
+    assert_eq!(server.status().unwrap().sessions_failed, failed_before);
     lost.put("after", "2", PutOptions::default()).await.unwrap();
     lost.shutdown().await;
     drop(lost);
