@@ -8,7 +8,7 @@
 //!   is one upload): a local write is uploaded soon;
 //! - when the member says it has news (its news stream): a member's new writes reach a
 //!   connected device soon;
-//! - every `anti_entropy_interval`, an anti-entropy session (the member grants one at most
+//! - every `device_anti_entropy_interval` (an hour by default), an anti-entropy session (the member grants one at most
 //!   once a minute, else answers as to a plain one).
 //!
 //! Offline, writes stay queued: they are durable in the engine's upload queue and go at the
@@ -156,6 +156,7 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
     let mut announced = false;
     let mut anti_entropy = false;
     let mut retry = BACKOFF_MIN;
+    let mut next_anti_entropy = tokio::time::Instant::now() + inner.config.device_anti_entropy_interval;
     loop {
         let stall = inner.config.session_stall_timeout;
         let mut progress = |s: &DeviceStats| {
@@ -208,7 +209,10 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
                         break false;
                     }
                 }
-                () = tokio::time::sleep(inner.config.anti_entropy_interval) => break true,
+                () = tokio::time::sleep_until(next_anti_entropy) => {
+                    next_anti_entropy = tokio::time::Instant::now() + inner.config.device_anti_entropy_interval;
+                    break true;
+                }
                 reason = conn.conn.closed() => {
                     let reason = refusal(&reason).unwrap_or_else(|| reason.to_string());
                     if announced {

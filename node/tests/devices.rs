@@ -169,7 +169,10 @@ async fn writes_made_while_the_member_is_down_are_queued_and_arrive_once_it_is_b
     server.enrol_device(phone_id, None).unwrap();
     let phone = device(&dd, addr(&server)).await;
     phone.put("k0", "before", PutOptions::default()).await.unwrap();
-    until("the first write arrives", || value(&server, "k0").is_some()).await;
+    until("the first write is admitted", || {
+        value(&server, "k0").is_some() && phone.status().unwrap().pending_uploads == 0
+    })
+    .await;
     server.shutdown().await;
     drop(server);
 
