@@ -17,13 +17,14 @@
 //! handshake; the node says so ([`SyncEvent::Refused`]) and backs off, as from an unreachable
 //! server.
 
-use crate::device_stream::{ReplicaCell, STREAM_DEVICE_NEWS, STREAM_DEVICE_SESSION, pump};
+use crate::device_stream::{ReplicaCell, STREAM_DEVICE_NEWS, STREAM_DEVICE_SESSION, pump, read_news};
 use crate::node::{Failure, Inner, PeerAddr, lock};
 use crate::sync_events::{LastSync, SyncEvent};
 use lethe_engine::device::{DeviceSession, DeviceStats};
 use lethe_transport::endpoint::ConnectionError;
 use lethe_transport::{CloseCode, PeerConnection};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -132,17 +133,27 @@ pub(crate) async fn run(inner: Arc<Inner>, servers: Vec<PeerAddr>) {
 async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
     let server = conn.peer.to_string();
     let news = Arc::new(Notify::new());
-    // The member's news stream: each frame on it asks for a session.
+    // The member's live count, from its news (u64::MAX: not heard yet).
+    let total = Arc::new(AtomicU64::new(u64::MAX));
+    // The member's news stream: each frame after the first asks for a session.
     let listener = {
-        let (conn, news) = (conn.clone(), news.clone());
+        let (conn, news, total) = (conn.clone(), news.clone(), total.clone());
         tokio::spawn(
             async move {
                 let Ok((mut w, mut r)) = conn.open().await else { return };
                 if w.send(&[STREAM_DEVICE_NEWS]).await.is_err() || w.flush().await.is_err() {
                     return;
                 }
-                while let Ok(Some(_)) = r.next().await {
-                    news.notify_one();
+                let mut first = true;
+                while let Ok(Some(frame)) = r.next().await {
+                    let Some(live) = read_news(&frame) else {
+                        conn.close(CloseCode::Malformed, "a news frame is not 8 bytes");
+                        return;
+                    };
+                    total.store(live, Ordering::Relaxed);
+                    if !std::mem::take(&mut first) {
+                        news.notify_one();
+                    }
                 }
             }
             .in_current_span(),
@@ -162,7 +173,9 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
         let mut progress = |s: &DeviceStats| {
             let d = &s.download;
             if d.live_received > 0 {
-                inner.event(SyncEvent::Progress { entries: d.live_received, bytes: d.bytes_received });
+                let total = total.load(Ordering::Relaxed);
+                let total_entries = (total != u64::MAX).then_some(total.max(d.live_received));
+                inner.event(SyncEvent::Progress { entries: d.live_received, bytes: d.bytes_received, total_entries });
             }
         };
         match run_session(&**inner, conn, anti_entropy, stall, &mut progress).await {
@@ -180,7 +193,7 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
                 return finished_any;
             }
             Err(DeviceFailure::Other(failure)) => {
-                inner.sessions_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                inner.sessions_failed.fetch_add(1, Ordering::Relaxed);
                 if let Some(code) = failure.close_code() {
                     warn!("session with member {server} failed, closing the connection ({code:?}): {failure}");
                     conn.close(code, &failure.to_string());
@@ -278,8 +291,8 @@ impl Inner {
         self.count_received(s.download.live_received, s.download.tombstones_received, s.total_received());
         self.count_sent_total(s.total_sent());
         self.count_wire(done.wire_sent, done.wire_received);
-        self.round_trips.fetch_add(done.round_trips, std::sync::atomic::Ordering::Relaxed);
-        self.sessions_finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.round_trips.fetch_add(done.round_trips, Ordering::Relaxed);
+        self.sessions_finished.fetch_add(1, Ordering::Relaxed);
         let now_ms = self.config.clock.0.now_ms();
         let pending = self.with_replica(|r| r.pending_uploads().unwrap_or(u64::MAX));
         *lock(&self.last_sync) = Some(LastSync {

@@ -362,8 +362,10 @@ async fn serve_session(inner: &Arc<Inner>, conn: &PeerConnection, stream: FrameS
     }
 }
 
-/// Tells the device each time this member committed something (lingering a moment so a burst
-/// is one word), until the stream or the connection ends or the node stops.
+/// Tells the device at once, then each time this member committed something (lingering a
+/// moment so a burst is one word), how many live entries it holds (what a bootstrap would send:
+/// the device's estimate of a download's total), until the stream or the connection ends or the
+/// node stops.
 async fn tell_news(
     inner: &Arc<Inner>,
     conn: &PeerConnection,
@@ -371,15 +373,19 @@ async fn tell_news(
 ) {
     let mut committed = inner.committed.subscribe();
     let mut stop = inner.shutdown.subscribe();
+    let mut first = true;
     loop {
-        tokio::select! {
-            changed = committed.changed() => if changed.is_err() { return },
-            _ = conn.conn.closed() => return,
-            _ = stop.changed() => return,
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                changed = committed.changed() => if changed.is_err() { return },
+                _ = conn.conn.closed() => return,
+                _ = stop.changed() => return,
+            }
+            tokio::time::sleep(NEWS_LINGER).await;
+            committed.borrow_and_update();
         }
-        tokio::time::sleep(NEWS_LINGER).await;
-        committed.borrow_and_update();
-        if w.send(&[0]).await.is_err() || w.flush().await.is_err() {
+        let live = inner.with_replica(|r| r.counts().live);
+        if w.send(&crate::device_stream::news_frame(live)).await.is_err() || w.flush().await.is_err() {
             return;
         }
     }

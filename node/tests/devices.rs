@@ -341,6 +341,11 @@ async fn sync_events_say_connected_uploaded_in_sync_then_refused_after_removal()
         "{seen:?}"
     );
     assert!(seen.iter().any(|e| matches!(e, SyncEvent::Progress { entries: 20, .. })), "{seen:?}");
+    // The estimate, once the member's news arrived, is its live count.
+    assert!(
+        seen.iter().all(|e| !matches!(e, SyncEvent::Progress { total_entries: Some(t), .. } if *t != 20)),
+        "{seen:?}"
+    );
     phone.put("p", "1", PutOptions::default()).await.unwrap();
     loop {
         if let SyncEvent::Uploaded { count: 1, admitted: 1 } = next().await {
