@@ -24,7 +24,7 @@ use lethe_engine::device::{DeviceSession, DeviceStats};
 use lethe_transport::endpoint::ConnectionError;
 use lethe_transport::{CloseCode, PeerConnection};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -164,13 +164,21 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
     let mut committed = inner.committed.subscribe();
     let mut stop = inner.shutdown.subscribe();
     let mut finished_any = false;
-    let mut announced = false;
+    // Said once the member first answered (TLS 1.3 lets a refused client think it connected).
+    let announced = AtomicBool::new(false);
+    let announce = || {
+        if !announced.swap(true, Ordering::Relaxed) {
+            info!("connected to member {server}");
+            inner.event(SyncEvent::Connected { server: server.clone() });
+        }
+    };
     let mut anti_entropy = false;
     let mut retry = BACKOFF_MIN;
     let mut next_anti_entropy = tokio::time::Instant::now() + inner.config.device_anti_entropy_interval;
     loop {
         let stall = inner.config.session_stall_timeout;
         let mut progress = |s: &DeviceStats| {
+            announce();
             let d = &s.download;
             if d.live_received > 0 {
                 let total = total.load(Ordering::Relaxed);
@@ -180,11 +188,7 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
         };
         match run_session(&**inner, conn, anti_entropy, stall, &mut progress).await {
             Ok(done) => {
-                if !announced {
-                    announced = true;
-                    info!("connected to member {server}");
-                    inner.event(SyncEvent::Connected { server: server.clone() });
-                }
+                announce();
                 finished_any = true;
                 inner.device_session_finished(&server, &done);
             }
@@ -228,7 +232,7 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
                 }
                 reason = conn.conn.closed() => {
                     let reason = refusal(&reason).unwrap_or_else(|| reason.to_string());
-                    if announced {
+                    if announced.load(Ordering::Relaxed) {
                         info!("disconnected from member {server}: {reason}");
                         inner.event(SyncEvent::Disconnected { server: server.clone(), reason });
                     }
@@ -241,7 +245,7 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
             }
         };
     }
-    if announced {
+    if announced.load(Ordering::Relaxed) {
         let reason = conn.conn.close_reason().map_or_else(|| "closed".to_string(), |r| r.to_string());
         inner.event(SyncEvent::Disconnected { server: server.clone(), reason });
     }

@@ -28,8 +28,8 @@ use lethe_transport::endpoint::{Connection, FrameStream, VarInt};
 use lethe_transport::{CloseCode, NodeId, PeerConnection};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 /// One enrolled device as a member sees it ([`crate::Node::devices`]).
@@ -71,8 +71,6 @@ pub(crate) struct DeviceTable {
     /// The engine's device records clock at the last trust refresh.
     refreshed: std::sync::atomic::AtomicU64,
 }
-
-use std::sync::Mutex;
 
 impl DeviceTable {
     /// The table of the data directory at `dir`, with `fixed` trusted anyway.
