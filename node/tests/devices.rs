@@ -402,3 +402,36 @@ async fn a_device_silent_past_the_device_lease_stops_holding_collection_back() {
     writer.shutdown().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_sending_garbage_is_cut_off_and_the_member_serves_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let hostile_dir = DataDir::new(tmp.path().join("hostile"));
+    let hostile = hostile_dir.init().unwrap();
+    let (dd, phone_id) = dir(tmp.path(), "phone");
+    let server = member(&md).await;
+    server.enrol_device(hostile.id(), None).unwrap();
+    server.enrol_device(phone_id, None).unwrap();
+    server.put("k", "v", PutOptions::default()).await.unwrap();
+    let before = server.status().unwrap();
+
+    let endpoint = lethe_transport::Endpoint::bind(listen(), hostile, lethe_transport::TrustList::default()).unwrap();
+    let conn = endpoint.connect(server.local_addr(), server.id()).await.unwrap();
+    let (mut w, _r) = conn.open().await.unwrap();
+    w.send(&[3]).await.unwrap();
+    w.send(b"\xff\x00not a device hello").await.unwrap();
+    w.flush().await.unwrap();
+    let reason = tokio::time::timeout(DEADLINE, conn.conn.closed()).await.unwrap();
+    assert!(
+        matches!(&reason, lethe_transport::endpoint::ConnectionError::ApplicationClosed(c)
+            if c.error_code.into_inner() == lethe_transport::CloseCode::Malformed as u64),
+        "{reason}"
+    );
+    let after = server.status().unwrap();
+    assert_eq!((after.live, &after.vector), (before.live, &before.vector), "nothing of it changed the member");
+    // Everyone else is served as before.
+    let report = sync(&dd, &[addr(&server)]).await.unwrap();
+    assert_eq!(report.live_received, 1);
+    server.shutdown().await;
+}
