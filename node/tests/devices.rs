@@ -435,3 +435,28 @@ async fn a_device_sending_garbage_is_cut_off_and_the_member_serves_the_others() 
     assert_eq!(report.live_received, 1);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_moves_to_its_next_server_when_one_goes_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ad, _) = dir(tmp.path(), "a");
+    let (bd, b_id) = dir(tmp.path(), "b");
+    let (dd, phone_id) = dir(tmp.path(), "phone");
+    let a = quick(NodeConfig::new(ad.clone(), listen()).with_trust(b_id)).start().await.unwrap();
+    let b = quick(NodeConfig::new(bd.clone(), listen()).with_peer(addr(&a))).start().await.unwrap();
+    a.enrol_device(phone_id, None).unwrap();
+    until("b lets the phone in", || b.devices().first().is_some_and(|d| d.node_id.is_some())).await;
+    let phone =
+        quick(NodeConfig::new(dd.clone(), listen()).with_server(addr(&a)).with_server(addr(&b))).start().await.unwrap();
+    a.put("from-a", "1", PutOptions::default()).await.unwrap();
+    until("a's write reaches the phone", || value(&phone, "from-a").is_some()).await;
+    assert_eq!(phone.status().unwrap().server, Some(a.id().to_string()));
+    a.shutdown().await;
+    until("the phone is on b", || phone.status().unwrap().server == Some(b.id().to_string())).await;
+    b.put("from-b", "2", PutOptions::default()).await.unwrap();
+    until("b's write reaches the phone", || value(&phone, "from-b").is_some()).await;
+    phone.put("from-phone", "3", PutOptions::default()).await.unwrap();
+    until("the phone's write reaches b", || value(&b, "from-phone").is_some()).await;
+    phone.shutdown().await;
+    b.shutdown().await;
+}
