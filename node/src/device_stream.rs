@@ -120,6 +120,9 @@ pub(crate) struct Pumped {
     pub(crate) wire_received: u64,
 }
 
+/// How long a finished side waits for its peer to end the stream too.
+const PEER_END_WAIT: Duration = Duration::from_secs(5);
+
 /// Frames read ahead of the one being handled.
 const READ_AHEAD_FRAMES: usize = 2;
 
@@ -200,10 +203,15 @@ pub(crate) async fn pump<C: ReplicaCell, F: DeviceFlow>(
         out.round_trips += u64::from(std::mem::take(&mut sent));
         handle(flow, &mut out, next)?;
     }
-    drop(reader);
     let mut send = w.into_inner().await?;
     // The peer may have finished first and reset the stream; what was sent is delivered.
     let _ = send.finish();
+    // Then wait (a little) for the peer to end its side: it does once it has handled this
+    // side's last frame (the device's `Ack`), so a caller that closes the connection next (a
+    // one-shot sync) does not cut that frame off in flight and leave the member holding an
+    // older acknowledgement (found by the tombstone-collection test in node/tests/devices.rs).
+    let _ = tokio::time::timeout(stall.min(PEER_END_WAIT), incoming.recv()).await;
+    drop(reader);
     out.stats = flow.stats();
     Ok(out)
 }

@@ -301,15 +301,26 @@ async fn sync_once_reports_its_figures_and_a_fresh_device_gets_no_tombstone() {
         writer.delete(format!("k{i:02}")).await.unwrap();
     }
     until("the deletes arrive", || server.status().unwrap().live == 10).await;
+    // The writer's last acknowledgement (which covers its deletes) lands before it stops.
+    until("the writer's queue is empty", || writer.status().unwrap().pending_uploads == 0).await;
+    quiet(&server).await;
     writer.shutdown().await;
     assert!(server.status().unwrap().tombstones > 0, "the offline device holds the tombstones back");
 
     let report = sync(&fresh_dir, &[addr(&server)]).await.unwrap();
+    // The one-shot sync's acknowledgement reached the member before it closed.
+    let fresh = fresh_id.replica_id().to_string();
+    let acked = server.devices().into_iter().find(|d| d.replica == fresh).and_then(|d| d.acked);
+    assert_eq!(acked, Some(server.status().unwrap().vector), "the fresh device acknowledged what it received");
     assert_eq!(report.live_received, 10);
     assert_eq!(report.tombstones_received, 0, "a fresh device's bootstrap carries no dead record");
     assert_eq!(report.uploaded, 0);
     assert!(report.wire_bytes > 0 && report.round_trips >= 1, "{report:?}");
     assert!(server.status().unwrap().tombstones > 0);
+    // Removing the offline device releases collection at once: the tombstones go within a few
+    // GC steps.
+    server.remove_device(offline_id).unwrap();
+    until("the tombstones are collected", || server.status().unwrap().tombstones == 0).await;
     server.shutdown().await;
 }
 
