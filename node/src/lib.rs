@@ -4,6 +4,11 @@
 //! - [`data_dir`]: a node's identity, store and address on disk;
 //! - [`health`]: whether the node takes local writes, and why not ([`Status::write_refusals`]);
 //! - [`metrics`]: what the node counts, through the `metrics` facade (no recorder of its own);
+//! - devices (docs/design.md §8): a member enrols and removes devices at runtime
+//!   ([`Node::enrol_device`], [`Node::remove_device`], [`Node::devices`]) and serves their
+//!   sessions; a node made with [`NodeConfig::with_server`] is a device that keeps a member
+//!   connected; [`sync_once`] syncs a device once without a running node; [`sync_events`]
+//!   is what a device tells its app ([`Node::sync_events`]);
 //! - [`watch`]: the subscriptions to the node's changes ([`Node::subscribe`]), each bounded;
 //! - [`control`]: how a client (the `lethe` command, in the `lethe-cli` crate) talks to a
 //!   running node.
@@ -46,12 +51,23 @@
 
 pub mod control;
 pub mod data_dir;
+mod device_directory;
+mod device_link;
+mod device_service;
+mod device_stream;
 pub mod health;
 pub mod metrics;
 pub mod node;
 mod owner;
 mod peer;
+pub mod sync_events;
+mod sync_once;
 pub mod watch;
 
 pub use data_dir::DataDir;
-pub use node::{Node, NodeConfig, NodeError, PeerAddr, Status, Subscription};
+pub use device_directory::{DEVICE_NAME_BYTES_MAX, DIRECTORY_ENTRIES_PER_FRAME, DirectoryError};
+pub use device_link::LOCAL_LINGER;
+pub use device_service::DeviceInfo;
+pub use node::{Node, NodeClock, NodeConfig, NodeError, NodeRole, PeerAddr, Status, Subscription};
+pub use sync_events::{LastSync, SyncEvent};
+pub use sync_once::{SyncOnceError, SyncReport, sync_once};

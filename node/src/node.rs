@@ -62,6 +62,9 @@ impl FromStr for PeerAddr {
     }
 }
 
+/// The default [`NodeConfig::device_anti_entropy_interval`]: one hour.
+pub const DEVICE_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// The default [`NodeConfig::session_stall_timeout`]: 60 s.
 pub const SESSION_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -91,6 +94,10 @@ pub struct NodeConfig {
     pub gc_interval: Duration,
     /// How often the dialer of a connection runs an anti-entropy session.
     pub anti_entropy_interval: Duration,
+    /// On a device: how often it asks its member for an anti-entropy session (a reconciliation
+    /// by fingerprints that settles what deltas cannot; each walks the member's index, so with
+    /// many devices keep it long). Default [`DEVICE_ANTI_ENTROPY_INTERVAL`].
+    pub device_anti_entropy_interval: Duration,
     /// The longest wait between reconnection attempts (backoff doubles up to this).
     pub reconnect_max: Duration,
     /// How long a session may wait on its peer (a frame to arrive, or the peer to take one)
@@ -101,6 +108,10 @@ pub struct NodeConfig {
     /// The wall clock the replica reads (the system clock by default; a test injects one to step
     /// it).
     pub clock: NodeClock,
+    /// The members this node syncs with as a device ([`NodeConfig::with_server`]): with any,
+    /// the node is a device (`Role::Device`), keeps a connection to one of them (the next
+    /// after a failure, with backoff) and serves no peers.
+    pub servers: Vec<PeerAddr>,
     /// Whether this node offers and accepts zstd-compressed frames (default: yes). Off, every
     /// connection it makes or takes sends frames raw both ways, whatever the peer's setting:
     /// less CPU, more bytes (about 1.4 × on a bootstrap of base64 values).
@@ -130,6 +141,30 @@ impl NodeConfig {
     pub fn with_peer(mut self, peer: PeerAddr) -> NodeConfig {
         self.peers.push(peer);
         self
+    }
+
+    /// Makes this node a device of `server` (builder style; call once per server): the
+    /// engine's role becomes `Role::Device`, and the node keeps a connection to one of its
+    /// servers, running device sessions (docs/design.md §8). A device has no peers.
+    #[must_use]
+    pub fn with_server(mut self, server: PeerAddr) -> NodeConfig {
+        self.servers.push(server);
+        self.engine.role = lethe_engine::Role::Device;
+        self
+    }
+
+    /// On a member: a device silent this long stops holding collection back (builder style;
+    /// the engine's `Config::device_lease_ms`, default 30 days).
+    #[must_use]
+    pub fn with_device_lease(mut self, lease: Duration) -> NodeConfig {
+        self.engine.device_lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// The device lease ([`NodeConfig::with_device_lease`]).
+    #[must_use]
+    pub fn device_lease(&self) -> Duration {
+        Duration::from_millis(self.engine.device_lease_ms)
     }
 
     /// Lets `id` connect (builder style).
@@ -176,9 +211,11 @@ impl NodeConfig {
             engine: Config::default(),
             gc_interval: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(60),
+            device_anti_entropy_interval: DEVICE_ANTI_ENTROPY_INTERVAL,
             reconnect_max: Duration::from_secs(5),
             session_stall_timeout: SESSION_STALL_TIMEOUT,
             clock: NodeClock::default(),
+            servers: Vec::new(),
             compression: true,
         }
     }
@@ -213,6 +250,30 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A member's operation (enrolling or removing devices) asked of a device.
+    #[error("this node is a device (it has --server); devices are enrolled and removed at a member")]
+    NotAMember,
+    /// The node id to enrol is not a device's: this node's own, or a peer or trusted member's.
+    #[error("{0} is this node or one of its peers (--peer/--trust), not a device")]
+    NotADevice(NodeId),
+    /// The device directory could not be read, written or grown.
+    #[error(transparent)]
+    Directory(#[from] crate::device_directory::DirectoryError),
+    /// A device node was given peers or trusted nodes (`--peer`, `--trust`): devices sync
+    /// with their servers only.
+    #[error("a device (with --server) has no peers and trusts no one; name members with --server only")]
+    DeviceWithPeers,
+}
+
+/// What a node is (docs/design.md §8), as `status` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// A server or a peer of a mesh.
+    #[default]
+    Member,
+    /// A client device of its servers.
+    Device,
 }
 
 /// One member as `status` shows it.
@@ -313,9 +374,26 @@ pub struct Status {
     /// below the bootstrap are read from memory until then).
     #[serde(default)]
     pub deferred_rows: bool,
+    /// Member or device.
+    #[serde(default)]
+    pub role: NodeRole,
+    /// On a device: writes waiting in the upload queue (0 on a member).
+    #[serde(default)]
+    pub pending_uploads: u64,
+    /// On a device: nothing is queued and a session with a member has finished (so this device
+    /// held what that member held when it ended). A member's writes since then are not seen
+    /// here until the member tells the device and the next session runs.
+    #[serde(default)]
+    pub in_sync: bool,
+    /// On a device: the last session that finished.
+    #[serde(default)]
+    pub last_sync: Option<crate::sync_events::LastSync>,
+    /// On a device: the node id of the member it is connected to now.
+    #[serde(default)]
+    pub server: Option<String>,
 }
 
-fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
+pub(crate) fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
     v.iter().map(|(r, s)| (r.to_string(), s.0)).collect()
 }
 
@@ -420,6 +498,14 @@ pub(crate) struct Inner {
     busy_since: AtomicU64,
     /// The instant `busy_since` counts from.
     started: std::time::Instant,
+    /// A member's devices: directory, trust, connections (`device_service.rs`).
+    pub(crate) devices: crate::device_service::DeviceTable,
+    /// What a device tells its app about syncing ([`Node::sync_events`]).
+    pub(crate) events: tokio::sync::broadcast::Sender<crate::sync_events::SyncEvent>,
+    /// On a device: the last session that finished.
+    pub(crate) last_sync: Mutex<Option<crate::sync_events::LastSync>>,
+    /// On a device: the member connected now.
+    pub(crate) server: Mutex<Option<NodeId>>,
 }
 
 /// Says when a recovery from a restore begins and ends (`engine/src/replica/restore.rs`).
@@ -527,6 +613,8 @@ impl Inner {
             members,
             digest: format!("{}/{}", hex(&digest.wire()), digest.count),
             deferred_rows: r.deferred_rows_pending(),
+            role: if r.is_device() { NodeRole::Device } else { NodeRole::Member },
+            pending_uploads: r.pending_uploads().unwrap_or(0),
             clock_ahead_ms: r.clock_ahead_ms(),
             store_error: r.store_failure().map(|f| f.error.clone()),
             store_failed_since_ms: r.store_failure().map(|f| f.since_ms),
@@ -577,10 +665,19 @@ impl Inner {
         status.wire_bytes_received = self.wire_bytes_received.load(Ordering::Relaxed);
         status.wire_bytes_sent = self.wire_bytes_sent.load(Ordering::Relaxed);
         status.store_reopens = self.store_reopens.load(Ordering::Relaxed);
+        status.last_sync = lock(&self.last_sync).clone();
+        status.server = lock(&self.server).map(|s| s.to_string());
+        status.in_sync = status.role == NodeRole::Device && status.pending_uploads == 0 && status.last_sync.is_some();
     }
 
     pub(crate) fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Counts `bytes` of frames sent (a device session's, counted once it ended).
+    pub(crate) fn count_sent_total(&self, bytes: u64) {
+        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        crate::metrics::bytes_sent(bytes);
     }
 
     pub(crate) fn count_sent(&self, bytes: usize) {
@@ -637,13 +734,26 @@ impl Node {
         }
         let identity = config.data.identity()?;
         let id = identity.id();
+        let mut config = config;
+        if !config.servers.is_empty() {
+            config.engine.role = lethe_engine::Role::Device;
+        }
+        let device = config.engine.role == lethe_engine::Role::Device;
+        if device && !(config.peers.is_empty() && config.trust.is_empty()) {
+            return Err(NodeError::DeviceWithPeers);
+        }
         let mut replica = Replica::open(store, id.replica_id(), config.engine, config.clock.0.clone())?;
         // Peers and trusted nodes are this node's members (docs/design.md §2.4): enrolled, so their
         // acknowledgements count; gossip about anyone else is ignored. Peers first (the mesh);
         // trusted nodes past the member limit still sync, as non-members (by reconciliation).
         let mut not_enrolled = 0;
-        for (member, dialed) in
-            config.peers.iter().map(|p| (p.id, true)).chain(config.trust.iter().map(|t| (*t, false)))
+        // A device enrols no one: it syncs with its servers, which serve it as a device.
+        for (member, dialed) in config
+            .peers
+            .iter()
+            .map(|p| (p.id, true))
+            .chain(config.trust.iter().map(|t| (*t, false)))
+            .filter(|_| !device)
         {
             match replica.enrol_member(member.replica_id()) {
                 Ok(_) => {}
@@ -660,7 +770,11 @@ impl Node {
             );
         }
         // The owner (this node's own key) may connect too: that is how the CLI reaches it.
-        let trust = TrustList::new(config.trust.iter().copied().chain(config.peers.iter().map(|p| p.id)).chain([id]));
+        let fixed: std::collections::BTreeSet<NodeId> =
+            config.trust.iter().copied().chain(config.peers.iter().map(|p| p.id)).chain([id]).collect();
+        let devices = crate::device_service::DeviceTable::load(config.data.path(), fixed.clone())?;
+        // On a device, its servers' keys verify the acknowledgements they relay (none yet).
+        let trust = TrustList::new(fixed.iter().copied().chain(config.servers.iter().map(|s| s.id)));
         // Acknowledgements are signed with this node's key, and one a peer relays about a third
         // replica counts only if that replica, one this node trusts, signed it (docs/design.md §9).
         replica.set_signer(Arc::new(lethe_transport::Ed25519AckSigner::new(&identity, trust.clone())?));
@@ -697,7 +811,13 @@ impl Node {
             status_cache: Mutex::new(Arc::new(Status::default())),
             busy_since: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            devices,
+            events: tokio::sync::broadcast::channel(crate::sync_events::SYNC_EVENTS_QUEUED_MAX).0,
+            last_sync: Mutex::new(None),
+            server: Mutex::new(None),
         });
+        // Devices enrolled here or learned from members, as the engine has them enrolled.
+        crate::device_service::refresh_trust(&inner);
         inner.refresh_status();
         info!(node = %id, %listen, "node started");
         *lock(&inner.writer) = Some(tokio::spawn(write_loop(inner.clone(), write_rx)));
@@ -707,6 +827,9 @@ impl Node {
         tokio::spawn(status_loop(inner.clone()));
         for peer in inner.config.peers.clone() {
             tokio::spawn(crate::peer::dial_loop(inner.clone(), peer));
+        }
+        if device {
+            tokio::spawn(crate::device_link::run(inner.clone(), inner.config.servers.clone()));
         }
         Ok(Node { inner })
     }
@@ -882,6 +1005,45 @@ impl Node {
             status.store_stalled_ms = (held_ms > STORE_STALL_MS).then_some(held_ms);
         }
         status
+    }
+
+    /// Enrols the device `device` at this member while it runs (docs/design.md §8), with an
+    /// optional `name` (at most [`crate::DEVICE_NAME_BYTES_MAX`] bytes): its node id and name
+    /// persist in the data directory (`devices.cbor`), the engine enrols its replica id (durable;
+    /// the enrolment reaches the other members with the device records, and this member's
+    /// directory with its node id), and it may connect at once. Returns whether anything
+    /// changed (enrolling again only renames). Refused on a device, for this node's own id and
+    /// for a `--peer`/`--trust` id.
+    pub fn enrol_device(&self, device: NodeId, name: Option<String>) -> Result<bool, NodeError> {
+        self.inner.enrol_device(device, name)
+    }
+
+    /// Removes the device `device` at once: the engine drops it (durable; it stops holding
+    /// collection back, and every member refuses it once the removal reaches it), its open
+    /// connections here close, and it is refused from then on. Returns whether it was enrolled.
+    pub fn remove_device(&self, device: NodeId) -> Result<bool, NodeError> {
+        self.inner.remove_device(device)
+    }
+
+    /// Every device enrolled at this member (here or at another member), in replica id order,
+    /// with what the engine's record says and whether it is connected here. Empty on a device.
+    #[must_use]
+    pub fn devices(&self) -> Vec<crate::device_service::DeviceInfo> {
+        self.inner.device_infos()
+    }
+
+    /// A stream of what happens to this device's sync ([`crate::SyncEvent`]): connected,
+    /// disconnected, download progress, uploaded, in sync, refused. Starts now; a receiver that
+    /// falls more than [`crate::sync_events::SYNC_EVENTS_QUEUED_MAX`] behind loses the oldest.
+    #[must_use]
+    pub fn sync_events(&self) -> tokio::sync::broadcast::Receiver<crate::sync_events::SyncEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Whether this node is a member or a device.
+    #[must_use]
+    pub fn role(&self) -> NodeRole {
+        if self.inner.config.engine.role == lethe_engine::Role::Device { NodeRole::Device } else { NodeRole::Member }
     }
 
     /// Stops: no new writes are taken, those already taken are committed, peers are told the

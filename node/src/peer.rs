@@ -104,6 +104,15 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
             Ok(conn) if conn.peer == inner.id => {
                 tokio::spawn(crate::owner::serve(inner.clone(), conn));
             }
+            // A device serves no peers (docs/design.md §8): only its owner.
+            Ok(conn) if inner.config.engine.role == lethe_engine::Role::Device => {
+                debug!(peer = %conn.peer, "a device serves no peers; closing");
+                conn.close(CloseCode::Refused, "this node is a device: it serves no peers");
+            }
+            // An enrolled device's key: its sessions are device sessions (`device_stream.rs`).
+            Ok(conn) if crate::device_service::is_device_connection(&inner, &conn.peer) => {
+                tokio::spawn(crate::device_service::serve(inner.clone(), conn));
+            }
             Ok(conn) => {
                 let span = info_span!("peer", peer = %short(&conn.peer), dir = "in");
                 tokio::spawn(run_connection(inner.clone(), conn, false).instrument(span));
@@ -231,6 +240,7 @@ async fn run_connection(inner: Arc<Inner>, conn: PeerConnection, dialer: bool) -
         tokio::spawn(accept_streams(inner.clone(), conn.clone(), link.clone()).in_current_span()),
         tokio::spawn(initiate_sessions(inner.clone(), conn.clone(), link.clone(), dialer).in_current_span()),
         tokio::spawn(push_loop(inner.clone(), conn.clone(), link.clone()).in_current_span()),
+        tokio::spawn(crate::device_service::share_directory(inner.clone(), conn.clone()).in_current_span()),
     ];
     let mut stop = inner.shutdown.subscribe();
     let ended = tokio::select! {
@@ -343,6 +353,9 @@ async fn accept_streams(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Link>
                         })
                     }
                     [STREAM_LIVE] => receive_pushes(&inner, conn.peer, (w, r), &link).await,
+                    [crate::device_directory::STREAM_DIRECTORY] => {
+                        crate::device_service::receive_directory(&inner, conn.peer, r).await
+                    }
                     _ => Err(Failure::StreamKind(kind)),
                 };
                 if let Err(failure) = result {
@@ -364,9 +377,12 @@ async fn initiate_sessions(inner: Arc<Inner>, conn: PeerConnection, link: Arc<Li
     // the start after one that completes): a store that keeps failing, or a peer that keeps
     // refusing, costs a session per backoff, not five a second.
     let mut retry = SESSION_RETRY_MIN;
+    // A device enrolled or removed here: a session carries the records to the peer.
+    let mut records = inner.devices.records.subscribe();
     loop {
         let anti_entropy = tokio::select! {
             _ = link.want_session.notified() => false,
+            Ok(()) = records.changed() => false,
             _ = tokio::time::sleep(inner.config.anti_entropy_interval), if dialer => true,
         };
         let result = async {
@@ -528,6 +544,8 @@ async fn drive_session(
         info!("connected to {peer}: first session finished");
     }
     inner.anti_entropy_sessions.fetch_add(u64::from(stats.anti_entropy), Ordering::Relaxed);
+    // The session may have merged device records (an enrolment or removal at that member).
+    crate::device_service::refresh_trust_if_changed(inner);
     let level_info = stats.live_received + stats.tombstones_received + stats.live_sent + stats.tombstones_sent > 0;
     if level_info {
         info!(

@@ -28,6 +28,12 @@ impl TrustList {
         self.0.write().unwrap_or_else(PoisonError::into_inner).insert(id);
     }
 
+    /// Stops trusting `id` (connections already open are the caller's to close). Returns
+    /// whether it was trusted.
+    pub fn remove(&self, id: &NodeId) -> bool {
+        self.0.write().unwrap_or_else(PoisonError::into_inner).remove(id)
+    }
+
     /// Whether `id` is trusted.
     #[must_use]
     pub fn contains(&self, id: &NodeId) -> bool {

@@ -1,0 +1,382 @@
+//! The node ids of the devices a member knows, with the names the operator gave them: the part
+//! of a device's identity the engine does not keep.
+//!
+//! The engine names a device by its replica id (8 bytes of its node id), and its device records
+//! travel between members with that id alone. A member can only let a device connect if it
+//! knows the device's whole node id (the hash of its key, which TLS checks), so the node keeps
+//! this directory beside the store (`DIR/devices.cbor`, 0600, written whole through a temporary
+//! file and a rename) and members share it: on each member connection, a stream whose first
+//! frame is [`STREAM_DIRECTORY`] carries the directory in chunks of at most
+//! [`DIRECTORY_ENTRIES_PER_FRAME`] entries, sent at connect and again whenever it changes.
+//!
+//! Invariants kept here:
+//! - a node id is **trusted as a device only while the engine has its replica id enrolled**
+//!   (`device_service::refresh_trust`): the directory says who a device is, the engine's records
+//!   (enrolments and removals, which win by epoch) say whether it may connect; so a directory
+//!   entry from a member can make no replica a device, and a removal at any member revokes;
+//! - one node id per replica id: an entry enrolled here is never replaced by a shared one, and a
+//!   shared entry whose replica id is taken is ignored;
+//! - at most [`DEVICES_MAX`] entries and names of at most [`DEVICE_NAME_BYTES_MAX`] bytes,
+//!   checked where an entry enters (an operator's call or a member's frame) before it is kept;
+//!   a frame is at most the transport's frame limit, and more entries than
+//!   [`DIRECTORY_ENTRIES_PER_FRAME`] in one refuse it whole.
+
+use lethe_engine::ReplicaId;
+use lethe_engine::device::DEVICES_MAX;
+use lethe_transport::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The first frame of a stream between members that carries the device directory.
+pub(crate) const STREAM_DIRECTORY: u8 = 2;
+/// Directory entries per frame, at most.
+pub const DIRECTORY_ENTRIES_PER_FRAME: usize = 1024;
+/// The longest device name, in bytes (UTF-8).
+pub const DEVICE_NAME_BYTES_MAX: usize = 128;
+
+/// One device as the directory keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DirectoryEntry {
+    /// Its node id.
+    #[serde(with = "serde_bytes")]
+    pub(crate) node: [u8; 32],
+    /// The name the operator gave it, if any.
+    pub(crate) name: Option<String>,
+    /// Whether it was enrolled at this member (not learned from another).
+    #[serde(default)]
+    pub(crate) here: bool,
+    /// The directory's version when it last changed (in memory: 0 after a load, so a
+    /// connection's first share sends everything).
+    #[serde(skip)]
+    pub(crate) changed: u64,
+}
+
+/// A directory entry as it travels between members: node id and name (bounded as it decodes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct EntryWire(#[serde(with = "serde_bytes")] [u8; 32], #[serde(deserialize_with = "bounded_name")] Option<String>);
+
+/// One frame of a shared directory: entries (at most [`DIRECTORY_ENTRIES_PER_FRAME`], counted
+/// as they decode), and whether it is the last frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct DirectoryFrame(#[serde(deserialize_with = "bounded_entries")] Vec<EntryWire>, bool);
+
+/// Decodes at most [`DIRECTORY_ENTRIES_PER_FRAME`] entries, refusing the list at the first one
+/// past it; what it reserves is bounded by the limit, not by the length a peer declares.
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<EntryWire>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<EntryWire>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {DIRECTORY_ENTRIES_PER_FRAME} device entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(DIRECTORY_ENTRIES_PER_FRAME));
+            while let Some(e) = seq.next_element()? {
+                if out.len() == DIRECTORY_ENTRIES_PER_FRAME {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {DIRECTORY_ENTRIES_PER_FRAME} device entries in one frame"
+                    )));
+                }
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded)
+}
+
+/// Decodes a name of at most [`DEVICE_NAME_BYTES_MAX`] bytes, checked before it is copied.
+fn bounded_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Name;
+    impl<'de> serde::de::Visitor<'de> for Name {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a device name of at most {DEVICE_NAME_BYTES_MAX} bytes, or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_str(Name)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match check_name(Some(v)) {
+                Ok(()) => Ok(Some(v.to_owned())),
+                Err(e) => Err(E::custom(e)),
+            }
+        }
+    }
+    d.deserialize_option(Name)
+}
+
+/// Why the directory could not be read, written or grown.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The file could not be read or written.
+    #[error("device directory {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not decode.
+    #[error(
+        "device directory {path} is damaged ({reason}); restore it from a backup or remove it and enrol the devices again"
+    )]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// A name over [`DEVICE_NAME_BYTES_MAX`].
+    #[error("a device name of {len} bytes is longer than the {max} allowed")]
+    NameTooLong {
+        /// Its length.
+        len: usize,
+        /// [`DEVICE_NAME_BYTES_MAX`].
+        max: usize,
+    },
+    /// [`DEVICES_MAX`] devices are known already.
+    #[error("{max} devices are known already, the most a member keeps; remove devices that are gone first")]
+    Full {
+        /// [`DEVICES_MAX`].
+        max: usize,
+    },
+    /// Another node id holds this replica id (8 bytes of a node id) here.
+    #[error("device {node} has the replica id of device {other}, enrolled already; one of them must get a new key")]
+    ReplicaTaken {
+        /// The node id to be enrolled.
+        node: NodeId,
+        /// The one enrolled.
+        other: NodeId,
+    },
+}
+
+/// The devices a member knows by node id, by replica id.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceDirectory {
+    entries: BTreeMap<ReplicaId, DirectoryEntry>,
+    /// Bumped on every change (what sharing waits on).
+    pub(crate) version: u64,
+}
+
+fn check_name(name: Option<&str>) -> Result<(), DirectoryError> {
+    match name {
+        Some(n) if n.len() > DEVICE_NAME_BYTES_MAX => {
+            Err(DirectoryError::NameTooLong { len: n.len(), max: DEVICE_NAME_BYTES_MAX })
+        }
+        _ => Ok(()),
+    }
+}
+
+impl DeviceDirectory {
+    /// The file in the data directory at `dir`.
+    pub(crate) fn path(dir: &Path) -> PathBuf {
+        dir.join("devices.cbor")
+    }
+
+    /// Loads the directory of the data directory at `dir` (empty if it has none yet).
+    pub(crate) fn load(dir: &Path) -> Result<DeviceDirectory, DirectoryError> {
+        let path = Self::path(dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DeviceDirectory::default()),
+            Err(source) => return Err(DirectoryError::Io { path: path.display().to_string(), source }),
+        };
+        let damaged = |reason: String| DirectoryError::Damaged { path: path.display().to_string(), reason };
+        let list: Vec<DirectoryEntry> = ciborium::from_reader(bytes.as_slice()).map_err(|e| damaged(e.to_string()))?;
+        if list.len() > DEVICES_MAX {
+            return Err(damaged(format!("{} entries, more than {DEVICES_MAX}", list.len())));
+        }
+        let mut entries = BTreeMap::new();
+        for e in list {
+            check_name(e.name.as_deref()).map_err(|e| damaged(e.to_string()))?;
+            entries.insert(NodeId(e.node).replica_id(), e);
+        }
+        Ok(DeviceDirectory { entries, version: 0 })
+    }
+
+    /// Writes the directory whole into the data directory at `dir` (0600, through a temporary
+    /// file, synced, then renamed over the old one), so a crash leaves the old or the new.
+    pub(crate) fn save(&self, dir: &Path) -> Result<(), DirectoryError> {
+        let path = Self::path(dir);
+        let tmp = dir.join("devices.cbor.tmp");
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| DirectoryError::Io { path: p, source }
+        };
+        let mut bytes = Vec::new();
+        let list: Vec<&DirectoryEntry> = self.entries.values().collect();
+        ciborium::into_writer(&list, &mut bytes)
+            .map_err(|e| DirectoryError::Damaged { path: path.display().to_string(), reason: e.to_string() })?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(io(&tmp))?;
+        file.write_all(&bytes).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// The node id and name of the device with replica id `replica`, if known.
+    pub(crate) fn get(&self, replica: ReplicaId) -> Option<&DirectoryEntry> {
+        self.entries.get(&replica)
+    }
+
+    /// Every known device.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (NodeId, &DirectoryEntry)> {
+        self.entries.values().map(|e| (NodeId(e.node), e))
+    }
+
+    /// Enrols `node` here with `name` (replacing the name of one known already). Returns
+    /// whether anything changed.
+    pub(crate) fn enrol(&mut self, node: NodeId, name: Option<String>) -> Result<bool, DirectoryError> {
+        check_name(name.as_deref())?;
+        let replica = node.replica_id();
+        match self.entries.get(&replica) {
+            // One learned from a member gives way; one enrolled here does not.
+            Some(e) if e.node != node.0 && e.here => Err(DirectoryError::ReplicaTaken { node, other: NodeId(e.node) }),
+            Some(e) if e.node == node.0 && e.name == name && e.here => Ok(false),
+            None if self.entries.len() >= DEVICES_MAX => Err(DirectoryError::Full { max: DEVICES_MAX }),
+            _ => {
+                self.version += 1;
+                self.entries.insert(replica, DirectoryEntry { node: node.0, name, here: true, changed: self.version });
+                Ok(true)
+            }
+        }
+    }
+
+    /// Forgets the device with replica id `replica`. Returns whether it was known.
+    pub(crate) fn remove(&mut self, replica: ReplicaId) -> bool {
+        let removed = self.entries.remove(&replica).is_some();
+        self.version += u64::from(removed);
+        removed
+    }
+
+    /// The frames that share this directory with a member: every entry (`after` `None`) or
+    /// those changed after version `after`, the last frame marked; none if there are none.
+    /// With the version they bring the member up to.
+    pub(crate) fn frames_since(&self, after: Option<u64>) -> (Vec<Vec<u8>>, u64) {
+        let wire: Vec<EntryWire> = self
+            .entries
+            .values()
+            .filter(|e| after.is_none_or(|a| e.changed > a))
+            .map(|e| EntryWire(e.node, e.name.clone()))
+            .collect();
+        let chunks: Vec<&[EntryWire]> = wire.chunks(DIRECTORY_ENTRIES_PER_FRAME).collect();
+        let last = chunks.len().saturating_sub(1);
+        let frames = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let mut bytes = Vec::new();
+                // Encoding into a Vec cannot fail for these plain types.
+                let _ = ciborium::into_writer(&DirectoryFrame(chunk.to_vec(), i == last), &mut bytes);
+                bytes
+            })
+            .collect();
+        (frames, self.version)
+    }
+
+    /// Takes the entries of a member's frame that are new here (a replica id not known yet;
+    /// within [`DEVICES_MAX`]). Returns how many were added and whether the frame was the last.
+    /// A frame that does not decode, holds more than [`DIRECTORY_ENTRIES_PER_FRAME`] entries or
+    /// a name too long is refused whole, with nothing taken.
+    pub(crate) fn merge_frame(&mut self, frame: &[u8]) -> Result<(usize, bool), String> {
+        let DirectoryFrame(entries, last) =
+            ciborium::from_reader(frame).map_err(|e| format!("a device directory frame does not decode: {e}"))?;
+        if entries.len() > DIRECTORY_ENTRIES_PER_FRAME {
+            return Err(format!(
+                "a device directory frame of {} entries (at most {DIRECTORY_ENTRIES_PER_FRAME})",
+                entries.len()
+            ));
+        }
+        if let Some(e) = entries.iter().find_map(|EntryWire(_, name)| check_name(name.as_deref()).err()) {
+            return Err(e.to_string());
+        }
+        let mut added = 0;
+        for EntryWire(node, name) in entries {
+            let replica = NodeId(node).replica_id();
+            if self.entries.len() >= DEVICES_MAX || self.entries.contains_key(&replica) {
+                continue;
+            }
+            self.version += 1;
+            self.entries.insert(replica, DirectoryEntry { node, name, here: false, changed: self.version });
+            added += 1;
+        }
+        Ok((added, last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(b: u8) -> NodeId {
+        NodeId([b; 32])
+    }
+
+    #[test]
+    fn a_shared_entry_never_replaces_one_enrolled_here_and_is_kept_across_a_save() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut here = DeviceDirectory::default();
+        assert!(here.enrol(node(1), Some("phone".into())).unwrap());
+        let mut other = DeviceDirectory::default();
+        other.enrol(node(2), None).unwrap();
+        // Same replica id as node(1), another key: ignored.
+        let mut forged = [1u8; 32];
+        forged[31] = 9;
+        other
+            .entries
+            .insert(NodeId(forged).replica_id(), DirectoryEntry { node: forged, name: None, here: true, changed: 9 });
+        for f in other.frames_since(None).0 {
+            here.merge_frame(&f).unwrap();
+        }
+        assert_eq!(here.get(node(1).replica_id()).unwrap().node, node(1).0);
+        assert!(!here.get(node(2).replica_id()).unwrap().here);
+        here.save(tmp.path()).unwrap();
+        let back = DeviceDirectory::load(tmp.path()).unwrap();
+        let names = |d: &DeviceDirectory| d.iter().map(|(n, e)| (n, e.name.clone(), e.here)).collect::<Vec<_>>();
+        assert_eq!(names(&back), names(&here));
+        // After a share, only what changed goes.
+        let (_, upto) = here.frames_since(None);
+        here.enrol(node(5), None).unwrap();
+        let (frames, _) = here.frames_since(Some(upto));
+        let mut fresh = DeviceDirectory::default();
+        for f in frames {
+            fresh.merge_frame(&f).unwrap();
+        }
+        assert_eq!(fresh.iter().map(|(n, _)| n).collect::<Vec<_>>(), vec![node(5)]);
+    }
+
+    #[test]
+    fn a_frame_over_the_bounds_is_refused_whole() {
+        let mut d = DeviceDirectory::default();
+        let many: Vec<EntryWire> = (0..=DIRECTORY_ENTRIES_PER_FRAME as u32)
+            .map(|i| {
+                let mut n = [0u8; 32];
+                n[..4].copy_from_slice(&i.to_be_bytes());
+                EntryWire(n, None)
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&DirectoryFrame(many, true), &mut bytes).unwrap();
+        assert!(d.merge_frame(&bytes).is_err());
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&DirectoryFrame(vec![EntryWire([3; 32], Some("x".repeat(200)))], true), &mut bytes)
+            .unwrap();
+        assert!(d.merge_frame(&bytes).is_err());
+        assert!(d.entries.is_empty());
+        assert!(d.enrol(node(4), Some("y".repeat(DEVICE_NAME_BYTES_MAX + 1))).is_err());
+    }
+}

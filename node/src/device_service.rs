@@ -1,0 +1,463 @@
+//! A member's device side (docs/design.md §8): enrolling and removing devices while the node
+//! runs, the trust list that follows them, sharing the device directory with the other members,
+//! and serving a connected device's sessions.
+//!
+//! - **Enrol** ([`crate::Node::enrol_device`]): the node id and name go into the device
+//!   directory (`device_directory.rs`, persisted in the data directory first), then the replica
+//!   id into the engine (`Replica::enrol_device`, durable, and spread to the other members with
+//!   the device records); the device is trusted at once.
+//! - **Trust** ([`refresh_trust`]): a node id is trusted as a device exactly while the directory
+//!   knows it and the engine has its replica id enrolled. It is recomputed after an enrolment or
+//!   removal here, after every member session (which may have merged records: an enrolment or a
+//!   removal made at another member), and after a member shared its directory. A device that
+//!   is no longer trusted has its connections closed at once.
+//! - **Remove** ([`crate::Node::remove_device`]): the engine removes the device (durable; it
+//!   stops holding collection back and its sessions are refused), its trust and its open
+//!   connections go at once, and the removal reaches the other members with the records, where
+//!   the same refresh drops it.
+//! - **Serve** ([`serve`]): one task per device connection; each stream is one device session
+//!   ([`crate::device_stream`]) or the device's news stream.
+
+use crate::device_directory::{DeviceDirectory, DirectoryError, STREAM_DIRECTORY};
+use crate::device_stream::{NEWS_LINGER, STREAM_DEVICE_NEWS, STREAM_DEVICE_SESSION, pump};
+use crate::metrics::SessionOutcome;
+use crate::node::{Failure, Inner, NodeError, lock};
+use lethe_engine::device::DeviceService;
+use lethe_engine::session::SyncError;
+use lethe_transport::endpoint::{Connection, FrameStream, VarInt};
+use lethe_transport::{CloseCode, NodeId, PeerConnection};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// One enrolled device as a member sees it ([`crate::Node::devices`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Its node id, if this member knows it (a device enrolled at another member whose
+    /// directory has not reached this one shows `None`, and cannot connect here yet).
+    pub node_id: Option<String>,
+    /// Its replica id (the first 16 hex digits of its node id).
+    pub replica: String,
+    /// The name the operator gave it.
+    pub name: Option<String>,
+    /// When a member last heard from it, in Unix ms (0: never).
+    pub last_seen_ms: u64,
+    /// What it acknowledged (over members), once it counts.
+    pub acked: Option<BTreeMap<String, u64>>,
+    /// The highest upload seq applied for it (at any member).
+    pub cursor: u64,
+    /// Whether it holds collection back (it acknowledged, counts, and is within its lease).
+    pub holds_collection_back: bool,
+    /// Whether it is connected to this member now.
+    pub connected: bool,
+}
+
+/// The member-side state of devices in a node.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceTable {
+    /// The directory of node ids and names.
+    pub(crate) directory: Mutex<DeviceDirectory>,
+    /// Open device connections, by device.
+    pub(crate) connections: Mutex<BTreeMap<NodeId, Vec<Connection>>>,
+    /// Node ids trusted for another reason (`--trust`, `--peer`, the owner): never dropped by a
+    /// device refresh.
+    pub(crate) fixed: BTreeSet<NodeId>,
+    /// Bumped when the directory changed: members share it again.
+    pub(crate) shared: tokio::sync::watch::Sender<u64>,
+    /// Bumped when this member enrolled or removed a device: member sessions carry the records.
+    pub(crate) records: tokio::sync::watch::Sender<u64>,
+    /// The engine's device records clock at the last trust refresh.
+    refreshed: std::sync::atomic::AtomicU64,
+}
+
+impl DeviceTable {
+    /// The table of the data directory at `dir`, with `fixed` trusted anyway.
+    pub(crate) fn load(dir: &std::path::Path, fixed: BTreeSet<NodeId>) -> Result<DeviceTable, DirectoryError> {
+        Ok(DeviceTable {
+            directory: Mutex::new(DeviceDirectory::load(dir)?),
+            connections: Mutex::default(),
+            fixed,
+            shared: tokio::sync::watch::channel(0).0,
+            records: tokio::sync::watch::channel(0).0,
+            refreshed: std::sync::atomic::AtomicU64::new(u64::MAX),
+        })
+    }
+
+    /// Whether `node` is a device connected now.
+    pub(crate) fn is_connected(&self, node: &NodeId) -> bool {
+        lock(&self.connections).get(node).is_some_and(|c| c.iter().any(|c| c.close_reason().is_none()))
+    }
+}
+
+fn refuse(conn: &Connection, reason: &str) {
+    conn.close(VarInt::from_u32(CloseCode::Refused as u32), reason.as_bytes());
+}
+
+/// Brings the trust list in line with the directory and the engine's device records: trusts
+/// every known device the engine has enrolled, and drops (closing its connections) every
+/// device it no longer has enrolled, unless trusted for another reason.
+pub(crate) fn refresh_trust(inner: &Inner) {
+    let table = &inner.devices;
+    let known: BTreeSet<NodeId> = lock(&table.directory).iter().map(|(n, _)| n).collect();
+    let enrolled: BTreeSet<NodeId> = inner.with_replica(|r| {
+        known.iter().copied().filter(|n| !r.is_device() && r.devices().is_enrolled(n.replica_id())).collect()
+    });
+    let trust = inner.endpoint.trust();
+    for n in &enrolled {
+        if !trust.contains(n) {
+            debug!(device = %n, "trusting enrolled device");
+            trust.add(*n);
+        }
+    }
+    for n in trust.ids() {
+        if !enrolled.contains(&n) && !table.fixed.contains(&n) && known.contains(&n) {
+            trust.remove(&n);
+            info!(device = %n, "device no longer enrolled: refused from now on");
+        }
+    }
+    // A device whose enrolment ended (here or at another member) is cut off at once.
+    let mut conns = lock(&table.connections);
+    conns.retain(|n, list| {
+        if enrolled.contains(n) {
+            list.retain(|c| c.close_reason().is_none());
+            return !list.is_empty();
+        }
+        for c in list.iter() {
+            refuse(c, "this device was removed (or is not enrolled) at this member");
+        }
+        false
+    });
+}
+
+/// [`refresh_trust`] if the engine's device records changed since the last refresh.
+pub(crate) fn refresh_trust_if_changed(inner: &Inner) {
+    let clock = inner.with_replica(|r| r.devices().clock());
+    if inner.devices.refreshed.swap(clock, Ordering::Relaxed) != clock {
+        refresh_trust(inner);
+    }
+}
+
+/// Whether an accepted connection is a device's: its key is a known device the engine has
+/// enrolled, and not a member or a fixed trusted node.
+pub(crate) fn is_device_connection(inner: &Inner, peer: &NodeId) -> bool {
+    if inner.devices.fixed.contains(peer) {
+        return false;
+    }
+    let known = lock(&inner.devices.directory).get(peer.replica_id()).is_some_and(|e| e.node == peer.0);
+    known && inner.with_replica(|r| !r.is_device() && r.devices().is_enrolled(peer.replica_id()))
+}
+
+impl Inner {
+    /// Enrols a device at this member: directory, engine, trust (see the module docs).
+    pub(crate) fn enrol_device(&self, device: NodeId, name: Option<String>) -> Result<bool, NodeError> {
+        if self.with_replica(|r| r.is_device()) {
+            return Err(NodeError::NotAMember);
+        }
+        if device == self.id || self.devices.fixed.contains(&device) {
+            return Err(NodeError::NotADevice(device));
+        }
+        let directory_changed = {
+            let mut dir = lock(&self.devices.directory);
+            // Another member's entry for this replica id gives way to the operator's here.
+            let changed = dir.enrol(device, name)?;
+            if changed {
+                dir.save(self.config.data.path())?;
+            }
+            changed
+        };
+        let enrolled = self.with_replica(|r| r.enrol_device(device.replica_id()))?;
+        if directory_changed {
+            self.devices.shared.send_modify(|n| *n += 1);
+        }
+        if enrolled {
+            self.devices.records.send_modify(|n| *n += 1);
+            info!(%device, "device enrolled");
+        }
+        refresh_trust(self);
+        Ok(enrolled || directory_changed)
+    }
+
+    /// Removes a device at this member: engine, trust, connections, directory.
+    pub(crate) fn remove_device(&self, device: NodeId) -> Result<bool, NodeError> {
+        if self.with_replica(|r| r.is_device()) {
+            return Err(NodeError::NotAMember);
+        }
+        let removed = self.with_replica(|r| r.remove_device(device.replica_id()))?;
+        // The engine no longer has it enrolled: trust and connections go now.
+        refresh_trust(self);
+        if self.devices.fixed.contains(&device) {
+            warn!(%device, "removed device is also trusted by --trust or --peer; it can still connect as a peer");
+        } else if self.endpoint.trust().remove(&device) {
+            debug!(%device, "dropped from the trust list");
+        }
+        if let Some(list) = lock(&self.devices.connections).remove(&device) {
+            for c in list {
+                refuse(&c, "this device was removed at this member");
+            }
+        }
+        {
+            let mut dir = lock(&self.devices.directory);
+            if dir.remove(device.replica_id()) {
+                dir.save(self.config.data.path())?;
+            }
+        }
+        if removed {
+            self.devices.records.send_modify(|n| *n += 1);
+            info!(%device, "device removed");
+        }
+        Ok(removed)
+    }
+
+    /// Every enrolled device, as [`crate::Node::devices`] shows them.
+    pub(crate) fn device_infos(&self) -> Vec<DeviceInfo> {
+        let now_ms = self.config.clock.0.now_ms();
+        let records: Vec<_> = self.with_replica(|r| {
+            r.devices()
+                .iter()
+                .map(|(id, rec)| {
+                    (
+                        id,
+                        rec.last_seen_ms,
+                        rec.acked.as_ref().map(crate::node::vector_map),
+                        rec.cursor.0,
+                        rec.counts() && now_ms.saturating_sub(rec.last_seen_ms) <= r.config().device_lease_ms,
+                    )
+                })
+                .collect()
+        });
+        let dir = lock(&self.devices.directory);
+        records
+            .into_iter()
+            .map(|(id, last_seen_ms, acked, cursor, holds)| {
+                let entry = dir.get(id);
+                let node = entry.map(|e| NodeId(e.node));
+                DeviceInfo {
+                    node_id: node.map(|n| n.to_string()),
+                    replica: id.to_string(),
+                    name: entry.and_then(|e| e.name.clone()),
+                    last_seen_ms,
+                    acked,
+                    cursor,
+                    holds_collection_back: holds,
+                    connected: node.is_some_and(|n| self.devices.is_connected(&n)),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Serves one device's connection until it closes: its sessions and its news stream.
+pub(crate) async fn serve(inner: Arc<Inner>, conn: PeerConnection) {
+    let span = info_span!("device", device = %conn.peer.to_string()[..16].to_string());
+    async move {
+        {
+            // At most CONNECTIONS_PER_PEER_MAX open per device: a new one closes the oldest (a
+            // reconnecting device briefly has its dead connection and its new one).
+            let mut conns = lock(&inner.devices.connections);
+            let list = conns.entry(conn.peer).or_default();
+            list.retain(|c| c.close_reason().is_none());
+            while list.len() >= crate::peer::CONNECTIONS_PER_PEER_MAX {
+                let oldest = list.remove(0);
+                refuse(&oldest, "too many connections from this device; closing the oldest");
+            }
+            list.push(conn.conn.clone());
+        }
+        debug!("device connected from {}", conn.conn.remote_address());
+        let mut stop = inner.shutdown.subscribe();
+        // One session at a time per connection: a device that opens more waits its turn (each
+        // session holds a store snapshot; QUIC bounds the streams waiting).
+        let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+        loop {
+            let stream = tokio::select! {
+                s = conn.accept() => s,
+                _ = stop.changed() => { conn.close(CloseCode::Done, "node shutting down"); break; }
+            };
+            let Ok((w, mut r)) = stream else { break };
+            let kind = match r.next().await {
+                Ok(Some(kind)) => kind,
+                Ok(None) => continue,
+                Err(_) => break,
+            };
+            let (inner, conn, turn) = (inner.clone(), conn.clone(), one_at_a_time.clone());
+            tokio::spawn(
+                async move {
+                    match kind.as_slice() {
+                        [STREAM_DEVICE_SESSION] => {
+                            let _turn = turn.lock().await;
+                            serve_session(&inner, &conn, (w, r)).await;
+                        }
+                        [STREAM_DEVICE_NEWS] => tell_news(&inner, &conn, w).await,
+                        _ => conn.close(CloseCode::Malformed, &format!("unknown device stream kind {kind:?}")),
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        debug!("device disconnected: {:?}", conn.conn.close_reason());
+        let mut conns = lock(&inner.devices.connections);
+        if let Some(list) = conns.get_mut(&conn.peer) {
+            list.retain(|c| c.stable_id() != conn.conn.stable_id());
+            if list.is_empty() {
+                conns.remove(&conn.peer);
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Runs one device session on a stream the device opened.
+async fn serve_session(inner: &Arc<Inner>, conn: &PeerConnection, stream: FrameStream) {
+    let device = conn.peer.replica_id();
+    let service = inner.with_replica(|r| DeviceService::new(r, Some(device)));
+    let result = match service {
+        Ok(mut service) => {
+            let stall = inner.config.session_stall_timeout;
+            pump(&**inner, &mut service, stream, stall, &mut |_| {}).await
+        }
+        Err(e) => Err(Failure::Sync(e)),
+    };
+    match result {
+        Ok(done) => {
+            let s = &done.stats;
+            inner.count_received(s.download.live_received, s.download.tombstones_received, s.total_received());
+            inner.count_sent_total(s.total_sent());
+            inner.count_wire(done.wire_sent, done.wire_received);
+            inner.round_trips.fetch_add(done.round_trips, Ordering::Relaxed);
+            inner.sessions_finished.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::session_ended(&s.download, SessionOutcome::of_finished(&s.download));
+            if s.uploaded > 0 || s.download.live_sent + s.download.tombstones_sent > 0 {
+                info!(
+                    uploaded = s.uploaded,
+                    admitted = s.admitted,
+                    live_sent = s.download.live_sent,
+                    tombstones_sent = s.download.tombstones_sent,
+                    "device session finished"
+                );
+            }
+        }
+        Err(failure) => {
+            inner.sessions_failed.fetch_add(1, Ordering::Relaxed);
+            let outcome = if failure.close_code().is_some() { SessionOutcome::Refused } else { SessionOutcome::Failed };
+            crate::metrics::session_ended(&lethe_engine::session::SessionStats::default(), outcome);
+            match &failure {
+                Failure::Sync(SyncError::NotEnrolled(_)) => {
+                    refuse(&conn.conn, &format!("refused: {failure}"));
+                    refresh_trust(inner);
+                }
+                f if f.is_local() => debug!("device session stopped by this node's own store: {f}"),
+                f => match f.close_code() {
+                    Some(code) => {
+                        warn!("device session failed, closing the connection ({code:?}): {f}");
+                        conn.close(code, &f.to_string());
+                    }
+                    None => debug!("device session ended: {f}"),
+                },
+            }
+        }
+    }
+}
+
+/// Tells the device at once, then each time this member committed something (lingering a
+/// moment so a burst is one word), how many live entries it holds (what a bootstrap would send:
+/// the device's estimate of a download's total), until the stream or the connection ends or the
+/// node stops.
+async fn tell_news(
+    inner: &Arc<Inner>,
+    conn: &PeerConnection,
+    mut w: lethe_transport::FrameWriter<lethe_transport::endpoint::SendStream>,
+) {
+    let mut committed = inner.committed.subscribe();
+    let mut stop = inner.shutdown.subscribe();
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                changed = committed.changed() => if changed.is_err() { return },
+                _ = conn.conn.closed() => return,
+                _ = stop.changed() => return,
+            }
+            tokio::time::sleep(NEWS_LINGER).await;
+            committed.borrow_and_update();
+        }
+        let live = inner.with_replica(|r| r.counts().live);
+        if w.send(&crate::device_stream::news_frame(live)).await.is_err() || w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Shares this member's device directory with a member peer: whole at connect, then, after
+/// every change, the entries changed since what was sent (each time on a stream of its own),
+/// until the connection ends. So enrolling n devices one by one sends each entry about once per
+/// member, not the directory n times.
+pub(crate) async fn share_directory(inner: Arc<Inner>, conn: PeerConnection) {
+    let mut changed = inner.devices.shared.subscribe();
+    let mut sent_upto = None;
+    loop {
+        let (frames, upto) = lock(&inner.devices.directory).frames_since(sent_upto);
+        // Nothing to say: no stream (a mesh without devices sees no new stream kind).
+        let sent = async {
+            if frames.is_empty() {
+                return Ok(());
+            }
+            let (mut w, _r) = conn.open().await?;
+            w.send(&[STREAM_DIRECTORY]).await?;
+            for f in &frames {
+                w.send(f).await?;
+            }
+            w.flush().await?;
+            let mut send = w.into_inner().await?;
+            let _ = send.finish();
+            Ok::<_, lethe_transport::Error>(())
+        }
+        .await;
+        match sent {
+            Ok(()) => sent_upto = Some(upto),
+            Err(e) => {
+                debug!("sharing the device directory failed: {e}");
+                if conn.conn.close_reason().is_some() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            c = changed.changed() => if c.is_err() { return },
+            _ = conn.conn.closed() => return,
+        }
+    }
+}
+
+/// Takes a member's shared directory (a stream whose first frame was [`STREAM_DIRECTORY`]), if
+/// the peer is an enrolled member; then refreshes the trust list.
+pub(crate) async fn receive_directory(
+    inner: &Inner,
+    peer: NodeId,
+    mut r: lethe_transport::FrameReader<lethe_transport::endpoint::RecvStream>,
+) -> Result<(), Failure> {
+    if !inner.with_replica(|rep| rep.membership().is_enrolled(peer.replica_id())) {
+        debug!("ignoring a device directory from {peer}, not a member here");
+        return Ok(());
+    }
+    let mut added = 0;
+    while let Some(frame) = r.next().await? {
+        let (n, last) =
+            lock(&inner.devices.directory).merge_frame(&frame).map_err(|e| Failure::Sync(SyncError::Malformed(e)))?;
+        added += n;
+        if last {
+            break;
+        }
+    }
+    if added > 0 {
+        // This node's own disk: nothing the peer did. The entries are kept in memory (and
+        // written with the next change); a restart before then learns them again.
+        if let Err(e) = lock(&inner.devices.directory).save(inner.config.data.path()) {
+            warn!("could not write the device directory: {e}");
+        }
+        debug!(added, "learned devices from {peer}");
+        refresh_trust(inner);
+    }
+    Ok(())
+}
