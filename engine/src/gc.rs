@@ -116,21 +116,19 @@ impl<S: Storage> Replica<S> {
     pub fn merge_gossip(&mut self, peer: ReplicaId, gossip: &[MemberInfo]) {
         let now_ms = self.now_ms();
         for g in gossip {
-            if g.replica == self.id() {
+            // The cheap checks first: nothing about a replica not enrolled here is verified.
+            if g.replica == self.id() || !self.membership.is_enrolled(g.replica) {
                 continue;
             }
             let signed = g.as_signed();
             let verified = if g.replica == peer {
                 signed.verify_by(self.signer.as_ref(), self.signed_time_limit_ms())
-            } else if self.membership.is_enrolled(g.replica) {
-                // An acknowledgement signed before the replica's eviction here does not undo
-                // it. Only claims that could count are checked (and counted when they fail).
-                if self.membership.evicted_after(g.replica, g.last_heard_ms) {
-                    continue;
-                }
-                self.verify_relayed(&signed)
-            } else {
+            } else if self.membership.evicted_after(g.replica, g.last_heard_ms) {
+                // An acknowledgement signed before the replica's eviction here does not undo it.
                 continue;
+            } else {
+                // Only claims that could count are checked (and counted when they fail).
+                self.verify_relayed(&signed)
             };
             if g.replica != peer && !verified {
                 continue;

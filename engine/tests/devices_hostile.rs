@@ -207,3 +207,61 @@ fn a_relayed_epoch_does_not_undo_a_removal_nor_count_an_ack_signed_before_it() {
     let record = a.devices().get(PHONE).unwrap();
     assert!(!record.counts() && record.signed.is_none(), "an ack signed before the removal counted again");
 }
+
+#[test]
+fn a_member_session_past_the_records_and_signed_claims_bounds_is_closed_and_changes_nothing() {
+    use lethe_engine::limits::{RECORDS_MESSAGES_PER_SESSION_MAX, SIGNED_CLAIMS_PER_SESSION_MAX};
+    use lethe_engine::membership::MEMBERS_MAX;
+    use lethe_engine::session::message::RECORDS_PER_MESSAGE_MAX;
+    let clock = ManualClock::new(T0);
+    let (mut a, b) = (member(A, &clock), member(B, &clock));
+    a.enrol_device(PHONE).unwrap();
+    // Records frames that never end.
+    let mut s = Session::new(&mut a, Some(B)).unwrap();
+    s.handle(&mut a, &hostile_hello(&b, A, vec![])).unwrap();
+    let empty = Message::Records(0, false, vec![]).encode().unwrap();
+    let mut refused = None;
+    for i in 0..RECORDS_MESSAGES_PER_SESSION_MAX + 5 {
+        if let Err(e) = s.handle(&mut a, &empty) {
+            refused = Some((i, e.to_string()));
+            break;
+        }
+    }
+    let (at, why) = refused.expect("a session took Records frames without end");
+    assert_eq!(at, RECORDS_MESSAGES_PER_SESSION_MAX);
+    assert!(why.contains("RECORDS_MESSAGES_PER_SESSION_MAX"), "{why}");
+    // Frames full of cursor claims, each of which could be a signature to check.
+    let forged: Vec<CursorClaim> =
+        (0..MEMBERS_MAX as u64).map(|i| CursorClaim(C, Seq(i + 1), Seq(0), Vec::new())).collect();
+    let frame = Message::Records(
+        0,
+        false,
+        (0..RECORDS_PER_MESSAGE_MAX as u64)
+            .map(|i| RecordWire(ReplicaId(1000 + i), 0, false, None, forged.clone(), 0, 0, Vec::new()))
+            .collect(),
+    )
+    .encode()
+    .unwrap();
+    let mut s = Session::new(&mut a, Some(B)).unwrap();
+    s.handle(&mut a, &hostile_hello(&b, A, vec![])).unwrap();
+    let per_frame = RECORDS_PER_MESSAGE_MAX * MEMBERS_MAX;
+    let mut refused = None;
+    for i in 0..SIGNED_CLAIMS_PER_SESSION_MAX / per_frame + 2 {
+        let before = (a.devices().clock(), a.acks_unverified(), a.devices().len());
+        if let Err(e) = s.handle(&mut a, &frame) {
+            assert_eq!(
+                (a.devices().clock(), a.acks_unverified(), a.devices().len()),
+                before,
+                "the refused frame changed a"
+            );
+            refused = Some((i, e.to_string()));
+            break;
+        }
+    }
+    let (at, why) = refused.expect("a session offered signed claims without bound");
+    // The handshake offered one claim (b's own record), each frame `per_frame`: refused at the
+    // first frame that would pass the bound, and not before.
+    assert!(at * per_frame < SIGNED_CLAIMS_PER_SESSION_MAX, "refused early, at frame {at}");
+    assert!(1 + (at + 1) * per_frame > SIGNED_CLAIMS_PER_SESSION_MAX, "refused late, at frame {at}");
+    assert!(why.contains("SIGNED_CLAIMS_PER_SESSION_MAX"), "{why}");
+}
