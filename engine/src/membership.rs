@@ -294,7 +294,8 @@ impl Membership {
 
     /// This membership as gossip, after this replica's own signed acknowledgement `own`: for
     /// each member its latest signed acknowledgement, or, lacking one, its record unsigned (which
-    /// a receiver does not count, but reads for the restore check of `replica/restore.rs`).
+    /// a receiver counts for nothing: neither its frontier nor the restore check of
+    /// `replica/restore.rs`, which reads only records whose signature verifies).
     #[must_use]
     pub fn gossip(&self, own: crate::sign::SignedAck) -> Vec<MemberInfo> {
         let mut out = vec![MemberInfo::from(own)];
