@@ -232,6 +232,12 @@ impl Devices {
         self.records.get(&device).filter(|r| !r.revoked)
     }
 
+    /// The record of `device`, enrolled or removed.
+    #[must_use]
+    pub fn record(&self, device: ReplicaId) -> Option<&DeviceRecord> {
+        self.records.get(&device)
+    }
+
     /// Every enrolled device and its record, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (ReplicaId, &DeviceRecord)> {
         self.records.iter().filter(|(_, r)| !r.revoked).map(|(d, r)| (*d, r))
