@@ -11,6 +11,7 @@ use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session, sync_in_p
 use lethe_engine::sign::{CursorClaim, cursor_message};
 use lethe_engine::{
     AckSigner, Config, InsecureTestSigner, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role, Seq,
+    VersionVector,
 };
 use std::sync::Arc;
 
@@ -264,4 +265,77 @@ fn a_member_session_past_the_records_and_signed_claims_bounds_is_closed_and_chan
     assert!(at * per_frame < SIGNED_CLAIMS_PER_SESSION_MAX, "refused early, at frame {at}");
     assert!(1 + (at + 1) * per_frame > SIGNED_CLAIMS_PER_SESSION_MAX, "refused late, at frame {at}");
     assert!(why.contains("SIGNED_CLAIMS_PER_SESSION_MAX"), "{why}");
+}
+
+/// The stand-in signer, counting the signatures it checks.
+#[derive(Debug)]
+struct CountingSigner(InsecureTestSigner, std::sync::atomic::AtomicU64);
+
+impl AckSigner for CountingSigner {
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.0.sign(message)
+    }
+
+    fn verify(&self, signer: ReplicaId, message: &[u8], signature: &[u8]) -> bool {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.verify(signer, message, signature)
+    }
+}
+
+#[test]
+fn relayed_claims_that_cannot_change_anything_are_not_verified() {
+    let clock = ManualClock::new(T0);
+    let b = member(B, &clock);
+    let mut a = member(A, &clock);
+    let counting = Arc::new(CountingSigner(InsecureTestSigner::new(A), std::sync::atomic::AtomicU64::new(0)));
+    a.set_signer(counting.clone());
+    let mut phone = device(PHONE, &clock);
+    let tablet = ReplicaId(101);
+    a.enrol_device(PHONE).unwrap();
+    a.enrol_device(tablet).unwrap();
+    sync_device_in_process(&mut phone, &mut a).unwrap();
+    let genuine = a.devices().get(PHONE).unwrap().signed.clone().unwrap();
+    a.remove_device(PHONE).unwrap();
+    let ack = |device, epoch, time_ms, signature| {
+        RecordWire(device, epoch, false, Some(VersionVector::new()), vec![], time_ms, time_ms, signature)
+    };
+    let tablet_ack = |time_ms| {
+        let signed =
+            lethe_engine::SignedAck::sign(&InsecureTestSigner::new(tablet), tablet, VersionVector::new(), time_ms);
+        ack(tablet, 0, time_ms, signed.signature)
+    };
+    let verified = || counting.1.load(std::sync::atomic::Ordering::Relaxed);
+    let cost = |a: &mut Replica<MemoryStore>, run: &dyn Fn(&mut Replica<MemoryStore>)| {
+        let start = verified();
+        run(a);
+        verified() - start
+    };
+    // What b's handshake alone costs (its own record: for the restore check and for gossip).
+    let hello = cost(&mut a, &|a| {
+        let mut s = Session::new(a, Some(B)).unwrap();
+        s.handle(a, &hostile_hello(&b, A, vec![])).unwrap();
+    });
+    // The tablet's genuine acknowledgement, relayed: verified once, kept.
+    let first = cost(&mut a, &|a| hostile_records(a, &b, vec![tablet_ack(T0)]));
+    assert_eq!(first, hello + 1);
+    assert!(a.devices().get(tablet).unwrap().signed.is_some());
+    // Then claims no signature could make count: the removed phone's (any epoch), the same
+    // tablet acknowledgement again, an older one, a cursor claim for a itself, and gossip
+    // about a replica not enrolled here.
+    let records = vec![
+        ack(PHONE, 0, genuine.time_ms, genuine.signature.clone()),
+        ack(PHONE, 1, T0 + 1, vec![1; 32]),
+        tablet_ack(T0),
+        tablet_ack(T0 - 1),
+        RecordWire(tablet, 0, false, None, vec![CursorClaim(A, Seq(9), Seq(1), vec![1; 32])], 0, 0, vec![]),
+    ];
+    let spared = cost(&mut a, &|a| hostile_records(a, &b, records.clone()));
+    assert_eq!(spared, hello, "signatures checked for records that could change nothing");
+    let stranger =
+        MemberInfo { replica: ReplicaId(77), acked: VersionVector::new(), last_heard_ms: T0, signature: vec![1; 32] };
+    let gossip = cost(&mut a, &|a| {
+        let mut s = Session::new(a, Some(B)).unwrap();
+        s.handle(a, &hostile_hello(&b, A, vec![stranger.clone()])).unwrap();
+    });
+    assert!(gossip <= hello + 1, "gossip about a replica not enrolled here checked twice");
 }
