@@ -116,17 +116,19 @@ impl<S: Storage> Replica<S> {
     pub fn merge_gossip(&mut self, peer: ReplicaId, gossip: &[MemberInfo]) {
         let now_ms = self.now_ms();
         for g in gossip {
-            if g.replica == self.id() {
+            // The cheap checks first: nothing about a replica not enrolled here is verified.
+            if g.replica == self.id() || !self.membership.is_enrolled(g.replica) {
                 continue;
             }
             let signed = g.as_signed();
             let verified = if g.replica == peer {
                 signed.verify_by(self.signer.as_ref(), self.signed_time_limit_ms())
-            } else if self.membership.is_enrolled(g.replica) {
+            } else if self.membership.evicted_after(g.replica, g.last_heard_ms) {
+                // An acknowledgement signed before the replica's eviction here does not undo it.
+                continue;
+            } else {
                 // Only claims that could count are checked (and counted when they fail).
                 self.verify_relayed(&signed)
-            } else {
-                continue;
             };
             if g.replica != peer && !verified {
                 continue;
@@ -162,9 +164,12 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Stops counting `replica` (an operator's eviction). It stays enrolled and rejoins by
-    /// reconciliation, then counts again once the admission rule lets it.
+    /// reconciliation, then counts again once the admission rule lets it. The eviction's time
+    /// is kept: an acknowledgement the replica signed no later than that, relayed by another
+    /// member, does not re-admit it (its own handshake, or a later signed one, does).
     pub fn evict(&mut self, replica: ReplicaId) -> bool {
-        self.membership.remove(replica)
+        let now_ms = self.now_ms();
+        self.membership.remove(replica, now_ms)
     }
 
     /// Enrols `replica` as a member (an operator's act: docs/design.md §2.4): its acknowledgements

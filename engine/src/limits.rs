@@ -89,6 +89,23 @@ pub const ENTRIES_PER_FRAME_MAX: usize = 1 << 15;
 /// (`size_of::<Entry>()`) plus its key, value and metadata bytes. A full chunk of the smallest
 /// entries takes about 4 MiB; of the largest, about 2 MiB.
 pub const ENTRIES_DECODED_BYTES_MAX: usize = 16 << 20;
+/// The most `Records` messages one member session may carry: enough for every record of a full
+/// table ([`crate::device::DEVICES_MAX`] in chunks of
+/// [`crate::session::message::RECORDS_PER_MESSAGE_MAX`]) and the closing one. A peer that sends
+/// more is closing no chunk: the session ends, naming this bound, before the frame changes
+/// anything.
+pub const RECORDS_MESSAGES_PER_SESSION_MAX: usize =
+    crate::device::DEVICES_MAX.div_ceil(crate::session::message::RECORDS_PER_MESSAGE_MAX) + 1;
+/// The most signed claims one member session may offer for checking: acknowledgements of
+/// members (its handshake) and of devices, and members' cursor claims (its `Records`), each
+/// counted as it arrives whether or not a cheap check then spares its signature. Verifying a
+/// signature costs tens of microseconds (Ed25519), so this bounds what one session can make a
+/// member spend to some seconds; it is more than one `Records` frame can offer
+/// (`RECORDS_PER_MESSAGE_MAX` records of one acknowledgement and one claim per member each, with
+/// a handshake), so an honest session always gets a frame through and the next one resumes
+/// after it. Past it the
+/// session ends, naming this bound, before the frame changes anything.
+pub const SIGNED_CLAIMS_PER_SESSION_MAX: usize = 1 << 19;
 
 /// Deserializes a sequence of at most `MAX` elements, refusing a longer one before allocating
 /// for it (a definite length is checked before the first element; an indefinite one at the

@@ -8,6 +8,8 @@
 //! - a tombstone is collected only after a checkpoint (F₀, J₀) was noted with its dot under F₀ and
 //!   a later F covers J₀, so every write concurrent with it has been seen by every member;
 //! - a member silent for longer than the lease is evicted and no longer holds collection back;
+//!   the eviction's time is kept, and an acknowledgement it signed no later than that does not
+//!   bring it back when another member relays it (its own word, later, does);
 //! - **only an enrolled replica can be a member** (docs/design.md §2.4): the operator enrols at most
 //!   [`MEMBERS_MAX`] replicas (this one included); gossip and acknowledgements about any other
 //!   replica are ignored, so a peer can neither create a member nor grow this table;
@@ -113,6 +115,8 @@ pub struct Membership {
     collected: VersionVector,
     /// The replicas the operator enrolled (besides this one): only they can become members.
     enrolled: BTreeSet<ReplicaId>,
+    /// When each enrolled replica was last evicted here (this replica's clock, ms).
+    evicted: BTreeMap<ReplicaId, u64>,
 }
 
 /// The stored form. A store written before enrolment existed has no `enrolled` list: its
@@ -125,11 +129,13 @@ struct MembershipWire {
     collected: VersionVector,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     enrolled: Option<BTreeSet<ReplicaId>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    evicted: BTreeMap<ReplicaId, u64>,
 }
 
 impl From<Membership> for MembershipWire {
     fn from(m: Membership) -> Self {
-        MembershipWire { members: m.members, collected: m.collected, enrolled: Some(m.enrolled) }
+        MembershipWire { members: m.members, collected: m.collected, enrolled: Some(m.enrolled), evicted: m.evicted }
     }
 }
 
@@ -140,7 +146,9 @@ impl From<MembershipWire> for Membership {
         });
         let mut members = w.members;
         members.retain(|r, _| enrolled.contains(r));
-        Membership { members, collected: w.collected, enrolled }
+        let mut evicted = w.evicted;
+        evicted.retain(|r, _| enrolled.contains(r));
+        Membership { members, collected: w.collected, enrolled, evicted }
     }
 }
 
@@ -188,6 +196,7 @@ impl Membership {
     /// Returns whether it was enrolled.
     pub fn unenrol(&mut self, replica: ReplicaId) -> bool {
         self.members.remove(&replica);
+        self.evicted.remove(&replica);
         self.enrolled.remove(&replica)
     }
 
@@ -285,7 +294,8 @@ impl Membership {
 
     /// This membership as gossip, after this replica's own signed acknowledgement `own`: for
     /// each member its latest signed acknowledgement, or, lacking one, its record unsigned (which
-    /// a receiver does not count, but reads for the restore check of `replica/restore.rs`).
+    /// a receiver counts for nothing: neither its frontier nor the restore check of
+    /// `replica/restore.rs`, which reads only records whose signature verifies).
     #[must_use]
     pub fn gossip(&self, own: crate::sign::SignedAck) -> Vec<MemberInfo> {
         let mut out = vec![MemberInfo::from(own)];
@@ -307,13 +317,26 @@ impl Membership {
         let evicted: Vec<_> = self.members.iter().filter(|(_, m)| m.last_heard_ms < cutoff).map(|(r, _)| *r).collect();
         for r in &evicted {
             self.members.remove(r);
+            self.evicted.insert(*r, now_ms);
         }
         evicted
     }
 
-    /// Forgets `replica` (eviction by an operator).
-    pub fn remove(&mut self, replica: ReplicaId) -> bool {
-        self.members.remove(&replica).is_some()
+    /// Forgets `replica` (eviction by an operator) at `now_ms`.
+    pub fn remove(&mut self, replica: ReplicaId, now_ms: u64) -> bool {
+        let was = self.members.remove(&replica).is_some();
+        if was {
+            self.evicted.insert(replica, now_ms);
+        }
+        was
+    }
+
+    /// Whether an acknowledgement `replica` signed at `time_ms` is from before its last eviction
+    /// here, so that, relayed by another member, it must not bring it back: the eviction would
+    /// otherwise be undone by any replay of a genuine older acknowledgement.
+    #[must_use]
+    pub fn evicted_after(&self, replica: ReplicaId, time_ms: u64) -> bool {
+        !self.members.contains_key(&replica) && self.evicted.get(&replica).is_some_and(|&at| time_ms <= at)
     }
 }
 

@@ -18,7 +18,7 @@
 //!   through gossip does not hold collection back for it nor collects early because of it;
 //! - a signature is at most [`SIGNATURE_BYTES_MAX`] bytes, checked as it is decoded.
 
-use crate::ids::ReplicaId;
+use crate::ids::{ReplicaId, Seq};
 use crate::vector::VersionVector;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -26,6 +26,10 @@ use std::fmt;
 /// The domain separation tag every signed acknowledgement begins with (version 1 of the
 /// encoding of [`ack_message`]).
 pub const ACK_DOMAIN: &[u8] = b"lethe-ack/1";
+
+/// The domain separation tag of a member's signed cursor claim ([`cursor_message`]): distinct
+/// from [`ACK_DOMAIN`], so neither signature can pass for the other.
+pub const CURSOR_DOMAIN: &[u8] = b"lethe-cursor/1";
 
 /// The longest signature accepted on the wire (Ed25519's are 64 bytes, the stand-in's 32).
 pub const SIGNATURE_BYTES_MAX: usize = 128;
@@ -110,6 +114,56 @@ pub fn ack_message(signer: ReplicaId, vector: &VersionVector, time_ms: u64) -> V
     }
     out.extend_from_slice(&time_ms.to_be_bytes());
     out
+}
+
+/// The bytes a member signs for a cursor claim: [`CURSOR_DOMAIN`], then the member's id, the
+/// device's id, the upload seq it admitted the device's writes up to and its own counter once it
+/// had, all as big-endian u64.
+#[must_use]
+pub fn cursor_message(member: ReplicaId, device: ReplicaId, seq: Seq, counter: Seq) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CURSOR_DOMAIN.len() + 32);
+    out.extend_from_slice(CURSOR_DOMAIN);
+    for n in [member.0, device.0, seq.0, counter.0] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    out
+}
+
+/// One member's word that it admitted a device's uploads up to upload seq `seq`, when its own
+/// counter was `counter` (so a member whose vector covers `counter` at that member has seen
+/// every one of those admissions), signed by that member over [`cursor_message`]. Members keep
+/// the latest claim of each member per device (`DeviceRecord::cursors`) and relay them; a
+/// receiver counts a claim about a member other than the sender only if that member's
+/// signature verifies, so no member can make another answer "known" to an upload on a third
+/// member's behalf (docs/design.md §9).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorClaim(
+    /// The member that admitted.
+    pub ReplicaId,
+    /// The upload seq it admitted up to.
+    pub Seq,
+    /// Its own counter once it had.
+    pub Seq,
+    /// Its signature over [`cursor_message`] (empty: unsigned, the sender's own word only).
+    #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "bounded_signature")]
+    pub Vec<u8>,
+);
+
+impl CursorClaim {
+    /// The member that made the claim.
+    #[must_use]
+    pub fn member(&self) -> ReplicaId {
+        self.0
+    }
+
+    /// Whether the claim is its member's for `device`, signed (never for an empty or oversized
+    /// signature).
+    #[must_use]
+    pub fn verify(&self, with: &dyn AckSigner, device: ReplicaId) -> bool {
+        !self.3.is_empty()
+            && self.3.len() <= SIGNATURE_BYTES_MAX
+            && with.verify(self.0, &cursor_message(self.0, device, self.1, self.2), &self.3)
+    }
 }
 
 /// One replica's acknowledgement as it signed it: the vector it had made durable, at its own
@@ -232,10 +286,26 @@ impl<S: crate::storage::Storage> crate::Replica<S> {
     }
 
     /// An `Ack` of `vector` with this replica's signature (`Message::Ack`).
+    ///
+    /// A device signs it at the later of its own clock and the members' as their handshakes
+    /// showed it (`replica/clock.rs`): members take a device's signed time as when it was last
+    /// seen, so a device whose clock lags would otherwise look silent (past its lease, even) to
+    /// every member but the one it talks to. A member signs at its own clock.
     #[must_use]
     pub fn ack_frame(&self, vector: VersionVector) -> crate::session::Message {
-        let signed = self.sign_ack(vector);
+        let time_ms = match self.peers_now_ms() {
+            Some(peers_ms) if self.is_device() => self.now_ms().max(peers_ms),
+            _ => self.now_ms(),
+        };
+        let signed = SignedAck::sign(self.signer.as_ref(), self.id(), vector, time_ms);
         crate::session::Message::Ack(signed.vector, Some(AckProof(signed.time_ms, signed.signature)))
+    }
+
+    /// This member's signed claim that it admitted `device`'s uploads up to `seq` when its own
+    /// counter was `counter` ([`CursorClaim`]).
+    #[must_use]
+    pub(crate) fn sign_cursor(&self, device: ReplicaId, seq: Seq, counter: Seq) -> CursorClaim {
+        CursorClaim(self.id(), seq, counter, self.signer.sign(&cursor_message(self.id(), device, seq, counter)))
     }
 
     /// Whether a relayed claim verifies for its signer; one that does not is counted.
@@ -275,7 +345,6 @@ pub(crate) fn bounded_signature<'de, D: serde::Deserializer<'de>>(d: D) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Seq;
 
     fn vv(pairs: &[(u64, u64)]) -> VersionVector {
         pairs.iter().map(|&(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into()

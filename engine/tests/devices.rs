@@ -392,10 +392,16 @@ fn a_device_enrolled_at_one_member_syncs_with_another_and_a_removal_reaches_ever
     sync_in_process(&mut a, &mut b, false).unwrap();
     assert!(b.devices().is_revoked(phone.id()) && a.devices().is_revoked(phone.id()));
     assert!(matches!(sync_device_in_process(&mut phone, &mut a), Err(SyncError::NotEnrolled(_))));
-    // Enrolled again at a (a new epoch), it is back everywhere.
+    // Enrolled again at a (a new epoch), it is back at a; b learned the removal, and there it
+    // is final: a member's relayed epoch does not undo it (docs/design.md §9), only b's own
+    // operator does.
     a.enrol_device(phone.id()).unwrap();
     sync_in_process(&mut a, &mut b, false).unwrap();
+    assert!(a.devices().is_enrolled(phone.id()) && b.devices().is_revoked(phone.id()));
+    b.enrol_device(phone.id()).unwrap();
+    sync_in_process(&mut a, &mut b, false).unwrap();
     assert!(b.devices().is_enrolled(phone.id()));
+    assert_eq!(b.devices().get(phone.id()).unwrap().epoch, a.devices().get(phone.id()).unwrap().epoch);
 }
 
 #[test]

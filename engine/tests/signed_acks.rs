@@ -10,7 +10,7 @@ use lethe_engine::membership::MemberInfo;
 use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session, SyncError, sync_in_process};
 use lethe_engine::sign::{AckProof, SIGNATURE_BYTES_MAX};
 use lethe_engine::{
-    Config, InsecureTestSigner, ManualClock, MemoryStore, Meta, PutOptions, Replica, ReplicaId, Role, Seq, SignedAck,
+    Config, InsecureTestSigner, ManualClock, MemoryStore, Meta, PutOptions, Replica, ReplicaId, Role, SignedAck,
     Snapshot, Storage, VersionVector,
 };
 use std::sync::Arc;
@@ -173,11 +173,11 @@ fn a_member_relaying_a_forged_device_record_does_not_move_the_frontier() {
     let genuine = record.signed.clone().expect("the phone's signed acknowledgement is kept");
     assert!(genuine.verify(&InsecureTestSigner::new(A)));
     let forged = [
-        RecordWire(PHONE, 0, false, Some(a.vector().clone()), Seq(0), T0, VersionVector::new(), Vec::new()),
-        RecordWire(PHONE, 0, false, Some(a.vector().clone()), Seq(0), T0, VersionVector::new(), {
+        RecordWire(PHONE, 0, false, Some(a.vector().clone()), vec![], T0, T0, Vec::new()),
+        RecordWire(PHONE, 0, false, Some(a.vector().clone()), vec![], T0, T0, {
             SignedAck::sign(&InsecureTestSigner::new(B), PHONE, a.vector().clone(), T0).signature
         }),
-        RecordWire(PHONE, 0, false, Some(a.vector().clone()), Seq(0), genuine.time_ms, VersionVector::new(), {
+        RecordWire(PHONE, 0, false, Some(a.vector().clone()), vec![], genuine.time_ms, genuine.time_ms, {
             genuine.signature.clone()
         }),
     ];
@@ -236,9 +236,8 @@ fn signatures_beyond_the_bound_are_refused_as_they_decode() {
     assert!(Message::decode(&hostile_hello(&b, A, vec![claim(fits.clone())])).is_ok());
     let err = Message::decode(&hostile_hello(&b, A, vec![claim(long.clone())])).unwrap_err();
     assert!(matches!(&err, SyncError::Malformed(m) if m.contains("signature of 129 bytes")), "{err}");
-    let record = |signature| {
-        Message::Records(1, true, vec![RecordWire(PHONE, 0, false, None, Seq(0), 0, VersionVector::new(), signature)])
-    };
+    let record =
+        |signature| Message::Records(1, true, vec![RecordWire(PHONE, 0, false, None, vec![], 0, 0, signature)]);
     assert!(Message::decode(&record(fits.clone()).encode().unwrap()).is_ok());
     assert!(Message::decode(&record(long.clone()).encode().unwrap()).is_err());
     let ack = |signature| Message::Ack(VersionVector::new(), Some(AckProof(T0, signature)));

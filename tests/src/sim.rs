@@ -149,6 +149,8 @@ pub struct SimReport {
     pub fresh_bootstraps: u64,
     /// Forged frames from a hostile device that members refused.
     pub forged_refused: u64,
+    /// Forged device records a compromised member relayed (each changed nothing).
+    pub records_forged: u64,
 }
 
 /// An invariant that did not hold.

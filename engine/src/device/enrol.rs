@@ -11,8 +11,51 @@ use crate::ids::ReplicaId;
 use crate::replica::Replica;
 use crate::session::Message;
 use crate::session::message::RECORDS_PER_MESSAGE_MAX;
+use crate::sign::CursorClaim;
 use crate::storage::{Batch, Meta, Storage, encode_cbor};
 use crate::vector::VersionVector;
+
+/// How a member checks what another member relays about a device (docs/design.md §9).
+struct RelayCheck<'a> {
+    signer: &'a dyn crate::sign::AckSigner,
+    latest_ms: u64,
+    /// What some member holds: a relayed acknowledgement is capped at it, as a direct one is
+    /// (`cap_device_ack`), so it names members only and none of this member's writes beyond
+    /// what it issued.
+    cap: VersionVector,
+    membership: &'a crate::membership::Membership,
+    me: ReplicaId,
+    from: ReplicaId,
+    unverified: u64,
+}
+
+impl crate::device::records::ClaimCheck for RelayCheck<'_> {
+    /// A device's acknowledgement counts here only as the device signed it, no later than this
+    /// member's clock allows.
+    fn ack(&mut self, claim: &crate::sign::SignedAck) -> Option<VersionVector> {
+        if claim.verify_by(self.signer, self.latest_ms) {
+            Some(claim.vector.meet(&self.cap))
+        } else {
+            self.unverified += 1;
+            None
+        }
+    }
+
+    /// A cursor claim counts only about an enrolled member other than this one, and only as
+    /// the sender's own word or signed by the member it names: no member can make this one
+    /// answer "known" to a device's upload on a third member's behalf.
+    fn cursor(&mut self, device: ReplicaId, claim: &CursorClaim) -> bool {
+        let member = claim.member();
+        if member == self.me {
+            return false;
+        }
+        let ok = self.membership.is_enrolled(member) && (member == self.from || claim.verify(self.signer, device));
+        if !ok {
+            self.unverified += 1;
+        }
+        ok
+    }
+}
 
 impl<S: Storage> Replica<S> {
     /// Whether this replica is a device.
@@ -47,7 +90,8 @@ impl<S: Storage> Replica<S> {
     /// Removes `device` at once (an operator's act), durable when this returns: it stops
     /// holding collection back and its sessions are refused. Returns whether it was enrolled.
     pub fn remove_device(&mut self, device: ReplicaId) -> Result<bool> {
-        if !self.devices.remove(device) {
+        let now_ms = self.now_ms();
+        if !self.devices.remove(device, now_ms) {
             return Ok(false);
         }
         self.persist_devices()?;
@@ -127,12 +171,18 @@ impl<S: Storage> Replica<S> {
     }
 
     /// The `Records` messages for a member that merged this replica's records up to `seen`:
-    /// those changed since, in chunks; at least one (the last says so).
+    /// those changed since, in chunks; at least one (the last says so). This member's own
+    /// cursor claims are signed as they go (`sign.rs` `CursorClaim`).
     pub(crate) fn device_records_for(&self, peer: Option<ReplicaId>, seen: u64) -> Vec<Message> {
         let mut out = Vec::new();
         let mut after = seen;
         loop {
-            let (records, upto) = self.devices.changed_since(after, RECORDS_PER_MESSAGE_MAX, peer);
+            let (mut records, upto) = self.devices.changed_since(after, RECORDS_PER_MESSAGE_MAX, peer);
+            for record in &mut records {
+                for claim in record.4.iter_mut().filter(|c| c.0 == self.id()) {
+                    *claim = self.sign_cursor(record.0, claim.1, claim.2);
+                }
+            }
             let last = upto == after || upto >= self.devices.clock();
             out.push(Message::Records(if last { self.devices.clock().max(upto) } else { upto }, last, records));
             if last {
@@ -153,23 +203,17 @@ impl<S: Storage> Replica<S> {
         let collected = self.membership.collected().clone();
         let pending = self.checkpoint.as_ref().map(|c| c.frontier.clone());
         let lease_ms = self.config().device_lease_ms;
-        // A device's acknowledgement counts here only as the device signed it (docs/design.md
-        // §9), capped as a direct one is (`cap_device_ack`): at what some member holds, so it
-        // names members only and none of this member's writes beyond what it issued.
-        let signer = std::sync::Arc::clone(&self.signer);
-        let latest_ms = self.signed_time_limit_ms();
-        let cap = self.membership.join(self.vector());
-        let mut unverified = 0;
-        let mut accept = |claim: &crate::sign::SignedAck| {
-            if claim.verify_by(signer.as_ref(), latest_ms) {
-                Some(claim.vector.meet(&cap))
-            } else {
-                unverified += 1;
-                None
-            }
+        let mut check = RelayCheck {
+            signer: self.signer.as_ref(),
+            latest_ms: self.signed_time_limit_ms(),
+            cap: self.membership.join(self.vector()),
+            membership: &self.membership,
+            me: self.id(),
+            from: peer,
+            unverified: 0,
         };
-        let changed = self.devices.merge(peer, records, now_ms, lease_ms, &collected, pending.as_ref(), &mut accept);
-        self.acks_unverified += unverified;
+        let changed = self.devices.merge(peer, records, now_ms, lease_ms, &collected, pending.as_ref(), &mut check);
+        self.acks_unverified += check.unverified;
         let mut seen = self.records_seen.clone();
         let entry = seen.seen.entry(peer).or_default();
         *entry = (*entry).max(upto);

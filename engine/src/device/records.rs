@@ -16,9 +16,20 @@
 //!   the pending checkpoint's frontier, the rule members are admitted by (`membership.rs`); a
 //!   device silent for longer than the device lease stops counting, and is handled like a
 //!   rejoining replica when it comes back;
-//! - the cursor only grows.
+//! - the cursor only grows, and is never more than some member's claim accounts for: it is the
+//!   highest upload seq of the members' cursor claims ([`crate::sign::CursorClaim`]), each with
+//!   that member's counter in `cursor_at`; a relayed claim about a member other than the sender
+//!   counts only if that member signed it, so no relay makes a member answer "known" to an
+//!   upload on another member's word;
+//! - a relayed last-seen time is never later than the device's signed time, the relaying
+//!   member's own last sight of the device, or this member's clock;
+//! - a lapsed or removed record relays no signed acknowledgement, and an acknowledgement the
+//!   device signed at or before the lapse or removal (`floor_ms`) never counts again here;
+//! - **a removal is final** at a member once it learns it: a relayed higher epoch does not
+//!   re-enrol the device there; only the operator's [`Devices::enrol`] at that member does.
 
 use crate::ids::{ReplicaId, Seq};
+use crate::sign::{CursorClaim, SignedAck};
 use crate::vector::VersionVector;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,7 +90,16 @@ pub struct DeviceRecord {
     /// a valid signature: what travels to other members as its acknowledgement and last-seen
     /// time (a member's own view of them is no one else's evidence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signed: Option<crate::sign::SignedAck>,
+    pub signed: Option<SignedAck>,
+    /// Per member, its latest claim to have admitted the device's uploads (the sender's own
+    /// word, or signed by that member): what `cursor` and `cursor_at` are made of, and what
+    /// travels as the cursor. This member's own claim is kept unsigned and signed as it goes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cursors: BTreeMap<ReplicaId, CursorClaim>,
+    /// An acknowledgement the device signed at or before this time (ms) never counts here: the
+    /// record lapsed or was removed then (0: never).
+    #[serde(default)]
+    pub floor_ms: u64,
 }
 
 impl DeviceRecord {
@@ -90,10 +110,11 @@ impl DeviceRecord {
     }
 }
 
-/// A device record as it travels between members (`Message::Records`): its epoch, removal and
-/// cursor as members know them, and the device's latest signed acknowledgement (vector and
-/// time, with the device's signature). The receiver takes the acknowledgement and the time only
-/// if the signature is the device's (docs/design.md §9).
+/// A device record as it travels between members (`Message::Records`): its epoch and removal
+/// as members know them, the members' cursor claims, the device's latest signed acknowledgement
+/// (vector and time, with the device's signature) and when the sender last saw the device. The
+/// receiver takes the acknowledgement only if the signature is the device's, a cursor claim
+/// about a member other than the sender only if that member signed it (docs/design.md §9).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordWire(
     /// The device.
@@ -102,33 +123,49 @@ pub struct RecordWire(
     pub u64,
     /// Whether it was removed.
     pub bool,
-    /// The vector it acknowledged and signed, if any (and it is not removed).
+    /// The vector it acknowledged and signed, if any (and it is not removed or lapsed).
     #[serde(deserialize_with = "crate::limits::bounded_optional_vector")]
     pub Option<VersionVector>,
-    /// Its cursor.
-    pub Seq,
+    /// The members' cursor claims, at most one per member
+    /// ([`MEMBERS_MAX`](crate::membership::MEMBERS_MAX) in all).
+    #[serde(deserialize_with = "bounded_claims")]
+    pub Vec<CursorClaim>,
     /// When it signed that acknowledgement (its wall clock), or 0.
     pub u64,
-    /// The vector at which its cursor was reached.
-    #[serde(default, deserialize_with = "crate::limits::bounded_vector")]
-    pub VersionVector,
+    /// When the sender last saw the device (the sender's clock), or 0.
+    pub u64,
     /// The device's signature over its acknowledgement ([`crate::sign::ack_message`] of the
     /// device, the vector and the time); empty: unsigned, and then neither counts.
-    #[serde(default, serialize_with = "serde_bytes::serialize", deserialize_with = "crate::sign::bounded_signature")]
+    #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "crate::sign::bounded_signature")]
     pub Vec<u8>,
 );
+
+fn bounded_claims<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CursorClaim>, D::Error> {
+    crate::limits::bounded_vec::<_, CursorClaim, { crate::membership::MEMBERS_MAX }>(d)
+}
 
 impl RecordWire {
     /// The acknowledgement this record relays, as its device signed it, if it carries one.
     #[must_use]
-    pub fn claim(&self) -> Option<crate::sign::SignedAck> {
-        self.3.as_ref().map(|vector| crate::sign::SignedAck {
+    pub fn claim(&self) -> Option<SignedAck> {
+        self.3.as_ref().map(|vector| SignedAck {
             signer: self.0,
             vector: vector.clone(),
             time_ms: self.5,
             signature: self.7.clone(),
         })
     }
+}
+
+/// What decides, for [`Devices::merge`], whether a relayed claim counts: the device's
+/// signature on its acknowledgement, a member's on its cursor claim. Called only for claims
+/// that would change something, after the cheap checks.
+pub(crate) trait ClaimCheck {
+    /// What to count of the device's acknowledgement `claim` (its vector, capped), if it
+    /// verifies.
+    fn ack(&mut self, claim: &SignedAck) -> Option<VersionVector>;
+    /// Whether `claim` about `device`'s cursor counts.
+    fn cursor(&mut self, device: ReplicaId, claim: &CursorClaim) -> bool;
 }
 
 /// How far device records were merged between this member and each other one
@@ -195,6 +232,12 @@ impl Devices {
         self.records.get(&device).filter(|r| !r.revoked)
     }
 
+    /// The record of `device`, enrolled or removed.
+    #[must_use]
+    pub fn record(&self, device: ReplicaId) -> Option<&DeviceRecord> {
+        self.records.get(&device)
+    }
+
     /// Every enrolled device and its record, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (ReplicaId, &DeviceRecord)> {
         self.records.iter().filter(|(_, r)| !r.revoked).map(|(d, r)| (*d, r))
@@ -218,14 +261,7 @@ impl Devices {
         let kept = self.records.len();
         match self.records.get_mut(&device) {
             Some(r) if !r.revoked => return Ok(false),
-            Some(r) => {
-                *r = DeviceRecord {
-                    epoch: r.epoch + 1,
-                    cursor: r.cursor,
-                    cursor_at: std::mem::take(&mut r.cursor_at),
-                    ..DeviceRecord::default()
-                }
-            }
+            Some(r) => *r = DeviceRecord { epoch: r.epoch + 1, ..r.carried() },
             None if kept >= DEVICES_MAX => {
                 return Err(TooManyDevices { device, enrolled: kept, max: DEVICES_MAX });
             }
@@ -239,12 +275,12 @@ impl Devices {
 
     /// Removes `device` at once (an operator's act): it no longer holds collection back and
     /// is refused; the removal travels to the other members and nothing undoes it but a new
-    /// enrolment. Returns whether it was enrolled.
-    pub fn remove(&mut self, device: ReplicaId) -> bool {
+    /// enrolment here (a relayed higher epoch does not undo it). An acknowledgement the device
+    /// signed up to `now_ms` never counts again. Returns whether it was enrolled.
+    pub fn remove(&mut self, device: ReplicaId, now_ms: u64) -> bool {
         match self.records.get_mut(&device) {
             Some(r) if !r.revoked => {
-                r.revoked = true;
-                r.acked = None;
+                r.revoke(now_ms);
                 self.touch(device);
                 true
             }
@@ -273,9 +309,10 @@ impl Devices {
 
     /// Keeps `ack` as the latest signed acknowledgement of its device, if enrolled and `ack` is
     /// newer than the one kept (the caller has verified it).
-    pub(crate) fn note_signed(&mut self, ack: crate::sign::SignedAck) {
+    pub(crate) fn note_signed(&mut self, ack: SignedAck) {
         let device = ack.signer;
         if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked)
+            && ack.time_ms > r.floor_ms
             && ack.is_newer_than(r.signed.as_ref())
         {
             r.signed = Some(ack);
@@ -307,8 +344,8 @@ impl Devices {
         counter: Seq,
     ) -> Option<DeviceRecord> {
         self.get(device).filter(|r| seq > r.cursor).map(|r| {
-            let mut record = DeviceRecord { cursor: seq, changed: self.clock + 1, ..r.clone() };
-            record.cursor_at.advance(by, counter);
+            let mut record = DeviceRecord { changed: self.clock + 1, ..r.clone() };
+            record.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
             record
         })
     }
@@ -317,8 +354,7 @@ impl Devices {
     /// counter is then `counter`.
     pub(crate) fn advance_cursor(&mut self, device: ReplicaId, seq: Seq, by: ReplicaId, counter: Seq) {
         if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked && seq > r.cursor) {
-            r.cursor = seq;
-            r.cursor_at.advance(by, counter);
+            r.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
             self.touch(device);
         }
     }
@@ -343,7 +379,8 @@ impl Devices {
     }
 
     /// Stops counting devices not heard from since `now_ms - lease_ms` (their records stay, with
-    /// their cursors: they are still enrolled); returns them.
+    /// their cursors: they are still enrolled); returns them. Their signed acknowledgements are
+    /// dropped, not relayed, and none signed up to `now_ms` counts again.
     pub(crate) fn lapse_silent(&mut self, now_ms: u64, lease_ms: u64) -> Vec<ReplicaId> {
         let cutoff = now_ms.saturating_sub(lease_ms);
         let lapsed: Vec<ReplicaId> =
@@ -351,6 +388,7 @@ impl Devices {
         for d in &lapsed {
             if let Some(r) = self.records.get_mut(d) {
                 r.acked = None;
+                r.raise_floor(now_ms);
             }
             self.touch(*d);
         }
@@ -375,20 +413,27 @@ impl Devices {
                     Some(s) => (Some(s.vector.clone()), s.time_ms, s.signature.clone()),
                     None => (None, 0, Vec::new()),
                 };
-                RecordWire(*d, r.epoch, r.revoked, acked, r.cursor, time_ms, r.cursor_at.clone(), signature)
+                let cursors = r.cursors.values().cloned().collect();
+                RecordWire(*d, r.epoch, r.revoked, acked, cursors, time_ms, r.last_seen_ms, signature)
             })
             .collect();
         (wire, upto)
     }
 
-    /// Merges records from another member (`Message::Records`): a higher epoch replaces, a
-    /// removal wins within an epoch, the cursor takes the maximum. The device's acknowledgement
-    /// and its time count only if `accept` passes its claim (the device's signature verifies)
-    /// and returns what to count of it: then the last-seen time takes the maximum (a time never
-    /// later than `now_ms`), the acknowledgement grows the record under the rule of
-    /// [`Devices::acknowledge`] unless the device was last seen longer than `lease_ms` ago,
-    /// and the claim is kept to relay. A record the table has no room for is left out. Returns
-    /// how many records changed.
+    /// Merges records from member `from` (`Message::Records`). Cheap checks come first, and
+    /// `check` is asked only about claims that would change something:
+    /// - a higher epoch replaces the record, unless the device was removed here (a removal is
+    ///   final here); a removal wins within an epoch;
+    /// - a cursor claim counts if `check` passes it (the sender's own, or signed by its member)
+    ///   and it is later than the one kept of that member; the cursor is the highest claim;
+    /// - the device's acknowledgement, in the record's epoch and not removed, signed after the
+    ///   record's floor and newer than the one kept, counts if `check` passes it: then the
+    ///   last-seen time takes the maximum with the earliest of its signed time, the sender's
+    ///   last sight of the device and `now_ms`; the acknowledgement grows the record under the
+    ///   rule of [`Devices::acknowledge`] unless that leaves the device last seen longer than
+    ///   `lease_ms` ago; and it is kept to relay.
+    ///
+    /// A record the table has no room for is left out. Returns how many records changed.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn merge(
         &mut self,
@@ -398,40 +443,40 @@ impl Devices {
         lease_ms: u64,
         collected: &VersionVector,
         pending: Option<&VersionVector>,
-        accept: &mut dyn FnMut(&crate::sign::SignedAck) -> Option<VersionVector>,
+        check: &mut dyn ClaimCheck,
     ) -> usize {
         let mut changed = 0;
         for wire in records {
-            let claim = wire.claim().and_then(|c| accept(&c).map(|counted| (c, counted)));
-            let RecordWire(device, epoch, revoked, _, cursor, _, cursor_at, _) = wire;
+            let RecordWire(device, epoch, revoked, acked, cursors, time_ms, seen_ms, signature) = wire;
             let before = self.records.get(&device).cloned();
             if before.is_none() && self.records.len() >= DEVICES_MAX {
                 continue;
             }
             let record =
                 self.records.entry(device).or_insert_with(|| DeviceRecord { epoch, ..DeviceRecord::default() });
-            if epoch > record.epoch {
-                *record = DeviceRecord {
-                    epoch,
-                    cursor: record.cursor,
-                    cursor_at: std::mem::take(&mut record.cursor_at),
-                    ..DeviceRecord::default()
-                };
+            if epoch > record.epoch && !record.revoked {
+                *record = DeviceRecord { epoch, ..record.carried() };
             }
-            record.cursor = record.cursor.max(cursor);
-            if crate::limits::merged_components(&record.cursor_at, &cursor_at) <= crate::limits::VECTOR_COMPONENTS_MAX {
-                record.cursor_at.merge(&cursor_at);
+            for claim in cursors {
+                let kept = record.cursors.get(&claim.0).map(|k| (k.1, k.2));
+                if kept.is_some_and(|k| k >= (claim.1, claim.2)) || !check.cursor(device, &claim) {
+                    continue;
+                }
+                record.take_cursor(claim);
             }
             if epoch == record.epoch {
-                record.revoked |= revoked;
-                if record.revoked {
-                    record.acked = None;
-                } else if let Some((claim, counted)) = claim {
-                    record.last_seen_ms = record.last_seen_ms.max(claim.time_ms.min(now_ms));
-                    if record.last_seen_ms >= now_ms.saturating_sub(lease_ms) {
-                        grow(record, &counted, collected, pending);
-                    }
-                    if claim.is_newer_than(record.signed.as_ref()) {
+                if revoked && !record.revoked {
+                    record.revoke(now_ms);
+                }
+                if let Some(vector) = acked.filter(|_| !record.revoked && time_ms > record.floor_ms) {
+                    let claim = SignedAck { signer: device, vector, time_ms, signature };
+                    if claim.is_newer_than(record.signed.as_ref())
+                        && let Some(counted) = check.ack(&claim)
+                    {
+                        record.last_seen_ms = record.last_seen_ms.max(time_ms.min(seen_ms).min(now_ms));
+                        if record.last_seen_ms >= now_ms.saturating_sub(lease_ms) {
+                            grow(record, &counted, collected, pending);
+                        }
                         record.signed = Some(claim);
                     }
                 }
@@ -451,6 +496,42 @@ impl Devices {
             .into_iter()
             .filter_map(|d| self.records.get(&d).map(|r| (d, r.clone())))
             .collect()
+    }
+}
+
+impl DeviceRecord {
+    /// What a new epoch of this record keeps: the cursor (uploads admitted stay admitted) and
+    /// the floor (acknowledgements signed before a removal never count again).
+    fn carried(&mut self) -> DeviceRecord {
+        DeviceRecord {
+            cursor: self.cursor,
+            cursor_at: std::mem::take(&mut self.cursor_at),
+            cursors: std::mem::take(&mut self.cursors),
+            floor_ms: self.floor_ms,
+            ..DeviceRecord::default()
+        }
+    }
+
+    /// Marks the record removed at `now_ms`.
+    fn revoke(&mut self, now_ms: u64) {
+        self.revoked = true;
+        self.acked = None;
+        self.raise_floor(now_ms);
+    }
+
+    /// Drops the signed acknowledgement and raises the floor to `now_ms` (or the dropped
+    /// acknowledgement's time, if later): no acknowledgement signed up to then counts again.
+    fn raise_floor(&mut self, now_ms: u64) {
+        let signed_ms = self.signed.take().map_or(0, |s| s.time_ms);
+        self.floor_ms = self.floor_ms.max(now_ms).max(signed_ms);
+    }
+
+    /// Takes a member's cursor claim (checked by the caller): the cursor is the highest claim,
+    /// and `cursor_at` holds each claiming member's counter.
+    fn take_cursor(&mut self, claim: CursorClaim) {
+        self.cursor = self.cursor.max(claim.1);
+        self.cursor_at.advance(claim.0, claim.2);
+        self.cursors.insert(claim.0, claim);
     }
 }
 
@@ -500,7 +581,7 @@ mod tests {
         assert_eq!(d.frontier(vv(&[(1, 9)])), vv(&[(1, 3)]));
         assert_eq!(d.lapse_silent(30 + 100, 50), vec![ReplicaId(7)]);
         assert_eq!(d.frontier(vv(&[(1, 9)])), vv(&[(1, 9)]), "a lapsed device holds nothing back");
-        assert!(d.remove(ReplicaId(7)));
+        assert!(d.remove(ReplicaId(7), 140));
         assert!(d.is_revoked(ReplicaId(7)) && !d.is_enrolled(ReplicaId(7)));
         assert_eq!(d.acknowledge(ReplicaId(7), &vv(&[(1, 3)]), 40, &vv(&[]), None), (false, false));
         assert_eq!(
@@ -514,32 +595,51 @@ mod tests {
         assert_eq!(d.get(ReplicaId(7)).unwrap().epoch, 1);
     }
 
+    /// Passes every claim (what a failed signature does is in `engine/tests/signed_acks.rs` and
+    /// `engine/tests/devices_hostile.rs`).
+    struct PassAll;
+
+    impl ClaimCheck for PassAll {
+        fn ack(&mut self, claim: &SignedAck) -> Option<VersionVector> {
+            Some(claim.vector.clone())
+        }
+
+        fn cursor(&mut self, _device: ReplicaId, _claim: &CursorClaim) -> bool {
+            true
+        }
+    }
+
     #[test]
     fn records_merge_by_epoch_removal_wins_and_only_what_changed_travels() {
-        // Every claim passes here; what a failed signature does is in `engine/tests/signed_acks.rs`.
-        let mut accept = |c: &crate::sign::SignedAck| Some(c.vector.clone());
         let mut a = Devices::default();
         let mut b = Devices::default();
         a.enrol(ReplicaId(7)).unwrap();
         a.enrol(ReplicaId(8)).unwrap();
         let (wire, upto) = a.changed_since(0, 100, None);
         assert_eq!((wire.len(), upto), (2, 2));
-        assert_eq!(b.merge(ReplicaId(1), wire, 100, 1000, &vv(&[]), None, &mut accept), 2);
+        assert_eq!(b.merge(ReplicaId(1), wire, 100, 1000, &vv(&[]), None, &mut PassAll), 2);
         assert!(b.is_enrolled(ReplicaId(7)) && b.is_enrolled(ReplicaId(8)));
         assert_eq!(a.changed_since(upto, 100, None).0, vec![], "nothing changed since");
         // A removal at b travels to a and is not undone by a's older record.
-        b.remove(ReplicaId(7));
+        b.remove(ReplicaId(7), 100);
         let (wire, _) = b.changed_since(0, 100, None);
-        a.merge(ReplicaId(2), wire, 100, 1000, &vv(&[]), None, &mut accept);
+        a.merge(ReplicaId(2), wire, 100, 1000, &vv(&[]), None, &mut PassAll);
         assert!(a.is_revoked(ReplicaId(7)));
-        let stale = RecordWire(ReplicaId(7), 0, false, Some(vv(&[(1, 1)])), Seq(9), 50, vv(&[(1, 4)]), vec![1]);
-        a.merge(ReplicaId(2), vec![stale], 100, 1000, &vv(&[]), None, &mut accept);
+        let claim = CursorClaim(ReplicaId(1), Seq(9), Seq(4), vec![1]);
+        let stale = RecordWire(ReplicaId(7), 0, false, Some(vv(&[(1, 1)])), vec![claim], 150, 150, vec![1]);
+        a.merge(ReplicaId(2), vec![stale.clone()], 200, 1000, &vv(&[]), None, &mut PassAll);
         assert!(a.is_revoked(ReplicaId(7)), "same epoch: the removal wins");
         assert_eq!(a.cursor(ReplicaId(7)), Seq(9), "cursors only grow");
         assert!(!a.covers_cursor(ReplicaId(7), &vv(&[(1, 3)])) && a.covers_cursor(ReplicaId(7), &vv(&[(1, 4)])));
-        // A time from a peer is never later than the receiver's clock.
-        let future = RecordWire(ReplicaId(8), 0, false, Some(vv(&[(1, 1)])), Seq(0), u64::MAX, vv(&[]), vec![1]);
-        a.merge(ReplicaId(2), vec![future], 100, 1000, &vv(&[]), None, &mut accept);
-        assert_eq!(a.get(ReplicaId(8)).unwrap().last_seen_ms, 100);
+        // Nor by a higher epoch from a peer: only an enrolment here does.
+        let mut higher = stale;
+        higher.1 = 1;
+        a.merge(ReplicaId(2), vec![higher], 200, 1000, &vv(&[]), None, &mut PassAll);
+        assert!(a.is_revoked(ReplicaId(7)), "a relayed epoch does not undo a removal");
+        // A time from a peer is never later than the receiver's clock, nor than the sender's
+        // own sight of the device.
+        let future = RecordWire(ReplicaId(8), 0, false, Some(vv(&[(1, 1)])), vec![], u64::MAX, 90, vec![1]);
+        a.merge(ReplicaId(2), vec![future], 100, 1000, &vv(&[]), None, &mut PassAll);
+        assert_eq!(a.get(ReplicaId(8)).unwrap().last_seen_ms, 90);
     }
 }

@@ -142,6 +142,12 @@ impl<S: Storage> Replica<S> {
         self.peer_clocks.note(peer, peer_wall_ms, mono_ms);
     }
 
+    /// The peers' wall time now (the upper median of those measured within
+    /// [`PEER_CLOCK_FRESH_MS`]), if any was measured lately.
+    pub(crate) fn peers_now_ms(&self) -> Option<u64> {
+        self.peer_clocks.reference_ms(self.monotonic_ms())
+    }
+
     /// The latest wall time `peer` may accept a stamp at: its clock as last measured, plus
     /// `max_drift_ms` and [`PEER_CLOCK_SLACK_MS`]. `None` if it was not measured lately.
     #[must_use]

@@ -228,6 +228,11 @@ pub struct Session {
     records_pending: bool,
     /// Whether this side's device records wait for the peer's handshake.
     records_deferred: bool,
+    /// `Records` messages received (at most [`crate::limits::RECORDS_MESSAGES_PER_SESSION_MAX`]).
+    records_received: usize,
+    /// Signed claims the peer offered (handshake members, device acknowledgements, cursor
+    /// claims; at most [`crate::limits::SIGNED_CLAIMS_PER_SESSION_MAX`]).
+    claims_offered: usize,
 }
 
 /// The side of a device session's download a [`Session`] plays.
@@ -302,6 +307,8 @@ impl Session {
                 .chain(records_unchanged.then(|| Message::Records(replica.devices().clock(), true, Vec::new())))
                 .collect(),
             records_deferred: !records_unchanged,
+            records_received: 0,
+            claims_offered: 0,
             source: Source::AwaitHello,
             sink: Sink::AwaitHello,
             stats: SessionStats::default(),
@@ -540,6 +547,22 @@ impl Session {
                 if !self.records_pending {
                     return Err(SyncError::Unexpected { got: "Records", state: "after the peer's last records" });
                 }
+                // Bounded before anything of the frame is merged (docs/design.md §9).
+                self.records_received += 1;
+                if self.records_received > crate::limits::RECORDS_MESSAGES_PER_SESSION_MAX {
+                    return Err(SyncError::Malformed(format!(
+                        "more than RECORDS_MESSAGES_PER_SESSION_MAX ({}) Records messages in one session",
+                        crate::limits::RECORDS_MESSAGES_PER_SESSION_MAX
+                    )));
+                }
+                let claims: usize = records.iter().map(|r| usize::from(r.3.is_some()) + r.4.len()).sum();
+                self.claims_offered = self.claims_offered.saturating_add(claims);
+                if self.claims_offered > crate::limits::SIGNED_CLAIMS_PER_SESSION_MAX {
+                    return Err(SyncError::Malformed(format!(
+                        "more than SIGNED_CLAIMS_PER_SESSION_MAX ({}) signed claims offered in one session",
+                        crate::limits::SIGNED_CLAIMS_PER_SESSION_MAX
+                    )));
+                }
                 if let Some(peer) = self.peer {
                     replica.merge_device_records(peer, upto, records)?;
                 }
@@ -614,6 +637,7 @@ impl Session {
         replica.notice_own_seqs(&hello.vector, &hello.members)?;
         // The handshake vector is durable state of the peer: an acknowledgement.
         replica.acknowledge(peer, &hello.vector);
+        self.claims_offered = self.claims_offered.saturating_add(hello.members.len());
         replica.merge_gossip(peer, &hello.members);
         replica.note_records_acked(peer, hello.records_seen);
         if std::mem::take(&mut self.records_deferred) {

@@ -46,6 +46,7 @@ fn main() {
                 total.uploads += report.uploads;
                 total.fresh_bootstraps += report.fresh_bootstraps;
                 total.forged_refused += report.forged_refused;
+                total.records_forged += report.records_forged;
             }
             Err(v) => {
                 failed += 1;
@@ -74,13 +75,14 @@ fn main() {
     );
     println!(
         "devices: {} in all, {} device sessions finished, {} ended early, {} uploads admitted, \
-         {} fresh device bootstraps, {} forged frames refused",
+         {} fresh device bootstraps, {} forged frames refused, {} forged member records ignored",
         total.devices,
         total.device_sessions,
         total.device_sessions_aborted,
         total.uploads,
         total.fresh_bootstraps,
-        total.forged_refused
+        total.forged_refused,
+        total.records_forged
     );
     println!("{} seeds, {} failed, {:.1} s", seeds.len(), failed, started.elapsed().as_secs_f64());
     if failed > 0 {

@@ -25,6 +25,7 @@
 //! at a member's handshake) counts as one by the members whose frontier covered the dot.
 
 use super::{Choices, Node, Sim, SkewedClock, Violation, entry_of, violation};
+use lethe_engine::device::records::RecordWire;
 use lethe_engine::device::{
     Admission, DeviceHello, DeviceService, DeviceSession, anti_entropy_device_in_process, sync_device_in_process,
 };
@@ -315,7 +316,8 @@ impl<C: Choices> Sim<'_, C> {
                 Ok(())
             }
             91..=94 => self.device_gc(),
-            _ => self.forge(),
+            95..=97 => self.forge(),
+            _ => self.forge_records(),
         }
     }
 
@@ -1032,6 +1034,103 @@ impl<C: Choices> Sim<'_, C> {
             }
         }
         self.log(|| format!("hostile device {hostile} forged frames (kind {kind}, victim {victim}) at member {m}"));
+        Ok(())
+    }
+}
+
+impl<C: Choices> Sim<'_, C> {
+    /// A compromised member `b` relays forged device records to member `a` (docs/design.md
+    /// §9): cursor claims for `a` itself, for a third member unsigned or under `b`'s key, or for
+    /// a non-member, and a device `a` removed shown enrolled again in a later epoch with an
+    /// acknowledgement under `b`'s key. None may change `a`'s record of the device, its vector
+    /// or its data: no relay makes `a` answer "known" to an upload on another member's word,
+    /// and a removal is final where it is known.
+    fn forge_records(&mut self) -> Result<(), Violation> {
+        let live: Vec<usize> =
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].replica.is_some() && !self.nodes[i].waiting).collect();
+        if live.len() < 2 {
+            return Ok(());
+        }
+        let ai = live[self.choices.below(live.len() as u64) as usize];
+        let others: Vec<usize> = live.iter().copied().filter(|&i| i != ai).collect();
+        let bi = others[self.choices.below(others.len() as u64) as usize];
+        let (a_id, b_id) = (self.nodes[ai].id, self.nodes[bi].id);
+        let third = self.nodes.iter().map(|n| n.id).find(|&id| id != a_id && id != b_id).unwrap_or(ReplicaId(9_999));
+        let kind = self.choices.below(4);
+        let extra = 1 + self.choices.below(1 << 20);
+        let hello = {
+            let Some(b) = self.nodes[bi].replica.as_ref() else { return Ok(()) };
+            let members = vec![lethe_engine::membership::MemberInfo::from(b.sign_ack(b.vector().clone()))];
+            Message::Hello(lethe_engine::session::Hello {
+                version: PROTOCOL_VERSION,
+                replica: b_id,
+                vector: b.vector().clone(),
+                members,
+                values: 1,
+                anti_entropy: false,
+                wall_ms: self.nodes[bi].clock.now_ms(),
+                records_seen: b.records_seen(a_id),
+            })
+        };
+        let node = &mut self.nodes[ai];
+        let Some(a) = node.replica.as_mut() else { return Ok(()) };
+        let known: Vec<ReplicaId> = self
+            .fleet
+            .devices
+            .iter()
+            .map(|d| d.id)
+            .filter(|&d| if kind == 3 { a.devices().is_revoked(d) } else { a.devices().get(d).is_some() })
+            .collect();
+        if known.is_empty() {
+            return Ok(());
+        }
+        let victim = known[self.choices.below(known.len() as u64) as usize];
+        let Some(record) = a.devices().record(victim).cloned() else { return Ok(()) };
+        let b_key = lethe_engine::InsecureTestSigner::new(b_id);
+        let seq = Seq(record.cursor.0.saturating_add(extra));
+        let claim = |member: ReplicaId, signed: bool| {
+            let message = lethe_engine::sign::cursor_message(member, victim, seq, Seq(0));
+            let signature = if signed { lethe_engine::AckSigner::sign(&b_key, &message) } else { Vec::new() };
+            lethe_engine::sign::CursorClaim(member, seq, Seq(0), signature)
+        };
+        let wire = |claims, epoch, acked: Option<VersionVector>, signature| {
+            RecordWire(victim, epoch, false, acked, claims, node.clock.now_ms(), node.clock.now_ms(), signature)
+        };
+        let forged = match kind {
+            0 => wire(vec![claim(a_id, false)], record.epoch, None, Vec::new()),
+            1 => wire(vec![claim(third, false)], record.epoch, None, Vec::new()),
+            2 => wire(vec![claim(third, true), claim(ReplicaId(9_999), false)], record.epoch, None, Vec::new()),
+            _ => {
+                let acked = a.vector().clone();
+                let message = lethe_engine::sign::ack_message(victim, &acked, node.clock.now_ms());
+                let signature = lethe_engine::AckSigner::sign(&b_key, &message);
+                wire(vec![claim(third, true)], record.epoch + 1, Some(acked), signature)
+            }
+        };
+        a.purge_expired().map_err(|e| violation("storage", e.to_string()))?;
+        let before = (a.vector().clone(), a.digest(), a.tombstone_count(), record.clone());
+        let mut session = lethe_engine::session::Session::new(a, Some(b_id))
+            .map_err(|e| violation("member session", format!("opening on member {a_id}: {e}")))?;
+        let frames = [hello.encode(), Message::Records(0, true, vec![forged]).encode()];
+        for frame in frames {
+            let frame = frame.map_err(|e| violation("member session", e.to_string()))?;
+            if session.handle(a, &frame).is_err() {
+                break;
+            }
+        }
+        let after = (a.vector().clone(), a.digest(), a.tombstone_count(), a.devices().record(victim).cloned());
+        if (&before.0, &before.1, before.2, Some(&before.3)) != (&after.0, &after.1, after.2, after.3.as_ref()) {
+            return Err(violation(
+                "§9 member trust",
+                format!(
+                    "member {b_id}'s forged record of device {victim} (kind {kind}, +{extra}) changed member {a_id}: \
+                     {:?} -> {:?}",
+                    before.3, after.3
+                ),
+            ));
+        }
+        self.report.records_forged += 1;
+        self.log(|| format!("member {b_id} relayed forged records (kind {kind}) of device {victim} to member {a_id}"));
         Ok(())
     }
 }
