@@ -2,7 +2,7 @@
 //!
 //! Each command lives in `commands/`: `serve` (init, serve and its config file), `write` (put,
 //! del), `read` (get, list, status), `device` (device add/list/remove, sync), `watch`, `transfer` (export, import), `bench` (benchmarks
-//! and the demo, with the default feature `bench`); `metrics` serves `serve --metrics`.
+//! and the demo, with the default feature `bench`); `metrics` serves `serve --metrics`; `progress` shows a device's sync on a terminal.
 //! `client` is the owner's connection to a running node; `json` the JSON forms the commands
 //! print and `import` reads; `output` writes stdout (a closed pipe ends a command quietly) and
 //! the text form of bytes.
@@ -14,6 +14,7 @@ mod demo;
 mod json;
 mod metrics;
 mod output;
+mod progress;
 
 use clap::{Parser, Subcommand};
 #[cfg(feature = "bench")]

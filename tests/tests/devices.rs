@@ -163,6 +163,9 @@ fn a_fresh_device_gets_no_tombstones_and_removing_a_stopped_device_lets_the_serv
 
     let out = ok(&server, &["device", "remove", &away.id.to_string()]);
     assert!(out.starts_with("removed"), "{out}");
+    let (code, _, err) = server.cli(&["device", "remove", &away.id.to_string()]);
+    assert_eq!(code, 1, "removing twice says it is not enrolled: {err}");
+    assert!(err.contains("not an enrolled device"), "{err}");
     wait_until("the server forgets the tombstones once the stopped device is removed", CONVERGE, || {
         let s = server.status();
         (s.tombstones == 0, s.tombstones)

@@ -21,6 +21,9 @@ pub enum DeviceCommand {
         /// A name to know it by (at most 128 bytes).
         #[arg(long)]
         name: Option<String>,
+        /// Print `{"node_id", "changed"}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Print each enrolled device: id, name, last seen, acknowledged vector, cursor, whether it
     /// holds collection back and whether it is connected here.
@@ -34,34 +37,40 @@ pub enum DeviceCommand {
     Remove {
         /// The device's node id.
         node_id: NodeId,
+        /// Print `{"node_id", "removed"}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 /// Runs a `device` subcommand against the node of `data`.
 pub fn device(data: Option<PathBuf>, command: DeviceCommand) -> Result<ExitCode> {
     match command {
-        DeviceCommand::Add { node_id, name } => {
+        DeviceCommand::Add { node_id, name, json } => {
             let request = Request::DeviceAdd { node_id: node_id.to_string(), name };
-            match client::request(data, &request)? {
-                Response::DeviceAdded { changed } => {
-                    print_line(&format!("{} {node_id}", if changed { "enrolled" } else { "already enrolled" }))?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                other => bail!("unexpected answer {other:?}"),
-            }
+            let Response::DeviceAdded { changed } = client::request(data, &request)? else {
+                bail!("unexpected answer to an enrolment");
+            };
+            print_line(&if json {
+                serde_json::json!({ "node_id": node_id.to_string(), "changed": changed }).to_string()
+            } else {
+                format!("{} {node_id}", if changed { "enrolled" } else { "already enrolled" })
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
-        DeviceCommand::Remove { node_id } => {
-            match client::request(data, &Request::DeviceRemove { node_id: node_id.to_string() })? {
-                Response::DeviceRemoved { removed: true } => {
-                    print_line(&format!("removed {node_id}"))?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                Response::DeviceRemoved { removed: false } => {
-                    eprintln!("error: {node_id} is not an enrolled device here (see `lethe device list`)");
-                    Ok(ExitCode::from(1))
-                }
-                other => bail!("unexpected answer {other:?}"),
+        DeviceCommand::Remove { node_id, json } => {
+            let request = Request::DeviceRemove { node_id: node_id.to_string() };
+            let Response::DeviceRemoved { removed } = client::request(data, &request)? else {
+                bail!("unexpected answer to a removal");
+            };
+            if json {
+                print_line(&serde_json::json!({ "node_id": node_id.to_string(), "removed": removed }).to_string())?;
+            } else if removed {
+                print_line(&format!("removed {node_id}"))?;
+            } else {
+                eprintln!("error: {node_id} is not an enrolled device here (see `lethe device list`)");
             }
+            Ok(if removed { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         DeviceCommand::List { json } => {
             let devices = list(data)?;
@@ -140,7 +149,8 @@ pub struct SyncArgs {
 /// what it cost. Exit status 1 if a member refused this device, 2 on any other failure.
 pub fn sync(data: Option<PathBuf>, args: SyncArgs) -> Result<ExitCode> {
     let dir = data_dir(data)?;
-    crate::init_logs("warn");
+    // The summary line goes to the log (stderr), the report to stdout.
+    crate::init_logs("info");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let result = runtime.block_on(lethe_node::sync_once(&dir, &args.servers, NodeClock::default()));
     match result {

@@ -257,6 +257,9 @@ pub fn serve(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
         let slot = crate::metrics::MetricsServer::bind(&metrics).await?.serve();
         let node = Node::start(config).await?;
         slot.set(&node);
+        if node.role() == lethe_node::NodeRole::Device {
+            tokio::spawn(crate::progress::follow(node.clone()));
+        }
         dir.write_addr(node.local_addr())?;
         // The node runs on when nobody reads its stdout: the address is in the data directory.
         let line = if json {
