@@ -14,191 +14,27 @@
 
 #![no_main]
 
-use lethe_engine::fingerprint::ItemId;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{Offered, bounded_by_frame, bytes, entries, flow_message, hlc, repeat, replica_id, time_ms, vector};
 use lethe_engine::limits::VECTOR_COMPONENTS_MAX;
 use lethe_engine::live::{LiveReceiver, Push, handle_ack};
 use lethe_engine::membership::{MEMBERS_MAX, MemberInfo};
-use lethe_engine::session::message::{PartContent, RangeGroup, RangePart, SketchMsg, WantedItem};
-use lethe_engine::session::{Hello, KeyBounds, Message, PROTOCOL_VERSION, Session};
-use lethe_engine::{
-    Config, Entry, Hlc, KeyRange, ManualClock, MemoryStore, Payload, PutOptions, Replica, ReplicaId, Seq, Snapshot,
-    Stamp, Storage, Value, VersionVector,
-};
+use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session};
+use lethe_engine::{Config, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Storage};
 use libfuzzer_sys::arbitrary::{Result as ArbResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeSet;
-use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-const T0: u64 = 1_700_000_000_000;
+const T0: u64 = common::T0;
 const ME: ReplicaId = ReplicaId(1);
 const PEER: ReplicaId = ReplicaId(2);
 /// Enrolled besides the peer.
 const OTHER: ReplicaId = ReplicaId(3);
-/// Allocation allowed for one frame whatever its size: a GC step, a snapshot, a handshake.
-const MEMORY_FIXED_BYTES: usize = 8 << 20;
-/// Allocation allowed per byte of the frame: a small entry takes some thirty times its wire
-/// size decoded, and applying it copies it about twice more.
-const MEMORY_PER_FRAME_BYTE: usize = 128;
 
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(bytes: usize) {
-    let now = CURRENT.fetch_add(bytes, Ordering::Relaxed) + bytes;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; the counters only observe sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-            grew(new_size);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// What the replica has offered in its last `Ranges`, for replies that name it.
-#[derive(Default)]
-struct Offered {
-    ranges: Vec<KeyBounds>,
-    items: Vec<ItemId>,
-}
-
-fn repeat(u: &mut Unstructured<'_>, max: u32) -> ArbResult<usize> {
-    // Mostly small, sometimes up to far beyond every bound.
-    Ok(match u.int_in_range(0u8..=3)? {
-        0 => 0,
-        1 => u.int_in_range(1..=8)?,
-        2 => u.int_in_range(1..=300)?,
-        _ => u.int_in_range(1..=max)? as usize,
-    })
-}
-
-fn seq(u: &mut Unstructured<'_>) -> ArbResult<Seq> {
-    Ok(Seq(match u.int_in_range(0u8..=3)? {
-        0 => 0,
-        1 => u.int_in_range(1..=40)?,
-        2 => u64::MAX,
-        _ => u.arbitrary()?,
-    }))
-}
-
-fn replica_id(u: &mut Unstructured<'_>) -> ArbResult<ReplicaId> {
-    Ok(ReplicaId(match u.int_in_range(0u8..=2)? {
-        0 => u.int_in_range(1..=4)?,
-        1 => u.int_in_range(0..=100_000)?,
-        _ => u.arbitrary()?,
-    }))
-}
-
-fn vector(u: &mut Unstructured<'_>) -> ArbResult<VersionVector> {
-    let n = repeat(u, 1100)?;
-    let distinct = u.arbitrary::<bool>()?;
-    let mut pairs = Vec::with_capacity(n.min(4096));
-    for i in 0..n {
-        let r = if distinct { ReplicaId(1000 + i as u64) } else { replica_id(u)? };
-        pairs.push((r, seq(u)?));
-    }
-    Ok(pairs.into())
-}
-
-fn time_ms(u: &mut Unstructured<'_>) -> ArbResult<u64> {
-    Ok(match u.int_in_range(0u8..=2)? {
-        0 => T0,
-        1 => u64::MAX,
-        _ => u.arbitrary()?,
-    })
-}
-
-fn hlc(u: &mut Unstructured<'_>) -> ArbResult<Hlc> {
-    Ok(match u.int_in_range(0u8..=2)? {
-        0 => Hlc::new(T0 + u.int_in_range(0..=5000)?, u.arbitrary()?),
-        1 => Hlc(u64::MAX),
-        _ => Hlc(u.arbitrary()?),
-    })
-}
-
-fn bytes(u: &mut Unstructured<'_>, max: usize) -> ArbResult<Vec<u8>> {
-    let n = u.int_in_range(0..=max)?;
-    Ok(u.bytes(n.min(u.len()))?.to_vec())
-}
-
-fn key(u: &mut Unstructured<'_>) -> ArbResult<Vec<u8>> {
-    Ok(match u.int_in_range(0u8..=2)? {
-        0 => format!("k{:04}", u.int_in_range(0..=400)?).into_bytes(),
-        1 => vec![b'x'; u.int_in_range(0..=1100)?],
-        _ => bytes(u, 16)?,
-    })
-}
-
-fn entries(u: &mut Unstructured<'_>) -> ArbResult<Vec<Entry>> {
-    let base = u.int_in_range(1..=4)?;
-    let mut proto = Vec::with_capacity(base);
-    for _ in 0..base {
-        let payload = match u.int_in_range(0u8..=2)? {
-            0 => Payload::Value(Value {
-                bytes: bytes(u, 64)?,
-                expires_at_ms: if u.arbitrary()? { Some(time_ms(u)?) } else { None },
-                metadata: if u.arbitrary()? { Some(bytes(u, 16)?) } else { None },
-            }),
-            1 => Payload::Expired { expires_at_ms: time_ms(u)? },
-            _ => Payload::Tombstone,
-        };
-        proto.push(Entry { key: key(u)?, stamp: Stamp { hlc: hlc(u)?, replica: replica_id(u)? }, seq: seq(u)?, payload });
-    }
-    let n = repeat(u, 40_000)?.max(1);
-    Ok((0..n)
-        .map(|i| {
-            let mut e = proto[i % base].clone();
-            if i >= base {
-                e.key.extend_from_slice(&(i as u32).to_be_bytes());
-                e.dot.seq = Seq(e.dot.seq.0.wrapping_add(i as u64));
-            }
-            e
-        })
-        .collect())
-}
-
-fn bounds(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<KeyBounds> {
-    Ok(match u.int_in_range(0u8..=2)? {
-        0 if !offered.ranges.is_empty() => offered.ranges[u.choose_index(offered.ranges.len())?].clone(),
-        0 | 1 => KeyBounds(None, None),
-        _ => KeyBounds(Some(key(u)?), if u.arbitrary()? { Some(key(u)?) } else { None }),
-    })
-}
-
+/// A member's message: a handshake, a live push, or one of the six of the sync flow.
 fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
     Ok(match u.int_in_range(0u8..=7)? {
         0 => {
@@ -225,44 +61,12 @@ fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
                 records_seen: u.arbitrary()?,
             })
         }
-        1 => Message::Entries(entries(u)?),
-        2 => {
-            let parts = repeat(u, 40)?;
-            let groups = repeat(u, 140_000 / (parts as u32 + 1))?;
-            let part = RangePart(
-                if u.arbitrary()? { Some(key(u)?) } else { None },
-                if u.arbitrary()? {
-                    PartContent::Fingerprint(u.arbitrary()?, u.arbitrary()?)
-                } else {
-                    PartContent::Items((0..repeat(u, 64)?).map(|i| ItemId(i as u32)).collect())
-                },
-            );
-            let group = RangeGroup(if u.arbitrary()? { Some(key(u)?) } else { None }, vec![part; parts]);
-            Message::Ranges(vec![group; groups])
-        }
-        3 => Message::Sketch(SketchMsg(u.arbitrary()?, u.arbitrary()?, u.arbitrary()?, bytes(u, 4096)?)),
-        4 => Message::Done(vector(u)?, hlc(u)?),
-        5 => {
-            let list = |u: &mut Unstructured<'_>| -> ArbResult<Vec<KeyBounds>> {
-                let b = bounds(u, offered)?;
-                Ok(vec![b; repeat(u, 70_000)?])
-            };
-            let split = list(u)?;
-            let send = list(u)?;
-            let id = match offered.items.len() {
-                0 => ItemId(u.arbitrary()?),
-                n => offered.items[u.choose_index(n)?],
-            };
-            let want = vec![id; repeat(u, 1 << 21)?];
-            let keys = vec![WantedItem(key(u)?, u.arbitrary()?, u.arbitrary()?); repeat(u, 5000)?];
-            Message::Reply { split, send, want, keys }
-        }
-        6 => Message::Ack(vector(u)?, None),
-        _ => Message::Push(Push {
+        1 => Message::Push(Push {
             base: vector(u)?,
             entries: entries(u)?,
             vector: if u.arbitrary()? { Some((vector(u)?, hlc(u)?)) } else { None },
         }),
+        _ => flow_message(u, offered)?,
     })
 }
 
@@ -287,19 +91,7 @@ fn check_state<S: Storage>(r: &mut Replica<S>, clock: &ManualClock) {
 /// Frames the replica sends (drained), noting what its `Ranges` offer.
 fn drain<S: Storage>(session: &mut Session, r: &Replica<S>, offered: &mut Offered) {
     while let Ok(Some(frame)) = session.poll_transmit(r) {
-        if let Ok(Message::Ranges(groups)) = Message::decode(&frame) {
-            *offered = Offered::default();
-            for RangeGroup(lower, parts) in groups {
-                let mut lower = lower;
-                for RangePart(upper, content) in parts {
-                    offered.ranges.push(KeyBounds(lower, upper.clone()));
-                    if let PartContent::Items(ids) = content {
-                        offered.items.extend(ids);
-                    }
-                    lower = upper;
-                }
-            }
-        }
+        offered.note(&frame);
     }
 }
 
@@ -352,12 +144,10 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => match message(&mut u, &offered).map(|m| m.encode()) {
                 Ok(Ok(f)) => {
-                    let before = CURRENT.load(Ordering::Relaxed);
-                    PEAK.store(before, Ordering::Relaxed);
-                    let _ = handle_ack(&mut r, PEER, &f);
-                    let _ = live.handle(&mut r, &f);
-                    let used = PEAK.load(Ordering::Relaxed).saturating_sub(before);
-                    assert!(used <= MEMORY_FIXED_BYTES + MEMORY_PER_FRAME_BYTE * f.len(), "{used} B for {} B", f.len());
+                    bounded_by_frame(f.len(), || {
+                        let _ = handle_ack(&mut r, PEER, &f);
+                        let _ = live.handle(&mut r, &f);
+                    });
                     check_state(&mut r, &clock);
                     continue;
                 }
@@ -365,16 +155,11 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => break,
             },
         };
-        let before = CURRENT.load(Ordering::Relaxed);
-        PEAK.store(before, Ordering::Relaxed);
-        let failed = session.handle(&mut r, &frame).is_err();
-        drain(&mut session, &r, &mut offered);
-        let used = PEAK.load(Ordering::Relaxed).saturating_sub(before);
-        assert!(
-            used <= MEMORY_FIXED_BYTES + MEMORY_PER_FRAME_BYTE * frame.len(),
-            "{used} B allocated for a frame of {} B",
-            frame.len()
-        );
+        let failed = bounded_by_frame(frame.len(), || {
+            let failed = session.handle(&mut r, &frame).is_err();
+            drain(&mut session, &r, &mut offered);
+            failed
+        });
         if failed {
             // The peer reconnects.
             session = Session::new(&mut r, Some(PEER)).unwrap();
@@ -384,16 +169,7 @@ fuzz_target!(|data: &[u8]| {
     }
     drop(session);
     // What was persisted: the replica reopened from its store.
-    let limits = r.config().limits;
     let mut reopened = Replica::open(r.into_store(), ME, Config::default(), Arc::new(clock.clone())).unwrap();
     check_state(&mut reopened, &clock);
-    reopened
-        .store()
-        .snapshot()
-        .unwrap()
-        .scan_keys(&KeyRange::all(), &mut |e| {
-            assert!(limits.check_entry(&e).is_ok(), "stored an entry beyond the limits: {:?}", e.key.len());
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    common::stored_within_limits(&reopened);
 });

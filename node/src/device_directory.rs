@@ -53,13 +53,66 @@ pub(crate) struct DirectoryEntry {
     pub(crate) changed: u64,
 }
 
-/// A directory entry as it travels between members: node id and name.
+/// A directory entry as it travels between members: node id and name (bounded as it decodes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct EntryWire(#[serde(with = "serde_bytes")] [u8; 32], Option<String>);
+struct EntryWire(#[serde(with = "serde_bytes")] [u8; 32], #[serde(deserialize_with = "bounded_name")] Option<String>);
 
-/// One frame of a shared directory: entries, and whether it is the last frame.
+/// One frame of a shared directory: entries (at most [`DIRECTORY_ENTRIES_PER_FRAME`], counted
+/// as they decode), and whether it is the last frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct DirectoryFrame(Vec<EntryWire>, bool);
+struct DirectoryFrame(#[serde(deserialize_with = "bounded_entries")] Vec<EntryWire>, bool);
+
+/// Decodes at most [`DIRECTORY_ENTRIES_PER_FRAME`] entries, refusing the list at the first one
+/// past it; what it reserves is bounded by the limit, not by the length a peer declares.
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<EntryWire>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<EntryWire>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {DIRECTORY_ENTRIES_PER_FRAME} device entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(DIRECTORY_ENTRIES_PER_FRAME));
+            while let Some(e) = seq.next_element()? {
+                if out.len() == DIRECTORY_ENTRIES_PER_FRAME {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {DIRECTORY_ENTRIES_PER_FRAME} device entries in one frame"
+                    )));
+                }
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded)
+}
+
+/// Decodes a name of at most [`DEVICE_NAME_BYTES_MAX`] bytes, checked before it is copied.
+fn bounded_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Name;
+    impl<'de> serde::de::Visitor<'de> for Name {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a device name of at most {DEVICE_NAME_BYTES_MAX} bytes, or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_str(Name)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match check_name(Some(v)) {
+                Ok(()) => Ok(Some(v.to_owned())),
+                Err(e) => Err(E::custom(e)),
+            }
+        }
+    }
+    d.deserialize_option(Name)
+}
 
 /// Why the directory could not be read, written or grown.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@
 //!   is one upload): a local write is uploaded soon;
 //! - when the member says it has news (its news stream): a member's new writes reach a
 //!   connected device soon;
-//! - every `anti_entropy_interval`, an anti-entropy session (the member grants one at most
+//! - every `device_anti_entropy_interval` (an hour by default), an anti-entropy session (the member grants one at most
 //!   once a minute, else answers as to a plain one).
 //!
 //! Offline, writes stay queued: they are durable in the engine's upload queue and go at the
@@ -17,13 +17,14 @@
 //! handshake; the node says so ([`SyncEvent::Refused`]) and backs off, as from an unreachable
 //! server.
 
-use crate::device_stream::{ReplicaCell, STREAM_DEVICE_NEWS, STREAM_DEVICE_SESSION, pump};
+use crate::device_stream::{ReplicaCell, STREAM_DEVICE_NEWS, STREAM_DEVICE_SESSION, pump, read_news};
 use crate::node::{Failure, Inner, PeerAddr, lock};
 use crate::sync_events::{LastSync, SyncEvent};
 use lethe_engine::device::{DeviceSession, DeviceStats};
 use lethe_transport::endpoint::ConnectionError;
 use lethe_transport::{CloseCode, PeerConnection};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -132,17 +133,27 @@ pub(crate) async fn run(inner: Arc<Inner>, servers: Vec<PeerAddr>) {
 async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
     let server = conn.peer.to_string();
     let news = Arc::new(Notify::new());
-    // The member's news stream: each frame on it asks for a session.
+    // The member's live count, from its news (u64::MAX: not heard yet).
+    let total = Arc::new(AtomicU64::new(u64::MAX));
+    // The member's news stream: each frame after the first asks for a session.
     let listener = {
-        let (conn, news) = (conn.clone(), news.clone());
+        let (conn, news, total) = (conn.clone(), news.clone(), total.clone());
         tokio::spawn(
             async move {
                 let Ok((mut w, mut r)) = conn.open().await else { return };
                 if w.send(&[STREAM_DEVICE_NEWS]).await.is_err() || w.flush().await.is_err() {
                     return;
                 }
-                while let Ok(Some(_)) = r.next().await {
-                    news.notify_one();
+                let mut first = true;
+                while let Ok(Some(frame)) = r.next().await {
+                    let Some(live) = read_news(&frame) else {
+                        conn.close(CloseCode::Malformed, "a news frame is not 8 bytes");
+                        return;
+                    };
+                    total.store(live, Ordering::Relaxed);
+                    if !std::mem::take(&mut first) {
+                        news.notify_one();
+                    }
                 }
             }
             .in_current_span(),
@@ -153,24 +164,31 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
     let mut committed = inner.committed.subscribe();
     let mut stop = inner.shutdown.subscribe();
     let mut finished_any = false;
-    let mut announced = false;
+    // Said once the member first answered (TLS 1.3 lets a refused client think it connected).
+    let announced = AtomicBool::new(false);
+    let announce = || {
+        if !announced.swap(true, Ordering::Relaxed) {
+            info!("connected to member {server}");
+            inner.event(SyncEvent::Connected { server: server.clone() });
+        }
+    };
     let mut anti_entropy = false;
     let mut retry = BACKOFF_MIN;
+    let mut next_anti_entropy = tokio::time::Instant::now() + inner.config.device_anti_entropy_interval;
     loop {
         let stall = inner.config.session_stall_timeout;
         let mut progress = |s: &DeviceStats| {
+            announce();
             let d = &s.download;
             if d.live_received > 0 {
-                inner.event(SyncEvent::Progress { entries: d.live_received, bytes: d.bytes_received });
+                let total = total.load(Ordering::Relaxed);
+                let total_entries = (total != u64::MAX).then_some(total.max(d.live_received));
+                inner.event(SyncEvent::Progress { entries: d.live_received, bytes: d.bytes_received, total_entries });
             }
         };
         match run_session(&**inner, conn, anti_entropy, stall, &mut progress).await {
             Ok(done) => {
-                if !announced {
-                    announced = true;
-                    info!("connected to member {server}");
-                    inner.event(SyncEvent::Connected { server: server.clone() });
-                }
+                announce();
                 finished_any = true;
                 inner.device_session_finished(&server, &done);
             }
@@ -179,7 +197,7 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
                 return finished_any;
             }
             Err(DeviceFailure::Other(failure)) => {
-                inner.sessions_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                inner.sessions_failed.fetch_add(1, Ordering::Relaxed);
                 if let Some(code) = failure.close_code() {
                     warn!("session with member {server} failed, closing the connection ({code:?}): {failure}");
                     conn.close(code, &failure.to_string());
@@ -208,10 +226,13 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
                         break false;
                     }
                 }
-                () = tokio::time::sleep(inner.config.anti_entropy_interval) => break true,
+                () = tokio::time::sleep_until(next_anti_entropy) => {
+                    next_anti_entropy = tokio::time::Instant::now() + inner.config.device_anti_entropy_interval;
+                    break true;
+                }
                 reason = conn.conn.closed() => {
                     let reason = refusal(&reason).unwrap_or_else(|| reason.to_string());
-                    if announced {
+                    if announced.load(Ordering::Relaxed) {
                         info!("disconnected from member {server}: {reason}");
                         inner.event(SyncEvent::Disconnected { server: server.clone(), reason });
                     }
@@ -224,7 +245,7 @@ async fn serve(inner: &Arc<Inner>, conn: &PeerConnection) -> bool {
             }
         };
     }
-    if announced {
+    if announced.load(Ordering::Relaxed) {
         let reason = conn.conn.close_reason().map_or_else(|| "closed".to_string(), |r| r.to_string());
         inner.event(SyncEvent::Disconnected { server: server.clone(), reason });
     }
@@ -274,8 +295,8 @@ impl Inner {
         self.count_received(s.download.live_received, s.download.tombstones_received, s.total_received());
         self.count_sent_total(s.total_sent());
         self.count_wire(done.wire_sent, done.wire_received);
-        self.round_trips.fetch_add(done.round_trips, std::sync::atomic::Ordering::Relaxed);
-        self.sessions_finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.round_trips.fetch_add(done.round_trips, Ordering::Relaxed);
+        self.sessions_finished.fetch_add(1, Ordering::Relaxed);
         let now_ms = self.config.clock.0.now_ms();
         let pending = self.with_replica(|r| r.pending_uploads().unwrap_or(u64::MAX));
         *lock(&self.last_sync) = Some(LastSync {

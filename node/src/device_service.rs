@@ -20,6 +20,7 @@
 
 use crate::device_directory::{DeviceDirectory, DirectoryError, STREAM_DIRECTORY};
 use crate::device_stream::{NEWS_LINGER, STREAM_DEVICE_NEWS, STREAM_DEVICE_SESSION, pump};
+use crate::metrics::SessionOutcome;
 use crate::node::{Failure, Inner, NodeError, lock};
 use lethe_engine::device::DeviceService;
 use lethe_engine::session::SyncError;
@@ -27,8 +28,8 @@ use lethe_transport::endpoint::{Connection, FrameStream, VarInt};
 use lethe_transport::{CloseCode, NodeId, PeerConnection};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 /// One enrolled device as a member sees it ([`crate::Node::devices`]).
@@ -70,8 +71,6 @@ pub(crate) struct DeviceTable {
     /// The engine's device records clock at the last trust refresh.
     refreshed: std::sync::atomic::AtomicU64,
 }
-
-use std::sync::Mutex;
 
 impl DeviceTable {
     /// The table of the data directory at `dir`, with `fixed` trusted anyway.
@@ -253,9 +252,23 @@ impl Inner {
 pub(crate) async fn serve(inner: Arc<Inner>, conn: PeerConnection) {
     let span = info_span!("device", device = %conn.peer.to_string()[..16].to_string());
     async move {
-        lock(&inner.devices.connections).entry(conn.peer).or_default().push(conn.conn.clone());
+        {
+            // At most CONNECTIONS_PER_PEER_MAX open per device: a new one closes the oldest (a
+            // reconnecting device briefly has its dead connection and its new one).
+            let mut conns = lock(&inner.devices.connections);
+            let list = conns.entry(conn.peer).or_default();
+            list.retain(|c| c.close_reason().is_none());
+            while list.len() >= crate::peer::CONNECTIONS_PER_PEER_MAX {
+                let oldest = list.remove(0);
+                refuse(&oldest, "too many connections from this device; closing the oldest");
+            }
+            list.push(conn.conn.clone());
+        }
         debug!("device connected from {}", conn.conn.remote_address());
         let mut stop = inner.shutdown.subscribe();
+        // One session at a time per connection: a device that opens more waits its turn (each
+        // session holds a store snapshot; QUIC bounds the streams waiting).
+        let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
         loop {
             let stream = tokio::select! {
                 s = conn.accept() => s,
@@ -267,11 +280,14 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: PeerConnection) {
                 Ok(None) => continue,
                 Err(_) => break,
             };
-            let (inner, conn) = (inner.clone(), conn.clone());
+            let (inner, conn, turn) = (inner.clone(), conn.clone(), one_at_a_time.clone());
             tokio::spawn(
                 async move {
                     match kind.as_slice() {
-                        [STREAM_DEVICE_SESSION] => serve_session(&inner, &conn, (w, r)).await,
+                        [STREAM_DEVICE_SESSION] => {
+                            let _turn = turn.lock().await;
+                            serve_session(&inner, &conn, (w, r)).await;
+                        }
                         [STREAM_DEVICE_NEWS] => tell_news(&inner, &conn, w).await,
                         _ => conn.close(CloseCode::Malformed, &format!("unknown device stream kind {kind:?}")),
                     }
@@ -311,6 +327,7 @@ async fn serve_session(inner: &Arc<Inner>, conn: &PeerConnection, stream: FrameS
             inner.count_wire(done.wire_sent, done.wire_received);
             inner.round_trips.fetch_add(done.round_trips, Ordering::Relaxed);
             inner.sessions_finished.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::session_ended(&s.download, SessionOutcome::of_finished(&s.download));
             if s.uploaded > 0 || s.download.live_sent + s.download.tombstones_sent > 0 {
                 info!(
                     uploaded = s.uploaded,
@@ -323,6 +340,8 @@ async fn serve_session(inner: &Arc<Inner>, conn: &PeerConnection, stream: FrameS
         }
         Err(failure) => {
             inner.sessions_failed.fetch_add(1, Ordering::Relaxed);
+            let outcome = if failure.close_code().is_some() { SessionOutcome::Refused } else { SessionOutcome::Failed };
+            crate::metrics::session_ended(&lethe_engine::session::SessionStats::default(), outcome);
             match &failure {
                 Failure::Sync(SyncError::NotEnrolled(_)) => {
                     refuse(&conn.conn, &format!("refused: {failure}"));
@@ -341,8 +360,10 @@ async fn serve_session(inner: &Arc<Inner>, conn: &PeerConnection, stream: FrameS
     }
 }
 
-/// Tells the device each time this member committed something (lingering a moment so a burst
-/// is one word), until the stream or the connection ends or the node stops.
+/// Tells the device at once, then each time this member committed something (lingering a
+/// moment so a burst is one word), how many live entries it holds (what a bootstrap would send:
+/// the device's estimate of a download's total), until the stream or the connection ends or the
+/// node stops.
 async fn tell_news(
     inner: &Arc<Inner>,
     conn: &PeerConnection,
@@ -350,15 +371,19 @@ async fn tell_news(
 ) {
     let mut committed = inner.committed.subscribe();
     let mut stop = inner.shutdown.subscribe();
+    let mut first = true;
     loop {
-        tokio::select! {
-            changed = committed.changed() => if changed.is_err() { return },
-            _ = conn.conn.closed() => return,
-            _ = stop.changed() => return,
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                changed = committed.changed() => if changed.is_err() { return },
+                _ = conn.conn.closed() => return,
+                _ = stop.changed() => return,
+            }
+            tokio::time::sleep(NEWS_LINGER).await;
+            committed.borrow_and_update();
         }
-        tokio::time::sleep(NEWS_LINGER).await;
-        committed.borrow_and_update();
-        if w.send(&[0]).await.is_err() || w.flush().await.is_err() {
+        let live = inner.with_replica(|r| r.counts().live);
+        if w.send(&crate::device_stream::news_frame(live)).await.is_err() || w.flush().await.is_err() {
             return;
         }
     }

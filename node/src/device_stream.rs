@@ -8,10 +8,11 @@
 //! (where `[0]` is a session, `[1]` live pushes and `[2]` the device directory):
 //! - [`STREAM_DEVICE_SESSION`] (`[3]`, opened by the device): one device session, the device's
 //!   frames and the member's on the same transport framing as a member session;
-//! - [`STREAM_DEVICE_NEWS`] (`[4]`, opened by the device, written by the member): a one-byte
-//!   frame each time the member committed something (lingering [`NEWS_LINGER`] so a burst is
-//!   one), after which the device runs a session: that is how a member's writes reach a
-//!   connected device soon.
+//! - [`STREAM_DEVICE_NEWS`] (`[4]`, opened by the device, written by the member): at once and
+//!   each time the member committed something (lingering [`NEWS_LINGER`] so a burst is one), a
+//!   frame of [`NEWS_FRAME_BYTES`]: the member's live entry count, big-endian (the device's
+//!   estimate of a bootstrap's total). After each but the first the device runs a session: that
+//!   is how a member's writes reach a connected device soon.
 //!
 //! The pump sends what the session has while reading what the peer sends (two sides that each
 //! stream more than the QUIC windows hold would otherwise wait for each other for ever: the
@@ -30,6 +31,19 @@ use std::time::Duration;
 pub(crate) const STREAM_DEVICE_SESSION: u8 = 3;
 /// The first frame of the stream on which a member tells a device it has news.
 pub(crate) const STREAM_DEVICE_NEWS: u8 = 4;
+/// The size of a news frame: a `u64`.
+pub(crate) const NEWS_FRAME_BYTES: usize = 8;
+
+/// A news frame saying the member holds `live` live entries.
+pub(crate) fn news_frame(live: u64) -> [u8; NEWS_FRAME_BYTES] {
+    live.to_be_bytes()
+}
+
+/// The live count a news frame carries; `None` if it is not one.
+pub(crate) fn read_news(frame: &[u8]) -> Option<u64> {
+    <[u8; NEWS_FRAME_BYTES]>::try_from(frame).ok().map(u64::from_be_bytes)
+}
+
 /// How long a member waits after a commit before it tells a device (a burst becomes one
 /// session).
 pub(crate) const NEWS_LINGER: Duration = Duration::from_millis(20);
@@ -105,6 +119,9 @@ pub(crate) struct Pumped {
     pub(crate) wire_sent: u64,
     pub(crate) wire_received: u64,
 }
+
+/// How long a finished side waits for its peer to end the stream too.
+const PEER_END_WAIT: Duration = Duration::from_secs(5);
 
 /// Frames read ahead of the one being handled.
 const READ_AHEAD_FRAMES: usize = 2;
@@ -186,10 +203,15 @@ pub(crate) async fn pump<C: ReplicaCell, F: DeviceFlow>(
         out.round_trips += u64::from(std::mem::take(&mut sent));
         handle(flow, &mut out, next)?;
     }
-    drop(reader);
     let mut send = w.into_inner().await?;
     // The peer may have finished first and reset the stream; what was sent is delivered.
     let _ = send.finish();
+    // Then wait (a little) for the peer to end its side: it does once it has handled this
+    // side's last frame (the device's `Ack`), so a caller that closes the connection next (a
+    // one-shot sync) does not cut that frame off in flight and leave the member holding an
+    // older acknowledgement (found by the tombstone-collection test in node/tests/devices.rs).
+    let _ = tokio::time::timeout(stall.min(PEER_END_WAIT), incoming.recv()).await;
+    drop(reader);
     out.stats = flow.stats();
     Ok(out)
 }

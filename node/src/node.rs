@@ -62,6 +62,9 @@ impl FromStr for PeerAddr {
     }
 }
 
+/// The default [`NodeConfig::device_anti_entropy_interval`]: one hour.
+pub const DEVICE_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// The default [`NodeConfig::session_stall_timeout`]: 60 s.
 pub const SESSION_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -91,6 +94,10 @@ pub struct NodeConfig {
     pub gc_interval: Duration,
     /// How often the dialer of a connection runs an anti-entropy session.
     pub anti_entropy_interval: Duration,
+    /// On a device: how often it asks its member for an anti-entropy session (a reconciliation
+    /// by fingerprints that settles what deltas cannot; each walks the member's index, so with
+    /// many devices keep it long). Default [`DEVICE_ANTI_ENTROPY_INTERVAL`].
+    pub device_anti_entropy_interval: Duration,
     /// The longest wait between reconnection attempts (backoff doubles up to this).
     pub reconnect_max: Duration,
     /// How long a session may wait on its peer (a frame to arrive, or the peer to take one)
@@ -204,6 +211,7 @@ impl NodeConfig {
             engine: Config::default(),
             gc_interval: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(60),
+            device_anti_entropy_interval: DEVICE_ANTI_ENTROPY_INTERVAL,
             reconnect_max: Duration::from_secs(5),
             session_stall_timeout: SESSION_STALL_TIMEOUT,
             clock: NodeClock::default(),

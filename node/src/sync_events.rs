@@ -27,13 +27,15 @@ pub enum SyncEvent {
         /// Why, as the transport said it.
         reason: String,
     },
-    /// A download in progress: what arrived so far in this session. (The member's handshake
-    /// gives no total, so there is no estimate.)
+    /// A download in progress: what arrived so far in this session, and the estimated total.
     Progress {
         /// Live entries received so far.
         entries: u64,
         /// Bytes received so far (decoded frames).
         bytes: u64,
+        /// The member's live entry count, as its news stream last said it (what a bootstrap
+        /// sends; a delta sends fewer): `None` until it has. No estimate of bytes is given.
+        total_entries: Option<u64>,
     },
     /// Queued writes a member answered in one session.
     Uploaded {
