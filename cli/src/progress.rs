@@ -1,5 +1,5 @@
 //! What `lethe serve` on a device shows while it syncs ([`lethe_node::Node::sync_events`]): a
-//! spinner on a terminal with the download's progress, and a log line for each session that
+//! spinner on a terminal with the download's progress (entries of the member's estimated total), and a log line for each session that
 //! ends in sync (what it cost) and for each refusal.
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,8 +15,9 @@ pub async fn follow(node: Node) {
     }
     loop {
         match events.recv().await {
-            Ok(SyncEvent::Progress { entries, bytes }) => {
-                bar.set_message(format!("downloading: {entries} entries, {bytes} bytes so far"));
+            Ok(SyncEvent::Progress { entries, bytes, total_entries }) => {
+                let of = total_entries.map_or_else(String::new, |t| format!(" of about {t}"));
+                bar.set_message(format!("downloading: {entries}{of} entries, {bytes} bytes so far"));
                 bar.tick();
             }
             Ok(SyncEvent::InSync { server }) => {

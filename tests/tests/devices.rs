@@ -215,3 +215,62 @@ fn a_device_enrolled_at_one_member_syncs_with_the_other() {
         (at_a.as_deref() == Some("2") && at_phone.as_deref() == Some("1"), (at_a, at_phone))
     });
 }
+
+/// 200 device endpoints (embedded nodes in this process, each with its own QUIC endpoint and
+/// redb file) on one `lethe serve` server: all converge, and the server's memory per device is
+/// printed (resident memory after, less before, over the devices: a figure, not a limit).
+#[test]
+fn two_hundred_device_endpoints_on_one_server_converge() {
+    const DEVICES: usize = 200;
+    let root = tempfile::tempdir().unwrap();
+    let mut server = NodeProc::init(root.path(), "server");
+    server.start(&member_args(&[]));
+    let dirs: Vec<lethe_node::DataDir> = (0..DEVICES)
+        .map(|i| {
+            let d = lethe_node::DataDir::new(root.path().join(format!("e{i:03}")));
+            let id = d.init().unwrap().id();
+            ok(&server, &["device", "add", &id.to_string()]);
+            d
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_before = server.rss_bytes();
+    let at = lethe_node::PeerAddr { id: server.id, addr: server.addr.unwrap() };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let statuses = rt.block_on(async {
+        let mut nodes = Vec::new();
+        for d in &dirs {
+            let config = lethe_node::NodeConfig::new(d.clone(), "127.0.0.1:0".parse().unwrap()).with_server(at);
+            nodes.push(config.start().await.unwrap());
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            n.put(format!("e{i:03}"), "v", lethe_engine::PutOptions::default()).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let statuses: Vec<Status> = nodes.iter().map(|n| n.status().unwrap()).collect();
+            if statuses.iter().all(|s| s.live == DEVICES as u64 && s.pending_uploads == 0) {
+                for n in &nodes {
+                    n.shutdown().await;
+                }
+                return statuses;
+            }
+            let behind = statuses.iter().filter(|s| s.live < DEVICES as u64).count();
+            assert!(std::time::Instant::now() < deadline, "{behind} of {DEVICES} devices still behind");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let digests: std::collections::BTreeSet<_> = statuses.iter().map(|s| s.digest.clone()).collect();
+    assert_eq!(digests.len(), 1, "every device holds the same entries");
+    let server_status = server.status();
+    assert_eq!(server_status.live, DEVICES as u64);
+    assert_eq!(server_status.digest, statuses[0].digest);
+    let rss_after = server.rss_bytes();
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        println!(
+            "server resident memory: {before} B with {DEVICES} devices enrolled, {after} B after they connected and \
+             converged: {} B per device",
+            after.saturating_sub(before) / DEVICES as u64
+        );
+    }
+}
