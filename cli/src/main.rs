@@ -1,8 +1,8 @@
 //! The `lethe` command.
 //!
 //! Each command lives in `commands/`: `serve` (init, serve and its config file), `write` (put,
-//! del), `read` (get, list, status), `watch`, `transfer` (export, import), `bench` (benchmarks
-//! and the demo, with the default feature `bench`); `metrics` serves `serve --metrics`.
+//! del), `read` (get, list, status), `device` (device add/list/remove, sync), `watch`, `transfer` (export, import), `bench` (benchmarks
+//! and the demo, with the default feature `bench`); `metrics` serves `serve --metrics`; `progress` shows a device's sync on a terminal.
 //! `client` is the owner's connection to a running node; `json` the JSON forms the commands
 //! print and `import` reads; `output` writes stdout (a closed pipe ends a command quietly) and
 //! the text form of bytes.
@@ -14,10 +14,12 @@ mod demo;
 mod json;
 mod metrics;
 mod output;
+mod progress;
 
 use clap::{Parser, Subcommand};
 #[cfg(feature = "bench")]
 use commands::bench::{BenchCommand, DemoArgs};
+use commands::device::{DeviceCommand, SyncArgs};
 use commands::read::{GetArgs, ListArgs};
 use commands::serve::{InitArgs, ServeArgs};
 use commands::transfer::{ExportArgs, ImportArgs};
@@ -60,6 +62,12 @@ enum Command {
     /// Load a `lethe export` from stdin, checked whole first: a full export into a blank node as
     /// a bootstrap (same dots, digest and vector), anything else as this node's own writes.
     Import(ImportArgs),
+    /// Enrol, list or revoke the devices of the running member node of --data DIR.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Sync the device in --data DIR once with a member (no node may be running on it): upload
+    /// its queued writes, download, acknowledge, exit; print what it cost.
+    Sync(SyncArgs),
     /// Print the node's id, counts, vectors, members, peers and digest.
     Status {
         /// As one JSON object.
@@ -106,6 +114,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => commands::read::get(data, args),
         Command::List(args) => commands::read::list(data, args),
         Command::Status { json } => commands::read::status(data, json),
+        Command::Device(command) => commands::device::device(data, command),
+        Command::Sync(args) => commands::device::sync(data, args),
         Command::Watch(args) => commands::watch::watch(data, args),
         Command::Export(args) => commands::transfer::export(data, args),
         Command::Import(args) => commands::transfer::import(data, args),

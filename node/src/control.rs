@@ -321,7 +321,35 @@ pub enum Request {
     /// The node's replica id, vector and clock, and whether it is blank: what an export's
     /// header records and what an import asks before it picks its mode.
     Position,
+    /// Enrol a device (on a member): [`crate::Node::enrol_device`]. Answered with
+    /// [`Response::DeviceAdded`].
+    DeviceAdd {
+        /// Its node id (64 hex digits).
+        node_id: String,
+        /// A name for it, at most [`crate::DEVICE_NAME_BYTES_MAX`] bytes.
+        name: Option<String>,
+    },
+    /// One page of the enrolled devices, in replica id order: [`crate::Node::devices`].
+    /// Answered with [`Response::Devices`].
+    DeviceList {
+        /// Only devices whose replica id (16 hex digits) sorts after this one: the last of the
+        /// previous page.
+        after: Option<String>,
+        /// At most this many (capped at [`DEVICE_LIST_PAGE_MAX`]).
+        limit: usize,
+    },
+    /// Revoke a device (on a member): [`crate::Node::remove_device`]. Answered with
+    /// [`Response::DeviceRemoved`].
+    DeviceRemove {
+        /// Its node id (64 hex digits).
+        node_id: String,
+    },
 }
+
+/// The most devices one [`Request::DeviceList`] is answered with: each is a few hundred bytes
+/// (ids, a name of at most 128 bytes, a vector over members), so a page stays well under the
+/// 4 MiB frame limit.
+pub const DEVICE_LIST_PAGE_MAX: usize = 1000;
 
 /// How an [`Request::Import`] applies its entries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -443,6 +471,23 @@ pub enum Response {
         index: u64,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A device was enrolled (answers [`Request::DeviceAdd`]).
+    DeviceAdded {
+        /// Whether anything changed (enrolling again only renames).
+        changed: bool,
+    },
+    /// One page of the enrolled devices (answers [`Request::DeviceList`]).
+    Devices {
+        /// The devices, in replica id order.
+        items: Vec<crate::DeviceInfo>,
+        /// Whether more follow (ask again after the last one's replica id).
+        more: bool,
+    },
+    /// A device was removed (answers [`Request::DeviceRemove`]).
+    DeviceRemoved {
+        /// Whether it was enrolled.
+        removed: bool,
     },
     /// The request failed.
     Error(String),

@@ -229,6 +229,38 @@ async fn answer(inner: &Arc<Inner>, request: Request) -> Response {
                 Response::Error("a listing or a watch is answered as a stream".to_string())
             }
             Request::Status => Response::Status(Box::new(node.status()?)),
+            Request::DeviceAdd { node_id, name } => {
+                if name.as_ref().is_some_and(|n| n.len() > crate::DEVICE_NAME_BYTES_MAX) {
+                    return Ok(Response::Error(format!(
+                        "a device name is at most {} bytes; give a shorter --name",
+                        crate::DEVICE_NAME_BYTES_MAX
+                    )));
+                }
+                let id = match node_id.parse::<lethe_transport::NodeId>() {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Response::Error(format!("`{node_id}` is not a node id: {e}"))),
+                };
+                Response::DeviceAdded { changed: node.enrol_device(id, name)? }
+            }
+            Request::DeviceList { after, limit } => {
+                let limit = limit.clamp(1, control::DEVICE_LIST_PAGE_MAX);
+                let mut items: Vec<_> = node
+                    .devices()
+                    .into_iter()
+                    .filter(|d| after.as_ref().is_none_or(|a| d.replica.as_str() > a.as_str()))
+                    .take(limit + 1)
+                    .collect();
+                let more = items.len() > limit;
+                items.truncate(limit);
+                Response::Devices { items, more }
+            }
+            Request::DeviceRemove { node_id } => {
+                let id = match node_id.parse::<lethe_transport::NodeId>() {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Response::Error(format!("`{node_id}` is not a node id: {e}"))),
+                };
+                Response::DeviceRemoved { removed: node.remove_device(id)? }
+            }
         })
     }
     .await;

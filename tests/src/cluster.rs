@@ -93,6 +93,18 @@ impl NodeProc {
         }
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The process's resident memory now, in bytes (Linux: `VmRSS` of `/proc/PID/status`).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim();
+        kb.parse::<u64>().ok().map(|kb| kb * 1024)
+    }
+
     /// `NODEID@ADDR` of this node, for another's `--peer`.
     pub fn peer_arg(&self) -> String {
         format!("{}@{}", self.id, self.addr.expect("started"))

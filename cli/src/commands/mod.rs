@@ -2,6 +2,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod device;
 pub mod read;
 pub mod serve;
 pub mod transfer;

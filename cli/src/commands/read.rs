@@ -150,6 +150,25 @@ fn status_text(s: &Status) -> String {
     line(format!("node id      {}", s.node_id));
     line(format!("replica      {}", s.replica));
     line(format!("listen       {}", s.listen));
+    line(format!(
+        "role         {}",
+        match s.role {
+            lethe_node::NodeRole::Member => "member",
+            lethe_node::NodeRole::Device => "device",
+        }
+    ));
+    if s.role == lethe_node::NodeRole::Device {
+        line(format!("server       {}", s.server.as_deref().unwrap_or("- (not connected)")));
+        line(format!("uploads      {} queued", s.pending_uploads));
+        line(format!("in sync      {}", if s.in_sync { "yes" } else { "no" }));
+        match &s.last_sync {
+            Some(l) => line(format!(
+                "last sync    at {} ms with {}: {} bytes, {} tombstones received",
+                l.at_ms, l.server, l.bytes, l.tombstones_received
+            )),
+            None => line("last sync    never".to_string()),
+        }
+    }
     line(format!("live keys    {}", s.live));
     line(format!("tombstones   {}", s.tombstones));
     line(format!("expired      {}", s.expired));

@@ -1,8 +1,8 @@
 //! `init` and `serve`: creating a node's data directory, and running the node, with its
 //! settings from flags and, optionally, a TOML file (`--config`).
 //!
-//! The file's keys are the flags' names in kebab-case (`listen`, `peer`, `trust`,
-//! `gc-interval`, `anti-entropy-interval`, `lease`, `metrics`, `metrics-public`), plus `data`
+//! The file's keys are the flags' names in kebab-case (`listen`, `peer`, `trust`, `server`,
+//! `gc-interval`, `anti-entropy-interval`, `lease`, `device-lease`, `metrics`, `metrics-public`), plus `data`
 //! for the global `--data` and `compression` (`compression = false` is `--no-compression`). A
 //! boolean the file sets is overridden by the opposite flag (`--compression`,
 //! `--no-metrics-public`). A repeatable flag is a list (`peer = ["ID@ADDR"]`), a duration a string (`"2s"`). A key the
@@ -29,6 +29,7 @@ const CONFIG_BYTES_MAX: usize = 1 << 20;
 const GC_INTERVAL_DEFAULT: Duration = Duration::from_secs(2);
 const ANTI_ENTROPY_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 const LEASE_DEFAULT: Duration = Duration::from_secs(30 * 24 * 3600);
+const DEVICE_LEASE_DEFAULT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// `lethe init`'s arguments.
 #[derive(clap::Args)]
@@ -63,9 +64,15 @@ pub struct ServeArgs {
     /// A peer to keep connected, as NODEID@ADDR (trusted). Repeat for more.
     #[arg(long = "peer")]
     peers: Vec<PeerAddr>,
-    /// A node id allowed to connect (a client device, say). Repeat for more.
+    /// A node id allowed to connect as a member of the mesh (that never dials it). Repeat for
+    /// more. Devices are enrolled at runtime instead: `lethe device add NODEID`.
     #[arg(long = "trust")]
     trust: Vec<NodeId>,
+    /// Run as a device of this member, as NODEID@ADDR: kept connected (the next server on
+    /// failure), writes queued while offline. Repeat for more servers. A device has no --peer
+    /// or --trust.
+    #[arg(long = "server")]
+    servers: Vec<PeerAddr>,
     /// How often a GC step runs [default: 2s].
     #[arg(long, value_parser = positive_duration)]
     gc_interval: Option<Duration>,
@@ -76,6 +83,10 @@ pub struct ServeArgs {
     /// [default: 30days].
     #[arg(long, value_parser = positive_duration)]
     lease: Option<Duration>,
+    /// How long a device may stay silent before it stops holding tombstone collection back (a
+    /// member's setting) [default: 30days].
+    #[arg(long, value_parser = positive_duration)]
+    device_lease: Option<Duration>,
     /// Neither offer nor accept zstd-compressed frames: every connection sends frames raw both
     /// ways (less CPU, more bytes). In the file: `compression = false`.
     #[arg(long, conflicts_with = "compression")]
@@ -100,9 +111,11 @@ pub struct ServeFile {
     listen: Option<String>,
     peer: Option<Vec<String>>,
     trust: Option<Vec<String>>,
+    server: Option<Vec<String>>,
     gc_interval: Option<String>,
     anti_entropy_interval: Option<String>,
     lease: Option<String>,
+    device_lease: Option<String>,
     metrics: Option<String>,
     metrics_public: Option<bool>,
     compression: Option<bool>,
@@ -165,6 +178,14 @@ impl ServeArgs {
             self.trust,
             from_file_list("trust", file.trust, |t| t.parse::<NodeId>().map_err(|e| e.to_string()))?,
         );
+        let servers = or_file(self.servers, from_file_list("server", file.server, str::parse)?);
+        let has_peers = !peers.is_empty() || !trust.is_empty();
+        if !servers.is_empty() && has_peers {
+            anyhow::bail!(
+                "--server makes this node a device of those members, and a device has no peers: drop --peer and \
+                 --trust (or --server)"
+            );
+        }
         let duration = |flag: Option<Duration>, key, text, default| -> Result<Duration> {
             Ok(flag.or(from_file(key, text, positive_duration)?).unwrap_or(default))
         };
@@ -180,6 +201,11 @@ impl ServeArgs {
         )?;
         let lease = duration(self.lease, "lease", file.lease, LEASE_DEFAULT)?;
         config.engine.lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let device_lease = duration(self.device_lease, "device-lease", file.device_lease, DEVICE_LEASE_DEFAULT)?;
+        config = config.with_device_lease(device_lease);
+        for server in servers {
+            config = config.with_server(server);
+        }
         config.compression = match (self.compression, self.no_compression) {
             (true, _) => true,
             (_, true) => false,
@@ -231,6 +257,9 @@ pub fn serve(data: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode> {
         let slot = crate::metrics::MetricsServer::bind(&metrics).await?.serve();
         let node = Node::start(config).await?;
         slot.set(&node);
+        if node.role() == lethe_node::NodeRole::Device {
+            tokio::spawn(crate::progress::follow(node.clone()));
+        }
         dir.write_addr(node.local_addr())?;
         // The node runs on when nobody reads its stdout: the address is in the data directory.
         let line = if json {
@@ -296,6 +325,33 @@ mod tests {
         assert_eq!(config.anti_entropy_interval, ANTI_ENTROPY_INTERVAL_DEFAULT);
         assert_eq!(config.data.path(), tmp.path().join("node"), "relative to the file");
         assert!(config.compression, "on by default");
+    }
+
+    #[test]
+    fn servers_make_a_device_the_device_lease_is_a_members_and_a_device_has_no_peers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = format!("{}@127.0.0.1:7000", "ab".repeat(32));
+        let path = write(
+            tmp.path(),
+            &format!("listen = \"127.0.0.1:7001\"\nserver = [\"{server}\"]\ndevice-lease = \"7days\"\n"),
+        );
+        let (config, _) =
+            ServeArgs { config: Some(path), ..ServeArgs::default() }.settle(Some(tmp.path().into())).unwrap();
+        assert_eq!(config.engine.role, lethe_engine::Role::Device, "a server in the file makes a device");
+        assert_eq!(config.device_lease(), Duration::from_secs(7 * 24 * 3600));
+        let defaults = write(tmp.path(), "listen = \"127.0.0.1:7001\"\n");
+        let (config, _) =
+            ServeArgs { config: Some(defaults), ..ServeArgs::default() }.settle(Some(tmp.path().into())).unwrap();
+        assert_eq!(config.engine.role, lethe_engine::Role::Member);
+        assert_eq!(config.device_lease(), DEVICE_LEASE_DEFAULT);
+        let both = ServeArgs {
+            listen: Some("127.0.0.1:7001".parse().unwrap()),
+            servers: vec![server.parse().unwrap()],
+            peers: vec![server.parse().unwrap()],
+            ..ServeArgs::default()
+        };
+        let err = both.settle(Some(tmp.path().into())).unwrap_err();
+        assert!(format!("{err:#}").contains("a device has no peers"), "{err:#}");
     }
 
     #[test]
