@@ -70,4 +70,4 @@ pub use device_link::LOCAL_LINGER;
 pub use device_service::DeviceInfo;
 pub use node::{Node, NodeClock, NodeConfig, NodeError, NodeRole, PeerAddr, Status, Subscription};
 pub use sync_events::{LastSync, SyncEvent};
-pub use sync_once::{SyncOnceError, SyncReport, sync_once};
+pub use sync_once::{SyncOnceError, SyncReport, sync_once, sync_once_with_progress};

@@ -81,6 +81,17 @@ pub enum SyncOnceError {
 /// session moves on to the next. Needs tokio's multi-thread runtime; the store must not be open
 /// elsewhere (no `lethe serve` on the same directory).
 pub async fn sync_once(data: &DataDir, servers: &[PeerAddr], clock: NodeClock) -> Result<SyncReport, SyncOnceError> {
+    sync_once_with_progress(data, servers, clock, &mut |_| {}).await
+}
+
+/// [`sync_once`], calling `progress` with the session's figures so far (live entries and bytes
+/// received: `DeviceStats::download`) as frames arrive, for a progress bar.
+pub async fn sync_once_with_progress(
+    data: &DataDir,
+    servers: &[PeerAddr],
+    clock: NodeClock,
+    progress: &mut (dyn FnMut(&lethe_engine::device::DeviceStats) + Send),
+) -> Result<SyncReport, SyncOnceError> {
     if tokio::runtime::Handle::current().runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
         return Err(SyncOnceError::Runtime);
     }
@@ -114,7 +125,7 @@ pub async fn sync_once(data: &DataDir, servers: &[PeerAddr], clock: NodeClock) -
                 continue;
             }
         };
-        match run_session(&cell, &conn, false, SESSION_STALL_TIMEOUT, &mut |_| {}).await {
+        match run_session(&cell, &conn, false, SESSION_STALL_TIMEOUT, progress).await {
             Ok(done) => {
                 conn.close(CloseCode::Done, "synced");
                 let s = &done.stats;

@@ -471,3 +471,25 @@ async fn a_device_moves_to_its_next_server_when_one_goes_away() {
     phone.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_with_progress_reports_what_arrived_as_it_arrives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let (fresh_dir, fresh_id) = dir(tmp.path(), "fresh");
+    let server = member(&md).await;
+    server.enrol_device(fresh_id, None).unwrap();
+    for i in 0..3000 {
+        server.put(format!("k{i:04}"), "a value of some length", PutOptions::default()).await.unwrap();
+    }
+    let mut calls = Vec::new();
+    let report = lethe_node::sync_once_with_progress(&fresh_dir, &[addr(&server)], NodeClock::default(), &mut |s| {
+        calls.push(s.download.live_received);
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.live_received, 3000);
+    assert!(calls.len() > 1, "called as frames arrive, not once: {calls:?}");
+    assert!(calls.windows(2).all(|w| w[0] <= w[1]), "figures only grow: {calls:?}");
+    assert_eq!(calls.last().copied(), Some(3000), "the last call has the whole download");
+}

@@ -152,7 +152,18 @@ pub fn sync(data: Option<PathBuf>, args: SyncArgs) -> Result<ExitCode> {
     // The summary line goes to the log (stderr), the report to stdout.
     crate::init_logs("info");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    let result = runtime.block_on(lethe_node::sync_once(&dir, &args.servers, NodeClock::default()));
+    // A spinner with what arrived so far, drawn only on a terminal.
+    let bar = indicatif::ProgressBar::new_spinner();
+    let mut progress = |s: &lethe_engine::device::DeviceStats| {
+        bar.set_message(format!(
+            "syncing: {} uploaded, {} live entries and {} bytes received",
+            s.uploaded, s.download.live_received, s.download.bytes_received
+        ));
+        bar.tick();
+    };
+    let result =
+        runtime.block_on(lethe_node::sync_once_with_progress(&dir, &args.servers, NodeClock::default(), &mut progress));
+    bar.finish_and_clear();
     match result {
         Ok(report) => {
             tracing::info!(
