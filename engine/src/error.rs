@@ -131,6 +131,19 @@ pub enum Error {
         /// The replica that tried to open it.
         requested: ReplicaId,
     },
+    /// A store was opened in the other role than the one it keeps (docs/design.md §8): a
+    /// device's store opened as a member would never upload its queued writes, and a member's
+    /// opened as a device would stop numbering its own.
+    #[error(
+        "store belongs to a {stored}, not a {requested}; open it as a {stored} (Config::role), or use a new \
+         store for a {requested}"
+    )]
+    WrongRole {
+        /// The role recorded in the store.
+        stored: crate::device::Role,
+        /// The role it was opened with.
+        requested: crate::device::Role,
+    },
     /// Enrolling a member would exceed [`crate::membership::MEMBERS_MAX`].
     #[error(transparent)]
     TooManyMembers(#[from] crate::membership::TooManyMembers),

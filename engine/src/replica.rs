@@ -47,7 +47,7 @@ pub struct Config {
     /// `max_drift_ms`, before this replica counts itself ahead ([`PEER_CLOCK_SLACK_MS`]).
     pub peer_clock_slack_ms: u64,
     /// Whether this replica is a member or a device (docs/design.md §8). A store keeps the role
-    /// it was opened with first.
+    /// it was opened with first ([`Meta::Role`]); opening it in the other is refused.
     pub role: Role,
     /// On a member: how long a device may stay silent before it stops holding collection back.
     pub device_lease_ms: u64,
@@ -328,12 +328,19 @@ impl<S: Storage> std::fmt::Debug for Replica<S> {
     }
 }
 
+/// A role as [`Meta::Role`] keeps it.
+fn encode_role(role: Role) -> Vec<u8> {
+    role.to_string().into_bytes()
+}
+
 impl<S: Storage> Replica<S> {
     /// Opens replica `id` on `store`: a new store is claimed for `id`; an existing one resumes its
     /// vector and clock (so no stamp or dot is ever issued twice).
     ///
-    /// Fails with [`Error::WrongReplica`] if the store belongs to another replica, and with
-    /// [`StorageError::Corrupt`] if its records do not agree with each other.
+    /// Fails with [`Error::WrongReplica`] if the store belongs to another replica, with
+    /// [`Error::WrongRole`] if it was first opened in the other role ([`Config::role`]; a store
+    /// from before roles were kept takes this one), and with [`StorageError::Corrupt`] if its
+    /// records do not agree with each other.
     pub fn open(mut store: S, id: ReplicaId, config: Config, wall: Arc<dyn WallClock>) -> Result<Replica<S>> {
         let snap = store.snapshot()?;
         let mut replica = match snap.meta(Meta::ReplicaId)? {
@@ -342,7 +349,26 @@ impl<S: Storage> Replica<S> {
                 if stored != id {
                     return Err(Error::WrongReplica { stored, requested: id });
                 }
+                let role = match snap.meta(Meta::Role)?.as_deref() {
+                    Some(b"member") => Some(Role::Member),
+                    Some(b"device") => Some(Role::Device),
+                    Some(_) => {
+                        let detail = "neither `member` nor `device`".to_string();
+                        return Err(StorageError::Corrupt { what: "role", detail }.into());
+                    }
+                    // A store from before roles were kept: it keeps this one from now on.
+                    None => None,
+                };
+                if let Some(stored) = role.filter(|r| *r != config.role) {
+                    return Err(Error::WrongRole { stored, requested: config.role });
+                }
                 let durable = Durable::read(&snap, id)?;
+                if role.is_none() {
+                    drop(snap);
+                    let mut batch = Batch::new();
+                    batch.set_meta(Meta::Role, encode_role(config.role));
+                    store.commit(&batch)?;
+                }
                 Replica {
                     id,
                     clock: HybridClock::resume(durable.clock, config.max_drift_ms),
@@ -375,6 +401,7 @@ impl<S: Storage> Replica<S> {
                 drop(snap);
                 let mut batch = Batch::new();
                 batch.set_meta(Meta::ReplicaId, encode_replica(id));
+                batch.set_meta(Meta::Role, encode_role(config.role));
                 store.commit(&batch)?;
                 Replica {
                     id,

@@ -618,3 +618,21 @@ fn a_member_refuses_uploads_from_a_device_that_does_not_read_the_answers() {
     assert!(err.to_string().contains("answers unread"), "{err}");
     assert_eq!((hub.vector().clone(), hub.digest(), hub.devices().cursor(phone.id())), before);
 }
+
+#[test]
+fn a_store_keeps_the_role_it_was_first_opened_with() {
+    let clock = ManualClock::new(T0);
+    let mut phone = device(100, &clock);
+    phone.put("note", "queued", PutOptions::default()).unwrap();
+    let store = phone.into_store();
+    // Opened as a member, a device's store would drop its upload queue from sight for good.
+    let err = Replica::open(store.clone(), ReplicaId(100), Config::default(), Arc::new(clock.clone())).unwrap_err();
+    assert!(matches!(err, lethe_engine::Error::WrongRole { .. }), "{err}");
+    assert!(err.to_string().contains("device"), "{err}");
+    let config = Config { role: Role::Device, ..Config::default() };
+    let phone = Replica::open(store, ReplicaId(100), config.clone(), Arc::new(clock.clone())).unwrap();
+    assert_eq!(phone.pending_uploads().unwrap(), 1, "as a device again, the queue is there");
+    let hub = member(1, &clock);
+    let err = Replica::open(hub.into_store(), HUB, config, Arc::new(clock.clone())).unwrap_err();
+    assert!(matches!(err, lethe_engine::Error::WrongRole { .. }), "{err}");
+}

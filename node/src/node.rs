@@ -263,6 +263,15 @@ pub enum NodeError {
     /// with their servers only.
     #[error("a device (with --server) has no peers and trusts no one; name members with --server only")]
     DeviceWithPeers,
+    /// The data directory's store was first opened in the other role, and keeps it.
+    #[error(
+        "this data directory holds a {stored}'s store: run it as a {stored} ({}), or use a new data directory",
+        if *stored == lethe_engine::Role::Device { "with --server NODEID@ADDR" } else { "without --server" }
+    )]
+    WrongRole {
+        /// The role the store keeps.
+        stored: lethe_engine::Role,
+    },
 }
 
 /// What a node is (docs/design.md §8), as `status` shows it.
@@ -742,7 +751,11 @@ impl Node {
         if device && !(config.peers.is_empty() && config.trust.is_empty()) {
             return Err(NodeError::DeviceWithPeers);
         }
-        let mut replica = Replica::open(store, id.replica_id(), config.engine, config.clock.0.clone())?;
+        let mut replica =
+            Replica::open(store, id.replica_id(), config.engine, config.clock.0.clone()).map_err(|e| match e {
+                lethe_engine::Error::WrongRole { stored, .. } => NodeError::WrongRole { stored },
+                e => e.into(),
+            })?;
         // Peers and trusted nodes are this node's members (docs/design.md §2.4): enrolled, so their
         // acknowledgements count; gossip about anyone else is ignored. Peers first (the mesh);
         // trusted nodes past the member limit still sync, as non-members (by reconciliation).

@@ -274,3 +274,28 @@ fn two_hundred_device_endpoints_on_one_server_converge() {
         );
     }
 }
+
+#[test]
+fn a_device_data_directory_is_not_served_as_a_member_nor_a_member_synced_as_a_device() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = NodeProc::init(root.path(), "server");
+    server.start(&member_args(&[]));
+    let phone = NodeProc::init(root.path(), "phone");
+    enrol(&server, &phone, "phone");
+    sync(&phone, &[&server]).expect("the phone syncs once, as a device");
+    // Served without --server, its queued writes would never be uploaded.
+    let out = std::process::Command::new(lethe_tests::cluster::lethe_bin())
+        .args(["serve", "--data"])
+        .arg(&phone.dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds a device's store") && err.contains("--server"), "{err}");
+    server.stop();
+    match sync(&server, &[&server]) {
+        Err((2, err)) => assert!(err.contains("member"), "{err}"),
+        other => panic!("a member's store must not be synced as a device: {other:?}"),
+    }
+}

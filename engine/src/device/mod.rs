@@ -36,6 +36,15 @@ pub use session::{
 };
 pub(crate) use session::{cap_device_ack, check_device_vector};
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Member => "member",
+            Role::Device => "device",
+        })
+    }
+}
+
 /// What a replica is (docs/design.md §8).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Role {
