@@ -630,7 +630,7 @@ fn a_store_keeps_the_role_it_was_first_opened_with() {
     assert!(matches!(err, lethe_engine::Error::WrongRole { .. }), "{err}");
     assert!(err.to_string().contains("device"), "{err}");
     let config = Config { role: Role::Device, ..Config::default() };
-    let phone = Replica::open(store, ReplicaId(100), config.clone(), Arc::new(clock.clone())).unwrap();
+    let phone = Replica::open(store, ReplicaId(100), config, Arc::new(clock.clone())).unwrap();
     assert_eq!(phone.pending_uploads().unwrap(), 1, "as a device again, the queue is there");
     let hub = member(1, &clock);
     let err = Replica::open(hub.into_store(), HUB, config, Arc::new(clock.clone())).unwrap_err();
