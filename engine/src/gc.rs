@@ -218,8 +218,14 @@ impl<S: Storage> Replica<S> {
         let frontier = self.frontier();
         let join = self.devices.join(self.membership.join(self.vector()));
         let collect_under = match &self.checkpoint {
-            // A device collects what the members collected, nothing else (`device/queue.rs`).
-            _ if self.is_device() => Some(self.device.collected.clone()),
+            // A device collects what the members collected, nothing else (`device/queue.rs`),
+            // and of that only what its own vector covers: a member's F₀ is under its vector,
+            // so a collected delete stays known there ("covered and absent"); a device may hold
+            // a dead record its vector does not cover (from a download cut before its end), and
+            // dropping it would leave the delete known nowhere on the device, so an older copy
+            // from a member that never saw the delete would come back (`lethe-sim` seed 4107,
+            // `engine/tests/device_collection.rs`).
+            _ if self.is_device() => Some(self.device.collected.meet(&self.members_vector())),
             Some(cp) if frontier.dominates(&cp.join) => Some(cp.frontier.clone()),
             Some(_) => None,
             None => Some(VersionVector::new()),
