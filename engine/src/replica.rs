@@ -236,7 +236,18 @@ pub struct Replica<S: Storage> {
     /// Bumped each time a recovery begins (sessions opened before do not merge).
     restore_epoch: u64,
     /// The clock when the replica was opened: own writes stamped above it were made by this run.
-    opened_clock: Hlc,
+    pub(crate) opened_clock: Hlc,
+    /// The own counter when the replica was opened: seqs above it were issued by this run.
+    pub(crate) opened_seq: Seq,
+    /// On a device: the highest upload seq this run may have sent (every write queued when a
+    /// session's handshake went; memory only). A member's cursor beyond both it and
+    /// `opened_seq` shows this store is an older copy (`device/queue.rs`).
+    pub(crate) uploads_sent_max: Seq,
+    /// Own seqs lost to restores ([`Meta::Lost`], `replica/restore.rs`).
+    lost_own: Vec<(Seq, Seq)>,
+    /// The members heard from since a recovery begun by a device began (memory only: after a
+    /// restart they are heard again).
+    recovery_heard: std::collections::BTreeSet<ReplicaId>,
     /// The store's failure, from a failed commit until a commit succeeds (`recovery.rs`).
     store_failure: Option<StoreFailure>,
     /// On a device: its upload queue's state (`device/queue.rs`).
@@ -343,6 +354,7 @@ impl<S: Storage> Replica<S> {
                     return Err(Error::WrongReplica { stored, requested: id });
                 }
                 let durable = Durable::read(&snap, id)?;
+                let opened_seq = durable.counter(id);
                 Replica {
                     id,
                     clock: HybridClock::resume(durable.clock, config.max_drift_ms),
@@ -362,6 +374,10 @@ impl<S: Storage> Replica<S> {
                     recovery: durable.recovery,
                     restore_epoch: 0,
                     opened_clock: durable.clock,
+                    opened_seq,
+                    uploads_sent_max: Seq(0),
+                    lost_own: durable.lost_own,
+                    recovery_heard: Default::default(),
                     store_failure: None,
                     device: durable.device,
                     devices: durable.devices,
@@ -396,6 +412,10 @@ impl<S: Storage> Replica<S> {
                     recovery: None,
                     restore_epoch: 0,
                     opened_clock: Hlc(0),
+                    opened_seq: Seq(0),
+                    uploads_sent_max: Seq(0),
+                    lost_own: Vec::new(),
+                    recovery_heard: Default::default(),
                     store_failure: None,
                     device: DeviceState::default(),
                     devices: Devices::default(),
@@ -1016,12 +1036,18 @@ struct Durable {
     unindexed: VersionVector,
     index: KeyIndex,
     recovery: Option<Recovery>,
+    lost_own: Vec<(Seq, Seq)>,
     device: DeviceState,
     devices: Devices,
     records_seen: crate::device::records::RecordsSeen,
 }
 
 impl Durable {
+    /// The last own seq issued: the vector's own component, or a recovery's counter.
+    fn counter(&self, id: ReplicaId) -> Seq {
+        self.recovery.map_or(self.vector.get(id), |r| r.counter.max(self.vector.get(id)))
+    }
+
     /// Reads it from the store of replica `id` (checked to be `id`'s by the caller).
     fn read(snap: &impl Snapshot, id: ReplicaId) -> Result<Durable> {
         let vector = snap.meta(Meta::Vector)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default();
@@ -1041,6 +1067,7 @@ impl Durable {
             unindexed: snap.meta(Meta::Unindexed)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default(),
             index: KeyIndex::load(snap)?,
             recovery,
+            lost_own: restore::load_lost(snap)?,
             device: DeviceState::load(snap)?,
             devices: load_devices(snap)?,
             records_seen: snap
@@ -1064,4 +1091,4 @@ mod tests;
 pub(crate) use clock::HeldBack;
 pub use clock::{PEER_CLOCK_FRESH_MS, PEER_CLOCK_SLACK_MS, PEER_CLOCKS_MAX};
 pub use import::ImportError;
-pub use restore::{RESTORE_SEQ_GAP_MAX, Recovery};
+pub use restore::{LOST_RANGES_MAX, RESTORE_SEQ_GAP_MAX, Recovery, in_lost_ranges};

@@ -256,6 +256,7 @@ fn signatures_beyond_the_bound_are_refused_as_they_decode() {
             T0,
             false,
             signature,
+            None,
         ))
     };
     assert!(Message::decode(&hello(fits).encode().unwrap()).is_ok());

@@ -21,7 +21,7 @@ use crate::device::message::Admission;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::ids::{Dot, ReplicaId, Seq};
-use crate::replica::Replica;
+use crate::replica::{Replica, in_lost_ranges};
 use crate::session::SyncError;
 use crate::storage::{Batch, Meta, Snapshot, Storage, encode_clock, encode_vector};
 use std::collections::BTreeMap;
@@ -78,7 +78,13 @@ impl<S: Storage> Replica<S> {
                 Some(e) => Some(e.clone()),
                 None => snap.entry(&entry.key).map_err(Error::from)?,
             };
-            if upload_seq <= cursor {
+            // Held under a dot this member lost to a restore (`replica/restore.rs`): its peers
+            // may hold another write under it, so it is numbered afresh (the higher seq of the
+            // same write wins the tie), wherever the cursor is.
+            let lost_dot = current.as_ref().is_some_and(|cur| {
+                cur.stamp == entry.stamp && cur.dot.replica == me && in_lost_ranges(self.lost_own(), cur.dot.seq)
+            });
+            if upload_seq <= cursor && !lost_dot {
                 answers.push(match current {
                     Some(cur) if cur.stamp == entry.stamp => Admission::Admitted(cur.dot),
                     Some(cur) if cur.wins_over(&entry) => Admission::Superseded,
@@ -87,7 +93,15 @@ impl<S: Storage> Replica<S> {
                 });
                 continue;
             }
-            cursor = upload_seq;
+            cursor = cursor.max(upload_seq);
+            // The very write, held already (uploaded again by a device that lost its answer,
+            // or queued again after a restore): answered with its dot, never applied twice.
+            if let Some(cur) = current.as_ref().filter(|cur| cur.stamp == entry.stamp && cur.payload == entry.payload)
+                && !lost_dot
+            {
+                answers.push(Admission::Admitted(cur.dot));
+                continue;
+            }
             clock.observe(entry.stamp.hlc, wall_ms)?;
             let candidate = Entry { dot: Dot { replica: me, seq: seq.next() }, ..entry.settled_at(wall_ms) };
             if current.as_ref().is_some_and(|cur| !candidate.wins_over(cur)) {

@@ -44,7 +44,41 @@ pub struct DeviceHello(
     /// other members with the device's record, who count the acknowledgement only with it.
     #[serde(default, serialize_with = "serde_bytes::serialize", deserialize_with = "crate::sign::bounded_signature")]
     pub Vec<u8>,
+    /// The member's own signature over the highest of its seqs this device was shown
+    /// ([`MemberHello`]'s proof, kept by the device), for the member it expects: if that member
+    /// was restored from an older copy, this is how it learns, from its own word, which of its
+    /// dots it issued before (docs/design.md §10). Nothing else a device says of a member's
+    /// writes counts.
+    #[serde(default)]
+    pub Option<SeqProof>,
 );
+
+/// A member's signature over one seq of its own: `[seq, wall ms, signature]`, the signature
+/// being [`crate::sign::ack_message`] of the member, the vector `{member: seq}` and the wall
+/// time. It says the member issued every seq up to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqProof(
+    /// The seq.
+    pub Seq,
+    /// The member's wall clock when it signed, in ms since the Unix epoch.
+    pub u64,
+    /// The signature (at most [`crate::sign::SIGNATURE_BYTES_MAX`] bytes; empty: unsigned).
+    #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "crate::sign::bounded_signature")]
+    pub Vec<u8>,
+);
+
+impl SeqProof {
+    /// The proof as `member`'s signed acknowledgement of `{member: seq}`, to verify.
+    #[must_use]
+    pub fn as_signed(&self, member: ReplicaId) -> crate::sign::SignedAck {
+        crate::sign::SignedAck {
+            signer: member,
+            vector: vec![(member, self.0)].into(),
+            time_ms: self.1,
+            signature: self.2.clone(),
+        }
+    }
+}
 
 impl DeviceHello {
     /// The device.
@@ -72,7 +106,25 @@ pub struct MemberHello(
     pub Seq,
     /// Its wall clock, in ms since the Unix epoch.
     pub u64,
+    /// Its signature over its own counter ([`SeqProof`]): the device keeps the latest and
+    /// shows it again in its handshake.
+    #[serde(default)]
+    pub Option<SeqProof>,
+    /// The ranges `(from, to]` of its own seqs it lost to restores from older copies
+    /// ([`crate::Replica::lost_own`], at most [`crate::replica::LOST_RANGES_MAX`]): the device
+    /// uploads again its own writes it holds under those dots of this member.
+    #[serde(default, deserialize_with = "bounded_lost_ranges")]
+    pub Vec<(Seq, Seq)>,
 );
+
+/// Decodes lost ranges, refusing more than a member keeps and ranges that are empty.
+fn bounded_lost_ranges<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(Seq, Seq)>, D::Error> {
+    let ranges: Vec<(Seq, Seq)> = limits::bounded_vec::<_, _, { crate::replica::LOST_RANGES_MAX }>(d)?;
+    if ranges.iter().any(|(from, to)| from >= to) {
+        return Err(serde::de::Error::custom("a lost range must be (from, to] with from < to"));
+    }
+    Ok(ranges)
+}
 
 /// A member's answer to one uploaded write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -374,6 +374,10 @@ pub enum Message {
     ),
     /// Member → device: one answer per write of the last `Upload`, in its order.
     Admitted(#[serde(deserialize_with = "crate::device::message::bounded_admissions")] Vec<crate::device::Admission>),
+    /// Member → device, before a download whose vector names more of the member's own writes
+    /// than its handshake's proof: the member's signature over its counter then
+    /// (`device/session.rs`).
+    MemberProof(crate::device::SeqProof),
 }
 
 impl Message {
@@ -395,6 +399,7 @@ impl Message {
             Message::Upload { .. } => "Upload",
             Message::Admitted(_) => "Admitted",
             Message::Records(..) => "Records",
+            Message::MemberProof(_) => "MemberProof",
         }
     }
 

@@ -52,6 +52,8 @@ pub enum Meta {
     /// On a member: for each other member, the records clock up to which this one merged its
     /// device records (`device/records.rs`).
     RecordsSeen,
+    /// The ranges of own seqs lost to restores from older copies (`replica/restore.rs`).
+    Lost,
 }
 
 impl Meta {
@@ -68,6 +70,7 @@ impl Meta {
             Meta::Restore => "restore",
             Meta::Device => "device",
             Meta::RecordsSeen => "records_seen",
+            Meta::Lost => "lost",
         }
     }
 }

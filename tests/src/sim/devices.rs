@@ -935,6 +935,7 @@ impl<C: Choices> Sim<'_, C> {
                 wall_ms,
                 false,
                 vec![],
+                None,
             ))
         };
         let forged = |stamped: ReplicaId, numbered: ReplicaId, hlc_ms: u64| Entry {
