@@ -118,6 +118,15 @@ pub struct RecordWire(
     pub Vec<u8>,
 );
 
+impl DeviceRecord {
+    /// At most how many bytes its [`RecordWire`] takes in CBOR: 64 for the fixed fields and
+    /// headers, 19 per vector component (a pair of u64), and the signature.
+    fn wire_bytes_max(&self) -> usize {
+        let signed = self.signed.as_ref().map_or(0, |s| s.vector.len() * 19 + s.signature.len());
+        64 + signed + self.cursor_at.len() * 19
+    }
+}
+
 impl RecordWire {
     /// The acknowledgement this record relays, as its device signed it, if it carries one.
     #[must_use]
@@ -366,6 +375,14 @@ impl Devices {
             self.records.iter().filter(|(_, r)| r.changed > after).collect();
         changed.sort_by_key(|(_, r)| r.changed);
         changed.truncate(max);
+        // And by bytes, so that a `Records` frame always fits the frame limit.
+        let mut bytes = 0;
+        if let Some(cut) = changed.iter().position(|(_, r)| {
+            bytes += if to.is_none() || r.from != to { r.wire_bytes_max() } else { 0 };
+            bytes > crate::session::message::RECORDS_BYTES_PER_MESSAGE_MAX
+        }) {
+            changed.truncate(cut.max(1));
+        }
         let upto = changed.last().map_or(after, |(_, r)| r.changed);
         let wire = changed
             .into_iter()

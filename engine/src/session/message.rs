@@ -29,6 +29,10 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 5;
 /// Device records per `Records` message, at most.
 pub const RECORDS_PER_MESSAGE_MAX: usize = 4096;
+/// Bytes of device records per `Records` message, at most (as the sender counts them, an upper
+/// bound of their CBOR size): half the frame limit, so that a frame always fits it (one record,
+/// its two vectors at [`crate::limits::VECTOR_COMPONENTS_MAX`] components, takes under 40 KiB).
+pub const RECORDS_BYTES_PER_MESSAGE_MAX: usize = FRAME_BYTES_MAX / 2;
 /// The largest frame a session sends or accepts: 4 MiB (a chunk of up to 1 MiB of entries plus
 /// one entry of the largest size).
 pub const FRAME_BYTES_MAX: usize = 4 << 20;
