@@ -237,3 +237,123 @@ fn a_restored_device_that_writes_up_to_the_cursor_again_loses_no_write() {
     assert_eq!(hub.digest(), phone.digest());
     assert_eq!(phone.pending_uploads().unwrap(), 0);
 }
+
+/// Runs a device session in which every frame from the member is lost once the member's
+/// handshake has gone (the answers to the uploads among them).
+fn sync_losing_answers(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
+    let mut ds = lethe_engine::device::DeviceSession::new(d, Some(m.id())).unwrap();
+    let mut ms = lethe_engine::device::DeviceService::new(m, Some(d.id())).unwrap();
+    let mut handshake_delivered = false;
+    for _ in 0..10 {
+        while let Some(f) = ds.poll_transmit(d).unwrap() {
+            ms.handle(m, &f).unwrap();
+        }
+        while let Some(f) = ms.poll_transmit(m).unwrap() {
+            if !handshake_delivered {
+                ds.handle(d, &f).unwrap();
+                handshake_delivered = true;
+            }
+        }
+    }
+}
+
+/// A member session from `a` to `b` cut right after `a`'s device records arrived: `b` has the
+/// records (the cursors), not the entries.
+fn send_records_only(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>) {
+    use lethe_engine::session::{Message, Session};
+    let mut sa = Session::new(a, Some(b.id())).unwrap();
+    let mut sb = Session::new(b, Some(a.id())).unwrap();
+    while let Some(f) = sa.poll_transmit(a).unwrap() {
+        sb.handle(b, &f).unwrap();
+    }
+    while let Some(f) = sb.poll_transmit(b).unwrap() {
+        sa.handle(a, &f).unwrap();
+    }
+    while let Some(f) = sa.poll_transmit(a).unwrap() {
+        match Message::decode(&f).unwrap() {
+            Message::Records(_, last, _) => {
+                sb.handle(b, &f).unwrap();
+                if last {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The hub admits the phone's write, the answer is lost, and only the hub's device records (the
+/// cursor) reach the other member before the operator removes the hub. The other member cannot
+/// ever see the hub's admission: it must not answer `Pending` for ever, and admits it once.
+#[test]
+fn a_write_pending_on_a_removed_members_admission_is_admitted_by_another_member_once() {
+    let clock = ManualClock::new(T0);
+    let mut hub = open_member(MemoryStore::new(), 1, &clock);
+    let mut other = open_member(MemoryStore::new(), 2, &clock);
+    hub.enrol_member(other.id()).unwrap();
+    other.enrol_member(hub.id()).unwrap();
+    let mut phone = open_device(MemoryStore::new(), 100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    other.enrol_device(phone.id()).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    sync_device_in_process(&mut phone, &mut other).unwrap();
+    put(&mut phone, "w", &clock);
+    sync_losing_answers(&mut phone, &mut hub);
+    assert!(hub.get(b"w").unwrap().is_some(), "the hub admitted it");
+    assert_eq!(phone.pending_uploads().unwrap(), 1, "the answer was lost");
+    send_records_only(&mut hub, &mut other);
+    assert_eq!(other.devices().cursor(phone.id()).0, 1, "the other member has the hub's cursor");
+    assert!(other.get(b"w").unwrap().is_none(), "and not the write");
+    other.remove_member(hub.id()).unwrap();
+    drop(hub);
+
+    sync_losing_answers(&mut phone, &mut other);
+    let issued = other.vector().get(other.id());
+    for _ in 0..3 {
+        sync_device_in_process(&mut phone, &mut other).unwrap();
+    }
+    assert_eq!(phone.pending_uploads().unwrap(), 0, "settled, not pending for ever");
+    assert_eq!(other.get(b"w").unwrap().unwrap().value, b"w");
+    assert_eq!(other.vector().get(other.id()), issued, "admitted once: the lost answer's upload, not again");
+    assert_eq!(phone.digest(), other.digest());
+}
+
+/// The hub admits the phone's write after its backup was made, the answer is lost, the hub's
+/// records (the cursor) reach the other member, and the hub is restored from the backup: no
+/// peer holds the write's dot, so nothing shows the hub it lost it. Neither member may answer
+/// the phone's upload as "known" (it would drop the write) or leave it pending for ever.
+/// (Known gap: had the phone come to the other member only after the restored hub reused the
+/// dot and the other member took it, the other member would answer "known": it cannot tell.)
+#[test]
+fn a_write_whose_admitting_member_was_restored_before_anyone_saw_it_is_admitted_again() {
+    let clock = ManualClock::new(T0);
+    let mut hub = open_member(MemoryStore::new(), 1, &clock);
+    let mut other = open_member(MemoryStore::new(), 2, &clock);
+    hub.enrol_member(other.id()).unwrap();
+    other.enrol_member(hub.id()).unwrap();
+    let mut phone = open_device(MemoryStore::new(), 100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    other.enrol_device(phone.id()).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let backup = hub.store().clone();
+    put(&mut phone, "w", &clock);
+    sync_losing_answers(&mut phone, &mut hub);
+    send_records_only(&mut hub, &mut other);
+    drop(hub);
+    let mut hub = open_member(backup, 1, &clock);
+    // The phone meets the other member: it never saw the hub's admission, and never will.
+    for _ in 0..2 {
+        sync_device_in_process(&mut phone, &mut other).unwrap();
+    }
+    assert_eq!(phone.pending_uploads().unwrap(), 0, "settled, not pending for ever");
+    for _ in 0..2 {
+        sync_in_process(&mut hub, &mut other, false).unwrap();
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+        sync_device_in_process(&mut phone, &mut other).unwrap();
+    }
+    for r in [&hub, &other, &phone] {
+        assert_eq!(keys(r), ["w"], "at {}", r.id());
+    }
+    assert_no_dot_reused(&[&hub, &other, &phone]);
+}

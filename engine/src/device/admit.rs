@@ -6,11 +6,20 @@
 //! - upload seqs rise strictly within one upload; sizes and stamps pass the same checks as any
 //!   remote entry (limits, `max_drift`);
 //! - a write at or below the device's cursor was applied before (here or at another member),
-//!   and is never applied again: it is answered with the dot this member holds it under if it
-//!   holds that very write; as superseded if it holds something newer; as known if it holds
-//!   neither but has seen every admission up to the cursor (the record's `cursor_at`: the
-//!   write was replaced, or collected, since); and as pending otherwise (another member
-//!   admitted it, and this one has not seen that yet: the device uploads it again later);
+//!   and is never applied again here: it is answered with the dot this member holds it under
+//!   if it holds that very write; as superseded if it holds something newer; as known if it
+//!   holds neither but has seen every admission up to the cursor (the record's `cursor_at`,
+//!   unless its own component is a dot this member lost to a restore: the write was replaced,
+//!   or collected, since); and otherwise (another member admitted it, and this one has not
+//!   seen that, and may never: that member removed or restored) it is admitted here too, as
+//!   below. `Pending` is no longer answered (a device still understands it from an older
+//!   member). A queued write holds back every delete it raced (the device's acknowledgement is
+//!   capped at its base), so from then on this member holds it or what beat it, and admits it
+//!   at most once;
+//! - the very write this member holds already (same stamp and payload: a device that lost the
+//!   answer, or queued it again after a restore) is answered with its dot, unless that dot is
+//!   one this member lost to a restore: then it is numbered afresh (the higher seq of the same
+//!   write wins the tie);
 //! - any other write is applied under a fresh dot of this member if it wins over what the key
 //!   holds, and answered as superseded if not; either way the cursor passes it.
 //!
@@ -66,7 +75,14 @@ impl<S: Storage> Replica<S> {
         self.check_not_recovering()?;
         let me = self.id();
         let mut cursor = self.devices().cursor(device);
-        let seen_all = self.devices().covers_cursor(device, self.vector());
+        // Whether this member has seen every admission up to the cursor. Not if one of them was
+        // its own under a dot it lost to a restore from an older copy (`replica/restore.rs`), or
+        // beyond what it knows it issued (restored, and no peer has shown it yet).
+        let own_admission_lost = self.devices().get(device).is_some_and(|r| {
+            let at = r.cursor_at.get(me);
+            at > self.own_counter() || in_lost_ranges(self.lost_own(), at)
+        });
+        let seen_all = self.devices().covers_cursor(device, self.vector()) && !own_admission_lost;
         let snap = self.store().snapshot().map_err(Error::from)?;
         let mut clock = self.hybrid_clock();
         let mut seq = self.own_counter();
@@ -85,13 +101,23 @@ impl<S: Storage> Replica<S> {
                 cur.stamp == entry.stamp && cur.dot.replica == me && in_lost_ranges(self.lost_own(), cur.dot.seq)
             });
             if upload_seq <= cursor && !lost_dot {
-                answers.push(match current {
-                    Some(cur) if cur.stamp == entry.stamp => Admission::Admitted(cur.dot),
-                    Some(cur) if cur.wins_over(&entry) => Admission::Superseded,
-                    _ if seen_all => Admission::Known,
-                    _ => Admission::Pending,
-                });
-                continue;
+                let answer = match &current {
+                    Some(cur) if cur.stamp == entry.stamp => Some(Admission::Admitted(cur.dot)),
+                    Some(cur) if cur.wins_over(&entry) => Some(Admission::Superseded),
+                    _ if seen_all => Some(Admission::Known),
+                    // Admitted by a member whose admission this one has not seen, and may never
+                    // see (that member removed, or restored from an older copy): admitted here
+                    // too, under a dot of this member, rather than left pending for ever.
+                    // Once: from now on this member holds it or what beat it, since a delete it
+                    // raced cannot be collected while it waits in the device's queue (its base
+                    // caps the device's acknowledgement). The two dots of one write settle by
+                    // the LWW tie rule.
+                    _ => None,
+                };
+                if let Some(answer) = answer {
+                    answers.push(answer);
+                    continue;
+                }
             }
             cursor = cursor.max(upload_seq);
             // The very write, held already (uploaded again by a device that lost its answer,

@@ -139,7 +139,10 @@ pub enum Admission {
     /// replaced, or collected, since).
     Known,
     /// At or below the device's cursor, applied by another member whose admission this member
-    /// has not seen yet: the device keeps the write queued and uploads it again later.
+    /// has not seen yet: the device keeps the write queued and uploads it again later. Members
+    /// of this version no longer answer it (they admit such a write themselves, `admit.rs`:
+    /// the admitting member may never be seen again); a device still takes it from an older
+    /// one.
     Pending,
 }
 
