@@ -943,19 +943,31 @@ impl<S: Storage> Replica<S> {
         wall_ms: u64,
     ) -> Result<()> {
         let own = self.own_counter();
-        let own_ahead = |seq: Seq| Error::OwnWriteFromTheFuture { replica: self.id, seq, own };
-        if let Some(v) = sender_vector.filter(|v| v.get(self.id) > own) {
-            return Err(own_ahead(v.get(self.id)));
-        }
+        let me = self.id;
+        let own_ahead = |seq: Seq| Error::OwnWriteFromTheFuture { replica: me, seq, own };
         for entry in entries {
             self.config.limits.check_entry(entry)?;
             if entry.dot.seq == Seq(0) {
                 return Err(Error::ZeroSeq { dot: entry.dot() });
             }
-            // The dot's replica, not the stamp's: a device's write admitted here has this
-            // replica's dot and the device's stamp.
-            if entry.dot.replica == self.id && entry.dot.seq > own {
-                return Err(own_ahead(entry.dot.seq));
+        }
+        // The dot's replica, not the stamp's: a device's write admitted here has this replica's
+        // dot and the device's stamp.
+        let claimed = entries
+            .iter()
+            .filter(|e| e.dot.replica == self.id)
+            .map(|e| e.dot.seq)
+            .fold(sender_vector.map_or(Seq(0), |v| v.get(self.id)), Seq::max);
+        if claimed > own {
+            // A member holds writes of this replica beyond its counter (entries it holds without
+            // its vector covering them, from a partial transfer, show in no handshake): this
+            // store is an older copy (`replica/restore.rs`). The recovery begins; entries alone
+            // are applied (the originals it lost), a vector computed against the old one is not.
+            // No transfer may ever bring the vector to what was held beyond it: the recovery
+            // waits, as for a device's evidence, for every member to be heard from instead.
+            self.notice_own_seq_held(claimed)?;
+            if sender_vector.is_some() {
+                return Err(own_ahead(claimed));
             }
         }
         if let Some(err) = entries.iter().find_map(|e| self.clock.check(e.stamp.hlc, wall_ms).err()) {

@@ -94,6 +94,12 @@ fn a_single_server_restored_from_an_older_copy_takes_back_its_devices_writes_and
 
     // The phone's handshake shows the hub its writes up to 4.
     sync_device_in_process(&mut phone, &mut hub).expect("a restored hub serves the device that knows its writes");
+    let all_keys = |r: &Replica<MemoryStore>| {
+        let delta = r.delta_for(&lethe_engine::VersionVector::new()).unwrap();
+        (delta.entries.len(), entries(r).len())
+    };
+    let (d, e) = all_keys(&phone);
+    assert_eq!(d, e, "the phone's delta from nothing holds every entry it stores");
     for _ in 0..2 {
         sync_device_in_process(&mut phone, &mut hub).unwrap();
         sync_device_in_process(&mut tablet, &mut hub).unwrap();

@@ -165,6 +165,7 @@ impl<S: Storage> Replica<S> {
         }
         self.check_own_seq_gap(seen)?;
         self.begin_recovery(seen, false)?;
+        self.end_recovery_if_done()?;
         Ok(true)
     }
 
@@ -172,6 +173,21 @@ impl<S: Storage> Replica<S> {
     /// beyond its counter (or, while recovering, beyond what peers were seen to hold).
     pub(crate) fn device_claim_is_news(&self, seen: Seq) -> bool {
         seen > self.recovery.map_or(self.own_counter(), |r| r.seen_max())
+    }
+
+    /// [`Replica::notice_own_seq`] for own writes a member holds beyond its vector (entries of
+    /// a partial transfer): no complete transfer may ever bring the own component back to
+    /// them, so the recovery ends as one a device began ([`Recovery::by_device`]).
+    ///
+    /// Unlike a device's, it does not end at once when no other member is to be heard: the
+    /// entries that showed it are the originals, and are applied under the lowered vector.
+    pub(crate) fn notice_own_seq_held(&mut self, seen: Seq) -> Result<bool> {
+        if !self.device_claim_is_news(seen) {
+            return Ok(false);
+        }
+        self.check_own_seq_gap(seen)?;
+        self.begin_recovery(seen, false)?;
+        Ok(true)
     }
 
     fn check_own_seq_gap(&self, seen: Seq) -> Result<()> {
@@ -331,7 +347,7 @@ impl<S: Storage> Replica<S> {
         self.lost_own = lost;
         self.recovery_heard.clear();
         self.restore_epoch += 1;
-        self.end_recovery_if_done()
+        Ok(())
     }
 
     /// Ends the recovery once `vector` (about to be committed) has its own component back at the
