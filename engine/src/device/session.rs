@@ -479,6 +479,14 @@ impl DeviceService {
         check_device_names(replica, device, &vector)?;
         // This member's own writes beyond what it knows it issued: evidence of a restore from
         // an older copy, but only with its own signature over them (docs/design.md §9, §10).
+        // The proof itself first: the device may hold writes of this member up to the seq it
+        // signed without its vector covering them (a download cut short, ended `Partial`).
+        if let Some(signed) = proof.as_ref().map(|p| p.0)
+            && replica.device_claim_is_news(signed)
+            && replica.own_seq_proof_verifies(signed, proof.as_ref())
+        {
+            replica.notice_own_seq_from_device(signed)?;
+        }
         let claimed = vector.get(replica.id());
         if replica.device_claim_is_news(claimed) {
             if !replica.own_seq_proof_verifies(claimed, proof.as_ref()) {
