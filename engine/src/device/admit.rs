@@ -3,8 +3,10 @@
 //! Rules, checked for the whole upload before anything is applied:
 //! - every write is the device's own: its stamp's writer and its dot's replica are the
 //!   authenticated device (a device can change nothing but its own writes);
-//! - upload seqs rise strictly within one upload; sizes and stamps pass the same checks as any
-//!   remote entry (limits, `max_drift`);
+//! - upload seqs rise strictly within one upload; stamps pass the drift check of any remote
+//!   entry (`max_drift`);
+//! - a write over this member's size limits is answered `Refused`, alone: the cursor passes
+//!   it and the rest of the upload goes on;
 //! - a write at or below the device's cursor was applied before (here or at another member),
 //!   and is never applied again here: it is answered with the dot this member holds it under
 //!   if it holds that very write; as superseded if it holds something newer; as known if it
@@ -67,11 +69,15 @@ impl<S: Storage> Replica<S> {
                     e.dot.seq
                 )));
             }
-            self.config().limits.check_entry(e)?;
         }
         if let Some(err) = entries.iter().find_map(|e| self.clock_check(e.stamp.hlc, wall_ms).err()) {
             return Err(err.into());
         }
+        // Over this member's size limits: refused alone (the device's own limits may differ);
+        // the cursor passes it, so it is never applied here later.
+        let limits = self.config().limits;
+        let oversized: std::collections::BTreeSet<Seq> =
+            entries.iter().filter(|e| limits.check_entry(e).is_err()).map(|e| e.dot.seq).collect();
         self.check_not_recovering()?;
         let me = self.id();
         let mut cursor = self.devices().cursor(device);
@@ -90,6 +96,11 @@ impl<S: Storage> Replica<S> {
         let mut answers = Vec::with_capacity(entries.len());
         for entry in entries {
             let upload_seq = entry.dot.seq;
+            if oversized.contains(&upload_seq) {
+                cursor = cursor.max(upload_seq);
+                answers.push(Admission::Refused);
+                continue;
+            }
             let current = match winners.get(&entry.key) {
                 Some(e) => Some(e.clone()),
                 None => snap.entry(&entry.key).map_err(Error::from)?,

@@ -144,6 +144,10 @@ pub enum Admission {
     /// the admitting member may never be seen again); a device still takes it from an older
     /// one.
     Pending,
+    /// Refused by this member on its own: over its size limits. Never admitted by it; the
+    /// device drops it (kept, it would stay under the device's own upload seq for ever and cap
+    /// its acknowledgement), and the rest of the upload goes on.
+    Refused,
 }
 
 impl Admission {
@@ -154,7 +158,8 @@ impl Admission {
     }
 }
 
-/// `[kind, replica, seq]`: 0 admitted (with its dot), 1 superseded, 2 known, 3 pending (zeros).
+/// `[kind, replica, seq]`: 0 admitted (with its dot), 1 superseded, 2 known, 3 pending, 4 refused
+/// (zeros).
 #[derive(Serialize, Deserialize)]
 struct AdmissionWire(u8, u64, u64);
 
@@ -165,6 +170,7 @@ impl From<Admission> for AdmissionWire {
             Admission::Superseded => AdmissionWire(1, 0, 0),
             Admission::Known => AdmissionWire(2, 0, 0),
             Admission::Pending => AdmissionWire(3, 0, 0),
+            Admission::Refused => AdmissionWire(4, 0, 0),
         }
     }
 }
@@ -178,6 +184,7 @@ impl TryFrom<AdmissionWire> for Admission {
             AdmissionWire(1, 0, 0) => Ok(Admission::Superseded),
             AdmissionWire(2, 0, 0) => Ok(Admission::Known),
             AdmissionWire(3, 0, 0) => Ok(Admission::Pending),
+            AdmissionWire(4, 0, 0) => Ok(Admission::Refused),
             AdmissionWire(kind, ..) => Err(format!("an admission of kind {kind} with fields that do not fit it")),
         }
     }

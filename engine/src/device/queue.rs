@@ -203,7 +203,9 @@ impl<S: Storage> Replica<S> {
                 }
                 // Replaced and collected since: nothing will come for it, so it goes now (a
                 // download cut short, or none at all, must not keep it queued).
-                Admission::Known => {
+                // Refused by the member (over its limits): no member will hold it, so it goes
+                // too, and the queue moves past it.
+                Admission::Known | Admission::Refused => {
                     if self.index.dot_of(&entry.key) == Some(entry.dot) {
                         batch.remove(entry.key.clone());
                     }

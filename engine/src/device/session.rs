@@ -64,6 +64,8 @@ pub struct DeviceStats {
     /// Of them, applied at another member this one has not heard from since: uploaded again
     /// later.
     pub pending: u64,
+    /// Of them, refused by the member (over its size limits) and dropped at the device.
+    pub refused: u64,
     /// On the device: its queued writes were re-numbered above the member's cursor (its store
     /// was an older copy).
     pub renumbered: bool,
@@ -87,6 +89,7 @@ impl DeviceStats {
                 Admission::Superseded => self.superseded += 1,
                 Admission::Known => self.known += 1,
                 Admission::Pending => self.pending += 1,
+                Admission::Refused => self.refused += 1,
             }
         }
     }
