@@ -271,12 +271,23 @@ impl<S: Storage> Replica<S> {
         let me = self.id();
         // A member's gossiped record of this replica is this replica's own past report (it may
         // name writes no peer ever received); the others' records are what they hold.
+        let limit_ms = self.signed_time_limit_ms();
         let seen = gossip
             .iter()
-            .filter(|g| g.replica != me && g.as_signed().verify_by(self.signer.as_ref(), self.signed_time_limit_ms()))
+            .filter(|g| g.replica != me && g.as_signed().verify_by(self.signer.as_ref(), limit_ms))
             .map(|g| g.acked.get(me))
             .fold(vector.get(me), Seq::max);
-        self.notice_own_seq(seen)
+        // This replica's own record as a member keeps it, signed by this replica: its counter
+        // then, which no peer may hold writes up to, but which members' checkpoints may name
+        // (collection would wait until the counter passes it again). Its own word, so it
+        // counts, as a device's kept proof does: a recovery that waits for no transfer.
+        let own_record = gossip
+            .iter()
+            .filter(|g| g.replica == me && g.as_signed().verify_by(self.signer.as_ref(), limit_ms))
+            .map(|g| g.acked.get(me))
+            .fold(Seq(0), Seq::max);
+        let began = self.notice_own_seq(seen)?;
+        Ok(self.notice_own_seq_held(own_record)? || began)
     }
 
     /// Begins (or widens) a recovery: `seen` is the highest own seq a peer showed, a member
