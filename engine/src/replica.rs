@@ -245,6 +245,9 @@ pub struct Replica<S: Storage> {
     pub(crate) uploads_sent_max: Seq,
     /// Own seqs lost to restores ([`Meta::Lost`], `replica/restore.rs`).
     lost_own: Vec<(Seq, Seq)>,
+    /// Other members' seqs lost to restores, as their handshakes (or others') told (memory
+    /// only: told again in every handshake).
+    lost_others: BTreeMap<ReplicaId, Vec<(Seq, Seq)>>,
     /// The members heard from since a recovery begun by a device began (memory only: after a
     /// restart they are heard again).
     recovery_heard: std::collections::BTreeSet<ReplicaId>,
@@ -377,6 +380,7 @@ impl<S: Storage> Replica<S> {
                     opened_seq,
                     uploads_sent_max: Seq(0),
                     lost_own: durable.lost_own,
+                    lost_others: BTreeMap::new(),
                     recovery_heard: Default::default(),
                     store_failure: None,
                     device: durable.device,
@@ -415,6 +419,7 @@ impl<S: Storage> Replica<S> {
                     opened_seq: Seq(0),
                     uploads_sent_max: Seq(0),
                     lost_own: Vec::new(),
+                    lost_others: BTreeMap::new(),
                     recovery_heard: Default::default(),
                     store_failure: None,
                     device: DeviceState::default(),

@@ -85,8 +85,8 @@ impl<S: Storage> Replica<S> {
         // its own under a dot it lost to a restore from an older copy (`replica/restore.rs`), or
         // beyond what it knows it issued (restored, and no peer has shown it yet).
         let own_admission_lost = self.devices().get(device).is_some_and(|r| {
-            let at = r.cursor_at.get(me);
-            at > self.own_counter() || in_lost_ranges(self.lost_own(), at)
+            r.cursor_at.get(me) > self.own_counter()
+                || r.cursor_at.iter().any(|(m, at)| in_lost_ranges(self.lost_of(m), at))
         });
         let seen_all = self.devices().covers_cursor(device, self.vector()) && !own_admission_lost;
         let snap = self.store().snapshot().map_err(Error::from)?;
@@ -109,7 +109,7 @@ impl<S: Storage> Replica<S> {
             // may hold another write under it, so it is numbered afresh (the higher seq of the
             // same write wins the tie), wherever the cursor is.
             let lost_dot = current.as_ref().is_some_and(|cur| {
-                cur.stamp == entry.stamp && cur.dot.replica == me && in_lost_ranges(self.lost_own(), cur.dot.seq)
+                cur.stamp == entry.stamp && in_lost_ranges(self.lost_of(cur.dot.replica), cur.dot.seq)
             });
             if upload_seq <= cursor && !lost_dot {
                 let answer = match &current {

@@ -110,17 +110,19 @@ pub struct MemberHello(
     /// shows it again in its handshake.
     #[serde(default)]
     pub Option<SeqProof>,
-    /// The ranges `(from, to]` of its own seqs it lost to restores from older copies
-    /// ([`crate::Replica::lost_own`], at most [`crate::replica::LOST_RANGES_MAX`]): the device
-    /// uploads again its own writes it holds under those dots of this member.
+    /// The ranges `(member, from, to]` of members' seqs lost to restores from older copies,
+    /// its own ([`crate::Replica::lost_own`]) and other members' it heard of (at most
+    /// [`crate::session::message::HELLO_LOST_RANGES_MAX`]): the device uploads again its own
+    /// writes it holds under those dots.
     #[serde(default, deserialize_with = "bounded_lost_ranges")]
-    pub Vec<(Seq, Seq)>,
+    pub Vec<(ReplicaId, Seq, Seq)>,
 );
 
-/// Decodes lost ranges, refusing more than a member keeps and ranges that are empty.
-fn bounded_lost_ranges<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(Seq, Seq)>, D::Error> {
-    let ranges: Vec<(Seq, Seq)> = limits::bounded_vec::<_, _, { crate::replica::LOST_RANGES_MAX }>(d)?;
-    if ranges.iter().any(|(from, to)| from >= to) {
+/// Decodes lost ranges, refusing more than members keep and ranges that are empty.
+fn bounded_lost_ranges<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(ReplicaId, Seq, Seq)>, D::Error> {
+    let ranges: Vec<(ReplicaId, Seq, Seq)> =
+        limits::bounded_vec::<_, _, { crate::session::message::HELLO_LOST_RANGES_MAX }>(d)?;
+    if ranges.iter().any(|(_, from, to)| from >= to) {
         return Err(serde::de::Error::custom("a lost range must be (from, to] with from < to"));
     }
     Ok(ranges)

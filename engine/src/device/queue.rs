@@ -361,8 +361,7 @@ impl<S: Storage> Replica<S> {
     /// this device's vector. Returns how many were queued.
     pub(crate) fn requeue_lost(
         &mut self,
-        member: ReplicaId,
-        lost: &[(Seq, Seq)],
+        lost: &[(ReplicaId, Seq, Seq)],
         member_vector: &VersionVector,
     ) -> Result<u64> {
         if lost.is_empty() || !self.is_device() {
@@ -371,7 +370,7 @@ impl<S: Storage> Replica<S> {
         let me = self.id();
         let snap = self.store().snapshot()?;
         let mut keys = Vec::new();
-        for &(from, to) in lost {
+        for &(member, from, to) in lost.iter().filter(|(m, ..)| *m != me) {
             snap.scan_dots(
                 Dot { replica: member, seq: from.next() },
                 Dot { replica: member, seq: to },
@@ -381,11 +380,14 @@ impl<S: Storage> Replica<S> {
                 },
             )?;
         }
+        keys.sort();
+        keys.dedup();
         let mut own = Vec::new();
         for key in keys {
             if let Some(entry) = snap.entry(&key)?
                 && entry.stamp.replica == me
-                && entry.dot.replica == member
+                && entry.dot.replica != me
+                && lost.iter().any(|&(m, f, t)| m == entry.dot.replica && f < entry.dot.seq && entry.dot.seq <= t)
             {
                 own.push(entry);
             }

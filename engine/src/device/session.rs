@@ -321,7 +321,7 @@ impl DeviceSession {
         self.stats.renumbered = replica.renumber_uploads_past(cursor)?;
         // The member lost writes it had numbered (restored from an older copy): this device's
         // own writes under those dots are queued again, to be admitted afresh.
-        self.stats.requeued = replica.requeue_lost(member, &lost, &vector)?;
+        self.stats.requeued = replica.requeue_lost(&lost, &vector)?;
         replica.note_uploads_sent()?;
         replica.settle_horizon(&collected)?;
         // Before the download: a dead record the member collected must not beat what it sends
@@ -520,7 +520,7 @@ impl DeviceService {
             cursor,
             replica.now_ms(),
             Some(proof),
-            replica.lost_own().to_vec(),
+            replica.lost_gossip(),
         );
         self.hello = Some(DeviceHello(
             version,

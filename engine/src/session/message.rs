@@ -64,7 +64,16 @@ pub struct Hello {
     /// The receiver's records clock up to which the sender merged the receiver's device records
     /// (`device/records.rs`): in its next session, the receiver sends only those changed since.
     pub records_seen: u64,
+    /// The seqs each member lost to restores from older copies, `(member, from, to]`, as the
+    /// sender knows them (its own and those it heard of; at most [`HELLO_LOST_RANGES_MAX`];
+    /// empty unless a member was restored): members tell their devices, which upload their own
+    /// writes under those dots again (`replica/restore.rs`).
+    pub lost: Vec<(ReplicaId, crate::ids::Seq, crate::ids::Seq)>,
 }
+
+/// The most lost ranges a handshake may carry: [`crate::replica::LOST_RANGES_MAX`] for each of
+/// [`HELLO_MEMBERS_MAX`] members.
+pub const HELLO_LOST_RANGES_MAX: usize = HELLO_MEMBERS_MAX * crate::replica::LOST_RANGES_MAX;
 
 #[derive(Serialize, Deserialize)]
 struct HelloWire(
@@ -76,6 +85,8 @@ struct HelloWire(
     bool,
     u64,
     u64,
+    #[serde(default, deserialize_with = "limits::bounded_vec::<_, _, HELLO_LOST_RANGES_MAX>")]
+    Vec<(ReplicaId, crate::ids::Seq, crate::ids::Seq)>,
 );
 
 /// A member record on the wire: `[replica, acked, last_heard_ms, signature]` (the signature at
@@ -92,13 +103,13 @@ impl From<Hello> for HelloWire {
     fn from(h: Hello) -> Self {
         let members =
             h.members.into_iter().map(|m| MemberWire(m.replica, m.acked, m.last_heard_ms, m.signature)).collect();
-        HelloWire(h.version, h.replica, h.vector, members, h.values, h.anti_entropy, h.wall_ms, h.records_seen)
+        HelloWire(h.version, h.replica, h.vector, members, h.values, h.anti_entropy, h.wall_ms, h.records_seen, h.lost)
     }
 }
 
 impl From<HelloWire> for Hello {
     fn from(w: HelloWire) -> Self {
-        let HelloWire(version, replica, vector, members, values, anti_entropy, wall_ms, records_seen) = w;
+        let HelloWire(version, replica, vector, members, values, anti_entropy, wall_ms, records_seen, lost) = w;
         let members = members
             .into_iter()
             .map(|MemberWire(replica, acked, last_heard_ms, signature)| MemberInfo {
@@ -108,7 +119,7 @@ impl From<HelloWire> for Hello {
                 signature,
             })
             .collect();
-        Hello { version, replica, vector, members, values, anti_entropy, wall_ms, records_seen }
+        Hello { version, replica, vector, members, values, anti_entropy, wall_ms, records_seen, lost }
     }
 }
 

@@ -284,6 +284,7 @@ impl Session {
             anti_entropy,
             wall_ms: replica.now_ms(),
             records_seen: expected_peer.map_or(0, |p| replica.records_seen(p)),
+            lost: replica.lost_gossip(),
         };
         let records_unchanged = expected_peer.is_some_and(|p| replica.devices().clock() <= replica.records_acked(p));
         Ok(Session {
@@ -637,6 +638,7 @@ impl Session {
         // of what members acknowledged decides what is re-issued (`replica/restore.rs`).
         replica.notice_own_seqs(&hello.vector, &hello.members)?;
         replica.note_recovery_heard(peer)?;
+        replica.merge_lost_gossip(&hello.lost);
         // The handshake vector is durable state of the peer: an acknowledgement.
         replica.acknowledge(peer, &hello.vector);
         replica.merge_gossip(peer, &hello.members);
