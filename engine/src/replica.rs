@@ -236,7 +236,21 @@ pub struct Replica<S: Storage> {
     /// Bumped each time a recovery begins (sessions opened before do not merge).
     restore_epoch: u64,
     /// The clock when the replica was opened: own writes stamped above it were made by this run.
-    opened_clock: Hlc,
+    pub(crate) opened_clock: Hlc,
+    /// The own counter when the replica was opened: seqs above it were issued by this run.
+    pub(crate) opened_seq: Seq,
+    /// On a device: the highest upload seq this run may have sent (every write queued when a
+    /// session's handshake went; memory only). A member's cursor beyond both it and
+    /// `opened_seq` shows this store is an older copy (`device/queue.rs`).
+    pub(crate) uploads_sent_max: Seq,
+    /// Own seqs lost to restores ([`Meta::Lost`], `replica/restore.rs`).
+    lost_own: Vec<(Seq, Seq)>,
+    /// Other members' seqs lost to restores, as their handshakes (or others') told (memory
+    /// only: told again in every handshake).
+    lost_others: BTreeMap<ReplicaId, Vec<(Seq, Seq)>>,
+    /// The members heard from since a recovery begun by a device began (memory only: after a
+    /// restart they are heard again).
+    recovery_heard: std::collections::BTreeSet<ReplicaId>,
     /// The store's failure, from a failed commit until a commit succeeds (`recovery.rs`).
     store_failure: Option<StoreFailure>,
     /// On a device: its upload queue's state (`device/queue.rs`).
@@ -363,6 +377,7 @@ impl<S: Storage> Replica<S> {
                     return Err(Error::WrongRole { stored, requested: config.role });
                 }
                 let durable = Durable::read(&snap, id)?;
+                let opened_seq = durable.counter(id);
                 if role.is_none() {
                     drop(snap);
                     let mut batch = Batch::new();
@@ -388,6 +403,11 @@ impl<S: Storage> Replica<S> {
                     recovery: durable.recovery,
                     restore_epoch: 0,
                     opened_clock: durable.clock,
+                    opened_seq,
+                    uploads_sent_max: Seq(0),
+                    lost_own: durable.lost_own,
+                    lost_others: BTreeMap::new(),
+                    recovery_heard: Default::default(),
                     store_failure: None,
                     device: durable.device,
                     devices: durable.devices,
@@ -423,6 +443,11 @@ impl<S: Storage> Replica<S> {
                     recovery: None,
                     restore_epoch: 0,
                     opened_clock: Hlc(0),
+                    opened_seq: Seq(0),
+                    uploads_sent_max: Seq(0),
+                    lost_own: Vec::new(),
+                    lost_others: BTreeMap::new(),
+                    recovery_heard: Default::default(),
                     store_failure: None,
                     device: DeviceState::default(),
                     devices: Devices::default(),
@@ -950,19 +975,31 @@ impl<S: Storage> Replica<S> {
         wall_ms: u64,
     ) -> Result<()> {
         let own = self.own_counter();
-        let own_ahead = |seq: Seq| Error::OwnWriteFromTheFuture { replica: self.id, seq, own };
-        if let Some(v) = sender_vector.filter(|v| v.get(self.id) > own) {
-            return Err(own_ahead(v.get(self.id)));
-        }
+        let me = self.id;
+        let own_ahead = |seq: Seq| Error::OwnWriteFromTheFuture { replica: me, seq, own };
         for entry in entries {
             self.config.limits.check_entry(entry)?;
             if entry.dot.seq == Seq(0) {
                 return Err(Error::ZeroSeq { dot: entry.dot() });
             }
-            // The dot's replica, not the stamp's: a device's write admitted here has this
-            // replica's dot and the device's stamp.
-            if entry.dot.replica == self.id && entry.dot.seq > own {
-                return Err(own_ahead(entry.dot.seq));
+        }
+        // The dot's replica, not the stamp's: a device's write admitted here has this replica's
+        // dot and the device's stamp.
+        let claimed = entries
+            .iter()
+            .filter(|e| e.dot.replica == self.id)
+            .map(|e| e.dot.seq)
+            .fold(sender_vector.map_or(Seq(0), |v| v.get(self.id)), Seq::max);
+        if claimed > own {
+            // A member holds writes of this replica beyond its counter (entries it holds without
+            // its vector covering them, from a partial transfer, show in no handshake): this
+            // store is an older copy (`replica/restore.rs`). The recovery begins; entries alone
+            // are applied (the originals it lost), a vector computed against the old one is not.
+            // No transfer may ever bring the vector to what was held beyond it: the recovery
+            // waits, as for a device's evidence, for every member to be heard from instead.
+            self.notice_own_seq_held(claimed)?;
+            if sender_vector.is_some() {
+                return Err(own_ahead(claimed));
             }
         }
         if let Some(err) = entries.iter().find_map(|e| self.clock.check(e.stamp.hlc, wall_ms).err()) {
@@ -1043,12 +1080,18 @@ struct Durable {
     unindexed: VersionVector,
     index: KeyIndex,
     recovery: Option<Recovery>,
+    lost_own: Vec<(Seq, Seq)>,
     device: DeviceState,
     devices: Devices,
     records_seen: crate::device::records::RecordsSeen,
 }
 
 impl Durable {
+    /// The last own seq issued: the vector's own component, or a recovery's counter.
+    fn counter(&self, id: ReplicaId) -> Seq {
+        self.recovery.map_or(self.vector.get(id), |r| r.counter.max(self.vector.get(id)))
+    }
+
     /// Reads it from the store of replica `id` (checked to be `id`'s by the caller).
     fn read(snap: &impl Snapshot, id: ReplicaId) -> Result<Durable> {
         let vector = snap.meta(Meta::Vector)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default();
@@ -1068,6 +1111,7 @@ impl Durable {
             unindexed: snap.meta(Meta::Unindexed)?.map(|b| decode_vector(&b)).transpose()?.unwrap_or_default(),
             index: KeyIndex::load(snap)?,
             recovery,
+            lost_own: restore::load_lost(snap)?,
             device: DeviceState::load(snap)?,
             devices: load_devices(snap)?,
             records_seen: snap
@@ -1091,4 +1135,4 @@ mod tests;
 pub(crate) use clock::HeldBack;
 pub use clock::{PEER_CLOCK_FRESH_MS, PEER_CLOCK_SLACK_MS, PEER_CLOCKS_MAX};
 pub use import::ImportError;
-pub use restore::{RESTORE_SEQ_GAP_MAX, Recovery};
+pub use restore::{LOST_RANGES_MAX, RESTORE_SEQ_GAP_MAX, Recovery, in_lost_ranges};

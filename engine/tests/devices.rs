@@ -489,6 +489,7 @@ fn a_device_handshake_cannot_start_a_recovery_or_acknowledge_what_no_member_hold
             T0,
             false,
             Vec::new(),
+            None,
         );
         Message::DeviceHello(hello).encode().unwrap()
     };

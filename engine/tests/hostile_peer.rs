@@ -40,6 +40,7 @@ fn hello(vector: VersionVector, members: Vec<MemberInfo>, values: u64) -> Hello 
         anti_entropy: false,
         wall_ms: T0,
         records_seen: 0,
+        lost: Vec::new(),
     }
 }
 

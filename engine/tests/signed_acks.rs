@@ -55,6 +55,7 @@ fn hostile_hello(b: &Replica<MemoryStore>, to: ReplicaId, claims: Vec<MemberInfo
         anti_entropy: false,
         wall_ms: T0,
         records_seen: b.records_seen(to),
+        lost: Vec::new(),
     };
     Message::Hello(hello).encode().unwrap()
 }
@@ -255,6 +256,7 @@ fn signatures_beyond_the_bound_are_refused_as_they_decode() {
             T0,
             false,
             signature,
+            None,
         ))
     };
     assert!(Message::decode(&hello(fits).encode().unwrap()).is_ok());

@@ -59,6 +59,7 @@ fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
                 anti_entropy: u.arbitrary()?,
                 wall_ms: time_ms(u)?,
                 records_seen: u.arbitrary()?,
+                lost: Vec::new(),
             })
         }
         1 => Message::Push(Push {

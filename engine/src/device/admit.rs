@@ -3,14 +3,25 @@
 //! Rules, checked for the whole upload before anything is applied:
 //! - every write is the device's own: its stamp's writer and its dot's replica are the
 //!   authenticated device (a device can change nothing but its own writes);
-//! - upload seqs rise strictly within one upload; sizes and stamps pass the same checks as any
-//!   remote entry (limits, `max_drift`);
+//! - upload seqs rise strictly within one upload; stamps pass the drift check of any remote
+//!   entry (`max_drift`);
+//! - a write over this member's size limits is answered `Refused`, alone: the cursor passes
+//!   it and the rest of the upload goes on;
 //! - a write at or below the device's cursor was applied before (here or at another member),
-//!   and is never applied again: it is answered with the dot this member holds it under if it
-//!   holds that very write; as superseded if it holds something newer; as known if it holds
-//!   neither but has seen every admission up to the cursor (the record's `cursor_at`: the
-//!   write was replaced, or collected, since); and as pending otherwise (another member
-//!   admitted it, and this one has not seen that yet: the device uploads it again later);
+//!   and is never applied again here: it is answered with the dot this member holds it under
+//!   if it holds that very write; as superseded if it holds something newer; as known if it
+//!   holds neither but has seen every admission up to the cursor (the record's `cursor_at`,
+//!   unless its own component is a dot this member lost to a restore: the write was replaced,
+//!   or collected, since); and otherwise (another member admitted it, and this one has not
+//!   seen that, and may never: that member removed or restored) it is admitted here too, as
+//!   below. `Pending` is no longer answered (a device still understands it from an older
+//!   member). A queued write holds back every delete it raced (the device's acknowledgement is
+//!   capped at its base), so from then on this member holds it or what beat it, and admits it
+//!   at most once;
+//! - the very write this member holds already (same stamp and payload: a device that lost the
+//!   answer, or queued it again after a restore) is answered with its dot, unless that dot is
+//!   one this member lost to a restore: then it is numbered afresh (the higher seq of the same
+//!   write wins the tie);
 //! - any other write is applied under a fresh dot of this member if it wins over what the key
 //!   holds, and answered as superseded if not; either way the cursor passes it.
 //!
@@ -21,7 +32,7 @@ use crate::device::message::Admission;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::ids::{Dot, ReplicaId, Seq};
-use crate::replica::Replica;
+use crate::replica::{Replica, in_lost_ranges};
 use crate::session::SyncError;
 use crate::storage::{Batch, Meta, Snapshot, Storage, encode_clock, encode_vector};
 use std::collections::BTreeMap;
@@ -58,15 +69,26 @@ impl<S: Storage> Replica<S> {
                     e.dot.seq
                 )));
             }
-            self.config().limits.check_entry(e)?;
         }
         if let Some(err) = entries.iter().find_map(|e| self.clock_check(e.stamp.hlc, wall_ms).err()) {
             return Err(err.into());
         }
+        // Over this member's size limits: refused alone (the device's own limits may differ);
+        // the cursor passes it, so it is never applied here later.
+        let limits = self.config().limits;
+        let oversized: std::collections::BTreeSet<Seq> =
+            entries.iter().filter(|e| limits.check_entry(e).is_err()).map(|e| e.dot.seq).collect();
         self.check_not_recovering()?;
         let me = self.id();
         let mut cursor = self.devices().cursor(device);
-        let seen_all = self.devices().covers_cursor(device, self.vector());
+        // Whether this member has seen every admission up to the cursor. Not if one of them was
+        // its own under a dot it lost to a restore from an older copy (`replica/restore.rs`), or
+        // beyond what it knows it issued (restored, and no peer has shown it yet).
+        let own_admission_lost = self.devices().get(device).is_some_and(|r| {
+            r.cursor_at.get(me) > self.own_counter()
+                || r.cursor_at.iter().any(|(m, at)| in_lost_ranges(self.lost_of(m), at))
+        });
+        let seen_all = self.devices().covers_cursor(device, self.vector()) && !own_admission_lost;
         let snap = self.store().snapshot().map_err(Error::from)?;
         let mut clock = self.hybrid_clock();
         let mut seq = self.own_counter();
@@ -74,20 +96,49 @@ impl<S: Storage> Replica<S> {
         let mut answers = Vec::with_capacity(entries.len());
         for entry in entries {
             let upload_seq = entry.dot.seq;
+            if oversized.contains(&upload_seq) {
+                cursor = cursor.max(upload_seq);
+                answers.push(Admission::Refused);
+                continue;
+            }
             let current = match winners.get(&entry.key) {
                 Some(e) => Some(e.clone()),
                 None => snap.entry(&entry.key).map_err(Error::from)?,
             };
-            if upload_seq <= cursor {
-                answers.push(match current {
-                    Some(cur) if cur.stamp == entry.stamp => Admission::Admitted(cur.dot),
-                    Some(cur) if cur.wins_over(&entry) => Admission::Superseded,
-                    _ if seen_all => Admission::Known,
-                    _ => Admission::Pending,
-                });
+            // Held under a dot this member lost to a restore (`replica/restore.rs`): its peers
+            // may hold another write under it, so it is numbered afresh (the higher seq of the
+            // same write wins the tie), wherever the cursor is.
+            let lost_dot = current.as_ref().is_some_and(|cur| {
+                cur.stamp == entry.stamp && in_lost_ranges(self.lost_of(cur.dot.replica), cur.dot.seq)
+            });
+            if upload_seq <= cursor && !lost_dot {
+                let answer = match &current {
+                    Some(cur) if cur.stamp == entry.stamp => Some(Admission::Admitted(cur.dot)),
+                    Some(cur) if cur.wins_over(&entry) => Some(Admission::Superseded),
+                    _ if seen_all => Some(Admission::Known),
+                    // Admitted by a member whose admission this one has not seen, and may never
+                    // see (that member removed, or restored from an older copy): admitted here
+                    // too, under a dot of this member, rather than left pending for ever.
+                    // Once: from now on this member holds it or what beat it, since a delete it
+                    // raced cannot be collected while it waits in the device's queue (its base
+                    // caps the device's acknowledgement). The two dots of one write settle by
+                    // the LWW tie rule.
+                    _ => None,
+                };
+                if let Some(answer) = answer {
+                    answers.push(answer);
+                    continue;
+                }
+            }
+            cursor = cursor.max(upload_seq);
+            // The very write, held already (uploaded again by a device that lost its answer,
+            // or queued again after a restore): answered with its dot, never applied twice.
+            if let Some(cur) = current.as_ref().filter(|cur| cur.stamp == entry.stamp && cur.payload == entry.payload)
+                && !lost_dot
+            {
+                answers.push(Admission::Admitted(cur.dot));
                 continue;
             }
-            cursor = upload_seq;
             clock.observe(entry.stamp.hlc, wall_ms)?;
             let candidate = Entry { dot: Dot { replica: me, seq: seq.next() }, ..entry.settled_at(wall_ms) };
             if current.as_ref().is_some_and(|cur| !candidate.wins_over(cur)) {

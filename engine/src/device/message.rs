@@ -44,7 +44,41 @@ pub struct DeviceHello(
     /// other members with the device's record, who count the acknowledgement only with it.
     #[serde(default, serialize_with = "serde_bytes::serialize", deserialize_with = "crate::sign::bounded_signature")]
     pub Vec<u8>,
+    /// The member's own signature over the highest of its seqs this device was shown
+    /// ([`MemberHello`]'s proof, kept by the device), for the member it expects: if that member
+    /// was restored from an older copy, this is how it learns, from its own word, which of its
+    /// dots it issued before (docs/design.md §10). Nothing else a device says of a member's
+    /// writes counts.
+    #[serde(default)]
+    pub Option<SeqProof>,
 );
+
+/// A member's signature over one seq of its own: `[seq, wall ms, signature]`, the signature
+/// being [`crate::sign::ack_message`] of the member, the vector `{member: seq}` and the wall
+/// time. It says the member issued every seq up to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqProof(
+    /// The seq.
+    pub Seq,
+    /// The member's wall clock when it signed, in ms since the Unix epoch.
+    pub u64,
+    /// The signature (at most [`crate::sign::SIGNATURE_BYTES_MAX`] bytes; empty: unsigned).
+    #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "crate::sign::bounded_signature")]
+    pub Vec<u8>,
+);
+
+impl SeqProof {
+    /// The proof as `member`'s signed acknowledgement of `{member: seq}`, to verify.
+    #[must_use]
+    pub fn as_signed(&self, member: ReplicaId) -> crate::sign::SignedAck {
+        crate::sign::SignedAck {
+            signer: member,
+            vector: vec![(member, self.0)].into(),
+            time_ms: self.1,
+            signature: self.2.clone(),
+        }
+    }
+}
 
 impl DeviceHello {
     /// The device.
@@ -72,7 +106,27 @@ pub struct MemberHello(
     pub Seq,
     /// Its wall clock, in ms since the Unix epoch.
     pub u64,
+    /// Its signature over its own counter ([`SeqProof`]): the device keeps the latest and
+    /// shows it again in its handshake.
+    #[serde(default)]
+    pub Option<SeqProof>,
+    /// The ranges `(member, from, to]` of members' seqs lost to restores from older copies,
+    /// its own ([`crate::Replica::lost_own`]) and other members' it heard of (at most
+    /// [`crate::session::message::HELLO_LOST_RANGES_MAX`]): the device uploads again its own
+    /// writes it holds under those dots.
+    #[serde(default, deserialize_with = "bounded_lost_ranges")]
+    pub Vec<(ReplicaId, Seq, Seq)>,
 );
+
+/// Decodes lost ranges, refusing more than members keep and ranges that are empty.
+fn bounded_lost_ranges<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(ReplicaId, Seq, Seq)>, D::Error> {
+    let ranges: Vec<(ReplicaId, Seq, Seq)> =
+        limits::bounded_vec::<_, _, { crate::session::message::HELLO_LOST_RANGES_MAX }>(d)?;
+    if ranges.iter().any(|(_, from, to)| from >= to) {
+        return Err(serde::de::Error::custom("a lost range must be (from, to] with from < to"));
+    }
+    Ok(ranges)
+}
 
 /// A member's answer to one uploaded write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,8 +141,15 @@ pub enum Admission {
     /// replaced, or collected, since).
     Known,
     /// At or below the device's cursor, applied by another member whose admission this member
-    /// has not seen yet: the device keeps the write queued and uploads it again later.
+    /// has not seen yet: the device keeps the write queued and uploads it again later. Members
+    /// of this version no longer answer it (they admit such a write themselves, `admit.rs`:
+    /// the admitting member may never be seen again); a device still takes it from an older
+    /// one.
     Pending,
+    /// Refused by this member on its own: over its size limits. Never admitted by it; the
+    /// device drops it (kept, it would stay under the device's own upload seq for ever and cap
+    /// its acknowledgement), and the rest of the upload goes on.
+    Refused,
 }
 
 impl Admission {
@@ -99,7 +160,8 @@ impl Admission {
     }
 }
 
-/// `[kind, replica, seq]`: 0 admitted (with its dot), 1 superseded, 2 known, 3 pending (zeros).
+/// `[kind, replica, seq]`: 0 admitted (with its dot), 1 superseded, 2 known, 3 pending, 4 refused
+/// (zeros).
 #[derive(Serialize, Deserialize)]
 struct AdmissionWire(u8, u64, u64);
 
@@ -110,6 +172,7 @@ impl From<Admission> for AdmissionWire {
             Admission::Superseded => AdmissionWire(1, 0, 0),
             Admission::Known => AdmissionWire(2, 0, 0),
             Admission::Pending => AdmissionWire(3, 0, 0),
+            Admission::Refused => AdmissionWire(4, 0, 0),
         }
     }
 }
@@ -123,6 +186,7 @@ impl TryFrom<AdmissionWire> for Admission {
             AdmissionWire(1, 0, 0) => Ok(Admission::Superseded),
             AdmissionWire(2, 0, 0) => Ok(Admission::Known),
             AdmissionWire(3, 0, 0) => Ok(Admission::Pending),
+            AdmissionWire(4, 0, 0) => Ok(Admission::Refused),
             AdmissionWire(kind, ..) => Err(format!("an admission of kind {kind} with fields that do not fit it")),
         }
     }

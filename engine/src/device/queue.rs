@@ -17,14 +17,15 @@
 //! - the horizon H (the vector of a fresh bootstrap, which carried no dead record) is forgotten
 //!   only once the members' `collected` covers it.
 
-use crate::device::message::Admission;
+use crate::device::message::{Admission, SeqProof};
 use crate::entry::Entry;
 use crate::error::{Result, StorageError};
-use crate::ids::{Dot, Seq};
+use crate::ids::{Dot, ReplicaId, Seq};
 use crate::replica::Replica;
 use crate::storage::{Batch, Meta, Snapshot, Storage, decode_cbor, encode_cbor};
 use crate::vector::VersionVector;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 /// The durable state of a device's uploads ([`Meta::Device`]).
@@ -42,7 +43,17 @@ pub struct DeviceState {
     /// own (its vector covers its own upload seqs: its queued deletes would go before upload).
     #[serde(default)]
     pub collected: VersionVector,
+    /// For each member this device synced with, the member's own signature over the highest
+    /// seq of its own it showed ([`SeqProof`]): shown to that member again in each handshake,
+    /// so that, restored from an older copy, it learns which of its dots it issued already.
+    /// At most one per member a handshake came from ([`MEMBER_PROOFS_MAX`]).
+    #[serde(default)]
+    pub proofs: BTreeMap<ReplicaId, SeqProof>,
 }
+
+/// A device keeps at most this many members' proofs (one per member: members are at most
+/// [`crate::membership::MEMBERS_MAX`]); past it, the one with the lowest member id goes.
+pub const MEMBER_PROOFS_MAX: usize = crate::membership::MEMBERS_MAX;
 
 /// What one device session's answers settle once its download is complete
 /// ([`Replica::settle_download`]).
@@ -192,7 +203,9 @@ impl<S: Storage> Replica<S> {
                 }
                 // Replaced and collected since: nothing will come for it, so it goes now (a
                 // download cut short, or none at all, must not keep it queued).
-                Admission::Known => {
+                // Refused by the member (over its limits): no member will hold it, so it goes
+                // too, and the queue moves past it.
+                Admission::Known | Admission::Refused => {
                     if self.index.dot_of(&entry.key) == Some(entry.dot) {
                         batch.remove(entry.key.clone());
                     }
@@ -265,30 +278,41 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Moves this device's upload counter past `cursor` (a member applied uploads up to it, so
-    /// this store is an older copy: restored from a backup), re-numbering every queued write
-    /// above it, so none is taken for one applied before (docs/design.md §10).
+    /// this store is an older copy: restored from a backup; docs/design.md §10), re-numbering
+    /// above it the queued writes this run made: they reused upload seqs the members already
+    /// took for other writes. The copy's own queued writes keep their upload seqs: at or below
+    /// the cursor, members processed them already, and answer them as such (admitted, known,
+    /// superseded or pending: `admit.rs`), so none is applied twice or brought back after a
+    /// delete. Returns whether anything moved.
+    ///
+    /// The evidence: `cursor` beyond every upload seq this run found or may have sent (its
+    /// counter at open, and every write queued when a session's handshake went). A cursor
+    /// beyond the counter alone would miss a restored device that wrote up to the cursor again.
     pub(crate) fn renumber_uploads_past(&mut self, cursor: Seq) -> Result<bool> {
         let me = self.id();
-        if self.vector().get(me) >= cursor {
+        if cursor <= self.opened_seq.max(self.uploads_sent_max) {
             return Ok(false);
         }
         let snap = self.store().snapshot()?;
         let queued = self.queued_from(&snap, Seq(1), usize::MAX)?;
         drop(snap);
         let mut batch = Batch::new();
-        let mut seq = cursor;
+        let mut seq = cursor.max(self.vector().get(me));
         let mut state = self.device.clone();
-        for entry in queued {
+        let mut first_base = None;
+        for entry in queued.into_iter().filter(|e| e.stamp.hlc > self.opened_clock) {
+            first_base = first_base.or_else(|| self.device.base_of(entry.dot.seq).cloned());
             seq = seq.checked_next().ok_or_else(|| StorageError::Corrupt {
                 what: "upload queue",
                 detail: format!("re-numbering above cursor {cursor} runs past the last upload seq"),
             })?;
             batch.put(Entry { dot: Dot { replica: me, seq }, ..entry });
         }
-        state.answered = cursor;
-        // The re-numbered writes keep the oldest base: the most cautious cap.
-        let oldest = state.bases.first().map(|(_, v)| v.clone());
-        state.bases = oldest.map(|v| vec![(cursor.next(), v)]).unwrap_or_default();
+        // The re-numbered writes keep the base of the first of them: the most cautious cap.
+        if let Some(base) = first_base {
+            state.bases.retain(|(first, _)| *first <= cursor);
+            state.bases.push((cursor.next(), base));
+        }
         let mut vector = self.vector().clone();
         vector.advance(me, seq);
         batch.set_meta(Meta::Device, encode_cbor(&state));
@@ -297,6 +321,101 @@ impl<S: Storage> Replica<S> {
         self.device = state;
         self.set_vector(vector);
         Ok(true)
+    }
+
+    /// Notes that every write queued now may be uploaded by this run (a session's handshake
+    /// went): a member's cursor up to them is no evidence of a restore.
+    pub(crate) fn note_uploads_sent(&mut self) -> Result<()> {
+        let me = self.id();
+        let mut last = None;
+        let from = Dot { replica: me, seq: self.device.answered.next() };
+        self.store().snapshot()?.scan_dots(from, Dot { replica: me, seq: Seq(u64::MAX) }, &mut |dot, _| {
+            last = Some(dot.seq);
+            ControlFlow::Continue(())
+        })?;
+        self.uploads_sent_max = self.uploads_sent_max.max(last.unwrap_or(Seq(0)));
+        Ok(())
+    }
+
+    /// Keeps `member`'s proof of its own counter if it shows more than the one kept.
+    pub(crate) fn keep_member_proof(&mut self, member: ReplicaId, proof: Option<SeqProof>) -> Result<()> {
+        let Some(proof) = proof else { return Ok(()) };
+        if self.device.proofs.get(&member).is_some_and(|kept| kept.0 >= proof.0) {
+            return Ok(());
+        }
+        self.update_device(|s| {
+            s.proofs.insert(member, proof);
+            while s.proofs.len() > MEMBER_PROOFS_MAX {
+                s.proofs.pop_first();
+            }
+        })
+    }
+
+    /// Queues again, under fresh upload seqs, this device's own writes it holds under dots of
+    /// `member` in `lost` (ranges `(from, to]` the member lost to a restore from an older copy):
+    /// the member may not hold them any more, and no one but this device can give them back
+    /// (I11: an acknowledged upload is never lost). Admitted again, each takes a fresh dot; a
+    /// member that holds the very write answers with its dot (`admit.rs`). Other writers' writes
+    /// under those dots stay as they are: their writers upload their own, and a reconciliation
+    /// with the member settles the rest. The queued writes' base is `member_vector` met with
+    /// this device's vector. Returns how many were queued.
+    pub(crate) fn requeue_lost(
+        &mut self,
+        lost: &[(ReplicaId, Seq, Seq)],
+        member_vector: &VersionVector,
+    ) -> Result<u64> {
+        if lost.is_empty() || !self.is_device() {
+            return Ok(0);
+        }
+        let me = self.id();
+        let snap = self.store().snapshot()?;
+        let mut keys = Vec::new();
+        for &(member, from, to) in lost.iter().filter(|(m, ..)| *m != me) {
+            snap.scan_dots(
+                Dot { replica: member, seq: from.next() },
+                Dot { replica: member, seq: to },
+                &mut |_, key| {
+                    keys.push(key.to_vec());
+                    ControlFlow::Continue(())
+                },
+            )?;
+        }
+        keys.sort();
+        keys.dedup();
+        let mut own = Vec::new();
+        for key in keys {
+            if let Some(entry) = snap.entry(&key)?
+                && entry.stamp.replica == me
+                && entry.dot.replica != me
+                && lost.iter().any(|&(m, f, t)| m == entry.dot.replica && f < entry.dot.seq && entry.dot.seq <= t)
+            {
+                own.push(entry);
+            }
+        }
+        drop(snap);
+        if own.is_empty() {
+            return Ok(0);
+        }
+        let mut seq = self.vector().get(me).max(self.device.answered);
+        let first = seq.next();
+        let mut batch = Batch::new();
+        for entry in &own {
+            seq = seq.checked_next().ok_or_else(|| StorageError::Corrupt {
+                what: "upload queue",
+                detail: "queueing again runs past the last upload seq".into(),
+            })?;
+            batch.put(Entry { dot: Dot { replica: me, seq }, ..entry.clone() });
+        }
+        let mut state = self.device.clone();
+        state.bases.push((first, self.members_vector().meet(member_vector)));
+        let mut vector = self.vector().clone();
+        vector.advance(me, seq);
+        batch.set_meta(Meta::Device, encode_cbor(&state));
+        batch.set_meta(Meta::Vector, crate::storage::encode_vector(&vector));
+        self.commit(&batch)?;
+        self.device = state;
+        self.set_vector(vector);
+        Ok(own.len() as u64)
     }
 
     fn update_device(&mut self, change: impl FnOnce(&mut DeviceState)) -> Result<()> {

@@ -144,6 +144,17 @@ fn bounded_claims<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<CursorCl
     crate::limits::bounded_vec::<_, CursorClaim, { crate::membership::MEMBERS_MAX }>(d)
 }
 
+impl DeviceRecord {
+    /// At most how many bytes its [`RecordWire`] takes in CBOR: 80 for the fixed fields and
+    /// headers, 19 per vector component (a pair of u64) and the signature, and 32 per cursor
+    /// claim (three integers and headers) with its signature.
+    fn wire_bytes_max(&self) -> usize {
+        let signed = self.signed.as_ref().map_or(0, |s| s.vector.len() * 19 + s.signature.len());
+        let claims: usize = self.cursors.values().map(|c| 32 + c.3.len()).sum();
+        80 + signed + claims
+    }
+}
+
 impl RecordWire {
     /// The acknowledgement this record relays, as its device signed it, if it carries one.
     #[must_use]
@@ -404,6 +415,14 @@ impl Devices {
             self.records.iter().filter(|(_, r)| r.changed > after).collect();
         changed.sort_by_key(|(_, r)| r.changed);
         changed.truncate(max);
+        // And by bytes, so that a `Records` frame always fits the frame limit.
+        let mut bytes = 0;
+        if let Some(cut) = changed.iter().position(|(_, r)| {
+            bytes += if to.is_none() || r.from != to { r.wire_bytes_max() } else { 0 };
+            bytes > crate::session::message::RECORDS_BYTES_PER_MESSAGE_MAX
+        }) {
+            changed.truncate(cut.max(1));
+        }
         let upto = changed.last().map_or(after, |(_, r)| r.changed);
         let wire = changed
             .into_iter()

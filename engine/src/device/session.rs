@@ -64,9 +64,14 @@ pub struct DeviceStats {
     /// Of them, applied at another member this one has not heard from since: uploaded again
     /// later.
     pub pending: u64,
+    /// Of them, refused by the member (over its size limits) and dropped at the device.
+    pub refused: u64,
     /// On the device: its queued writes were re-numbered above the member's cursor (its store
     /// was an older copy).
     pub renumbered: bool,
+    /// On the device: how many of its writes it queued again because the member lost the dots
+    /// they were admitted under (restored from an older copy).
+    pub requeued: u64,
 }
 
 impl DeviceStats {
@@ -84,6 +89,7 @@ impl DeviceStats {
                 Admission::Superseded => self.superseded += 1,
                 Admission::Known => self.known += 1,
                 Admission::Pending => self.pending += 1,
+                Admission::Refused => self.refused += 1,
             }
         }
     }
@@ -169,6 +175,7 @@ impl DeviceSession {
             ack.time_ms,
             anti_entropy && !fresh,
             ack.signature,
+            member.and_then(|m| replica.device_state().proofs.get(&m).cloned()),
         );
         Ok(DeviceSession {
             member,
@@ -266,6 +273,15 @@ impl DeviceSession {
                 replica.settle_uploads(&uploaded, &answers, settle)?;
                 Ok(())
             }
+            Message::MemberProof(proof) => {
+                self.stats.received(frame);
+                let (Some(download), Some(member)) = (self.download.as_mut(), self.peer) else {
+                    return Err(SyncError::Unexpected { got: "MemberProof", state: "awaiting the member's handshake" });
+                };
+                download.raise_member_signed(proof.0);
+                replica.keep_member_proof(member, Some(proof))?;
+                Ok(())
+            }
             Message::DeviceHello(_) | Message::Upload { .. } | Message::Hello(_) | Message::Push(_) => {
                 Err(SyncError::Unexpected { got: msg.name(), state: "on a device, from a member" })
             }
@@ -280,7 +296,7 @@ impl DeviceSession {
         if self.download.is_some() {
             return Err(SyncError::Unexpected { got: "MemberHello", state: "after the member's handshake" });
         }
-        let MemberHello(version, member, vector, collected, cursor, wall_ms) = hello;
+        let MemberHello(version, member, mut vector, collected, cursor, wall_ms, proof, lost) = hello;
         if version != PROTOCOL_VERSION {
             return Err(SyncError::Version { ours: PROTOCOL_VERSION, theirs: version });
         }
@@ -291,17 +307,30 @@ impl DeviceSession {
         crate::session::check_vector_growth(replica.vector(), &vector)?;
         self.peer = Some(member);
         replica.note_peer_wall(member, wall_ms);
+        // What this device may later show of the member's own writes is what the member
+        // signed: a download's vector is capped there (`Download::OnDevice`), and the proof is
+        // kept to show again (a member restored from an older copy learns from it).
+        let proof_seq = proof.as_ref().map(|p| p.0);
+        if let Some(p) = proof_seq {
+            vector = capped_at(&vector, member, p);
+        }
+        replica.keep_member_proof(member, proof)?;
         let take_covered =
             vector.dominates(&replica.members_vector()) && collected.dominates(&replica.device_state().collected);
         // Only the writes queued when the handshake went (the member expects uploads only then).
         self.stats.renumbered = replica.renumber_uploads_past(cursor)?;
+        // The member lost writes it had numbered (restored from an older copy): this device's
+        // own writes under those dots are queued again, to be admitted afresh.
+        self.stats.requeued = replica.requeue_lost(&lost, &vector)?;
+        replica.note_uploads_sent()?;
         replica.settle_horizon(&collected)?;
         // Before the download: a dead record the member collected must not beat what it sends
         // (a write that won there once the delete was gone, by the documented exception).
         replica.collect_garbage()?;
         let receive = (self.has_uploads || self.anti_entropy || !replica.members_vector().dominates(&vector))
             && replica.horizon().is_none_or(|h| vector.dominates(h));
-        self.download = Some(Session::on_device(replica, member, &vector, receive, self.fresh, take_covered)?);
+        self.download =
+            Some(Session::on_device(replica, member, &vector, receive, self.fresh, take_covered, proof_seq)?);
         Ok(())
     }
 }
@@ -320,6 +349,8 @@ pub struct DeviceService {
     admitted: BTreeSet<Dot>,
     /// This member's vector when it answered the handshake.
     hello_vector: VersionVector,
+    /// The own seq its handshake's proof signed.
+    hello_signed: Seq,
     stats: DeviceStats,
 }
 
@@ -339,6 +370,7 @@ impl DeviceService {
             uploads_open: false,
             admitted: BTreeSet::new(),
             hello_vector: VersionVector::new(),
+            hello_signed: Seq(0),
             stats: DeviceStats::default(),
         })
     }
@@ -414,7 +446,11 @@ impl DeviceService {
                 }
                 Ok(())
             }
-            Message::Hello(_) | Message::MemberHello(_) | Message::Admitted(_) | Message::Push(_) => {
+            Message::Hello(_)
+            | Message::MemberHello(_)
+            | Message::Admitted(_)
+            | Message::Push(_)
+            | Message::MemberProof(_) => {
                 Err(SyncError::Unexpected { got: msg.name(), state: "on a member, from a device" })
             }
             other => match &mut self.download {
@@ -428,7 +464,7 @@ impl DeviceService {
         if self.peer.is_some() {
             return Err(SyncError::Unexpected { got: "DeviceHello", state: "after the device's handshake" });
         }
-        let DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms, anti_entropy, signature) =
+        let DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms, anti_entropy, signature, proof) =
             hello;
         if version != PROTOCOL_VERSION {
             return Err(SyncError::Version { ours: PROTOCOL_VERSION, theirs: version });
@@ -443,6 +479,28 @@ impl DeviceService {
         if !vector.dominates(&ack) {
             return Err(SyncError::Malformed(format!("device {device} acknowledges more than its vector holds")));
         }
+        check_device_names(replica, device, &vector)?;
+        // This member's own writes beyond what it knows it issued: evidence of a restore from
+        // an older copy, but only with its own signature over them (docs/design.md §9, §10).
+        // The proof itself first: the device may hold writes of this member up to the seq it
+        // signed without its vector covering them (a download cut short, ended `Partial`).
+        if let Some(signed) = proof.as_ref().map(|p| p.0)
+            && replica.device_claim_is_news(signed)
+            && replica.own_seq_proof_verifies(signed, proof.as_ref())
+        {
+            replica.notice_own_seq_from_device(signed)?;
+        }
+        let claimed = vector.get(replica.id());
+        if replica.device_claim_is_news(claimed) {
+            if !replica.own_seq_proof_verifies(claimed, proof.as_ref()) {
+                return Err(SyncError::Malformed(format!(
+                    "device {device} claims write {claimed} of this member, which issued only {}, without this \
+                     member's own signature over it: refused (a device is no witness of a restore)",
+                    replica.own_counter()
+                )));
+            }
+            replica.notice_own_seq_from_device(claimed)?;
+        }
         check_device_vector(replica, device, &vector)?;
         self.peer = Some(device);
         // A device's wall time bounds what this session sends it (`to_device`), but is not
@@ -452,6 +510,8 @@ impl DeviceService {
         replica.note_device_signed(device, ack, Some(&crate::sign::AckProof(wall_ms, signature)));
         let ack = capped;
         let cursor = replica.devices().cursor(device);
+        let proof = replica.own_seq_proof();
+        self.hello_signed = proof.0;
         let member_hello = MemberHello(
             PROTOCOL_VERSION,
             replica.id(),
@@ -459,9 +519,22 @@ impl DeviceService {
             replica.membership().collected().clone(),
             cursor,
             replica.now_ms(),
+            Some(proof),
+            replica.lost_gossip(),
         );
-        self.hello =
-            Some(DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms, anti_entropy, Vec::new()));
+        self.hello = Some(DeviceHello(
+            version,
+            device,
+            vector,
+            ack,
+            horizon,
+            fresh,
+            uploads,
+            wall_ms,
+            anti_entropy,
+            Vec::new(),
+            None,
+        ));
         self.hello_vector = replica.vector().clone();
         self.outbox.push_back(Message::MemberHello(member_hello));
         self.uploads_open = uploads;
@@ -476,6 +549,12 @@ impl DeviceService {
         let Some(hello) = self.hello.take() else { return Ok(()) };
         let admitted = uploaded.then_some(&self.admitted);
         self.download = Some(Session::to_device(replica, &hello, &self.hello_vector, admitted)?);
+        // The download's vector may name own writes issued since the handshake's proof (this
+        // session's admissions, or writes made meanwhile): the device caps what it takes of
+        // them at what this member signed, so it signs again.
+        if replica.own_counter() > self.hello_signed {
+            self.outbox.push_back(Message::MemberProof(replica.own_seq_proof()));
+        }
         Ok(())
     }
 }
@@ -509,11 +588,7 @@ pub(crate) fn check_device_vector<S: Storage>(
     vector: &VersionVector,
 ) -> Result<(), SyncError> {
     let me = replica.id();
-    if let Some((r, _)) = vector.iter().find(|(r, _)| *r != me && !replica.membership().is_enrolled(*r)) {
-        return Err(SyncError::Malformed(format!(
-            "device {device}'s vector names replica {r}, which is not a member here"
-        )));
-    }
+    check_device_names(replica, device, vector)?;
     if vector.get(me) > replica.own_counter() {
         return Err(SyncError::Malformed(format!(
             "device {device} claims write {} of this member, which issued only {}: refused (a device is no witness \
@@ -523,6 +598,26 @@ pub(crate) fn check_device_vector<S: Storage>(
         )));
     }
     Ok(())
+}
+
+/// Checks that a vector a device sends names members only.
+fn check_device_names<S: Storage>(
+    replica: &Replica<S>,
+    device: ReplicaId,
+    vector: &VersionVector,
+) -> Result<(), SyncError> {
+    let me = replica.id();
+    if let Some((r, _)) = vector.iter().find(|(r, _)| *r != me && !replica.membership().is_enrolled(*r)) {
+        return Err(SyncError::Malformed(format!(
+            "device {device}'s vector names replica {r}, which is not a member here"
+        )));
+    }
+    Ok(())
+}
+
+/// `vector` with `replica`'s component at most `max`.
+pub(crate) fn capped_at(vector: &VersionVector, replica: ReplicaId, max: Seq) -> VersionVector {
+    vector.iter().map(|(r, s)| (r, if r == replica { s.min(max) } else { s })).collect::<Vec<_>>().into()
 }
 
 /// A device's acknowledgement, capped at what some member holds: beyond it, it could never be

@@ -88,6 +88,7 @@ impl<S: Storage> Replica<S> {
         self.unindexed_rows = None;
         self.index = durable.index;
         self.recovery = durable.recovery;
+        self.lost_own = durable.lost_own;
         self.device = durable.device;
         self.devices = durable.devices;
         self.records_seen = durable.records_seen;

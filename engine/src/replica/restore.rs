@@ -35,7 +35,7 @@
 //! recovery ends only when a peer holding the highest seq seen completes a session with it.
 
 use crate::error::{Error, Result, StorageError};
-use crate::ids::{Dot, Seq};
+use crate::ids::{Dot, ReplicaId, Seq};
 use crate::membership::MemberInfo;
 use crate::replica::Replica;
 use crate::storage::{Batch, Meta, Snapshot, Storage, decode_cbor, encode_cbor, encode_vector};
@@ -59,6 +59,57 @@ pub struct Recovery {
     pub target: Seq,
     /// How many writes were re-issued.
     pub reissued: u64,
+    /// The highest own seq any peer, member or device, was seen to hold: the re-issued writes
+    /// lie above it. (0 in a recovery recorded before this field: the target is then used.)
+    #[serde(default)]
+    pub seen: Seq,
+    /// Whether a device's evidence (its vector, with this replica's own signature over the
+    /// seq: [`Replica::notice_own_seq_from_device`]) began or widened it. A device sends back
+    /// nothing but its own writes, so no transfer may ever reach what it showed: the recovery
+    /// then ends once the own component is back at `target` (what members showed) and every
+    /// other member has been heard from since it began (with no other member, at once).
+    #[serde(default)]
+    pub by_device: bool,
+}
+
+impl Recovery {
+    /// The highest own seq a peer was seen to hold.
+    fn seen_max(&self) -> Seq {
+        self.seen.max(self.target)
+    }
+}
+
+/// At most this many ranges of lost own seqs are kept ([`Replica::lost_own`]; each restore
+/// adds one). Past it the two oldest are joined into one range spanning both: devices then
+/// re-upload more of their writes than were lost, and miss none.
+pub const LOST_RANGES_MAX: usize = 16;
+
+/// Adds `(from, to]` to `ranges` (sorted, disjoint), joining what overlaps or touches, and
+/// keeps at most [`LOST_RANGES_MAX`] of them.
+pub(crate) fn add_lost_range(ranges: &mut Vec<(Seq, Seq)>, from: Seq, to: Seq) {
+    if to <= from {
+        return;
+    }
+    ranges.push((from, to));
+    ranges.sort();
+    let mut joined: Vec<(Seq, Seq)> = Vec::with_capacity(ranges.len());
+    for &(f, t) in ranges.iter() {
+        match joined.last_mut() {
+            Some(last) if f <= last.1 => last.1 = last.1.max(t),
+            _ => joined.push((f, t)),
+        }
+    }
+    while joined.len() > LOST_RANGES_MAX {
+        let (f, _) = joined.remove(0);
+        joined[0].0 = f;
+    }
+    *ranges = joined;
+}
+
+/// Whether `seq` lies in one of `ranges` (each `(from, to]`).
+#[must_use]
+pub fn in_lost_ranges(ranges: &[(Seq, Seq)], seq: Seq) -> bool {
+    ranges.iter().any(|&(from, to)| from < seq && seq <= to)
 }
 
 impl<S: Storage> Replica<S> {
@@ -90,13 +141,57 @@ impl<S: Storage> Replica<S> {
     /// Fails with [`Error::OwnSeqImplausible`] (changing nothing) for a claim more than
     /// [`RESTORE_SEQ_GAP_MAX`] beyond the counter.
     pub fn notice_own_seq(&mut self, seen: Seq) -> Result<bool> {
-        let counter = self.own_counter();
-        // While recovering, the re-issued writes sit in (target, counter]: a peer holding more
-        // than the target holds originals there too, and they must move again.
-        let threshold = self.recovery.map_or(counter, |r| r.target);
+        // While recovering, the re-issued writes sit above what peers were seen to hold: a
+        // member holding more than the target holds writes this replica must get back.
+        let threshold = self.recovery.map_or(self.own_counter(), |r| r.target);
         if seen <= threshold {
             return Ok(false);
         }
+        self.check_own_seq_gap(seen)?;
+        self.begin_recovery(seen, true)?;
+        Ok(true)
+    }
+
+    /// [`Replica::notice_own_seq`] for what a device showed: the own component of its vector,
+    /// already checked against this replica's own signature over it (a device is no witness
+    /// of its own accord, docs/design.md §9; only what this replica itself signed counts).
+    /// Beyond the counter (or, while recovering, beyond what peers were seen to hold), this
+    /// store is an older copy: recovery begins, re-issuing above `seen`, and records the lost
+    /// range so that devices re-upload their writes in it ([`Replica::lost_own`]). The
+    /// recovery ends as [`Recovery::by_device`] says. Returns whether it began or widened.
+    pub(crate) fn notice_own_seq_from_device(&mut self, seen: Seq) -> Result<bool> {
+        if !self.device_claim_is_news(seen) {
+            return Ok(false);
+        }
+        self.check_own_seq_gap(seen)?;
+        self.begin_recovery(seen, false)?;
+        self.end_recovery_if_done()?;
+        Ok(true)
+    }
+
+    /// Whether a device showing own seq `seen` tells this replica something it must act on:
+    /// beyond its counter (or, while recovering, beyond what peers were seen to hold).
+    pub(crate) fn device_claim_is_news(&self, seen: Seq) -> bool {
+        seen > self.recovery.map_or(self.own_counter(), |r| r.seen_max())
+    }
+
+    /// [`Replica::notice_own_seq`] for own writes a member holds beyond its vector (entries of
+    /// a partial transfer): no complete transfer may ever bring the own component back to
+    /// them, so the recovery ends as one a device began ([`Recovery::by_device`]).
+    ///
+    /// Unlike a device's, it does not end at once when no other member is to be heard: the
+    /// entries that showed it are the originals, and are applied under the lowered vector.
+    pub(crate) fn notice_own_seq_held(&mut self, seen: Seq) -> Result<bool> {
+        if !self.device_claim_is_news(seen) {
+            return Ok(false);
+        }
+        self.check_own_seq_gap(seen)?;
+        self.begin_recovery(seen, false)?;
+        Ok(true)
+    }
+
+    fn check_own_seq_gap(&self, seen: Seq) -> Result<()> {
+        let counter = self.own_counter();
         if seen.0.saturating_sub(counter.0) > RESTORE_SEQ_GAP_MAX {
             return Err(Error::OwnSeqImplausible {
                 replica: self.id(),
@@ -105,8 +200,96 @@ impl<S: Storage> Replica<S> {
                 max_gap: RESTORE_SEQ_GAP_MAX,
             });
         }
-        self.begin_recovery(seen)?;
-        Ok(true)
+        Ok(())
+    }
+
+    /// Whether `proof` is this replica's own signature over a seq of its own at or beyond
+    /// `seen`, signed no later than this replica's clock allows: what a device shows of this
+    /// replica's writes counts only with it.
+    pub(crate) fn own_seq_proof_verifies(&self, seen: Seq, proof: Option<&crate::device::SeqProof>) -> bool {
+        proof.is_some_and(|p| {
+            p.0 >= seen && p.as_signed(self.id()).verify_by(self.signer.as_ref(), self.signed_time_limit_ms())
+        })
+    }
+
+    /// This replica's signature over its own counter, for a device to keep and show it again
+    /// if this replica is ever restored from an older copy.
+    pub(crate) fn own_seq_proof(&self) -> crate::device::SeqProof {
+        let seq = self.own_counter();
+        let signed = self.sign_ack(vec![(self.id(), seq)].into());
+        crate::device::SeqProof(seq, signed.time_ms, signed.signature)
+    }
+
+    /// The ranges `(from, to]` of this replica's own seqs it lost to restores from older
+    /// copies (at most [`LOST_RANGES_MAX`]): writes peers hold under those dots may be missing
+    /// here. A device re-uploads its own writes it holds under them (`MemberHello`).
+    #[must_use]
+    pub fn lost_own(&self) -> &[(Seq, Seq)] {
+        &self.lost_own
+    }
+
+    /// The seqs of `member` lost to restores: this replica's own, or what handshakes told of
+    /// another member's.
+    #[must_use]
+    pub fn lost_of(&self, member: ReplicaId) -> &[(Seq, Seq)] {
+        if member == self.id() { &self.lost_own } else { self.lost_others.get(&member).map_or(&[], Vec::as_slice) }
+    }
+
+    /// Every lost range this replica knows, `(member, from, to]`: its own and others'.
+    #[must_use]
+    pub fn lost_gossip(&self) -> Vec<(ReplicaId, Seq, Seq)> {
+        let me = self.id();
+        let own = self.lost_own.iter().map(move |&(f, t)| (me, f, t));
+        let others = self.lost_others.iter().flat_map(|(&r, v)| v.iter().map(move |&(f, t)| (r, f, t)));
+        own.chain(others).collect()
+    }
+
+    /// Takes the lost ranges a member's handshake told, of enrolled members other than this
+    /// one (its own it knows from its store). Ranges only grow; a false one costs devices a
+    /// second upload of their writes under those dots, and nothing else.
+    pub(crate) fn merge_lost_gossip(&mut self, lost: &[(ReplicaId, Seq, Seq)]) {
+        let me = self.id();
+        for &(r, from, to) in lost {
+            if r != me && self.membership.is_enrolled(r) && from < to {
+                add_lost_range(self.lost_others.entry(r).or_default(), from, to);
+            }
+        }
+    }
+
+    /// Notes, while a recovery begun by a device runs, that member `peer`'s handshake was
+    /// heard (what it holds of this replica's writes was checked by [`Replica::notice_own_seqs`]
+    /// first), and ends the recovery if that was the last one it waited for.
+    pub(crate) fn note_recovery_heard(&mut self, peer: ReplicaId) -> Result<()> {
+        if self.recovery.is_some_and(|r| r.by_device) && self.membership.contains(peer) {
+            self.recovery_heard.insert(peer);
+            self.end_recovery_if_done()?;
+        }
+        Ok(())
+    }
+
+    /// Whether a recovery begun by a device has heard from every other member since it began.
+    fn heard_every_member(&self) -> bool {
+        self.membership.iter().all(|(r, _)| self.recovery_heard.contains(&r))
+    }
+
+    /// Ends a recovery begun by a device once nothing is left to wait for: the own component
+    /// is back at what members showed, and every other member has been heard from.
+    fn end_recovery_if_done(&mut self) -> Result<()> {
+        let Some(recovery) = self.recovery.filter(|r| r.by_device) else { return Ok(()) };
+        let me = self.id();
+        if self.vector().get(me) < recovery.target || !self.heard_every_member() {
+            return Ok(());
+        }
+        let mut vector = self.vector().clone();
+        vector.advance(me, recovery.counter);
+        let mut batch = Batch::new();
+        batch.set_meta(Meta::Vector, encode_vector(&vector));
+        batch.set_meta(Meta::Restore, encode_cbor(&None::<Recovery>));
+        self.commit(&batch)?;
+        self.vector = vector;
+        self.recovery = None;
+        self.recovery_heard.clear();
+        Ok(())
     }
 
     /// [`Replica::notice_own_seq`] for everything a handshake shows: the sender's vector and
@@ -116,20 +299,40 @@ impl<S: Storage> Replica<S> {
         let me = self.id();
         // A member's gossiped record of this replica is this replica's own past report (it may
         // name writes no peer ever received); the others' records are what they hold.
+        let limit_ms = self.signed_time_limit_ms();
         let seen = gossip
             .iter()
-            .filter(|g| g.replica != me && g.as_signed().verify_by(self.signer.as_ref(), self.signed_time_limit_ms()))
+            .filter(|g| g.replica != me && g.as_signed().verify_by(self.signer.as_ref(), limit_ms))
             .map(|g| g.acked.get(me))
             .fold(vector.get(me), Seq::max);
-        self.notice_own_seq(seen)
+        // This replica's own record as a member keeps it, signed by this replica: its counter
+        // then, which no peer may hold writes up to, but which members' checkpoints may name
+        // (collection would wait until the counter passes it again). Its own word, so it
+        // counts, as a device's kept proof does: a recovery that waits for no transfer.
+        let own_record = gossip
+            .iter()
+            .filter(|g| g.replica == me && g.as_signed().verify_by(self.signer.as_ref(), limit_ms))
+            .map(|g| g.acked.get(me))
+            .fold(Seq(0), Seq::max);
+        let began = self.notice_own_seq(seen)?;
+        Ok(self.notice_own_seq_held(own_record)? || began)
     }
 
-    fn begin_recovery(&mut self, seen: Seq) -> Result<()> {
+    /// Begins (or widens) a recovery: `seen` is the highest own seq a peer showed, a member
+    /// (`from_member`: a transfer must bring the own component back to it) or a device.
+    fn begin_recovery(&mut self, seen: Seq, from_member: bool) -> Result<()> {
         let me = self.id();
         let own = self.vector().get(me);
         let acknowledged = self.membership.iter().map(|(_, m)| m.acked.get(me)).fold(Seq(0), Seq::max);
         let floor = acknowledged.min(own);
-        let target = seen.max(self.recovery.map_or(Seq(0), |r| r.target));
+        let previous = self.recovery;
+        let target = match previous {
+            _ if from_member => seen.max(previous.map_or(Seq(0), |r| r.target)),
+            Some(r) => r.target,
+            // Only a device showed it: no member is known to hold anything to send back.
+            None => floor,
+        };
+        let seen_max = seen.max(previous.map_or(Seq(0), |r| r.seen_max()));
         let snap = self.store().snapshot()?;
         let mut keys = Vec::new();
         snap.scan_dots(
@@ -141,7 +344,7 @@ impl<S: Storage> Replica<S> {
             },
         )?;
         let mut batch = Batch::new();
-        let mut seq = target.max(self.own_counter());
+        let mut seq = seen_max.max(self.own_counter());
         let mut reissued = 0;
         for key in keys {
             let entry = snap.entry(&key)?.ok_or_else(|| StorageError::Corrupt {
@@ -163,22 +366,36 @@ impl<S: Storage> Replica<S> {
         for (r, s) in self.vector().iter() {
             vector.advance(r, if r == me { floor } else { s });
         }
-        let recovery = Recovery { counter: seq, target, reissued: self.recovery.map_or(0, |r| r.reissued) + reissued };
+        let recovery = Recovery {
+            counter: seq,
+            target,
+            reissued: previous.map_or(0, |r| r.reissued) + reissued,
+            seen: seen_max,
+            by_device: previous.is_some_and(|r| r.by_device) || !from_member,
+        };
+        // What peers may hold under own dots this store lacks: everything issued since the copy
+        // (the copy's counter is what this run opened with), up to what a peer showed.
+        let mut lost = self.lost_own.clone();
+        add_lost_range(&mut lost, self.opened_seq.min(own), seen_max);
         batch.set_meta(Meta::Vector, encode_vector(&vector));
         batch.set_meta(Meta::Restore, encode_cbor(&Some(recovery)));
+        batch.set_meta(Meta::Lost, encode_cbor(&lost));
         self.commit(&batch)?;
         self.vector = vector;
         self.recovery = Some(recovery);
+        self.lost_own = lost;
+        self.recovery_heard.clear();
         self.restore_epoch += 1;
         Ok(())
     }
 
     /// Ends the recovery once `vector` (about to be committed) has its own component back at the
     /// target: it then covers the re-issued writes too. Returns the recovery metadata to write.
+    /// A recovery begun by a device also waits for every other member to be heard from.
     pub(crate) fn settle_recovery(&self, vector: &mut VersionVector) -> Option<Vec<u8>> {
         let recovery = self.recovery?;
         let me = self.id();
-        if vector.get(me) < recovery.target {
+        if vector.get(me) < recovery.target || (recovery.by_device && !self.heard_every_member()) {
             return None;
         }
         vector.advance(me, recovery.counter);
@@ -197,6 +414,11 @@ impl<S: Storage> Replica<S> {
             None => Ok(()),
         }
     }
+}
+
+/// The own seqs lost to restores, as a store records them ([`Meta::Lost`]).
+pub(crate) fn load_lost(snap: &impl Snapshot) -> Result<Vec<(Seq, Seq)>> {
+    Ok(snap.meta(Meta::Lost)?.map(|b| decode_cbor("lost own seqs", &b)).transpose()?.unwrap_or_default())
 }
 
 /// The recovery recorded in a store, if one was running when it closed.

@@ -278,9 +278,21 @@ fn malformed_remote_entries_are_rejected_whole() {
         dot: Dot { replica: ReplicaId(1), seq: Seq(1) },
         ..good.clone()
     };
-    assert!(matches!(r.apply_remote(vec![mine], None), Err(Error::OwnWriteFromTheFuture { .. })));
     assert_eq!(r.store().snapshot().unwrap().entry_count().unwrap(), 0);
     assert!(r.vector().is_empty());
     r.apply_remote(vec![good], None).unwrap();
     assert_eq!(r.counts().tombstones, 1);
+    // A write of this replica beyond its counter, from a peer that holds it beyond its vector
+    // (a partial transfer): this store is an older copy. The recovery begins and the write,
+    // an original the copy lost, is kept (docs/design.md §10).
+    let mine = Entry { key: b"mine".to_vec(), ..mine };
+    r.apply_remote(vec![mine.clone()], None).unwrap();
+    assert!(r.recovery().is_some_and(|rec| rec.counter >= Seq(1)), "{:?}", r.recovery());
+    assert_eq!(r.store().snapshot().unwrap().entry(b"mine").unwrap(), Some(mine.clone()));
+    // With a vector, as a complete transfer's, it is refused: the vector was computed against
+    // the old one.
+    let far = Entry { dot: Dot { replica: ReplicaId(1), seq: Seq(9) }, ..mine };
+    let v: VersionVector = vec![(ReplicaId(1), Seq(9))].into();
+    let refused = r.apply_remote(vec![far], Some((&v, Hlc::new(T0, 0))));
+    assert!(matches!(refused, Err(Error::OwnWriteFromTheFuture { .. })), "{refused:?}");
 }

@@ -29,6 +29,10 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_VERSION: u32 = 5;
 /// Device records per `Records` message, at most.
 pub const RECORDS_PER_MESSAGE_MAX: usize = 4096;
+/// Bytes of device records per `Records` message, at most (as the sender counts them, an upper
+/// bound of their CBOR size): half the frame limit, so that a frame always fits it (one record,
+/// its two vectors at [`crate::limits::VECTOR_COMPONENTS_MAX`] components, takes under 40 KiB).
+pub const RECORDS_BYTES_PER_MESSAGE_MAX: usize = FRAME_BYTES_MAX / 2;
 /// The largest frame a session sends or accepts: 4 MiB (a chunk of up to 1 MiB of entries plus
 /// one entry of the largest size).
 pub const FRAME_BYTES_MAX: usize = 4 << 20;
@@ -60,7 +64,16 @@ pub struct Hello {
     /// The receiver's records clock up to which the sender merged the receiver's device records
     /// (`device/records.rs`): in its next session, the receiver sends only those changed since.
     pub records_seen: u64,
+    /// The seqs each member lost to restores from older copies, `(member, from, to]`, as the
+    /// sender knows them (its own and those it heard of; at most [`HELLO_LOST_RANGES_MAX`];
+    /// empty unless a member was restored): members tell their devices, which upload their own
+    /// writes under those dots again (`replica/restore.rs`).
+    pub lost: Vec<(ReplicaId, crate::ids::Seq, crate::ids::Seq)>,
 }
+
+/// The most lost ranges a handshake may carry: [`crate::replica::LOST_RANGES_MAX`] for each of
+/// [`HELLO_MEMBERS_MAX`] members.
+pub const HELLO_LOST_RANGES_MAX: usize = HELLO_MEMBERS_MAX * crate::replica::LOST_RANGES_MAX;
 
 #[derive(Serialize, Deserialize)]
 struct HelloWire(
@@ -72,6 +85,8 @@ struct HelloWire(
     bool,
     u64,
     u64,
+    #[serde(default, deserialize_with = "limits::bounded_vec::<_, _, HELLO_LOST_RANGES_MAX>")]
+    Vec<(ReplicaId, crate::ids::Seq, crate::ids::Seq)>,
 );
 
 /// A member record on the wire: `[replica, acked, last_heard_ms, signature]` (the signature at
@@ -88,13 +103,13 @@ impl From<Hello> for HelloWire {
     fn from(h: Hello) -> Self {
         let members =
             h.members.into_iter().map(|m| MemberWire(m.replica, m.acked, m.last_heard_ms, m.signature)).collect();
-        HelloWire(h.version, h.replica, h.vector, members, h.values, h.anti_entropy, h.wall_ms, h.records_seen)
+        HelloWire(h.version, h.replica, h.vector, members, h.values, h.anti_entropy, h.wall_ms, h.records_seen, h.lost)
     }
 }
 
 impl From<HelloWire> for Hello {
     fn from(w: HelloWire) -> Self {
-        let HelloWire(version, replica, vector, members, values, anti_entropy, wall_ms, records_seen) = w;
+        let HelloWire(version, replica, vector, members, values, anti_entropy, wall_ms, records_seen, lost) = w;
         let members = members
             .into_iter()
             .map(|MemberWire(replica, acked, last_heard_ms, signature)| MemberInfo {
@@ -104,7 +119,7 @@ impl From<HelloWire> for Hello {
                 signature,
             })
             .collect();
-        Hello { version, replica, vector, members, values, anti_entropy, wall_ms, records_seen }
+        Hello { version, replica, vector, members, values, anti_entropy, wall_ms, records_seen, lost }
     }
 }
 
@@ -374,6 +389,10 @@ pub enum Message {
     ),
     /// Member → device: one answer per write of the last `Upload`, in its order.
     Admitted(#[serde(deserialize_with = "crate::device::message::bounded_admissions")] Vec<crate::device::Admission>),
+    /// Member → device, before a download whose vector names more of the member's own writes
+    /// than its handshake's proof: the member's signature over its counter then
+    /// (`device/session.rs`).
+    MemberProof(crate::device::SeqProof),
 }
 
 impl Message {
@@ -395,6 +414,7 @@ impl Message {
             Message::Upload { .. } => "Upload",
             Message::Admitted(_) => "Admitted",
             Message::Records(..) => "Records",
+            Message::MemberProof(_) => "MemberProof",
         }
     }
 

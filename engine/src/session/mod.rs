@@ -251,6 +251,10 @@ pub(crate) enum Download {
         /// member not behind it (its vector and `collected` cover the device's), so a lagging
         /// or restored member cannot bring back what the device collected.
         take_covered: bool,
+        /// The member's own seq it signed in its handshake (`SeqProof`): the vector its
+        /// `Done` brings is capped there for its own component, so this device never shows
+        /// more of the member's writes than the member signed (a restored member believes it).
+        member_signed: Option<crate::ids::Seq>,
     },
 }
 
@@ -285,6 +289,7 @@ impl Session {
             anti_entropy,
             wall_ms: replica.now_ms(),
             records_seen: expected_peer.map_or(0, |p| replica.records_seen(p)),
+            lost: replica.lost_gossip(),
         };
         let records_unchanged = expected_peer.is_some_and(|p| replica.devices().clock() <= replica.records_acked(p));
         Ok(Session {
@@ -334,7 +339,8 @@ impl Session {
         hello_vector: &VersionVector,
         admitted: Option<&BTreeSet<Dot>>,
     ) -> Result<Session, SyncError> {
-        let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms, anti_entropy, _) = hello;
+        let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms, anti_entropy, _, _) =
+            hello;
         let (device, fresh, horizon) = (*device, *fresh, horizon.as_ref());
         replica.purge_expired()?;
         let mut s = Session::open(replica, Some(device), false)?;
@@ -384,12 +390,14 @@ impl Session {
         receive: bool,
         fresh: bool,
         take_covered: bool,
+        member_signed: Option<crate::ids::Seq>,
     ) -> Result<Session, SyncError> {
         let mut s = Session::open(replica, Some(member), false)?;
         s.outbox.clear();
         s.records_pending = false;
         s.records_deferred = false;
-        s.download = Some(Download::OnDevice { fresh, settle: crate::device::Settle::default(), take_covered });
+        s.download =
+            Some(Download::OnDevice { fresh, settle: crate::device::Settle::default(), take_covered, member_signed });
         s.peer = Some(member);
         s.source = Source::Nothing;
         s.sink = if receive {
@@ -398,6 +406,13 @@ impl Session {
             Sink::Nothing
         };
         Ok(s)
+    }
+
+    /// On a device's download: raises the member's signed seq its `Done` is capped at.
+    pub(crate) fn raise_member_signed(&mut self, seq: crate::ids::Seq) {
+        if let Some(Download::OnDevice { member_signed, .. }) = &mut self.download {
+            *member_signed = Some(member_signed.map_or(seq, |s| s.max(seq)));
+        }
     }
 
     /// On a device's download: what the member's answers settle at its end.
@@ -517,6 +532,12 @@ impl Session {
                 // A recovery from a restore that began since this session opened: the source sent
                 // against the handshake's old vector, so this transfer is not complete.
                 let complete = replica.restore_epoch() == self.restore_epoch;
+                let vector = match (&self.download, self.peer) {
+                    (Some(Download::OnDevice { member_signed: Some(max), .. }), Some(member)) => {
+                        crate::device::capped_at(&vector, member, *max)
+                    }
+                    _ => vector,
+                };
                 replica.apply_remote(Vec::new(), complete.then_some((&vector, clock)))?;
                 let ack = match &self.download {
                     Some(Download::OnDevice { fresh, settle, .. }) => {
@@ -569,7 +590,11 @@ impl Session {
                 self.records_pending = !last;
                 Ok(())
             }
-            Message::DeviceHello(_) | Message::MemberHello(_) | Message::Upload { .. } | Message::Admitted(_) => {
+            Message::DeviceHello(_)
+            | Message::MemberHello(_)
+            | Message::Upload { .. }
+            | Message::Admitted(_)
+            | Message::MemberProof(_) => {
                 Err(SyncError::Unexpected { got: msg_name, state: "in a member session's flow" })
             }
             Message::Ack(vector, proof) => {
@@ -635,6 +660,8 @@ impl Session {
         // Before the peer's vector counts as an acknowledgement: the restored copy's own record
         // of what members acknowledged decides what is re-issued (`replica/restore.rs`).
         replica.notice_own_seqs(&hello.vector, &hello.members)?;
+        replica.note_recovery_heard(peer)?;
+        replica.merge_lost_gossip(&hello.lost);
         // The handshake vector is durable state of the peer: an acknowledgement.
         replica.acknowledge(peer, &hello.vector);
         self.claims_offered = self.claims_offered.saturating_add(hello.members.len());

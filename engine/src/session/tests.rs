@@ -116,6 +116,7 @@ fn a_garbage_frame_ends_the_session_and_changes_nothing() {
         anti_entropy: false,
         wall_ms: T0,
         records_seen: 0,
+        lost: Vec::new(),
     });
     assert!(matches!(s.handle(&mut a, &hello_from_self.encode().unwrap()), Err(SyncError::WrongPeer { .. })));
     let future = Message::Hello(Hello {
@@ -394,8 +395,8 @@ fn a_hello_carries_no_frontier_which_no_peer_reads() {
     let value: ciborium::Value = ciborium::from_reader(frame.as_slice()).unwrap();
     let ciborium::Value::Map(variant) = value else { panic!("a message is a one-entry map: {value:?}") };
     let ciborium::Value::Array(fields) = &variant[0].1 else { panic!("a hello is a flat array") };
-    // version, replica, vector, members, values, anti_entropy, wall_ms, records_seen.
-    assert_eq!(fields.len(), 8, "{fields:?}");
+    // version, replica, vector, members, values, anti_entropy, wall_ms, records_seen, lost.
+    assert_eq!(fields.len(), 9, "{fields:?}");
 }
 
 #[test]

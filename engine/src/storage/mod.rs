@@ -54,6 +54,8 @@ pub enum Meta {
     RecordsSeen,
     /// The replica's role, `member` or `device`: the one it was first opened with.
     Role,
+    /// The ranges of own seqs lost to restores from older copies (`replica/restore.rs`).
+    Lost,
 }
 
 impl Meta {
@@ -71,6 +73,7 @@ impl Meta {
             Meta::Device => "device",
             Meta::RecordsSeen => "records_seen",
             Meta::Role => "role",
+            Meta::Lost => "lost",
         }
     }
 }

@@ -3,6 +3,8 @@
 //! `cargo run --release -p lethe-tests --bin lethe-sim -- --seeds 100000 [--from 0] [--steps 300]`
 //! `cargo run --release -p lethe-tests --bin lethe-sim -- --seed 42 --verbose`
 //! `--devices N`: at most N devices per run (default 20); `--devices 0`: the member-only run.
+//! `--restores`: members are also backed up and restored from those older copies while devices
+//! hold their later dots (off by default: such runs still fail, see `sim/devices.rs`).
 
 use lethe_tests::sim::{SimConfig, run_seed};
 
@@ -14,7 +16,8 @@ fn main() {
     let verbose = args.iter().any(|a| a == "--verbose");
     let steps = value("--steps").unwrap_or(300) as usize;
     let devices_max = value("--devices").map_or(lethe_tests::sim::DEVICES_MAX_DEFAULT, |n| n as usize);
-    let config = SimConfig { steps, verbose, devices_max };
+    let restores = args.iter().any(|a| a == "--restores");
+    let config = SimConfig { steps, verbose, devices_max, restores };
     let seeds: Vec<u64> = match value("--seed") {
         Some(seed) => vec![seed],
         None => {
@@ -53,7 +56,8 @@ fn main() {
                 println!("seed {seed}: {v}");
                 println!(
                     "  replay: cargo run --release -p lethe-tests --bin lethe-sim -- --seed {seed} --steps {steps} \
-                     --devices {devices_max} --verbose"
+                     --devices {devices_max}{} --verbose",
+                    if restores { " --restores" } else { "" }
                 );
             }
         }

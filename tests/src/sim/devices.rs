@@ -29,7 +29,7 @@ use lethe_engine::device::records::RecordWire;
 use lethe_engine::device::{
     Admission, DeviceHello, DeviceService, DeviceSession, anti_entropy_device_in_process, sync_device_in_process,
 };
-use lethe_engine::session::{Message, PROTOCOL_VERSION, SyncError};
+use lethe_engine::session::{Message, PROTOCOL_VERSION, Session, SyncError};
 use lethe_engine::{
     Config, Dot, Entry, Hlc, KeyRange, ManualClock, MemoryStore, Payload, PutOptions, Replica, ReplicaId, Role, Seq,
     Snapshot, Stamp, Storage, Value, VersionVector, WallClock,
@@ -316,9 +316,167 @@ impl<C: Choices> Sim<'_, C> {
                 Ok(())
             }
             91..=94 => self.device_gc(),
+            95 if self.config.restores => {
+                self.backup_member();
+                Ok(())
+            }
+            96 if self.config.restores => self.restore_member(),
             95..=97 => self.forge(),
             _ => self.forge_records(),
         }
+    }
+
+    /// A member's store is copied (a backup, kept until the next copy or a restore).
+    fn backup_member(&mut self) {
+        let Some(i) = self.pick_live() else { return };
+        let Some(store) = self.nodes[i].replica.as_ref().map(|r| r.store().clone()) else { return };
+        self.nodes[i].backup = Some(store);
+        self.log(|| format!("node {i} is backed up"));
+    }
+
+    /// A member restored from its backup, while devices (and other members) hold writes it
+    /// made or admitted since (docs/design.md §10). Everyone else is up first and shows the
+    /// restored member its vector before it takes a write or an upload: the node's startup
+    /// fence (a peer showing its claim only after the restored member issued as many dots again
+    /// is the known limit of §10, not simulated). The model: what the member held that neither
+    /// its copy nor any other member holds, nor (for a device's own write) its device, is lost
+    /// with it (a device gives back only its own writes, docs/design.md §10).
+    fn restore_member(&mut self) -> Result<(), Violation> {
+        let candidates = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].backup.is_some() && self.nodes[i].replica.is_some() && !self.nodes[i].waiting)
+            .collect();
+        let Some(i) = self.pick(candidates) else { return Ok(()) };
+        if self.joining.is_some() {
+            return Ok(());
+        }
+        for j in 0..self.nodes.len() {
+            if j != i && self.nodes[j].replica.is_none() && !self.nodes[j].waiting {
+                self.nodes[j].open()?;
+            }
+        }
+        for device in &mut self.fleet.devices {
+            if device.replica.is_none() && device.life != Life::Unborn {
+                device.open()?;
+            }
+        }
+        let Some(backup) = self.nodes[i].backup.take() else { return Ok(()) };
+        let lost = self.lost_with(i, &backup)?;
+        for (key, stamp) in &lost {
+            self.lost.insert(*stamp);
+            if let Some(writes) = self.history.get_mut(key) {
+                writes.retain(|e| e.stamp != *stamp);
+            }
+            // Taken back by its device, it is admitted again.
+            self.fleet.admitted.remove(stamp);
+            for node in &mut self.nodes {
+                node.floor.remove(key);
+            }
+            for device in &mut self.fleet.devices {
+                device.floor.remove(key);
+            }
+        }
+        self.crash_at(i);
+        let node = &mut self.nodes[i];
+        node.crashed_store = Some(backup);
+        node.open()?;
+        node.floor.clear();
+        node.restored = true;
+        self.fleet.admissions.retain(|(_, _, m), _| *m != i);
+        let member = self.nodes[i].id;
+        let mut restored = self.nodes[i].replica.take().ok_or_else(|| violation("restore", "not reopened"))?;
+        // The operator's enrolments and removals since the copy, again.
+        for device in &self.fleet.devices {
+            let done = match device.life {
+                Life::Enrolled => restored.enrol_device(device.id).map(|_| ()),
+                Life::Removed => restored.remove_device(device.id).map(|_| ()),
+                Life::Unborn => Ok(()),
+            };
+            done.map_err(|e| violation("enrolment", e.to_string()))?;
+        }
+        // Every peer's handshake, members first: what they hold of the restored member's writes.
+        for j in 0..self.nodes.len() {
+            let Some(rj) = self.nodes[j].replica.as_mut().filter(|_| j != i) else { continue };
+            let mut peer = Session::new(rj, Some(member)).map_err(|e| violation("restore", e.to_string()))?;
+            let mut own =
+                Session::new(&mut restored, Some(rj.id())).map_err(|e| violation("restore", e.to_string()))?;
+            if let Ok(Some(hello)) = peer.poll_transmit(rj) {
+                let _ = own.handle(&mut restored, &hello);
+            }
+        }
+        for device in self.fleet.devices.iter_mut().filter(|d| d.life == Life::Enrolled) {
+            let Some(rd) = device.replica.as_mut() else { continue };
+            let Ok(mut ds) = DeviceSession::new(rd, Some(member)) else { continue };
+            let mut ms =
+                DeviceService::new(&mut restored, Some(rd.id())).map_err(|e| violation("restore", e.to_string()))?;
+            if let Ok(Some(hello)) = ds.poll_transmit(rd) {
+                let _ = ms.handle(&mut restored, &hello);
+            }
+        }
+        let recovery = restored.recovery();
+        self.nodes[i].replica = Some(restored);
+        self.log(|| {
+            let lost: Vec<String> = lost.iter().map(|(k, s)| format!("{}@{s}", String::from_utf8_lossy(k))).collect();
+            format!("node {i} restored from its backup, lost with it: {lost:?}, {recovery:?}")
+        });
+        Ok(())
+    }
+
+    /// The (key, stamp) of every write lost with member `i` restored from `backup`: for each
+    /// key whose entry at `i` is held neither by `backup`, nor by any other member, nor (a
+    /// device's own write) by its enrolled device, every write of the key in the history that
+    /// none of those hold (older ones it replaced at `i` went with it).
+    fn lost_with(&self, i: usize, backup: &MemoryStore) -> Result<Vec<(Vec<u8>, Stamp)>, Violation> {
+        let held = |store: &MemoryStore, key: &[u8], stamp: Stamp| -> Result<bool, Violation> {
+            let entry = store.snapshot().and_then(|s| s.entry(key)).map_err(|e| violation("storage", e.to_string()))?;
+            Ok(entry.is_some_and(|e| e.stamp == stamp))
+        };
+        let store_of = |replica: &Option<Replica<MemoryStore>>, crashed: &Option<MemoryStore>| {
+            replica.as_ref().map(|r| r.store().clone()).or_else(|| crashed.clone())
+        };
+        let survives = |key: &[u8], stamp: Stamp| -> Result<bool, Violation> {
+            if held(backup, key, stamp)? {
+                return Ok(true);
+            }
+            for (j, node) in self.nodes.iter().enumerate() {
+                if j != i
+                    && let Some(store) = store_of(&node.replica, &node.crashed_store)
+                    && held(&store, key, stamp)?
+                {
+                    return Ok(true);
+                }
+            }
+            for d in self.fleet.devices.iter().filter(|d| d.id == stamp.replica && d.life == Life::Enrolled) {
+                if let Some(store) = store_of(&d.replica, &d.crashed_store)
+                    && held(&store, key, stamp)?
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        let Some(mine) = store_of(&self.nodes[i].replica, &self.nodes[i].crashed_store) else { return Ok(Vec::new()) };
+        let mut entries = Vec::new();
+        mine.snapshot()
+            .and_then(|s| {
+                s.scan_keys(&KeyRange::all(), &mut |e| {
+                    entries.push(e);
+                    ControlFlow::Continue(())
+                })
+            })
+            .map_err(|e| violation("storage", e.to_string()))?;
+        let mut lost = Vec::new();
+        for e in entries {
+            if survives(&e.key, e.stamp)? {
+                continue;
+            }
+            lost.push((e.key.clone(), e.stamp));
+            for w in self.history.get(&e.key).into_iter().flatten() {
+                if w.stamp != e.stamp && !survives(&w.key, w.stamp)? {
+                    lost.push((w.key.clone(), w.stamp));
+                }
+            }
+        }
+        Ok(lost)
     }
 
     fn pick_device(&mut self, pred: impl Fn(&Device) -> bool) -> Option<usize> {
@@ -742,7 +900,7 @@ impl<C: Choices> Sim<'_, C> {
                     })
                 })
                 .map_err(|e| violation("storage", e.to_string()))?;
-            for e in entries {
+            for e in entries.into_iter().filter(|e| !self.lost.contains(&e.stamp)) {
                 match device.floor.get(&e.key) {
                     Some(floor) if e.stamp < *floor && !e.is_live_at(now_ms) => {}
                     Some(floor) if e.stamp < *floor => {
@@ -937,6 +1095,7 @@ impl<C: Choices> Sim<'_, C> {
                 wall_ms,
                 false,
                 vec![],
+                None,
             ))
         };
         let forged = |stamped: ReplicaId, numbered: ReplicaId, hlc_ms: u64| Entry {
