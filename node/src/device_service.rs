@@ -97,14 +97,29 @@ fn refuse(conn: &Connection, reason: &str) {
 
 /// Brings the trust list in line with the directory and the engine's device records: trusts
 /// every known device the engine has enrolled, and drops (closing its connections) every
-/// device it no longer has enrolled, unless trusted for another reason.
+/// device it no longer has enrolled, unless trusted for another reason. A member connection
+/// whose key is now a device's (enrolled or removed, not in `fixed`) is closed too: a device's
+/// key is never served as a member.
 pub(crate) fn refresh_trust(inner: &Inner) {
     let table = &inner.devices;
     let known: BTreeSet<NodeId> = lock(&table.directory).iter().map(|(n, _)| n).collect();
-    let enrolled: BTreeSet<NodeId> = inner.with_replica(|r| {
-        known.iter().copied().filter(|n| !r.is_device() && r.devices().is_enrolled(n.replica_id())).collect()
-    });
     let trust = inner.endpoint.trust();
+    let members: Vec<NodeId> = lock(&inner.connected).keys().copied().collect();
+    let candidates: BTreeSet<NodeId> = trust.ids().into_iter().chain(members.iter().copied()).collect();
+    let (enrolled, engine_devices): (BTreeSet<NodeId>, BTreeSet<NodeId>) = inner.with_replica(|r| {
+        if r.is_device() {
+            return Default::default();
+        }
+        let d = r.devices();
+        let enrolled = known.iter().copied().filter(|n| d.is_enrolled(n.replica_id())).collect();
+        let devices = candidates
+            .iter()
+            .copied()
+            .filter(|n| d.is_enrolled(n.replica_id()) || d.is_revoked(n.replica_id()))
+            .collect();
+        (enrolled, devices)
+    });
+    let is_device_key = |n: &NodeId| !table.fixed.contains(n) && (known.contains(n) || engine_devices.contains(n));
     for n in &enrolled {
         if !trust.contains(n) {
             debug!(device = %n, "trusting enrolled device");
@@ -112,9 +127,19 @@ pub(crate) fn refresh_trust(inner: &Inner) {
         }
     }
     for n in trust.ids() {
-        if !enrolled.contains(&n) && !table.fixed.contains(&n) && known.contains(&n) {
+        if !enrolled.contains(&n) && is_device_key(&n) {
             trust.remove(&n);
             info!(device = %n, "device no longer enrolled: refused from now on");
+        }
+    }
+    // A device's key on a member connection (accepted before the engine knew it as a device):
+    // closed, whatever it was doing.
+    for n in members.iter().filter(|n| is_device_key(n)) {
+        if let Some(list) = lock(&inner.connected).get(n) {
+            for (c, ..) in list {
+                refuse(c, "this node's key is a device's here, never a member's");
+            }
+            warn!(device = %n, "closed a member connection from a device's key");
         }
     }
     // A device whose enrolment ended (here or at another member) is cut off at once.
@@ -139,14 +164,44 @@ pub(crate) fn refresh_trust_if_changed(inner: &Inner) {
     }
 }
 
-/// Whether an accepted connection is a device's: its key is a known device the engine has
-/// enrolled, and not a member or a fixed trusted node.
-pub(crate) fn is_device_connection(inner: &Inner, peer: &NodeId) -> bool {
+/// What an accepted connection is, by its key ([`connection_kind`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectionKind {
+    /// A member peer (or a node trusted by `--peer`/`--trust`): `run_connection`.
+    Member,
+    /// A device the directory knows and the engine has enrolled: [`serve`].
+    Device,
+    /// A device's key that may not connect now (removed, or not known here yet): refused with
+    /// this reason, never served as a member.
+    Refused(&'static str),
+}
+
+/// What an accepted connection from `peer` is. A key in `fixed` (the `--peer`/`--trust` ids and
+/// the owner) is a member's; any other key that the directory knows, or whose replica id the
+/// engine has as a device (enrolled or removed), is a device's: served as one only while both
+/// the directory and the engine say it is enrolled, refused otherwise.
+pub(crate) fn connection_kind(inner: &Inner, peer: &NodeId) -> ConnectionKind {
     if inner.devices.fixed.contains(peer) {
-        return false;
+        return ConnectionKind::Member;
     }
-    let known = lock(&inner.devices.directory).get(peer.replica_id()).is_some_and(|e| e.node == peer.0);
-    known && inner.with_replica(|r| !r.is_device() && r.devices().is_enrolled(peer.replica_id()))
+    let entry = lock(&inner.devices.directory).get(peer.replica_id()).map(|e| e.node == peer.0);
+    let (enrolled, revoked) = inner.with_replica(|r| {
+        if r.is_device() {
+            return (false, false);
+        }
+        let d = r.devices();
+        (d.is_enrolled(peer.replica_id()), d.is_revoked(peer.replica_id()))
+    });
+    match entry {
+        Some(true) if enrolled => ConnectionKind::Device,
+        _ if revoked => ConnectionKind::Refused("this device was removed (at this member or another)"),
+        Some(false) => ConnectionKind::Refused("another key holds this replica id as a device here"),
+        None if enrolled => {
+            ConnectionKind::Refused("this device is enrolled but its node id has not reached this member yet")
+        }
+        Some(true) => ConnectionKind::Refused("this device is not enrolled at this member"),
+        None => ConnectionKind::Member,
+    }
 }
 
 impl Inner {
