@@ -263,6 +263,42 @@ impl DeviceDirectory {
         removed
     }
 
+    /// [`Self::enrol`], then [`Self::save`] into the data directory at `dir` if anything
+    /// changed. If the save fails, memory is as before the call (so a retry saves again).
+    pub(crate) fn enrol_saved(
+        &mut self,
+        node: NodeId,
+        name: Option<String>,
+        dir: &Path,
+    ) -> Result<bool, DirectoryError> {
+        let (before, version) = (self.entries.get(&node.replica_id()).cloned(), self.version);
+        if !self.enrol(node, name)? {
+            return Ok(false);
+        }
+        self.save(dir).inspect_err(|_| self.undo(node.replica_id(), before, version))?;
+        Ok(true)
+    }
+
+    /// [`Self::remove`], then [`Self::save`] into the data directory at `dir` if it was known.
+    /// If the save fails, memory is as before the call (so a retry removes and saves again).
+    pub(crate) fn remove_saved(&mut self, replica: ReplicaId, dir: &Path) -> Result<bool, DirectoryError> {
+        let (before, version) = (self.entries.get(&replica).cloned(), self.version);
+        if !self.remove(replica) {
+            return Ok(false);
+        }
+        self.save(dir).inspect_err(|_| self.undo(replica, before, version))?;
+        Ok(true)
+    }
+
+    /// Puts back the entry of `replica` and the version as they were.
+    fn undo(&mut self, replica: ReplicaId, before: Option<DirectoryEntry>, version: u64) {
+        match before {
+            Some(e) => self.entries.insert(replica, e),
+            None => self.entries.remove(&replica),
+        };
+        self.version = version;
+    }
+
     /// The frames that share this directory with a member: every entry (`after` `None`) or
     /// those changed after version `after`, the last frame marked; none if there are none.
     /// With the version they bring the member up to.

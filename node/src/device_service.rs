@@ -213,15 +213,10 @@ impl Inner {
         if device == self.id || self.devices.fixed.contains(&device) {
             return Err(NodeError::NotADevice(device));
         }
-        let directory_changed = {
-            let mut dir = lock(&self.devices.directory);
-            // Another member's entry for this replica id gives way to the operator's here.
-            let changed = dir.enrol(device, name)?;
-            if changed {
-                dir.save(self.config.data.path())?;
-            }
-            changed
-        };
+        // Another member's entry for this replica id gives way to the operator's here. Memory
+        // changes only once the file is written: a failed save leaves both as before, and a
+        // retry writes it.
+        let directory_changed = lock(&self.devices.directory).enrol_saved(device, name, self.config.data.path())?;
         let enrolled = self.with_replica(|r| r.enrol_device(device.replica_id()))?;
         if directory_changed {
             self.devices.shared.send_modify(|n| *n += 1);
@@ -252,17 +247,14 @@ impl Inner {
                 refuse(&c, "this device was removed at this member");
             }
         }
-        {
-            let mut dir = lock(&self.devices.directory);
-            if dir.remove(device.replica_id()) {
-                dir.save(self.config.data.path())?;
-            }
-        }
         if removed {
             self.devices.records.send_modify(|n| *n += 1);
             info!(%device, "device removed");
         }
-        Ok(removed)
+        // The entry leaves memory only once the file is written: after a failed save, a retry
+        // (the engine has it removed already) removes and writes it.
+        let forgotten = lock(&self.devices.directory).remove_saved(device.replica_id(), self.config.data.path())?;
+        Ok(removed || forgotten)
     }
 
     /// Every enrolled device, as [`crate::Node::devices`] shows them.

@@ -1020,7 +1020,9 @@ impl Node {
 
     /// Removes the device `device` at once: the engine drops it (durable; it stops holding
     /// collection back, and every member refuses it once the removal reaches it), its open
-    /// connections here close, and it is refused from then on. Returns whether it was enrolled.
+    /// connections here close, and it is refused from then on. Returns whether it was enrolled
+    /// (or its directory entry was still to be removed: the retry of a removal whose save of
+    /// `devices.cbor` failed).
     pub fn remove_device(&self, device: NodeId) -> Result<bool, NodeError> {
         self.inner.remove_device(device)
     }
