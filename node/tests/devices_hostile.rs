@@ -1,8 +1,8 @@
 //! The node's device side under a hostile review (review 13): a failed save of the device
-//! directory. Real QUIC on 127.0.0.1, real files in temporary
+//! directory, a wrong `--server` id. Real QUIC on 127.0.0.1, real files in temporary
 //! directories; every wait is on a condition with a deadline.
 
-use lethe_node::{DataDir, Node, NodeConfig};
+use lethe_node::{DataDir, Node, NodeClock, NodeConfig, PeerAddr, SyncOnceError, sync_once};
 use lethe_transport::NodeId;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,6 +27,10 @@ fn quick(c: NodeConfig) -> NodeConfig {
         reconnect_max: Duration::from_millis(300),
         ..c
     }
+}
+
+fn addr(n: &Node) -> PeerAddr {
+    PeerAddr { id: n.id(), addr: n.local_addr() }
 }
 
 /// Starts `config`, waiting for a node just shut down on the same data directory to let its
@@ -83,4 +87,34 @@ async fn enrol_and_remove_retried_after_a_failed_save_persist_the_directory() {
     let server = restart(config).await;
     assert!(server.devices().is_empty());
     assert!(!server.remove_device(dev_id).unwrap(), "nothing left to remove");
+}
+
+/// A wrong NODEID in `--server` (another node on that address) is not a refusal: `sync_once`
+/// says the server is not the one named and tries the next, which serves the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_server_id_is_reported_as_such_and_sync_once_tries_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let (dd, dev_id) = dir(tmp.path(), "dev");
+    let (_, other) = dir(tmp.path(), "other");
+    let server = quick(NodeConfig::new(md, listen())).start().await.unwrap();
+    server.enrol_device(dev_id, None).unwrap();
+    let wrong = PeerAddr { id: other, addr: server.local_addr() };
+    match sync_once(&dd, &[wrong], NodeClock::default()).await {
+        Err(SyncOnceError::Unreachable(why)) => {
+            let said = format!("server at {} is not {other}: check the --server id", server.local_addr());
+            assert!(why.contains(&said), "{why}");
+        }
+        other => panic!("a wrong server id gave {other:?}"),
+    }
+    let r = sync_once(&dd, &[wrong, addr(&server)], NodeClock::default()).await;
+    assert!(r.is_ok(), "the second server would have served this device: {r:?}");
+    // A member that refuses this device, then one that serves it: served.
+    let (md2, _) = dir(tmp.path(), "stranger");
+    let stranger = quick(NodeConfig::new(md2, listen())).start().await.unwrap();
+    let r = sync_once(&dd, &[addr(&stranger), addr(&server)], NodeClock::default()).await;
+    assert!(r.is_ok(), "the second server would have served this device: {r:?}");
+    // Every one refuses: a refusal.
+    let r = sync_once(&dd, &[addr(&stranger)], NodeClock::default()).await;
+    assert!(matches!(r, Err(SyncOnceError::Refused { .. })), "{r:?}");
 }
