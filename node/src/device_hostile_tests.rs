@@ -2,8 +2,11 @@
 //! set up (the engine's device records changed with no trust refresh, as a Records merge in a
 //! member session that fails does).
 
+use crate::device_directory::DeviceDirectory;
+use crate::node::lock;
 use crate::{DataDir, Node, NodeConfig, PeerAddr};
 use lethe_engine::PutOptions;
+use lethe_transport::NodeId;
 use std::time::{Duration, Instant};
 
 fn listen() -> std::net::SocketAddr {
@@ -53,4 +56,49 @@ async fn revoked_but_still_trusted_device_is_not_served_as_a_member() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A member's shared directory (a compromised member's, say) can add an entry only for a device
+/// the engine has enrolled: an entry for any other replica id is not kept, trusted or shared on
+/// (until the records enrol it here); an entry whose device the engine revoked is pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_directory_adds_only_enrolled_devices_and_revoked_ones_are_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let md = DataDir::new(tmp.path().join("server"));
+    md.init().unwrap();
+    let server = quick(NodeConfig::new(md.clone(), listen())).start().await.unwrap();
+    let (phone, junk, later) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
+    // The phone was enrolled at another member; the records reached this one.
+    server.inner.with_replica(|r| r.enrol_device(phone.replica_id())).unwrap();
+    let mut theirs = DeviceDirectory::default();
+    for n in [phone, junk, later] {
+        theirs.enrol(n, Some(format!("device {}", n.0[0]))).unwrap();
+    }
+    for f in theirs.frames_since(None).0 {
+        crate::device_service::take_shared_frame(&server.inner, &f).unwrap();
+    }
+    crate::device_service::refresh_trust(&server.inner);
+    let known = |n: NodeId| lock(&server.inner.devices.directory).get(n.replica_id()).is_some();
+    assert!(known(phone), "the enrolled device's entry was taken");
+    assert!(server.inner.endpoint.trust().contains(&phone));
+    assert!(!known(junk), "an entry for a replica id that is no device here was kept");
+    assert!(!known(later));
+    let (frames, _) = lock(&server.inner.devices.directory).frames_since(None);
+    assert!(frames.iter().all(|f| !holds(f, &junk.0)), "the junk entry would be shared on");
+    // The records enrol `later` here afterwards: its entry, shared before, is taken then.
+    server.inner.with_replica(|r| r.enrol_device(later.replica_id())).unwrap();
+    crate::device_service::refresh_trust_if_changed(&server.inner);
+    assert!(known(later), "an entry shared before the records arrived was lost");
+    assert!(server.inner.endpoint.trust().contains(&later));
+    // A removal at another member reaches this one: the entry goes, from memory and disk.
+    server.inner.with_replica(|r| r.remove_device(phone.replica_id())).unwrap();
+    crate::device_service::refresh_trust_if_changed(&server.inner);
+    assert!(!known(phone), "a revoked device's entry was kept");
+    assert!(!server.inner.endpoint.trust().contains(&phone));
+    let file = std::fs::read(md.path().join("devices.cbor")).unwrap();
+    assert!(!holds(&file, &phone.0) && holds(&file, &later.0));
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -102,6 +102,7 @@ fn refuse(conn: &Connection, reason: &str) {
 /// key is never served as a member.
 pub(crate) fn refresh_trust(inner: &Inner) {
     let table = &inner.devices;
+    settle_directory(inner);
     let known: BTreeSet<NodeId> = lock(&table.directory).iter().map(|(n, _)| n).collect();
     let trust = inner.endpoint.trust();
     let members: Vec<NodeId> = lock(&inner.connected).keys().copied().collect();
@@ -154,6 +155,36 @@ pub(crate) fn refresh_trust(inner: &Inner) {
         }
         false
     });
+}
+
+/// Adopts the shared entries held for devices the engine has enrolled since, and drops the
+/// entries of devices the engine revoked (here or at another member); writes the directory if
+/// that changed it.
+fn settle_directory(inner: &Inner) {
+    let ids = lock(&inner.devices.directory).replica_ids();
+    let (enrolled, revoked): (BTreeSet<_>, BTreeSet<_>) = inner.with_replica(|r| {
+        if r.is_device() {
+            return Default::default();
+        }
+        let d = r.devices();
+        (
+            ids.iter().copied().filter(|id| d.is_enrolled(*id)).collect(),
+            ids.iter().copied().filter(|id| d.is_revoked(*id)).collect(),
+        )
+    });
+    let (enrolled, revoked) = (|id| enrolled.contains(&id), |id| revoked.contains(&id));
+    let mut dir = lock(&inner.devices.directory);
+    if !dir.unsettled(enrolled, revoked) {
+        return;
+    }
+    // Changed in a copy, swapped in once written: after a failed save memory is as the file
+    // (the next refresh tries again), so an operator's retry of a removal still finds its entry.
+    let mut next = dir.clone();
+    next.settle(enrolled, revoked);
+    match next.save(inner.config.data.path()) {
+        Ok(()) => *dir = next,
+        Err(e) => warn!("could not write the device directory: {e}"),
+    }
 }
 
 /// [`refresh_trust`] if the engine's device records changed since the last refresh.
@@ -235,7 +266,14 @@ impl Inner {
             return Err(NodeError::NotAMember);
         }
         let removed = self.with_replica(|r| r.remove_device(device.replica_id()))?;
-        // The engine no longer has it enrolled: trust and connections go now.
+        if removed {
+            self.devices.records.send_modify(|n| *n += 1);
+            info!(%device, "device removed");
+        }
+        // The entry leaves memory only once the file is written: after a failed save, a retry
+        // (the engine has it removed already) removes and writes it.
+        let forgotten = lock(&self.devices.directory).remove_saved(device.replica_id(), self.config.data.path());
+        // The engine no longer has it enrolled: trust and connections go now, whatever the save.
         refresh_trust(self);
         if self.devices.fixed.contains(&device) {
             warn!(%device, "removed device is also trusted by --trust or --peer; it can still connect as a peer");
@@ -247,13 +285,7 @@ impl Inner {
                 refuse(&c, "this device was removed at this member");
             }
         }
-        if removed {
-            self.devices.records.send_modify(|n| *n += 1);
-            info!(%device, "device removed");
-        }
-        // The entry leaves memory only once the file is written: after a failed save, a retry
-        // (the engine has it removed already) removes and writes it.
-        let forgotten = lock(&self.devices.directory).remove_saved(device.replica_id(), self.config.data.path())?;
+        let forgotten = forgotten?;
         Ok(removed || forgotten)
     }
 
@@ -444,6 +476,14 @@ pub(crate) async fn share_directory(inner: Arc<Inner>, conn: PeerConnection) {
     let mut changed = inner.devices.shared.subscribe();
     let mut sent_upto = None;
     loop {
+        // Only an enrolled member hears the directory (node ids and names of every device); a
+        // peer not one yet is asked again in a moment.
+        if !inner.with_replica(|r| r.membership().is_enrolled(conn.peer.replica_id())) {
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                _ = conn.conn.closed() => return,
+            }
+        }
         let (frames, upto) = lock(&inner.devices.directory).frames_since(sent_upto);
         // Nothing to say: no stream (a mesh without devices sees no new stream kind).
         let sent = async {
@@ -490,21 +530,46 @@ pub(crate) async fn receive_directory(
     }
     let mut added = 0;
     while let Some(frame) = r.next().await? {
-        let (n, last) =
-            lock(&inner.devices.directory).merge_frame(&frame).map_err(|e| Failure::Sync(SyncError::Malformed(e)))?;
+        let (n, last) = take_shared_frame(inner, &frame).map_err(|e| Failure::Sync(SyncError::Malformed(e)))?;
         added += n;
         if last {
             break;
         }
     }
     if added > 0 {
+        debug!(added, "learned devices from {peer}");
+        refresh_trust(inner);
+    }
+    Ok(())
+}
+
+/// Takes one frame of a member's shared directory; how many entries it added, and whether it
+/// was the last frame.
+pub(crate) fn take_shared_frame(inner: &Inner, frame: &[u8]) -> Result<(usize, bool), String> {
+    let (entries, last) = DeviceDirectory::decode_frame(frame)?;
+    // Only an entry for a device the engine has enrolled is kept; the others wait for the
+    // records that enrol them.
+    let enrolled: Vec<bool> = inner.with_replica(|r| {
+        entries.iter().map(|(n, _)| !r.is_device() && r.devices().is_enrolled(n.replica_id())).collect()
+    });
+    let added = {
+        let mut dir = lock(&inner.devices.directory);
+        let mut added = 0;
+        for ((node, name), enrolled) in entries.into_iter().zip(enrolled) {
+            if enrolled {
+                added += usize::from(dir.adopt(node, name));
+            } else {
+                dir.hold(node, name);
+            }
+        }
+        added
+    };
+    if added > 0 {
         // This node's own disk: nothing the peer did. The entries are kept in memory (and
         // written with the next change); a restart before then learns them again.
         if let Err(e) = lock(&inner.devices.directory).save(inner.config.data.path()) {
             warn!("could not write the device directory: {e}");
         }
-        debug!(added, "learned devices from {peer}");
-        refresh_trust(inner);
     }
-    Ok(())
+    Ok((added, last))
 }
