@@ -102,3 +102,33 @@ async fn a_shared_directory_adds_only_enrolled_devices_and_revoked_ones_are_prun
 fn holds(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// `device list` pages: a page is built from the devices after the cursor, at most `limit` of
+/// them (not every device's `DeviceInfo` each page), in replica id order, the pages together
+/// every device once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_infos_pages_in_replica_order_from_the_cursor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let md = DataDir::new(tmp.path().join("server"));
+    md.init().unwrap();
+    let server = quick(NodeConfig::new(md.clone(), listen())).start().await.unwrap();
+    for b in 1..=7u8 {
+        server.inner.with_replica(|r| r.enrol_device(NodeId([b; 32]).replica_id())).unwrap();
+    }
+    let all = server.inner.device_infos(None, usize::MAX);
+    assert_eq!(all.len(), 7);
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = server.inner.device_infos(after.as_deref(), 3);
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some(last.replica.clone());
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    assert_eq!(server.inner.device_infos(Some(&all[3].replica), 2), all[4..6].to_vec());
+    // A cursor that is no replica id still pages by its text, as before.
+    assert_eq!(server.inner.device_infos(Some("0"), 100), all);
+    assert!(server.inner.device_infos(Some("g"), 100).is_empty());
+}

@@ -289,12 +289,28 @@ impl Inner {
         Ok(removed || forgotten)
     }
 
-    /// Every enrolled device, as [`crate::Node::devices`] shows them.
-    pub(crate) fn device_infos(&self) -> Vec<DeviceInfo> {
+    /// The enrolled devices whose replica id (as [`DeviceInfo::replica`] writes it) comes after
+    /// `after`, at most `limit` of them in replica id order, as [`crate::Node::devices`] shows
+    /// them: a page of `device list` builds only its own. The engine's records are walked from
+    /// the start to the cursor (comparing ids, nothing built), then `limit` taken.
+    pub(crate) fn device_infos(&self, after: Option<&str>, limit: usize) -> Vec<DeviceInfo> {
+        // The ids print as 16 lowercase hex digits, so their text sorts as they do: a cursor in
+        // that form compares as an id; any other text compares as text.
+        let cursor = after.map(|a| match u64::from_str_radix(a, 16) {
+            Ok(id) if a.len() == 16 && !a.bytes().any(|b| b.is_ascii_uppercase()) => Ok(id),
+            _ => Err(a),
+        });
+        let past = |id: lethe_engine::ReplicaId| match &cursor {
+            None => true,
+            Some(Ok(a)) => id.0 > *a,
+            Some(Err(a)) => id.to_string().as_str() > *a,
+        };
         let now_ms = self.config.clock.0.now_ms();
         let records: Vec<_> = self.with_replica(|r| {
             r.devices()
                 .iter()
+                .skip_while(|(id, _)| !past(*id))
+                .take(limit)
                 .map(|(id, rec)| {
                     (
                         id,

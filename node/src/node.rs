@@ -1031,7 +1031,7 @@ impl Node {
     /// with what the engine's record says and whether it is connected here. Empty on a device.
     #[must_use]
     pub fn devices(&self) -> Vec<crate::device_service::DeviceInfo> {
-        self.inner.device_infos()
+        self.inner.device_infos(None, usize::MAX)
     }
 
     /// A stream of what happens to this device's sync ([`crate::SyncEvent`]): connected,
