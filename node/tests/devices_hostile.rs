@@ -118,3 +118,24 @@ async fn a_wrong_server_id_is_reported_as_such_and_sync_once_tries_the_next() {
     let r = sync_once(&dd, &[addr(&stranger)], NodeClock::default()).await;
     assert!(matches!(r, Err(SyncOnceError::Refused { .. })), "{r:?}");
 }
+
+/// A device node whose first `--server` names the wrong node id at a member's address moves to
+/// the next server and syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_node_with_a_wrong_server_id_moves_to_the_next_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let (dd, dev_id) = dir(tmp.path(), "dev");
+    let (_, other) = dir(tmp.path(), "other");
+    let server = quick(NodeConfig::new(md, listen())).start().await.unwrap();
+    server.enrol_device(dev_id, None).unwrap();
+    let wrong = PeerAddr { id: other, addr: server.local_addr() };
+    let config = quick(NodeConfig::new(dd, listen()).with_server(wrong).with_server(addr(&server)));
+    let phone = config.start().await.unwrap();
+    phone.put("k", "from the phone", lethe_engine::PutOptions::default()).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while server.get(b"k").unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the write never reached the second server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
