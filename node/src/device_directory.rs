@@ -16,6 +16,10 @@
 //!   entry from a member can make no replica a device, and a removal at any member revokes;
 //! - one node id per replica id: an entry enrolled here is never replaced by a shared one, and a
 //!   shared entry whose replica id is taken is ignored;
+//! - a shared entry is kept only for a replica id the engine has enrolled as a device (one for
+//!   another is held, at most [`SHARED_PENDING_MAX`], untrusted and unshared, until the records
+//!   enrol it), and an entry whose device the engine revoked is dropped: a member's directory
+//!   can name no replica a device, nor fill the directory with others;
 //! - at most [`DEVICES_MAX`] entries and names of at most [`DEVICE_NAME_BYTES_MAX`] bytes,
 //!   checked where an entry enters (an operator's call or a member's frame) before it is kept;
 //!   a frame is at most the transport's frame limit, and more entries than
@@ -159,10 +163,21 @@ pub enum DirectoryError {
     },
 }
 
+/// Entries a member shared for replica ids the engine does not have enrolled yet (the records
+/// that enrol them may come after the directory), kept at most this many, the oldest dropped
+/// first; never trusted, shared on or persisted until the engine enrols them.
+pub const SHARED_PENDING_MAX: usize = 8 * DIRECTORY_ENTRIES_PER_FRAME;
+
+/// One entry of a member's shared directory, decoded and bounded: node id and name.
+pub(crate) type SharedEntry = (NodeId, Option<String>);
+
 /// The devices a member knows by node id, by replica id.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct DeviceDirectory {
     entries: BTreeMap<ReplicaId, DirectoryEntry>,
+    /// Shared entries waiting for the engine to enrol their replica id, oldest first (at most
+    /// [`SHARED_PENDING_MAX`]).
+    pending: std::collections::VecDeque<SharedEntry>,
     /// Bumped on every change (what sharing waits on).
     pub(crate) version: u64,
 }
@@ -200,7 +215,7 @@ impl DeviceDirectory {
             check_name(e.name.as_deref()).map_err(|e| damaged(e.to_string()))?;
             entries.insert(NodeId(e.node).replica_id(), e);
         }
-        Ok(DeviceDirectory { entries, version: 0 })
+        Ok(DeviceDirectory { entries, pending: Default::default(), version: 0 })
     }
 
     /// Writes the directory whole into the data directory at `dir` (0600, through a temporary
@@ -263,6 +278,42 @@ impl DeviceDirectory {
         removed
     }
 
+    /// [`Self::enrol`], then [`Self::save`] into the data directory at `dir` if anything
+    /// changed. If the save fails, memory is as before the call (so a retry saves again).
+    pub(crate) fn enrol_saved(
+        &mut self,
+        node: NodeId,
+        name: Option<String>,
+        dir: &Path,
+    ) -> Result<bool, DirectoryError> {
+        let (before, version) = (self.entries.get(&node.replica_id()).cloned(), self.version);
+        if !self.enrol(node, name)? {
+            return Ok(false);
+        }
+        self.save(dir).inspect_err(|_| self.undo(node.replica_id(), before, version))?;
+        Ok(true)
+    }
+
+    /// [`Self::remove`], then [`Self::save`] into the data directory at `dir` if it was known.
+    /// If the save fails, memory is as before the call (so a retry removes and saves again).
+    pub(crate) fn remove_saved(&mut self, replica: ReplicaId, dir: &Path) -> Result<bool, DirectoryError> {
+        let (before, version) = (self.entries.get(&replica).cloned(), self.version);
+        if !self.remove(replica) {
+            return Ok(false);
+        }
+        self.save(dir).inspect_err(|_| self.undo(replica, before, version))?;
+        Ok(true)
+    }
+
+    /// Puts back the entry of `replica` and the version as they were.
+    fn undo(&mut self, replica: ReplicaId, before: Option<DirectoryEntry>, version: u64) {
+        match before {
+            Some(e) => self.entries.insert(replica, e),
+            None => self.entries.remove(&replica),
+        };
+        self.version = version;
+    }
+
     /// The frames that share this directory with a member: every entry (`after` `None`) or
     /// those changed after version `after`, the last frame marked; none if there are none.
     /// With the version they bring the member up to.
@@ -288,11 +339,77 @@ impl DeviceDirectory {
         (frames, self.version)
     }
 
-    /// Takes the entries of a member's frame that are new here (a replica id not known yet;
-    /// within [`DEVICES_MAX`]). Returns how many were added and whether the frame was the last.
-    /// A frame that does not decode, holds more than [`DIRECTORY_ENTRIES_PER_FRAME`] entries or
-    /// a name too long is refused whole, with nothing taken.
+    /// Takes every entry of a member's frame that is new here ([`Self::decode_frame`], then
+    /// [`Self::adopt`] each). Returns how many were added and whether the frame was the last.
+    #[cfg(test)]
     pub(crate) fn merge_frame(&mut self, frame: &[u8]) -> Result<(usize, bool), String> {
+        let (entries, last) = Self::decode_frame(frame)?;
+        let added = entries.into_iter().filter(|(node, name)| self.adopt(*node, name.clone())).count();
+        Ok((added, last))
+    }
+
+    /// Keeps a shared entry: a replica id not known yet (the replica id is the first 8 bytes of
+    /// the node id, [`NodeId::replica_id`], so an entry names no other device than its key's),
+    /// within [`DEVICES_MAX`]. Whether it was added. The caller checks that the engine has the
+    /// replica id enrolled as a device.
+    pub(crate) fn adopt(&mut self, node: NodeId, name: Option<String>) -> bool {
+        let replica = node.replica_id();
+        if self.entries.len() >= DEVICES_MAX || self.entries.contains_key(&replica) {
+            return false;
+        }
+        self.version += 1;
+        self.entries.insert(replica, DirectoryEntry { node: node.0, name, here: false, changed: self.version });
+        true
+    }
+
+    /// Holds a shared entry whose replica id the engine does not have enrolled (yet), dropping
+    /// the oldest held past [`SHARED_PENDING_MAX`]; [`Self::adopt_pending`] takes it once the
+    /// engine enrols it.
+    pub(crate) fn hold(&mut self, node: NodeId, name: Option<String>) {
+        if self.entries.contains_key(&node.replica_id()) {
+            return;
+        }
+        self.pending.retain(|(n, _)| n.replica_id() != node.replica_id());
+        if self.pending.len() >= SHARED_PENDING_MAX {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((node, name));
+    }
+
+    /// The replica ids of every entry and every held entry (what [`Self::settle`] asks the
+    /// engine about).
+    pub(crate) fn replica_ids(&self) -> Vec<ReplicaId> {
+        self.entries.keys().copied().chain(self.pending.iter().map(|(n, _)| n.replica_id())).collect()
+    }
+
+    /// Whether [`Self::settle`] would change the entries.
+    pub(crate) fn unsettled(&self, enrolled: impl Fn(ReplicaId) -> bool, revoked: impl Fn(ReplicaId) -> bool) -> bool {
+        self.entries.keys().any(|r| revoked(*r))
+            || self.pending.iter().any(|(n, _)| enrolled(n.replica_id()) && !self.entries.contains_key(&n.replica_id()))
+    }
+
+    /// Brings the directory in line with the engine: held entries whose replica id is now
+    /// `enrolled` are adopted; entries whose device the engine `revoked` are dropped. Returns
+    /// whether the entries changed.
+    pub(crate) fn settle(&mut self, enrolled: impl Fn(ReplicaId) -> bool, revoked: impl Fn(ReplicaId) -> bool) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|replica, _| !revoked(*replica));
+        let mut changed = self.entries.len() != before;
+        for (node, name) in std::mem::take(&mut self.pending) {
+            if enrolled(node.replica_id()) {
+                changed |= self.adopt(node, name);
+            } else {
+                self.pending.push_back((node, name));
+            }
+        }
+        self.version += u64::from(changed);
+        changed
+    }
+
+    /// Decodes a frame of a member's shared directory: its entries and whether it is the last
+    /// frame. A frame that does not decode, holds more than [`DIRECTORY_ENTRIES_PER_FRAME`]
+    /// entries or a name too long is refused whole.
+    pub(crate) fn decode_frame(frame: &[u8]) -> Result<(Vec<SharedEntry>, bool), String> {
         let DirectoryFrame(entries, last) =
             ciborium::from_reader(frame).map_err(|e| format!("a device directory frame does not decode: {e}"))?;
         if entries.len() > DIRECTORY_ENTRIES_PER_FRAME {
@@ -304,17 +421,7 @@ impl DeviceDirectory {
         if let Some(e) = entries.iter().find_map(|EntryWire(_, name)| check_name(name.as_deref()).err()) {
             return Err(e.to_string());
         }
-        let mut added = 0;
-        for EntryWire(node, name) in entries {
-            let replica = NodeId(node).replica_id();
-            if self.entries.len() >= DEVICES_MAX || self.entries.contains_key(&replica) {
-                continue;
-            }
-            self.version += 1;
-            self.entries.insert(replica, DirectoryEntry { node, name, here: false, changed: self.version });
-            added += 1;
-        }
-        Ok((added, last))
+        Ok((entries.into_iter().map(|EntryWire(node, name)| (NodeId(node), name)).collect(), last))
     }
 }
 

@@ -46,15 +46,30 @@ pub(crate) enum DeviceFailure {
 }
 
 /// The member's reason, if `error` says it refused this device: a close with
-/// [`CloseCode::Refused`], or its key refused in the TLS handshake.
+/// [`CloseCode::Refused`], or its key refused in the TLS handshake (a close the member sent, so
+/// never this side's own check of the member's key, which the transport reports as
+/// [`lethe_transport::Error::WrongServer`], see [`wrong_server`]).
 pub(crate) fn refusal(error: &ConnectionError) -> Option<String> {
     match error {
         ConnectionError::ApplicationClosed(close) if close.error_code.into_inner() == CloseCode::Refused as u64 => {
             Some(String::from_utf8_lossy(&close.reason).into_owned())
         }
-        other if other.to_string().contains("not trusted") => {
-            Some(format!("{other} (this device is not enrolled at that member, or was removed)"))
+        // Closed by the member in the handshake; its TLS layer says why in the reason.
+        ConnectionError::ConnectionClosed(close) if String::from_utf8_lossy(&close.reason).contains("not trusted") => {
+            Some(format!("{error} (this device is not enrolled at that member, or was removed)"))
         }
+        _ => None,
+    }
+}
+
+/// What to tell the operator when the node at `server`'s address is not `server.id` (the
+/// transport's [`lethe_transport::Error::WrongServer`]), if `error` is that.
+pub(crate) fn wrong_server(server: &PeerAddr, error: &lethe_transport::Error) -> Option<String> {
+    match error {
+        lethe_transport::Error::WrongServer { found, .. } => Some(format!(
+            "server at {} is not {}: check the --server id (the node there is {found})",
+            server.addr, server.id
+        )),
         _ => None,
     }
 }
@@ -95,11 +110,13 @@ pub(crate) async fn run(inner: Arc<Inner>, servers: Vec<PeerAddr>) {
     let mut stop = inner.shutdown.subscribe();
     let mut backoff = BACKOFF_MIN;
     let mut next = 0;
+    let mut said_wrong = vec![false; servers.len()];
     loop {
         if inner.shutting_down() {
             return;
         }
-        let server = servers[next % servers.len()];
+        let index = next % servers.len();
+        let server = servers[index];
         next += 1;
         let span = info_span!("server", server = %server.id.to_string()[..16].to_string());
         let synced = match inner.endpoint.connect(server.addr, server.id).instrument(span.clone()).await {
@@ -109,9 +126,13 @@ pub(crate) async fn run(inner: Arc<Inner>, servers: Vec<PeerAddr>) {
                     lethe_transport::Error::Connection(c) => refusal(c),
                     _ => None,
                 };
-                match reason {
-                    Some(reason) => inner.refused(server, reason),
-                    None => debug!(parent: &span, "could not connect to {}: {e}", server.addr),
+                match (reason, wrong_server(&server, &e)) {
+                    (Some(reason), _) => inner.refused(server, reason),
+                    // Said once per server: the next server is tried meanwhile.
+                    (None, Some(wrong)) if !std::mem::replace(&mut said_wrong[index], true) => {
+                        warn!(parent: &span, "{wrong}")
+                    }
+                    (None, _) => debug!(parent: &span, "could not connect to {}: {e}", server.addr),
                 }
                 false
             }

@@ -97,14 +97,30 @@ fn refuse(conn: &Connection, reason: &str) {
 
 /// Brings the trust list in line with the directory and the engine's device records: trusts
 /// every known device the engine has enrolled, and drops (closing its connections) every
-/// device it no longer has enrolled, unless trusted for another reason.
+/// device it no longer has enrolled, unless trusted for another reason. A member connection
+/// whose key is now a device's (enrolled or removed, not in `fixed`) is closed too: a device's
+/// key is never served as a member.
 pub(crate) fn refresh_trust(inner: &Inner) {
     let table = &inner.devices;
+    settle_directory(inner);
     let known: BTreeSet<NodeId> = lock(&table.directory).iter().map(|(n, _)| n).collect();
-    let enrolled: BTreeSet<NodeId> = inner.with_replica(|r| {
-        known.iter().copied().filter(|n| !r.is_device() && r.devices().is_enrolled(n.replica_id())).collect()
-    });
     let trust = inner.endpoint.trust();
+    let members: Vec<NodeId> = lock(&inner.connected).keys().copied().collect();
+    let candidates: BTreeSet<NodeId> = trust.ids().into_iter().chain(members.iter().copied()).collect();
+    let (enrolled, engine_devices): (BTreeSet<NodeId>, BTreeSet<NodeId>) = inner.with_replica(|r| {
+        if r.is_device() {
+            return Default::default();
+        }
+        let d = r.devices();
+        let enrolled = known.iter().copied().filter(|n| d.is_enrolled(n.replica_id())).collect();
+        let devices = candidates
+            .iter()
+            .copied()
+            .filter(|n| d.is_enrolled(n.replica_id()) || d.is_revoked(n.replica_id()))
+            .collect();
+        (enrolled, devices)
+    });
+    let is_device_key = |n: &NodeId| !table.fixed.contains(n) && (known.contains(n) || engine_devices.contains(n));
     for n in &enrolled {
         if !trust.contains(n) {
             debug!(device = %n, "trusting enrolled device");
@@ -112,9 +128,19 @@ pub(crate) fn refresh_trust(inner: &Inner) {
         }
     }
     for n in trust.ids() {
-        if !enrolled.contains(&n) && !table.fixed.contains(&n) && known.contains(&n) {
+        if !enrolled.contains(&n) && is_device_key(&n) {
             trust.remove(&n);
             info!(device = %n, "device no longer enrolled: refused from now on");
+        }
+    }
+    // A device's key on a member connection (accepted before the engine knew it as a device):
+    // closed, whatever it was doing.
+    for n in members.iter().filter(|n| is_device_key(n)) {
+        if let Some(list) = lock(&inner.connected).get(n) {
+            for (c, ..) in list {
+                refuse(c, "this node's key is a device's here, never a member's");
+            }
+            warn!(device = %n, "closed a member connection from a device's key");
         }
     }
     // A device whose enrolment ended (here or at another member) is cut off at once.
@@ -131,6 +157,36 @@ pub(crate) fn refresh_trust(inner: &Inner) {
     });
 }
 
+/// Adopts the shared entries held for devices the engine has enrolled since, and drops the
+/// entries of devices the engine revoked (here or at another member); writes the directory if
+/// that changed it.
+fn settle_directory(inner: &Inner) {
+    let ids = lock(&inner.devices.directory).replica_ids();
+    let (enrolled, revoked): (BTreeSet<_>, BTreeSet<_>) = inner.with_replica(|r| {
+        if r.is_device() {
+            return Default::default();
+        }
+        let d = r.devices();
+        (
+            ids.iter().copied().filter(|id| d.is_enrolled(*id)).collect(),
+            ids.iter().copied().filter(|id| d.is_revoked(*id)).collect(),
+        )
+    });
+    let (enrolled, revoked) = (|id| enrolled.contains(&id), |id| revoked.contains(&id));
+    let mut dir = lock(&inner.devices.directory);
+    if !dir.unsettled(enrolled, revoked) {
+        return;
+    }
+    // Changed in a copy, swapped in once written: after a failed save memory is as the file
+    // (the next refresh tries again), so an operator's retry of a removal still finds its entry.
+    let mut next = dir.clone();
+    next.settle(enrolled, revoked);
+    match next.save(inner.config.data.path()) {
+        Ok(()) => *dir = next,
+        Err(e) => warn!("could not write the device directory: {e}"),
+    }
+}
+
 /// [`refresh_trust`] if the engine's device records changed since the last refresh.
 pub(crate) fn refresh_trust_if_changed(inner: &Inner) {
     let clock = inner.with_replica(|r| r.devices().clock());
@@ -139,14 +195,44 @@ pub(crate) fn refresh_trust_if_changed(inner: &Inner) {
     }
 }
 
-/// Whether an accepted connection is a device's: its key is a known device the engine has
-/// enrolled, and not a member or a fixed trusted node.
-pub(crate) fn is_device_connection(inner: &Inner, peer: &NodeId) -> bool {
+/// What an accepted connection is, by its key ([`connection_kind`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectionKind {
+    /// A member peer (or a node trusted by `--peer`/`--trust`): `run_connection`.
+    Member,
+    /// A device the directory knows and the engine has enrolled: [`serve`].
+    Device,
+    /// A device's key that may not connect now (removed, or not known here yet): refused with
+    /// this reason, never served as a member.
+    Refused(&'static str),
+}
+
+/// What an accepted connection from `peer` is. A key in `fixed` (the `--peer`/`--trust` ids and
+/// the owner) is a member's; any other key that the directory knows, or whose replica id the
+/// engine has as a device (enrolled or removed), is a device's: served as one only while both
+/// the directory and the engine say it is enrolled, refused otherwise.
+pub(crate) fn connection_kind(inner: &Inner, peer: &NodeId) -> ConnectionKind {
     if inner.devices.fixed.contains(peer) {
-        return false;
+        return ConnectionKind::Member;
     }
-    let known = lock(&inner.devices.directory).get(peer.replica_id()).is_some_and(|e| e.node == peer.0);
-    known && inner.with_replica(|r| !r.is_device() && r.devices().is_enrolled(peer.replica_id()))
+    let entry = lock(&inner.devices.directory).get(peer.replica_id()).map(|e| e.node == peer.0);
+    let (enrolled, revoked) = inner.with_replica(|r| {
+        if r.is_device() {
+            return (false, false);
+        }
+        let d = r.devices();
+        (d.is_enrolled(peer.replica_id()), d.is_revoked(peer.replica_id()))
+    });
+    match entry {
+        Some(true) if enrolled => ConnectionKind::Device,
+        _ if revoked => ConnectionKind::Refused("this device was removed (at this member or another)"),
+        Some(false) => ConnectionKind::Refused("another key holds this replica id as a device here"),
+        None if enrolled => {
+            ConnectionKind::Refused("this device is enrolled but its node id has not reached this member yet")
+        }
+        Some(true) => ConnectionKind::Refused("this device is not enrolled at this member"),
+        None => ConnectionKind::Member,
+    }
 }
 
 impl Inner {
@@ -158,15 +244,10 @@ impl Inner {
         if device == self.id || self.devices.fixed.contains(&device) {
             return Err(NodeError::NotADevice(device));
         }
-        let directory_changed = {
-            let mut dir = lock(&self.devices.directory);
-            // Another member's entry for this replica id gives way to the operator's here.
-            let changed = dir.enrol(device, name)?;
-            if changed {
-                dir.save(self.config.data.path())?;
-            }
-            changed
-        };
+        // Another member's entry for this replica id gives way to the operator's here. Memory
+        // changes only once the file is written: a failed save leaves both as before, and a
+        // retry writes it.
+        let directory_changed = lock(&self.devices.directory).enrol_saved(device, name, self.config.data.path())?;
         let enrolled = self.with_replica(|r| r.enrol_device(device.replica_id()))?;
         if directory_changed {
             self.devices.shared.send_modify(|n| *n += 1);
@@ -185,7 +266,14 @@ impl Inner {
             return Err(NodeError::NotAMember);
         }
         let removed = self.with_replica(|r| r.remove_device(device.replica_id()))?;
-        // The engine no longer has it enrolled: trust and connections go now.
+        if removed {
+            self.devices.records.send_modify(|n| *n += 1);
+            info!(%device, "device removed");
+        }
+        // The entry leaves memory only once the file is written: after a failed save, a retry
+        // (the engine has it removed already) removes and writes it.
+        let forgotten = lock(&self.devices.directory).remove_saved(device.replica_id(), self.config.data.path());
+        // The engine no longer has it enrolled: trust and connections go now, whatever the save.
         refresh_trust(self);
         if self.devices.fixed.contains(&device) {
             warn!(%device, "removed device is also trusted by --trust or --peer; it can still connect as a peer");
@@ -197,25 +285,32 @@ impl Inner {
                 refuse(&c, "this device was removed at this member");
             }
         }
-        {
-            let mut dir = lock(&self.devices.directory);
-            if dir.remove(device.replica_id()) {
-                dir.save(self.config.data.path())?;
-            }
-        }
-        if removed {
-            self.devices.records.send_modify(|n| *n += 1);
-            info!(%device, "device removed");
-        }
-        Ok(removed)
+        let forgotten = forgotten?;
+        Ok(removed || forgotten)
     }
 
-    /// Every enrolled device, as [`crate::Node::devices`] shows them.
-    pub(crate) fn device_infos(&self) -> Vec<DeviceInfo> {
+    /// The enrolled devices whose replica id (as [`DeviceInfo::replica`] writes it) comes after
+    /// `after`, at most `limit` of them in replica id order, as [`crate::Node::devices`] shows
+    /// them: a page of `device list` builds only its own. The engine's records are walked from
+    /// the start to the cursor (comparing ids, nothing built), then `limit` taken.
+    pub(crate) fn device_infos(&self, after: Option<&str>, limit: usize) -> Vec<DeviceInfo> {
+        // The ids print as 16 lowercase hex digits, so their text sorts as they do: a cursor in
+        // that form compares as an id; any other text compares as text.
+        let cursor = after.map(|a| match u64::from_str_radix(a, 16) {
+            Ok(id) if a.len() == 16 && !a.bytes().any(|b| b.is_ascii_uppercase()) => Ok(id),
+            _ => Err(a),
+        });
+        let past = |id: lethe_engine::ReplicaId| match &cursor {
+            None => true,
+            Some(Ok(a)) => id.0 > *a,
+            Some(Err(a)) => id.to_string().as_str() > *a,
+        };
         let now_ms = self.config.clock.0.now_ms();
         let records: Vec<_> = self.with_replica(|r| {
             r.devices()
                 .iter()
+                .skip_while(|(id, _)| !past(*id))
+                .take(limit)
                 .map(|(id, rec)| {
                     (
                         id,
@@ -397,6 +492,14 @@ pub(crate) async fn share_directory(inner: Arc<Inner>, conn: PeerConnection) {
     let mut changed = inner.devices.shared.subscribe();
     let mut sent_upto = None;
     loop {
+        // Only an enrolled member hears the directory (node ids and names of every device); a
+        // peer not one yet is asked again in a moment.
+        if !inner.with_replica(|r| r.membership().is_enrolled(conn.peer.replica_id())) {
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                _ = conn.conn.closed() => return,
+            }
+        }
         let (frames, upto) = lock(&inner.devices.directory).frames_since(sent_upto);
         // Nothing to say: no stream (a mesh without devices sees no new stream kind).
         let sent = async {
@@ -443,21 +546,46 @@ pub(crate) async fn receive_directory(
     }
     let mut added = 0;
     while let Some(frame) = r.next().await? {
-        let (n, last) =
-            lock(&inner.devices.directory).merge_frame(&frame).map_err(|e| Failure::Sync(SyncError::Malformed(e)))?;
+        let (n, last) = take_shared_frame(inner, &frame).map_err(|e| Failure::Sync(SyncError::Malformed(e)))?;
         added += n;
         if last {
             break;
         }
     }
     if added > 0 {
+        debug!(added, "learned devices from {peer}");
+        refresh_trust(inner);
+    }
+    Ok(())
+}
+
+/// Takes one frame of a member's shared directory; how many entries it added, and whether it
+/// was the last frame.
+pub(crate) fn take_shared_frame(inner: &Inner, frame: &[u8]) -> Result<(usize, bool), String> {
+    let (entries, last) = DeviceDirectory::decode_frame(frame)?;
+    // Only an entry for a device the engine has enrolled is kept; the others wait for the
+    // records that enrol them.
+    let enrolled: Vec<bool> = inner.with_replica(|r| {
+        entries.iter().map(|(n, _)| !r.is_device() && r.devices().is_enrolled(n.replica_id())).collect()
+    });
+    let added = {
+        let mut dir = lock(&inner.devices.directory);
+        let mut added = 0;
+        for ((node, name), enrolled) in entries.into_iter().zip(enrolled) {
+            if enrolled {
+                added += usize::from(dir.adopt(node, name));
+            } else {
+                dir.hold(node, name);
+            }
+        }
+        added
+    };
+    if added > 0 {
         // This node's own disk: nothing the peer did. The entries are kept in memory (and
         // written with the next change); a restart before then learns them again.
         if let Err(e) = lock(&inner.devices.directory).save(inner.config.data.path()) {
             warn!("could not write the device directory: {e}");
         }
-        debug!(added, "learned devices from {peer}");
-        refresh_trust(inner);
     }
-    Ok(())
+    Ok((added, last))
 }

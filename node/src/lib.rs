@@ -52,6 +52,8 @@
 pub mod control;
 pub mod data_dir;
 mod device_directory;
+#[cfg(test)]
+mod device_hostile_tests;
 mod device_link;
 mod device_service;
 mod device_stream;

@@ -1033,7 +1033,9 @@ impl Node {
 
     /// Removes the device `device` at once: the engine drops it (durable; it stops holding
     /// collection back, and every member refuses it once the removal reaches it), its open
-    /// connections here close, and it is refused from then on. Returns whether it was enrolled.
+    /// connections here close, and it is refused from then on. Returns whether it was enrolled
+    /// (or its directory entry was still to be removed: the retry of a removal whose save of
+    /// `devices.cbor` failed).
     pub fn remove_device(&self, device: NodeId) -> Result<bool, NodeError> {
         self.inner.remove_device(device)
     }
@@ -1042,7 +1044,7 @@ impl Node {
     /// with what the engine's record says and whether it is connected here. Empty on a device.
     #[must_use]
     pub fn devices(&self) -> Vec<crate::device_service::DeviceInfo> {
-        self.inner.device_infos()
+        self.inner.device_infos(None, usize::MAX)
     }
 
     /// A stream of what happens to this device's sync ([`crate::SyncEvent`]): connected,

@@ -244,12 +244,8 @@ async fn answer(inner: &Arc<Inner>, request: Request) -> Response {
             }
             Request::DeviceList { after, limit } => {
                 let limit = limit.clamp(1, control::DEVICE_LIST_PAGE_MAX);
-                let mut items: Vec<_> = node
-                    .devices()
-                    .into_iter()
-                    .filter(|d| after.as_ref().is_none_or(|a| d.replica.as_str() > a.as_str()))
-                    .take(limit + 1)
-                    .collect();
+                // One more than the page: whether there are more.
+                let mut items = inner.device_infos(after.as_deref(), limit + 1);
                 let more = items.len() > limit;
                 items.truncate(limit);
                 Response::Devices { items, more }

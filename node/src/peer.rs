@@ -20,6 +20,7 @@
 //! that fail on a live connection (this node's store failing, say) are retried with the same
 //! doubling backoff, from 200 ms.
 
+use crate::device_service::ConnectionKind;
 use crate::metrics::SessionOutcome;
 use crate::node::{Failure, Inner, PeerAddr, lock};
 use lethe_engine::VersionVector;
@@ -109,14 +110,21 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 debug!(peer = %conn.peer, "a device serves no peers; closing");
                 conn.close(CloseCode::Refused, "this node is a device: it serves no peers");
             }
-            // An enrolled device's key: its sessions are device sessions (`device_stream.rs`).
-            Ok(conn) if crate::device_service::is_device_connection(&inner, &conn.peer) => {
-                tokio::spawn(crate::device_service::serve(inner.clone(), conn));
-            }
-            Ok(conn) => {
-                let span = info_span!("peer", peer = %short(&conn.peer), dir = "in");
-                tokio::spawn(run_connection(inner.clone(), conn, false).instrument(span));
-            }
+            // A device's key is served as a device while enrolled, refused otherwise, and never
+            // as a member (I10): its sessions are device sessions (`device_stream.rs`).
+            Ok(conn) => match crate::device_service::connection_kind(&inner, &conn.peer) {
+                ConnectionKind::Device => {
+                    tokio::spawn(crate::device_service::serve(inner.clone(), conn));
+                }
+                ConnectionKind::Refused(reason) => {
+                    debug!(peer = %conn.peer, "refused a device's connection: {reason}");
+                    conn.close(CloseCode::Refused, reason);
+                }
+                ConnectionKind::Member => {
+                    let span = info_span!("peer", peer = %short(&conn.peer), dir = "in");
+                    tokio::spawn(run_connection(inner.clone(), conn, false).instrument(span));
+                }
+            },
             Err(e) => match refusals.entry(refusal_kind(&e)).or_default().log_now() {
                 Some(0) => warn!("refused a connection: {e}"),
                 Some(held) => warn!("refused a connection: {e} (and {held} more like it since the last such line)"),
@@ -441,6 +449,9 @@ async fn run_session(
 ) -> Result<SessionStats, Failure> {
     let mut seen = SessionStats::default();
     let result = drive_session(inner, link, peer, stream, anti_entropy, &mut seen).await;
+    // The session may have merged device records (an enrolment or removal at that member),
+    // whether it then finished or failed: trust follows them on every exit.
+    crate::device_service::refresh_trust_if_changed(inner);
     match &result {
         Ok(stats) => crate::metrics::session_ended(stats, SessionOutcome::of_finished(stats)),
         Err(failure) if failure.close_code().is_some() => crate::metrics::session_ended(&seen, SessionOutcome::Refused),
@@ -544,8 +555,6 @@ async fn drive_session(
         info!("connected to {peer}: first session finished");
     }
     inner.anti_entropy_sessions.fetch_add(u64::from(stats.anti_entropy), Ordering::Relaxed);
-    // The session may have merged device records (an enrolment or removal at that member).
-    crate::device_service::refresh_trust_if_changed(inner);
     let level_info = stats.live_received + stats.tombstones_received + stats.live_sent + stats.tombstones_sent > 0;
     if level_info {
         info!(

@@ -3,7 +3,7 @@
 //! answers, runs one device session (upload the queue, download, acknowledge) and closes.
 
 use crate::data_dir::{DataDir, DataDirError};
-use crate::device_link::{DeviceFailure, refusal, run_session};
+use crate::device_link::{DeviceFailure, refusal, run_session, wrong_server};
 use crate::node::{NodeClock, PeerAddr, SESSION_STALL_TIMEOUT};
 use lethe_engine::{Config, RedbStore, Replica, Role};
 use lethe_transport::{CloseCode, Endpoint, TrustList};
@@ -58,7 +58,8 @@ pub enum SyncOnceError {
     /// No server was given.
     #[error("no server to sync with; name one as NODEID@ADDR")]
     NoServer,
-    /// A member refused this device: it says why (not enrolled, removed).
+    /// Every server refused this device (the first named here): it says why (not enrolled,
+    /// removed), and the others' reasons after it.
     #[error("member {server} refused this device: {reason}")]
     Refused {
         /// The member's node id.
@@ -76,9 +77,10 @@ pub enum SyncOnceError {
 
 /// Syncs the device of `data` once with the first of `servers` that answers: opens its store as
 /// a device (`Role::Device`), uploads its queue, downloads, acknowledges, closes. A refusal
-/// (this device not enrolled there, or removed) is returned at once as
-/// [`SyncOnceError::Refused`] with the member's reason; an unreachable server or a failed
-/// session moves on to the next. Needs tokio's multi-thread runtime; the store must not be open
+/// (this device not enrolled there, or removed), an unreachable server, a server whose key is
+/// not the one named (a wrong NODEID) or a failed session moves on to the next; if every server
+/// refused, [`SyncOnceError::Refused`] with the members' reasons, else
+/// [`SyncOnceError::Unreachable`] saying what happened with each. Needs tokio's multi-thread runtime; the store must not be open
 /// elsewhere (no `lethe serve` on the same directory).
 pub async fn sync_once(data: &DataDir, servers: &[PeerAddr], clock: NodeClock) -> Result<SyncReport, SyncOnceError> {
     sync_once_with_progress(data, servers, clock, &mut |_| {}).await
@@ -111,6 +113,9 @@ pub async fn sync_once_with_progress(
     };
     let endpoint = Endpoint::bind(any, identity, own)?;
     let mut failures = Vec::new();
+    // The members that refused this device, with their reasons: a refusal only if every server
+    // refused; otherwise the next server is tried.
+    let mut refused: Vec<(String, String)> = Vec::new();
     for server in servers {
         let started = std::time::Instant::now();
         let conn = match endpoint.connect(server.addr, server.id).await {
@@ -119,9 +124,12 @@ pub async fn sync_once_with_progress(
                 if let lethe_transport::Error::Connection(c) = &e
                     && let Some(reason) = refusal(c)
                 {
-                    return Err(SyncOnceError::Refused { server: server.id.to_string(), reason });
+                    refused.push((server.id.to_string(), reason));
+                } else if let Some(wrong) = wrong_server(server, &e) {
+                    failures.push(wrong);
+                } else {
+                    failures.push(format!("{}: {e}", server.addr));
                 }
-                failures.push(format!("{}: {e}", server.addr));
                 continue;
             }
         };
@@ -145,14 +153,24 @@ pub async fn sync_once_with_progress(
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
                 return Ok(report);
             }
-            Err(DeviceFailure::Refused(reason)) => {
-                return Err(SyncOnceError::Refused { server: server.id.to_string(), reason });
-            }
+            Err(DeviceFailure::Refused(reason)) => refused.push((server.id.to_string(), reason)),
             Err(DeviceFailure::Other(failure)) => {
                 conn.close(failure.close_code().unwrap_or(CloseCode::Done), &failure.to_string());
                 failures.push(format!("{}: {failure}", server.addr));
             }
         }
     }
+    if failures.is_empty()
+        && let Some((server, reason)) = refused.first()
+    {
+        let mut reason = reason.clone();
+        for (other, why) in &refused[1..] {
+            use std::fmt::Write as _;
+            let _ = write!(reason, "; member {other} refused it too: {why}");
+        }
+        return Err(SyncOnceError::Refused { server: server.clone(), reason });
+    }
+    failures
+        .extend(refused.into_iter().map(|(server, reason)| format!("member {server} refused this device: {reason}")));
     Err(SyncOnceError::Unreachable(failures.join("; ")))
 }

@@ -210,9 +210,11 @@ impl Endpoint {
     }
 
     /// Connects to the node `expected` at `addr`; fails unless the peer proves it holds the key
-    /// of `expected`.
+    /// of `expected` ([`Error::WrongServer`] if another node answers there; a peer that refuses
+    /// this node's key closes the connection: [`Error::Connection`]).
     pub async fn connect(&self, addr: SocketAddr, expected: NodeId) -> Result<PeerConnection, Error> {
-        let tls = client_config(&self.identity, expected, self.compression)?;
+        let found = Arc::new(std::sync::Mutex::new(None));
+        let tls = client_config(&self.identity, expected, found.clone(), self.compression)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config()));
@@ -220,7 +222,17 @@ impl Endpoint {
             .inner
             .connect_with(config, addr, "lethe")
             .map_err(|e| Error::Connect { addr, reason: e.to_string() })?;
-        let conn = connecting.await?;
+        let conn = match connecting.await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // This side's own check of the server's key failed: not the peer's refusal.
+                let found = found.lock().ok().and_then(|f| *f);
+                return Err(match found {
+                    Some(found) => Error::WrongServer { addr, expected, found },
+                    None => Error::Connection(e),
+                });
+            }
+        };
         PeerConnection::new(conn)
     }
 

@@ -50,6 +50,18 @@ pub enum Error {
     /// The peer presented no certificate we could read.
     #[error("the peer presented no usable certificate")]
     NoPeerIdentity,
+    /// The node that answered at `addr` is not the one dialed: its key is another's (a wrong
+    /// node id in the address, or another node on that address). Told apart from a peer that
+    /// refused this node's key, which is a [`Error::Connection`] the peer closed.
+    #[error("the node at {addr} is not {expected} (it is {found}): check the node id it was named by")]
+    WrongServer {
+        /// The address dialed.
+        addr: SocketAddr,
+        /// The node id expected there.
+        expected: NodeId,
+        /// The node id that answered.
+        found: NodeId,
+    },
     /// A peer not on the trust list.
     #[error("node {0} is not trusted; add it with --trust or --peer if it should be")]
     Untrusted(NodeId),

@@ -59,10 +59,12 @@ fn id_of(cert: &CertificateDer<'_>) -> Result<NodeId, rustls::Error> {
     NodeId::from_cert(cert).map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))
 }
 
-/// Client side: accepts exactly the server whose id the dialer expects.
+/// Client side: accepts exactly the server whose id the dialer expects; another's id is kept in
+/// `found`, so the dialer can say the server is not the one named.
 #[derive(Debug)]
 struct ExpectServer {
     expected: NodeId,
+    found: Arc<std::sync::Mutex<Option<NodeId>>>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -76,7 +78,14 @@ impl ServerCertVerifier for ExpectServer {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let id = id_of(end_entity)?;
-        if id == self.expected { Ok(ServerCertVerified::assertion()) } else { Err(untrusted(id)) }
+        if id == self.expected {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            if let Ok(mut found) = self.found.lock() {
+                *found = Some(id);
+            }
+            Err(untrusted(id))
+        }
     }
 
     fn verify_tls12_signature(
@@ -175,9 +184,12 @@ pub(crate) fn server_config(
 
 /// The client half for dialing `expected`: our certificate as client authentication.
 /// `compression`: whether to offer `lethe/5z` beside `lethe/5`.
+/// The client's TLS configuration for dialing `expected`; if another node answers, its id is
+/// put in `found`.
 pub(crate) fn client_config(
     identity: &Identity,
     expected: NodeId,
+    found: Arc<std::sync::Mutex<Option<NodeId>>>,
     compression: bool,
 ) -> Result<rustls::ClientConfig, Error> {
     let provider = provider();
@@ -186,7 +198,7 @@ pub(crate) fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ExpectServer { expected, algs }))
+        .with_custom_certificate_verifier(Arc::new(ExpectServer { expected, found, algs }))
         .with_client_auth_cert(vec![identity.cert()], identity.key())
         .map_err(|e| Error::Tls(e.to_string()))?;
     config.alpn_protocols = crate::alpn_protocols(compression);

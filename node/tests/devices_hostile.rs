@@ -1,0 +1,141 @@
+//! The node's device side under a hostile review (review 13): a failed save of the device
+//! directory, a wrong `--server` id. Real QUIC on 127.0.0.1, real files in temporary
+//! directories; every wait is on a condition with a deadline.
+
+use lethe_node::{DataDir, Node, NodeClock, NodeConfig, PeerAddr, SyncOnceError, sync_once};
+use lethe_transport::NodeId;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn listen() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn dir(root: &Path, name: &str) -> (DataDir, NodeId) {
+    let d = DataDir::new(root.join(name));
+    let id = d.init().unwrap().id();
+    (d, id)
+}
+
+fn quick(c: NodeConfig) -> NodeConfig {
+    NodeConfig {
+        gc_interval: Duration::from_millis(100),
+        anti_entropy_interval: Duration::from_secs(3600),
+        reconnect_max: Duration::from_millis(300),
+        ..c
+    }
+}
+
+fn addr(n: &Node) -> PeerAddr {
+    PeerAddr { id: n.id(), addr: n.local_addr() }
+}
+
+/// Starts `config`, waiting for a node just shut down on the same data directory to let its
+/// store go.
+async fn restart(config: NodeConfig) -> Node {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match config.clone().start().await {
+            Ok(n) => return n,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Whether `haystack` holds `needle` anywhere.
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A save of `devices.cbor` that fails (its temporary file cannot be made, as on a full disk)
+/// fails the enrolment; the retry once the disk has room writes the entry, and after a restart
+/// the device still has its node id. The same for a removal: its retry succeeds and the entry
+/// leaves the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrol_and_remove_retried_after_a_failed_save_persist_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let (_, dev_id) = dir(tmp.path(), "dev");
+    let config = quick(NodeConfig::new(md.clone(), listen()));
+    let server = config.clone().start().await.unwrap();
+    let blocker = md.path().join("devices.cbor.tmp");
+    let file = md.path().join("devices.cbor");
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(server.enrol_device(dev_id, Some("phone".into())).is_err(), "the save cannot succeed");
+    std::fs::remove_dir(&blocker).unwrap();
+    assert!(server.enrol_device(dev_id, Some("phone".into())).unwrap(), "the retry enrols");
+    assert!(holds(&std::fs::read(&file).unwrap(), &dev_id.0), "the retry wrote the entry");
+    server.shutdown().await;
+    drop(server);
+    let server = restart(config.clone()).await;
+    let devs = server.devices();
+    assert_eq!(devs.len(), 1);
+    assert_eq!(devs[0].node_id, Some(dev_id.to_string()), "the enrolled device kept its node id");
+    assert_eq!(devs[0].name.as_deref(), Some("phone"));
+
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(server.remove_device(dev_id).is_err(), "the save cannot succeed");
+    std::fs::remove_dir(&blocker).unwrap();
+    assert!(server.remove_device(dev_id).unwrap(), "the retry finishes the removal");
+    assert!(!holds(&std::fs::read(&file).unwrap(), &dev_id.0), "the retry removed the entry from the file");
+    server.shutdown().await;
+    drop(server);
+    let server = restart(config).await;
+    assert!(server.devices().is_empty());
+    assert!(!server.remove_device(dev_id).unwrap(), "nothing left to remove");
+}
+
+/// A wrong NODEID in `--server` (another node on that address) is not a refusal: `sync_once`
+/// says the server is not the one named and tries the next, which serves the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_server_id_is_reported_as_such_and_sync_once_tries_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let (dd, dev_id) = dir(tmp.path(), "dev");
+    let (_, other) = dir(tmp.path(), "other");
+    let server = quick(NodeConfig::new(md, listen())).start().await.unwrap();
+    server.enrol_device(dev_id, None).unwrap();
+    let wrong = PeerAddr { id: other, addr: server.local_addr() };
+    match sync_once(&dd, &[wrong], NodeClock::default()).await {
+        Err(SyncOnceError::Unreachable(why)) => {
+            let said = format!("server at {} is not {other}: check the --server id", server.local_addr());
+            assert!(why.contains(&said), "{why}");
+        }
+        other => panic!("a wrong server id gave {other:?}"),
+    }
+    let r = sync_once(&dd, &[wrong, addr(&server)], NodeClock::default()).await;
+    assert!(r.is_ok(), "the second server would have served this device: {r:?}");
+    // A member that refuses this device, then one that serves it: served.
+    let (md2, _) = dir(tmp.path(), "stranger");
+    let stranger = quick(NodeConfig::new(md2, listen())).start().await.unwrap();
+    let r = sync_once(&dd, &[addr(&stranger), addr(&server)], NodeClock::default()).await;
+    assert!(r.is_ok(), "the second server would have served this device: {r:?}");
+    // Every one refuses: a refusal.
+    let r = sync_once(&dd, &[addr(&stranger)], NodeClock::default()).await;
+    assert!(matches!(r, Err(SyncOnceError::Refused { .. })), "{r:?}");
+}
+
+/// A device node whose first `--server` names the wrong node id at a member's address moves to
+/// the next server and syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_node_with_a_wrong_server_id_moves_to_the_next_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let (dd, dev_id) = dir(tmp.path(), "dev");
+    let (_, other) = dir(tmp.path(), "other");
+    let server = quick(NodeConfig::new(md, listen())).start().await.unwrap();
+    server.enrol_device(dev_id, None).unwrap();
+    let wrong = PeerAddr { id: other, addr: server.local_addr() };
+    let config = quick(NodeConfig::new(dd, listen()).with_server(wrong).with_server(addr(&server)));
+    let phone = config.start().await.unwrap();
+    phone.put("k", "from the phone", lethe_engine::PutOptions::default()).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while server.get(b"k").unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the write never reached the second server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
