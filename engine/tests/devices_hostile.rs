@@ -52,6 +52,7 @@ fn hostile_hello(b: &Replica<MemoryStore>, to: ReplicaId, claims: Vec<MemberInfo
         anti_entropy: false,
         wall_ms: T0,
         records_seen: b.records_seen(to),
+        lost: Vec::new(),
     };
     Message::Hello(hello).encode().unwrap()
 }

@@ -389,8 +389,9 @@ pub struct Status {
     /// On a device: writes waiting in the upload queue (0 on a member).
     #[serde(default)]
     pub pending_uploads: u64,
-    /// On a device: nothing is queued and a session with a member has finished (so this device
-    /// held what that member held when it ended). A member's writes since then are not seen
+    /// On a device: nothing is queued, a session with a member has finished (so this device
+    /// held what that member held when it ended) and that member is still connected; false
+    /// once the device lost it (disconnected, refused). A member's writes since then are not seen
     /// here until the member tells the device and the next session runs.
     #[serde(default)]
     pub in_sync: bool,
@@ -676,7 +677,13 @@ impl Inner {
         status.store_reopens = self.store_reopens.load(Ordering::Relaxed);
         status.last_sync = lock(&self.last_sync).clone();
         status.server = lock(&self.server).map(|s| s.to_string());
-        status.in_sync = status.role == NodeRole::Device && status.pending_uploads == 0 && status.last_sync.is_some();
+        // A finished session merged the member's vector (`Done`) after its uploads were all
+        // admitted: the device then holds what the member held. Not once it lost the member
+        // (disconnected, refused): it cannot know.
+        status.in_sync = status.role == NodeRole::Device
+            && status.pending_uploads == 0
+            && status.last_sync.is_some()
+            && status.server.is_some();
     }
 
     pub(crate) fn shutting_down(&self) -> bool {

@@ -208,6 +208,7 @@ async fn a_removed_device_is_cut_off_refused_and_its_writes_reach_no_one() {
     })
     .await;
 
+    until("the device is in sync", || lost.status().unwrap().in_sync).await;
     quiet(&server).await;
     let failed_before = server.status().unwrap().sessions_failed;
     assert!(server.remove_device(lost_id).unwrap());
@@ -226,6 +227,7 @@ async fn a_removed_device_is_cut_off_refused_and_its_writes_reach_no_one() {
     .unwrap();
     assert!(reason.contains("removed") || reason.contains("not trusted"), "{reason}");
     until("the device is disconnected", || lost.status().unwrap().server.is_none()).await;
+    assert!(!lost.status().unwrap().in_sync, "a device that lost its member does not say it is in sync");
     // The removal itself closed the connection: no session of the device's had to be refused.
     assert_eq!(server.status().unwrap().sessions_failed, failed_before);
     lost.put("after", "2", PutOptions::default()).await.unwrap();

@@ -1229,6 +1229,7 @@ impl<C: Choices> Sim<'_, C> {
                 anti_entropy: false,
                 wall_ms: self.nodes[bi].clock.now_ms(),
                 records_seen: b.records_seen(a_id),
+                lost: Vec::new(),
             })
         };
         let node = &mut self.nodes[ai];
