@@ -22,7 +22,7 @@
 mod common;
 
 use common::{Offered, bounded_by_frame, bytes, entries_by, flow_message, replica_id, time_ms, vector};
-use lethe_engine::device::message::DeviceHello;
+use lethe_engine::device::message::{DeviceHello, SeqProof};
 use lethe_engine::device::{DeviceService, Role, sync_device_in_process};
 use lethe_engine::limits::VECTOR_COMPONENTS_MAX;
 use lethe_engine::session::{Message, PROTOCOL_VERSION, Session};
@@ -86,6 +86,22 @@ fn uploads(u: &mut Unstructured<'_>) -> ArbResult<Vec<Entry>> {
     Ok(list)
 }
 
+/// A member's signed seq as the hostile device shows it: the member's own (forged with the
+/// stand-in signer, which authenticates nothing), garbage or unsigned.
+fn proof(u: &mut Unstructured<'_>) -> ArbResult<SeqProof> {
+    let s = common::seq(u)?;
+    let time = time_ms(u)?;
+    let signature = match u.int_in_range(0u8..=2)? {
+        0 => Vec::new(),
+        1 => bytes(u, 200)?,
+        _ => {
+            let v: lethe_engine::VersionVector = vec![(ME, s)].into();
+            SignedAck::sign(&InsecureTestSigner::new(ME), ME, v, time).signature
+        }
+    };
+    Ok(SeqProof(s, time, signature))
+}
+
 fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
     Ok(match u.int_in_range(0u8..=4)? {
         0 | 1 => {
@@ -104,6 +120,7 @@ fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
                 wall,
                 u.arbitrary()?,
                 sig,
+                if u.arbitrary()? { Some(proof(u)?) } else { None },
             ))
         }
         2 => Message::Upload { entries: uploads(u)?, last: u.arbitrary()? },

@@ -20,7 +20,7 @@
 mod common;
 
 use common::{Offered, bounded_by_frame, bytes, flow_message, hlc, repeat, replica_id, seq, time_ms, vector};
-use lethe_engine::device::message::{Admission, MemberHello};
+use lethe_engine::device::message::{Admission, MemberHello, SeqProof};
 use lethe_engine::device::{DeviceSession, Role, sync_device_in_process};
 use lethe_engine::limits::VECTOR_COMPONENTS_MAX;
 use lethe_engine::session::{Message, PROTOCOL_VERSION};
@@ -59,6 +59,12 @@ fn admissions(u: &mut Unstructured<'_>) -> ArbResult<Vec<Admission>> {
     Ok(vec![one; repeat(u, 2000)?])
 }
 
+/// Ranges of the member's seqs it says it lost to a restore: any, often malformed.
+fn lost_ranges(u: &mut Unstructured<'_>) -> ArbResult<Vec<(ReplicaId, lethe_engine::Seq, lethe_engine::Seq)>> {
+    let one = (who(u)?, seq(u)?, seq(u)?);
+    Ok(vec![one; repeat(u, 300)?])
+}
+
 fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
     Ok(match u.int_in_range(0u8..=3)? {
         0 => Message::MemberHello(MemberHello(
@@ -68,6 +74,8 @@ fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
             vector(u)?,
             seq(u)?,
             time_ms(u)?,
+            if u.arbitrary()? { Some(SeqProof(seq(u)?, time_ms(u)?, bytes(u, 200)?)) } else { None },
+            lost_ranges(u)?,
         )),
         1 => Message::Admitted(admissions(u)?),
         2 => Message::Done(vector(u)?, hlc(u)?),
