@@ -46,7 +46,7 @@ pub struct DeviceState {
     /// For each member this device synced with, the member's own signature over the highest
     /// seq of its own it showed ([`SeqProof`]): shown to that member again in each handshake,
     /// so that, restored from an older copy, it learns which of its dots it issued already.
-    /// At most one per member a handshake came from ([`MEMBER_PROOFS_MAX`]).
+    /// At most one per member a handshake came from (`MEMBER_PROOFS_MAX`).
     #[serde(default)]
     pub proofs: BTreeMap<ReplicaId, SeqProof>,
 }

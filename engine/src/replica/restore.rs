@@ -64,7 +64,7 @@ pub struct Recovery {
     #[serde(default)]
     pub seen: Seq,
     /// Whether a device's evidence (its vector, with this replica's own signature over the
-    /// seq: [`Replica::notice_own_seq_from_device`]) began or widened it. A device sends back
+    /// seq: `Replica::notice_own_seq_from_device`) began or widened it. A device sends back
     /// nothing but its own writes, so no transfer may ever reach what it showed: the recovery
     /// then ends once the own component is back at `target` (what members showed) and every
     /// other member has been heard from since it began (with no other member, at once).
