@@ -363,3 +363,46 @@ fn a_write_whose_admitting_member_was_restored_before_anyone_saw_it_is_admitted_
     }
     assert_no_dot_reused(&[&hub, &other, &phone]);
 }
+
+/// The phone's first write is admitted by the hub, whose cursor claim (not its entries) reaches
+/// the other member; the other member admits the phone's second write itself, the answer is
+/// lost, and it deletes the key and collects the tombstone alone (hub evicted, phone lapsed).
+/// The re-uploaded write is at or below the other member's *own* claim: it applied it itself,
+/// so it must not apply it again (I11), let alone bring it back after its delete, even though
+/// it has not seen the hub's admission of the first write (seq 1, below the write's seq).
+#[test]
+fn a_member_never_admits_again_a_write_its_own_cursor_claim_covers() {
+    const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+    let clock = ManualClock::new(T0);
+    let mut hub = open_member(MemoryStore::new(), 1, &clock);
+    let mut other = open_member(MemoryStore::new(), 2, &clock);
+    hub.enrol_member(other.id()).unwrap();
+    other.enrol_member(hub.id()).unwrap();
+    let mut phone = open_device(MemoryStore::new(), 100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    other.enrol_device(phone.id()).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    put(&mut phone, "a", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    send_records_only(&mut hub, &mut other);
+    assert_eq!(other.devices().cursor(phone.id()).0, 1, "the other member has the hub's claim");
+    assert!(other.get(b"a").unwrap().is_none(), "and not the hub's entries");
+
+    put(&mut phone, "w", &clock);
+    sync_losing_answers(&mut phone, &mut other);
+    assert!(other.get(b"w").unwrap().is_some(), "the other member admitted the second write");
+    assert_eq!(phone.pending_uploads().unwrap(), 1, "the answer was lost");
+    assert_eq!(other.devices().cursor(phone.id()).0, 2);
+    clock.advance(10);
+    other.delete("w").unwrap();
+    clock.advance(31 * DAY_MS);
+    for _ in 0..3 {
+        other.collect_garbage().unwrap();
+    }
+    assert_eq!(other.tombstone_count(), 0, "the other member collected its delete");
+
+    let issued = other.vector().get(other.id());
+    sync_losing_answers(&mut phone, &mut other);
+    assert_eq!(other.vector().get(other.id()), issued, "the write was applied a second time");
+    assert!(other.get(b"w").unwrap().is_none(), "the write came back after its delete");
+}

@@ -10,9 +10,10 @@
 //! - a write at or below the device's cursor was applied before (here or at another member),
 //!   and is never applied again here: it is answered with the dot this member holds it under
 //!   if it holds that very write; as superseded if it holds something newer; as known if it
-//!   holds neither but has seen every admission up to the cursor (the record's `cursor_at`,
-//!   unless its own component is a dot this member lost to a restore: the write was replaced,
-//!   or collected, since); and otherwise (another member admitted it, and this one has not
+//!   holds neither but has seen every admission that may have applied it (the record's
+//!   `cursor_at` over the members whose claim reaches its seq, its own included, unless its
+//!   own component is a dot this member lost to a restore: the write was replaced, or
+//!   collected, since); and otherwise (another member admitted it, and this one has not
 //!   seen that, and may never: that member removed or restored) it is admitted here too, as
 //!   below. `Pending` is no longer answered (a device still understands it from an older
 //!   member). A queued write holds back every delete it raced (the device's acknowledgement is
@@ -88,7 +89,11 @@ impl<S: Storage> Replica<S> {
             r.cursor_at.get(me) > self.own_counter()
                 || r.cursor_at.iter().any(|(m, at)| in_lost_ranges(self.lost_of(m), at))
         });
-        let seen_all = self.devices().covers_cursor(device, self.vector()) && !own_admission_lost;
+        // Whether it has seen every admission that may have applied upload `seq`: only members
+        // whose claim reaches `seq` may have (its own claim among them, seen by itself), so an
+        // unseen admission of an earlier seq by another member does not make it apply again a
+        // write it applied itself (seed 13085).
+        let seen_all = |seq: Seq| !own_admission_lost && self.devices().covers_admission(device, seq, self.vector());
         let snap = self.store().snapshot().map_err(Error::from)?;
         let mut clock = self.hybrid_clock();
         let mut seq = self.own_counter();
@@ -115,7 +120,7 @@ impl<S: Storage> Replica<S> {
                 let answer = match &current {
                     Some(cur) if cur.stamp == entry.stamp => Some(Admission::Admitted(cur.dot)),
                     Some(cur) if cur.wins_over(&entry) => Some(Admission::Superseded),
-                    _ if seen_all => Some(Admission::Known),
+                    _ if seen_all(upload_seq) => Some(Admission::Known),
                     // Admitted by a member whose admission this one has not seen, and may never
                     // see (that member removed, or restored from an older copy): admitted here
                     // too, under a dot of this member, rather than left pending for ever.

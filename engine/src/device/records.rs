@@ -344,6 +344,18 @@ impl Devices {
         self.records.get(&device).is_none_or(|r| vector.dominates(&r.cursor_at))
     }
 
+    /// Whether a member with vector `vector` has seen every admission that may have applied
+    /// `device`'s upload `seq`: [`Devices::covers_cursor`] over the members whose claim reaches
+    /// `seq` only. A member whose claim is below `seq` never applied it (a claim is the highest
+    /// upload seq that member applied, and only grows); a counter in `cursor_at` with no claim
+    /// kept beside it counts as reaching every seq.
+    #[must_use]
+    pub fn covers_admission(&self, device: ReplicaId, seq: Seq, vector: &VersionVector) -> bool {
+        self.records.get(&device).is_none_or(|r| {
+            r.cursor_at.iter().all(|(m, at)| r.cursors.get(&m).is_some_and(|c| c.1 < seq) || vector.get(m) >= at)
+        })
+    }
+
     /// The record of `device` with its cursor advanced to `seq` by member `by`, whose counter is
     /// then `counter`, for the batch that admits the uploads up to it (memory follows with
     /// [`Devices::advance_cursor`] once it is durable), if enrolled and it moves.
