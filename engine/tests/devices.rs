@@ -637,3 +637,25 @@ fn a_store_keeps_the_role_it_was_first_opened_with() {
     let err = Replica::open(hub.into_store(), HUB, config, Arc::new(clock.clone())).unwrap_err();
     assert!(matches!(err, lethe_engine::Error::WrongRole { .. }), "{err}");
 }
+
+#[test]
+fn a_device_still_syncs_after_a_member_whose_writes_it_holds_is_removed() {
+    let clock = ManualClock::new(T0);
+    let mut hub = member(1, &clock);
+    let mut other = member(2, &clock);
+    let mut phone = device(100, &clock);
+    hub.enrol_member(other.id()).unwrap();
+    other.enrol_member(hub.id()).unwrap();
+    other.enrol_device(phone.id()).unwrap();
+    hub.put("from-hub", "1", PutOptions::default()).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    sync_device_in_process(&mut phone, &mut other).unwrap();
+    assert_eq!(phone.get(b"from-hub").unwrap().unwrap().value, b"1");
+    // The operator retires the hub: its writes stay, under its dots, in every vector.
+    assert!(other.remove_member(hub.id()).unwrap());
+    phone.put("after", "2", PutOptions::default()).unwrap();
+    let outcome = sync_device_in_process(&mut phone, &mut other).expect("the device is not cut off");
+    assert_eq!(outcome.member.admitted, 1, "{outcome:?}");
+    assert_eq!(phone.pending_uploads().unwrap(), 0);
+    assert_eq!(other.get(b"after").unwrap().unwrap().value, b"2");
+}

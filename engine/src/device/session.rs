@@ -600,16 +600,21 @@ pub(crate) fn check_device_vector<S: Storage>(
     Ok(())
 }
 
-/// Checks that a vector a device sends names members only.
+/// Checks that a vector a device sends names only replicas this member knows as writers of
+/// dots: this member, its enrolled members, and any replica its own vector names (a member
+/// removed since, whose writes stay under its dots and whose component this member sent the
+/// device itself). So a device's vector stays within what members' vectors hold (I9).
 fn check_device_names<S: Storage>(
     replica: &Replica<S>,
     device: ReplicaId,
     vector: &VersionVector,
 ) -> Result<(), SyncError> {
     let me = replica.id();
-    if let Some((r, _)) = vector.iter().find(|(r, _)| *r != me && !replica.membership().is_enrolled(*r)) {
+    let known = |r: ReplicaId| r == me || replica.membership().is_enrolled(r) || replica.vector().get(r) > Seq(0);
+    if let Some((r, _)) = vector.iter().find(|(r, _)| !known(*r)) {
         return Err(SyncError::Malformed(format!(
-            "device {device}'s vector names replica {r}, which is not a member here"
+            "device {device}'s vector names replica {r}, which is neither a member here nor a writer this member \
+             holds writes of"
         )));
     }
     Ok(())
