@@ -21,7 +21,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{Offered, bounded_by_frame, bytes, entries_by, flow_message, replica_id, time_ms, vector};
+use common::{Offered, Step, bounded_by_frame, bytes, entries_by, flow_message, replica_id, time_ms, vector};
 use lethe_engine::device::message::{DeviceHello, SeqProof};
 use lethe_engine::device::{DeviceService, Role, sync_device_in_process};
 use lethe_engine::limits::VECTOR_COMPONENTS_MAX;
@@ -253,33 +253,23 @@ fuzz_target!(|data: &[u8]| {
     let mut service = DeviceService::new(&mut r, Some(HOSTILE)).unwrap();
     let mut offered = Offered::default();
     for _ in 0..64 {
-        if u.is_empty() {
-            break;
-        }
-        let Ok(step) = u.int_in_range(0u8..=9) else { break };
+        let Some(step) = common::step(&mut u, &offered, message) else { break };
         let frame = match step {
-            0..=5 => match message(&mut u, &offered).map(|m| m.encode()) {
-                Ok(Ok(f)) => f,
-                Ok(Err(_)) => continue, // over the frame limit: the transport refuses it
-                Err(_) => break,
-            },
-            6 => match bytes(&mut u, 512) {
-                Ok(b) => b,
-                Err(_) => break,
-            },
-            7 => {
-                clock.advance(u.int_in_range(0..=40_000_000_000u64).unwrap_or(0));
+            Step::Frame(frame) => frame,
+            Step::Skip => continue,
+            Step::Advance(ms) => {
+                clock.advance(ms);
                 let _ = r.collect_garbage();
                 honest.take_records(&r);
                 check_state(&mut r, &clock, &honest);
                 continue;
             }
-            8 => {
+            Step::Own(8) => {
                 service = DeviceService::new(&mut r, Some(HOSTILE)).unwrap();
                 offered = Offered::default();
                 continue;
             }
-            _ => {
+            Step::Own(_) => {
                 // The honest device writes and syncs; what it changes is its own to change.
                 let _ = phone.put(format!("phone{}", u.int_in_range(0..=9u8).unwrap_or(0)), "v", PutOptions::default());
                 let _ = sync_device_in_process(&mut phone, &mut r);

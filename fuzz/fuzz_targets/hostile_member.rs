@@ -19,7 +19,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{Offered, bounded_by_frame, bytes, flow_message, hlc, repeat, replica_id, seq, time_ms, vector};
+use common::{Offered, Step, bounded_by_frame, bytes, flow_message, hlc, repeat, replica_id, seq, time_ms, vector};
 use lethe_engine::device::message::{Admission, MemberHello, SeqProof};
 use lethe_engine::device::{DeviceSession, Role, sync_device_in_process};
 use lethe_engine::limits::VECTOR_COMPONENTS_MAX;
@@ -172,27 +172,17 @@ fuzz_target!(|data: &[u8]| {
     let mut offered = Offered::default();
     drain(&mut session, &d, &mut offered);
     for _ in 0..64 {
-        if u.is_empty() {
-            break;
-        }
-        let Ok(step) = u.int_in_range(0u8..=9) else { break };
+        let Some(step) = common::step(&mut u, &offered, message) else { break };
         let frame = match step {
-            0..=5 => match message(&mut u, &offered).map(|m| m.encode()) {
-                Ok(Ok(f)) => f,
-                Ok(Err(_)) => continue, // over the frame limit: the transport refuses it
-                Err(_) => break,
-            },
-            6 => match bytes(&mut u, 512) {
-                Ok(b) => b,
-                Err(_) => break,
-            },
-            7 => {
-                clock.advance(u.int_in_range(0..=40_000_000_000u64).unwrap_or(0));
+            Step::Frame(frame) => frame,
+            Step::Skip => continue,
+            Step::Advance(ms) => {
+                clock.advance(ms);
                 let _ = d.collect_garbage();
                 check_state(&mut d, &clock, &mut held);
                 continue;
             }
-            8 => {
+            Step::Own(8) => {
                 let n = u.int_in_range(0..=3u8).unwrap_or(0);
                 let key = format!("k{:04}", u.int_in_range(0..=120u8).unwrap_or(0));
                 let written = if n == 0 { d.delete(key) } else { d.put(key, "later", PutOptions::default()) };
@@ -200,7 +190,7 @@ fuzz_target!(|data: &[u8]| {
                 check_state(&mut d, &clock, &mut held);
                 continue;
             }
-            _ => {
+            Step::Own(_) => {
                 session = if u.arbitrary().unwrap_or(false) {
                     DeviceSession::anti_entropy(&mut d, Some(MEMBER)).unwrap()
                 } else {

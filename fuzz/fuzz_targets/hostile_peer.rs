@@ -17,7 +17,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{Offered, bounded_by_frame, bytes, entries, flow_message, hlc, repeat, replica_id, time_ms, vector};
+use common::{Offered, Step, bounded_by_frame, entries, flow_message, hlc, repeat, replica_id, time_ms, vector};
 use lethe_engine::limits::VECTOR_COMPONENTS_MAX;
 use lethe_engine::live::{LiveReceiver, Push, handle_ack};
 use lethe_engine::membership::{MEMBERS_MAX, MemberInfo};
@@ -114,27 +114,17 @@ fuzz_target!(|data: &[u8]| {
     let mut live = LiveReceiver::new(PEER);
     let mut offered = Offered::default();
     for _ in 0..64 {
-        if u.is_empty() {
-            break;
-        }
-        let Ok(step) = u.int_in_range(0u8..=9) else { break };
+        let Some(step) = common::step(&mut u, &offered, message) else { break };
         let frame = match step {
-            0..=5 => match message(&mut u, &offered).map(|m| m.encode()) {
-                Ok(Ok(f)) => f,
-                Ok(Err(_)) => continue, // over the frame limit: the transport refuses it
-                Err(_) => break,
-            },
-            6 => match bytes(&mut u, 512) {
-                Ok(b) => b,
-                Err(_) => break,
-            },
-            7 => {
-                clock.advance(u.int_in_range(0..=40_000_000_000u64).unwrap_or(0));
+            Step::Frame(frame) => frame,
+            Step::Skip => continue,
+            Step::Advance(ms) => {
+                clock.advance(ms);
                 let _ = r.collect_garbage();
                 check_state(&mut r, &clock);
                 continue;
             }
-            8 => {
+            Step::Own(8) => {
                 session = if u.arbitrary().unwrap_or(false) {
                     Session::anti_entropy(&mut r, Some(PEER)).unwrap()
                 } else {
@@ -143,7 +133,7 @@ fuzz_target!(|data: &[u8]| {
                 offered = Offered::default();
                 continue;
             }
-            _ => match message(&mut u, &offered).map(|m| m.encode()) {
+            Step::Own(_) => match message(&mut u, &offered).map(|m| m.encode()) {
                 Ok(Ok(f)) => {
                     bounded_by_frame(f.len(), || {
                         let _ = handle_ack(&mut r, PEER, &f);

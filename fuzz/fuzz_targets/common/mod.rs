@@ -84,6 +84,38 @@ pub fn bounded_by_frame<T>(frame_len: usize, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// One step of a hostile target's loop, as the fuzzer chooses it.
+pub enum Step {
+    /// A frame for the session under test: an encoded hostile message or random bytes.
+    Frame(Vec<u8>),
+    /// A message over the frame limit: the transport refuses it, nothing reaches the session.
+    Skip,
+    /// Time passes by this many milliseconds; the target runs a GC step and checks its state.
+    Advance(u64),
+    /// A step of the target's own (8 or 9): restart a session, write, sync an honest peer.
+    Own(u8),
+}
+
+/// The next step of a target's loop, frames built by `message`; `None` once the input runs out.
+pub fn step(
+    u: &mut Unstructured<'_>,
+    offered: &Offered,
+    message: fn(&mut Unstructured<'_>, &Offered) -> ArbResult<Message>,
+) -> Option<Step> {
+    if u.is_empty() {
+        return None;
+    }
+    Some(match u.int_in_range(0u8..=9).ok()? {
+        0..=5 => match message(u, offered).ok()?.encode() {
+            Ok(frame) => Step::Frame(frame),
+            Err(_) => Step::Skip,
+        },
+        6 => Step::Frame(bytes(u, 512).ok()?),
+        7 => Step::Advance(u.int_in_range(0..=40_000_000_000u64).unwrap_or(0)),
+        own => Step::Own(own),
+    })
+}
+
 /// A count: mostly small, sometimes up to `max` (far beyond every bound).
 pub fn repeat(u: &mut Unstructured<'_>, max: u32) -> ArbResult<usize> {
     Ok(match u.int_in_range(0u8..=3)? {
