@@ -867,17 +867,7 @@ impl<'c, C: Choices> Sim<'c, C> {
         for (i, node) in self.nodes.iter_mut().enumerate() {
             let Some(r) = &node.replica else { continue };
             let now_ms = node.clock.now_ms();
-            let mut entries = Vec::new();
-            r.store()
-                .snapshot()
-                .and_then(|s| {
-                    s.scan_keys(&KeyRange::all(), &mut |e| {
-                        entries.push(e);
-                        ControlFlow::Continue(())
-                    })
-                })
-                .map_err(|e| violation("storage", e.to_string()))?;
-            for e in entries.into_iter().filter(|e| !self.lost.contains(&e.stamp)) {
+            for e in stored_entries(r.store())?.into_iter().filter(|e| !self.lost.contains(&e.stamp)) {
                 match node.floor.get(&e.key) {
                     // An older dead record coming back is garbage for the next GC, not visible.
                     Some(floor) if e.stamp < *floor && !e.is_live_at(now_ms) => {}
@@ -1172,6 +1162,21 @@ fn entry_of(r: &Replica<MemoryStore>, key: &[u8]) -> Result<Entry, Violation> {
         .and_then(|s| s.entry(key))
         .map_err(|e| violation("storage", e.to_string()))?
         .ok_or_else(|| violation("I3 write", "a write is not stored"))
+}
+
+/// Every entry `store` holds, live or dead, in key order.
+fn stored_entries<S: Storage>(store: &S) -> Result<Vec<Entry>, Violation> {
+    let mut entries = Vec::new();
+    store
+        .snapshot()
+        .and_then(|s| {
+            s.scan_keys(&KeyRange::all(), &mut |e| {
+                entries.push(e);
+                ControlFlow::Continue(())
+            })
+        })
+        .map_err(|e| violation("storage", e.to_string()))?;
+    Ok(entries)
 }
 
 /// Keys whose stored entry is a tombstone or an expired value at `now`, with its dot.

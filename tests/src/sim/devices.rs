@@ -455,17 +455,8 @@ impl<C: Choices> Sim<'_, C> {
             Ok(false)
         };
         let Some(mine) = store_of(&self.nodes[i].replica, &self.nodes[i].crashed_store) else { return Ok(Vec::new()) };
-        let mut entries = Vec::new();
-        mine.snapshot()
-            .and_then(|s| {
-                s.scan_keys(&KeyRange::all(), &mut |e| {
-                    entries.push(e);
-                    ControlFlow::Continue(())
-                })
-            })
-            .map_err(|e| violation("storage", e.to_string()))?;
         let mut lost = Vec::new();
-        for e in entries {
+        for e in super::stored_entries(&mine)? {
             if survives(&e.key, e.stamp)? {
                 continue;
             }
@@ -890,17 +881,7 @@ impl<C: Choices> Sim<'_, C> {
         for device in &mut self.fleet.devices {
             let Some(r) = &device.replica else { continue };
             let now_ms = device.clock.now_ms();
-            let mut entries = Vec::new();
-            r.store()
-                .snapshot()
-                .and_then(|s| {
-                    s.scan_keys(&KeyRange::all(), &mut |e| {
-                        entries.push(e);
-                        ControlFlow::Continue(())
-                    })
-                })
-                .map_err(|e| violation("storage", e.to_string()))?;
-            for e in entries.into_iter().filter(|e| !self.lost.contains(&e.stamp)) {
+            for e in super::stored_entries(r.store())?.into_iter().filter(|e| !self.lost.contains(&e.stamp)) {
                 match device.floor.get(&e.key) {
                     Some(floor) if e.stamp < *floor && !e.is_live_at(now_ms) => {}
                     Some(floor) if e.stamp < *floor => {
