@@ -16,10 +16,13 @@
 //!   connections go at once, and the removal reaches the other members with the records, where
 //!   the same refresh drops it.
 //! - **Serve** ([`serve`]): one task per device connection; each stream is one device session
-//!   ([`crate::device_stream`]) or the device's news stream.
+//!   ([`crate::device_stream`]; one at a time per connection, at most
+//!   `NodeConfig::device_sessions_max` at once in all) or the device's news stream
+//!   ([`crate::device_news`]: coalesced, and none while the device has what it would say).
 
 use crate::device_directory::{DeviceDirectory, DirectoryError, STREAM_DIRECTORY};
-use crate::device_stream::{NEWS_LINGER, STREAM_DEVICE_NEWS, STREAM_DEVICE_SESSION, pump};
+use crate::device_news::{DeviceConnection, DeviceSessions, Serving, tell_news};
+use crate::device_stream::{STREAM_DEVICE_NEWS, STREAM_DEVICE_SESSION, pump};
 use crate::metrics::SessionOutcome;
 use crate::node::{Failure, Inner, NodeError, lock};
 use lethe_engine::device::DeviceService;
@@ -70,11 +73,18 @@ pub(crate) struct DeviceTable {
     pub(crate) records: tokio::sync::watch::Sender<u64>,
     /// The engine's device records clock at the last trust refresh.
     refreshed: std::sync::atomic::AtomicU64,
+    /// The cap on device sessions running at once, and what they and the news cost.
+    pub(crate) sessions: DeviceSessions,
 }
 
 impl DeviceTable {
-    /// The table of the data directory at `dir`, with `fixed` trusted anyway.
-    pub(crate) fn load(dir: &std::path::Path, fixed: BTreeSet<NodeId>) -> Result<DeviceTable, DirectoryError> {
+    /// The table of the data directory at `dir`, with `fixed` trusted anyway, running at most
+    /// `sessions_max` device sessions at once.
+    pub(crate) fn load(
+        dir: &std::path::Path,
+        fixed: BTreeSet<NodeId>,
+        sessions_max: usize,
+    ) -> Result<DeviceTable, DirectoryError> {
         Ok(DeviceTable {
             directory: Mutex::new(DeviceDirectory::load(dir)?),
             connections: Mutex::default(),
@@ -82,6 +92,7 @@ impl DeviceTable {
             shared: tokio::sync::watch::channel(0).0,
             records: tokio::sync::watch::channel(0).0,
             refreshed: std::sync::atomic::AtomicU64::new(u64::MAX),
+            sessions: DeviceSessions::new(sessions_max),
         })
     }
 
@@ -364,6 +375,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: PeerConnection) {
         // One session at a time per connection: a device that opens more waits its turn (each
         // session holds a store snapshot; QUIC bounds the streams waiting).
         let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+        let state = DeviceConnection::new();
         loop {
             let stream = tokio::select! {
                 s = conn.accept() => s,
@@ -375,15 +387,20 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: PeerConnection) {
                 Ok(None) => continue,
                 Err(_) => break,
             };
-            let (inner, conn, turn) = (inner.clone(), conn.clone(), one_at_a_time.clone());
+            let (inner, conn, turn, state) = (inner.clone(), conn.clone(), one_at_a_time.clone(), state.clone());
             tokio::spawn(
                 async move {
                     match kind.as_slice() {
                         [STREAM_DEVICE_SESSION] => {
+                            // Counted from here: news waits for it, and it may bring what the
+                            // news would have said.
+                            let _counted = state.session();
                             let _turn = turn.lock().await;
-                            serve_session(&inner, &conn, (w, r)).await;
+                            // Beyond the member's cap the session waits here, not refused.
+                            let Some(_running) = inner.devices.sessions.run().await else { return };
+                            serve_session(&inner, &conn, &state, (w, r)).await;
                         }
-                        [STREAM_DEVICE_NEWS] => tell_news(&inner, &conn, w).await,
+                        [STREAM_DEVICE_NEWS] => tell_news(&inner, &conn, &state, w).await,
                         _ => conn.close(CloseCode::Malformed, &format!("unknown device stream kind {kind:?}")),
                     }
                 }
@@ -403,20 +420,27 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: PeerConnection) {
     .await;
 }
 
-/// Runs one device session on a stream the device opened.
-async fn serve_session(inner: &Arc<Inner>, conn: &PeerConnection, stream: FrameStream) {
+/// Runs one device session on a stream the device opened; a complete one notes on `state`
+/// what it brought the device.
+async fn serve_session(inner: &Arc<Inner>, conn: &PeerConnection, state: &DeviceConnection, stream: FrameStream) {
     let device = conn.peer.replica_id();
     let service = inner.with_replica(|r| DeviceService::new(r, Some(device)));
     let result = match service {
-        Ok(mut service) => {
+        Ok(service) => {
             let stall = inner.config.session_stall_timeout;
-            pump(&**inner, &mut service, stream, stall, &mut |_| {}).await
+            let mut flow = Serving { service, download_from: None };
+            pump(&**inner, &mut flow, stream, stall, &mut |_| {}).await.map(|done| (done, flow.download_from))
         }
         Err(e) => Err(Failure::Sync(e)),
     };
     match result {
-        Ok(done) => {
+        Ok((done, download_from)) => {
             let s = &done.stats;
+            if let Some(from) = download_from
+                && SessionOutcome::of_finished(&s.download) == SessionOutcome::Complete
+            {
+                state.served(from);
+            }
             inner.count_received(s.download.live_received, s.download.tombstones_received, s.total_received());
             inner.count_sent_total(s.total_sent());
             inner.count_wire(done.wire_sent, done.wire_received);
@@ -451,35 +475,6 @@ async fn serve_session(inner: &Arc<Inner>, conn: &PeerConnection, stream: FrameS
                     None => debug!("device session ended: {f}"),
                 },
             }
-        }
-    }
-}
-
-/// Tells the device at once, then each time this member committed something (lingering a
-/// moment so a burst is one word), how many live entries it holds (what a bootstrap would send:
-/// the device's estimate of a download's total), until the stream or the connection ends or the
-/// node stops.
-async fn tell_news(
-    inner: &Arc<Inner>,
-    conn: &PeerConnection,
-    mut w: lethe_transport::FrameWriter<lethe_transport::endpoint::SendStream>,
-) {
-    let mut committed = inner.committed.subscribe();
-    let mut stop = inner.shutdown.subscribe();
-    let mut first = true;
-    loop {
-        if !std::mem::take(&mut first) {
-            tokio::select! {
-                changed = committed.changed() => if changed.is_err() { return },
-                _ = conn.conn.closed() => return,
-                _ = stop.changed() => return,
-            }
-            tokio::time::sleep(NEWS_LINGER).await;
-            committed.borrow_and_update();
-        }
-        let live = inner.with_replica(|r| r.counts().live);
-        if w.send(&crate::device_stream::news_frame(live)).await.is_err() || w.flush().await.is_err() {
-            return;
         }
     }
 }

@@ -8,11 +8,13 @@
 //! (where `[0]` is a session, `[1]` live pushes and `[2]` the device directory):
 //! - [`STREAM_DEVICE_SESSION`] (`[3]`, opened by the device): one device session, the device's
 //!   frames and the member's on the same transport framing as a member session;
-//! - [`STREAM_DEVICE_NEWS`] (`[4]`, opened by the device, written by the member): at once and
-//!   each time the member committed something (lingering [`NEWS_LINGER`] so a burst is one), a
-//!   frame of [`NEWS_FRAME_BYTES`]: the member's live entry count, big-endian (the device's
-//!   estimate of a bootstrap's total). After each but the first the device runs a session: that
-//!   is how a member's writes reach a connected device soon.
+//! - [`STREAM_DEVICE_NEWS`] (`[4]`, opened by the device, written by the member): at once, and
+//!   as news once the member's vector moved past what the device's last complete session
+//!   brought it (lingering [`NEWS_LINGER`], then at most one per
+//!   `NodeConfig::device_news_interval`, after the device's sessions on the connection end:
+//!   `device_news.rs`), a frame of [`NEWS_FRAME_BYTES`]: the member's live entry count,
+//!   big-endian (the device's estimate of a bootstrap's total). After each but the first the
+//!   device runs a session: that is how a member's writes reach a connected device soon.
 //!
 //! The pump sends what the session has while reading what the peer sends (two sides that each
 //! stream more than the QUIC windows hold would otherwise wait for each other for ever: the
@@ -44,8 +46,9 @@ pub(crate) fn read_news(frame: &[u8]) -> Option<u64> {
     <[u8; NEWS_FRAME_BYTES]>::try_from(frame).ok().map(u64::from_be_bytes)
 }
 
-/// How long a member waits after a commit before it tells a device (a burst becomes one
-/// session).
+/// How long a member waits after the first commit of a quiet spell before it tells a device
+/// (the commits right behind it go in the same news); later ones wait for
+/// `NodeConfig::device_news_interval` since the last news.
 pub(crate) const NEWS_LINGER: Duration = Duration::from_millis(20);
 
 /// Where a pump finds the replica: a running node's, or one opened for a one-shot sync.

@@ -55,6 +55,7 @@ mod device_directory;
 #[cfg(test)]
 mod device_hostile_tests;
 mod device_link;
+mod device_news;
 mod device_service;
 mod device_stream;
 pub mod health;

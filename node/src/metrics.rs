@@ -28,6 +28,15 @@ pub const CONNECTED_PEERS: &str = "lethe_connected_peers";
 /// Gauge: client devices connected now. Every connected node is a member peer today, so this is
 /// 0 until the device role exists; it is exported already so that dashboards can name it.
 pub const CONNECTED_DEVICES: &str = "lethe_connected_devices";
+/// Gauge: device sessions a member runs now (`status.device_sessions`; at most
+/// `NodeConfig::device_sessions_max`).
+pub const DEVICE_SESSIONS: &str = "lethe_device_sessions";
+/// Gauge: the most device sessions a member ran at once since it started
+/// (`status.device_sessions_peak`).
+pub const DEVICE_SESSIONS_PEAK: &str = "lethe_device_sessions_peak";
+/// Counter: news frames a member sent to connected devices, each asking for a session
+/// (`status.device_news_sent`).
+pub const DEVICE_NEWS_SENT: &str = "lethe_device_news_sent_total";
 /// Gauge: by how many ms this node's clock is ahead of its peers' while local writes are
 /// refused for it (`status.clock_ahead_ms`), else 0.
 pub const CLOCK_AHEAD_MS: &str = "lethe_clock_ahead_ms";
@@ -130,6 +139,9 @@ pub fn describe() {
     describe_gauge!(EXPIRED_RECORDS, Unit::Count, "Expired records not yet collected.");
     describe_gauge!(CONNECTED_PEERS, Unit::Count, "Peers connected now.");
     describe_gauge!(CONNECTED_DEVICES, Unit::Count, "Client devices connected now (0 until the device role exists).");
+    describe_gauge!(DEVICE_SESSIONS, Unit::Count, "Device sessions running now.");
+    describe_gauge!(DEVICE_SESSIONS_PEAK, Unit::Count, "The most device sessions that ran at once.");
+    describe_counter!(DEVICE_NEWS_SENT, Unit::Count, "News frames sent to connected devices.");
     describe_gauge!(
         CLOCK_AHEAD_MS,
         Unit::Milliseconds,
@@ -148,7 +160,9 @@ pub fn describe() {
     describe_counter!(PUSH_GAPS, Unit::Count, "Live pushes whose base this vector did not cover.");
     describe_counter!(DRIFT_REJECTIONS, Unit::Count, "Refusals for clock drift, remote stamps or local writes.");
     describe_histogram!(WRITE_LATENCY_SECONDS, Unit::Seconds, "From a local put or delete call to durable.");
-    for name in [STORE_REOPENS, BYTES_RECEIVED, BYTES_SENT, WIRE_BYTES_RECEIVED, WIRE_BYTES_SENT, PUSH_GAPS] {
+    for name in
+        [STORE_REOPENS, BYTES_RECEIVED, BYTES_SENT, WIRE_BYTES_RECEIVED, WIRE_BYTES_SENT, PUSH_GAPS, DEVICE_NEWS_SENT]
+    {
         counter!(name).increment(0);
     }
 }
@@ -160,6 +174,8 @@ pub fn record_status(status: &Status) {
     gauge!(EXPIRED_RECORDS).set(status.expired as f64);
     gauge!(CONNECTED_PEERS).set(status.connected.len() as f64);
     gauge!(CONNECTED_DEVICES).set(0.0);
+    gauge!(DEVICE_SESSIONS).set(status.device_sessions as f64);
+    gauge!(DEVICE_SESSIONS_PEAK).set(status.device_sessions_peak as f64);
     gauge!(CLOCK_AHEAD_MS).set(status.clock_ahead_ms.unwrap_or(0) as f64);
     gauge!(STORE_FAILED).set(if status.store_error.is_some() { 1.0 } else { 0.0 });
     gauge!(RECOVERING).set(if status.recovering.is_some() { 1.0 } else { 0.0 });
@@ -217,6 +233,11 @@ pub(crate) fn remote_drift_rejected() {
 /// A local write was refused because this node's clock is ahead of its peers'.
 pub(crate) fn local_write_drift_rejected() {
     counter!(DRIFT_REJECTIONS, "kind" => "local_write").increment(1);
+}
+
+/// A news frame was sent to a device.
+pub(crate) fn device_news_sent() {
+    counter!(DEVICE_NEWS_SENT).increment(1);
 }
 
 /// The store was reopened after a failure.

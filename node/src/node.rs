@@ -65,6 +65,12 @@ impl FromStr for PeerAddr {
 /// The default [`NodeConfig::device_anti_entropy_interval`]: one hour.
 pub const DEVICE_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// The default [`NodeConfig::device_news_interval`]: 1 s.
+pub const DEVICE_NEWS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The default [`NodeConfig::device_sessions_max`]: 64.
+pub const DEVICE_SESSIONS_MAX: usize = 64;
+
 /// The default [`NodeConfig::session_stall_timeout`]: 60 s.
 pub const SESSION_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -98,6 +104,15 @@ pub struct NodeConfig {
     /// by fingerprints that settles what deltas cannot; each walks the member's index, so with
     /// many devices keep it long). Default [`DEVICE_ANTI_ENTROPY_INTERVAL`].
     pub device_anti_entropy_interval: Duration,
+    /// On a member: the shortest time between two news frames to one device connection (each
+    /// makes the device run a session). Commits meanwhile are coalesced into the one news sent
+    /// when it ends, so a burst of commits costs each connected device about one session per
+    /// interval, not one per commit. Default [`DEVICE_NEWS_INTERVAL`].
+    pub device_news_interval: Duration,
+    /// On a member: how many device sessions run at once, at most (each holds a store snapshot
+    /// and a share of the CPU). Sessions beyond it wait for one to end; none is refused. 0 is
+    /// taken as 1. Default [`DEVICE_SESSIONS_MAX`].
+    pub device_sessions_max: usize,
     /// The longest wait between reconnection attempts (backoff doubles up to this).
     pub reconnect_max: Duration,
     /// How long a session may wait on its peer (a frame to arrive, or the peer to take one)
@@ -212,6 +227,8 @@ impl NodeConfig {
             gc_interval: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(60),
             device_anti_entropy_interval: DEVICE_ANTI_ENTROPY_INTERVAL,
+            device_news_interval: DEVICE_NEWS_INTERVAL,
+            device_sessions_max: DEVICE_SESSIONS_MAX,
             reconnect_max: Duration::from_secs(5),
             session_stall_timeout: SESSION_STALL_TIMEOUT,
             clock: NodeClock::default(),
@@ -401,6 +418,18 @@ pub struct Status {
     /// On a device: the node id of the member it is connected to now.
     #[serde(default)]
     pub server: Option<String>,
+    /// On a member: device sessions running now (at most [`NodeConfig::device_sessions_max`];
+    /// those waiting for their turn are not counted).
+    #[serde(default)]
+    pub device_sessions: u64,
+    /// On a member: the most device sessions that ran at once since the node started.
+    #[serde(default)]
+    pub device_sessions_peak: u64,
+    /// On a member: news frames sent to connected devices since the node started (each asks
+    /// the device for a session; at most one per device connection per
+    /// [`NodeConfig::device_news_interval`]).
+    #[serde(default)]
+    pub device_news_sent: u64,
 }
 
 pub(crate) fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -469,6 +498,9 @@ pub(crate) struct Inner {
     pub(crate) watchers: Arc<Watchers>,
     /// Bumped after every commit that changed the store or the vector: wakes the pushers.
     pub(crate) committed: watch::Sender<u64>,
+    /// The replica's vector, set whenever it moved: what news to a device is compared with
+    /// (`device_news.rs`) without taking the replica's lock.
+    pub(crate) vector_now: watch::Sender<VersionVector>,
     writes: mpsc::Sender<WriteRequest>,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Connected peers and their connections.
@@ -560,6 +592,9 @@ impl Inner {
             }
             let changes = replica.take_changes();
             let moved = replica.vector() != &before;
+            if moved {
+                self.vector_now.send_replace(replica.vector().clone());
+            }
             if moved || failed || !changes.is_empty() || recovering != recovering_before {
                 self.cache_status(&replica);
             }
@@ -677,6 +712,8 @@ impl Inner {
         status.store_reopens = self.store_reopens.load(Ordering::Relaxed);
         status.last_sync = lock(&self.last_sync).clone();
         status.server = lock(&self.server).map(|s| s.to_string());
+        (status.device_sessions, status.device_sessions_peak) = self.devices.sessions.counts();
+        status.device_news_sent = self.devices.sessions.news_sent.load(Ordering::Relaxed);
         // A finished session merged the member's vector (`Done`) after its uploads were all
         // admitted: the device then holds what the member held. Not once it lost the member
         // (disconnected, refused): it cannot know.
@@ -792,7 +829,8 @@ impl Node {
         // The owner (this node's own key) may connect too: that is how the CLI reaches it.
         let fixed: std::collections::BTreeSet<NodeId> =
             config.trust.iter().copied().chain(config.peers.iter().map(|p| p.id)).chain([id]).collect();
-        let devices = crate::device_service::DeviceTable::load(config.data.path(), fixed.clone())?;
+        let devices =
+            crate::device_service::DeviceTable::load(config.data.path(), fixed.clone(), config.device_sessions_max)?;
         // On a device, its servers' keys verify the acknowledgements they relay (none yet).
         let trust = TrustList::new(fixed.iter().copied().chain(config.servers.iter().map(|s| s.id)));
         // Acknowledgements are signed with this node's key, and one a peer relays about a third
@@ -802,6 +840,7 @@ impl Node {
         let listen = endpoint.local_addr()?;
         let (writes, write_rx) = mpsc::channel(GROUP_COMMIT_MAX * 4);
         let known = trust.ids().into_iter().map(|n| (n.replica_id(), n)).collect();
+        let vector_now = watch::channel(replica.vector().clone()).0;
         let inner = Arc::new(Inner {
             id,
             listen,
@@ -810,6 +849,7 @@ impl Node {
             endpoint,
             watchers: Arc::default(),
             committed: watch::channel(0).0,
+            vector_now,
             writes,
             shutdown: watch::channel(false).0,
             connected: Mutex::new(BTreeMap::new()),
