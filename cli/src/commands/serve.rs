@@ -2,7 +2,8 @@
 //! settings from flags and, optionally, a TOML file (`--config`).
 //!
 //! The file's keys are the flags' names in kebab-case (`listen`, `peer`, `trust`, `server`,
-//! `gc-interval`, `anti-entropy-interval`, `lease`, `device-lease`, `metrics`, `metrics-public`), plus `data`
+//! `gc-interval`, `anti-entropy-interval`, `lease`, `device-lease`, `device-news-interval`,
+//! `device-sessions-max`, `metrics`, `metrics-public`), plus `data`
 //! for the global `--data` and `compression` (`compression = false` is `--no-compression`). A
 //! boolean the file sets is overridden by the opposite flag (`--compression`,
 //! `--no-metrics-public`). A repeatable flag is a list (`peer = ["ID@ADDR"]`), a duration a string (`"2s"`). A key the
@@ -87,6 +88,14 @@ pub struct ServeArgs {
     /// member's setting) [default: 30days].
     #[arg(long, value_parser = positive_duration)]
     device_lease: Option<Duration>,
+    /// On a member: the shortest time between two news frames to a connected device (each
+    /// makes it run a session); commits meanwhile go in the one sent when it ends [default: 1s].
+    #[arg(long, value_parser = positive_duration)]
+    device_news_interval: Option<Duration>,
+    /// On a member: how many device sessions run at once, at most; more wait their turn
+    /// [default: 64].
+    #[arg(long, value_parser = positive_count)]
+    device_sessions_max: Option<usize>,
     /// Neither offer nor accept zstd-compressed frames: every connection sends frames raw both
     /// ways (less CPU, more bytes). In the file: `compression = false`.
     #[arg(long, conflicts_with = "compression")]
@@ -116,6 +125,8 @@ pub struct ServeFile {
     anti_entropy_interval: Option<String>,
     lease: Option<String>,
     device_lease: Option<String>,
+    device_news_interval: Option<String>,
+    device_sessions_max: Option<usize>,
     metrics: Option<String>,
     metrics_public: Option<bool>,
     compression: Option<bool>,
@@ -203,6 +214,18 @@ impl ServeArgs {
         config.engine.lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         let device_lease = duration(self.device_lease, "device-lease", file.device_lease, DEVICE_LEASE_DEFAULT)?;
         config = config.with_device_lease(device_lease);
+        config.device_news_interval = duration(
+            self.device_news_interval,
+            "device-news-interval",
+            file.device_news_interval,
+            lethe_node::node::DEVICE_NEWS_INTERVAL,
+        )?;
+        config.device_sessions_max = match (self.device_sessions_max, file.device_sessions_max) {
+            (Some(n), _) => n,
+            (None, Some(0)) => return Err(anyhow!("config key `device-sessions-max`: 0; it must be 1 or more")),
+            (None, Some(n)) => n,
+            (None, None) => lethe_node::node::DEVICE_SESSIONS_MAX,
+        };
         for server in servers {
             config = config.with_server(server);
         }
@@ -242,6 +265,15 @@ pub fn positive_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` is zero; it must be more than zero, like 500ms or 2s"));
     }
     Ok(d)
+}
+
+/// A count of 1 or more (a member capped at 0 device sessions would serve none).
+pub fn positive_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err(format!("`{text}` is zero; it must be 1 or more")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{text}` is not a count like 64: {e}")),
+    }
 }
 
 /// Runs the node until SIGINT or SIGTERM.
@@ -352,6 +384,28 @@ mod tests {
         };
         let err = both.settle(Some(tmp.path().into())).unwrap_err();
         assert!(format!("{err:#}").contains("a device has no peers"), "{err:#}");
+    }
+
+    #[test]
+    fn the_device_news_interval_and_session_cap_come_from_flags_or_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path =
+            write(tmp.path(), "listen = \"127.0.0.1:7000\"\ndevice-news-interval = \"5s\"\ndevice-sessions-max = 8\n");
+        let (config, _) =
+            ServeArgs { config: Some(path.clone()), ..ServeArgs::default() }.settle(Some(tmp.path().into())).unwrap();
+        assert_eq!((config.device_news_interval, config.device_sessions_max), (Duration::from_secs(5), 8));
+        let args = ServeArgs { config: Some(path), device_sessions_max: Some(2), ..ServeArgs::default() };
+        assert_eq!(args.settle(Some(tmp.path().into())).unwrap().0.device_sessions_max, 2, "the flag wins");
+        let defaults = write(tmp.path(), "listen = \"127.0.0.1:7000\"\n");
+        let (config, _) =
+            ServeArgs { config: Some(defaults), ..ServeArgs::default() }.settle(Some(tmp.path().into())).unwrap();
+        assert_eq!(config.device_news_interval, lethe_node::node::DEVICE_NEWS_INTERVAL);
+        assert_eq!(config.device_sessions_max, lethe_node::node::DEVICE_SESSIONS_MAX);
+        let zero = write(tmp.path(), "listen = \"127.0.0.1:7000\"\ndevice-sessions-max = 0\n");
+        let err = ServeArgs { config: Some(zero), ..ServeArgs::default() }.settle(Some(tmp.path().into())).unwrap_err();
+        assert!(format!("{err:#}").contains("device-sessions-max"), "{err:#}");
+        assert!(positive_count("0").is_err() && positive_count("x").is_err());
+        assert_eq!(positive_count("64"), Ok(64));
     }
 
     #[test]
