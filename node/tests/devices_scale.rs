@@ -165,9 +165,12 @@ async fn a_device_uploading_a_write_runs_no_second_session_for_its_news() {
         until("the write is admitted", || has(&server, &key) && phone.status().unwrap().pending_uploads == 0).await;
         quiet(std::slice::from_ref(phone)).await;
     }
+    // No news of what the device itself sent: that is what held it to one session per write.
+    assert_eq!(server.status().unwrap().device_news_sent, news_before, "news of the device's own uploads");
+    // One session per uploaded write (one more allowed for a reconnect); with news of its own
+    // writes it was two per write.
     let ran = sessions(phone) - before;
-    assert_eq!(ran, 3, "one session per uploaded write; a second one is for the news of the device's own write");
-    assert_eq!(server.status().unwrap().device_news_sent, news_before, "no news of what the device itself sent");
+    assert!((3..=4).contains(&ran), "{ran} sessions for 3 uploaded writes, one at a time");
     // The member's own writes still reach it.
     server.put("theirs", "s", PutOptions::default()).await.unwrap();
     until("a member write reaches the device", || has(phone, "theirs")).await;
