@@ -215,3 +215,58 @@ pub(crate) async fn tell_news(
         debug!("told the device of news");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lethe_engine::{ReplicaId, Seq};
+
+    fn vector(seqs: &[(u64, u64)]) -> VersionVector {
+        seqs.iter().map(|&(r, s)| (ReplicaId(r), Seq(s))).collect::<Vec<_>>().into()
+    }
+
+    #[tokio::test]
+    async fn sessions_beyond_the_cap_wait_and_the_peak_counts_those_that_ran_at_once() {
+        let sessions = DeviceSessions::new(2);
+        let (a, b) = (sessions.run().await, sessions.run().await);
+        assert_eq!(sessions.counts(), (2, 2));
+        let third = tokio::spawn({
+            let permits = sessions.permits.clone();
+            async move { permits.acquire_owned().await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished(), "a third session waits while two run");
+        drop(a);
+        assert!(matches!(third.await, Ok(Ok(()))), "it runs once one ended");
+        drop(b);
+        assert_eq!(sessions.counts(), (0, 2), "none runs now; the peak stays");
+        let none = DeviceSessions::new(0);
+        assert!(none.run().await.is_some(), "a cap of 0 is taken as 1");
+    }
+
+    #[test]
+    fn news_is_due_until_a_complete_session_covered_the_vector_and_again_once_it_moved() {
+        let conn = DeviceConnection::new();
+        let now = vector(&[(1, 5), (2, 3)]);
+        assert!(!conn.covers(&now), "no session yet: news is due");
+        conn.served(vector(&[(1, 5), (2, 3)]));
+        assert!(conn.covers(&now));
+        assert!(!conn.covers(&vector(&[(1, 6), (2, 3)])), "the member's vector moved past it");
+        assert!(!conn.covers(&vector(&[(1, 5), (2, 3), (3, 1)])), "a new member's write");
+        // A later session's vector replaces the earlier one (sessions on a connection run one
+        // at a time, so the last to end began last).
+        conn.served(vector(&[(1, 6), (2, 3)]));
+        assert!(conn.covers(&vector(&[(1, 6), (2, 3)])));
+    }
+
+    #[test]
+    fn a_session_stream_is_counted_until_its_guard_drops() {
+        let conn = DeviceConnection::new();
+        let sessions = conn.sessions.subscribe();
+        let (a, b) = (conn.session(), conn.session());
+        assert_eq!(*sessions.borrow(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(*sessions.borrow(), 0);
+    }
+}
