@@ -57,6 +57,7 @@ mod device_hostile_tests;
 mod device_link;
 mod device_service;
 mod device_stream;
+mod directory_file;
 pub mod health;
 pub mod metrics;
 pub mod node;
