@@ -4,8 +4,8 @@
 //! The engine names a device by its replica id (8 bytes of its node id), and its device records
 //! travel between members with that id alone. A member can only let a device connect if it
 //! knows the device's whole node id (the hash of its key, which TLS checks), so the node keeps
-//! this directory beside the store (`DIR/devices.cbor`, 0600, written whole through a temporary
-//! file and a rename) and members share it: on each member connection, a stream whose first
+//! this directory beside the store (`DIR/devices.redb`, `directory_file.rs`: each change
+//! written alone, durably) and members share it: on each member connection, a stream whose first
 //! frame is [`STREAM_DIRECTORY`] carries the directory in chunks of at most
 //! [`DIRECTORY_ENTRIES_PER_FRAME`] entries, sent at connect and again whenever it changes.
 //!
@@ -25,13 +25,14 @@
 //!   a frame is at most the transport's frame limit, and more entries than
 //!   [`DIRECTORY_ENTRIES_PER_FRAME`] in one refuse it whole.
 
+use crate::directory_file::DirectoryFile;
 use lethe_engine::ReplicaId;
 use lethe_engine::device::DEVICES_MAX;
 use lethe_transport::NodeId;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// The first frame of a stream between members that carries the device directory.
 pub(crate) const STREAM_DIRECTORY: u8 = 2;
@@ -129,6 +130,16 @@ pub enum DirectoryError {
         /// Why.
         source: std::io::Error,
     },
+    /// The file's database failed (opening, reading or committing).
+    #[error("device directory {path}: {what} failed ({reason}); check the disk (room, permissions) and retry")]
+    Store {
+        /// The file.
+        path: String,
+        /// What was being done.
+        what: &'static str,
+        /// What the database said.
+        reason: String,
+    },
     /// The file does not decode.
     #[error(
         "device directory {path} is damaged ({reason}); restore it from a backup or remove it and enrol the devices again"
@@ -171,10 +182,30 @@ pub const SHARED_PENDING_MAX: usize = 8 * DIRECTORY_ENTRIES_PER_FRAME;
 /// One entry of a member's shared directory, decoded and bounded: node id and name.
 pub(crate) type SharedEntry = (NodeId, Option<String>);
 
+/// One entry as it was before a change ([`DeviceDirectory::undo`]).
+#[derive(Debug)]
+struct UndoPoint {
+    replica: ReplicaId,
+    entry: Option<DirectoryEntry>,
+    removed: bool,
+    version: u64,
+}
+
 /// The devices a member knows by node id, by replica id.
+///
+/// Changes are made in memory and written by [`Self::save`]: the entries changed after the
+/// version last saved and the replica ids removed since. Clones share the file (a change made
+/// in a copy and swapped in once saved leaves the original as the file is if the save fails).
+/// One made with `Default` (tests) has no file and saves nothing.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct DeviceDirectory {
     entries: BTreeMap<ReplicaId, DirectoryEntry>,
+    /// The file, shared by clones; `None`: in memory only.
+    file: Option<Arc<Mutex<DirectoryFile>>>,
+    /// The version whose entries are all on disk.
+    saved: u64,
+    /// Replica ids removed since the last save.
+    removed: BTreeSet<ReplicaId>,
     /// Shared entries waiting for the engine to enrol their replica id, oldest first (at most
     /// [`SHARED_PENDING_MAX`]).
     pending: std::collections::VecDeque<SharedEntry>,
@@ -182,7 +213,7 @@ pub(crate) struct DeviceDirectory {
     pub(crate) version: u64,
 }
 
-fn check_name(name: Option<&str>) -> Result<(), DirectoryError> {
+pub(crate) fn check_name(name: Option<&str>) -> Result<(), DirectoryError> {
     match name {
         Some(n) if n.len() > DEVICE_NAME_BYTES_MAX => {
             Err(DirectoryError::NameTooLong { len: n.len(), max: DEVICE_NAME_BYTES_MAX })
@@ -192,55 +223,35 @@ fn check_name(name: Option<&str>) -> Result<(), DirectoryError> {
 }
 
 impl DeviceDirectory {
-    /// The file in the data directory at `dir`.
-    pub(crate) fn path(dir: &Path) -> PathBuf {
-        dir.join("devices.cbor")
-    }
-
-    /// Loads the directory of the data directory at `dir` (empty if it has none yet).
+    /// Opens the directory of the data directory at `dir` (empty if it has none yet; a
+    /// `devices.cbor` of an older version is moved into it, `directory_file.rs`).
     pub(crate) fn load(dir: &Path) -> Result<DeviceDirectory, DirectoryError> {
-        let path = Self::path(dir);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DeviceDirectory::default()),
-            Err(source) => return Err(DirectoryError::Io { path: path.display().to_string(), source }),
-        };
-        let damaged = |reason: String| DirectoryError::Damaged { path: path.display().to_string(), reason };
-        let list: Vec<DirectoryEntry> = ciborium::from_reader(bytes.as_slice()).map_err(|e| damaged(e.to_string()))?;
-        if list.len() > DEVICES_MAX {
-            return Err(damaged(format!("{} entries, more than {DEVICES_MAX}", list.len())));
-        }
-        let mut entries = BTreeMap::new();
-        for e in list {
-            check_name(e.name.as_deref()).map_err(|e| damaged(e.to_string()))?;
-            entries.insert(NodeId(e.node).replica_id(), e);
-        }
-        Ok(DeviceDirectory { entries, pending: Default::default(), version: 0 })
+        let (file, list) = DirectoryFile::open(dir)?;
+        let entries = list.into_iter().map(|e| (NodeId(e.node).replica_id(), e)).collect();
+        Ok(DeviceDirectory { entries, file: Some(Arc::new(Mutex::new(file))), ..DeviceDirectory::default() })
     }
 
-    /// Writes the directory whole into the data directory at `dir` (0600, through a temporary
-    /// file, synced, then renamed over the old one), so a crash leaves the old or the new.
-    pub(crate) fn save(&self, dir: &Path) -> Result<(), DirectoryError> {
-        let path = Self::path(dir);
-        let tmp = dir.join("devices.cbor.tmp");
-        let io = |p: &Path| {
-            let p = p.display().to_string();
-            move |source| DirectoryError::Io { path: p, source }
-        };
-        let mut bytes = Vec::new();
-        let list: Vec<&DirectoryEntry> = self.entries.values().collect();
-        ciborium::into_writer(&list, &mut bytes)
-            .map_err(|e| DirectoryError::Damaged { path: path.display().to_string(), reason: e.to_string() })?;
-        let _ = std::fs::remove_file(&tmp);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp).map_err(io(&tmp))?;
-        file.write_all(&bytes).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+    /// Writes what changed since the last save (entries changed after it, entries removed
+    /// since) in one durable transaction, so a crash leaves the one before or the one after.
+    /// On an error nothing was written and what is unsaved stays so (the next save writes it).
+    pub(crate) fn save(&mut self) -> Result<(), DirectoryError> {
+        let puts: Vec<&DirectoryEntry> = self.entries.values().filter(|e| e.changed > self.saved).collect();
+        let removes: Vec<ReplicaId> = self.removed.iter().copied().filter(|r| !self.entries.contains_key(r)).collect();
+        if let Some(file) = &self.file
+            && !(puts.is_empty() && removes.is_empty())
+        {
+            file.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apply(&puts, &removes)?;
+        }
+        self.saved = self.version;
+        self.removed.clear();
+        Ok(())
+    }
+
+    /// The node ids the file holds now (read through the file this directory writes).
+    #[cfg(test)]
+    pub(crate) fn stored_nodes(&self) -> Vec<NodeId> {
+        let file = self.file.as_ref().map(|f| f.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read_all());
+        file.map_or_else(Vec::new, |r| r.unwrap().iter().map(|e| NodeId(e.node)).collect())
     }
 
     /// The node id and name of the device with replica id `replica`, if known.
@@ -274,44 +285,55 @@ impl DeviceDirectory {
     /// Forgets the device with replica id `replica`. Returns whether it was known.
     pub(crate) fn remove(&mut self, replica: ReplicaId) -> bool {
         let removed = self.entries.remove(&replica).is_some();
-        self.version += u64::from(removed);
+        if removed {
+            self.version += 1;
+            self.removed.insert(replica);
+        }
         removed
     }
 
-    /// [`Self::enrol`], then [`Self::save`] into the data directory at `dir` if anything
-    /// changed. If the save fails, memory is as before the call (so a retry saves again).
-    pub(crate) fn enrol_saved(
-        &mut self,
-        node: NodeId,
-        name: Option<String>,
-        dir: &Path,
-    ) -> Result<bool, DirectoryError> {
-        let (before, version) = (self.entries.get(&node.replica_id()).cloned(), self.version);
+    /// [`Self::enrol`], then [`Self::save`] if anything changed. If the save fails, memory is
+    /// as before the call (so a retry saves again).
+    pub(crate) fn enrol_saved(&mut self, node: NodeId, name: Option<String>) -> Result<bool, DirectoryError> {
+        let before = self.undo_point(node.replica_id());
         if !self.enrol(node, name)? {
             return Ok(false);
         }
-        self.save(dir).inspect_err(|_| self.undo(node.replica_id(), before, version))?;
+        self.save().inspect_err(|_| self.undo(before))?;
         Ok(true)
     }
 
-    /// [`Self::remove`], then [`Self::save`] into the data directory at `dir` if it was known.
-    /// If the save fails, memory is as before the call (so a retry removes and saves again).
-    pub(crate) fn remove_saved(&mut self, replica: ReplicaId, dir: &Path) -> Result<bool, DirectoryError> {
-        let (before, version) = (self.entries.get(&replica).cloned(), self.version);
+    /// [`Self::remove`], then [`Self::save`] if it was known. If the save fails, memory is as
+    /// before the call (so a retry removes and saves again).
+    pub(crate) fn remove_saved(&mut self, replica: ReplicaId) -> Result<bool, DirectoryError> {
+        let before = self.undo_point(replica);
         if !self.remove(replica) {
             return Ok(false);
         }
-        self.save(dir).inspect_err(|_| self.undo(replica, before, version))?;
+        self.save().inspect_err(|_| self.undo(before))?;
         Ok(true)
     }
 
-    /// Puts back the entry of `replica` and the version as they were.
-    fn undo(&mut self, replica: ReplicaId, before: Option<DirectoryEntry>, version: u64) {
-        match before {
-            Some(e) => self.entries.insert(replica, e),
-            None => self.entries.remove(&replica),
+    /// What [`Self::undo`] needs to put the entry of `replica` back as it is now.
+    fn undo_point(&self, replica: ReplicaId) -> UndoPoint {
+        UndoPoint {
+            replica,
+            entry: self.entries.get(&replica).cloned(),
+            removed: self.removed.contains(&replica),
+            version: self.version,
+        }
+    }
+
+    /// Puts the entry of `replica` and the version back as they were at `point`.
+    fn undo(&mut self, point: UndoPoint) {
+        match point.entry {
+            Some(e) => self.entries.insert(point.replica, e),
+            None => self.entries.remove(&point.replica),
         };
-        self.version = version;
+        if !point.removed {
+            self.removed.remove(&point.replica);
+        }
+        self.version = point.version;
     }
 
     /// The frames that share this directory with a member: every entry (`after` `None`) or
@@ -392,9 +414,12 @@ impl DeviceDirectory {
     /// `enrolled` are adopted; entries whose device the engine `revoked` are dropped. Returns
     /// whether the entries changed.
     pub(crate) fn settle(&mut self, enrolled: impl Fn(ReplicaId) -> bool, revoked: impl Fn(ReplicaId) -> bool) -> bool {
-        let before = self.entries.len();
-        self.entries.retain(|replica, _| !revoked(*replica));
-        let mut changed = self.entries.len() != before;
+        let gone: Vec<ReplicaId> = self.entries.keys().copied().filter(|r| revoked(*r)).collect();
+        for r in &gone {
+            self.entries.remove(r);
+            self.removed.insert(*r);
+        }
+        let mut changed = !gone.is_empty();
         for (node, name) in std::mem::take(&mut self.pending) {
             if enrolled(node.replica_id()) {
                 changed |= self.adopt(node, name);
@@ -436,7 +461,7 @@ mod tests {
     #[test]
     fn a_shared_entry_never_replaces_one_enrolled_here_and_is_kept_across_a_save() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut here = DeviceDirectory::default();
+        let mut here = DeviceDirectory::load(tmp.path()).unwrap();
         assert!(here.enrol(node(1), Some("phone".into())).unwrap());
         let mut other = DeviceDirectory::default();
         other.enrol(node(2), None).unwrap();
@@ -451,10 +476,13 @@ mod tests {
         }
         assert_eq!(here.get(node(1).replica_id()).unwrap().node, node(1).0);
         assert!(!here.get(node(2).replica_id()).unwrap().here);
-        here.save(tmp.path()).unwrap();
-        let back = DeviceDirectory::load(tmp.path()).unwrap();
+        here.save().unwrap();
         let names = |d: &DeviceDirectory| d.iter().map(|(n, e)| (n, e.name.clone(), e.here)).collect::<Vec<_>>();
-        assert_eq!(names(&back), names(&here));
+        let saved = names(&here);
+        let file = here.file.take();
+        drop(file);
+        let back = DeviceDirectory::load(tmp.path()).unwrap();
+        assert_eq!(names(&back), saved);
         // After a share, only what changed goes.
         let (_, upto) = here.frames_since(None);
         here.enrol(node(5), None).unwrap();
@@ -485,5 +513,63 @@ mod tests {
         assert!(d.merge_frame(&bytes).is_err());
         assert!(d.entries.is_empty());
         assert!(d.enrol(node(4), Some("y".repeat(DEVICE_NAME_BYTES_MAX + 1))).is_err());
+    }
+
+    /// Every entry and name as the file holds them, read by a fresh load.
+    fn reloaded(dir: &Path) -> Vec<(NodeId, Option<String>, bool)> {
+        DeviceDirectory::load(dir).unwrap().iter().map(|(n, e)| (n, e.name.clone(), e.here)).collect()
+    }
+
+    #[test]
+    fn each_change_is_written_alone_and_survives_a_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut d = DeviceDirectory::load(tmp.path()).unwrap();
+            for b in 1..=3 {
+                assert!(d.enrol_saved(node(b), Some(format!("d{b}"))).unwrap());
+            }
+            assert!(d.remove_saved(node(2).replica_id()).unwrap());
+            assert!(d.enrol_saved(node(3), Some("renamed".into())).unwrap());
+            // A shared entry, adopted and saved; then one revoked by the engine, settled.
+            assert!(d.adopt(node(4), None));
+            d.save().unwrap();
+            assert!(d.settle(|_| true, |r| r == node(1).replica_id()));
+            d.save().unwrap();
+        }
+        assert_eq!(
+            reloaded(tmp.path()),
+            vec![(node(3), Some("renamed".into()), true), (node(4), None, false)],
+            "the file holds what memory held"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(crate::directory_file::path(tmp.path())).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the directory names every device: owner only");
+        }
+    }
+
+    #[test]
+    fn a_devices_cbor_of_an_older_version_is_moved_into_the_file_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = vec![
+            DirectoryEntry { node: node(7).0, name: Some("old phone".into()), here: true, changed: 0 },
+            DirectoryEntry { node: node(8).0, name: None, here: false, changed: 0 },
+        ];
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&old, &mut bytes).unwrap();
+        let legacy = tmp.path().join("devices.cbor");
+        std::fs::write(&legacy, &bytes).unwrap();
+        let want = vec![(node(7), Some("old phone".into()), true), (node(8), None, false)];
+        assert_eq!(reloaded(tmp.path()), want);
+        assert!(!legacy.exists(), "moved, not kept beside the file");
+        assert_eq!(reloaded(tmp.path()), want, "and still there at the next start");
+        // A crash after the move's commit and before the removal: the same again, nothing twice.
+        std::fs::write(&legacy, &bytes).unwrap();
+        assert_eq!(reloaded(tmp.path()), want);
+        // A damaged one is refused, saying where.
+        std::fs::write(&legacy, b"not cbor").unwrap();
+        let err = DeviceDirectory::load(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("devices.cbor") && err.contains("damaged"), "{err}");
     }
 }

@@ -192,7 +192,7 @@ fn settle_directory(inner: &Inner) {
     // (the next refresh tries again), so an operator's retry of a removal still finds its entry.
     let mut next = dir.clone();
     next.settle(enrolled, revoked);
-    match next.save(inner.config.data.path()) {
+    match next.save() {
         Ok(()) => *dir = next,
         Err(e) => warn!("could not write the device directory: {e}"),
     }
@@ -258,7 +258,7 @@ impl Inner {
         // Another member's entry for this replica id gives way to the operator's here. Memory
         // changes only once the file is written: a failed save leaves both as before, and a
         // retry writes it.
-        let directory_changed = lock(&self.devices.directory).enrol_saved(device, name, self.config.data.path())?;
+        let directory_changed = lock(&self.devices.directory).enrol_saved(device, name)?;
         let enrolled = self.with_replica(|r| r.enrol_device(device.replica_id()))?;
         if directory_changed {
             self.devices.shared.send_modify(|n| *n += 1);
@@ -283,7 +283,7 @@ impl Inner {
         }
         // The entry leaves memory only once the file is written: after a failed save, a retry
         // (the engine has it removed already) removes and writes it.
-        let forgotten = lock(&self.devices.directory).remove_saved(device.replica_id(), self.config.data.path());
+        let forgotten = lock(&self.devices.directory).remove_saved(device.replica_id());
         // The engine no longer has it enrolled: trust and connections go now, whatever the save.
         refresh_trust(self);
         if self.devices.fixed.contains(&device) {
@@ -578,7 +578,7 @@ pub(crate) fn take_shared_frame(inner: &Inner, frame: &[u8]) -> Result<(usize, b
     if added > 0 {
         // This node's own disk: nothing the peer did. The entries are kept in memory (and
         // written with the next change); a restart before then learns them again.
-        if let Err(e) = lock(&inner.devices.directory).save(inner.config.data.path()) {
+        if let Err(e) = lock(&inner.devices.directory).save() {
             warn!("could not write the device directory: {e}");
         }
     }

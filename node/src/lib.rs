@@ -58,6 +58,7 @@ mod device_link;
 mod device_news;
 mod device_service;
 mod device_stream;
+mod directory_file;
 pub mod health;
 pub mod metrics;
 pub mod node;

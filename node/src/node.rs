@@ -1069,7 +1069,7 @@ impl Node {
 
     /// Enrols the device `device` at this member while it runs (docs/design.md §8), with an
     /// optional `name` (at most [`crate::DEVICE_NAME_BYTES_MAX`] bytes): its node id and name
-    /// persist in the data directory (`devices.cbor`), the engine enrols its replica id (durable;
+    /// persist in the data directory (`devices.redb`, one durable transaction), the engine enrols its replica id (durable;
     /// the enrolment reaches the other members with the device records, and this member's
     /// directory with its node id), and it may connect at once. Returns whether anything
     /// changed (enrolling again only renames). Refused on a device, for this node's own id and
@@ -1081,8 +1081,8 @@ impl Node {
     /// Removes the device `device` at once: the engine drops it (durable; it stops holding
     /// collection back, and every member refuses it once the removal reaches it), its open
     /// connections here close, and it is refused from then on. Returns whether it was enrolled
-    /// (or its directory entry was still to be removed: the retry of a removal whose save of
-    /// `devices.cbor` failed).
+    /// (or its directory entry was still to be removed: the retry of a removal whose write to
+    /// `devices.redb` failed).
     pub fn remove_device(&self, device: NodeId) -> Result<bool, NodeError> {
         self.inner.remove_device(device)
     }

@@ -4,6 +4,7 @@
 
 use lethe_node::{NodeRole, Status, SyncReport};
 use lethe_tests::cluster::{NodeProc, wait_until};
+use lethe_tests::disk_shim::DiskShim;
 use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -298,4 +299,63 @@ fn a_device_data_directory_is_not_served_as_a_member_nor_a_member_synced_as_a_de
         Err((2, err)) => assert!(err.contains("member"), "{err}"),
         other => panic!("a member's store must not be synced as a device: {other:?}"),
     }
+}
+
+/// The node ids `device list --json` prints.
+fn listed(server: &NodeProc) -> Vec<String> {
+    let out = ok(server, &["device", "list", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(out.trim()).expect("device list --json prints a list");
+    list.iter().filter_map(|d| d["node_id"].as_str().map(str::to_string)).collect()
+}
+
+/// Runs `lethe cmd` until it succeeds (what an operator told "retry" does).
+fn retry_until_ok(node: &NodeProc, cmd: &[&str]) {
+    wait_until(&format!("lethe {cmd:?} succeeds"), CONVERGE, || {
+        let (code, _, err) = node.cli(cmd);
+        if code != 0 {
+            assert!(err.contains("retry"), "a failure that does not say to retry: {err}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (code == 0, err)
+    });
+}
+
+/// On a full disk (every sync fails with ENOSPC, under the `LD_PRELOAD` shim) `device add` and
+/// `device remove` fail and say why: the device directory's commit could not be made durable.
+/// Their retries once the disk has room succeed without a restart, and a restart finds what
+/// they wrote (`devices.redb`, one transaction per change).
+#[test]
+fn device_add_and_remove_on_a_full_disk_fail_and_their_retries_persist() {
+    let root = tempfile::tempdir().unwrap();
+    let shim = DiskShim::build(root.path());
+    let mut server = NodeProc::init(root.path(), "server");
+    let dev = NodeProc::init(root.path(), "dev");
+    let other = NodeProc::init(root.path(), "other");
+    server.start_with_env(&member_args(&[]), &shim.env());
+    enrol(&server, &other, "tablet");
+    shim.fill();
+    let (code, _, err) = server.cli(&["device", "add", &dev.id.to_string(), "--name", "phone"]);
+    assert_ne!(code, 0, "an enrolment was acknowledged on a full disk");
+    assert!(err.contains("device directory") && err.contains("retry"), "{err}");
+    shim.free();
+    // The node reopens its store by itself once the disk has room; until then it says to retry.
+    retry_until_ok(&server, &["device", "add", &dev.id.to_string(), "--name", "phone"]);
+    server.stop();
+    server.start_with_env(&member_args(&[]), &shim.env());
+    let mut want = vec![dev.id.to_string(), other.id.to_string()];
+    want.sort();
+    let mut got = listed(&server);
+    got.sort();
+    assert_eq!(got, want, "the retried enrolment was kept across a restart");
+
+    shim.fill();
+    let (code, _, err) = server.cli(&["device", "remove", &dev.id.to_string()]);
+    assert_ne!(code, 0, "a removal was acknowledged on a full disk");
+    assert!(err.contains("device directory") || err.contains("No space left"), "{err}");
+    shim.free();
+    retry_until_ok(&server, &["device", "remove", &dev.id.to_string()]);
+    server.stop();
+    server.start(&member_args(&[]));
+    assert_eq!(listed(&server), vec![other.id.to_string()], "the retried removal was kept across a restart");
+    server.stop();
 }
