@@ -96,3 +96,38 @@ fn a_write_requeued_under_a_lost_dot_is_admitted_afresh_at_a_member_with_a_highe
     assert_eq!(hub.digest(), other.digest());
     assert_eq!(hub.digest(), phone.digest());
 }
+
+/// Finding 7. The phone is restored from a backup made after its write `a`; the hub admitted
+/// `a` and `b` since (cursor 2). The restored phone writes `new` (upload seq 2 again) and
+/// restarts before its first session: what it knew when it was restored (its counter and
+/// clock at open) must survive the restart, or the hub's cursor is no evidence of the reuse,
+/// `new` stays at upload seq 2, is answered "known", and is dropped.
+#[test]
+fn a_restored_device_that_restarts_before_its_first_session_loses_no_write() {
+    let clock = ManualClock::new(T0);
+    let mut hub = open_member(MemoryStore::new(), 1, &clock);
+    let mut phone = open_device(MemoryStore::new(), 100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    put(&mut phone, "a", &clock);
+    let backup = phone.store().clone();
+    put(&mut phone, "b", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(hub.devices().cursor(phone.id()).0, 2);
+    drop(phone);
+
+    let mut phone = open_device(backup, 100, &clock);
+    put(&mut phone, "new", &clock);
+    // Twice: the second run, which writes nothing, keeps the point too.
+    for _ in 0..2 {
+        let store = phone.store().clone();
+        drop(phone);
+        phone = open_device(store, 100, &clock);
+    }
+    for _ in 0..2 {
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+    }
+    assert_eq!(keys(&hub), ["a", "b", "new"], "the restored phone's new write was lost");
+    assert_eq!(keys(&phone), ["a", "b", "new"]);
+    assert_eq!(phone.pending_uploads().unwrap(), 0);
+    assert_eq!(hub.digest(), phone.digest());
+}
