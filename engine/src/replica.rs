@@ -218,6 +218,9 @@ pub struct Replica<S: Storage> {
     pub(crate) signer: Arc<dyn crate::sign::AckSigner>,
     /// Relayed acknowledgements about a third replica ignored for want of its valid signature.
     pub(crate) acks_unverified: u64,
+    /// Member handshakes whose claim of merged device records lay too far beyond the records
+    /// clock (`device/enrol.rs`; memory only).
+    pub(crate) records_clock_claims_refused: u64,
     pub(crate) index: KeyIndex,
     pub(crate) membership: Membership,
     pub(crate) checkpoint: Option<Checkpoint>,
@@ -403,6 +406,7 @@ impl<S: Storage> Replica<S> {
                     drift_rejections: 0,
                     signer: Arc::new(crate::sign::NoSigner),
                     acks_unverified: 0,
+                    records_clock_claims_refused: 0,
                     index: durable.index,
                     membership: durable.membership,
                     checkpoint: durable.checkpoint,
@@ -444,6 +448,7 @@ impl<S: Storage> Replica<S> {
                     drift_rejections: 0,
                     signer: Arc::new(crate::sign::NoSigner),
                     acks_unverified: 0,
+                    records_clock_claims_refused: 0,
                     index: KeyIndex::default(),
                     membership: Membership::default(),
                     checkpoint: None,

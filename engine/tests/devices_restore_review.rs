@@ -131,3 +131,76 @@ fn a_restored_device_that_restarts_before_its_first_session_loses_no_write() {
     assert_eq!(phone.pending_uploads().unwrap(), 0);
     assert_eq!(hub.digest(), phone.digest());
 }
+
+/// Finding 6. The hub is restored from a backup older than device-record changes the other
+/// member merged (the other member's `records_seen` for the hub is beyond the restored hub's
+/// records clock). A removal made at the restored hub must still reach the other member: its
+/// records clock must not stay below what the other member already merged from it.
+#[test]
+fn a_removal_at_a_member_restored_from_an_older_copy_reaches_its_peer() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
+    let mut tablet = open_device(MemoryStore::new(), 101, &clock);
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    let backup = hub.store().clone();
+    hub.enrol_device(tablet.id()).unwrap();
+    for _ in 0..3 {
+        clock.advance(1);
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+        sync_device_in_process(&mut tablet, &mut hub).unwrap();
+    }
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    let merged = other.records_seen(hub.id());
+    drop(hub);
+
+    let mut hub = open_member(backup, 1, &clock);
+    assert!(hub.devices().clock() < merged, "the copy's records clock is behind what the peer merged");
+    assert!(hub.remove_device(phone.id()).unwrap());
+    for _ in 0..2 {
+        sync_in_process(&mut hub, &mut other, false).unwrap();
+    }
+    assert!(other.devices().is_revoked(phone.id()), "the removal at the restored hub never reached its peer");
+    assert!(hub.devices().clock() > merged, "the restored hub's records clock passed what the peer merged");
+}
+
+/// Runs a member session from `a` to `b` in which `b`'s handshake says it merged `a`'s device
+/// records up to `records_seen`.
+fn sync_claiming_records_seen(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>, records_seen: u64) {
+    use lethe_engine::session::{Message, Session};
+    let mut sa = Session::new(a, Some(b.id())).unwrap();
+    let mut sb = Session::new(b, Some(a.id())).unwrap();
+    for _ in 0..20 {
+        while let Some(f) = sa.poll_transmit(a).unwrap() {
+            sb.handle(b, &f).unwrap();
+        }
+        while let Some(f) = sb.poll_transmit(b).unwrap() {
+            let f = match Message::decode(&f).unwrap() {
+                Message::Hello(mut hello) => {
+                    hello.records_seen = records_seen;
+                    Message::Hello(hello).encode().unwrap()
+                }
+                _ => f,
+            };
+            sa.handle(a, &f).unwrap();
+        }
+    }
+}
+
+/// Finding 6's bound: a peer claiming to have merged this member's records more than
+/// `RECORDS_CLOCK_GAP_MAX` beyond its records clock is refused and counted, and the clock does
+/// not move; one within the bound moves it past the claim.
+#[test]
+fn a_records_claim_beyond_the_gap_bound_is_refused_and_counted() {
+    use lethe_engine::device::records::RECORDS_CLOCK_GAP_MAX;
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut other, _phone) = two_members_and_a_phone(&clock);
+    let before = hub.devices().clock();
+    sync_claiming_records_seen(&mut hub, &mut other, before + RECORDS_CLOCK_GAP_MAX + 1);
+    assert_eq!(hub.records_clock_claims_refused(), 1);
+    assert_eq!(hub.devices().clock(), before, "a refused claim moves nothing");
+    sync_claiming_records_seen(&mut hub, &mut other, u64::MAX);
+    assert_eq!(hub.records_clock_claims_refused(), 2);
+    sync_claiming_records_seen(&mut hub, &mut other, before + RECORDS_CLOCK_GAP_MAX);
+    assert_eq!(hub.records_clock_claims_refused(), 2);
+    assert!(hub.devices().clock() > before + RECORDS_CLOCK_GAP_MAX, "jumped past the claim");
+}
