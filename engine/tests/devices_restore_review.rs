@@ -4,8 +4,11 @@
 use lethe_engine::device::sync_device_in_process;
 use lethe_engine::session::sync_in_process;
 use lethe_engine::{
-    Config, InsecureTestSigner, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role,
+    Config, Dot, InsecureTestSigner, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role,
+    Snapshot, Stamp, Storage,
 };
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 const T0: u64 = 1_700_000_000_000;
@@ -31,6 +34,22 @@ fn put(r: &mut Replica<MemoryStore>, key: &str, clock: &ManualClock) {
 
 fn keys(r: &Replica<MemoryStore>) -> Vec<String> {
     r.scan(&KeyRange::all(), usize::MAX).unwrap().into_iter().map(|i| String::from_utf8(i.key).unwrap()).collect()
+}
+
+/// No dot names two different writes, anywhere.
+fn assert_no_dot_reused(replicas: &[&Replica<MemoryStore>]) {
+    let mut by_dot: BTreeMap<Dot, (Vec<u8>, Stamp)> = BTreeMap::new();
+    for r in replicas {
+        r.store()
+            .snapshot()
+            .unwrap()
+            .scan_keys(&KeyRange::all(), &mut |e| {
+                let seen = by_dot.entry(e.dot()).or_insert_with(|| (e.key.clone(), e.stamp));
+                assert_eq!(*seen, (e.key.clone(), e.stamp), "dot {} names two writes (at {})", e.dot(), r.id());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+    }
 }
 
 /// Two members, the hub (id 1) and the other (id 2), and a phone enrolled at both.
@@ -68,6 +87,7 @@ fn a_write_requeued_under_a_lost_dot_is_admitted_afresh_at_a_member_with_a_highe
 
     drop(hub);
     let mut hub = open_member(backup, 1, &clock);
+    put(&mut hub, "x", &clock); // hub:2 again: the other member holds v under it
     // The first session shows the hub its lost dots; the second tells the other member.
     for _ in 0..2 {
         let _ = sync_in_process(&mut hub, &mut other, false);
@@ -91,10 +111,11 @@ fn a_write_requeued_under_a_lost_dot_is_admitted_afresh_at_a_member_with_a_highe
         let _ = sync_device_in_process(&mut phone, &mut other);
     }
     for r in [&hub, &other, &phone] {
-        assert_eq!(keys(r), ["h", "v", "w"], "at {}", r.id());
+        assert_eq!(keys(r), ["h", "v", "w", "x"], "at {}", r.id());
     }
     assert_eq!(hub.digest(), other.digest());
     assert_eq!(hub.digest(), phone.digest());
+    assert_no_dot_reused(&[&hub, &other, &phone]);
 }
 
 /// Finding 7. The phone is restored from a backup made after its write `a`; the hub admitted
