@@ -225,3 +225,40 @@ fn a_records_claim_beyond_the_gap_bound_is_refused_and_counted() {
     assert_eq!(hub.records_clock_claims_refused(), 2);
     assert!(hub.devices().clock() > before + RECORDS_CLOCK_GAP_MAX, "jumped past the claim");
 }
+
+/// Finding 7's remaining gap (docs/design.md §8): a backup of a device's store taken after a
+/// run (not its first to write) made writes and before that run's first session holds the
+/// run's open point. Restored, the device takes those writes for its own run's, re-numbers
+/// them above the hub's cursor, and one the hub admitted, deleted and collected since comes
+/// back. The restored device cannot tell that copy from a restart of the run.
+#[test]
+#[ignore = "known limit: a backup taken after a run's writes but before its first session (docs/design.md §8)"]
+fn a_backup_of_a_later_runs_unsent_writes_brings_back_no_collected_delete() {
+    let clock = ManualClock::new(T0);
+    let mut hub = open_member(MemoryStore::new(), 1, &clock);
+    let mut phone = open_device(MemoryStore::new(), 100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    put(&mut phone, "a", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let store = phone.store().clone();
+    drop(phone);
+    let mut phone = open_device(store, 100, &clock);
+    put(&mut phone, "kept", &clock);
+    put(&mut phone, "deleted", &clock);
+    let backup = phone.store().clone();
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    hub.delete("deleted").unwrap();
+    for _ in 0..3 {
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+        hub.collect_garbage().unwrap();
+    }
+    assert_eq!(hub.tombstone_count(), 0, "the delete is collected");
+    drop(phone);
+
+    let mut phone = open_device(backup, 100, &clock);
+    for _ in 0..2 {
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+    }
+    assert_eq!(hub.get(b"deleted").unwrap(), None, "a deleted, collected write came back");
+    assert_eq!(keys(&hub), ["a", "kept"]);
+}
