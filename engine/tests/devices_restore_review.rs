@@ -262,3 +262,39 @@ fn a_backup_of_a_later_runs_unsent_writes_brings_back_no_collected_delete() {
     assert_eq!(hub.get(b"deleted").unwrap(), None, "a deleted, collected write came back");
     assert_eq!(keys(&hub), ["a", "kept"]);
 }
+
+/// Finding 6 with a third member: the restored hub jumps its records clock past what the
+/// other member merged, and the third member had merged one change more. Jumping just past
+/// the first claim would give the re-sent records clock values the third member takes for
+/// merged; the removal must reach both.
+#[test]
+fn a_removal_at_a_restored_member_reaches_a_peer_that_merged_more_than_the_first_one_met() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
+    let mut third = open_member(MemoryStore::new(), 3, &clock);
+    for m in [&mut hub, &mut other] {
+        m.enrol_member(third.id()).unwrap();
+        third.enrol_member(m.id()).unwrap();
+    }
+    sync_in_process(&mut hub, &mut third, false).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    let backup = hub.store().clone();
+    for _ in 0..3 {
+        clock.advance(1);
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+    }
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    hub.enrol_device(ReplicaId(101)).unwrap();
+    sync_in_process(&mut hub, &mut third, false).unwrap();
+    assert!(other.records_seen(hub.id()) < third.records_seen(hub.id()), "the third member merged more");
+    drop(hub);
+
+    let mut hub = open_member(backup, 1, &clock);
+    assert!(hub.remove_device(phone.id()).unwrap());
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    for _ in 0..2 {
+        sync_in_process(&mut hub, &mut third, false).unwrap();
+    }
+    assert!(other.devices().is_revoked(phone.id()), "the removal never reached the other member");
+    assert!(third.devices().is_revoked(phone.id()), "the removal never reached the third member");
+}

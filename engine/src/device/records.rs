@@ -222,16 +222,20 @@ impl Devices {
     /// Moves the records clock past `seen` (what a peer said it merged of this member's
     /// records, beyond this clock: this store is an older copy) and marks every record changed
     /// after it, so the whole table goes again to every member, once, and changes made here
-    /// since the restore are not taken for ones the peer merged already. Returns whether it
-    /// jumped: not for a `seen` within the clock, more than [`RECORDS_CLOCK_GAP_MAX`] beyond
-    /// it, or so near `u64::MAX` that the records would not fit above it. Persist with
+    /// since the restore are not taken for ones a peer merged already. The clock jumps by
+    /// [`RECORDS_CLOCK_GAP_MAX`], past every claim it would accept, not just past `seen`:
+    /// another member may have merged more of the lost changes than this one, and would take
+    /// re-sent records numbered just past `seen` for merged. Returns whether it jumped: not
+    /// for a `seen` within the clock, more than [`RECORDS_CLOCK_GAP_MAX`] beyond it, or so
+    /// near `u64::MAX` that the records would not fit above the jump. Persist with
     /// [`Devices::take_dirty`].
     pub(crate) fn jump_clock_past(&mut self, seen: u64) -> bool {
         let room = u64::try_from(self.records.len()).unwrap_or(u64::MAX);
-        if seen <= self.clock || seen - self.clock > RECORDS_CLOCK_GAP_MAX || seen.checked_add(room).is_none() {
+        let Some(jumped) = self.clock.checked_add(RECORDS_CLOCK_GAP_MAX) else { return false };
+        if seen <= self.clock || seen > jumped || jumped.checked_add(room).is_none() {
             return false;
         }
-        self.clock = seen;
+        self.clock = jumped;
         let devices: Vec<ReplicaId> = self.records.keys().copied().collect();
         for device in devices {
             self.touch(device);
