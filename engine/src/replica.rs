@@ -218,6 +218,9 @@ pub struct Replica<S: Storage> {
     pub(crate) signer: Arc<dyn crate::sign::AckSigner>,
     /// Relayed acknowledgements about a third replica ignored for want of its valid signature.
     pub(crate) acks_unverified: u64,
+    /// Member handshakes whose claim of merged device records lay too far beyond the records
+    /// clock (`device/enrol.rs`; memory only).
+    pub(crate) records_clock_claims_refused: u64,
     pub(crate) index: KeyIndex,
     pub(crate) membership: Membership,
     pub(crate) checkpoint: Option<Checkpoint>,
@@ -243,6 +246,9 @@ pub struct Replica<S: Storage> {
     /// session's handshake went; memory only). A member's cursor beyond both it and
     /// `opened_seq` shows this store is an older copy (`device/queue.rs`).
     pub(crate) uploads_sent_max: Seq,
+    /// On a device: whether a session's handshake went in this run (memory only): from then on
+    /// its open point is no longer kept for a restart (`DeviceState::opened`).
+    pub(crate) handshake_sent: bool,
     /// Own seqs lost to restores ([`Meta::Lost`], `replica/restore.rs`).
     lost_own: Vec<(Seq, Seq)>,
     /// Other members' seqs lost to restores, as their handshakes (or others') told (memory
@@ -377,7 +383,14 @@ impl<S: Storage> Replica<S> {
                     return Err(Error::WrongRole { stored, requested: config.role });
                 }
                 let durable = Durable::read(&snap, id)?;
-                let opened_seq = durable.counter(id);
+                // A device run that wrote and restarted before its first session opens with the
+                // point that run opened with (`device/queue.rs` `DeviceState::opened`).
+                let opened = durable
+                    .device
+                    .opened
+                    .unwrap_or(crate::device::OpenPoint { seq: durable.counter(id), clock: durable.clock });
+                let opened_seq = opened.seq.min(durable.counter(id));
+                let opened_clock = opened.clock.min(durable.clock);
                 if role.is_none() {
                     drop(snap);
                     let mut batch = Batch::new();
@@ -393,6 +406,7 @@ impl<S: Storage> Replica<S> {
                     drift_rejections: 0,
                     signer: Arc::new(crate::sign::NoSigner),
                     acks_unverified: 0,
+                    records_clock_claims_refused: 0,
                     index: durable.index,
                     membership: durable.membership,
                     checkpoint: durable.checkpoint,
@@ -402,9 +416,10 @@ impl<S: Storage> Replica<S> {
                     peer_clocks: clock::PeerClocks::default(),
                     recovery: durable.recovery,
                     restore_epoch: 0,
-                    opened_clock: durable.clock,
+                    opened_clock,
                     opened_seq,
                     uploads_sent_max: Seq(0),
+                    handshake_sent: false,
                     lost_own: durable.lost_own,
                     lost_others: BTreeMap::new(),
                     recovery_heard: Default::default(),
@@ -433,6 +448,7 @@ impl<S: Storage> Replica<S> {
                     drift_rejections: 0,
                     signer: Arc::new(crate::sign::NoSigner),
                     acks_unverified: 0,
+                    records_clock_claims_refused: 0,
                     index: KeyIndex::default(),
                     membership: Membership::default(),
                     checkpoint: None,
@@ -445,6 +461,7 @@ impl<S: Storage> Replica<S> {
                     opened_clock: Hlc(0),
                     opened_seq: Seq(0),
                     uploads_sent_max: Seq(0),
+                    handshake_sent: false,
                     lost_own: Vec::new(),
                     lost_others: BTreeMap::new(),
                     recovery_heard: Default::default(),

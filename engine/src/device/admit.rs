@@ -23,6 +23,10 @@
 //!   answer, or queued it again after a restore) is answered with its dot, unless that dot is
 //!   one this member lost to a restore: then it is numbered afresh (the higher seq of the same
 //!   write wins the tie);
+//! - the very write held under a dot that any member lost to a restore is replaced by a fresh
+//!   copy under a dot of this member, whatever the LWW dot tie between the two copies (a
+//!   lower member id would otherwise keep it under the lost dot, and the device would take
+//!   "superseded" and drop it);
 //! - any other write is applied under a fresh dot of this member if it wins over what the key
 //!   holds, and answered as superseded if not; either way the cursor passes it.
 //!
@@ -138,15 +142,19 @@ impl<S: Storage> Replica<S> {
             cursor = cursor.max(upload_seq);
             // The very write, held already (uploaded again by a device that lost its answer,
             // or queued again after a restore): answered with its dot, never applied twice.
-            if let Some(cur) = current.as_ref().filter(|cur| cur.stamp == entry.stamp && cur.payload == entry.payload)
-                && !lost_dot
-            {
+            let same_write =
+                current.as_ref().is_some_and(|cur| cur.stamp == entry.stamp && cur.payload == entry.payload);
+            if let Some(cur) = current.as_ref().filter(|_| same_write && !lost_dot) {
                 answers.push(Admission::Admitted(cur.dot));
                 continue;
             }
             clock.observe(entry.stamp.hlc, wall_ms)?;
             let candidate = Entry { dot: Dot { replica: me, seq: seq.next() }, ..entry.settled_at(wall_ms) };
-            if current.as_ref().is_some_and(|cur| !candidate.wins_over(cur)) {
+            // The very write under a lost dot is replaced by the fresh copy whatever the dot
+            // tie: the old copy's dot may name another write at its member now, and a lower
+            // member id there would win the tie and leave the write under it (finding 4).
+            let replaces_lost = same_write && lost_dot;
+            if !replaces_lost && current.as_ref().is_some_and(|cur| !candidate.wins_over(cur)) {
                 answers.push(Admission::Superseded);
                 continue;
             }

@@ -158,6 +158,33 @@ impl<S: Storage> Replica<S> {
         self.records_seen.acked.get(&peer).copied().unwrap_or(0)
     }
 
+    /// Takes what member `peer`'s handshake said of how far it merged this replica's device
+    /// records. Beyond this replica's records clock, this store is an older copy (restored from
+    /// a backup): the clock jumps past it and the whole table goes again
+    /// ([`Devices::jump_clock_past`]), or the peer would take the changes made here since the
+    /// restore (a removal) for ones it merged already. A claim more than
+    /// [`RECORDS_CLOCK_GAP_MAX`](crate::device::records::RECORDS_CLOCK_GAP_MAX) beyond it is
+    /// refused and counted ([`Replica::records_clock_claims_refused`]). Durable when this
+    /// returns.
+    pub(crate) fn note_records_claimed(&mut self, peer: ReplicaId, seen: u64) -> Result<()> {
+        if self.is_device() || !self.membership.is_enrolled(peer) || seen <= self.devices.clock() {
+            return Ok(());
+        }
+        if !self.devices.jump_clock_past(seen) {
+            self.records_clock_claims_refused += 1;
+            return Ok(());
+        }
+        self.persist_devices()
+    }
+
+    /// How many member handshakes claimed to have merged this replica's device records beyond
+    /// [`RECORDS_CLOCK_GAP_MAX`](crate::device::records::RECORDS_CLOCK_GAP_MAX) past its records
+    /// clock (refused, not believed).
+    #[must_use]
+    pub fn records_clock_claims_refused(&self) -> u64 {
+        self.records_clock_claims_refused
+    }
+
     /// Notes how far `peer` merged this replica's device records (never past this replica's
     /// records clock: a larger claim would only keep records from the peer). In memory until
     /// the next merge persists it: lost, records are sent again, which changes nothing.

@@ -27,8 +27,8 @@ mod queue;
 mod session;
 
 pub use message::{Admission, DeviceHello, MemberHello, SeqProof};
-pub use queue::DeviceState;
 pub(crate) use queue::Settle;
+pub use queue::{DeviceState, OpenPoint};
 pub use records::{DEVICE_LEASE_MS_DEFAULT, DEVICES_MAX, DeviceRecord, Devices, TooManyDevices};
 pub use session::{
     DEVICE_ANTI_ENTROPY_MIN_MS, DeviceOutcome, DeviceService, DeviceSession, DeviceStats, UPLOADS_IN_FLIGHT,

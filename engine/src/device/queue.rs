@@ -20,6 +20,7 @@
 use crate::device::message::{Admission, SeqProof};
 use crate::entry::Entry;
 use crate::error::{Result, StorageError};
+use crate::hlc::Hlc;
 use crate::ids::{Dot, ReplicaId, Seq};
 use crate::replica::Replica;
 use crate::storage::{Batch, Meta, Snapshot, Storage, decode_cbor, encode_cbor};
@@ -49,6 +50,23 @@ pub struct DeviceState {
     /// At most one per member a handshake came from (`MEMBER_PROOFS_MAX`).
     #[serde(default)]
     pub proofs: BTreeMap<ReplicaId, SeqProof>,
+    /// What the run that made the writes still unsent knew when it opened the store (its
+    /// counter and clock), kept from its first local write until its first member handshake:
+    /// a restart before that handshake opens with the same point, so a device restored from
+    /// a backup that writes and restarts still tells its writes from the copy's
+    /// ([`Replica::renumber_uploads_past`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened: Option<OpenPoint>,
+}
+
+/// What a device run knew when it opened its store ([`DeviceState::opened`]): own writes above
+/// its counter, stamped above its clock, are the run's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenPoint {
+    /// The device's upload counter at open.
+    pub seq: Seq,
+    /// Its clock at open.
+    pub clock: Hlc,
 }
 
 /// A device keeps at most this many members' proofs (one per member: members are at most
@@ -171,11 +189,23 @@ impl<S: Storage> Replica<S> {
             return None;
         }
         let vector = self.members_vector();
-        if self.device.bases.last().is_some_and(|(_, v)| *v == vector) {
+        let new_base = self.device.bases.last().is_none_or(|(_, v)| *v != vector);
+        // Until this run's first handshake: a restart before one keeps the run's open point.
+        // Not for a run that opened a store with no own write: such a point would make every
+        // write of a copy of this store taken before its first session look like a restored
+        // run's, and re-numbered, a write the members processed since (deleted, collected)
+        // would come back; with none, the copy's counter covers them.
+        let keep_open_point = !self.handshake_sent && self.device.opened.is_none() && self.opened_seq > Seq(0);
+        if !new_base && !keep_open_point {
             return None;
         }
         let mut state = self.device.clone();
-        state.bases.push((first, vector));
+        if new_base {
+            state.bases.push((first, vector));
+        }
+        if keep_open_point {
+            state.opened = Some(OpenPoint { seq: self.opened_seq, clock: self.opened_clock });
+        }
         batch.set_meta(Meta::Device, encode_cbor(&state));
         Some(state)
     }
@@ -288,6 +318,8 @@ impl<S: Storage> Replica<S> {
     /// The evidence: `cursor` beyond every upload seq this run found or may have sent (its
     /// counter at open, and every write queued when a session's handshake went). A cursor
     /// beyond the counter alone would miss a restored device that wrote up to the cursor again.
+    /// "At open" is the open point kept in [`DeviceState::opened`] when a run wrote and
+    /// restarted before its first handshake.
     pub(crate) fn renumber_uploads_past(&mut self, cursor: Seq) -> Result<bool> {
         let me = self.id();
         if cursor <= self.opened_seq.max(self.uploads_sent_max) {
@@ -334,6 +366,12 @@ impl<S: Storage> Replica<S> {
             ControlFlow::Continue(())
         })?;
         self.uploads_sent_max = self.uploads_sent_max.max(last.unwrap_or(Seq(0)));
+        self.handshake_sent = true;
+        // From now on a member's cursor up to them is no evidence, in this run or after a
+        // restart (whose counter then covers them): the open point has done its work.
+        if self.device.opened.is_some() {
+            self.update_device(|s| s.opened = None)?;
+        }
         Ok(())
     }
 

@@ -40,6 +40,13 @@ pub const DEVICES_MAX: usize = 100_000;
 /// The default device lease: a device silent for 30 days stops holding collection back.
 pub const DEVICE_LEASE_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
 
+/// The furthest beyond this member's own records clock a peer may say it merged this member's
+/// records (2^32 changes, far more than a store falls behind between a backup and its restore):
+/// a member restored from an older copy jumps its clock by this much, past any such claim
+/// ([`Devices::jump_clock_past`]); a larger one is refused and counted, not believed (it would
+/// push the clock toward overflow).
+pub const RECORDS_CLOCK_GAP_MAX: u64 = 1 << 32;
+
 /// Enrolling one more device would exceed [`DEVICES_MAX`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -210,6 +217,30 @@ impl Devices {
     #[must_use]
     pub fn clock(&self) -> u64 {
         self.clock
+    }
+
+    /// Moves the records clock past `seen` (what a peer said it merged of this member's
+    /// records, beyond this clock: this store is an older copy) and marks every record changed
+    /// after it, so the whole table goes again to every member, once, and changes made here
+    /// since the restore are not taken for ones a peer merged already. The clock jumps by
+    /// [`RECORDS_CLOCK_GAP_MAX`], past every claim it would accept, not just past `seen`:
+    /// another member may have merged more of the lost changes than this one, and would take
+    /// re-sent records numbered just past `seen` for merged. Returns whether it jumped: not
+    /// for a `seen` within the clock, more than [`RECORDS_CLOCK_GAP_MAX`] beyond it, or so
+    /// near `u64::MAX` that the records would not fit above the jump. Persist with
+    /// [`Devices::take_dirty`].
+    pub(crate) fn jump_clock_past(&mut self, seen: u64) -> bool {
+        let room = u64::try_from(self.records.len()).unwrap_or(u64::MAX);
+        let Some(jumped) = self.clock.checked_add(RECORDS_CLOCK_GAP_MAX) else { return false };
+        if seen <= self.clock || seen > jumped || jumped.checked_add(room).is_none() {
+            return false;
+        }
+        self.clock = jumped;
+        let devices: Vec<ReplicaId> = self.records.keys().copied().collect();
+        for device in devices {
+            self.touch(device);
+        }
+        true
     }
 
     fn touch(&mut self, device: ReplicaId) {

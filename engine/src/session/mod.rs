@@ -666,6 +666,8 @@ impl Session {
         replica.acknowledge(peer, &hello.vector);
         self.claims_offered = self.claims_offered.saturating_add(hello.members.len());
         replica.merge_gossip(peer, &hello.members);
+        // Beyond this replica's records clock: it is an older copy, and jumps past (`enrol.rs`).
+        replica.note_records_claimed(peer, hello.records_seen)?;
         replica.note_records_acked(peer, hello.records_seen);
         if std::mem::take(&mut self.records_deferred) {
             self.outbox.extend(replica.device_records_for(Some(peer), hello.records_seen));
