@@ -2,7 +2,7 @@
 //! member's own cursor claim, bounds on cursors and epochs from the wire, and what a device
 //! holds for a key after an upload answered `Refused` or `Known`.
 
-use lethe_engine::device::{DeviceService, DeviceSession, sync_device_in_process};
+use lethe_engine::device::{DeviceService, DeviceSession};
 use lethe_engine::session::{Message, Session, sync_in_process};
 use lethe_engine::{Config, InsecureTestSigner, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role};
 use std::sync::Arc;

@@ -356,9 +356,18 @@ impl Devices {
         })
     }
 
-    /// The record of `device` with its cursor advanced to `seq` by member `by`, whose counter is
-    /// then `counter`, for the batch that admits the uploads up to it (memory follows with
-    /// [`Devices::advance_cursor`] once it is durable), if enrolled and it moves.
+    /// The highest upload seq of `device` that member `by` claims to have handled (0: none).
+    #[must_use]
+    pub fn claim_of(&self, device: ReplicaId, by: ReplicaId) -> Seq {
+        self.records.get(&device).and_then(|r| r.cursors.get(&by)).map_or(Seq(0), |c| c.1)
+    }
+
+    /// The record of `device` with member `by`'s cursor claim raised to `seq` (the highest
+    /// upload seq it handled), its counter then `counter`, for the batch that admits the
+    /// uploads up to it (memory follows with [`Devices::advance_cursor`] once it is durable),
+    /// if enrolled and the claim moves. The cursor follows when the claim passes it; a claim
+    /// raised below the cursor still records that `by` handled those seqs itself (finding 2:
+    /// it answers them from what it holds from then on, never applying them again).
     pub(crate) fn advanced_record(
         &self,
         device: ReplicaId,
@@ -366,17 +375,19 @@ impl Devices {
         by: ReplicaId,
         counter: Seq,
     ) -> Option<DeviceRecord> {
-        self.get(device).filter(|r| seq > r.cursor).map(|r| {
+        self.get(device).filter(|r| seq > r.cursors.get(&by).map_or(Seq(0), |c| c.1)).map(|r| {
             let mut record = DeviceRecord { changed: self.clock + 1, ..r.clone() };
             record.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
             record
         })
     }
 
-    /// Advances the cursor of `device` to `seq` (never back), admitted by member `by` whose
-    /// counter is then `counter`.
+    /// Raises member `by`'s cursor claim for `device` to `seq` (never back), its counter then
+    /// `counter`; the cursor follows.
     pub(crate) fn advance_cursor(&mut self, device: ReplicaId, seq: Seq, by: ReplicaId, counter: Seq) {
-        if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked && seq > r.cursor) {
+        if let Some(r) =
+            self.records.get_mut(&device).filter(|r| !r.revoked && seq > r.cursors.get(&by).map_or(Seq(0), |c| c.1))
+        {
             r.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
             self.touch(device);
         }
