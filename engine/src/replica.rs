@@ -218,6 +218,9 @@ pub struct Replica<S: Storage> {
     pub(crate) signer: Arc<dyn crate::sign::AckSigner>,
     /// Relayed acknowledgements about a third replica ignored for want of its valid signature.
     pub(crate) acks_unverified: u64,
+    /// Relayed claims refused as implausible: a device cursor or epoch too far beyond what this
+    /// replica holds (`CURSOR_GAP_MAX`, `DEVICE_EPOCH_GAP_MAX`).
+    pub(crate) claims_implausible: u64,
     pub(crate) index: KeyIndex,
     pub(crate) membership: Membership,
     pub(crate) checkpoint: Option<Checkpoint>,
@@ -393,6 +396,7 @@ impl<S: Storage> Replica<S> {
                     drift_rejections: 0,
                     signer: Arc::new(crate::sign::NoSigner),
                     acks_unverified: 0,
+                    claims_implausible: 0,
                     index: durable.index,
                     membership: durable.membership,
                     checkpoint: durable.checkpoint,
@@ -433,6 +437,7 @@ impl<S: Storage> Replica<S> {
                     drift_rejections: 0,
                     signer: Arc::new(crate::sign::NoSigner),
                     acks_unverified: 0,
+                    claims_implausible: 0,
                     index: KeyIndex::default(),
                     membership: Membership::default(),
                     checkpoint: None,

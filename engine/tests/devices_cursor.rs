@@ -2,9 +2,12 @@
 //! member's own cursor claim, bounds on cursors and epochs from the wire, and what a device
 //! holds for a key after an upload answered `Refused` or `Known`.
 
-use lethe_engine::device::{DeviceService, DeviceSession};
-use lethe_engine::session::{Message, Session, sync_in_process};
-use lethe_engine::{Config, InsecureTestSigner, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role};
+use lethe_engine::device::records::RecordWire;
+use lethe_engine::device::{DeviceService, DeviceSession, MemberHello, sync_device_in_process};
+use lethe_engine::membership::MemberInfo;
+use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session, SyncError, sync_in_process};
+use lethe_engine::sign::CursorClaim;
+use lethe_engine::{Config, InsecureTestSigner, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role, Seq};
 use std::sync::Arc;
 
 const T0: u64 = 1_700_000_000_000;
@@ -116,4 +119,98 @@ fn a_write_a_member_admitted_on_the_not_seen_path_is_not_applied_again_after_its
     sync_losing_answers(&mut phone, &mut other);
     assert_eq!(other.vector().get(other.id()), issued, "the write was applied a second time");
     assert!(other.get(b"w").unwrap().is_none(), "the write came back after its delete");
+}
+
+/// A hostile `b` opens a session with `a` and sends `records` as its device records.
+fn hostile_records(a: &mut Replica<MemoryStore>, b: &Replica<MemoryStore>, records: Vec<RecordWire>) {
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        replica: b.id(),
+        vector: b.vector().clone(),
+        members: vec![MemberInfo::from(b.sign_ack(b.vector().clone()))],
+        values: 1,
+        anti_entropy: false,
+        wall_ms: T0,
+        records_seen: b.records_seen(a.id()),
+        lost: Vec::new(),
+    };
+    let mut s = Session::new(a, Some(b.id())).unwrap();
+    s.handle(a, &Message::Hello(hello).encode().unwrap()).unwrap();
+    s.handle(a, &Message::Records(b.devices().clock() + 1, true, records).encode().unwrap()).unwrap();
+}
+
+/// Finding 9. A member relays the phone's record at epoch `u64::MAX`: taken, the operator's
+/// next removal and enrolment of the phone overflowed the epoch (a panic). An epoch that far
+/// ahead is refused and counted; the removal and enrolment work.
+#[test]
+fn a_relayed_device_epoch_far_ahead_is_refused_and_re_enrolment_still_works() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, other, phone) = two_members_and_a_phone(&clock);
+    let unknown = ReplicaId(101);
+    for device in [phone.id(), unknown] {
+        let refused = hub.claims_implausible();
+        hostile_records(&mut hub, &other, vec![RecordWire(device, u64::MAX, false, None, vec![], 0, 0, Vec::new())]);
+        let taken = hub.devices().record(device).map_or(0, |r| r.epoch);
+        hub.enrol_device(device).unwrap();
+        assert!(hub.remove_device(device).unwrap());
+        assert!(hub.enrol_device(device).unwrap(), "enrolled again, in a new epoch");
+        assert_eq!(taken, 0, "the epoch of {device} was taken");
+        assert_eq!(hub.claims_implausible(), refused + 1, "the epoch of {device} was not counted as implausible");
+        assert_eq!(hub.devices().get(device).map(|r| r.epoch), Some(1));
+    }
+    // An epoch within the bound of what the hub holds is taken.
+    let wire = RecordWire(unknown, 1 + (1 << 16), false, None, vec![], 0, 0, Vec::new());
+    hostile_records(&mut hub, &other, vec![wire]);
+    assert_eq!(hub.devices().record(unknown).map(|r| r.epoch), Some(1), "a removal here is final");
+}
+
+/// Finding 5. A member's own cursor claim of `u64::MAX` for the phone, sent in its records:
+/// taken, the hub showed the phone that cursor, and the phone's next sync failed (`Corrupt`,
+/// re-numbering its queue past it). A claim that far beyond the cursor held is refused and
+/// counted, and the phone syncs.
+#[test]
+fn a_members_own_cursor_claim_far_ahead_is_refused_and_the_device_still_syncs() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, other, mut phone) = two_members_and_a_phone(&clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    put(&mut phone, "w", "w", &clock);
+    let refused = hub.claims_implausible();
+    let claim = CursorClaim(other.id(), Seq(u64::MAX), Seq(0), Vec::new());
+    hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![claim], 0, 0, Vec::new())]);
+    assert_eq!(hub.devices().cursor(phone.id()), Seq(0), "the hub took a cursor claim of u64::MAX");
+    assert_eq!(hub.claims_implausible(), refused + 1, "the refused claim was not counted");
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(hub.get(b"w").unwrap().unwrap().value, b"w");
+    assert_eq!(phone.pending_uploads().unwrap(), 0);
+}
+
+/// Finding 5, at the device: a member's handshake showing a cursor far beyond anything the
+/// device's queue numbered is refused with a clear error, before anything changes there.
+#[test]
+fn a_device_refuses_a_member_handshake_with_an_implausible_cursor_before_changing_anything() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, _other, mut phone) = two_members_and_a_phone(&clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    put(&mut phone, "w", "w", &clock);
+    let (digest, vector, ack) = (phone.digest(), phone.vector().clone(), phone.device_ack().unwrap());
+    let mut ds = DeviceSession::new(&mut phone, Some(hub.id())).unwrap();
+    while ds.poll_transmit(&phone).unwrap().is_some() {}
+    let hello = MemberHello(
+        PROTOCOL_VERSION,
+        hub.id(),
+        hub.vector().clone(),
+        hub.membership().collected().clone(),
+        Seq(u64::MAX),
+        T0,
+        None,
+        Vec::new(),
+    );
+    let err = ds.handle(&mut phone, &Message::MemberHello(hello).encode().unwrap()).unwrap_err();
+    assert!(matches!(err, SyncError::Malformed(ref m) if m.contains("cursor")), "not a clear refusal: {err}");
+    assert_eq!(phone.digest(), digest);
+    assert_eq!(phone.vector(), &vector);
+    assert_eq!(phone.device_ack().unwrap(), ack, "the device changed its state before refusing");
+    assert_eq!(phone.pending_uploads().unwrap(), 1);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(phone.pending_uploads().unwrap(), 0, "and syncs with an honest handshake");
 }
