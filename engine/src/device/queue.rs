@@ -311,7 +311,7 @@ impl<S: Storage> Replica<S> {
         // The re-numbered writes keep the base of the first of them: the most cautious cap.
         if let Some(base) = first_base {
             state.bases.retain(|(first, _)| *first <= cursor);
-            state.bases.push((cursor.next(), base));
+            state.bases.push((cursor.saturating_next(), base));
         }
         let mut vector = self.vector().clone();
         vector.advance(me, seq);
@@ -372,7 +372,7 @@ impl<S: Storage> Replica<S> {
         let mut keys = Vec::new();
         for &(member, from, to) in lost.iter().filter(|(m, ..)| *m != me) {
             snap.scan_dots(
-                Dot { replica: member, seq: from.next() },
+                Dot { replica: member, seq: from.saturating_next() },
                 Dot { replica: member, seq: to },
                 &mut |_, key| {
                     keys.push(key.to_vec());

@@ -55,6 +55,24 @@ pub struct TooManyDevices {
     pub max: usize,
 }
 
+/// Why a device could not be enrolled ([`Devices::enrol`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolError {
+    /// One more device would exceed [`DEVICES_MAX`].
+    #[error(transparent)]
+    TooManyDevices(#[from] TooManyDevices),
+    /// The device was removed at the last epoch there is: it cannot be enrolled again (no
+    /// relay brings an epoch there, [`crate::limits::DEVICE_EPOCH_GAP_MAX`], so only about
+    /// 2^64 enrolments could).
+    #[error("cannot enrol device {device} again: it was removed at epoch {epoch}, the last there is")]
+    EpochsExhausted {
+        /// The device.
+        device: ReplicaId,
+        /// Its epoch.
+        epoch: u64,
+    },
+}
+
 /// What a member knows of one device it enrolled (or that another member enrolled).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRecord {
@@ -177,6 +195,8 @@ pub(crate) trait ClaimCheck {
     fn ack(&mut self, claim: &SignedAck) -> Option<VersionVector>;
     /// Whether `claim` about `device`'s cursor counts.
     fn cursor(&mut self, device: ReplicaId, claim: &CursorClaim) -> bool;
+    /// Counts a claim refused as implausible (a cursor or epoch too far ahead).
+    fn implausible(&mut self);
 }
 
 /// How far device records were merged between this member and each other one
@@ -268,13 +288,16 @@ impl Devices {
 
     /// Enrols `device` (an operator's act; a removed one again, in a new epoch). Returns
     /// whether it was new.
-    pub fn enrol(&mut self, device: ReplicaId) -> Result<bool, TooManyDevices> {
+    pub fn enrol(&mut self, device: ReplicaId) -> Result<bool, EnrolError> {
         let kept = self.records.len();
         match self.records.get_mut(&device) {
             Some(r) if !r.revoked => return Ok(false),
-            Some(r) => *r = DeviceRecord { epoch: r.epoch + 1, ..r.carried() },
+            Some(r) => {
+                let epoch = r.epoch.checked_add(1).ok_or(EnrolError::EpochsExhausted { device, epoch: r.epoch })?;
+                *r = DeviceRecord { epoch, ..r.carried() };
+            }
             None if kept >= DEVICES_MAX => {
-                return Err(TooManyDevices { device, enrolled: kept, max: DEVICES_MAX });
+                return Err(TooManyDevices { device, enrolled: kept, max: DEVICES_MAX }.into());
             }
             None => {
                 self.records.insert(device, DeviceRecord::default());
@@ -494,12 +517,25 @@ impl Devices {
             if before.is_none() && self.records.len() >= DEVICES_MAX {
                 continue;
             }
+            // No relay moves an epoch far past what is held here: so enrolling again never
+            // runs out of epochs on a peer's word (finding 9).
+            let held_epoch = before.as_ref().map_or(0, |r| r.epoch);
+            if epoch > held_epoch.saturating_add(crate::limits::DEVICE_EPOCH_GAP_MAX) {
+                check.implausible();
+                continue;
+            }
             let record =
                 self.records.entry(device).or_insert_with(|| DeviceRecord { epoch, ..DeviceRecord::default() });
             if epoch > record.epoch && !record.revoked {
                 *record = DeviceRecord { epoch, ..record.carried() };
             }
             for claim in cursors {
+                // Far beyond the cursor held: no device numbered that many writes since
+                // (finding 5: a cursor of `u64::MAX` shown to the device broke its sync).
+                if claim.1.0 > record.cursor.0.saturating_add(crate::limits::CURSOR_GAP_MAX) {
+                    check.implausible();
+                    continue;
+                }
                 let kept = record.cursors.get(&claim.0).map(|k| (k.1, k.2));
                 if kept.is_some_and(|k| k >= (claim.1, claim.2)) || !check.cursor(device, &claim) {
                     continue;
@@ -637,6 +673,14 @@ mod tests {
         assert_eq!(d.get(ReplicaId(7)).unwrap().epoch, 1);
     }
 
+    #[test]
+    fn a_device_removed_at_the_last_epoch_is_not_enrolled_again() {
+        let last = DeviceRecord { epoch: u64::MAX, revoked: true, ..DeviceRecord::default() };
+        let mut d = Devices::load(BTreeMap::from([(ReplicaId(7), last)]));
+        assert_eq!(d.enrol(ReplicaId(7)), Err(EnrolError::EpochsExhausted { device: ReplicaId(7), epoch: u64::MAX }));
+        assert!(d.is_revoked(ReplicaId(7)), "nothing changed");
+    }
+
     /// Passes every claim (what a failed signature does is in `engine/tests/signed_acks.rs` and
     /// `engine/tests/devices_hostile.rs`).
     struct PassAll;
@@ -649,6 +693,8 @@ mod tests {
         fn cursor(&mut self, _device: ReplicaId, _claim: &CursorClaim) -> bool {
             true
         }
+
+        fn implausible(&mut self) {}
     }
 
     #[test]

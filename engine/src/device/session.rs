@@ -305,6 +305,15 @@ impl DeviceSession {
             return Err(SyncError::WrongPeer { expected, actual: member });
         }
         crate::session::check_vector_growth(replica.vector(), &vector)?;
+        // A cursor far beyond every upload seq this device numbered is no history of it:
+        // refused before anything changes (finding 5: re-numbering past `u64::MAX` failed).
+        let numbered = replica.vector().get(replica.id());
+        if cursor.0 > numbered.0.saturating_add(crate::limits::CURSOR_GAP_MAX) {
+            return Err(SyncError::Malformed(format!(
+                "member {member} shows this device's cursor at {cursor}, implausibly far beyond its highest upload                  seq {numbered} (at most {} beyond): refused",
+                crate::limits::CURSOR_GAP_MAX
+            )));
+        }
         self.peer = Some(member);
         replica.note_peer_wall(member, wall_ms);
         // What this device may later show of the member's own writes is what the member
