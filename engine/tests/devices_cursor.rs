@@ -214,3 +214,44 @@ fn a_device_refuses_a_member_handshake_with_an_implausible_cursor_before_changin
     sync_device_in_process(&mut phone, &mut hub).unwrap();
     assert_eq!(phone.pending_uploads().unwrap(), 0, "and syncs with an honest handshake");
 }
+
+/// A hub whose values are at most 16 bytes, holding `k` = `old`, and a phone synced with it
+/// that then writes a value over the hub's limit to `k`.
+fn hub_and_phone_writing_over_the_limit(clock: &ManualClock) -> (Replica<MemoryStore>, Replica<MemoryStore>) {
+    let limits = lethe_engine::Limits { value_bytes_max: 16, ..lethe_engine::Limits::default() };
+    let mut hub = open_member(1, Config { limits, ..Config::default() }, clock);
+    let mut phone = open_device(100, clock);
+    hub.enrol_device(phone.id()).unwrap();
+    put(&mut hub, "k", "old", clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(phone.get(b"k").unwrap().unwrap().value, b"old");
+    clock.advance(1);
+    phone.put("k", vec![b'x'; 100], PutOptions::default()).unwrap();
+    (hub, phone)
+}
+
+/// Finding 8. The hub refuses the phone's write to `k` (over its limits); the phone drops it,
+/// and held nothing for `k` while the hub holds `old`, for good: a later download leaves `old`
+/// out, since the phone's vector covers its dot. The phone takes the hub's value back.
+#[test]
+fn after_a_refused_answer_the_device_takes_the_members_value_for_the_key() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut phone) = hub_and_phone_writing_over_the_limit(&clock);
+    let out = sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(out.member.refused, 1);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(phone.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()), "the phone lost the hub's value");
+    assert_eq!(phone.digest(), hub.digest());
+}
+
+/// Finding 8, within the session that refused the write: its download brings the hub's value.
+#[test]
+fn after_a_refused_answer_the_device_takes_the_members_value_for_the_key_in_the_same_session() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut phone) = hub_and_phone_writing_over_the_limit(&clock);
+    let out = sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(out.member.refused, 1);
+    assert_eq!(phone.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()), "the phone lost the hub's value");
+    assert_eq!(phone.pending_uploads().unwrap(), 0);
+    assert_eq!(phone.digest(), hub.digest());
+}
