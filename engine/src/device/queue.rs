@@ -204,7 +204,9 @@ impl<S: Storage> Replica<S> {
                 // Replaced and collected since: nothing will come for it, so it goes now (a
                 // download cut short, or none at all, must not keep it queued).
                 // Refused by the member (over its limits): no member will hold it, so it goes
-                // too, and the queue moves past it.
+                // too, and the queue moves past it. Either way the member sends its own entry
+                // for the key in this session's download (`Session::to_device`), which this
+                // device's vector may cover: taken as covered entries are.
                 Admission::Known | Admission::Refused => {
                     if self.index.dot_of(&entry.key) == Some(entry.dot) {
                         batch.remove(entry.key.clone());

@@ -356,6 +356,10 @@ pub struct DeviceService {
     uploads_open: bool,
     /// The dots this session admitted the device's writes under: not sent back.
     admitted: BTreeSet<Dot>,
+    /// The keys of the writes this session answered `Refused` or `Known`: the device drops
+    /// them, so the download sends this member's entry for each whatever the device's vector
+    /// covers (finding 8). At most [`UPLOADS_PER_SESSION_MAX`] keys.
+    unheld: BTreeSet<Vec<u8>>,
     /// This member's vector when it answered the handshake.
     hello_vector: VersionVector,
     /// The own seq its handshake's proof signed.
@@ -378,6 +382,7 @@ impl DeviceService {
             hello: None,
             uploads_open: false,
             admitted: BTreeSet::new(),
+            unheld: BTreeSet::new(),
             hello_vector: VersionVector::new(),
             hello_signed: Seq(0),
             stats: DeviceStats::default(),
@@ -442,8 +447,15 @@ impl DeviceService {
                     )));
                 }
                 self.stats.uploaded += entries.len() as u64;
+                let keys: Vec<Vec<u8>> = entries.iter().map(|e| e.key.clone()).collect();
                 let answers = replica.admit_uploads(device, entries)?;
                 self.stats.count(&answers);
+                self.unheld.extend(
+                    keys.into_iter()
+                        .zip(&answers)
+                        .filter(|(_, a)| matches!(a, Admission::Refused | Admission::Known))
+                        .map(|(k, _)| k),
+                );
                 self.admitted.extend(answers.iter().filter_map(|a| match a {
                     Admission::Admitted(dot) => Some(*dot),
                     _ => None,
@@ -557,7 +569,7 @@ impl DeviceService {
     fn start_download<S: Storage>(&mut self, replica: &mut Replica<S>, uploaded: bool) -> Result<(), SyncError> {
         let Some(hello) = self.hello.take() else { return Ok(()) };
         let admitted = uploaded.then_some(&self.admitted);
-        self.download = Some(Session::to_device(replica, &hello, &self.hello_vector, admitted)?);
+        self.download = Some(Session::to_device(replica, &hello, &self.hello_vector, admitted, &self.unheld)?);
         // The download's vector may name own writes issued since the handshake's proof (this
         // session's admissions, or writes made meanwhile): the device caps what it takes of
         // them at what this member signed, so it signs again.
