@@ -255,3 +255,14 @@ fn after_a_refused_answer_the_device_takes_the_members_value_for_the_key_in_the_
     assert_eq!(phone.pending_uploads().unwrap(), 0);
     assert_eq!(phone.digest(), hub.digest());
 }
+
+/// Finding 8, in an anti-entropy session (a reconciliation, not a delta): the same.
+#[test]
+fn after_a_refused_answer_in_an_anti_entropy_session_the_device_takes_the_members_value() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut phone) = hub_and_phone_writing_over_the_limit(&clock);
+    let out = lethe_engine::device::anti_entropy_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(out.member.refused, 1);
+    assert_eq!(phone.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()), "the phone lost the hub's value");
+    assert_eq!(phone.digest(), hub.digest());
+}
