@@ -310,7 +310,8 @@ impl DeviceSession {
         let numbered = replica.vector().get(replica.id());
         if cursor.0 > numbered.0.saturating_add(crate::limits::CURSOR_GAP_MAX) {
             return Err(SyncError::Malformed(format!(
-                "member {member} shows this device's cursor at {cursor}, implausibly far beyond its highest upload                  seq {numbered} (at most {} beyond): refused",
+                "member {member} shows this device's cursor at {cursor}, implausibly far beyond its highest upload \
+                 seq {numbered} (at most {} beyond): refused",
                 crate::limits::CURSOR_GAP_MAX
             )));
         }
@@ -437,7 +438,8 @@ impl DeviceService {
                 // here mean it sends without reading them.
                 if self.outbox.len() > UPLOADS_IN_FLIGHT {
                     return Err(SyncError::Malformed(format!(
-                        "device {device} sent an upload with {} answers unread (at most {UPLOADS_IN_FLIGHT} uploads may                          await their answers)",
+                        "device {device} sent an upload with {} answers unread (at most {UPLOADS_IN_FLIGHT} uploads may \
+                         await their answers)",
                         self.outbox.len()
                     )));
                 }
