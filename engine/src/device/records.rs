@@ -21,6 +21,12 @@
 //!   that member's counter in `cursor_at`; a relayed claim about a member other than the sender
 //!   counts only if that member signed it, so no relay makes a member answer "known" to an
 //!   upload on another member's word;
+//! - a relayed cursor claim more than [`CURSOR_GAP_MAX`](crate::limits::CURSOR_GAP_MAX) beyond
+//!   the cursor held, or a relayed epoch more than
+//!   [`DEVICE_EPOCH_GAP_MAX`](crate::limits::DEVICE_EPOCH_GAP_MAX) beyond the epoch held, is
+//!   refused and counted ([`crate::Replica::claims_implausible`]), so no peer's word brings a
+//!   cursor or an epoch near `u64::MAX`; this member's own claim rises to the highest upload
+//!   seq it handled, even below the cursor (`admit.rs`);
 //! - a relayed last-seen time is never later than the device's signed time, the relaying
 //!   member's own last sight of the device, or this member's clock;
 //! - a lapsed or removed record relays no signed acknowledgement, and an acknowledgement the
