@@ -147,9 +147,10 @@ pub enum Error {
     /// Enrolling a member would exceed [`crate::membership::MEMBERS_MAX`].
     #[error(transparent)]
     TooManyMembers(#[from] crate::membership::TooManyMembers),
-    /// Enrolling a device would exceed [`crate::device::DEVICES_MAX`].
+    /// A device could not be enrolled: past [`crate::device::DEVICES_MAX`], or its epochs
+    /// are exhausted.
     #[error(transparent)]
-    TooManyDevices(#[from] crate::device::TooManyDevices),
+    Enrol(#[from] crate::device::EnrolError),
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),

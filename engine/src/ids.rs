@@ -31,6 +31,13 @@ impl Seq {
         Seq(self.0 + 1)
     }
 
+    /// The sequence number after this one, or `u64::MAX` itself after `u64::MAX`: for a seq
+    /// from a peer where "nothing beyond" is the right reading (a bound, a scan's start).
+    #[must_use]
+    pub fn saturating_next(self) -> Seq {
+        Seq(self.0.saturating_add(1))
+    }
+
     /// The sequence number after this one, or `None` after `u64::MAX` (a peer's vector may
     /// claim it: nothing lies beyond it).
     #[must_use]

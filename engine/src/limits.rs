@@ -66,6 +66,17 @@ impl Limits {
     }
 }
 
+/// How far beyond the cursor a member holds for a device a relayed cursor claim may reach
+/// (2^40 upload seqs), and beyond the highest upload seq a device numbered the cursor a member's
+/// handshake shows it: further is no device's history, and is refused (counted at a member,
+/// [`crate::Replica::claims_implausible`]; a device refuses the handshake before it changes
+/// anything). Arithmetic on such a seq then never overflows.
+pub const CURSOR_GAP_MAX: u64 = 1 << 40;
+/// How far beyond the epoch a member holds for a device a relayed record's epoch may reach
+/// (2^16 enrolments): further is refused and counted ([`crate::Replica::claims_implausible`]),
+/// so no relay can bring an epoch near `u64::MAX`.
+pub const DEVICE_EPOCH_GAP_MAX: u64 = 1 << 16;
+
 /// The most member records a handshake may carry: the sender and the replicas it enrolled
 /// ([`crate::membership::MEMBERS_MAX`]). Checked while the handshake decodes, before the list is
 /// allocated.

@@ -221,6 +221,9 @@ pub struct Replica<S: Storage> {
     /// Member handshakes whose claim of merged device records lay too far beyond the records
     /// clock (`device/enrol.rs`; memory only).
     pub(crate) records_clock_claims_refused: u64,
+    /// Relayed claims refused as implausible: a device cursor or epoch too far beyond what this
+    /// replica holds (`CURSOR_GAP_MAX`, `DEVICE_EPOCH_GAP_MAX`).
+    pub(crate) claims_implausible: u64,
     pub(crate) index: KeyIndex,
     pub(crate) membership: Membership,
     pub(crate) checkpoint: Option<Checkpoint>,
@@ -407,6 +410,7 @@ impl<S: Storage> Replica<S> {
                     signer: Arc::new(crate::sign::NoSigner),
                     acks_unverified: 0,
                     records_clock_claims_refused: 0,
+                    claims_implausible: 0,
                     index: durable.index,
                     membership: durable.membership,
                     checkpoint: durable.checkpoint,
@@ -449,6 +453,7 @@ impl<S: Storage> Replica<S> {
                     signer: Arc::new(crate::sign::NoSigner),
                     acks_unverified: 0,
                     records_clock_claims_refused: 0,
+                    claims_implausible: 0,
                     index: KeyIndex::default(),
                     membership: Membership::default(),
                     checkpoint: None,

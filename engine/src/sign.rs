@@ -279,6 +279,14 @@ impl<S: crate::storage::Storage> crate::Replica<S> {
         self.acks_unverified
     }
 
+    /// How many relayed device claims were refused since opening as implausible: a cursor
+    /// claim more than [`crate::limits::CURSOR_GAP_MAX`] beyond the cursor held, or an epoch
+    /// more than [`crate::limits::DEVICE_EPOCH_GAP_MAX`] beyond the epoch held.
+    #[must_use]
+    pub fn claims_implausible(&self) -> u64 {
+        self.claims_implausible
+    }
+
     /// This replica's own acknowledgement of `vector`, now, signed.
     #[must_use]
     pub fn sign_ack(&self, vector: VersionVector) -> SignedAck {

@@ -10,7 +10,9 @@
 //! - a write at or below the device's cursor was applied before (here or at another member),
 //!   and is never applied again here: it is answered with the dot this member holds it under
 //!   if it holds that very write; as superseded if it holds something newer; as known if it
-//!   holds neither but has seen every admission that may have applied it (the record's
+//!   holds neither but handled that seq itself (its own cursor claim reaches it: the claim
+//!   rises to the highest upload seq it handled, also below the cursor) or has seen every
+//!   admission that may have applied it (the record's
 //!   `cursor_at` over the members whose claim reaches its seq, its own included, unless its
 //!   own component is a dot this member lost to a restore: the write was replaced, or
 //!   collected, since); and otherwise (another member admitted it, and this one has not
@@ -97,7 +99,16 @@ impl<S: Storage> Replica<S> {
         // whose claim reaches `seq` may have (its own claim among them, seen by itself), so an
         // unseen admission of an earlier seq by another member does not make it apply again a
         // write it applied itself (seed 13085).
-        let seen_all = |seq: Seq| !own_admission_lost && self.devices().covers_admission(device, seq, self.vector());
+        // And wherever its own claim reaches, it handled the seq itself (admitted it, or found
+        // it superseded or known): it answers from what it holds, never applying it again
+        // (finding 2: admitted here on the not-seen path, the write came back after its delete
+        // was collected).
+        let own_claim = self.devices().claim_of(device, me);
+        let seen_all = |seq: Seq| {
+            !own_admission_lost && (seq <= own_claim || self.devices().covers_admission(device, seq, self.vector()))
+        };
+        // The highest upload seq this upload handles: this member's claim rises to it.
+        let handled = entries.last().map_or(Seq(0), |e| e.dot.seq);
         let snap = self.store().snapshot().map_err(Error::from)?;
         let mut clock = self.hybrid_clock();
         let mut seq = self.own_counter();
@@ -171,12 +182,13 @@ impl<S: Storage> Replica<S> {
         }
         batch.set_meta(Meta::Vector, encode_vector(&vector));
         batch.set_meta(Meta::Clock, encode_clock(clock.last()));
-        let record = self.devices().advanced_record(device, cursor, me, seq);
+        debug_assert!(cursor >= handled, "every handled seq is at or below the cursor");
+        let record = self.devices().advanced_record(device, handled, me, seq);
         if let Some(record) = &record {
             batch.set_device(device.0, crate::storage::encode_cbor(record));
         }
         self.commit(&batch)?;
-        self.devices_mut().advance_cursor(device, cursor, me, seq);
+        self.devices_mut().advance_cursor(device, handled, me, seq);
         self.set_vector(vector);
         self.set_hybrid_clock(clock);
         Ok(answers)

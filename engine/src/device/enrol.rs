@@ -27,6 +27,7 @@ struct RelayCheck<'a> {
     me: ReplicaId,
     from: ReplicaId,
     unverified: u64,
+    implausible: u64,
 }
 
 impl crate::device::records::ClaimCheck for RelayCheck<'_> {
@@ -44,6 +45,10 @@ impl crate::device::records::ClaimCheck for RelayCheck<'_> {
     /// A cursor claim counts only about an enrolled member other than this one, and only as
     /// the sender's own word or signed by the member it names: no member can make this one
     /// answer "known" to a device's upload on a third member's behalf.
+    fn implausible(&mut self) {
+        self.implausible += 1;
+    }
+
     fn cursor(&mut self, device: ReplicaId, claim: &CursorClaim) -> bool {
         let member = claim.member();
         if member == self.me {
@@ -75,7 +80,8 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Enrols `device` (an operator's act), durable when this returns. Returns whether it was
-    /// new. Fails past [`crate::device::DEVICES_MAX`].
+    /// new. Fails past [`crate::device::DEVICES_MAX`], or if the device's epochs are exhausted
+    /// ([`crate::device::EnrolError`]).
     pub fn enrol_device(&mut self, device: ReplicaId) -> Result<bool> {
         if device == self.id() {
             return Ok(false);
@@ -238,9 +244,11 @@ impl<S: Storage> Replica<S> {
             me: self.id(),
             from: peer,
             unverified: 0,
+            implausible: 0,
         };
         let changed = self.devices.merge(peer, records, now_ms, lease_ms, &collected, pending.as_ref(), &mut check);
         self.acks_unverified += check.unverified;
+        self.claims_implausible += check.implausible;
         let mut seen = self.records_seen.clone();
         let entry = seen.seen.entry(peer).or_default();
         *entry = (*entry).max(upto);

@@ -148,7 +148,8 @@ pub enum Admission {
     Pending,
     /// Refused by this member on its own: over its size limits. Never admitted by it; the
     /// device drops it (kept, it would stay under the device's own upload seq for ever and cap
-    /// its acknowledgement), and the rest of the upload goes on.
+    /// its acknowledgement), and the rest of the upload goes on. The same session's download
+    /// carries the member's entry for the key, if it holds one (as it does for `Known`).
     Refused,
 }
 

@@ -234,7 +234,9 @@ impl<S: Storage> Replica<S> {
                 // Replaced and collected since: nothing will come for it, so it goes now (a
                 // download cut short, or none at all, must not keep it queued).
                 // Refused by the member (over its limits): no member will hold it, so it goes
-                // too, and the queue moves past it.
+                // too, and the queue moves past it. Either way the member sends its own entry
+                // for the key in this session's download (`Session::to_device`), which this
+                // device's vector may cover: taken as covered entries are.
                 Admission::Known | Admission::Refused => {
                     if self.index.dot_of(&entry.key) == Some(entry.dot) {
                         batch.remove(entry.key.clone());
@@ -343,7 +345,7 @@ impl<S: Storage> Replica<S> {
         // The re-numbered writes keep the base of the first of them: the most cautious cap.
         if let Some(base) = first_base {
             state.bases.retain(|(first, _)| *first <= cursor);
-            state.bases.push((cursor.next(), base));
+            state.bases.push((cursor.saturating_next(), base));
         }
         let mut vector = self.vector().clone();
         vector.advance(me, seq);
@@ -410,7 +412,7 @@ impl<S: Storage> Replica<S> {
         let mut keys = Vec::new();
         for &(member, from, to) in lost.iter().filter(|(m, ..)| *m != me) {
             snap.scan_dots(
-                Dot { replica: member, seq: from.next() },
+                Dot { replica: member, seq: from.saturating_next() },
                 Dot { replica: member, seq: to },
                 &mut |_, key| {
                     keys.push(key.to_vec());

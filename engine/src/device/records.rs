@@ -21,6 +21,12 @@
 //!   that member's counter in `cursor_at`; a relayed claim about a member other than the sender
 //!   counts only if that member signed it, so no relay makes a member answer "known" to an
 //!   upload on another member's word;
+//! - a relayed cursor claim more than [`CURSOR_GAP_MAX`](crate::limits::CURSOR_GAP_MAX) beyond
+//!   the cursor held, or a relayed epoch more than
+//!   [`DEVICE_EPOCH_GAP_MAX`](crate::limits::DEVICE_EPOCH_GAP_MAX) beyond the epoch held, is
+//!   refused and counted ([`crate::Replica::claims_implausible`]), so no peer's word brings a
+//!   cursor or an epoch near `u64::MAX`; this member's own claim rises to the highest upload
+//!   seq it handled, even below the cursor (`admit.rs`);
 //! - a relayed last-seen time is never later than the device's signed time, the relaying
 //!   member's own last sight of the device, or this member's clock;
 //! - a lapsed or removed record relays no signed acknowledgement, and an acknowledgement the
@@ -60,6 +66,24 @@ pub struct TooManyDevices {
     pub enrolled: usize,
     /// [`DEVICES_MAX`].
     pub max: usize,
+}
+
+/// Why a device could not be enrolled ([`Devices::enrol`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolError {
+    /// One more device would exceed [`DEVICES_MAX`].
+    #[error(transparent)]
+    TooManyDevices(#[from] TooManyDevices),
+    /// The device was removed at the last epoch there is: it cannot be enrolled again (no
+    /// relay brings an epoch there, [`crate::limits::DEVICE_EPOCH_GAP_MAX`], so only about
+    /// 2^64 enrolments could).
+    #[error("cannot enrol device {device} again: it was removed at epoch {epoch}, the last there is")]
+    EpochsExhausted {
+        /// The device.
+        device: ReplicaId,
+        /// Its epoch.
+        epoch: u64,
+    },
 }
 
 /// What a member knows of one device it enrolled (or that another member enrolled).
@@ -184,6 +208,8 @@ pub(crate) trait ClaimCheck {
     fn ack(&mut self, claim: &SignedAck) -> Option<VersionVector>;
     /// Whether `claim` about `device`'s cursor counts.
     fn cursor(&mut self, device: ReplicaId, claim: &CursorClaim) -> bool;
+    /// Counts a claim refused as implausible (a cursor or epoch too far ahead).
+    fn implausible(&mut self);
 }
 
 /// How far device records were merged between this member and each other one
@@ -299,13 +325,16 @@ impl Devices {
 
     /// Enrols `device` (an operator's act; a removed one again, in a new epoch). Returns
     /// whether it was new.
-    pub fn enrol(&mut self, device: ReplicaId) -> Result<bool, TooManyDevices> {
+    pub fn enrol(&mut self, device: ReplicaId) -> Result<bool, EnrolError> {
         let kept = self.records.len();
         match self.records.get_mut(&device) {
             Some(r) if !r.revoked => return Ok(false),
-            Some(r) => *r = DeviceRecord { epoch: r.epoch + 1, ..r.carried() },
+            Some(r) => {
+                let epoch = r.epoch.checked_add(1).ok_or(EnrolError::EpochsExhausted { device, epoch: r.epoch })?;
+                *r = DeviceRecord { epoch, ..r.carried() };
+            }
             None if kept >= DEVICES_MAX => {
-                return Err(TooManyDevices { device, enrolled: kept, max: DEVICES_MAX });
+                return Err(TooManyDevices { device, enrolled: kept, max: DEVICES_MAX }.into());
             }
             None => {
                 self.records.insert(device, DeviceRecord::default());
@@ -387,9 +416,18 @@ impl Devices {
         })
     }
 
-    /// The record of `device` with its cursor advanced to `seq` by member `by`, whose counter is
-    /// then `counter`, for the batch that admits the uploads up to it (memory follows with
-    /// [`Devices::advance_cursor`] once it is durable), if enrolled and it moves.
+    /// The highest upload seq of `device` that member `by` claims to have handled (0: none).
+    #[must_use]
+    pub fn claim_of(&self, device: ReplicaId, by: ReplicaId) -> Seq {
+        self.records.get(&device).and_then(|r| r.cursors.get(&by)).map_or(Seq(0), |c| c.1)
+    }
+
+    /// The record of `device` with member `by`'s cursor claim raised to `seq` (the highest
+    /// upload seq it handled), its counter then `counter`, for the batch that admits the
+    /// uploads up to it (memory follows with [`Devices::advance_cursor`] once it is durable),
+    /// if enrolled and the claim moves. The cursor follows when the claim passes it; a claim
+    /// raised below the cursor still records that `by` handled those seqs itself (finding 2:
+    /// it answers them from what it holds from then on, never applying them again).
     pub(crate) fn advanced_record(
         &self,
         device: ReplicaId,
@@ -397,17 +435,19 @@ impl Devices {
         by: ReplicaId,
         counter: Seq,
     ) -> Option<DeviceRecord> {
-        self.get(device).filter(|r| seq > r.cursor).map(|r| {
+        self.get(device).filter(|r| seq > r.cursors.get(&by).map_or(Seq(0), |c| c.1)).map(|r| {
             let mut record = DeviceRecord { changed: self.clock + 1, ..r.clone() };
             record.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
             record
         })
     }
 
-    /// Advances the cursor of `device` to `seq` (never back), admitted by member `by` whose
-    /// counter is then `counter`.
+    /// Raises member `by`'s cursor claim for `device` to `seq` (never back), its counter then
+    /// `counter`; the cursor follows.
     pub(crate) fn advance_cursor(&mut self, device: ReplicaId, seq: Seq, by: ReplicaId, counter: Seq) {
-        if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked && seq > r.cursor) {
+        if let Some(r) =
+            self.records.get_mut(&device).filter(|r| !r.revoked && seq > r.cursors.get(&by).map_or(Seq(0), |c| c.1))
+        {
             r.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
             self.touch(device);
         }
@@ -514,12 +554,25 @@ impl Devices {
             if before.is_none() && self.records.len() >= DEVICES_MAX {
                 continue;
             }
+            // No relay moves an epoch far past what is held here: so enrolling again never
+            // runs out of epochs on a peer's word (finding 9).
+            let held_epoch = before.as_ref().map_or(0, |r| r.epoch);
+            if epoch > held_epoch.saturating_add(crate::limits::DEVICE_EPOCH_GAP_MAX) {
+                check.implausible();
+                continue;
+            }
             let record =
                 self.records.entry(device).or_insert_with(|| DeviceRecord { epoch, ..DeviceRecord::default() });
             if epoch > record.epoch && !record.revoked {
                 *record = DeviceRecord { epoch, ..record.carried() };
             }
             for claim in cursors {
+                // Far beyond the cursor held: no device numbered that many writes since
+                // (finding 5: a cursor of `u64::MAX` shown to the device broke its sync).
+                if claim.1.0 > record.cursor.0.saturating_add(crate::limits::CURSOR_GAP_MAX) {
+                    check.implausible();
+                    continue;
+                }
                 let kept = record.cursors.get(&claim.0).map(|k| (k.1, k.2));
                 if kept.is_some_and(|k| k >= (claim.1, claim.2)) || !check.cursor(device, &claim) {
                     continue;
@@ -657,6 +710,14 @@ mod tests {
         assert_eq!(d.get(ReplicaId(7)).unwrap().epoch, 1);
     }
 
+    #[test]
+    fn a_device_removed_at_the_last_epoch_is_not_enrolled_again() {
+        let last = DeviceRecord { epoch: u64::MAX, revoked: true, ..DeviceRecord::default() };
+        let mut d = Devices::load(BTreeMap::from([(ReplicaId(7), last)]));
+        assert_eq!(d.enrol(ReplicaId(7)), Err(EnrolError::EpochsExhausted { device: ReplicaId(7), epoch: u64::MAX }));
+        assert!(d.is_revoked(ReplicaId(7)), "nothing changed");
+    }
+
     /// Passes every claim (what a failed signature does is in `engine/tests/signed_acks.rs` and
     /// `engine/tests/devices_hostile.rs`).
     struct PassAll;
@@ -669,6 +730,8 @@ mod tests {
         fn cursor(&mut self, _device: ReplicaId, _claim: &CursorClaim) -> bool {
             true
         }
+
+        fn implausible(&mut self) {}
     }
 
     #[test]

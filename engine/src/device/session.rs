@@ -305,6 +305,16 @@ impl DeviceSession {
             return Err(SyncError::WrongPeer { expected, actual: member });
         }
         crate::session::check_vector_growth(replica.vector(), &vector)?;
+        // A cursor far beyond every upload seq this device numbered is no history of it:
+        // refused before anything changes (finding 5: re-numbering past `u64::MAX` failed).
+        let numbered = replica.vector().get(replica.id());
+        if cursor.0 > numbered.0.saturating_add(crate::limits::CURSOR_GAP_MAX) {
+            return Err(SyncError::Malformed(format!(
+                "member {member} shows this device's cursor at {cursor}, implausibly far beyond its highest upload \
+                 seq {numbered} (at most {} beyond): refused",
+                crate::limits::CURSOR_GAP_MAX
+            )));
+        }
         self.peer = Some(member);
         replica.note_peer_wall(member, wall_ms);
         // What this device may later show of the member's own writes is what the member
@@ -347,6 +357,10 @@ pub struct DeviceService {
     uploads_open: bool,
     /// The dots this session admitted the device's writes under: not sent back.
     admitted: BTreeSet<Dot>,
+    /// The keys of the writes this session answered `Refused` or `Known`: the device drops
+    /// them, so the download sends this member's entry for each whatever the device's vector
+    /// covers (finding 8). At most [`UPLOADS_PER_SESSION_MAX`] keys.
+    unheld: BTreeSet<Vec<u8>>,
     /// This member's vector when it answered the handshake.
     hello_vector: VersionVector,
     /// The own seq its handshake's proof signed.
@@ -369,6 +383,7 @@ impl DeviceService {
             hello: None,
             uploads_open: false,
             admitted: BTreeSet::new(),
+            unheld: BTreeSet::new(),
             hello_vector: VersionVector::new(),
             hello_signed: Seq(0),
             stats: DeviceStats::default(),
@@ -423,7 +438,8 @@ impl DeviceService {
                 // here mean it sends without reading them.
                 if self.outbox.len() > UPLOADS_IN_FLIGHT {
                     return Err(SyncError::Malformed(format!(
-                        "device {device} sent an upload with {} answers unread (at most {UPLOADS_IN_FLIGHT} uploads may                          await their answers)",
+                        "device {device} sent an upload with {} answers unread (at most {UPLOADS_IN_FLIGHT} uploads may \
+                         await their answers)",
                         self.outbox.len()
                     )));
                 }
@@ -433,8 +449,15 @@ impl DeviceService {
                     )));
                 }
                 self.stats.uploaded += entries.len() as u64;
+                let keys: Vec<Vec<u8>> = entries.iter().map(|e| e.key.clone()).collect();
                 let answers = replica.admit_uploads(device, entries)?;
                 self.stats.count(&answers);
+                self.unheld.extend(
+                    keys.into_iter()
+                        .zip(&answers)
+                        .filter(|(_, a)| matches!(a, Admission::Refused | Admission::Known))
+                        .map(|(k, _)| k),
+                );
                 self.admitted.extend(answers.iter().filter_map(|a| match a {
                     Admission::Admitted(dot) => Some(*dot),
                     _ => None,
@@ -548,7 +571,7 @@ impl DeviceService {
     fn start_download<S: Storage>(&mut self, replica: &mut Replica<S>, uploaded: bool) -> Result<(), SyncError> {
         let Some(hello) = self.hello.take() else { return Ok(()) };
         let admitted = uploaded.then_some(&self.admitted);
-        self.download = Some(Session::to_device(replica, &hello, &self.hello_vector, admitted)?);
+        self.download = Some(Session::to_device(replica, &hello, &self.hello_vector, admitted, &self.unheld)?);
         // The download's vector may name own writes issued since the handshake's proof (this
         // session's admissions, or writes made meanwhile): the device caps what it takes of
         // them at what this member signed, so it signs again.

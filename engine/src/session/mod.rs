@@ -325,7 +325,11 @@ impl Session {
     /// vector, nothing received but the device's replies and acknowledgement.
     ///
     /// It starts once the device's uploads are admitted, so its vector covers them, and the
-    /// writes admitted in this session (`admitted`) are not sent back.
+    /// writes admitted in this session (`admitted`) are not sent back. The current entry of
+    /// every key this session answered `Refused` or `Known` (`unheld`) goes in a delta whatever
+    /// the device's vector covers: the device dropped its write there, and may lack what this
+    /// member holds for the key though its vector covers it (a bootstrap sends every live
+    /// entry, a reconciliation what the device lacks, anyway).
     ///
     /// | device | flow |
     /// | --- | --- |
@@ -338,6 +342,7 @@ impl Session {
         hello: &crate::device::DeviceHello,
         hello_vector: &VersionVector,
         admitted: Option<&BTreeSet<Dot>>,
+        unheld: &BTreeSet<Vec<u8>>,
     ) -> Result<Session, SyncError> {
         let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms, anti_entropy, _, _) =
             hello;
@@ -371,7 +376,9 @@ impl Session {
             if let Some(admitted) = admitted {
                 keys.retain(|k| replica.index.dot_of(k).is_none_or(|d| !admitted.contains(&d)));
             }
-            let stream = EntryStream::reply(HeldSnapshot(Box::new(snapshot)), keys, Vec::new(), vector.clone());
+            keys.retain(|k| !unheld.contains(k));
+            let stream = EntryStream::reply(HeldSnapshot(Box::new(snapshot)), keys, Vec::new(), vector.clone())
+                .with_forced(unheld.iter().cloned().collect());
             s.source = Source::Streaming { v0, stream, then: None };
         } else {
             s.stats.mode = Some(Mode::Reconcile);

@@ -26,6 +26,10 @@ impl std::fmt::Debug for HeldSnapshot {
 #[derive(Debug)]
 pub(super) struct EntryStream {
     snapshot: HeldSnapshot,
+    /// Keys whose current entry goes whatever `seen` says, read before everything else: the
+    /// keys of a device's writes a member answered `Refused` or `Known`, which the device
+    /// dropped while its vector covers what the member holds (finding 8).
+    forced: VecDeque<Vec<u8>>,
     /// Keys named one by one (a reply's items), read first: their current entry, settled (an
     /// expired value goes as its record).
     keys: VecDeque<Vec<u8>>,
@@ -42,6 +46,7 @@ impl EntryStream {
     pub(super) fn bootstrap(snapshot: HeldSnapshot) -> EntryStream {
         EntryStream {
             snapshot,
+            forced: VecDeque::new(),
             keys: VecDeque::new(),
             ranges: VecDeque::from([KeyRange::all()]),
             cursor: None,
@@ -56,7 +61,20 @@ impl EntryStream {
         ranges: Vec<KeyRange>,
         seen: VersionVector,
     ) -> EntryStream {
-        EntryStream { snapshot, keys: keys.into(), ranges: ranges.into(), cursor: None, seen: Some(seen) }
+        EntryStream {
+            snapshot,
+            forced: VecDeque::new(),
+            keys: keys.into(),
+            ranges: ranges.into(),
+            cursor: None,
+            seen: Some(seen),
+        }
+    }
+
+    /// This stream with `forced`'s current entries sent first, whatever `seen` covers.
+    pub(super) fn with_forced(mut self, forced: Vec<Vec<u8>>) -> EntryStream {
+        self.forced = forced.into();
+        self
     }
 
     /// The next chunk (about [`super::CHUNK_BYTES`], at most
@@ -65,6 +83,13 @@ impl EntryStream {
         let mut chunk = Vec::new();
         let mut bytes = 0;
         let unseen = |seen: &Option<VersionVector>, e: &Entry| seen.as_ref().is_none_or(|v| !v.covers(e.dot()));
+        while !chunk_full(bytes, chunk.len()) {
+            let Some(key) = self.forced.pop_front() else { break };
+            if let Some(e) = self.snapshot.0.entry(&key)? {
+                bytes += approx_bytes(&e);
+                chunk.push(e.settled_at(now_ms));
+            }
+        }
         while !chunk_full(bytes, chunk.len()) {
             let Some(key) = self.keys.pop_front() else { break };
             if let Some(e) = self.snapshot.0.entry(&key)?
@@ -100,7 +125,7 @@ impl EntryStream {
                 }
             }
         }
-        let last = self.keys.is_empty() && self.ranges.is_empty();
+        let last = self.forced.is_empty() && self.keys.is_empty() && self.ranges.is_empty();
         Ok((chunk, last))
     }
 }
