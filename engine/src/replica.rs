@@ -254,9 +254,14 @@ pub struct Replica<S: Storage> {
     pub(crate) handshake_sent: bool,
     /// Own seqs lost to restores ([`Meta::Lost`], `replica/restore.rs`).
     lost_own: Vec<(Seq, Seq)>,
-    /// Other members' seqs lost to restores, as their handshakes (or others') told (memory
-    /// only: told again in every handshake).
-    lost_others: BTreeMap<ReplicaId, Vec<(Seq, Seq)>>,
+    /// Other members' statements of their seqs lost to restores, as their handshakes (or
+    /// others', signed) told ([`Meta::LostOthers`], `replica/lost.rs`).
+    lost_others: lost::LostOthers,
+    /// The union of each member's kept statements' ranges: what `lost_of` answers.
+    lost_others_union: BTreeMap<ReplicaId, Vec<(Seq, Seq)>>,
+    /// Lost range statements about a third member not taken, unsigned or not verifying
+    /// (memory only).
+    lost_unverified: u64,
     /// The members heard from since a recovery begun by a device began (memory only: after a
     /// restart they are heard again).
     recovery_heard: std::collections::BTreeSet<ReplicaId>,
@@ -425,7 +430,9 @@ impl<S: Storage> Replica<S> {
                     uploads_sent_max: Seq(0),
                     handshake_sent: false,
                     lost_own: durable.lost_own,
-                    lost_others: BTreeMap::new(),
+                    lost_others_union: durable.lost_others.iter().map(|(&m, v)| (m, lost::union_of(v))).collect(),
+                    lost_others: durable.lost_others,
+                    lost_unverified: 0,
                     recovery_heard: Default::default(),
                     store_failure: None,
                     device: durable.device,
@@ -469,6 +476,8 @@ impl<S: Storage> Replica<S> {
                     handshake_sent: false,
                     lost_own: Vec::new(),
                     lost_others: BTreeMap::new(),
+                    lost_others_union: BTreeMap::new(),
+                    lost_unverified: 0,
                     recovery_heard: Default::default(),
                     store_failure: None,
                     device: DeviceState::default(),
@@ -1103,6 +1112,7 @@ struct Durable {
     index: KeyIndex,
     recovery: Option<Recovery>,
     lost_own: Vec<(Seq, Seq)>,
+    lost_others: lost::LostOthers,
     device: DeviceState,
     devices: Devices,
     records_seen: crate::device::records::RecordsSeen,
@@ -1134,6 +1144,7 @@ impl Durable {
             index: KeyIndex::load(snap)?,
             recovery,
             lost_own: restore::load_lost(snap)?,
+            lost_others: lost::load_lost_others(snap)?,
             device: DeviceState::load(snap)?,
             devices: load_devices(snap)?,
             records_seen: snap
@@ -1150,6 +1161,7 @@ pub use recovery::StoreFailure;
 
 mod clock;
 mod import;
+mod lost;
 mod restore;
 #[cfg(test)]
 mod tests;
@@ -1157,4 +1169,5 @@ mod tests;
 pub(crate) use clock::HeldBack;
 pub use clock::{PEER_CLOCK_FRESH_MS, PEER_CLOCK_SLACK_MS, PEER_CLOCKS_MAX};
 pub use import::ImportError;
+pub use lost::{HELLO_LOST_STATEMENTS_MAX, LOST_STATEMENTS_MAX, LostStatement};
 pub use restore::{LOST_RANGES_MAX, RESTORE_SEQ_GAP_MAX, Recovery, in_lost_ranges};

@@ -129,6 +129,26 @@ pub fn cursor_message(member: ReplicaId, device: ReplicaId, seq: Seq, counter: S
     out
 }
 
+/// The domain separation tag of a member's signed statement of its own lost seqs
+/// ([`lost_message`]).
+pub const LOST_DOMAIN: &[u8] = b"lethe-lost/1";
+
+/// The message a member signs to say which of its own seqs it lost to restores
+/// (`replica/lost.rs`): [`LOST_DOMAIN`], then the member's id, the number of ranges as a u32
+/// and each range's `from` and `to`, all big-endian.
+#[must_use]
+pub fn lost_message(member: ReplicaId, ranges: &[(Seq, Seq)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(LOST_DOMAIN.len() + 12 + 16 * ranges.len());
+    out.extend_from_slice(LOST_DOMAIN);
+    out.extend_from_slice(&member.0.to_be_bytes());
+    out.extend_from_slice(&u32::try_from(ranges.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for (from, to) in ranges {
+        out.extend_from_slice(&from.0.to_be_bytes());
+        out.extend_from_slice(&to.0.to_be_bytes());
+    }
+    out
+}
+
 /// One member's word that it admitted a device's uploads up to upload seq `seq`, when its own
 /// counter was `counter` (so a member whose vector covers `counter` at that member has seen
 /// every one of those admissions), signed by that member over [`cursor_message`]. Members keep

@@ -59,9 +59,11 @@ fn admissions(u: &mut Unstructured<'_>) -> ArbResult<Vec<Admission>> {
     Ok(vec![one; repeat(u, 2000)?])
 }
 
-/// Ranges of the member's seqs it says it lost to a restore: any, often malformed.
-fn lost_ranges(u: &mut Unstructured<'_>) -> ArbResult<Vec<(ReplicaId, lethe_engine::Seq, lethe_engine::Seq)>> {
-    let one = (who(u)?, seq(u)?, seq(u)?);
+/// Statements of seqs a member (this one, or a third, forged) lost to a restore: any, often
+/// malformed (unordered or empty ranges, too many, bad signatures).
+fn lost_ranges(u: &mut Unstructured<'_>) -> ArbResult<Vec<lethe_engine::replica::LostStatement>> {
+    let ranges = vec![(seq(u)?, seq(u)?); repeat(u, 20)?];
+    let one = lethe_engine::replica::LostStatement(who(u)?, ranges, bytes(u, 200)?);
     Ok(vec![one; repeat(u, 300)?])
 }
 

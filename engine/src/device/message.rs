@@ -110,23 +110,14 @@ pub struct MemberHello(
     /// shows it again in its handshake.
     #[serde(default)]
     pub Option<SeqProof>,
-    /// The ranges `(member, from, to]` of members' seqs lost to restores from older copies,
-    /// its own ([`crate::Replica::lost_own`]) and other members' it heard of (at most
-    /// [`crate::session::message::HELLO_LOST_RANGES_MAX`]): the device uploads again its own
-    /// writes it holds under those dots.
-    #[serde(default, deserialize_with = "bounded_lost_ranges")]
-    pub Vec<(ReplicaId, Seq, Seq)>,
+    /// Members' statements of their seqs lost to restores from older copies: the member's
+    /// own, signed, and those it kept of other members, as they signed them (at most
+    /// [`crate::replica::HELLO_LOST_STATEMENTS_MAX`]; `replica/lost.rs`): the device uploads
+    /// again its own writes it holds under those dots, taking a statement about another member
+    /// only if that member's signature verifies.
+    #[serde(default, deserialize_with = "limits::bounded_vec::<_, _, { crate::replica::HELLO_LOST_STATEMENTS_MAX }>")]
+    pub Vec<crate::replica::LostStatement>,
 );
-
-/// Decodes lost ranges, refusing more than members keep and ranges that are empty.
-fn bounded_lost_ranges<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(ReplicaId, Seq, Seq)>, D::Error> {
-    let ranges: Vec<(ReplicaId, Seq, Seq)> =
-        limits::bounded_vec::<_, _, { crate::session::message::HELLO_LOST_RANGES_MAX }>(d)?;
-    if ranges.iter().any(|(_, from, to)| from >= to) {
-        return Err(serde::de::Error::custom("a lost range must be (from, to] with from < to"));
-    }
-    Ok(ranges)
-}
 
 /// A member's answer to one uploaded write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

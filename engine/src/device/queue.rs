@@ -54,7 +54,7 @@ pub struct DeviceState {
     /// counter and clock), kept from its first local write until its first member handshake:
     /// a restart before that handshake opens with the same point, so a device restored from
     /// a backup that writes and restarts still tells its writes from the copy's
-    /// ([`Replica::renumber_uploads_past`]).
+    /// (`Replica::renumber_uploads_past`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened: Option<OpenPoint>,
 }

@@ -49,7 +49,7 @@ pub const DEVICE_LEASE_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
 /// The furthest beyond this member's own records clock a peer may say it merged this member's
 /// records (2^32 changes, far more than a store falls behind between a backup and its restore):
 /// a member restored from an older copy jumps its clock by this much, past any such claim
-/// ([`Devices::jump_clock_past`]); a larger one is refused and counted, not believed (it would
+/// (`Devices::jump_clock_past`); a larger one is refused and counted, not believed (it would
 /// push the clock toward overflow).
 pub const RECORDS_CLOCK_GAP_MAX: u64 = 1 << 32;
 

@@ -329,6 +329,8 @@ impl DeviceSession {
             vector.dominates(&replica.members_vector()) && collected.dominates(&replica.device_state().collected);
         // Only the writes queued when the handshake went (the member expects uploads only then).
         self.stats.renumbered = replica.renumber_uploads_past(cursor)?;
+        // Lost ranges the member tells of itself, or of another member who signed them.
+        let lost = replica.verified_lost(member, &lost);
         // The member lost writes it had numbered (restored from an older copy): this device's
         // own writes under those dots are queued again, to be admitted afresh.
         self.stats.requeued = replica.requeue_lost(&lost, &vector)?;

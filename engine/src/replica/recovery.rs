@@ -89,6 +89,8 @@ impl<S: Storage> Replica<S> {
         self.index = durable.index;
         self.recovery = durable.recovery;
         self.lost_own = durable.lost_own;
+        self.lost_others_union = durable.lost_others.iter().map(|(&m, v)| (m, super::lost::union_of(v))).collect();
+        self.lost_others = durable.lost_others;
         self.device = durable.device;
         self.devices = durable.devices;
         self.records_seen = durable.records_seen;

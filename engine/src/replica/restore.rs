@@ -229,30 +229,13 @@ impl<S: Storage> Replica<S> {
     }
 
     /// The seqs of `member` lost to restores: this replica's own, or what handshakes told of
-    /// another member's.
+    /// another member's (the union of its statements kept, `replica/lost.rs`).
     #[must_use]
     pub fn lost_of(&self, member: ReplicaId) -> &[(Seq, Seq)] {
-        if member == self.id() { &self.lost_own } else { self.lost_others.get(&member).map_or(&[], Vec::as_slice) }
-    }
-
-    /// Every lost range this replica knows, `(member, from, to]`: its own and others'.
-    #[must_use]
-    pub fn lost_gossip(&self) -> Vec<(ReplicaId, Seq, Seq)> {
-        let me = self.id();
-        let own = self.lost_own.iter().map(move |&(f, t)| (me, f, t));
-        let others = self.lost_others.iter().flat_map(|(&r, v)| v.iter().map(move |&(f, t)| (r, f, t)));
-        own.chain(others).collect()
-    }
-
-    /// Takes the lost ranges a member's handshake told, of enrolled members other than this
-    /// one (its own it knows from its store). Ranges only grow; a false one costs devices a
-    /// second upload of their writes under those dots, and nothing else.
-    pub(crate) fn merge_lost_gossip(&mut self, lost: &[(ReplicaId, Seq, Seq)]) {
-        let me = self.id();
-        for &(r, from, to) in lost {
-            if r != me && self.membership.is_enrolled(r) && from < to {
-                add_lost_range(self.lost_others.entry(r).or_default(), from, to);
-            }
+        if member == self.id() {
+            &self.lost_own
+        } else {
+            self.lost_others_union.get(&member).map_or(&[], Vec::as_slice)
         }
     }
 

@@ -64,16 +64,13 @@ pub struct Hello {
     /// The receiver's records clock up to which the sender merged the receiver's device records
     /// (`device/records.rs`): in its next session, the receiver sends only those changed since.
     pub records_seen: u64,
-    /// The seqs each member lost to restores from older copies, `(member, from, to]`, as the
-    /// sender knows them (its own and those it heard of; at most [`HELLO_LOST_RANGES_MAX`];
-    /// empty unless a member was restored): members tell their devices, which upload their own
-    /// writes under those dots again (`replica/restore.rs`).
-    pub lost: Vec<(ReplicaId, crate::ids::Seq, crate::ids::Seq)>,
+    /// The seqs members lost to restores from older copies, as the sender knows them: its own,
+    /// signed by it, and the statements it kept of others, as they signed them (at most
+    /// [`crate::replica::HELLO_LOST_STATEMENTS_MAX`]; empty unless a member was restored).
+    /// Members tell their devices, which upload their own writes under those dots again
+    /// (`replica/lost.rs`, `replica/restore.rs`).
+    pub lost: Vec<crate::replica::LostStatement>,
 }
-
-/// The most lost ranges a handshake may carry: [`crate::replica::LOST_RANGES_MAX`] for each of
-/// [`HELLO_MEMBERS_MAX`] members.
-pub const HELLO_LOST_RANGES_MAX: usize = HELLO_MEMBERS_MAX * crate::replica::LOST_RANGES_MAX;
 
 #[derive(Serialize, Deserialize)]
 struct HelloWire(
@@ -85,8 +82,8 @@ struct HelloWire(
     bool,
     u64,
     u64,
-    #[serde(default, deserialize_with = "limits::bounded_vec::<_, _, HELLO_LOST_RANGES_MAX>")]
-    Vec<(ReplicaId, crate::ids::Seq, crate::ids::Seq)>,
+    #[serde(default, deserialize_with = "limits::bounded_vec::<_, _, { crate::replica::HELLO_LOST_STATEMENTS_MAX }>")]
+    Vec<crate::replica::LostStatement>,
 );
 
 /// A member record on the wire: `[replica, acked, last_heard_ms, signature]` (the signature at

@@ -668,7 +668,7 @@ impl Session {
         // of what members acknowledged decides what is re-issued (`replica/restore.rs`).
         replica.notice_own_seqs(&hello.vector, &hello.members)?;
         replica.note_recovery_heard(peer)?;
-        replica.merge_lost_gossip(&hello.lost);
+        replica.merge_lost_gossip(peer, &hello.lost)?;
         // The handshake vector is durable state of the peer: an acknowledgement.
         replica.acknowledge(peer, &hello.vector);
         self.claims_offered = self.claims_offered.saturating_add(hello.members.len());

@@ -56,6 +56,8 @@ pub enum Meta {
     Role,
     /// The ranges of own seqs lost to restores from older copies (`replica/restore.rs`).
     Lost,
+    /// Other members' statements of their lost ranges, as heard (`replica/lost.rs`).
+    LostOthers,
 }
 
 impl Meta {
@@ -74,6 +76,7 @@ impl Meta {
             Meta::RecordsSeen => "records_seen",
             Meta::Role => "role",
             Meta::Lost => "lost",
+            Meta::LostOthers => "lost_others",
         }
     }
 }

@@ -1210,7 +1210,10 @@ impl<C: Choices> Sim<'_, C> {
                 anti_entropy: false,
                 wall_ms: self.nodes[bi].clock.now_ms(),
                 records_seen: b.records_seen(a_id),
-                lost: Vec::new(),
+                // A third member's lost range, unsigned or under b's key: believed, `a` would
+                // take the third member's admissions as lost and its devices would upload again
+                // everything they hold under its dots.
+                lost: vec![forged_lost(third, b_id, kind)],
             })
         };
         let node = &mut self.nodes[ai];
@@ -1250,6 +1253,7 @@ impl<C: Choices> Sim<'_, C> {
         };
         a.purge_expired().map_err(|e| violation("storage", e.to_string()))?;
         let before = (a.vector().clone(), a.digest(), a.tombstone_count(), record.clone());
+        let lost_before = a.lost_of(third).to_vec();
         let mut session = lethe_engine::session::Session::new(a, Some(b_id))
             .map_err(|e| violation("member session", format!("opening on member {a_id}: {e}")))?;
         let frames = [hello.encode(), Message::Records(0, true, vec![forged]).encode()];
@@ -1280,10 +1284,29 @@ impl<C: Choices> Sim<'_, C> {
                 ),
             ));
         }
+        if a.lost_of(third) != lost_before.as_slice() {
+            return Err(violation(
+                "§9 member trust",
+                format!("member {b_id}'s forged lost range of member {third} was taken by member {a_id}"),
+            ));
+        }
         self.report.records_forged += 1;
         self.log(|| format!("member {b_id} relayed forged records (kind {kind}) of device {victim} to member {a_id}"));
         Ok(())
     }
+}
+
+/// A statement that member `of` lost every seq up to 2^30, unsigned (even `kind`) or signed
+/// under `forger`'s key (odd).
+fn forged_lost(of: ReplicaId, forger: ReplicaId, kind: u64) -> lethe_engine::replica::LostStatement {
+    let ranges = vec![(Seq(0), Seq(1 << 30))];
+    let signature = if kind % 2 == 1 {
+        let message = lethe_engine::sign::lost_message(of, &ranges);
+        lethe_engine::AckSigner::sign(&lethe_engine::InsecureTestSigner::new(forger), &message)
+    } else {
+        Vec::new()
+    };
+    lethe_engine::replica::LostStatement(of, ranges, signature)
 }
 
 /// The dead records (tombstones and values expired at `now_ms`) `r` holds, by key.
