@@ -1,0 +1,141 @@
+//! Review of the device session cap and device news (e44465c..4473cdf): hostile and racing
+//! inputs. Real QUIC on 127.0.0.1, real redb files; every wait on a condition with a deadline.
+
+use lethe_engine::device::DeviceHello;
+use lethe_engine::session::{Message, PROTOCOL_VERSION};
+use lethe_engine::{PutOptions, VersionVector};
+use lethe_node::{DataDir, Node, NodeConfig, PeerAddr};
+use lethe_transport::{Endpoint, Identity, NodeId, TrustList};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn listen() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn dir(root: &Path, name: &str) -> (DataDir, NodeId) {
+    let d = DataDir::new(root.join(name));
+    let id = d.init().unwrap().id();
+    (d, id)
+}
+
+fn quick(c: NodeConfig) -> NodeConfig {
+    NodeConfig {
+        gc_interval: Duration::from_millis(100),
+        anti_entropy_interval: Duration::from_secs(3600),
+        reconnect_max: Duration::from_millis(300),
+        ..c
+    }
+}
+
+fn addr(n: &Node) -> PeerAddr {
+    PeerAddr { id: n.id(), addr: n.local_addr() }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// An enrolled device that opens a session announcing uploads, then sends an empty,
+/// not-last `Upload` every 200 ms (well inside the 1 s stall timeout) for ever: each frame is
+/// valid, the member answers each, and `uploaded` never grows, so neither the stall timeout
+/// nor `UPLOADS_PER_SESSION_MAX` ends the session. With `device_sessions_max = 1` it holds
+/// the only permit, and an honest device connected to the same member never runs a session:
+/// a write at the member never reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_trickling_empty_uploads_holds_its_session_permit_for_ever_and_starves_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let config = NodeConfig {
+        device_sessions_max: 1,
+        session_stall_timeout: Duration::from_secs(1),
+        ..quick(NodeConfig::new(md, listen()))
+    };
+    let server = config.start().await.unwrap();
+    let hostile = Identity::generate().unwrap();
+    let hostile_id = hostile.id();
+    server.enrol_device(hostile_id, None).unwrap();
+    let raw = Endpoint::bind(listen(), hostile, TrustList::new([server.id()])).unwrap();
+    let conn = raw.connect(server.local_addr(), server.id()).await.unwrap();
+    let (mut w, mut r) = conn.open().await.unwrap();
+    w.send(&[3]).await.unwrap();
+    let hello = DeviceHello(
+        PROTOCOL_VERSION,
+        hostile_id.replica_id(),
+        VersionVector::new(),
+        VersionVector::new(),
+        None,
+        false,
+        true,
+        now_ms(),
+        false,
+        Vec::new(),
+        None,
+    );
+    w.send(&Message::DeviceHello(hello).encode().unwrap()).await.unwrap();
+    w.flush().await.unwrap();
+    // Read (and count) what the member answers, so its writes never block.
+    let answers = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = tokio::spawn({
+        let answers = answers.clone();
+        async move {
+            while let Ok(Some(frame)) = r.next().await {
+                let name = Message::decode(&frame).map(|m| m.name()).unwrap_or("undecodable");
+                if name == "Admitted" {
+                    answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    let trickle = tokio::spawn(async move {
+        loop {
+            let up = Message::Upload { entries: Vec::new(), last: false }.encode().unwrap();
+            if w.send(&up).await.is_err() || w.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    // The hostile session runs (holds the permit).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.status().unwrap().device_sessions == 0 {
+        assert!(Instant::now() < deadline, "the hostile session never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An honest device connects; a write at the member should reach it.
+    let (dd, dev_id) = dir(tmp.path(), "phone");
+    server.enrol_device(dev_id, None).unwrap();
+    let phone = quick(NodeConfig::new(dd, listen()).with_server(addr(&server))).start().await.unwrap();
+    server.put("k", "from the member", PutOptions::default()).await.unwrap();
+    // 20 stall timeouts: an honest session takes well under one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = false;
+    while Instant::now() < deadline {
+        if phone.get(b"k").unwrap().is_some() {
+            got = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = server.status().unwrap();
+    println!(
+        "hostile answers {} ; member device_sessions {} peak {} failed {} finished {} ; phone sessions_finished {}",
+        answers.load(std::sync::atomic::Ordering::Relaxed),
+        status.device_sessions,
+        status.device_sessions_peak,
+        status.sessions_failed,
+        status.sessions_finished,
+        phone.status().unwrap().sessions_finished,
+    );
+    trickle.abort();
+    reader.abort();
+    assert!(
+        got,
+        "the honest device never got the member's write in 20 s (20 stall timeouts): the hostile session \
+         still holds the only permit after {} empty uploads",
+        answers.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    phone.shutdown().await;
+    server.shutdown().await;
+}
