@@ -218,3 +218,140 @@ async fn a_member_commit_before_the_news_stream_is_accepted_is_never_news() {
     );
     server.shutdown().await;
 }
+
+/// Starts `config`, retrying while a node just shut down on the same data directory (or port)
+/// still holds it.
+async fn start_retrying(config: NodeConfig) -> Node {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match config.clone().start().await {
+            Ok(n) => return n,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("could not start: {e}"),
+        }
+    }
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stop(n: Node) {
+    n.shutdown().await;
+    drop(n);
+}
+
+/// The horizon case with uploads: the member checks a device's horizon against its vector at
+/// the handshake (`hello_vector`), but the news coverage notes its vector when the download
+/// starts, after the device's uploads. If the member's vector comes to cover the horizon in
+/// between (a member session brought what it lacked), the download is `Nothing` (the device
+/// takes nothing) yet the session is complete and counted as having brought the device the
+/// member's whole vector: no news follows, and the member's own write `b1`, which the device
+/// lacks, does not reach it (until the member commits again, or the hour-long anti-entropy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_horizon_covered_during_the_uploads_leaves_the_device_without_news_of_what_it_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, ia) = dir(tmp.path(), "a");
+    let (db, ib) = dir(tmp.path(), "b");
+    let pa = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let a_config = quick(NodeConfig::new(da, pa).with_trust(ib));
+    let b_config = NodeConfig {
+        device_news_interval: Duration::from_millis(50),
+        ..quick(NodeConfig::new(db, listen()).with_peer(PeerAddr { id: ia, addr: pa }))
+    };
+    let a = start_retrying(a_config.clone()).await;
+    let b = start_retrying(b_config.clone()).await;
+    a.put("a0", "x", PutOptions::default()).await.unwrap();
+    b.put("b0", "x", PutOptions::default()).await.unwrap();
+    until("a and b hold each other's first write", || {
+        a.get(b"b0").unwrap().is_some() && b.get(b"a0").unwrap().is_some()
+    })
+    .await;
+    stop(b).await;
+    a.put("a1", "b lacks this", PutOptions::default()).await.unwrap();
+    // The device bootstraps from a: its horizon is a's vector, which b does not cover.
+    let ident = Identity::generate().unwrap();
+    let dev = ident.id();
+    a.enrol_device(dev, None).unwrap();
+    let raw = Endpoint::bind(listen(), ident, TrustList::new([ia, ib])).unwrap();
+    let config = lethe_engine::Config { role: lethe_engine::Role::Device, ..lethe_engine::Config::default() };
+    let mut device = lethe_engine::Replica::open(
+        lethe_engine::MemoryStore::new(),
+        dev.replica_id(),
+        config,
+        std::sync::Arc::new(lethe_engine::SystemClock),
+    )
+    .unwrap();
+    {
+        let conn = raw.connect(a.local_addr(), ia).await.unwrap();
+        raw_device_session(&mut device, ia, &conn).await;
+        conn.conn.close(0u32.into(), b"done");
+    }
+    assert!(device.get(b"a1").unwrap().is_some());
+    let horizon = device.horizon().cloned();
+    stop(a).await;
+    let b = start_retrying(b_config.clone()).await;
+    b.enrol_device(dev, None).unwrap();
+    b.put("b1", "the device lacks this", PutOptions::default()).await.unwrap();
+    device.put("d", "queued on the device", PutOptions::default()).unwrap();
+    // Connected to b as a device node is: news stream first.
+    let conn = raw.connect(b.local_addr(), ib).await.unwrap();
+    let (mut nw, mut nr) = conn.open().await.unwrap();
+    nw.send(&[4]).await.unwrap();
+    nw.flush().await.unwrap();
+    assert!(matches!(tokio::time::timeout(Duration::from_secs(10), nr.next()).await, Ok(Ok(Some(_)))));
+    // The session: handshake, b's answer, then (before the uploads) a comes back and b syncs a1.
+    let mut s = lethe_engine::device::DeviceSession::new(&mut device, Some(ib.replica_id())).unwrap();
+    let (mut w, mut r) = conn.open().await.unwrap();
+    w.send(&[3]).await.unwrap();
+    while let Some(f) = s.poll_transmit(&device).unwrap() {
+        w.send(&f).await.unwrap();
+    }
+    w.flush().await.unwrap();
+    let hello = tokio::time::timeout(Duration::from_secs(10), r.next()).await.unwrap().unwrap().unwrap();
+    s.handle(&mut device, &hello).unwrap();
+    let a = start_retrying(a_config.clone()).await;
+    until("b holds a1 (its vector now covers the device's horizon)", || b.get(b"a1").unwrap().is_some()).await;
+    loop {
+        while let Some(f) = s.poll_transmit(&device).unwrap() {
+            w.send(&f).await.unwrap();
+        }
+        w.flush().await.unwrap();
+        if s.is_finished() {
+            break;
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(10), r.next()).await.unwrap().unwrap().unwrap();
+        s.handle(&mut device, &frame).unwrap();
+    }
+    let mut send = w.into_inner().await.unwrap();
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), r.next()).await;
+    let stats = s.stats();
+    // 10 s: 200 news intervals.
+    let news = tokio::time::timeout(Duration::from_secs(10), nr.next()).await;
+    let status = b.status().unwrap();
+    println!(
+        "horizon {horizon:?}; download mode {:?} uploaded {}; device has b1: {}; b device_news_sent {} sessions_finished {} sessions_failed {}; news: {news:?}",
+        stats.download.mode,
+        stats.uploaded,
+        device.get(b"b1").unwrap().is_some(),
+        status.device_news_sent,
+        status.sessions_finished,
+        status.sessions_failed
+    );
+    assert!(
+        device.get(b"b1").unwrap().is_some() || matches!(news, Ok(Ok(Some(_)))),
+        "the device lacks b's write b1 and b never told it: its session took nothing (mode {:?}), yet counted as \
+         covering b's vector",
+        stats.download.mode
+    );
+    stop(a).await;
+    stop(b).await;
+}
