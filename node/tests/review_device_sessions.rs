@@ -355,3 +355,66 @@ async fn a_horizon_covered_during_the_uploads_leaves_the_device_without_news_of_
     stop(a).await;
     stop(b).await;
 }
+
+/// Control for the permit finding: once the session holding the only permit ends (after
+/// several of the waiting device's stall timeouts), the waiting device is served (its stale,
+/// timed-out session streams queued at the member fail fast and pass the permit on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_the_permit_holder_ends_a_device_that_timed_out_waiting_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let config = NodeConfig {
+        device_sessions_max: 1,
+        session_stall_timeout: Duration::from_secs(1),
+        ..quick(NodeConfig::new(md, listen()))
+    };
+    let server = config.start().await.unwrap();
+    let hostile = Identity::generate().unwrap();
+    let hostile_id = hostile.id();
+    server.enrol_device(hostile_id, None).unwrap();
+    let raw = Endpoint::bind(listen(), hostile, TrustList::new([server.id()])).unwrap();
+    let conn = raw.connect(server.local_addr(), server.id()).await.unwrap();
+    let (mut w, mut r) = conn.open().await.unwrap();
+    w.send(&[3]).await.unwrap();
+    let hello = DeviceHello(
+        PROTOCOL_VERSION,
+        hostile_id.replica_id(),
+        VersionVector::new(),
+        VersionVector::new(),
+        None,
+        false,
+        true,
+        now_ms(),
+        false,
+        Vec::new(),
+        None,
+    );
+    w.send(&Message::DeviceHello(hello).encode().unwrap()).await.unwrap();
+    w.flush().await.unwrap();
+    let reader = tokio::spawn(async move { while let Ok(Some(_)) = r.next().await {} });
+    until("the hostile session holds the permit", || server.status().unwrap().device_sessions == 1).await;
+    let (dd, dev_id) = dir(tmp.path(), "phone");
+    server.enrol_device(dev_id, None).unwrap();
+    let phone = NodeConfig {
+        session_stall_timeout: Duration::from_secs(1),
+        ..quick(NodeConfig::new(dd, listen()).with_server(addr(&server)))
+    }
+    .start()
+    .await
+    .unwrap();
+    server.put("k", "from the member", PutOptions::default()).await.unwrap();
+    // 5 s of empty uploads: 5 of the phone's stall timeouts.
+    for _ in 0..25 {
+        let up = Message::Upload { entries: Vec::new(), last: false }.encode().unwrap();
+        w.send(&up).await.unwrap();
+        w.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(phone.get(b"k").unwrap().is_none(), "starved meanwhile (the first finding)");
+    conn.conn.close(0u32.into(), b"bye");
+    reader.abort();
+    until("the phone got the member's write once the permit was free", || phone.get(b"k").unwrap().is_some()).await;
+    println!("phone served after the holder left; phone sessions_failed {}", phone.status().unwrap().sessions_failed);
+    phone.shutdown().await;
+    server.shutdown().await;
+}
