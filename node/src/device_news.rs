@@ -11,7 +11,11 @@
 //!   connection to end, and none is sent while the download of its last complete session
 //!   started at a vector that covers the member's vector now (`Inner::vector_now`). So the
 //!   device that uploaded a write is not told of it: its own session already brought it
-//!   (with whatever else was committed before the download began).
+//!   (with whatever else was committed before the download began). A download withheld for
+//!   the device's horizon (`SessionStats::withheld`) counts for nothing: the horizon may not
+//!   have been covered at the handshake and be by now. Once a session brought the device
+//!   something, the stream checks for news as it starts, so a commit before it was accepted is
+//!   news too.
 //!
 //! The device sessions a member runs at once are capped ([`DeviceSessions`],
 //! `NodeConfig::device_sessions_max`): a session beyond the cap waits for a permit, it is not
@@ -124,6 +128,11 @@ impl DeviceConnection {
         *lock(&self.served) = Some(vector);
     }
 
+    /// Whether a session on this connection ran to its end with every entry.
+    fn has_served(&self) -> bool {
+        lock(&self.served).is_some()
+    }
+
     /// Whether the last complete session already brought the device `now`.
     fn covers(&self, now: &VersionVector) -> bool {
         lock(&self.served).as_ref().is_some_and(|s| s.dominates(now))
@@ -133,8 +142,10 @@ impl DeviceConnection {
 /// The member's side of a device session, noting the member's vector as its download began.
 pub(crate) struct Serving {
     pub(crate) service: DeviceService,
-    /// The member's vector when the download began (once it has).
+    /// The member's vector when the download began (once it has, and if it sends anything).
     pub(crate) download_from: Option<VersionVector>,
+    /// Whether the download began.
+    pub(crate) started: bool,
 }
 
 impl DeviceFlow for Serving {
@@ -144,9 +155,15 @@ impl DeviceFlow for Serving {
     fn handle(&mut self, r: &mut Replica<RedbStore>, frame: &[u8]) -> Result<(), SyncError> {
         DeviceFlow::handle(&mut self.service, r, frame)?;
         // The download begins inside the `handle` that took the handshake (or the last
-        // upload), under the same hold of the replica as this: its vector is this one.
-        if self.download_from.is_none() && DeviceFlow::stats(&self.service).download.mode.is_some() {
-            self.download_from = Some(r.vector().clone());
+        // upload), under the same hold of the replica as this: its vector is this one. A
+        // download of nothing is not counted: the device may have everything, or may be unable
+        // to take anything here (its horizon not covered at the handshake, though perhaps by
+        // now), and news must reach it once this member's vector moves on (a device that had
+        // everything was brought this member's vector, as by any download).
+        let download = DeviceFlow::stats(&self.service).download;
+        if !self.started && download.mode.is_some() {
+            self.download_from = (!download.withheld).then(|| r.vector().clone());
+            self.started = true;
         }
         Ok(())
     }
@@ -170,6 +187,13 @@ pub(crate) async fn tell_news(
     mut w: lethe_transport::FrameWriter<SendStream>,
 ) {
     let mut vector = inner.vector_now.subscribe();
+    // What moved before this stream was accepted counts too, once a session on the connection
+    // brought the device something to compare with (a commit between its download's start and
+    // this stream's accept would otherwise wait for the next commit). Before any, the device's
+    // first session brings it all.
+    if state.has_served() {
+        vector.mark_changed();
+    }
     let mut stop = inner.shutdown.subscribe();
     let interval = inner.config.device_news_interval;
     let mut last_news: Option<tokio::time::Instant> = None;

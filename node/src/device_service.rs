@@ -428,8 +428,12 @@ async fn serve_session(inner: &Arc<Inner>, conn: &PeerConnection, state: &Device
     let result = match service {
         Ok(service) => {
             let stall = inner.config.session_stall_timeout;
-            let mut flow = Serving { service, download_from: None };
-            pump(&**inner, &mut flow, stream, stall, &mut |_| {}).await.map(|done| (done, flow.download_from))
+            let mut flow = Serving { service, download_from: None, started: false };
+            let limit = inner.config.device_session_timeout;
+            match tokio::time::timeout(limit, pump(&**inner, &mut flow, stream, stall, &mut |_| {})).await {
+                Ok(result) => result.map(|done| (done, flow.download_from)),
+                Err(_) => Err(Failure::Overran(limit)),
+            }
         }
         Err(e) => Err(Failure::Sync(e)),
     };

@@ -60,7 +60,11 @@ impl DirectoryFile {
             file.apply(&puts, &[])?;
         }
         match std::fs::remove_file(legacy_path(dir)) {
-            Ok(()) => tracing::info!(entries = legacy.len(), "moved the device directory into {}", file.path.display()),
+            Ok(()) => {
+                // Durable, so a power loss cannot bring the old file back over later changes.
+                sync_parent(&legacy_path(dir))?;
+                tracing::info!(entries = legacy.len(), "moved the device directory into {}", file.path.display());
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(DirectoryError::Io { path: legacy_path(dir).display().to_string(), source }),
         }
@@ -129,8 +133,12 @@ impl DirectoryFile {
             }
             Ok(Ok(rows))
         };
-        let rows =
-            read().map_err(failed)?.map_err(|count| damaged(format!("{count} entries, more than {DEVICES_MAX}")))?;
+        let rows = read()
+            .map_err(|e| match e {
+                redb::Error::Corrupted(reason) => damaged(reason),
+                e => failed(e),
+            })?
+            .map_err(|count| damaged(format!("{count} entries, more than {DEVICES_MAX}")))?;
         let mut out = Vec::with_capacity(rows.len());
         for (replica, bytes) in rows {
             let e: DirectoryEntry = ciborium::from_reader(bytes.as_slice()).map_err(|e| damaged(e.to_string()))?;
@@ -143,17 +151,70 @@ impl DirectoryFile {
         Ok(out)
     }
 
-    /// The open database, opening it (again) if need be.
+    /// The open database, opening it (again) if need be. A file that is not there is made
+    /// whole beside it and renamed in, so an empty or partial `devices.redb` is never this
+    /// node's own doing: found, it is refused as damaged, not taken for an empty directory
+    /// (every device would be refused while the engine has them enrolled).
     fn db(&mut self) -> Result<&Database, DirectoryError> {
         let db = match self.db.take() {
             Some(db) => db,
             None => {
-                let file = create_private(&self.path)?;
-                let backend = redb::backends::FileBackend::new(file).map_err(self.failure("opening"))?;
-                redb::Builder::new().create_with_backend(backend).map_err(self.failure("opening"))?
+                match std::fs::metadata(&self.path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.create()?,
+                    Err(source) => return Err(DirectoryError::Io { path: self.path.display().to_string(), source }),
+                    Ok(m) if m.len() == 0 => {
+                        return Err(self.damaged()("the file is empty (truncated?)".to_string()));
+                    }
+                    Ok(_) => {}
+                }
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&self.path)
+                    .map_err(|source| DirectoryError::Io { path: self.path.display().to_string(), source })?;
+                self.open_on(file)?
             }
         };
         Ok(self.db.insert(db))
+    }
+
+    /// A database on `file`; one that is not a redb database, or is corrupted, is damaged.
+    fn open_on(&self, file: std::fs::File) -> Result<Database, DirectoryError> {
+        let backend = redb::backends::FileBackend::new(file).map_err(self.failure("opening"))?;
+        redb::Builder::new().create_with_backend(backend).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => self.damaged()(reason),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                self.damaged()(io.to_string())
+            }
+            e => self.failure("opening")(e),
+        })
+    }
+
+    /// Makes an empty directory file: built as `devices.redb.new` (0600, its table committed),
+    /// then renamed into place and the rename made durable.
+    fn create(&self) -> Result<(), DirectoryError> {
+        let tmp = self.path.with_extension("redb.new");
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| DirectoryError::Io { path: p, source }
+        };
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
+            _ => {}
+        }
+        let db = self.open_on(create_private(&tmp)?)?;
+        let init = || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(ENTRIES)?;
+            txn.commit()?;
+            Ok(())
+        };
+        init().map_err(self.failure("creating"))?;
+        drop(db);
+        std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
+        sync_parent(&self.path)
     }
 
     fn failure<E: std::fmt::Display>(&self, what: &'static str) -> impl Fn(E) -> DirectoryError + use<E> {
@@ -165,6 +226,14 @@ impl DirectoryFile {
         let path = self.path.display().to_string();
         move |reason| DirectoryError::Damaged { path: path.clone(), reason }
     }
+}
+
+/// Makes a rename or removal in the directory holding `path` durable.
+fn sync_parent(path: &Path) -> Result<(), DirectoryError> {
+    let Some(dir) = path.parent() else { return Ok(()) };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| DirectoryError::Io { path: dir.display().to_string(), source })
 }
 
 /// Opens `path` for reading and writing, creating it 0600 if it does not exist.

@@ -71,6 +71,10 @@ pub const DEVICE_NEWS_INTERVAL: Duration = Duration::from_secs(1);
 /// The default [`NodeConfig::device_sessions_max`]: 64.
 pub const DEVICE_SESSIONS_MAX: usize = 64;
 
+/// The default [`NodeConfig::device_session_timeout`]: 15 minutes (a bootstrap of 1 GB at
+/// 10 Mbit/s fits; a device's session holding its turn longer is ended).
+pub const DEVICE_SESSION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
 /// The default [`NodeConfig::session_stall_timeout`]: 60 s.
 pub const SESSION_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -113,6 +117,13 @@ pub struct NodeConfig {
     /// and a share of the CPU). Sessions beyond it wait for one to end; none is refused. 0 is
     /// taken as 1. Default [`DEVICE_SESSIONS_MAX`].
     pub device_sessions_max: usize,
+    /// On a member: how long one device session may run once it has its turn (of
+    /// `device_sessions_max`), whatever it does. A device that keeps a session alive without
+    /// finishing it (a trickle of frames, each inside the stall timeout) would otherwise hold
+    /// its turn for ever and, with `device_sessions_max` such devices, starve every other; its
+    /// session is ended (counted failed) and its device starts another later, behind the ones
+    /// waiting. Default [`DEVICE_SESSION_TIMEOUT`].
+    pub device_session_timeout: Duration,
     /// The longest wait between reconnection attempts (backoff doubles up to this).
     pub reconnect_max: Duration,
     /// How long a session may wait on its peer (a frame to arrive, or the peer to take one)
@@ -229,6 +240,7 @@ impl NodeConfig {
             device_anti_entropy_interval: DEVICE_ANTI_ENTROPY_INTERVAL,
             device_news_interval: DEVICE_NEWS_INTERVAL,
             device_sessions_max: DEVICE_SESSIONS_MAX,
+            device_session_timeout: DEVICE_SESSION_TIMEOUT,
             reconnect_max: Duration::from_secs(5),
             session_stall_timeout: SESSION_STALL_TIMEOUT,
             clock: NodeClock::default(),
@@ -459,6 +471,8 @@ pub(crate) enum Failure {
     StreamKind(Vec<u8>),
     #[error("the peer neither answered nor read for {0:?} (the session stall timeout)")]
     Stalled(Duration),
+    #[error("the device session ran past {0:?} (the device session timeout) and was ended to let others run")]
+    Overran(Duration),
 }
 
 impl Failure {
@@ -482,7 +496,7 @@ impl Failure {
             Failure::Sync(SyncError::FrameTooLarge { .. }) => Some(CloseCode::TooLarge),
             Failure::Sync(_) | Failure::StreamKind(_) => Some(CloseCode::Malformed),
             Failure::Transport(e) if e.is_peer_frame_error() => Some(CloseCode::for_error(e)),
-            Failure::Transport(_) | Failure::ClosedEarly | Failure::Stalled(_) => None,
+            Failure::Transport(_) | Failure::ClosedEarly | Failure::Stalled(_) | Failure::Overran(_) => None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The file's keys are the flags' names in kebab-case (`listen`, `peer`, `trust`, `server`,
 //! `gc-interval`, `anti-entropy-interval`, `lease`, `device-lease`, `device-news-interval`,
-//! `device-sessions-max`, `metrics`, `metrics-public`), plus `data`
+//! `device-sessions-max`, `device-session-timeout`, `metrics`, `metrics-public`), plus `data`
 //! for the global `--data` and `compression` (`compression = false` is `--no-compression`). A
 //! boolean the file sets is overridden by the opposite flag (`--compression`,
 //! `--no-metrics-public`). A repeatable flag is a list (`peer = ["ID@ADDR"]`), a duration a string (`"2s"`). A key the
@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// [default: 64].
     #[arg(long, value_parser = positive_count)]
     device_sessions_max: Option<usize>,
+    /// On a member: how long one device session may run once it has its turn; one running
+    /// longer is ended and its device starts another behind those waiting [default: 15m].
+    #[arg(long, value_parser = positive_duration)]
+    device_session_timeout: Option<Duration>,
     /// Neither offer nor accept zstd-compressed frames: every connection sends frames raw both
     /// ways (less CPU, more bytes). In the file: `compression = false`.
     #[arg(long, conflicts_with = "compression")]
@@ -127,6 +131,7 @@ pub struct ServeFile {
     device_lease: Option<String>,
     device_news_interval: Option<String>,
     device_sessions_max: Option<usize>,
+    device_session_timeout: Option<String>,
     metrics: Option<String>,
     metrics_public: Option<bool>,
     compression: Option<bool>,
@@ -219,6 +224,12 @@ impl ServeArgs {
             "device-news-interval",
             file.device_news_interval,
             lethe_node::node::DEVICE_NEWS_INTERVAL,
+        )?;
+        config.device_session_timeout = duration(
+            self.device_session_timeout,
+            "device-session-timeout",
+            file.device_session_timeout,
+            lethe_node::node::DEVICE_SESSION_TIMEOUT,
         )?;
         config.device_sessions_max = match (self.device_sessions_max, file.device_sessions_max) {
             (Some(n), _) => n,

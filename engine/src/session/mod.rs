@@ -147,6 +147,10 @@ pub struct SessionStats {
     pub held_back: u64,
     /// Whether the peer's flow ended as a partial transfer (it held entries back).
     pub partial_received: bool,
+    /// On a member's download to a device: nothing was sent because the device's horizon is
+    /// not covered here (it can take nothing from this member yet; `Mode::Nothing` otherwise
+    /// means the device had everything).
+    pub withheld: bool,
 }
 
 #[derive(Debug)]
@@ -362,9 +366,11 @@ impl Session {
         let asked = *anti_entropy;
         let anti_entropy = asked && replica.grant_device_anti_entropy(device);
         let idle = admitted.is_none() && !asked && vector.dominates(&v0);
-        if idle || horizon.is_some_and(|h| !hello_vector.dominates(h)) {
+        let withheld = horizon.is_some_and(|h| !hello_vector.dominates(h));
+        if idle || withheld {
             s.source = Source::Nothing;
             s.stats.mode = Some(Mode::Nothing);
+            s.stats.withheld = withheld && !idle;
         } else if fresh {
             s.stats.mode = Some(Mode::Bootstrap);
             let snapshot = HeldSnapshot(Box::new(replica.store().snapshot().map_err(Error::from)?));

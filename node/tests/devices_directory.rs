@@ -1,4 +1,5 @@
-//! Review of the device directory in redb (09987f5): damaged files. Real redb files in
+//! The device directory in redb (`directory_file.rs`) facing damaged files: an emptied or
+//! garbage `devices.redb` is refused as damaged, never taken for an empty directory. Real redb files in
 //! temporary directories, a real node.
 
 use lethe_node::{DataDir, NodeConfig};

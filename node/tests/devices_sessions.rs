@@ -1,5 +1,6 @@
-//! Review of the device session cap and device news (e44465c..4473cdf): hostile and racing
-//! inputs. Real QUIC on 127.0.0.1, real redb files; every wait on a condition with a deadline.
+//! The device session cap and device news under hostile and racing inputs (a hostile review of
+//! `device_news.rs`): a device that holds its turn, commits that race the news stream, a horizon
+//! covered mid-session. Real QUIC on 127.0.0.1, real redb files; every wait on a condition with a deadline.
 
 use lethe_engine::device::DeviceHello;
 use lethe_engine::session::{Message, PROTOCOL_VERSION};
@@ -44,12 +45,13 @@ fn now_ms() -> u64 {
 /// the only permit, and an honest device connected to the same member never runs a session:
 /// a write at the member never reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_trickling_empty_uploads_holds_its_session_permit_for_ever_and_starves_the_others() {
+async fn a_device_trickling_empty_uploads_loses_its_turn_at_the_device_session_timeout_and_the_others_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (md, _) = dir(tmp.path(), "server");
     let config = NodeConfig {
         device_sessions_max: 1,
         session_stall_timeout: Duration::from_secs(1),
+        device_session_timeout: Duration::from_secs(3),
         ..quick(NodeConfig::new(md, listen()))
     };
     let server = config.start().await.unwrap();
@@ -174,7 +176,7 @@ async fn raw_device_session(
 /// V0), member commit (V1), news stream opened. The device lacks V1, its last session covered
 /// only V0, yet the member never tells it (only the first frame, the live count, comes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_commit_before_the_news_stream_is_accepted_is_never_news() {
+async fn a_member_commit_before_the_news_stream_is_accepted_is_news() {
     let tmp = tempfile::tempdir().unwrap();
     let (md, _) = dir(tmp.path(), "server");
     let config = NodeConfig { device_news_interval: Duration::from_millis(50), ..quick(NodeConfig::new(md, listen())) };
@@ -256,7 +258,7 @@ async fn stop(n: Node) {
 /// member's whole vector: no news follows, and the member's own write `b1`, which the device
 /// lacks, does not reach it (until the member commits again, or the hour-long anti-entropy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_horizon_covered_during_the_uploads_leaves_the_device_without_news_of_what_it_lacks() {
+async fn a_horizon_covered_during_the_uploads_still_brings_news_of_what_the_device_lacks() {
     let tmp = tempfile::tempdir().unwrap();
     let (da, ia) = dir(tmp.path(), "a");
     let (db, ib) = dir(tmp.path(), "b");
