@@ -2,20 +2,11 @@
 //! garbage `devices.redb` is refused as damaged, never taken for an empty directory. Real redb files in
 //! temporary directories, a real node.
 
-use lethe_node::{DataDir, NodeConfig};
-use lethe_transport::NodeId;
-use std::net::SocketAddr;
+use lethe_node::NodeConfig;
 use std::path::Path;
 
-fn listen() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn dir(root: &Path, name: &str) -> (DataDir, NodeId) {
-    let d = DataDir::new(root.join(name));
-    let id = d.init().unwrap().id();
-    (d, id)
-}
+mod common;
+use common::{dir, listen};
 
 /// Enrols a device on a fresh member, stops it, lets `damage` do its worst to `devices.redb`,
 /// and starts the member again: what it says of the device (its node id, if it knows it), or

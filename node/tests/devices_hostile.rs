@@ -2,36 +2,11 @@
 //! directory, a wrong `--server` id. Real QUIC on 127.0.0.1, real files in temporary
 //! directories; every wait is on a condition with a deadline.
 
-use lethe_node::{DataDir, Node, NodeClock, NodeConfig, PeerAddr, SyncOnceError, sync_once};
-use lethe_transport::NodeId;
-use std::net::SocketAddr;
-use std::path::Path;
+use lethe_node::{NodeClock, NodeConfig, PeerAddr, SyncOnceError, sync_once};
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn listen() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn dir(root: &Path, name: &str) -> (DataDir, NodeId) {
-    let d = DataDir::new(root.join(name));
-    let id = d.init().unwrap().id();
-    (d, id)
-}
-
-fn quick(c: NodeConfig) -> NodeConfig {
-    NodeConfig {
-        gc_interval: Duration::from_millis(100),
-        anti_entropy_interval: Duration::from_secs(3600),
-        reconnect_max: Duration::from_millis(300),
-        ..c
-    }
-}
-
-fn addr(n: &Node) -> PeerAddr {
-    PeerAddr { id: n.id(), addr: n.local_addr() }
-}
+mod common;
+use common::{DEADLINE, addr, dir, listen, quick};
 
 /// A wrong NODEID in `--server` (another node on that address) is not a refusal: `sync_once`
 /// says the server is not the one named and tries the next, which serves the device.

@@ -9,47 +9,14 @@
 
 use lethe_engine::{PutOptions, WriteBatch};
 use lethe_node::{DataDir, Node, NodeConfig, PeerAddr};
-use lethe_transport::NodeId;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn listen() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn dir(root: &Path, name: &str) -> (DataDir, NodeId) {
-    let d = DataDir::new(root.join(name));
-    let id = d.init().unwrap().id();
-    (d, id)
-}
-
-fn quick(c: NodeConfig) -> NodeConfig {
-    NodeConfig {
-        gc_interval: Duration::from_millis(100),
-        anti_entropy_interval: Duration::from_secs(3600),
-        reconnect_max: Duration::from_millis(300),
-        ..c
-    }
-}
-
-fn addr(n: &Node) -> PeerAddr {
-    PeerAddr { id: n.id(), addr: n.local_addr() }
-}
+mod common;
+use common::{DEADLINE, addr, dir, listen, quick, until};
 
 async fn device(d: &DataDir, server: PeerAddr) -> Node {
     quick(NodeConfig::new(d.clone(), listen()).with_server(server)).start().await.unwrap()
-}
-
-/// Waits until `cond` holds, or fails saying `what` after [`DEADLINE`].
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn sessions(n: &Node) -> u64 {

@@ -5,34 +5,12 @@
 use lethe_engine::device::DeviceHello;
 use lethe_engine::session::{Message, PROTOCOL_VERSION};
 use lethe_engine::{PutOptions, VersionVector};
-use lethe_node::{DataDir, Node, NodeConfig, PeerAddr};
+use lethe_node::{Node, NodeConfig, PeerAddr};
 use lethe_transport::{Endpoint, Identity, NodeId, TrustList};
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn listen() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-fn dir(root: &Path, name: &str) -> (DataDir, NodeId) {
-    let d = DataDir::new(root.join(name));
-    let id = d.init().unwrap().id();
-    (d, id)
-}
-
-fn quick(c: NodeConfig) -> NodeConfig {
-    NodeConfig {
-        gc_interval: Duration::from_millis(100),
-        anti_entropy_interval: Duration::from_secs(3600),
-        reconnect_max: Duration::from_millis(300),
-        ..c
-    }
-}
-
-fn addr(n: &Node) -> PeerAddr {
-    PeerAddr { id: n.id(), addr: n.local_addr() }
-}
+mod common;
+use common::{addr, dir, listen, quick, until};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
@@ -234,14 +212,6 @@ async fn start_retrying(config: NodeConfig) -> Node {
             }
             Err(e) => panic!("could not start: {e}"),
         }
-    }
-}
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
