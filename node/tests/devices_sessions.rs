@@ -390,3 +390,36 @@ async fn once_the_permit_holder_ends_a_device_that_timed_out_waiting_is_served()
     phone.shutdown().await;
     server.shutdown().await;
 }
+
+/// A device stream whose first frame never comes (a byte of its length prefix, then nothing)
+/// must not hold up the device's other streams: a session on a second stream is served, and
+/// the silent stream is dropped after the stall timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_stream_whose_first_frame_never_comes_does_not_hold_up_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (md, _) = dir(tmp.path(), "server");
+    let config = NodeConfig { session_stall_timeout: Duration::from_secs(1), ..quick(NodeConfig::new(md, listen())) };
+    let server = config.start().await.unwrap();
+    server.put("a", "from the member", PutOptions::default()).await.unwrap();
+    let ident = Identity::generate().unwrap();
+    let id = ident.id();
+    server.enrol_device(id, None).unwrap();
+    let raw = Endpoint::bind(listen(), ident, TrustList::new([server.id()])).unwrap();
+    let conn = raw.connect(server.local_addr(), server.id()).await.unwrap();
+    let (w, _r) = conn.open().await.unwrap();
+    let mut silent = w.into_inner().await.unwrap();
+    silent.write_all(&[0]).await.unwrap();
+    let config = lethe_engine::Config { role: lethe_engine::Role::Device, ..lethe_engine::Config::default() };
+    let mut device = lethe_engine::Replica::open(
+        lethe_engine::MemoryStore::new(),
+        id.replica_id(),
+        config,
+        std::sync::Arc::new(lethe_engine::SystemClock),
+    )
+    .unwrap();
+    let session = tokio::time::timeout(Duration::from_secs(30), raw_device_session(&mut device, server.id(), &conn));
+    assert!(session.await.is_ok(), "the session on the second stream was never served");
+    assert!(device.get(b"a").unwrap().is_some(), "the session brought the member's write");
+    drop(silent);
+    server.shutdown().await;
+}
