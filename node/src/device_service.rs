@@ -382,14 +382,22 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: PeerConnection) {
                 _ = stop.changed() => { conn.close(CloseCode::Done, "node shutting down"); break; }
             };
             let Ok((w, mut r)) = stream else { break };
-            let kind = match r.next().await {
-                Ok(Some(kind)) => kind,
-                Ok(None) => continue,
-                Err(_) => break,
-            };
             let (inner, conn, turn, state) = (inner.clone(), conn.clone(), one_at_a_time.clone(), state.clone());
             tokio::spawn(
                 async move {
+                    // The stream's first frame says what it is. Read here, not in the accept
+                    // loop, so a stream whose first frame never comes holds up no other; it is
+                    // dropped after the stall timeout (QUIC bounds how many may be open).
+                    let stall = inner.config.session_stall_timeout;
+                    let kind = match tokio::time::timeout(stall, r.next()).await {
+                        Ok(Ok(Some(kind))) => kind,
+                        Ok(Ok(None)) => return,
+                        Ok(Err(e)) if e.is_peer_frame_error() => {
+                            return conn.close(CloseCode::for_error(&e), &format!("device stream's first frame: {e}"));
+                        }
+                        Ok(Err(e)) => return debug!("device stream's first frame: {e}"),
+                        Err(_) => return debug!("device stream sent no first frame in {stall:?}; dropped"),
+                    };
                     match kind.as_slice() {
                         [STREAM_DEVICE_SESSION] => {
                             // Counted from here: news waits for it, and it may bring what the
