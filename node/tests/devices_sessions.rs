@@ -19,9 +19,9 @@ fn now_ms() -> u64 {
 /// An enrolled device that opens a session announcing uploads, then sends an empty,
 /// not-last `Upload` every 200 ms (well inside the 1 s stall timeout) for ever: each frame is
 /// valid, the member answers each, and `uploaded` never grows, so neither the stall timeout
-/// nor `UPLOADS_PER_SESSION_MAX` ends the session. With `device_sessions_max = 1` it holds
-/// the only permit, and an honest device connected to the same member never runs a session:
-/// a write at the member never reaches it.
+/// nor `UPLOADS_PER_SESSION_MAX` ends the session. With `device_sessions_max = 1` it held the
+/// only permit for ever, and a write at the member never reached an honest device; now the
+/// session ends at `device_session_timeout` (3 s here) and the honest device is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_trickling_empty_uploads_loses_its_turn_at_the_device_session_timeout_and_the_others_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -146,13 +146,13 @@ async fn raw_device_session(
     let _ = tokio::time::timeout(Duration::from_secs(2), r.next()).await;
 }
 
-/// The news stream subscribes to the member's vector only when it is accepted, and then waits
-/// for the vector to move *again*: a commit at the member after the download of the device's
-/// first session on the connection began and before its news stream was accepted is never
-/// news. A device node opens its news stream in a task of its own while its first session
-/// runs, so the two race; here the order is made explicit: session complete (member vector
-/// V0), member commit (V1), news stream opened. The device lacks V1, its last session covered
-/// only V0, yet the member never tells it (only the first frame, the live count, comes).
+/// The news stream subscribes to the member's vector when it is accepted: a commit at the
+/// member after the download of the device's first session on the connection began and before
+/// its news stream was accepted must still be news (it was not: the stream waited for the
+/// vector to move again). A device node opens its news stream in a task of its own while its
+/// first session runs, so the two race; here the order is made explicit: session complete
+/// (member vector V0), member commit (V1), news stream opened. The device lacks V1, so news
+/// follows the first frame (the live count).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_commit_before_the_news_stream_is_accepted_is_news() {
     let tmp = tempfile::tempdir().unwrap();
@@ -223,10 +223,10 @@ async fn stop(n: Node) {
 /// The horizon case with uploads: the member checks a device's horizon against its vector at
 /// the handshake (`hello_vector`), but the news coverage notes its vector when the download
 /// starts, after the device's uploads. If the member's vector comes to cover the horizon in
-/// between (a member session brought what it lacked), the download is `Nothing` (the device
-/// takes nothing) yet the session is complete and counted as having brought the device the
-/// member's whole vector: no news follows, and the member's own write `b1`, which the device
-/// lacks, does not reach it (until the member commits again, or the hour-long anti-entropy).
+/// between (a member session brought what it lacked), the download is withheld (the device
+/// takes nothing); counted as having brought the device the member's whole vector, it left the
+/// member's own write `b1` unsent until the next commit or the hour-long anti-entropy. A
+/// withheld download now counts for nothing, and news follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_horizon_covered_during_the_uploads_still_brings_news_of_what_the_device_lacks() {
     let tmp = tempfile::tempdir().unwrap();
