@@ -1,0 +1,242 @@
+//! A third hostile review of the device cursor and restore fixes (docs/design.md §8–§10): each
+//! test is one finding, written to fail before it is fixed.
+
+use lethe_engine::device::records::{RECORDS_CLOCK_GAP_MAX, RecordWire};
+use lethe_engine::device::{DeviceService, DeviceSession, sync_device_in_process};
+use lethe_engine::membership::MemberInfo;
+use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session, sync_in_process};
+use lethe_engine::sign::CursorClaim;
+use lethe_engine::{
+    Config, InsecureTestSigner, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role, Seq,
+};
+use std::sync::Arc;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn signed(mut r: Replica<MemoryStore>) -> Replica<MemoryStore> {
+    r.set_signer(Arc::new(InsecureTestSigner::new(r.id())));
+    r
+}
+
+fn open_member_in(store: MemoryStore, id: u64, config: Config, clock: &ManualClock) -> Replica<MemoryStore> {
+    signed(Replica::open(store, ReplicaId(id), config, Arc::new(clock.clone())).unwrap())
+}
+
+fn open_member(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
+    open_member_in(MemoryStore::new(), id, Config::default(), clock)
+}
+
+fn open_device_in(store: MemoryStore, id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
+    let config = Config { role: Role::Device, ..Config::default() };
+    signed(Replica::open(store, ReplicaId(id), config, Arc::new(clock.clone())).unwrap())
+}
+
+fn open_device(id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
+    open_device_in(MemoryStore::new(), id, clock)
+}
+
+fn put(r: &mut Replica<MemoryStore>, key: &str, value: &str, clock: &ManualClock) {
+    clock.advance(1);
+    r.put(key, value, PutOptions::default()).unwrap();
+}
+
+fn keys(r: &Replica<MemoryStore>) -> Vec<String> {
+    r.scan(&KeyRange::all(), usize::MAX).unwrap().into_iter().map(|i| String::from_utf8(i.key).unwrap()).collect()
+}
+
+/// Two members that know each other, the hub (id 1) and the other (id 2), and a phone enrolled
+/// at both.
+fn two_members_and_a_phone(clock: &ManualClock) -> (Replica<MemoryStore>, Replica<MemoryStore>, Replica<MemoryStore>) {
+    let mut hub = open_member(1, clock);
+    let mut other = open_member(2, clock);
+    hub.enrol_member(other.id()).unwrap();
+    other.enrol_member(hub.id()).unwrap();
+    let phone = open_device(100, clock);
+    hub.enrol_device(phone.id()).unwrap();
+    other.enrol_device(phone.id()).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    (hub, other, phone)
+}
+
+/// A device session cut right after the member's handshake reached the device: nothing the
+/// device uploads reaches the member (a dropped connection, or an upload the member refused
+/// whole: in recovery, a stamp past the drift bound).
+fn session_cut_after_member_hello(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
+    let mut ds = DeviceSession::new(d, Some(m.id())).unwrap();
+    let mut ms = DeviceService::new(m, Some(d.id())).unwrap();
+    while let Some(f) = ds.poll_transmit(d).unwrap() {
+        ms.handle(m, &f).unwrap();
+    }
+    let f = ms.poll_transmit(m).unwrap().expect("the member's handshake");
+    assert!(matches!(Message::decode(&f).unwrap(), Message::MemberHello(_)));
+    ds.handle(d, &f).unwrap();
+    // The device's first upload may now be read from its queue; it never arrives.
+    let _ = ds.poll_transmit(d).unwrap();
+}
+
+/// A hostile `b` opens a session with `a` and sends `records` as its device records.
+fn hostile_records(a: &mut Replica<MemoryStore>, b: &Replica<MemoryStore>, records: Vec<RecordWire>) {
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        replica: b.id(),
+        vector: b.vector().clone(),
+        members: vec![MemberInfo::from(b.sign_ack(b.vector().clone()))],
+        values: 1,
+        anti_entropy: false,
+        wall_ms: T0,
+        records_seen: b.records_seen(a.id()),
+        lost: Vec::new(),
+    };
+    let mut s = Session::new(a, Some(b.id())).unwrap();
+    s.handle(a, &Message::Hello(hello).encode().unwrap()).unwrap();
+    s.handle(a, &Message::Records(b.devices().clock() + 1, true, records).encode().unwrap()).unwrap();
+}
+
+/// R3-1. The phone is restored from a backup made after its write `a`; the hub admitted `a`
+/// and `b` since (the hub's own claim: 2), and the other member has not heard of `b` (its
+/// cursor: 0 or 1). The restored phone writes `new`, reusing upload seq 2. Its first session
+/// goes to the other member, whose cursor is no evidence of the reuse, and is cut once the
+/// member's handshake arrived (nothing uploaded): from then on the phone counts seq 2 as one
+/// it "may have sent" (`uploads_sent_max`), and its open point is cleared. Its next session,
+/// with the hub, shows cursor 2: no re-numbering, `new` goes up at seq 2, the hub's own claim
+/// reaches it, it holds nothing for `new`, and answers "known". The phone drops `new`: a write
+/// no member ever held is lost (design.md §10: "Its writes, admitted or queued, are thus never
+/// lost").
+#[test]
+fn a_restored_devices_write_is_not_lost_when_its_first_session_is_cut_at_a_member_behind_the_cursor() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
+    put(&mut phone, "a", "a", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let backup = phone.store().clone();
+    put(&mut phone, "b", "b", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(hub.devices().cursor(phone.id()), Seq(2));
+    assert!(other.devices().cursor(phone.id()) < Seq(2), "the other member has not heard of b");
+    drop(phone);
+
+    let mut phone = open_device_in(backup, 100, &clock);
+    put(&mut phone, "new", "new", &clock);
+    session_cut_after_member_hello(&mut phone, &mut other);
+    let out = sync_device_in_process(&mut phone, &mut hub).unwrap();
+    eprintln!("hub session: {:?}", out.member);
+    for _ in 0..2 {
+        sync_in_process(&mut hub, &mut other, false).unwrap();
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+        sync_device_in_process(&mut phone, &mut other).unwrap();
+    }
+    assert_eq!(keys(&phone), ["a", "b", "new"], "the restored phone's write `new` was lost at the phone");
+    assert_eq!(keys(&hub), ["a", "b", "new"], "the restored phone's write `new` never reached a member");
+}
+
+/// R3-2. A compromised member's own cursor claim is bounded only against the cursor the
+/// receiver holds (`CURSOR_GAP_MAX` = 2^40), so claims that each stay within the bound ratchet
+/// it: two records for the phone in one `Records` message, claiming 2^40 and then 2^41, are
+/// both taken. The honest hub then shows the phone a cursor more than 2^40 beyond anything the
+/// phone numbered, and the phone refuses every handshake of the hub from then on (the cursor
+/// only grows): the device is cut off from an honest member for good. design.md §9 bounds a
+/// compromised member's claim at `CURSOR_GAP_MAX` beyond the cursor, and records.rs says "no
+/// peer's word brings a cursor … near u64::MAX"; a few thousand records per message do.
+#[test]
+fn cursor_claims_within_the_gap_bound_do_not_ratchet_the_cursor_and_cut_the_device_off() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, other, mut phone) = two_members_and_a_phone(&clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    put(&mut phone, "w", "w", &clock);
+    let gap = lethe_engine::limits::CURSOR_GAP_MAX;
+    let record = |seq| RecordWire(phone.id(), 0, false, None, vec![CursorClaim(other.id(), Seq(seq), Seq(0), Vec::new())], 0, 0, Vec::new());
+    hostile_records(&mut hub, &other, vec![record(gap), record(2 * gap)]);
+    let cursor = hub.devices().cursor(phone.id());
+    eprintln!("hub cursor for the phone: {cursor}, claims refused as implausible: {}", hub.claims_implausible());
+    let synced = sync_device_in_process(&mut phone, &mut hub);
+    eprintln!("the phone's next sync with the honest hub: {:?}", synced.as_ref().map(|_| ()));
+    assert!(synced.is_ok(), "the phone can no longer sync with the honest hub");
+    assert_eq!(phone.pending_uploads().unwrap(), 0);
+    assert!(cursor.0 <= gap, "claims within the bound ratcheted the cursor past it");
+}
+
+/// R3-3. The hub is restored from its backup twice (the operator's one backup: the store is
+/// lost again later). After the first restore its records clock jumped by
+/// `RECORDS_CLOCK_GAP_MAX` and the other member merged its records up to there. Restored again
+/// from the same copy, the hub's clock is back at the copy's, more than `RECORDS_CLOCK_GAP_MAX`
+/// below what the other member says it merged: the claim is refused as implausible, the clock
+/// does not jump, and a removal made at the hub now (numbered below the claim) never reaches
+/// the other member, which goes on admitting the removed device.
+#[test]
+fn a_removal_reaches_the_peer_after_a_second_restore_from_the_same_backup() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    let backup = hub.store().clone();
+    for _ in 0..3 {
+        clock.advance(1);
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+    }
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    drop(hub);
+
+    // First restore: the clock jumps, the other member merges past the jump.
+    let mut hub = open_member_in(backup.clone(), 1, Config::default(), &clock);
+    let copy_clock = hub.devices().clock();
+    for _ in 0..2 {
+        sync_in_process(&mut hub, &mut other, false).unwrap();
+    }
+    assert!(hub.devices().clock() > copy_clock + RECORDS_CLOCK_GAP_MAX, "the first restore jumped the clock");
+    clock.advance(1);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    eprintln!("copy clock {copy_clock}, other merged the hub's records up to {}", other.records_seen(hub.id()));
+    drop(hub);
+
+    // Second restore, from the same copy.
+    let mut hub = open_member_in(backup, 1, Config::default(), &clock);
+    assert!(hub.remove_device(phone.id()).unwrap());
+    for _ in 0..2 {
+        sync_in_process(&mut hub, &mut other, false).unwrap();
+    }
+    eprintln!(
+        "after the second restore: hub clock {}, refused claims {}",
+        hub.devices().clock(),
+        hub.records_clock_claims_refused()
+    );
+    assert!(other.devices().is_revoked(phone.id()), "the removal at the twice-restored hub never reached its peer");
+}
+
+/// R3-4. Finding 8's fix carries the member's entry for a key it answered "refused", but the
+/// device takes it only under the covered-entries rule (`take_covered`: the member's vector
+/// covers the device's). The phone synced with the other member, which holds a write `z` the
+/// hub has not seen; the hub (values of at most 16 bytes) refuses the phone's long value for
+/// `k`, the phone drops it and takes the hub's `old` as stale (covered, and the hub is behind
+/// it). Once the members have synced, no delta sends `old` again (the phone covers its dot):
+/// the phone holds nothing for `k` while both members hold `old`, until an anti-entropy session.
+#[test]
+fn after_a_refused_answer_from_a_member_behind_the_device_it_still_gets_the_members_value() {
+    let clock = ManualClock::new(T0);
+    let limits = lethe_engine::Limits { value_bytes_max: 16, ..lethe_engine::Limits::default() };
+    let mut hub = open_member_in(MemoryStore::new(), 1, Config { limits, ..Config::default() }, &clock);
+    let mut other = open_member(2, &clock);
+    hub.enrol_member(other.id()).unwrap();
+    other.enrol_member(hub.id()).unwrap();
+    let mut phone = open_device(100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    other.enrol_device(phone.id()).unwrap();
+    put(&mut hub, "k", "old", &clock);
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    put(&mut other, "z", "z", &clock);
+    sync_device_in_process(&mut phone, &mut other).unwrap();
+    assert_eq!(keys(&phone), ["k", "z"]);
+    clock.advance(1);
+    phone.put("k", vec![b'x'; 100], PutOptions::default()).unwrap();
+    let out = sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(out.member.refused, 1);
+    for _ in 0..2 {
+        sync_in_process(&mut hub, &mut other, false).unwrap();
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+        sync_device_in_process(&mut phone, &mut other).unwrap();
+    }
+    assert_eq!(hub.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()));
+    assert_eq!(phone.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()), "the phone lost the members' value");
+    assert_eq!(phone.digest(), hub.digest());
+}
