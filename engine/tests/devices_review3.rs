@@ -240,3 +240,67 @@ fn after_a_refused_answer_from_a_member_behind_the_device_it_still_gets_the_memb
     assert_eq!(phone.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()), "the phone lost the members' value");
     assert_eq!(phone.digest(), hub.digest());
 }
+
+/// A member session from `a` to `b` in which only `b`'s handshake reaches `a`: `a`'s device
+/// records reach `b` from `a`'s memory, and nothing `b` sends makes `a` persist them.
+fn sync_cut_after_records_went(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>) {
+    let mut sa = Session::new(a, Some(b.id())).unwrap();
+    let mut sb = Session::new(b, Some(a.id())).unwrap();
+    let mut hello_delivered = false;
+    for _ in 0..10 {
+        while let Some(f) = sa.poll_transmit(a).unwrap() {
+            sb.handle(b, &f).unwrap();
+        }
+        while let Some(f) = sb.poll_transmit(b).unwrap() {
+            if !hello_delivered {
+                sa.handle(a, &f).unwrap();
+                hello_delivered = true;
+            }
+        }
+    }
+}
+
+/// R3-3, with one restore: a crash of the hub after device sessions whose record changes
+/// (acknowledgements, last-seen times) went to the other member from memory, unpersisted
+/// (design.md §8 names this case), moves the records clock back, and the other member's next
+/// handshake makes it jump by `RECORDS_CLOCK_GAP_MAX`. A restore later from a backup taken
+/// before that crash then meets the refusal of R3-3: the removal never reaches the peer.
+#[test]
+fn a_removal_reaches_the_peer_after_a_crash_then_a_restore_from_an_older_backup() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    let backup = hub.store().clone();
+    for _ in 0..3 {
+        clock.advance(1);
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+    }
+    sync_cut_after_records_went(&mut hub, &mut other);
+    let before = hub.devices().clock();
+    let store = hub.store().clone();
+    drop(hub);
+
+    // A crash and restart, no restore.
+    let mut hub = open_member_in(store, 1, Config::default(), &clock);
+    let reopened = hub.devices().clock();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    // The phone syncs once more with the hub, and the change goes to the other member.
+    clock.advance(1);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    eprintln!(
+        "records clock {before} before the crash, {reopened} after it, {} after a session; the peer merged up to {}",
+        hub.devices().clock(),
+        other.records_seen(hub.id())
+    );
+    drop(hub);
+
+    let mut hub = open_member_in(backup, 1, Config::default(), &clock);
+    assert!(hub.remove_device(phone.id()).unwrap());
+    for _ in 0..2 {
+        sync_in_process(&mut hub, &mut other, false).unwrap();
+    }
+    eprintln!("after the restore: refused claims {}", hub.records_clock_claims_refused());
+    assert!(other.devices().is_revoked(phone.id()), "the removal at the restored hub never reached its peer");
+}
