@@ -304,3 +304,51 @@ fn a_removal_reaches_the_peer_after_a_crash_then_a_restore_from_an_older_backup(
     eprintln!("after the restore: refused claims {}", hub.records_clock_claims_refused());
     assert!(other.devices().is_revoked(phone.id()), "the removal at the restored hub never reached its peer");
 }
+
+/// A device session cut once the member's answers to the uploads arrived: the download (its
+/// entries and `Done`) never reaches the device.
+fn sync_cut_after_answers(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
+    let mut ds = DeviceSession::new(d, Some(m.id())).unwrap();
+    let mut ms = DeviceService::new(m, Some(d.id())).unwrap();
+    let mut answered = false;
+    for _ in 0..10 {
+        while let Some(f) = ds.poll_transmit(d).unwrap() {
+            ms.handle(m, &f).unwrap();
+        }
+        while let Some(f) = ms.poll_transmit(m).unwrap() {
+            if answered {
+                continue;
+            }
+            let admitted = matches!(Message::decode(&f).unwrap(), Message::Admitted(_));
+            ds.handle(d, &f).unwrap();
+            answered |= admitted;
+        }
+    }
+    assert!(answered, "the answers arrived");
+}
+
+/// R3-5. Finding 8's fix sends the member's entry for a refused key in the same session's
+/// download, but the device drops its refused (or known) write as soon as the answer arrives
+/// (`settle_uploads`), not at the end of a complete download as it does for a superseded one.
+/// A session cut between the answers and the download leaves the phone with nothing for `k`
+/// while the hub holds `old`, whose dot the phone's vector covers: no later session has the
+/// key to force (the write is gone from the queue), no delta sends `old` again.
+#[test]
+fn after_a_refused_answer_and_a_cut_download_the_device_still_gets_the_members_value() {
+    let clock = ManualClock::new(T0);
+    let limits = lethe_engine::Limits { value_bytes_max: 16, ..lethe_engine::Limits::default() };
+    let mut hub = open_member_in(MemoryStore::new(), 1, Config { limits, ..Config::default() }, &clock);
+    let mut phone = open_device(100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    put(&mut hub, "k", "old", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    clock.advance(1);
+    phone.put("k", vec![b'x'; 100], PutOptions::default()).unwrap();
+    sync_cut_after_answers(&mut phone, &mut hub);
+    eprintln!("after the cut session: phone holds {:?} for k, {} queued", phone.get(b"k").unwrap().map(|e| e.value), phone.pending_uploads().unwrap());
+    for _ in 0..2 {
+        sync_device_in_process(&mut phone, &mut hub).unwrap();
+    }
+    assert_eq!(phone.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()), "the phone lost the hub's value");
+    assert_eq!(phone.digest(), hub.digest());
+}
