@@ -352,3 +352,54 @@ fn after_a_refused_answer_and_a_cut_download_the_device_still_gets_the_members_v
     assert_eq!(phone.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()), "the phone lost the hub's value");
     assert_eq!(phone.digest(), hub.digest());
 }
+
+/// R3-6. One forged claim within the bound is enough to cut a device off from an honest member
+/// that is behind. The hub holds the phone's cursor at 5, the third member (honest, not yet
+/// told) at 0. The compromised member claims 5 + 2^40 at the hub: within `CURSOR_GAP_MAX` of
+/// the hub's cursor, taken. The phone, shown that cursor by the hub, re-numbers its new
+/// writes above it. Its uploads to the third member are then refused whole (an upload seq more
+/// than `RESTORE_SEQ_GAP_MAX` beyond the third member's cursor), and the third member refuses
+/// as implausible every relayed claim that would move its cursor there (the forged one and the
+/// hub's honest own claim alike, each more than 2^40 beyond 0): the phone can never upload to
+/// the third member again.
+#[test]
+fn one_forged_cursor_claim_within_the_bound_does_not_cut_the_device_off_from_a_member_behind() {
+    let clock = ManualClock::new(T0);
+    let mut hub = open_member(1, &clock);
+    let other = open_member(2, &clock);
+    let mut third = open_member(3, &clock);
+    let mut phone = open_device(100, &clock);
+    for m in [&mut hub, &mut third] {
+        m.enrol_member(ReplicaId(1)).unwrap();
+        m.enrol_member(ReplicaId(2)).unwrap();
+        m.enrol_member(ReplicaId(3)).unwrap();
+        m.enrol_device(phone.id()).unwrap();
+    }
+    sync_in_process(&mut hub, &mut third, false).unwrap();
+    for i in 0..5 {
+        put(&mut phone, &format!("a{i}"), "a", &clock);
+    }
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(hub.devices().cursor(phone.id()), Seq(5));
+    assert_eq!(third.devices().cursor(phone.id()), Seq(0));
+
+    let gap = lethe_engine::limits::CURSOR_GAP_MAX;
+    let forged = CursorClaim(other.id(), Seq(5 + gap), Seq(0), Vec::new());
+    hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![forged], 0, 0, Vec::new())]);
+    assert_eq!(hub.devices().cursor(phone.id()), Seq(5 + gap), "within the bound: taken (a documented limit)");
+    put(&mut phone, "w", "w", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    put(&mut phone, "w2", "w2", &clock);
+    for _ in 0..2 {
+        sync_in_process(&mut hub, &mut third, false).unwrap();
+    }
+    eprintln!(
+        "third member: cursor {}, claims refused as implausible {}",
+        third.devices().cursor(phone.id()),
+        third.claims_implausible()
+    );
+    let synced = sync_device_in_process(&mut phone, &mut third);
+    eprintln!("the phone's sync with the third member: {:?}", synced.as_ref().map(|_| ()));
+    assert!(synced.is_ok(), "the phone can no longer upload to the honest third member");
+    assert!(third.get(b"w2").unwrap().is_some());
+}
