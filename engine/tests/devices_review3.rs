@@ -403,3 +403,112 @@ fn one_forged_cursor_claim_within_the_bound_does_not_cut_the_device_off_from_a_m
     assert!(synced.is_ok(), "the phone can no longer upload to the honest third member");
     assert!(third.get(b"w2").unwrap().is_some());
 }
+
+/// Runs a device session in which every frame from the member is lost once the member's
+/// handshake has gone (the answers to the uploads among them).
+fn sync_losing_answers(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
+    let mut ds = DeviceSession::new(d, Some(m.id())).unwrap();
+    let mut ms = DeviceService::new(m, Some(d.id())).unwrap();
+    let mut handshake_delivered = false;
+    for _ in 0..10 {
+        while let Some(f) = ds.poll_transmit(d).unwrap() {
+            ms.handle(m, &f).unwrap();
+        }
+        while let Some(f) = ms.poll_transmit(m).unwrap() {
+            if !handshake_delivered {
+                ds.handle(d, &f).unwrap();
+                handshake_delivered = true;
+            }
+        }
+    }
+}
+
+/// A member session from `a` to `b` cut right after `a`'s device records arrived: `b` has
+/// `a`'s handshake (its signed acknowledgement) and records (the cursors), not its entries.
+fn send_records_only(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>) {
+    let mut sa = Session::new(a, Some(b.id())).unwrap();
+    let mut sb = Session::new(b, Some(a.id())).unwrap();
+    while let Some(f) = sa.poll_transmit(a).unwrap() {
+        sb.handle(b, &f).unwrap();
+    }
+    while let Some(f) = sb.poll_transmit(b).unwrap() {
+        sa.handle(a, &f).unwrap();
+    }
+    while let Some(f) = sa.poll_transmit(a).unwrap() {
+        match Message::decode(&f).unwrap() {
+            Message::Records(_, last, _) => {
+                sb.handle(b, &f).unwrap();
+                if last {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// R3-7. A member keeps the lost ranges of other members in memory only. The hub admitted the
+/// phone's `w` (hub:2) and the answer was lost; the other member has the hub's cursor claim for
+/// it and the hub's signed acknowledgement, not the write. The hub is restored from an older
+/// copy and learns from the other member it lost (1, 3]; the other member, told so, would admit
+/// `w` afresh (its `cursor_at` component for the hub is a lost dot). It restarts, and the phone
+/// uploads `w` before any member session tells it the lost range again: its vector covers the
+/// hub's claim, so it answers "known", and the phone drops `w`, which no member holds (I11).
+#[test]
+fn a_member_restarted_after_learning_a_peers_lost_range_does_not_answer_known_for_a_lost_write() {
+    lost_range_then_upload(true);
+}
+
+/// R3-7's control: without the restart the other member admits `w` afresh (passes).
+#[test]
+fn a_member_that_knows_a_peers_lost_range_admits_the_lost_write_afresh() {
+    lost_range_then_upload(false);
+}
+
+fn lost_range_then_upload(restart: bool) {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
+    put(&mut phone, "h", "h", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    let backup = hub.store().clone();
+    put(&mut phone, "w", "w", &clock);
+    sync_losing_answers(&mut phone, &mut hub);
+    assert!(hub.get(b"w").unwrap().is_some(), "the hub admitted w");
+    assert_eq!(phone.pending_uploads().unwrap(), 1, "the answer was lost");
+    put(&mut hub, "y", "y", &clock);
+    send_records_only(&mut hub, &mut other);
+    assert!(other.get(b"w").unwrap().is_none());
+    drop(hub);
+
+    let mut hub = open_member_in(backup, 1, Config::default(), &clock);
+    // Written before the restored hub heard from any peer (the node's start-up fence is only
+    // 3 s): it reuses hub:2, and the other member's vector comes to cover the hub's claim.
+    put(&mut hub, "x", "x", &clock);
+    for _ in 0..3 {
+        let r = sync_in_process(&mut hub, &mut other, false);
+        eprintln!("member session after the restore: {:?}; hub lost {:?}, vector {:?}", r.map(|_| ()), hub.lost_own(), hub.vector());
+    }
+    eprintln!(
+        "hub lost {:?}; the other member knows it lost {:?}; other's vector {:?}; cursor {}",
+        hub.lost_own(),
+        other.lost_of(hub.id()),
+        other.vector(),
+        other.devices().cursor(phone.id())
+    );
+    assert!(!other.lost_of(hub.id()).is_empty(), "the other member was told of the hub's lost range");
+
+    if restart {
+        let store = other.store().clone();
+        drop(other);
+        other = open_member_in(store, 2, Config::default(), &clock);
+    }
+    let out = sync_device_in_process(&mut phone, &mut other).unwrap();
+    eprintln!("the phone's upload of w to the restarted other member: {:?}", out.member);
+    for _ in 0..2 {
+        let _ = sync_in_process(&mut hub, &mut other, false);
+        let _ = sync_device_in_process(&mut phone, &mut other);
+        let _ = sync_device_in_process(&mut phone, &mut hub);
+    }
+    assert!(other.get(b"w").unwrap().is_some() || phone.get(b"w").unwrap().is_some(), "w is lost everywhere");
+}
