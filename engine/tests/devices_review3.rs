@@ -512,3 +512,46 @@ fn lost_range_then_upload(restart: bool) {
     }
     assert!(other.get(b"w").unwrap().is_some() || phone.get(b"w").unwrap().is_some(), "w is lost everywhere");
 }
+
+/// R3-8. The hub admitted the phone's `h` (hub:1, in its backup) and, after the backup, `w`
+/// (hub:2, the answer lost) and wrote `y` (hub:3); the other member holds `h` and has the hub's
+/// signed acknowledgement of hub:3, not the later entries. Restored, the hub learns from the
+/// other member's gossip that it lost dots. The range it records and gossips is (0, 3], not (1, 3]:
+/// it names hub:1, which the copy holds. The phone re-queues `h` with `w`, and the other member,
+/// which holds the very write `h` under hub:1, takes it for one under a lost dot and applies it
+/// a second time under a fresh dot of its own (I11: a member applies a given device write no
+/// more than once).
+#[test]
+fn a_restored_member_records_no_lost_range_below_its_copy() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
+    put(&mut phone, "h", "h", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    let backup = hub.store().clone();
+    let copy_counter = hub.vector().get(hub.id());
+    put(&mut phone, "w", "w", &clock);
+    sync_losing_answers(&mut phone, &mut hub);
+    put(&mut hub, "y", "y", &clock);
+    send_records_only(&mut hub, &mut other);
+    drop(hub);
+
+    let mut hub = open_member_in(backup, 1, Config::default(), &clock);
+    for _ in 0..3 {
+        let _ = sync_in_process(&mut hub, &mut other, false);
+    }
+    eprintln!("the copy's counter {copy_counter}; the hub records it lost {:?}", hub.lost_own());
+    let h_at_other = other.get(b"h").unwrap().unwrap().dot;
+    let out = sync_device_in_process(&mut phone, &mut other).unwrap();
+    eprintln!(
+        "the phone re-queued {} writes; the other member admitted {}; h was under {h_at_other}, is under {}",
+        out.device.requeued,
+        out.member.admitted,
+        other.get(b"h").unwrap().unwrap().dot
+    );
+    assert!(
+        hub.lost_own().iter().all(|&(from, _)| from >= copy_counter),
+        "the lost range names dots the copy holds"
+    );
+    assert_eq!(other.get(b"h").unwrap().unwrap().dot, h_at_other, "the other member applied h a second time");
+}
