@@ -237,7 +237,11 @@ fn after_a_refused_answer_from_a_member_behind_the_device_it_still_gets_the_memb
         sync_device_in_process(&mut phone, &mut other).unwrap();
     }
     assert_eq!(hub.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()));
-    assert_eq!(phone.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()), "the phone lost the members' value");
+    let after_deltas = phone.get(b"k").unwrap().map(|e| e.value);
+    let mut probe = open_device_in(phone.store().clone(), 100, &clock);
+    lethe_engine::device::anti_entropy_device_in_process(&mut probe, &mut hub).unwrap();
+    eprintln!("after the syncs the phone holds {after_deltas:?}; after an anti-entropy session {:?}", probe.get(b"k").unwrap().map(|e| e.value));
+    assert_eq!(after_deltas, Some(b"old".to_vec()), "the phone lost the members' value");
     assert_eq!(phone.digest(), hub.digest());
 }
 
@@ -349,7 +353,12 @@ fn after_a_refused_answer_and_a_cut_download_the_device_still_gets_the_members_v
     for _ in 0..2 {
         sync_device_in_process(&mut phone, &mut hub).unwrap();
     }
-    assert_eq!(phone.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()), "the phone lost the hub's value");
+    let after_deltas = phone.get(b"k").unwrap().map(|e| e.value);
+    let mut healed = phone.store().clone();
+    let mut probe = open_device_in(std::mem::take(&mut healed), 100, &clock);
+    lethe_engine::device::anti_entropy_device_in_process(&mut probe, &mut hub).unwrap();
+    eprintln!("after two more syncs the phone holds {after_deltas:?}; after an anti-entropy session {:?}", probe.get(b"k").unwrap().map(|e| e.value));
+    assert_eq!(after_deltas, Some(b"old".to_vec()), "the phone lost the hub's value");
     assert_eq!(phone.digest(), hub.digest());
 }
 
