@@ -564,3 +564,64 @@ fn a_restored_member_records_no_lost_range_below_its_copy() {
     );
     assert_eq!(other.get(b"h").unwrap().unwrap().dot, h_at_other, "the other member applied h a second time");
 }
+
+/// R3-9 (a regression of e8bb7d7, finding 2's fix). A member's own claim now rises to every
+/// upload seq it handles, also one it only answers "superseded" below the cursor, and carries
+/// its counter then. The hub admitted the phone's `w` (seq 1; the answer lost) and every member
+/// holds it; the other member deletes it, all members take the delete, and the other member
+/// writes `z`. The phone uploads `w` to the other member, which answers "superseded" (lost
+/// again) and so claims seq 1 with its counter 2 (other:2 is `z`). The third member gets that
+/// claim (records, not `z`), and collects the delete alone (the others past their leases). The
+/// phone uploads `w` to it: the other member's claim reaches seq 1 and the third member does
+/// not cover other:2, so it has not "seen every admission" and admits `w` afresh: the write
+/// comes back after its delete was collected. Before e8bb7d7 the other member's "superseded"
+/// below the cursor claimed nothing, and the third member answered "known".
+#[test]
+fn a_superseded_answer_below_the_cursor_does_not_make_a_third_member_apply_the_write_after_its_delete_is_collected() {
+    let clock = ManualClock::new(T0);
+    let day_ms = 24 * 60 * 60 * 1000;
+    let mut hub = open_member(1, &clock);
+    let mut other = open_member(2, &clock);
+    let mut third = open_member(3, &clock);
+    let mut phone = open_device(100, &clock);
+    for m in [&mut hub, &mut other, &mut third] {
+        for id in 1..=3 {
+            m.enrol_member(ReplicaId(id)).unwrap();
+        }
+        m.enrol_device(phone.id()).unwrap();
+    }
+    let all_sync = |hub: &mut Replica<MemoryStore>, other: &mut Replica<MemoryStore>, third: &mut Replica<MemoryStore>| {
+        sync_in_process(hub, other, false).unwrap();
+        sync_in_process(hub, third, false).unwrap();
+        sync_in_process(other, third, false).unwrap();
+    };
+    all_sync(&mut hub, &mut other, &mut third);
+
+    put(&mut phone, "w", "w", &clock);
+    sync_losing_answers(&mut phone, &mut hub);
+    assert_eq!(phone.pending_uploads().unwrap(), 1, "the answer was lost");
+    all_sync(&mut hub, &mut other, &mut third);
+    assert!(third.get(b"w").unwrap().is_some());
+    clock.advance(10);
+    other.delete("w").unwrap();
+    all_sync(&mut hub, &mut other, &mut third);
+    put(&mut other, "z", "z", &clock);
+
+    sync_losing_answers(&mut phone, &mut other);
+    assert_eq!(phone.pending_uploads().unwrap(), 1, "the answer was lost again");
+    let other_claim = other.devices().get(phone.id()).unwrap().cursors.get(&other.id()).cloned();
+    eprintln!("the other member's own claim for the phone: {other_claim:?}");
+    send_records_only(&mut other, &mut third);
+    assert!(third.get(b"z").unwrap().is_none(), "the third member has the claim, not z");
+
+    clock.advance(31 * day_ms);
+    for _ in 0..3 {
+        third.collect_garbage().unwrap();
+    }
+    assert_eq!(third.tombstone_count(), 0, "the third member collected the delete");
+    let issued = third.vector().get(third.id());
+    let out = sync_device_in_process(&mut phone, &mut third).unwrap();
+    eprintln!("the phone's upload of w to the third member: {:?}", out.member);
+    assert_eq!(third.vector().get(third.id()), issued, "the third member applied w again");
+    assert!(third.get(b"w").unwrap().is_none(), "w came back after its delete was collected");
+}
