@@ -22,7 +22,9 @@
 //!   counts only if that member signed it, so no relay makes a member answer "known" to an
 //!   upload on another member's word;
 //! - a relayed cursor claim more than [`CURSOR_GAP_MAX`](crate::limits::CURSOR_GAP_MAX) beyond
-//!   the cursor held, or a relayed epoch more than
+//!   the highest claim held, as the message began, of any other member (this one's own
+//!   included: a member's own claims never move its bound, R3-2) or beyond
+//!   [`CURSOR_MAX`](crate::limits::CURSOR_MAX), or a relayed epoch more than
 //!   [`DEVICE_EPOCH_GAP_MAX`](crate::limits::DEVICE_EPOCH_GAP_MAX) beyond the epoch held, is
 //!   refused and counted ([`crate::Replica::claims_implausible`]), so no peer's word brings a
 //!   cursor or an epoch near `u64::MAX`; this member's own claim rises to the highest upload
@@ -557,9 +559,14 @@ impl Devices {
         check: &mut dyn ClaimCheck,
     ) -> usize {
         let mut changed = 0;
+        // Per device, the claims held as this message began: what bounds its cursor claims.
+        let mut held: BTreeMap<ReplicaId, BTreeMap<ReplicaId, Seq>> = BTreeMap::new();
         for wire in records {
             let RecordWire(device, epoch, revoked, acked, cursors, time_ms, seen_ms, signature) = wire;
             let before = self.records.get(&device).cloned();
+            let held = held.entry(device).or_insert_with(|| {
+                before.as_ref().map(|r| r.cursors.iter().map(|(m, c)| (*m, c.1)).collect()).unwrap_or_default()
+            });
             if before.is_none() && self.records.len() >= DEVICES_MAX {
                 continue;
             }
@@ -576,9 +583,13 @@ impl Devices {
                 *record = DeviceRecord { epoch, ..record.carried() };
             }
             for claim in cursors {
-                // Far beyond the cursor held: no device numbered that many writes since
-                // (finding 5: a cursor of `u64::MAX` shown to the device broke its sync).
-                if claim.1.0 > record.cursor.0.saturating_add(crate::limits::CURSOR_GAP_MAX) {
+                // Far beyond what any other member claimed: no device numbered that many
+                // writes since (finding 5: a cursor of `u64::MAX` shown to the device broke its
+                // sync). Bound by the other members' claims as the message began, never by the
+                // claimant's own nor by what this message raised: each claim taken would
+                // otherwise move the bound for the next (R3-2: 2^40, then 2^41, …).
+                let others = held.iter().filter(|(m, _)| **m != claim.0).map(|(_, s)| s.0).max().unwrap_or(0);
+                if claim.1.0 > others.saturating_add(crate::limits::CURSOR_GAP_MAX).min(crate::limits::CURSOR_MAX) {
                     check.implausible();
                     continue;
                 }
