@@ -70,11 +70,14 @@ impl<S: Storage> Replica<S> {
                 )));
             }
             previous = e.dot.seq;
-            let cursor = self.devices().cursor(device);
-            if e.dot.seq.0 > cursor.0.saturating_add(crate::replica::RESTORE_SEQ_GAP_MAX) {
+            // Not bound to this member's cursor: the device may have re-numbered its queue past
+            // a cursor another member showed it (R3-6: refused here, it could never upload
+            // to a member behind that cursor). Only bounded, so that no cursor nears `u64::MAX`.
+            if e.dot.seq.0 > crate::limits::CURSOR_MAX {
                 return Err(SyncError::Malformed(format!(
-                    "upload seq {} is implausibly far beyond the device's cursor {cursor}",
-                    e.dot.seq
+                    "upload seq {} is beyond the highest a device numbers ({})",
+                    e.dot.seq,
+                    crate::limits::CURSOR_MAX
                 )));
             }
         }
