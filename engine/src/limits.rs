@@ -66,12 +66,21 @@ impl Limits {
     }
 }
 
-/// How far beyond the cursor a member holds for a device a relayed cursor claim may reach
-/// (2^40 upload seqs), and beyond the highest upload seq a device numbered the cursor a member's
-/// handshake shows it: further is no device's history, and is refused (counted at a member,
-/// [`crate::Replica::claims_implausible`]; a device refuses the handshake before it changes
-/// anything). Arithmetic on such a seq then never overflows.
+/// How far a relayed cursor claim of one member may reach beyond the highest claim a receiving
+/// member held, as the message began, of any *other* member (its own included): 2^40 upload
+/// seqs; and beyond the highest upload seq a device numbered, the cursor a member's handshake
+/// shows it. Further is no device's history: refused and counted at a member
+/// ([`crate::Replica::claims_implausible`]); ignored at a device (it does not re-number its
+/// queue past it, and goes on with the session). A member's own claims never move its own
+/// bound, so no single member ratchets a cursor up claim by claim (R3-2).
 pub const CURSOR_GAP_MAX: u64 = 1 << 40;
+/// The highest upload seq, cursor claim or shown cursor taken anywhere (2^62): an upload seq
+/// beyond it is refused whole at a member, a claim beyond it refused and counted, a member's
+/// handshake showing a cursor beyond it refused by the device before it changes anything.
+/// Arithmetic on seqs up to it never overflows. An upload seq far beyond the cursor a member
+/// holds is taken (the device's own numbering: it may have re-numbered past another member's
+/// cursor, R3-6).
+pub const CURSOR_MAX: u64 = 1 << 62;
 /// How far beyond the epoch a member holds for a device a relayed record's epoch may reach
 /// (2^16 enrolments): further is refused and counted ([`crate::Replica::claims_implausible`]),
 /// so no relay can bring an epoch near `u64::MAX`.

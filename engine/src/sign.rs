@@ -300,7 +300,8 @@ impl<S: crate::storage::Storage> crate::Replica<S> {
     }
 
     /// How many relayed device claims were refused since opening as implausible: a cursor
-    /// claim more than [`crate::limits::CURSOR_GAP_MAX`] beyond the cursor held, or an epoch
+    /// claim more than [`crate::limits::CURSOR_GAP_MAX`] beyond the other members' claims held
+    /// (or beyond [`crate::limits::CURSOR_MAX`]), or an epoch
     /// more than [`crate::limits::DEVICE_EPOCH_GAP_MAX`] beyond the epoch held.
     #[must_use]
     pub fn claims_implausible(&self) -> u64 {

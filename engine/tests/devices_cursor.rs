@@ -266,3 +266,50 @@ fn after_a_refused_answer_in_an_anti_entropy_session_the_device_takes_the_member
     assert_eq!(phone.get(b"k").unwrap().map(|e| e.value), Some(b"old".to_vec()), "the phone lost the hub's value");
     assert_eq!(phone.digest(), hub.digest());
 }
+
+/// R3-2, across sessions: a member's own claims never move the bound its next claims are
+/// checked against (the other members' claims), so one compromised member sending claim after
+/// claim, in session after session, leaves the cursor within `CURSOR_GAP_MAX` of the others'.
+#[test]
+fn one_members_claims_in_session_after_session_do_not_ratchet_the_cursor() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, other, mut phone) = two_members_and_a_phone(&clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let gap = lethe_engine::limits::CURSOR_GAP_MAX;
+    for k in 1..=3 {
+        let claim = CursorClaim(other.id(), Seq(k * gap), Seq(0), Vec::new());
+        hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![claim], 0, 0, Vec::new())]);
+    }
+    assert_eq!(hub.devices().cursor(phone.id()), Seq(gap), "one member's claims ratcheted the cursor");
+    assert_eq!(hub.claims_implausible(), 2);
+    put(&mut phone, "w", "w", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(phone.pending_uploads().unwrap(), 0);
+    assert_eq!(hub.get(b"w").unwrap().unwrap().value, b"w");
+}
+
+/// R3-2, at the device: two colluding members leapfrog each other's claims and bring the
+/// honest hub's cursor more than `CURSOR_GAP_MAX` beyond anything the phone numbered. The
+/// phone does not re-number past it, nor refuse the hub (it could never sync with it again:
+/// the cursor only grows); its write, below that cursor and not seen admitted by the hub (the
+/// forged claims name counters it does not cover), is admitted there.
+#[test]
+fn a_device_shown_a_cursor_beyond_the_gap_ignores_it_and_still_syncs() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, other, mut phone) = two_members_and_a_phone(&clock);
+    let fourth = open_member(4, Config::default(), &clock);
+    hub.enrol_member(fourth.id()).unwrap();
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let gap = lethe_engine::limits::CURSOR_GAP_MAX;
+    let claim = |by: ReplicaId, seq| {
+        RecordWire(phone.id(), 0, false, None, vec![CursorClaim(by, Seq(seq), Seq(1), Vec::new())], 0, 0, Vec::new())
+    };
+    hostile_records(&mut hub, &other, vec![claim(other.id(), gap)]);
+    hostile_records(&mut hub, &fourth, vec![claim(fourth.id(), 2 * gap)]);
+    assert_eq!(hub.devices().cursor(phone.id()), Seq(2 * gap), "colluding members leapfrog (a documented limit)");
+    put(&mut phone, "w", "w", &clock);
+    let out = sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert!(out.device.cursor_ignored && !out.device.renumbered);
+    assert_eq!(phone.pending_uploads().unwrap(), 0);
+    assert_eq!(hub.get(b"w").unwrap().unwrap().value, b"w");
+}

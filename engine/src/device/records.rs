@@ -22,11 +22,14 @@
 //!   counts only if that member signed it, so no relay makes a member answer "known" to an
 //!   upload on another member's word;
 //! - a relayed cursor claim more than [`CURSOR_GAP_MAX`](crate::limits::CURSOR_GAP_MAX) beyond
-//!   the cursor held, or a relayed epoch more than
+//!   the highest claim held, as the message began, of any other member (this one's own
+//!   included: a member's own claims never move its bound, R3-2) or beyond
+//!   [`CURSOR_MAX`](crate::limits::CURSOR_MAX), or a relayed epoch more than
 //!   [`DEVICE_EPOCH_GAP_MAX`](crate::limits::DEVICE_EPOCH_GAP_MAX) beyond the epoch held, is
 //!   refused and counted ([`crate::Replica::claims_implausible`]), so no peer's word brings a
 //!   cursor or an epoch near `u64::MAX`; this member's own claim rises to the highest upload
-//!   seq it handled, even below the cursor (`admit.rs`);
+//!   seq it handled, even below the cursor, its counter only with an upload that applied
+//!   something (`admit.rs`);
 //! - a relayed last-seen time is never later than the device's signed time, the relaying
 //!   member's own last sight of the device, or this member's clock;
 //! - a lapsed or removed record relays no signed acknowledgement, and an acknowledgement the
@@ -407,8 +410,9 @@ impl Devices {
     /// Whether a member with vector `vector` has seen every admission that may have applied
     /// `device`'s upload `seq`: [`Devices::covers_cursor`] over the members whose claim reaches
     /// `seq` only. A member whose claim is below `seq` never applied it (a claim is the highest
-    /// upload seq that member applied, and only grows); a counter in `cursor_at` with no claim
-    /// kept beside it counts as reaching every seq.
+    /// upload seq that member handled, and only grows; its counter bounds the dots of what it
+    /// applied, and moves only when it applies something); a counter in `cursor_at` with no
+    /// claim kept beside it counts as reaching every seq.
     #[must_use]
     pub fn covers_admission(&self, device: ReplicaId, seq: Seq, vector: &VersionVector) -> bool {
         self.records.get(&device).is_none_or(|r| {
@@ -419,15 +423,24 @@ impl Devices {
     /// The highest upload seq of `device` that member `by` claims to have handled (0: none).
     #[must_use]
     pub fn claim_of(&self, device: ReplicaId, by: ReplicaId) -> Seq {
-        self.records.get(&device).and_then(|r| r.cursors.get(&by)).map_or(Seq(0), |c| c.1)
+        self.claim_at(device, by).0
+    }
+
+    /// Member `by`'s cursor claim for `device`: the highest upload seq it handled and its
+    /// counter bounding every dot it applied them under (`(0, 0)`: none).
+    #[must_use]
+    pub fn claim_at(&self, device: ReplicaId, by: ReplicaId) -> (Seq, Seq) {
+        self.records.get(&device).and_then(|r| r.cursors.get(&by)).map_or((Seq(0), Seq(0)), |c| (c.1, c.2))
     }
 
     /// The record of `device` with member `by`'s cursor claim raised to `seq` (the highest
-    /// upload seq it handled), its counter then `counter`, for the batch that admits the
-    /// uploads up to it (memory follows with [`Devices::advance_cursor`] once it is durable),
-    /// if enrolled and the claim moves. The cursor follows when the claim passes it; a claim
-    /// raised below the cursor still records that `by` handled those seqs itself (finding 2:
-    /// it answers them from what it holds from then on, never applying them again).
+    /// upload seq it handled) and `counter` (its counter once it had applied every write it
+    /// applied for those seqs, not raised for an upload it applied nothing for), for the batch
+    /// that admits the uploads up to it (memory follows with [`Devices::advance_cursor`] once
+    /// it is durable), if enrolled and the claim moves. The cursor follows when the claim
+    /// passes it; a claim raised below the cursor still records that `by` handled those seqs
+    /// itself (finding 2: it answers them from what it holds from then on, never applying them
+    /// again).
     pub(crate) fn advanced_record(
         &self,
         device: ReplicaId,
@@ -435,19 +448,17 @@ impl Devices {
         by: ReplicaId,
         counter: Seq,
     ) -> Option<DeviceRecord> {
-        self.get(device).filter(|r| seq > r.cursors.get(&by).map_or(Seq(0), |c| c.1)).map(|r| {
+        self.get(device).filter(|r| raises(r, by, seq, counter)).map(|r| {
             let mut record = DeviceRecord { changed: self.clock + 1, ..r.clone() };
             record.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
             record
         })
     }
 
-    /// Raises member `by`'s cursor claim for `device` to `seq` (never back), its counter then
-    /// `counter`; the cursor follows.
+    /// Raises member `by`'s cursor claim for `device` to `seq` and `counter` (never back); the
+    /// cursor follows.
     pub(crate) fn advance_cursor(&mut self, device: ReplicaId, seq: Seq, by: ReplicaId, counter: Seq) {
-        if let Some(r) =
-            self.records.get_mut(&device).filter(|r| !r.revoked && seq > r.cursors.get(&by).map_or(Seq(0), |c| c.1))
-        {
+        if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked && raises(r, by, seq, counter)) {
             r.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
             self.touch(device);
         }
@@ -548,9 +559,14 @@ impl Devices {
         check: &mut dyn ClaimCheck,
     ) -> usize {
         let mut changed = 0;
+        // Per device, the claims held as this message began: what bounds its cursor claims.
+        let mut held: BTreeMap<ReplicaId, BTreeMap<ReplicaId, Seq>> = BTreeMap::new();
         for wire in records {
             let RecordWire(device, epoch, revoked, acked, cursors, time_ms, seen_ms, signature) = wire;
             let before = self.records.get(&device).cloned();
+            let held = held.entry(device).or_insert_with(|| {
+                before.as_ref().map(|r| r.cursors.iter().map(|(m, c)| (*m, c.1)).collect()).unwrap_or_default()
+            });
             if before.is_none() && self.records.len() >= DEVICES_MAX {
                 continue;
             }
@@ -567,9 +583,13 @@ impl Devices {
                 *record = DeviceRecord { epoch, ..record.carried() };
             }
             for claim in cursors {
-                // Far beyond the cursor held: no device numbered that many writes since
-                // (finding 5: a cursor of `u64::MAX` shown to the device broke its sync).
-                if claim.1.0 > record.cursor.0.saturating_add(crate::limits::CURSOR_GAP_MAX) {
+                // Far beyond what any other member claimed: no device numbered that many
+                // writes since (finding 5: a cursor of `u64::MAX` shown to the device broke its
+                // sync). Bound by the other members' claims as the message began, never by the
+                // claimant's own nor by what this message raised: each claim taken would
+                // otherwise move the bound for the next (R3-2: 2^40, then 2^41, …).
+                let others = held.iter().filter(|(m, _)| **m != claim.0).map(|(_, s)| s.0).max().unwrap_or(0);
+                if claim.1.0 > others.saturating_add(crate::limits::CURSOR_GAP_MAX).min(crate::limits::CURSOR_MAX) {
                     check.implausible();
                     continue;
                 }
@@ -648,6 +668,12 @@ impl DeviceRecord {
         self.cursor_at.advance(claim.0, claim.2);
         self.cursors.insert(claim.0, claim);
     }
+}
+
+/// Whether claiming `(seq, counter)` for member `by` moves its claim in `record` (neither goes
+/// back: the caller passes the maximum of each).
+fn raises(record: &DeviceRecord, by: ReplicaId, seq: Seq, counter: Seq) -> bool {
+    (seq, counter) > record.cursors.get(&by).map_or((Seq(0), Seq(0)), |c| (c.1, c.2))
 }
 
 /// Grows `record`'s acknowledgement by `acked` under the counting rule; returns whether it

@@ -69,6 +69,9 @@ pub struct DeviceStats {
     /// On the device: its queued writes were re-numbered above the member's cursor (its store
     /// was an older copy).
     pub renumbered: bool,
+    /// On the device: the member showed a cursor implausibly far beyond anything the device
+    /// numbered ([`crate::limits::CURSOR_GAP_MAX`]), and the device did not re-number past it.
+    pub cursor_ignored: bool,
     /// On the device: how many of its writes it queued again because the member lost the dots
     /// they were admitted under (restored from an older copy).
     pub requeued: u64,
@@ -305,16 +308,25 @@ impl DeviceSession {
             return Err(SyncError::WrongPeer { expected, actual: member });
         }
         crate::session::check_vector_growth(replica.vector(), &vector)?;
-        // A cursor far beyond every upload seq this device numbered is no history of it:
-        // refused before anything changes (finding 5: re-numbering past `u64::MAX` failed).
-        let numbered = replica.vector().get(replica.id());
-        if cursor.0 > numbered.0.saturating_add(crate::limits::CURSOR_GAP_MAX) {
+        // A cursor beyond what any member takes: refused before anything changes (finding 5:
+        // re-numbering past `u64::MAX` failed).
+        if cursor.0 > crate::limits::CURSOR_MAX {
             return Err(SyncError::Malformed(format!(
-                "member {member} shows this device's cursor at {cursor}, implausibly far beyond its highest upload \
-                 seq {numbered} (at most {} beyond): refused",
-                crate::limits::CURSOR_GAP_MAX
+                "member {member} shows this device's cursor at {cursor}, beyond any a member takes ({}): refused",
+                crate::limits::CURSOR_MAX
             )));
         }
+        // A cursor far beyond every upload seq this device numbered is no history of it (an
+        // older copy of this store is never that far behind): a compromised member's claim,
+        // which an honest member may hold. Not re-numbered past, and the session goes on:
+        // refused, the device could never sync with that member again (the cursor only grows).
+        let numbered = replica.vector().get(replica.id());
+        let cursor = if cursor.0 > numbered.0.saturating_add(crate::limits::CURSOR_GAP_MAX) {
+            self.stats.cursor_ignored = true;
+            Seq(0)
+        } else {
+            cursor
+        };
         self.peer = Some(member);
         replica.note_peer_wall(member, wall_ms);
         // What this device may later show of the member's own writes is what the member
