@@ -144,7 +144,18 @@ fn cursor_claims_within_the_gap_bound_do_not_ratchet_the_cursor_and_cut_the_devi
     sync_device_in_process(&mut phone, &mut hub).unwrap();
     put(&mut phone, "w", "w", &clock);
     let gap = lethe_engine::limits::CURSOR_GAP_MAX;
-    let record = |seq| RecordWire(phone.id(), 0, false, None, vec![CursorClaim(other.id(), Seq(seq), Seq(0), Vec::new())], 0, 0, Vec::new());
+    let record = |seq| {
+        RecordWire(
+            phone.id(),
+            0,
+            false,
+            None,
+            vec![CursorClaim(other.id(), Seq(seq), Seq(0), Vec::new())],
+            0,
+            0,
+            Vec::new(),
+        )
+    };
     hostile_records(&mut hub, &other, vec![record(gap), record(2 * gap)]);
     let cursor = hub.devices().cursor(phone.id());
     eprintln!("hub cursor for the phone: {cursor}, claims refused as implausible: {}", hub.claims_implausible());
@@ -240,7 +251,10 @@ fn after_a_refused_answer_from_a_member_behind_the_device_it_still_gets_the_memb
     let after_deltas = phone.get(b"k").unwrap().map(|e| e.value);
     let mut probe = open_device_in(phone.store().clone(), 100, &clock);
     lethe_engine::device::anti_entropy_device_in_process(&mut probe, &mut hub).unwrap();
-    eprintln!("after the syncs the phone holds {after_deltas:?}; after an anti-entropy session {:?}", probe.get(b"k").unwrap().map(|e| e.value));
+    eprintln!(
+        "after the syncs the phone holds {after_deltas:?}; after an anti-entropy session {:?}",
+        probe.get(b"k").unwrap().map(|e| e.value)
+    );
     assert_eq!(after_deltas, Some(b"old".to_vec()), "the phone lost the members' value");
     assert_eq!(phone.digest(), hub.digest());
 }
@@ -349,7 +363,11 @@ fn after_a_refused_answer_and_a_cut_download_the_device_still_gets_the_members_v
     clock.advance(1);
     phone.put("k", vec![b'x'; 100], PutOptions::default()).unwrap();
     sync_cut_after_answers(&mut phone, &mut hub);
-    eprintln!("after the cut session: phone holds {:?} for k, {} queued", phone.get(b"k").unwrap().map(|e| e.value), phone.pending_uploads().unwrap());
+    eprintln!(
+        "after the cut session: phone holds {:?} for k, {} queued",
+        phone.get(b"k").unwrap().map(|e| e.value),
+        phone.pending_uploads().unwrap()
+    );
     for _ in 0..2 {
         sync_device_in_process(&mut phone, &mut hub).unwrap();
     }
@@ -357,7 +375,10 @@ fn after_a_refused_answer_and_a_cut_download_the_device_still_gets_the_members_v
     let mut healed = phone.store().clone();
     let mut probe = open_device_in(std::mem::take(&mut healed), 100, &clock);
     lethe_engine::device::anti_entropy_device_in_process(&mut probe, &mut hub).unwrap();
-    eprintln!("after two more syncs the phone holds {after_deltas:?}; after an anti-entropy session {:?}", probe.get(b"k").unwrap().map(|e| e.value));
+    eprintln!(
+        "after two more syncs the phone holds {after_deltas:?}; after an anti-entropy session {:?}",
+        probe.get(b"k").unwrap().map(|e| e.value)
+    );
     assert_eq!(after_deltas, Some(b"old".to_vec()), "the phone lost the hub's value");
     assert_eq!(phone.digest(), hub.digest());
 }
@@ -496,7 +517,12 @@ fn lost_range_then_upload(restart: bool) {
     put(&mut hub, "x", "x", &clock);
     for _ in 0..3 {
         let r = sync_in_process(&mut hub, &mut other, false);
-        eprintln!("member session after the restore: {:?}; hub lost {:?}, vector {:?}", r.map(|_| ()), hub.lost_own(), hub.vector());
+        eprintln!(
+            "member session after the restore: {:?}; hub lost {:?}, vector {:?}",
+            r.map(|_| ()),
+            hub.lost_own(),
+            hub.vector()
+        );
     }
     eprintln!(
         "hub lost {:?}; the other member knows it lost {:?}; other's vector {:?}; cursor {}",
@@ -558,10 +584,7 @@ fn a_restored_member_records_no_lost_range_below_its_copy() {
         out.member.admitted,
         other.get(b"h").unwrap().unwrap().dot
     );
-    assert!(
-        hub.lost_own().iter().all(|&(from, _)| from >= copy_counter),
-        "the lost range names dots the copy holds"
-    );
+    assert!(hub.lost_own().iter().all(|&(from, _)| from >= copy_counter), "the lost range names dots the copy holds");
     assert_eq!(other.get(b"h").unwrap().unwrap().dot, h_at_other, "the other member applied h a second time");
 }
 
@@ -590,11 +613,12 @@ fn a_superseded_answer_below_the_cursor_does_not_make_a_third_member_apply_the_w
         }
         m.enrol_device(phone.id()).unwrap();
     }
-    let all_sync = |hub: &mut Replica<MemoryStore>, other: &mut Replica<MemoryStore>, third: &mut Replica<MemoryStore>| {
-        sync_in_process(hub, other, false).unwrap();
-        sync_in_process(hub, third, false).unwrap();
-        sync_in_process(other, third, false).unwrap();
-    };
+    let all_sync =
+        |hub: &mut Replica<MemoryStore>, other: &mut Replica<MemoryStore>, third: &mut Replica<MemoryStore>| {
+            sync_in_process(hub, other, false).unwrap();
+            sync_in_process(hub, third, false).unwrap();
+            sync_in_process(other, third, false).unwrap();
+        };
     all_sync(&mut hub, &mut other, &mut third);
 
     put(&mut phone, "w", "w", &clock);
