@@ -406,3 +406,80 @@ fn a_member_never_admits_again_a_write_its_own_cursor_claim_covers() {
     assert_eq!(other.vector().get(other.id()), issued, "the write was applied a second time");
     assert!(other.get(b"w").unwrap().is_none(), "the write came back after its delete");
 }
+
+/// A device session cut once the member's handshake arrived and the first upload left: it never
+/// arrives.
+fn sync_cut_after_member_hello(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
+    let mut ds = lethe_engine::device::DeviceSession::new(d, Some(m.id())).unwrap();
+    let mut ms = lethe_engine::device::DeviceService::new(m, Some(d.id())).unwrap();
+    while let Some(f) = ds.poll_transmit(d).unwrap() {
+        ms.handle(m, &f).unwrap();
+    }
+    let f = ms.poll_transmit(m).unwrap().unwrap();
+    ds.handle(d, &f).unwrap();
+    let _ = ds.poll_transmit(d).unwrap();
+}
+
+/// R3-1 across a restart: the restored phone's first session (with a member behind the
+/// cursor) is cut before its upload arrived, and the phone restarts before its next one. The
+/// open point is kept until a member answers the write, so the restarted phone still re-numbers
+/// it above the cursor the hub shows, and the hub admits it.
+#[test]
+fn a_restored_devices_write_survives_a_cut_first_session_and_a_restart() {
+    let clock = ManualClock::new(T0);
+    let mut hub = open_member(MemoryStore::new(), 1, &clock);
+    let mut other = open_member(MemoryStore::new(), 2, &clock);
+    hub.enrol_member(other.id()).unwrap();
+    other.enrol_member(hub.id()).unwrap();
+    let mut phone = open_device(MemoryStore::new(), 100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    other.enrol_device(phone.id()).unwrap();
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    put(&mut phone, "a", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let backup = phone.store().clone();
+    put(&mut phone, "b", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    drop(phone);
+
+    let mut phone = open_device(backup, 100, &clock);
+    put(&mut phone, "new", &clock);
+    sync_cut_after_member_hello(&mut phone, &mut other);
+    let store = phone.store().clone();
+    drop(phone);
+    let mut phone = open_device(store, 100, &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(keys(&hub), ["a", "b", "new"], "the restored phone's write reached the hub");
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(keys(&phone), ["a", "b", "new"]);
+}
+
+/// The other side of R3-1's fix: a write whose upload arrived and was admitted, its answer
+/// lost, that the member then replaced and collected once the device's lease ran out, is not
+/// re-numbered and admitted again when the device comes back after a restart (its upload went
+/// more than the lease ago: the cursor is no evidence of a restore then).
+#[test]
+fn a_write_sent_before_a_restart_and_collected_past_the_lease_does_not_come_back() {
+    let clock = ManualClock::new(T0);
+    let mut hub = open_member(MemoryStore::new(), 1, &clock);
+    let mut phone = open_device(MemoryStore::new(), 100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    put(&mut phone, "base", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    put(&mut phone, "k", &clock);
+    sync_losing_answers(&mut phone, &mut hub);
+    assert_eq!(phone.pending_uploads().unwrap(), 1, "the phone never heard the answer");
+    let store = phone.store().clone();
+    drop(phone);
+    hub.delete("k").unwrap();
+    clock.advance(lethe_engine::device::DEVICE_LEASE_MS_DEFAULT + 1);
+    for _ in 0..3 {
+        hub.collect_garbage().unwrap();
+    }
+    assert_eq!((hub.tombstone_count(), hub.get(b"k").unwrap()), (0, None));
+    let mut phone = open_device(store, 100, &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(hub.get(b"k").unwrap(), None, "the collected write came back");
+    assert_eq!(phone.get(b"k").unwrap(), None);
+}
