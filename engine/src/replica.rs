@@ -245,9 +245,13 @@ pub struct Replica<S: Storage> {
     pub(crate) opened_clock: Hlc,
     /// The own counter when the replica was opened: seqs above it were issued by this run.
     pub(crate) opened_seq: Seq,
-    /// On a device: what a member's cursor may reach without showing this store is an older
-    /// copy, beyond `opened_seq` (memory only; `device/queue.rs`).
-    pub(crate) uploads_seen: crate::device::UploadsSeen,
+    /// On a device: the highest upload seq this run may have sent (every write queued when a
+    /// session's handshake went; memory only). A member's cursor beyond both it and
+    /// `opened_seq` shows this store is an older copy (`device/queue.rs`).
+    pub(crate) uploads_sent_max: Seq,
+    /// On a device: whether a session's handshake went in this run (memory only): from then on
+    /// its open point is no longer kept for a restart (`DeviceState::opened`).
+    pub(crate) handshake_sent: bool,
     /// Own seqs lost to restores ([`Meta::Lost`], `replica/restore.rs`).
     lost_own: Vec<(Seq, Seq)>,
     /// Other members' statements of their seqs lost to restores, as their handshakes (or
@@ -389,12 +393,10 @@ impl<S: Storage> Replica<S> {
                 let durable = Durable::read(&snap, id)?;
                 // A device run that wrote and restarted before its first session opens with the
                 // point that run opened with (`device/queue.rs` `DeviceState::opened`).
-                let opened = durable.device.opened.unwrap_or(crate::device::OpenPoint {
-                    seq: durable.counter(id),
-                    clock: durable.clock,
-                    sent_ms: None,
-                });
-                let uploads_seen = crate::device::UploadsSeen::at_open(durable.device.opened, durable.counter(id));
+                let opened = durable
+                    .device
+                    .opened
+                    .unwrap_or(crate::device::OpenPoint { seq: durable.counter(id), clock: durable.clock });
                 let opened_seq = opened.seq.min(durable.counter(id));
                 let opened_clock = opened.clock.min(durable.clock);
                 if role.is_none() {
@@ -425,7 +427,8 @@ impl<S: Storage> Replica<S> {
                     restore_epoch: 0,
                     opened_clock,
                     opened_seq,
-                    uploads_seen,
+                    uploads_sent_max: Seq(0),
+                    handshake_sent: false,
                     lost_own: durable.lost_own,
                     lost_others_union: durable.lost_others.iter().map(|(&m, v)| (m, lost::union_of(v))).collect(),
                     lost_others: durable.lost_others,
@@ -469,7 +472,8 @@ impl<S: Storage> Replica<S> {
                     restore_epoch: 0,
                     opened_clock: Hlc(0),
                     opened_seq: Seq(0),
-                    uploads_seen: Default::default(),
+                    uploads_sent_max: Seq(0),
+                    handshake_sent: false,
                     lost_own: Vec::new(),
                     lost_others: BTreeMap::new(),
                     lost_others_union: BTreeMap::new(),

@@ -27,8 +27,8 @@ mod queue;
 mod session;
 
 pub use message::{Admission, DeviceHello, MemberHello, SeqProof};
+pub(crate) use queue::Settle;
 pub use queue::{DeviceState, OpenPoint};
-pub(crate) use queue::{Settle, UploadsSeen};
 pub use records::{DEVICE_LEASE_MS_DEFAULT, DEVICES_MAX, DeviceRecord, Devices, EnrolError, TooManyDevices};
 pub use session::{
     DEVICE_ANTI_ENTROPY_MIN_MS, DeviceOutcome, DeviceService, DeviceSession, DeviceStats, UPLOADS_IN_FLIGHT,

@@ -50,14 +50,11 @@ pub struct DeviceState {
     /// At most one per member a handshake came from (`MEMBER_PROOFS_MAX`).
     #[serde(default)]
     pub proofs: BTreeMap<ReplicaId, SeqProof>,
-    /// What the run that made the writes still queued knew when it made the first of them
-    /// (the upload seq a member's cursor could reach without showing a restore, and its
-    /// clock), kept from a local write while none of its writes is queued until no write
-    /// numbered above the point is queued any more (each was answered by a member): a restart
-    /// meanwhile opens with the same point, so a device restored from a backup that writes and
-    /// restarts still tells its writes from the copy's (`Replica::renumber_uploads_past`).
-    /// Not cleared at a handshake: a session cut before its uploads were answered proves
-    /// nothing reached a member (R3-1).
+    /// What the run that made the writes still unsent knew when it opened the store (its
+    /// counter and clock), kept from its first local write until its first member handshake:
+    /// a restart before that handshake opens with the same point, so a device restored from
+    /// a backup that writes and restarts still tells its writes from the copy's
+    /// (`Replica::renumber_uploads_past`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened: Option<OpenPoint>,
 }
@@ -70,33 +67,6 @@ pub struct OpenPoint {
     pub seq: Seq,
     /// Its clock at open.
     pub clock: Hlc,
-    /// When a session's handshake first went while writes numbered above `seq` were queued
-    /// (wall ms): from then on a member may have admitted them, its answer lost. Past the
-    /// device lease since, a cursor up to them shows no restore ([`UploadsSeen`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sent_ms: Option<u64>,
-}
-
-/// What a device run knows of a member's cursor that shows no restore (memory only): a cursor
-/// beyond it and the open point shows this store is an older copy
-/// ([`Replica::renumber_uploads_past`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct UploadsSeen {
-    /// Every upload seq a member answered in this run, and the cursor a re-numbering moved
-    /// past.
-    explained: Seq,
-    /// The highest upload seq a session may have sent and no member answered yet (every write
-    /// queued when a session's handshake went), and when the first such session went (wall
-    /// ms).
-    sent: Option<(Seq, u64)>,
-}
-
-impl UploadsSeen {
-    /// At open: writes sent by an earlier run and still unanswered (the open point says when
-    /// they first went) may be any up to the counter.
-    pub(crate) fn at_open(point: Option<OpenPoint>, counter: Seq) -> UploadsSeen {
-        UploadsSeen { explained: Seq(0), sent: point.and_then(|p| p.sent_ms).map(|ms| (counter, ms)) }
-    }
 }
 
 /// A device keeps at most this many members' proofs (one per member: members are at most
@@ -220,16 +190,12 @@ impl<S: Storage> Replica<S> {
         }
         let vector = self.members_vector();
         let new_base = self.device.bases.last().is_none_or(|(_, v)| *v != vector);
-        // While a write of this run waits unanswered, a restart keeps the point it was made
-        // at: the highest upload seq a member's cursor may reach without showing a restore,
-        // and the clock before it (every write queued now is older, or this run's and
-        // answered). Not for a run that opened a store with no own write and had nothing
-        // answered: such a point would make every write of a copy of this store taken before
-        // its first session look like a restored run's, and re-numbered, a write the members
-        // processed since (deleted, collected) would come back; with none, the copy's counter
-        // covers them.
-        let explained = self.opened_seq.max(self.uploads_seen.explained);
-        let keep_open_point = self.device.opened.is_none() && explained > Seq(0);
+        // Until this run's first handshake: a restart before one keeps the run's open point.
+        // Not for a run that opened a store with no own write: such a point would make every
+        // write of a copy of this store taken before its first session look like a restored
+        // run's, and re-numbered, a write the members processed since (deleted, collected)
+        // would come back; with none, the copy's counter covers them.
+        let keep_open_point = !self.handshake_sent && self.device.opened.is_none() && self.opened_seq > Seq(0);
         if !new_base && !keep_open_point {
             return None;
         }
@@ -238,7 +204,7 @@ impl<S: Storage> Replica<S> {
             state.bases.push((first, vector));
         }
         if keep_open_point {
-            state.opened = Some(OpenPoint { seq: explained, clock: self.clock(), sent_ms: None });
+            state.opened = Some(OpenPoint { seq: self.opened_seq, clock: self.opened_clock });
         }
         batch.set_meta(Meta::Device, encode_cbor(&state));
         Some(state)
@@ -282,34 +248,12 @@ impl<S: Storage> Replica<S> {
                 }
             }
             settle.answered = settle.answered.max(entry.dot.seq);
-            // A member processed it: a cursor up to it shows no restore.
-            if !matches!(answer, Admission::Pending) {
-                self.uploads_seen.explained = self.uploads_seen.explained.max(entry.dot.seq);
-            }
-        }
-        if self.uploads_seen.sent.is_some_and(|(sent, _)| sent <= self.uploads_seen.explained) {
-            self.uploads_seen.sent = None;
         }
         drop(snap);
         if !batch.ops.is_empty() {
             self.commit(&batch)?;
         }
-        self.settle_open_point()
-    }
-
-    /// Forgets the open point ([`DeviceState::opened`]) once no write numbered above it is
-    /// queued: every write it was kept for was answered by a member, and a restart's counter
-    /// covers them.
-    fn settle_open_point(&mut self) -> Result<()> {
-        let Some(point) = self.device.opened else { return Ok(()) };
-        let me = self.id();
-        let mut queued = false;
-        let from = Dot { replica: me, seq: point.seq.max(self.device.answered).saturating_next() };
-        self.store().snapshot()?.scan_dots(from, Dot { replica: me, seq: Seq(u64::MAX) }, &mut |_, _| {
-            queued = true;
-            ControlFlow::Break(())
-        })?;
-        if queued { Ok(()) } else { self.update_device(|s| s.opened = None) }
+        Ok(())
     }
 
     /// At the end of a complete download from the member that answered this session's
@@ -341,7 +285,7 @@ impl<S: Storage> Replica<S> {
         batch.set_meta(Meta::Device, encode_cbor(&state));
         self.commit(&batch)?;
         self.device = state;
-        self.settle_open_point()
+        Ok(())
     }
 
     /// Records `vector` (a fresh bootstrap's, which carried no dead record) as the horizon.
@@ -373,31 +317,14 @@ impl<S: Storage> Replica<S> {
     /// superseded or pending: `admit.rs`), so none is applied twice or brought back after a
     /// delete. Returns whether anything moved.
     ///
-    /// The evidence: `cursor` beyond every upload seq this run found or a member answered (its
-    /// counter at open, every upload seq answered in this run, and a cursor re-numbered past
-    /// before), and beyond what it sent unanswered more than the device lease ago. A cursor
-    /// beyond the counter alone would miss a restored device that wrote up to the cursor
-    /// again; one beyond everything this run may have sent (every write queued when a
-    /// session's handshake went) would miss a restored device whose first session was cut
-    /// before its uploads arrived (R3-1). An upload that arrived and was admitted, its answer
-    /// lost, is thus re-numbered too, if sent within the lease: no delete of it can have been
-    /// collected (its base caps this device's acknowledgement, which counts until the lease
-    /// runs out), so the member that admitted it answers with the dot it holds it under, or
-    /// "superseded", and one that never saw it admits it under a second dot (one stamp, two
-    /// dots: `admit.rs`). Sent longer ago, the member may have collected the delete that
-    /// replaced it, and the write would come back: it is not re-numbered (a restored device's
-    /// first session cut that long before its next one loses such a write: a known limit).
+    /// The evidence: `cursor` beyond every upload seq this run found or may have sent (its
+    /// counter at open, and every write queued when a session's handshake went). A cursor
+    /// beyond the counter alone would miss a restored device that wrote up to the cursor again.
     /// "At open" is the open point kept in [`DeviceState::opened`] when a run wrote and
-    /// restarted before its writes were answered.
+    /// restarted before its first handshake.
     pub(crate) fn renumber_uploads_past(&mut self, cursor: Seq) -> Result<bool> {
         let me = self.id();
-        let lease_ms = self.config().device_lease_ms.saturating_sub(self.config().max_drift_ms);
-        let now_ms = self.now_ms();
-        let sent_long_ago = match self.uploads_seen.sent {
-            Some((sent, ms)) if now_ms.saturating_sub(ms) >= lease_ms => sent,
-            _ => Seq(0),
-        };
-        if cursor <= self.opened_seq.max(self.uploads_seen.explained).max(sent_long_ago) {
+        if cursor <= self.opened_seq.max(self.uploads_sent_max) {
             return Ok(false);
         }
         let snap = self.store().snapshot()?;
@@ -407,9 +334,7 @@ impl<S: Storage> Replica<S> {
         let mut seq = cursor.max(self.vector().get(me));
         let mut state = self.device.clone();
         let mut first_base = None;
-        let mut moved = false;
         for entry in queued.into_iter().filter(|e| e.stamp.hlc > self.opened_clock) {
-            moved = true;
             first_base = first_base.or_else(|| self.device.base_of(entry.dot.seq).cloned());
             seq = seq.checked_next().ok_or_else(|| StorageError::Corrupt {
                 what: "upload queue",
@@ -422,11 +347,6 @@ impl<S: Storage> Replica<S> {
             state.bases.retain(|(first, _)| *first <= cursor);
             state.bases.push((cursor.saturating_next(), base));
         }
-        // The re-numbered writes are this run's, queued above the cursor: a restart keeps them
-        // apart from the copy's (a member may show a higher cursor still).
-        if moved || state.opened.is_some() {
-            state.opened = Some(OpenPoint { seq: cursor, clock: self.opened_clock, sent_ms: None });
-        }
         let mut vector = self.vector().clone();
         vector.advance(me, seq);
         batch.set_meta(Meta::Device, encode_cbor(&state));
@@ -434,15 +354,11 @@ impl<S: Storage> Replica<S> {
         self.commit(&batch)?;
         self.device = state;
         self.set_vector(vector);
-        self.uploads_seen.explained = self.uploads_seen.explained.max(cursor);
         Ok(true)
     }
 
     /// Notes that every write queued now may be uploaded by this run (a session's handshake
-    /// went), and when the first of them may have gone: within the device lease since, a
-    /// member's cursor up to them may still show a restore (R3-1); past it, not
-    /// ([`Replica::renumber_uploads_past`]). The time is kept with the open point, for a
-    /// restart.
+    /// went): a member's cursor up to them is no evidence of a restore.
     pub(crate) fn note_uploads_sent(&mut self) -> Result<()> {
         let me = self.id();
         let mut last = None;
@@ -451,12 +367,12 @@ impl<S: Storage> Replica<S> {
             last = Some(dot.seq);
             ControlFlow::Continue(())
         })?;
-        let Some(last) = last.filter(|l| *l > self.uploads_seen.explained) else { return Ok(()) };
-        let now_ms = self.now_ms();
-        let first_ms = self.uploads_seen.sent.map_or(now_ms, |(_, ms)| ms);
-        self.uploads_seen.sent = Some((self.uploads_seen.sent.map_or(last, |(s, _)| s.max(last)), first_ms));
-        if let Some(point) = self.device.opened.filter(|p| p.sent_ms.is_none()) {
-            self.update_device(|s| s.opened = Some(OpenPoint { sent_ms: Some(first_ms), ..point }))?;
+        self.uploads_sent_max = self.uploads_sent_max.max(last.unwrap_or(Seq(0)));
+        self.handshake_sent = true;
+        // From now on a member's cursor up to them is no evidence, in this run or after a
+        // restart (whose counter then covers them): the open point has done its work.
+        if self.device.opened.is_some() {
+            self.update_device(|s| s.opened = None)?;
         }
         Ok(())
     }
