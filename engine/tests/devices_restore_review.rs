@@ -208,22 +208,22 @@ fn sync_claiming_records_seen(a: &mut Replica<MemoryStore>, b: &mut Replica<Memo
 }
 
 /// Finding 6's bound: a peer claiming to have merged this member's records more than
-/// `RECORDS_CLOCK_GAP_MAX` beyond its records clock is refused and counted, and the clock does
-/// not move; one within the bound moves it past the claim.
+/// `RECORDS_CLOCK_CLAIM_MAX` beyond its records clock is refused and counted, and the clock does
+/// not move; one within the bound moves it `RECORDS_CLOCK_GAP_MAX` past the claim.
 #[test]
 fn a_records_claim_beyond_the_gap_bound_is_refused_and_counted() {
-    use lethe_engine::device::records::RECORDS_CLOCK_GAP_MAX;
+    use lethe_engine::device::records::{RECORDS_CLOCK_CLAIM_MAX, RECORDS_CLOCK_GAP_MAX};
     let clock = ManualClock::new(T0);
     let (mut hub, mut other, _phone) = two_members_and_a_phone(&clock);
     let before = hub.devices().clock();
-    sync_claiming_records_seen(&mut hub, &mut other, before + RECORDS_CLOCK_GAP_MAX + 1);
+    sync_claiming_records_seen(&mut hub, &mut other, before + RECORDS_CLOCK_CLAIM_MAX + 1);
     assert_eq!(hub.records_clock_claims_refused(), 1);
     assert_eq!(hub.devices().clock(), before, "a refused claim moves nothing");
     sync_claiming_records_seen(&mut hub, &mut other, u64::MAX);
     assert_eq!(hub.records_clock_claims_refused(), 2);
-    sync_claiming_records_seen(&mut hub, &mut other, before + RECORDS_CLOCK_GAP_MAX);
+    sync_claiming_records_seen(&mut hub, &mut other, before + RECORDS_CLOCK_CLAIM_MAX);
     assert_eq!(hub.records_clock_claims_refused(), 2);
-    assert!(hub.devices().clock() > before + RECORDS_CLOCK_GAP_MAX, "jumped past the claim");
+    assert!(hub.devices().clock() > before + RECORDS_CLOCK_CLAIM_MAX + RECORDS_CLOCK_GAP_MAX, "jumped past the claim");
 }
 
 /// Finding 7's remaining gap (docs/design.md §8): a backup of a device's store taken after a

@@ -169,7 +169,7 @@ impl<S: Storage> Replica<S> {
     /// a backup): the clock jumps past it and the whole table goes again
     /// ([`Devices::jump_clock_past`]), or the peer would take the changes made here since the
     /// restore (a removal) for ones it merged already. A claim more than
-    /// [`RECORDS_CLOCK_GAP_MAX`](crate::device::records::RECORDS_CLOCK_GAP_MAX) beyond it is
+    /// [`RECORDS_CLOCK_CLAIM_MAX`](crate::device::records::RECORDS_CLOCK_CLAIM_MAX) beyond it is
     /// refused and counted ([`Replica::records_clock_claims_refused`]). Durable when this
     /// returns.
     pub(crate) fn note_records_claimed(&mut self, peer: ReplicaId, seen: u64) -> Result<()> {
@@ -184,7 +184,7 @@ impl<S: Storage> Replica<S> {
     }
 
     /// How many member handshakes claimed to have merged this replica's device records beyond
-    /// [`RECORDS_CLOCK_GAP_MAX`](crate::device::records::RECORDS_CLOCK_GAP_MAX) past its records
+    /// [`RECORDS_CLOCK_CLAIM_MAX`](crate::device::records::RECORDS_CLOCK_CLAIM_MAX) past its records
     /// clock (refused, not believed).
     #[must_use]
     pub fn records_clock_claims_refused(&self) -> u64 {

@@ -49,12 +49,18 @@ pub const DEVICES_MAX: usize = 100_000;
 /// The default device lease: a device silent for 30 days stops holding collection back.
 pub const DEVICE_LEASE_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
 
-/// The furthest beyond this member's own records clock a peer may say it merged this member's
-/// records (2^32 changes, far more than a store falls behind between a backup and its restore):
-/// a member restored from an older copy jumps its clock by this much, past any such claim
-/// (`Devices::jump_clock_past`); a larger one is refused and counted, not believed (it would
-/// push the clock toward overflow).
+/// How far past a peer's claim to have merged this member's records beyond its records clock
+/// the clock jumps (2^32 changes, far more than a store falls behind between a backup and its
+/// restore, or one peer merged beyond another): a member restored from an older copy jumps past
+/// every claim of its peers (`Devices::jump_clock_past`).
 pub const RECORDS_CLOCK_GAP_MAX: u64 = 1 << 32;
+
+/// The furthest beyond this member's own records clock a peer may say it merged this member's
+/// records (16 jumps: [`RECORDS_CLOCK_GAP_MAX`] × 16): a store restored again from the same old
+/// copy, or after a crash that already made its clock jump, meets claims a jump or more beyond
+/// its clock (R3-3). A larger one is refused and counted, not believed (it would push the clock
+/// toward overflow).
+pub const RECORDS_CLOCK_CLAIM_MAX: u64 = RECORDS_CLOCK_GAP_MAX * 16;
 
 /// Enrolling one more device would exceed [`DEVICES_MAX`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -251,17 +257,22 @@ impl Devices {
     /// Moves the records clock past `seen` (what a peer said it merged of this member's
     /// records, beyond this clock: this store is an older copy) and marks every record changed
     /// after it, so the whole table goes again to every member, once, and changes made here
-    /// since the restore are not taken for ones a peer merged already. The clock jumps by
-    /// [`RECORDS_CLOCK_GAP_MAX`], past every claim it would accept, not just past `seen`:
-    /// another member may have merged more of the lost changes than this one, and would take
-    /// re-sent records numbered just past `seen` for merged. Returns whether it jumped: not
-    /// for a `seen` within the clock, more than [`RECORDS_CLOCK_GAP_MAX`] beyond it, or so
-    /// near `u64::MAX` that the records would not fit above the jump. Persist with
-    /// [`Devices::take_dirty`].
+    /// since the restore are not taken for ones a peer merged already. The clock jumps to
+    /// [`RECORDS_CLOCK_GAP_MAX`] past `seen`, not just to it: another member may have merged
+    /// more of the lost changes than this one, and would take re-sent records numbered just
+    /// past `seen` for merged (a claim further still makes it jump again). Past `seen`, not
+    /// past the clock: a store restored from the same copy again, or from an older one after a
+    /// crash already made its clock jump, meets claims beyond a jump from its clock (R3-3).
+    /// Returns whether it jumped: not for a `seen` within the clock, more than
+    /// [`RECORDS_CLOCK_CLAIM_MAX`] beyond it, or so near `u64::MAX` that the records would not
+    /// fit above the jump. Persist with [`Devices::take_dirty`].
     pub(crate) fn jump_clock_past(&mut self, seen: u64) -> bool {
         let room = u64::try_from(self.records.len()).unwrap_or(u64::MAX);
-        let Some(jumped) = self.clock.checked_add(RECORDS_CLOCK_GAP_MAX) else { return false };
-        if seen <= self.clock || seen > jumped || jumped.checked_add(room).is_none() {
+        if seen <= self.clock || seen - self.clock > RECORDS_CLOCK_CLAIM_MAX {
+            return false;
+        }
+        let Some(jumped) = seen.checked_add(RECORDS_CLOCK_GAP_MAX) else { return false };
+        if jumped.checked_add(room).is_none() {
             return false;
         }
         self.clock = jumped;

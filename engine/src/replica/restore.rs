@@ -357,9 +357,15 @@ impl<S: Storage> Replica<S> {
             by_device: previous.is_some_and(|r| r.by_device) || !from_member,
         };
         // What peers may hold under own dots this store lacks: everything issued since the copy
-        // (the copy's counter is what this run opened with), up to what a peer showed.
+        // (the copy's counter is what this run opened with), up to what a peer showed. Not from
+        // the own component: a recovery already running lowered it below the copy's counter,
+        // and a range from there would name dots the copy holds (a device would upload again a
+        // write a member holds under one of them, and the member would apply it twice). A
+        // recovery already running recorded the range up to what was seen then (a run opened
+        // on it opened with its counter, above that): the new one joins it.
+        let from = previous.map_or(self.opened_seq.min(own), |r| self.opened_seq.min(r.seen_max()));
         let mut lost = self.lost_own.clone();
-        add_lost_range(&mut lost, self.opened_seq.min(own), seen_max);
+        add_lost_range(&mut lost, from, seen_max);
         batch.set_meta(Meta::Vector, encode_vector(&vector));
         batch.set_meta(Meta::Restore, encode_cbor(&Some(recovery)));
         batch.set_meta(Meta::Lost, encode_cbor(&lost));
