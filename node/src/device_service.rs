@@ -96,6 +96,11 @@ impl DeviceTable {
         })
     }
 
+    /// How many devices have a connection open now.
+    pub(crate) fn connected_count(&self) -> usize {
+        lock(&self.connections).values().filter(|c| c.iter().any(|c| c.close_reason().is_none())).count()
+    }
+
     /// Whether `node` is a device connected now.
     pub(crate) fn is_connected(&self, node: &NodeId) -> bool {
         lock(&self.connections).get(node).is_some_and(|c| c.iter().any(|c| c.close_reason().is_none()))

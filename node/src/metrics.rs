@@ -25,8 +25,7 @@ pub const TOMBSTONES: &str = "lethe_tombstones";
 pub const EXPIRED_RECORDS: &str = "lethe_expired_records";
 /// Gauge: peers connected now (`status.connected`).
 pub const CONNECTED_PEERS: &str = "lethe_connected_peers";
-/// Gauge: client devices connected now. Every connected node is a member peer today, so this is
-/// 0 until the device role exists; it is exported already so that dashboards can name it.
+/// Gauge: on a member, devices connected to it now (`status.devices_connected`).
 pub const CONNECTED_DEVICES: &str = "lethe_connected_devices";
 /// Gauge: device sessions a member runs now (`status.device_sessions`; at most
 /// `NodeConfig::device_sessions_max`).
@@ -138,7 +137,7 @@ pub fn describe() {
     describe_gauge!(TOMBSTONES, Unit::Count, "Tombstones not yet collected.");
     describe_gauge!(EXPIRED_RECORDS, Unit::Count, "Expired records not yet collected.");
     describe_gauge!(CONNECTED_PEERS, Unit::Count, "Peers connected now.");
-    describe_gauge!(CONNECTED_DEVICES, Unit::Count, "Client devices connected now (0 until the device role exists).");
+    describe_gauge!(CONNECTED_DEVICES, Unit::Count, "Devices connected to this member now.");
     describe_gauge!(DEVICE_SESSIONS, Unit::Count, "Device sessions running now.");
     describe_gauge!(DEVICE_SESSIONS_PEAK, Unit::Count, "The most device sessions that ran at once.");
     describe_counter!(DEVICE_NEWS_SENT, Unit::Count, "News frames sent to connected devices.");
@@ -173,7 +172,7 @@ pub fn record_status(status: &Status) {
     gauge!(TOMBSTONES).set(status.tombstones as f64);
     gauge!(EXPIRED_RECORDS).set(status.expired as f64);
     gauge!(CONNECTED_PEERS).set(status.connected.len() as f64);
-    gauge!(CONNECTED_DEVICES).set(0.0);
+    gauge!(CONNECTED_DEVICES).set(status.devices_connected as f64);
     gauge!(DEVICE_SESSIONS).set(status.device_sessions as f64);
     gauge!(DEVICE_SESSIONS_PEAK).set(status.device_sessions_peak as f64);
     gauge!(CLOCK_AHEAD_MS).set(status.clock_ahead_ms.unwrap_or(0) as f64);

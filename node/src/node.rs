@@ -442,6 +442,10 @@ pub struct Status {
     /// [`NodeConfig::device_news_interval`]).
     #[serde(default)]
     pub device_news_sent: u64,
+    /// On a member: devices connected to it now (each counted once, however many
+    /// connections it has open).
+    #[serde(default)]
+    pub devices_connected: usize,
 }
 
 pub(crate) fn vector_map(v: &VersionVector) -> BTreeMap<String, u64> {
@@ -728,6 +732,7 @@ impl Inner {
         status.server = lock(&self.server).map(|s| s.to_string());
         (status.device_sessions, status.device_sessions_peak) = self.devices.sessions.counts();
         status.device_news_sent = self.devices.sessions.news_sent.load(Ordering::Relaxed);
+        status.devices_connected = self.devices.connected_count();
         // A finished session merged the member's vector (`Done`) after its uploads were all
         // admitted: the device then holds what the member held. Not once it lost the member
         // (disconnected, refused): it cannot know.

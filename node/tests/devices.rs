@@ -106,6 +106,7 @@ async fn a_device_enrolled_at_runtime_syncs_both_ways_live() {
     assert_eq!(info.name.as_deref(), Some("phone"));
     assert_eq!(info.cursor, 1, "one upload applied");
     assert!(info.connected);
+    assert_eq!(server.status().unwrap().devices_connected, 1, "the status counts the connected device");
     assert!(info.last_seen_ms > 0);
     let status = phone.status().unwrap();
     assert_eq!((status.role, status.pending_uploads), (NodeRole::Device, 0));
@@ -193,6 +194,7 @@ async fn a_removed_device_is_cut_off_refused_and_its_writes_reach_no_one() {
     .unwrap();
     assert!(reason.contains("removed") || reason.contains("not trusted"), "{reason}");
     until("the device is disconnected", || lost.status().unwrap().server.is_none()).await;
+    assert_eq!(server.status().unwrap().devices_connected, 0, "a removed device is no longer counted connected");
     assert!(!lost.status().unwrap().in_sync, "a device that lost its member does not say it is in sync");
     // The removal itself closed the connection: no session of the device's had to be refused.
     assert_eq!(server.status().unwrap().sessions_failed, failed_before);
