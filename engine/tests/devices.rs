@@ -10,6 +10,9 @@ use lethe_engine::{
 };
 use std::sync::Arc;
 
+mod common;
+use common::sync_losing_answers;
+
 const T0: u64 = 1_700_000_000_000;
 const HUB: ReplicaId = ReplicaId(1);
 
@@ -66,25 +69,6 @@ fn delete_keys(r: &mut Replica<MemoryStore>, keys: std::ops::Range<u64>) {
     }
     if !batch.is_empty() {
         r.write(batch).unwrap();
-    }
-}
-
-/// Runs a device session in which every frame from the member is lost once the member's
-/// handshake has gone (the answers to the uploads among them); the device's frames all arrive.
-fn sync_losing_answers(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
-    let mut ds = DeviceSession::new(d, Some(m.id())).unwrap();
-    let mut ms = DeviceService::new(m, Some(d.id())).unwrap();
-    let mut handshake_delivered = false;
-    for _ in 0..10 {
-        while let Some(f) = ds.poll_transmit(d).unwrap() {
-            ms.handle(m, &f).unwrap();
-        }
-        while let Some(f) = ms.poll_transmit(m).unwrap() {
-            if !handshake_delivered {
-                ds.handle(d, &f).unwrap();
-                handshake_delivered = true;
-            }
-        }
     }
 }
 

@@ -3,12 +3,15 @@
 //! holds for a key after an upload answered `Refused` or `Known`.
 
 use lethe_engine::device::records::RecordWire;
-use lethe_engine::device::{DeviceService, DeviceSession, MemberHello, sync_device_in_process};
+use lethe_engine::device::{DeviceSession, MemberHello, sync_device_in_process};
 use lethe_engine::membership::MemberInfo;
 use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session, SyncError, sync_in_process};
 use lethe_engine::sign::CursorClaim;
 use lethe_engine::{Config, InsecureTestSigner, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role, Seq};
 use std::sync::Arc;
+
+mod common;
+use common::{send_records_only, sync_losing_answers};
 
 const T0: u64 = 1_700_000_000_000;
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -43,49 +46,6 @@ fn two_members_and_a_phone(clock: &ManualClock) -> (Replica<MemoryStore>, Replic
     other.enrol_device(phone.id()).unwrap();
     sync_in_process(&mut hub, &mut other, false).unwrap();
     (hub, other, phone)
-}
-
-/// Runs a device session in which every frame from the member is lost once the member's
-/// handshake has gone (the answers to the uploads among them).
-fn sync_losing_answers(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
-    let mut ds = DeviceSession::new(d, Some(m.id())).unwrap();
-    let mut ms = DeviceService::new(m, Some(d.id())).unwrap();
-    let mut handshake_delivered = false;
-    for _ in 0..10 {
-        while let Some(f) = ds.poll_transmit(d).unwrap() {
-            ms.handle(m, &f).unwrap();
-        }
-        while let Some(f) = ms.poll_transmit(m).unwrap() {
-            if !handshake_delivered {
-                ds.handle(d, &f).unwrap();
-                handshake_delivered = true;
-            }
-        }
-    }
-}
-
-/// A member session from `a` to `b` cut right after `a`'s device records arrived: `b` has the
-/// records (the cursors), not the entries.
-fn send_records_only(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>) {
-    let mut sa = Session::new(a, Some(b.id())).unwrap();
-    let mut sb = Session::new(b, Some(a.id())).unwrap();
-    while let Some(f) = sa.poll_transmit(a).unwrap() {
-        sb.handle(b, &f).unwrap();
-    }
-    while let Some(f) = sb.poll_transmit(b).unwrap() {
-        sa.handle(a, &f).unwrap();
-    }
-    while let Some(f) = sa.poll_transmit(a).unwrap() {
-        match Message::decode(&f).unwrap() {
-            Message::Records(_, last, _) => {
-                sb.handle(b, &f).unwrap();
-                if last {
-                    return;
-                }
-            }
-            _ => return,
-        }
-    }
 }
 
 /// Finding 2. The hub admits the phone's write at upload seq 1 and the answer is lost; only the

@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+mod common;
+use common::{send_records_only, sync_losing_answers};
+
 const T0: u64 = 1_700_000_000_000;
 
 fn signed(mut r: Replica<MemoryStore>) -> Replica<MemoryStore> {
@@ -242,50 +245,6 @@ fn a_restored_device_that_writes_up_to_the_cursor_again_loses_no_write() {
     assert_eq!(keys(&phone), all);
     assert_eq!(hub.digest(), phone.digest());
     assert_eq!(phone.pending_uploads().unwrap(), 0);
-}
-
-/// Runs a device session in which every frame from the member is lost once the member's
-/// handshake has gone (the answers to the uploads among them).
-fn sync_losing_answers(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
-    let mut ds = lethe_engine::device::DeviceSession::new(d, Some(m.id())).unwrap();
-    let mut ms = lethe_engine::device::DeviceService::new(m, Some(d.id())).unwrap();
-    let mut handshake_delivered = false;
-    for _ in 0..10 {
-        while let Some(f) = ds.poll_transmit(d).unwrap() {
-            ms.handle(m, &f).unwrap();
-        }
-        while let Some(f) = ms.poll_transmit(m).unwrap() {
-            if !handshake_delivered {
-                ds.handle(d, &f).unwrap();
-                handshake_delivered = true;
-            }
-        }
-    }
-}
-
-/// A member session from `a` to `b` cut right after `a`'s device records arrived: `b` has the
-/// records (the cursors), not the entries.
-fn send_records_only(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>) {
-    use lethe_engine::session::{Message, Session};
-    let mut sa = Session::new(a, Some(b.id())).unwrap();
-    let mut sb = Session::new(b, Some(a.id())).unwrap();
-    while let Some(f) = sa.poll_transmit(a).unwrap() {
-        sb.handle(b, &f).unwrap();
-    }
-    while let Some(f) = sb.poll_transmit(b).unwrap() {
-        sa.handle(a, &f).unwrap();
-    }
-    while let Some(f) = sa.poll_transmit(a).unwrap() {
-        match Message::decode(&f).unwrap() {
-            Message::Records(_, last, _) => {
-                sb.handle(b, &f).unwrap();
-                if last {
-                    return;
-                }
-            }
-            _ => return,
-        }
-    }
 }
 
 /// The hub admits the phone's write, the answer is lost, and only the hub's device records (the

@@ -11,6 +11,9 @@ use lethe_engine::{
 };
 use std::sync::Arc;
 
+mod common;
+use common::{send_records_only, sync_losing_answers};
+
 const T0: u64 = 1_700_000_000_000;
 
 fn signed(mut r: Replica<MemoryStore>) -> Replica<MemoryStore> {
@@ -435,49 +438,6 @@ fn one_forged_cursor_claim_within_the_bound_does_not_cut_the_device_off_from_a_m
     eprintln!("the phone's sync with the third member: {:?}", synced.as_ref().map(|_| ()));
     assert!(synced.is_ok(), "the phone can no longer upload to the honest third member");
     assert!(third.get(b"w2").unwrap().is_some());
-}
-
-/// Runs a device session in which every frame from the member is lost once the member's
-/// handshake has gone (the answers to the uploads among them).
-fn sync_losing_answers(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
-    let mut ds = DeviceSession::new(d, Some(m.id())).unwrap();
-    let mut ms = DeviceService::new(m, Some(d.id())).unwrap();
-    let mut handshake_delivered = false;
-    for _ in 0..10 {
-        while let Some(f) = ds.poll_transmit(d).unwrap() {
-            ms.handle(m, &f).unwrap();
-        }
-        while let Some(f) = ms.poll_transmit(m).unwrap() {
-            if !handshake_delivered {
-                ds.handle(d, &f).unwrap();
-                handshake_delivered = true;
-            }
-        }
-    }
-}
-
-/// A member session from `a` to `b` cut right after `a`'s device records arrived: `b` has
-/// `a`'s handshake (its signed acknowledgement) and records (the cursors), not its entries.
-fn send_records_only(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>) {
-    let mut sa = Session::new(a, Some(b.id())).unwrap();
-    let mut sb = Session::new(b, Some(a.id())).unwrap();
-    while let Some(f) = sa.poll_transmit(a).unwrap() {
-        sb.handle(b, &f).unwrap();
-    }
-    while let Some(f) = sb.poll_transmit(b).unwrap() {
-        sa.handle(a, &f).unwrap();
-    }
-    while let Some(f) = sa.poll_transmit(a).unwrap() {
-        match Message::decode(&f).unwrap() {
-            Message::Records(_, last, _) => {
-                sb.handle(b, &f).unwrap();
-                if last {
-                    return;
-                }
-            }
-            _ => return,
-        }
-    }
 }
 
 /// R3-7. A member keeps the lost ranges of other members in memory only. The hub admitted the

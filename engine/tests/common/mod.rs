@@ -1,0 +1,50 @@
+//! Session drivers the device tests share: a device session whose answers are lost, and a
+//! member session cut after the device records. Each test crate uses part of it.
+#![allow(dead_code)]
+
+use lethe_engine::device::{DeviceService, DeviceSession};
+use lethe_engine::session::{Message, Session};
+use lethe_engine::{MemoryStore, Replica};
+
+/// Runs a device session in which every frame from the member is lost once the member's
+/// handshake has gone (the answers to the uploads among them); the device's frames all arrive.
+pub fn sync_losing_answers(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
+    let mut ds = DeviceSession::new(d, Some(m.id())).unwrap();
+    let mut ms = DeviceService::new(m, Some(d.id())).unwrap();
+    let mut handshake_delivered = false;
+    for _ in 0..10 {
+        while let Some(f) = ds.poll_transmit(d).unwrap() {
+            ms.handle(m, &f).unwrap();
+        }
+        while let Some(f) = ms.poll_transmit(m).unwrap() {
+            if !handshake_delivered {
+                ds.handle(d, &f).unwrap();
+                handshake_delivered = true;
+            }
+        }
+    }
+}
+
+/// A member session from `a` to `b` cut right after `a`'s device records arrived: `b` has
+/// `a`'s handshake (its signed acknowledgement) and records (the cursors), not its entries.
+pub fn send_records_only(a: &mut Replica<MemoryStore>, b: &mut Replica<MemoryStore>) {
+    let mut sa = Session::new(a, Some(b.id())).unwrap();
+    let mut sb = Session::new(b, Some(a.id())).unwrap();
+    while let Some(f) = sa.poll_transmit(a).unwrap() {
+        sb.handle(b, &f).unwrap();
+    }
+    while let Some(f) = sb.poll_transmit(b).unwrap() {
+        sa.handle(a, &f).unwrap();
+    }
+    while let Some(f) = sa.poll_transmit(a).unwrap() {
+        match Message::decode(&f).unwrap() {
+            Message::Records(_, last, _) => {
+                sb.handle(b, &f).unwrap();
+                if last {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
