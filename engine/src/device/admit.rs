@@ -11,7 +11,8 @@
 //!   and is never applied again here: it is answered with the dot this member holds it under
 //!   if it holds that very write; as superseded if it holds something newer; as known if it
 //!   holds neither but handled that seq itself (its own cursor claim reaches it: the claim
-//!   rises to the highest upload seq it handled, also below the cursor) or has seen every
+//!   rises to the highest upload seq it handled, also below the cursor, and its counter only
+//!   with an upload that applied something) or has seen every
 //!   admission that may have applied it (the record's
 //!   `cursor_at` over the members whose claim reaches its seq, its own included, unless its
 //!   own component is a dot this member lost to a restore: the write was replaced, or
@@ -106,7 +107,7 @@ impl<S: Storage> Replica<S> {
         // it superseded or known): it answers from what it holds, never applying it again
         // (finding 2: admitted here on the not-seen path, the write came back after its delete
         // was collected).
-        let own_claim = self.devices().claim_of(device, me);
+        let (own_claim, own_claim_at) = self.devices().claim_at(device, me);
         let seen_all = |seq: Seq| {
             !own_admission_lost && (seq <= own_claim || self.devices().covers_admission(device, seq, self.vector()))
         };
@@ -114,7 +115,8 @@ impl<S: Storage> Replica<S> {
         let handled = entries.last().map_or(Seq(0), |e| e.dot.seq);
         let snap = self.store().snapshot().map_err(Error::from)?;
         let mut clock = self.hybrid_clock();
-        let mut seq = self.own_counter();
+        let counter_before = self.own_counter();
+        let mut seq = counter_before;
         let mut winners: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
         let mut answers = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -186,12 +188,19 @@ impl<S: Storage> Replica<S> {
         batch.set_meta(Meta::Vector, encode_vector(&vector));
         batch.set_meta(Meta::Clock, encode_clock(clock.last()));
         debug_assert!(cursor >= handled, "every handled seq is at or below the cursor");
-        let record = self.devices().advanced_record(device, handled, me, seq);
+        // The claim's counter bounds every dot this member applied the claimed seqs under: it
+        // moves only if this upload applied something. An upload it applied nothing for
+        // (superseded, known, held already) raises the claim's seq alone: a counter raised
+        // then would name writes that are no admission of the device's (R3-9: a third member
+        // not covering them took the write for one it had not seen applied, and applied it
+        // again after its delete was collected).
+        let claim = (own_claim.max(handled), if seq > counter_before { seq.max(own_claim_at) } else { own_claim_at });
+        let record = self.devices().advanced_record(device, claim.0, me, claim.1);
         if let Some(record) = &record {
             batch.set_device(device.0, crate::storage::encode_cbor(record));
         }
         self.commit(&batch)?;
-        self.devices_mut().advance_cursor(device, handled, me, seq);
+        self.devices_mut().advance_cursor(device, claim.0, me, claim.1);
         self.set_vector(vector);
         self.set_hybrid_clock(clock);
         Ok(answers)

@@ -28,7 +28,8 @@
 //!   [`DEVICE_EPOCH_GAP_MAX`](crate::limits::DEVICE_EPOCH_GAP_MAX) beyond the epoch held, is
 //!   refused and counted ([`crate::Replica::claims_implausible`]), so no peer's word brings a
 //!   cursor or an epoch near `u64::MAX`; this member's own claim rises to the highest upload
-//!   seq it handled, even below the cursor (`admit.rs`);
+//!   seq it handled, even below the cursor, its counter only with an upload that applied
+//!   something (`admit.rs`);
 //! - a relayed last-seen time is never later than the device's signed time, the relaying
 //!   member's own last sight of the device, or this member's clock;
 //! - a lapsed or removed record relays no signed acknowledgement, and an acknowledgement the
@@ -420,8 +421,9 @@ impl Devices {
     /// Whether a member with vector `vector` has seen every admission that may have applied
     /// `device`'s upload `seq`: [`Devices::covers_cursor`] over the members whose claim reaches
     /// `seq` only. A member whose claim is below `seq` never applied it (a claim is the highest
-    /// upload seq that member applied, and only grows); a counter in `cursor_at` with no claim
-    /// kept beside it counts as reaching every seq.
+    /// upload seq that member handled, and only grows; its counter bounds the dots of what it
+    /// applied, and moves only when it applies something); a counter in `cursor_at` with no
+    /// claim kept beside it counts as reaching every seq.
     #[must_use]
     pub fn covers_admission(&self, device: ReplicaId, seq: Seq, vector: &VersionVector) -> bool {
         self.records.get(&device).is_none_or(|r| {
@@ -432,15 +434,24 @@ impl Devices {
     /// The highest upload seq of `device` that member `by` claims to have handled (0: none).
     #[must_use]
     pub fn claim_of(&self, device: ReplicaId, by: ReplicaId) -> Seq {
-        self.records.get(&device).and_then(|r| r.cursors.get(&by)).map_or(Seq(0), |c| c.1)
+        self.claim_at(device, by).0
+    }
+
+    /// Member `by`'s cursor claim for `device`: the highest upload seq it handled and its
+    /// counter bounding every dot it applied them under (`(0, 0)`: none).
+    #[must_use]
+    pub fn claim_at(&self, device: ReplicaId, by: ReplicaId) -> (Seq, Seq) {
+        self.records.get(&device).and_then(|r| r.cursors.get(&by)).map_or((Seq(0), Seq(0)), |c| (c.1, c.2))
     }
 
     /// The record of `device` with member `by`'s cursor claim raised to `seq` (the highest
-    /// upload seq it handled), its counter then `counter`, for the batch that admits the
-    /// uploads up to it (memory follows with [`Devices::advance_cursor`] once it is durable),
-    /// if enrolled and the claim moves. The cursor follows when the claim passes it; a claim
-    /// raised below the cursor still records that `by` handled those seqs itself (finding 2:
-    /// it answers them from what it holds from then on, never applying them again).
+    /// upload seq it handled) and `counter` (its counter once it had applied every write it
+    /// applied for those seqs, not raised for an upload it applied nothing for), for the batch
+    /// that admits the uploads up to it (memory follows with [`Devices::advance_cursor`] once
+    /// it is durable), if enrolled and the claim moves. The cursor follows when the claim
+    /// passes it; a claim raised below the cursor still records that `by` handled those seqs
+    /// itself (finding 2: it answers them from what it holds from then on, never applying them
+    /// again).
     pub(crate) fn advanced_record(
         &self,
         device: ReplicaId,
@@ -448,19 +459,17 @@ impl Devices {
         by: ReplicaId,
         counter: Seq,
     ) -> Option<DeviceRecord> {
-        self.get(device).filter(|r| seq > r.cursors.get(&by).map_or(Seq(0), |c| c.1)).map(|r| {
+        self.get(device).filter(|r| raises(r, by, seq, counter)).map(|r| {
             let mut record = DeviceRecord { changed: self.clock + 1, ..r.clone() };
             record.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
             record
         })
     }
 
-    /// Raises member `by`'s cursor claim for `device` to `seq` (never back), its counter then
-    /// `counter`; the cursor follows.
+    /// Raises member `by`'s cursor claim for `device` to `seq` and `counter` (never back); the
+    /// cursor follows.
     pub(crate) fn advance_cursor(&mut self, device: ReplicaId, seq: Seq, by: ReplicaId, counter: Seq) {
-        if let Some(r) =
-            self.records.get_mut(&device).filter(|r| !r.revoked && seq > r.cursors.get(&by).map_or(Seq(0), |c| c.1))
-        {
+        if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked && raises(r, by, seq, counter)) {
             r.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
             self.touch(device);
         }
@@ -670,6 +679,12 @@ impl DeviceRecord {
         self.cursor_at.advance(claim.0, claim.2);
         self.cursors.insert(claim.0, claim);
     }
+}
+
+/// Whether claiming `(seq, counter)` for member `by` moves its claim in `record` (neither goes
+/// back: the caller passes the maximum of each).
+fn raises(record: &DeviceRecord, by: ReplicaId, seq: Seq, counter: Seq) -> bool {
+    (seq, counter) > record.cursors.get(&by).map_or((Seq(0), Seq(0)), |c| (c.1, c.2))
 }
 
 /// Grows `record`'s acknowledgement by `acked` under the counting rule; returns whether it
