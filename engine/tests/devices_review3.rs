@@ -563,7 +563,6 @@ fn a_restored_member_records_no_lost_range_below_its_copy() {
 /// comes back after its delete was collected. Before e8bb7d7 the other member's "superseded"
 /// below the cursor claimed nothing, and the third member answered "known".
 #[test]
-#[ignore = "R3-9: known limit: a superseded answer below the cursor raises the claim's counter; the fix tried lost a device write in simulation seeds 11865 and 13761 (docs/design.md §9)"]
 fn a_superseded_answer_below_the_cursor_does_not_make_a_third_member_apply_the_write_after_its_delete_is_collected() {
     let clock = ManualClock::new(T0);
     let day_ms = 24 * 60 * 60 * 1000;
@@ -612,4 +611,33 @@ fn a_superseded_answer_below_the_cursor_does_not_make_a_third_member_apply_the_w
     eprintln!("the phone's upload of w to the third member: {:?}", out.member);
     assert_eq!(third.vector().get(third.id()), issued, "the third member applied w again");
     assert!(third.get(b"w").unwrap().is_none(), "w came back after its delete was collected");
+}
+
+/// Seed 11865 of the simulation, met by the first fix for R3-9 (a claim's counter kept for an
+/// upload that applied nothing). The phone deletes `k` (seq 1) while the other member writes a
+/// newer `k`; the phone uploads its delete to the other member, which answers "superseded"
+/// (lost), and its claim (seq 1, no admission) reaches the hub before its write does. The hub,
+/// holding the older `k`, has "seen every admission" of seq 1 (there was none): answered known,
+/// the phone dropped its delete and took the hub's older value, a key it deleted back at an
+/// older write. A member that holds an older entry than the upload never saw it applied.
+#[test]
+fn a_member_holding_an_older_value_does_not_answer_known_for_a_write_no_member_applied() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
+    put(&mut hub, "k", "old", &clock);
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    clock.advance(1);
+    phone.delete("k").unwrap();
+    put(&mut other, "k", "new", &clock);
+
+    sync_losing_answers(&mut phone, &mut other);
+    assert_eq!(phone.pending_uploads().unwrap(), 1, "the answer was lost");
+    assert!(other.devices().claim_of(phone.id(), other.id()) >= Seq(1), "the other member handled seq 1");
+    send_records_only(&mut other, &mut hub);
+    assert_eq!(hub.get(b"k").unwrap().unwrap().value, b"old", "the hub has the claim, not the newer write");
+
+    let out = sync_device_in_process(&mut phone, &mut hub).unwrap();
+    eprintln!("the phone's upload of its delete to the hub: {:?}", out.member);
+    assert!(phone.get(b"k").unwrap().is_none(), "the phone took back the older value of a key it deleted");
 }

@@ -10,7 +10,8 @@
 //! - a write at or below the device's cursor was applied before (here or at another member),
 //!   and is never applied again here: it is answered with the dot this member holds it under
 //!   if it holds that very write; as superseded if it holds something newer; as known if it
-//!   holds neither but handled that seq itself (its own cursor claim reaches it: the claim
+//!   holds nothing for the key (an older entry shows it never saw the write applied) but
+//!   handled that seq itself (its own cursor claim reaches it: the claim
 //!   rises to the highest upload seq it handled, also below the cursor, and its counter only
 //!   with an upload that applied something) or has seen every
 //!   admission that may have applied it (the record's
@@ -140,7 +141,12 @@ impl<S: Storage> Replica<S> {
                 let answer = match &current {
                     Some(cur) if cur.stamp == entry.stamp => Some(Admission::Admitted(cur.dot)),
                     Some(cur) if cur.wins_over(&entry) => Some(Admission::Superseded),
-                    _ if seen_all(upload_seq) => Some(Admission::Known),
+                    // Known only when it holds nothing for the key: had it seen the write
+                    // applied, it would hold the write, what beat it, or nothing (collected
+                    // since); an older entry shows it never saw the write applied (seed 11865:
+                    // the only member that handled the seq found it superseded, and this one,
+                    // answering known, left the device with its older value).
+                    None if seen_all(upload_seq) => Some(Admission::Known),
                     // Admitted by a member whose admission this one has not seen, and may never
                     // see (that member removed, or restored from an older copy): admitted here
                     // too, under a dot of this member, rather than left pending for ever.

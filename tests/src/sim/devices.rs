@@ -718,6 +718,14 @@ impl<C: Choices> Sim<'_, C> {
             }
             other => return Err(violation("device session", format!("an upload answered by {other:?}"))),
         };
+        if self.config.verbose {
+            let each: Vec<String> = entries
+                .iter()
+                .zip(&answers)
+                .map(|(e, a)| format!("seq {} {} {} → {a:?}", e.dot.seq, String::from_utf8_lossy(&e.key), e.stamp))
+                .collect();
+            println!("    member {} answers device {}'s upload: {}", node.id, device.id, each.join(", "));
+        }
         let mut fresh = 0;
         for (e, a) in entries.iter().zip(&answers) {
             if let Admission::Admitted(dot) = a
