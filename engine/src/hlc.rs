@@ -29,6 +29,16 @@ pub const HLC_WALL_MS_MAX: u64 = (1 << 48) - 1;
 pub struct Hlc(pub u64);
 
 impl Hlc {
+    /// A stamp not known (a cursor claim from before claims carried one,
+    /// [`crate::sign::CursorClaim`]): later than every stamp there is.
+    pub const UNKNOWN: Hlc = Hlc(u64::MAX);
+
+    /// [`Hlc::UNKNOWN`] (for serde's `default`).
+    #[must_use]
+    pub fn unknown() -> Hlc {
+        Hlc::UNKNOWN
+    }
+
     /// Builds a value from its parts; `wall_ms` is clamped to 48 bits.
     #[must_use]
     pub fn new(wall_ms: u64, logical: u16) -> Hlc {

@@ -18,6 +18,7 @@
 //!   through gossip does not hold collection back for it nor collects early because of it;
 //! - a signature is at most [`SIGNATURE_BYTES_MAX`] bytes, checked as it is decoded.
 
+use crate::hlc::Hlc;
 use crate::ids::{ReplicaId, Seq};
 use crate::vector::VersionVector;
 use serde::{Deserialize, Serialize};
@@ -117,14 +118,18 @@ pub fn ack_message(signer: ReplicaId, vector: &VersionVector, time_ms: u64) -> V
 }
 
 /// The bytes a member signs for a cursor claim: [`CURSOR_DOMAIN`], then the member's id, the
-/// device's id, the upload seq it admitted the device's writes up to and its own counter once it
-/// had, all as big-endian u64.
+/// device's id, the upload seq it handled the device's writes up to, its own counter once it
+/// had and (unless it is [`Hlc::UNKNOWN`], as in claims made before stamps were claimed) the
+/// highest stamp among those writes, all as big-endian u64.
 #[must_use]
-pub fn cursor_message(member: ReplicaId, device: ReplicaId, seq: Seq, counter: Seq) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CURSOR_DOMAIN.len() + 32);
+pub fn cursor_message(member: ReplicaId, device: ReplicaId, seq: Seq, counter: Seq, stamp: Hlc) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CURSOR_DOMAIN.len() + 40);
     out.extend_from_slice(CURSOR_DOMAIN);
     for n in [member.0, device.0, seq.0, counter.0] {
         out.extend_from_slice(&n.to_be_bytes());
+    }
+    if stamp != Hlc::UNKNOWN {
+        out.extend_from_slice(&stamp.0.to_be_bytes());
     }
     out
 }
@@ -167,6 +172,13 @@ pub struct CursorClaim(
     /// Its signature over [`cursor_message`] (empty: unsigned, the sender's own word only).
     #[serde(serialize_with = "serde_bytes::serialize", deserialize_with = "bounded_signature")]
     pub Vec<u8>,
+    /// The highest stamp (the device's hybrid time) among the writes it handled up to that
+    /// seq: a write stamped later is none of them (a device's stamps rise with its upload
+    /// seqs, so one a restored copy made after the claimed writes, under a reused seq, is
+    /// stamped later; R3-1). [`Hlc::UNKNOWN`] in a claim from before stamps were claimed: it
+    /// reaches every stamp.
+    #[serde(default = "Hlc::unknown")]
+    pub Hlc,
 );
 
 impl CursorClaim {
@@ -182,7 +194,7 @@ impl CursorClaim {
     pub fn verify(&self, with: &dyn AckSigner, device: ReplicaId) -> bool {
         !self.3.is_empty()
             && self.3.len() <= SIGNATURE_BYTES_MAX
-            && with.verify(self.0, &cursor_message(self.0, device, self.1, self.2), &self.3)
+            && with.verify(self.0, &cursor_message(self.0, device, self.1, self.2, self.4), &self.3)
     }
 }
 
@@ -330,11 +342,12 @@ impl<S: crate::storage::Storage> crate::Replica<S> {
         crate::session::Message::Ack(signed.vector, Some(AckProof(signed.time_ms, signed.signature)))
     }
 
-    /// This member's signed claim that it admitted `device`'s uploads up to `seq` when its own
-    /// counter was `counter` ([`CursorClaim`]).
+    /// This member's signed claim that it handled `device`'s uploads up to `seq`, stamped up to
+    /// `stamp`, when its own counter was `counter` ([`CursorClaim`]).
     #[must_use]
-    pub(crate) fn sign_cursor(&self, device: ReplicaId, seq: Seq, counter: Seq) -> CursorClaim {
-        CursorClaim(self.id(), seq, counter, self.signer.sign(&cursor_message(self.id(), device, seq, counter)))
+    pub(crate) fn sign_cursor(&self, device: ReplicaId, seq: Seq, counter: Seq, stamp: Hlc) -> CursorClaim {
+        let signature = self.signer.sign(&cursor_message(self.id(), device, seq, counter, stamp));
+        CursorClaim(self.id(), seq, counter, signature, stamp)
     }
 
     /// Whether a relayed claim verifies for its signer; one that does not is counted.
@@ -438,5 +451,26 @@ mod tests {
         let mut bytes = Vec::new();
         ciborium::into_writer(&proof, &mut bytes).unwrap();
         assert!(ciborium::from_reader::<AckProof, _>(bytes.as_slice()).is_err());
+    }
+
+    #[test]
+    fn a_cursor_claim_verifies_only_with_its_stamp_and_an_unstamped_one_decodes_as_reaching_every_stamp() {
+        let signer = InsecureTestSigner::new(ReplicaId(1));
+        let (member, device) = (ReplicaId(1), ReplicaId(100));
+        let sign = |stamp: Hlc| {
+            let signature = signer.sign(&cursor_message(member, device, Seq(4), Seq(9), stamp));
+            CursorClaim(member, Seq(4), Seq(9), signature, stamp)
+        };
+        let claim = sign(Hlc(77));
+        assert!(claim.verify(&signer, device));
+        let mut lowered = claim.clone();
+        lowered.4 = Hlc(76);
+        assert!(!lowered.verify(&signer, device), "a relay lowered the stamp");
+        assert!(sign(Hlc::UNKNOWN).verify(&signer, device), "a claim from before stamps were claimed");
+        // A claim stored or sent before it carried a stamp: four fields.
+        let mut old = Vec::new();
+        ciborium::into_writer(&(member, Seq(4), Seq(9), serde_bytes::Bytes::new(&[1, 2])), &mut old).unwrap();
+        let decoded: CursorClaim = ciborium::from_reader(old.as_slice()).unwrap();
+        assert_eq!(decoded.4, Hlc::UNKNOWN);
     }
 }

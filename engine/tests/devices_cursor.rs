@@ -2,6 +2,7 @@
 //! member's own cursor claim, bounds on cursors and epochs from the wire, and what a device
 //! holds for a key after an upload answered `Refused` or `Known`.
 
+use lethe_engine::Hlc;
 use lethe_engine::device::records::RecordWire;
 use lethe_engine::device::{DeviceSession, MemberHello, sync_device_in_process};
 use lethe_engine::membership::MemberInfo;
@@ -135,7 +136,7 @@ fn a_members_own_cursor_claim_far_ahead_is_refused_and_the_device_still_syncs() 
     sync_device_in_process(&mut phone, &mut hub).unwrap();
     put(&mut phone, "w", "w", &clock);
     let refused = hub.claims_implausible();
-    let claim = CursorClaim(other.id(), Seq(u64::MAX), Seq(0), Vec::new());
+    let claim = CursorClaim(other.id(), Seq(u64::MAX), Seq(0), Vec::new(), Hlc::UNKNOWN);
     hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![claim], 0, 0, Vec::new())]);
     assert_eq!(hub.devices().cursor(phone.id()), Seq(0), "the hub took a cursor claim of u64::MAX");
     assert_eq!(hub.claims_implausible(), refused + 1, "the refused claim was not counted");
@@ -237,7 +238,7 @@ fn one_members_claims_in_session_after_session_do_not_ratchet_the_cursor() {
     sync_device_in_process(&mut phone, &mut hub).unwrap();
     let gap = lethe_engine::limits::CURSOR_GAP_MAX;
     for k in 1..=3 {
-        let claim = CursorClaim(other.id(), Seq(k * gap), Seq(0), Vec::new());
+        let claim = CursorClaim(other.id(), Seq(k * gap), Seq(0), Vec::new(), Hlc::UNKNOWN);
         hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![claim], 0, 0, Vec::new())]);
     }
     assert_eq!(hub.devices().cursor(phone.id()), Seq(gap), "one member's claims ratcheted the cursor");
@@ -262,7 +263,16 @@ fn a_device_shown_a_cursor_beyond_the_gap_ignores_it_and_still_syncs() {
     sync_device_in_process(&mut phone, &mut hub).unwrap();
     let gap = lethe_engine::limits::CURSOR_GAP_MAX;
     let claim = |by: ReplicaId, seq| {
-        RecordWire(phone.id(), 0, false, None, vec![CursorClaim(by, Seq(seq), Seq(1), Vec::new())], 0, 0, Vec::new())
+        RecordWire(
+            phone.id(),
+            0,
+            false,
+            None,
+            vec![CursorClaim(by, Seq(seq), Seq(1), Vec::new(), Hlc::UNKNOWN)],
+            0,
+            0,
+            Vec::new(),
+        )
     };
     hostile_records(&mut hub, &other, vec![claim(other.id(), gap)]);
     hostile_records(&mut hub, &fourth, vec![claim(fourth.id(), 2 * gap)]);

@@ -4,6 +4,7 @@
 //! operator did. Signatures come from the deterministic stand-in (`InsecureTestSigner`); a
 //! forgery here never uses the forged replica's key, as a compromised member could not.
 
+use lethe_engine::Hlc;
 use lethe_engine::device::records::RecordWire;
 use lethe_engine::device::{DEVICE_LEASE_MS_DEFAULT, sync_device_in_process};
 use lethe_engine::membership::MemberInfo;
@@ -79,20 +80,24 @@ fn a_relayed_cursor_no_member_reached_does_not_make_a_device_write_known() {
     // `devices_cursor.rs`.)
     const FAR: u64 = 1 << 39;
     let c_signed = |seq: u64, counter: u64| {
-        let message = cursor_message(C, PHONE, Seq(seq), Seq(counter));
-        CursorClaim(C, Seq(seq), Seq(counter), InsecureTestSigner::new(C).sign(&message))
+        let message = cursor_message(C, PHONE, Seq(seq), Seq(counter), Hlc::UNKNOWN);
+        CursorClaim(C, Seq(seq), Seq(counter), InsecureTestSigner::new(C).sign(&message), Hlc::UNKNOWN)
     };
     let mut altered = c_signed(1, 0);
     altered.1 = Seq(FAR);
-    let b_key = CursorClaim(C, Seq(FAR), Seq(0), {
-        InsecureTestSigner::new(B).sign(&cursor_message(C, PHONE, Seq(FAR), Seq(0)))
-    });
+    let b_key = CursorClaim(
+        C,
+        Seq(FAR),
+        Seq(0),
+        InsecureTestSigner::new(B).sign(&cursor_message(C, PHONE, Seq(FAR), Seq(0), Hlc::UNKNOWN)),
+        Hlc::UNKNOWN,
+    );
     let forged = [
-        CursorClaim(A, Seq(FAR), Seq(0), Vec::new()),
-        CursorClaim(C, Seq(FAR), Seq(0), Vec::new()),
+        CursorClaim(A, Seq(FAR), Seq(0), Vec::new(), Hlc::UNKNOWN),
+        CursorClaim(C, Seq(FAR), Seq(0), Vec::new(), Hlc::UNKNOWN),
         b_key,
         altered,
-        CursorClaim(ReplicaId(99), Seq(FAR), Seq(0), Vec::new()),
+        CursorClaim(ReplicaId(99), Seq(FAR), Seq(0), Vec::new(), Hlc::UNKNOWN),
     ];
     for claim in forged {
         let unverified = a.acks_unverified();
@@ -237,7 +242,7 @@ fn a_member_session_past_the_records_and_signed_claims_bounds_is_closed_and_chan
     assert!(why.contains("RECORDS_MESSAGES_PER_SESSION_MAX"), "{why}");
     // Frames full of cursor claims, each of which could be a signature to check.
     let forged: Vec<CursorClaim> =
-        (0..MEMBERS_MAX as u64).map(|i| CursorClaim(C, Seq(i + 1), Seq(0), Vec::new())).collect();
+        (0..MEMBERS_MAX as u64).map(|i| CursorClaim(C, Seq(i + 1), Seq(0), Vec::new(), Hlc::UNKNOWN)).collect();
     let frame = Message::Records(
         0,
         false,
@@ -331,7 +336,16 @@ fn relayed_claims_that_cannot_change_anything_are_not_verified() {
         ack(PHONE, 1, T0 + 1, vec![1; 32]),
         tablet_ack(T0),
         tablet_ack(T0 - 1),
-        RecordWire(tablet, 0, false, None, vec![CursorClaim(A, Seq(9), Seq(1), vec![1; 32])], 0, 0, vec![]),
+        RecordWire(
+            tablet,
+            0,
+            false,
+            None,
+            vec![CursorClaim(A, Seq(9), Seq(1), vec![1; 32], Hlc::UNKNOWN)],
+            0,
+            0,
+            vec![],
+        ),
     ];
     let spared = cost(&mut a, &|a| hostile_records(a, &b, records.clone()));
     assert_eq!(spared, hello, "signatures checked for records that could change nothing");

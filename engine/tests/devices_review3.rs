@@ -1,6 +1,7 @@
 //! A third hostile review of the device cursor and restore fixes (docs/design.md §8–§10): each
 //! test is one finding, written to fail before it is fixed.
 
+use lethe_engine::Hlc;
 use lethe_engine::device::records::{RECORDS_CLOCK_GAP_MAX, RecordWire};
 use lethe_engine::device::{DeviceService, DeviceSession, sync_device_in_process};
 use lethe_engine::membership::MemberInfo;
@@ -104,9 +105,9 @@ fn hostile_records(a: &mut Replica<MemoryStore>, b: &Replica<MemoryStore>, recor
 /// with the hub, shows cursor 2: no re-numbering, `new` goes up at seq 2, the hub's own claim
 /// reaches it, it holds nothing for `new`, and answers "known". The phone drops `new`: a write
 /// no member ever held is lost (design.md §10: "Its writes, admitted or queued, are thus never
-/// lost").
+/// lost"). Fixed by the claim's stamp: `new` is stamped after `b`, the highest write the hub's
+/// claim handled, so the claim does not reach it, and the hub admits it.
 #[test]
-#[ignore = "R3-1: known limit: a restored device cannot tell an upload lost in a cut session from one admitted with its answer lost (docs/design.md §8)"]
 fn a_restored_devices_write_is_not_lost_when_its_first_session_is_cut_at_a_member_behind_the_cursor() {
     let clock = ManualClock::new(T0);
     let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
@@ -133,6 +134,37 @@ fn a_restored_devices_write_is_not_lost_when_its_first_session_is_cut_at_a_membe
     assert_eq!(keys(&hub), ["a", "b", "new"], "the restored phone's write `new` never reached a member");
 }
 
+/// R3-1 at a third member's claim: as above, but the restored phone's next session goes to the
+/// other member once it has the hub's writes and claim (seq 2, whose counter it covers). Its own
+/// claim is below seq 2, and it holds nothing for `new`; the hub's claim reaches seq 2, so
+/// without the claim's stamp it "has seen every admission" and answers known, and `new` is
+/// lost. The hub's claim is stamped up to `b`'s stamp, below `new`'s: no claim reaches `new`,
+/// no member handled it, and the other member admits it.
+#[test]
+fn a_restored_devices_write_is_not_lost_at_a_member_that_has_the_claim_of_the_seq_it_reused() {
+    let clock = ManualClock::new(T0);
+    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
+    put(&mut phone, "a", "a", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let backup = phone.store().clone();
+    put(&mut phone, "b", "b", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    drop(phone);
+
+    let mut phone = open_device_in(backup, 100, &clock);
+    put(&mut phone, "new", "new", &clock);
+    session_cut_after_member_hello(&mut phone, &mut other);
+    sync_in_process(&mut hub, &mut other, false).unwrap();
+    assert_eq!(other.devices().cursor(phone.id()), Seq(2), "the other member has the hub's claim");
+    assert!(other.devices().claim_of(phone.id(), other.id()) < Seq(2));
+    let out = sync_device_in_process(&mut phone, &mut other).unwrap();
+    eprintln!("the other member's session: {:?}", out.member);
+    assert!(!out.device.renumbered, "the phone counts seq 2 as one it may have sent");
+    assert_eq!(out.device.known, 0, "the other member answered known for a write no member held");
+    assert_eq!(keys(&other), ["a", "b", "new"]);
+    assert_eq!(keys(&phone), ["a", "b", "new"]);
+}
+
 /// R3-2. A compromised member's own cursor claim is bounded only against the cursor the
 /// receiver holds (`CURSOR_GAP_MAX` = 2^40), so claims that each stay within the bound ratchet
 /// it: two records for the phone in one `Records` message, claiming 2^40 and then 2^41, are
@@ -154,7 +186,7 @@ fn cursor_claims_within_the_gap_bound_do_not_ratchet_the_cursor_and_cut_the_devi
             0,
             false,
             None,
-            vec![CursorClaim(other.id(), Seq(seq), Seq(0), Vec::new())],
+            vec![CursorClaim(other.id(), Seq(seq), Seq(0), Vec::new(), Hlc::UNKNOWN)],
             0,
             0,
             Vec::new(),
@@ -420,7 +452,7 @@ fn one_forged_cursor_claim_within_the_bound_does_not_cut_the_device_off_from_a_m
     assert_eq!(third.devices().cursor(phone.id()), Seq(0));
 
     let gap = lethe_engine::limits::CURSOR_GAP_MAX;
-    let forged = CursorClaim(other.id(), Seq(5 + gap), Seq(0), Vec::new());
+    let forged = CursorClaim(other.id(), Seq(5 + gap), Seq(0), Vec::new(), Hlc::UNKNOWN);
     hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![forged], 0, 0, Vec::new())]);
     assert_eq!(hub.devices().cursor(phone.id()), Seq(5 + gap), "within the bound: taken (a documented limit)");
     put(&mut phone, "w", "w", &clock);

@@ -11,11 +11,12 @@
 //!   and is never applied again here: it is answered with the dot this member holds it under
 //!   if it holds that very write; as superseded if it holds something newer; as known if it
 //!   holds nothing for the key (an older entry shows it never saw the write applied) but
-//!   handled that seq itself (its own cursor claim reaches it: the claim
-//!   rises to the highest upload seq it handled, also below the cursor, and its counter only
-//!   with an upload that applied something) or has seen every
-//!   admission that may have applied it (the record's
-//!   `cursor_at` over the members whose claim reaches its seq, its own included, unless its
+//!   handled that write itself (its own cursor claim reaches it: the write's seq and stamp
+//!   are at or below the claim's, which rise to the highest upload seq and stamp it handled,
+//!   also below the cursor, its counter only with an upload that applied something; a write
+//!   stamped above a claim is none that claim handled, R3-1) or has seen every admission that
+//!   may have applied it (the record's `cursor_at` over the members whose claim reaches the
+//!   write, at least one, its own included, unless its
 //!   own component is a dot this member lost to a restore: the write was replaced, or
 //!   collected, since); and otherwise (another member admitted it, and this one has not
 //!   seen that, and may never: that member removed or restored) it is admitted here too, as
@@ -40,6 +41,7 @@
 use crate::device::message::Admission;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
+use crate::hlc::Hlc;
 use crate::ids::{Dot, ReplicaId, Seq};
 use crate::replica::{Replica, in_lost_ranges};
 use crate::session::SyncError;
@@ -108,12 +110,18 @@ impl<S: Storage> Replica<S> {
         // it superseded or known): it answers from what it holds, never applying it again
         // (finding 2: admitted here on the not-seen path, the write came back after its delete
         // was collected).
-        let (own_claim, own_claim_at) = self.devices().claim_at(device, me);
-        let seen_all = |seq: Seq| {
-            !own_admission_lost && (seq <= own_claim || self.devices().covers_admission(device, seq, self.vector()))
+        // Either way only for a write stamped at or below the claim's stamp: one stamped later
+        // is none the claim handled (a restored device's new write under a reused seq, R3-1).
+        let (own_claim, own_claim_at, own_stamp) = self.devices().claim_at(device, me);
+        let seen_all = |seq: Seq, stamp: Hlc| {
+            !own_admission_lost
+                && ((seq <= own_claim && stamp <= own_stamp)
+                    || self.devices().covers_admission(device, seq, stamp, self.vector()))
         };
-        // The highest upload seq this upload handles: this member's claim rises to it.
+        // The highest upload seq this upload handles, and the highest stamp: this member's
+        // claim rises to them.
         let handled = entries.last().map_or(Seq(0), |e| e.dot.seq);
+        let handled_stamp = entries.iter().map(|e| e.stamp.hlc).max().unwrap_or(Hlc(0));
         let snap = self.store().snapshot().map_err(Error::from)?;
         let mut clock = self.hybrid_clock();
         let counter_before = self.own_counter();
@@ -146,7 +154,7 @@ impl<S: Storage> Replica<S> {
                     // since); an older entry shows it never saw the write applied (seed 11865:
                     // the only member that handled the seq found it superseded, and this one,
                     // answering known, left the device with its older value).
-                    None if seen_all(upload_seq) => Some(Admission::Known),
+                    None if seen_all(upload_seq, entry.stamp.hlc) => Some(Admission::Known),
                     // Admitted by a member whose admission this one has not seen, and may never
                     // see (that member removed, or restored from an older copy): admitted here
                     // too, under a dot of this member, rather than left pending for ever.
@@ -200,13 +208,14 @@ impl<S: Storage> Replica<S> {
         // then would name writes that are no admission of the device's (R3-9: a third member
         // not covering them took the write for one it had not seen applied, and applied it
         // again after its delete was collected).
-        let claim = (own_claim.max(handled), if seq > counter_before { seq.max(own_claim_at) } else { own_claim_at });
-        let record = self.devices().advanced_record(device, claim.0, me, claim.1);
+        let counter = if seq > counter_before { seq.max(own_claim_at) } else { own_claim_at };
+        let claim = (own_claim.max(handled), counter, own_stamp.max(handled_stamp));
+        let record = self.devices().advanced_record(device, me, claim);
         if let Some(record) = &record {
             batch.set_device(device.0, crate::storage::encode_cbor(record));
         }
         self.commit(&batch)?;
-        self.devices_mut().advance_cursor(device, claim.0, me, claim.1);
+        self.devices_mut().advance_cursor(device, me, claim);
         self.set_vector(vector);
         self.set_hybrid_clock(clock);
         Ok(answers)

@@ -213,7 +213,7 @@ impl<S: Storage> Replica<S> {
             let (mut records, upto) = self.devices.changed_since(after, RECORDS_PER_MESSAGE_MAX, peer);
             for record in &mut records {
                 for claim in record.4.iter_mut().filter(|c| c.0 == self.id()) {
-                    *claim = self.sign_cursor(record.0, claim.1, claim.2);
+                    *claim = self.sign_cursor(record.0, claim.1, claim.2, claim.4);
                 }
             }
             let last = upto == after || upto >= self.devices.clock();

@@ -37,6 +37,7 @@
 //! - **a removal is final** at a member once it learns it: a relayed higher epoch does not
 //!   re-enrol the device there; only the operator's [`Devices::enrol`] at that member does.
 
+use crate::hlc::Hlc;
 use crate::ids::{ReplicaId, Seq};
 use crate::sign::{CursorClaim, SignedAck};
 use crate::vector::VersionVector;
@@ -419,15 +420,21 @@ impl Devices {
     }
 
     /// Whether a member with vector `vector` has seen every admission that may have applied
-    /// `device`'s upload `seq`: [`Devices::covers_cursor`] over the members whose claim reaches
-    /// `seq` only. A member whose claim is below `seq` never applied it (a claim is the highest
-    /// upload seq that member handled, and only grows; its counter bounds the dots of what it
-    /// applied, and moves only when it applies something); a counter in `cursor_at` with no
-    /// claim kept beside it counts as reaching every seq.
+    /// `device`'s upload `seq`, stamped `stamp`: some member's claim reaches it, and
+    /// [`Devices::covers_cursor`] holds over the members whose claim reaches it. A claim reaches
+    /// a write if its seq and its stamp are at or above the write's: a member whose claim is
+    /// below `seq` never applied it (a claim is the highest upload seq that member handled, and
+    /// only grows; its counter bounds the dots of what it applied, and moves only when it
+    /// applies something), nor one whose claimed stamp is below `stamp` (the write is not one
+    /// it handled: a restored device's, under a reused seq, R3-1). A counter in `cursor_at`
+    /// with no claim kept beside it counts as reaching every write; with no claim reaching the
+    /// write, no member handled it, and this is false.
     #[must_use]
-    pub fn covers_admission(&self, device: ReplicaId, seq: Seq, vector: &VersionVector) -> bool {
+    pub fn covers_admission(&self, device: ReplicaId, seq: Seq, stamp: Hlc, vector: &VersionVector) -> bool {
         self.records.get(&device).is_none_or(|r| {
-            r.cursor_at.iter().all(|(m, at)| r.cursors.get(&m).is_some_and(|c| c.1 < seq) || vector.get(m) >= at)
+            let reaches = |m: ReplicaId| r.cursors.get(&m).is_none_or(|c| c.1 >= seq && c.4 >= stamp);
+            r.cursor_at.iter().any(|(m, _)| reaches(m))
+                && r.cursor_at.iter().all(|(m, at)| !reaches(m) || vector.get(m) >= at)
         })
     }
 
@@ -437,11 +444,12 @@ impl Devices {
         self.claim_at(device, by).0
     }
 
-    /// Member `by`'s cursor claim for `device`: the highest upload seq it handled and its
-    /// counter bounding every dot it applied them under (`(0, 0)`: none).
+    /// Member `by`'s cursor claim for `device`: the highest upload seq it handled, its counter
+    /// bounding every dot it applied them under, and the highest stamp among them (`(0, 0,
+    /// 0)`: none).
     #[must_use]
-    pub fn claim_at(&self, device: ReplicaId, by: ReplicaId) -> (Seq, Seq) {
-        self.records.get(&device).and_then(|r| r.cursors.get(&by)).map_or((Seq(0), Seq(0)), |c| (c.1, c.2))
+    pub fn claim_at(&self, device: ReplicaId, by: ReplicaId) -> (Seq, Seq, Hlc) {
+        self.records.get(&device).and_then(|r| r.cursors.get(&by)).map_or((Seq(0), Seq(0), Hlc(0)), |c| (c.1, c.2, c.4))
     }
 
     /// The record of `device` with member `by`'s cursor claim raised to `seq` (the highest
@@ -452,25 +460,19 @@ impl Devices {
     /// passes it; a claim raised below the cursor still records that `by` handled those seqs
     /// itself (finding 2: it answers them from what it holds from then on, never applying them
     /// again).
-    pub(crate) fn advanced_record(
-        &self,
-        device: ReplicaId,
-        seq: Seq,
-        by: ReplicaId,
-        counter: Seq,
-    ) -> Option<DeviceRecord> {
-        self.get(device).filter(|r| raises(r, by, seq, counter)).map(|r| {
+    pub(crate) fn advanced_record(&self, device: ReplicaId, by: ReplicaId, claim: Claim) -> Option<DeviceRecord> {
+        self.get(device).filter(|r| raises(r, by, claim)).map(|r| {
             let mut record = DeviceRecord { changed: self.clock + 1, ..r.clone() };
-            record.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
+            record.take_cursor(CursorClaim(by, claim.0, claim.1, Vec::new(), claim.2));
             record
         })
     }
 
-    /// Raises member `by`'s cursor claim for `device` to `seq` and `counter` (never back); the
-    /// cursor follows.
-    pub(crate) fn advance_cursor(&mut self, device: ReplicaId, seq: Seq, by: ReplicaId, counter: Seq) {
-        if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked && raises(r, by, seq, counter)) {
-            r.take_cursor(CursorClaim(by, seq, counter, Vec::new()));
+    /// Raises member `by`'s cursor claim for `device` to `claim` (never back); the cursor
+    /// follows.
+    pub(crate) fn advance_cursor(&mut self, device: ReplicaId, by: ReplicaId, claim: Claim) {
+        if let Some(r) = self.records.get_mut(&device).filter(|r| !r.revoked && raises(r, by, claim)) {
+            r.take_cursor(CursorClaim(by, claim.0, claim.1, Vec::new(), claim.2));
             self.touch(device);
         }
     }
@@ -604,8 +606,8 @@ impl Devices {
                     check.implausible();
                     continue;
                 }
-                let kept = record.cursors.get(&claim.0).map(|k| (k.1, k.2));
-                if kept.is_some_and(|k| k >= (claim.1, claim.2)) || !check.cursor(device, &claim) {
+                let kept = record.cursors.get(&claim.0).map(|k| (k.1, k.2, k.4));
+                if kept.is_some_and(|k| k >= (claim.1, claim.2, claim.4)) || !check.cursor(device, &claim) {
                     continue;
                 }
                 record.take_cursor(claim);
@@ -681,10 +683,15 @@ impl DeviceRecord {
     }
 }
 
-/// Whether claiming `(seq, counter)` for member `by` moves its claim in `record` (neither goes
-/// back: the caller passes the maximum of each).
-fn raises(record: &DeviceRecord, by: ReplicaId, seq: Seq, counter: Seq) -> bool {
-    (seq, counter) > record.cursors.get(&by).map_or((Seq(0), Seq(0)), |c| (c.1, c.2))
+/// A member's own cursor claim as it grows: the highest upload seq it handled, its counter
+/// bounding the dots it applied them under, and the highest stamp among them
+/// ([`CursorClaim`] unsigned).
+pub(crate) type Claim = (Seq, Seq, Hlc);
+
+/// Whether `claim` for member `by` moves its claim in `record` (no part goes back: the caller
+/// passes the maximum of each).
+fn raises(record: &DeviceRecord, by: ReplicaId, claim: Claim) -> bool {
+    claim > record.cursors.get(&by).map_or((Seq(0), Seq(0), Hlc(0)), |c| (c.1, c.2, c.4))
 }
 
 /// Grows `record`'s acknowledgement by `acked` under the counting rule; returns whether it
@@ -737,11 +744,11 @@ mod tests {
         assert!(d.is_revoked(ReplicaId(7)) && !d.is_enrolled(ReplicaId(7)));
         assert_eq!(d.acknowledge(ReplicaId(7), &vv(&[(1, 3)]), 40, &vv(&[]), None), (false, false));
         assert_eq!(
-            d.advanced_record(ReplicaId(7), Seq(4), ReplicaId(1), Seq(1)),
+            d.advanced_record(ReplicaId(7), ReplicaId(1), (Seq(4), Seq(1), Hlc(3))),
             None,
             "a removed device's cursor stays"
         );
-        d.advance_cursor(ReplicaId(7), Seq(4), ReplicaId(1), Seq(1));
+        d.advance_cursor(ReplicaId(7), ReplicaId(1), (Seq(4), Seq(1), Hlc(3)));
         assert_eq!(d.cursor(ReplicaId(7)), Seq(0));
         assert!(d.enrol(ReplicaId(7)).unwrap(), "enrolled again, in a new epoch");
         assert_eq!(d.get(ReplicaId(7)).unwrap().epoch, 1);
@@ -787,7 +794,7 @@ mod tests {
         let (wire, _) = b.changed_since(0, 100, None);
         a.merge(ReplicaId(2), wire, 100, 1000, &vv(&[]), None, &mut PassAll);
         assert!(a.is_revoked(ReplicaId(7)));
-        let claim = CursorClaim(ReplicaId(1), Seq(9), Seq(4), vec![1]);
+        let claim = CursorClaim(ReplicaId(1), Seq(9), Seq(4), vec![1], Hlc(7));
         let stale = RecordWire(ReplicaId(7), 0, false, Some(vv(&[(1, 1)])), vec![claim], 150, 150, vec![1]);
         a.merge(ReplicaId(2), vec![stale.clone()], 200, 1000, &vv(&[]), None, &mut PassAll);
         assert!(a.is_revoked(ReplicaId(7)), "same epoch: the removal wins");

@@ -1241,9 +1241,9 @@ impl<C: Choices> Sim<'_, C> {
         let b_key = lethe_engine::InsecureTestSigner::new(b_id);
         let seq = Seq(record.cursor.0.saturating_add(extra));
         let claim = |member: ReplicaId, signed: bool| {
-            let message = lethe_engine::sign::cursor_message(member, victim, seq, Seq(0));
+            let message = lethe_engine::sign::cursor_message(member, victim, seq, Seq(0), lethe_engine::Hlc::UNKNOWN);
             let signature = if signed { lethe_engine::AckSigner::sign(&b_key, &message) } else { Vec::new() };
-            lethe_engine::sign::CursorClaim(member, seq, Seq(0), signature)
+            lethe_engine::sign::CursorClaim(member, seq, Seq(0), signature, lethe_engine::Hlc::UNKNOWN)
         };
         let wire = |claims, epoch, acked: Option<VersionVector>, signature| {
             RecordWire(victim, epoch, false, acked, claims, node.clock.now_ms(), node.clock.now_ms(), signature)
