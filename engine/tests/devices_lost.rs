@@ -117,6 +117,7 @@ fn hello_to_phone(phone: &mut Replica<MemoryStore>, member: &Replica<MemoryStore
         T0,
         None,
         lost,
+        lethe_engine::Hlc::UNKNOWN,
     );
     ds.handle(phone, &Message::MemberHello(hello).encode().unwrap()).unwrap();
     ds.stats().requeued

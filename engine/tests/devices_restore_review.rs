@@ -232,7 +232,6 @@ fn a_records_claim_beyond_the_gap_bound_is_refused_and_counted() {
 /// them above the hub's cursor, and one the hub admitted, deleted and collected since comes
 /// back. The restored device cannot tell that copy from a restart of the run.
 #[test]
-#[ignore = "known limit: a backup taken after a run's writes but before its first session (docs/design.md §8)"]
 fn a_backup_of_a_later_runs_unsent_writes_brings_back_no_collected_delete() {
     let clock = ManualClock::new(T0);
     let mut hub = open_member(MemoryStore::new(), 1, &clock);

@@ -6,6 +6,7 @@
 //! decoded. A device's handshake carries nothing per device and nothing per other member's
 //! vector: a device session costs O(members) bytes (I9).
 
+use crate::hlc::Hlc;
 use crate::ids::{Dot, ReplicaId, Seq};
 use crate::limits::{self, ENTRIES_PER_FRAME_MAX};
 use crate::vector::VersionVector;
@@ -117,6 +118,12 @@ pub struct MemberHello(
     /// only if that member's signature verifies.
     #[serde(default, deserialize_with = "limits::bounded_vec::<_, _, { crate::replica::HELLO_LOST_STATEMENTS_MAX }>")]
     pub Vec<crate::replica::LostStatement>,
+    /// The highest stamp among the device's writes the members' cursor claims handled
+    /// ([`crate::sign::CursorClaim`]; [`Hlc::UNKNOWN`]: not known, from a member of an older
+    /// version or a claim of one): a device restored from an older copy re-numbers only its
+    /// writes stamped above it, the others are ones members processed (finding 7).
+    #[serde(default = "Hlc::unknown")]
+    pub Hlc,
 );
 
 /// A member's answer to one uploaded write.

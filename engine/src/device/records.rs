@@ -438,6 +438,17 @@ impl Devices {
         })
     }
 
+    /// The highest stamp among `device`'s writes that the members' cursor claims handled
+    /// (0: none; [`Hlc::UNKNOWN`] if a claim from before claims carried a stamp is among them,
+    /// or the cursor came with no claim).
+    #[must_use]
+    pub fn cursor_stamp(&self, device: ReplicaId) -> Hlc {
+        self.records.get(&device).map_or(Hlc(0), |r| match r.cursors.values().map(|c| c.4).max() {
+            None if r.cursor > Seq(0) => Hlc::UNKNOWN,
+            max => max.unwrap_or(Hlc(0)),
+        })
+    }
+
     /// The highest upload seq of `device` that member `by` claims to have handled (0: none).
     #[must_use]
     pub fn claim_of(&self, device: ReplicaId, by: ReplicaId) -> Seq {

@@ -299,7 +299,7 @@ impl DeviceSession {
         if self.download.is_some() {
             return Err(SyncError::Unexpected { got: "MemberHello", state: "after the member's handshake" });
         }
-        let MemberHello(version, member, mut vector, collected, cursor, wall_ms, proof, lost) = hello;
+        let MemberHello(version, member, mut vector, collected, cursor, wall_ms, proof, lost, cursor_stamp) = hello;
         if version != PROTOCOL_VERSION {
             return Err(SyncError::Version { ours: PROTOCOL_VERSION, theirs: version });
         }
@@ -340,7 +340,7 @@ impl DeviceSession {
         let take_covered =
             vector.dominates(&replica.members_vector()) && collected.dominates(&replica.device_state().collected);
         // Only the writes queued when the handshake went (the member expects uploads only then).
-        self.stats.renumbered = replica.renumber_uploads_past(cursor)?;
+        self.stats.renumbered = replica.renumber_uploads_past(cursor, cursor_stamp)?;
         // Lost ranges the member tells of itself, or of another member who signed them.
         let lost = replica.verified_lost(member, &lost);
         // The member lost writes it had numbered (restored from an older copy): this device's
@@ -558,6 +558,7 @@ impl DeviceService {
             replica.now_ms(),
             Some(proof),
             replica.lost_gossip(),
+            replica.devices().cursor_stamp(device),
         );
         self.hello = Some(DeviceHello(
             version,
