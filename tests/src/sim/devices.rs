@@ -1224,8 +1224,15 @@ impl<C: Choices> Sim<'_, C> {
                 lost: vec![forged_lost(third, b_id, kind)],
             })
         };
+        let shows_more_of_a = self.nodes[bi].replica.as_ref().map_or(Seq(0), |b| b.vector().get(a_id));
         let node = &mut self.nodes[ai];
         let Some(a) = node.replica.as_mut() else { return Ok(()) };
+        // `a` restored from an older copy (`--restores`): the honest part of the handshake (b's
+        // vector holds a's writes beyond its counter) rightly starts its recovery, which is not
+        // what this checks.
+        if shows_more_of_a > a.own_counter() || a.recovery().is_some() {
+            return Ok(());
+        }
         let known: Vec<ReplicaId> = self
             .fleet
             .devices
