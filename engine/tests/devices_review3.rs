@@ -96,6 +96,29 @@ fn hostile_records(a: &mut Replica<MemoryStore>, b: &Replica<MemoryStore>, recor
     s.handle(a, &Message::Records(b.devices().clock() + 1, true, records).encode().unwrap()).unwrap();
 }
 
+/// R3-1's setting: the phone wrote `a` (seq 1, the backup taken then) and `b` (seq 2), both
+/// admitted by the hub; restored from the backup, it writes `new` (reusing seq 2), and its
+/// first session, with the other member (which has not heard of `b`), is cut after the
+/// member's handshake. Returns the hub, the other member and the restored phone.
+fn restored_phone_cut_at_the_other_member(
+    clock: &ManualClock,
+) -> (Replica<MemoryStore>, Replica<MemoryStore>, Replica<MemoryStore>) {
+    let (mut hub, mut other, mut phone) = two_members_and_a_phone(clock);
+    put(&mut phone, "a", "a", clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let backup = phone.store().clone();
+    put(&mut phone, "b", "b", clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    assert_eq!(hub.devices().cursor(phone.id()), Seq(2));
+    assert!(other.devices().cursor(phone.id()) < Seq(2), "the other member has not heard of b");
+    drop(phone);
+
+    let mut phone = open_device_in(backup, 100, clock);
+    put(&mut phone, "new", "new", clock);
+    session_cut_after_member_hello(&mut phone, &mut other);
+    (hub, other, phone)
+}
+
 /// R3-1. The phone is restored from a backup made after its write `a`; the hub admitted `a`
 /// and `b` since (the hub's own claim: 2), and the other member has not heard of `b` (its
 /// cursor: 0 or 1). The restored phone writes `new`, reusing upload seq 2. Its first session
@@ -110,19 +133,7 @@ fn hostile_records(a: &mut Replica<MemoryStore>, b: &Replica<MemoryStore>, recor
 #[test]
 fn a_restored_devices_write_is_not_lost_when_its_first_session_is_cut_at_a_member_behind_the_cursor() {
     let clock = ManualClock::new(T0);
-    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
-    put(&mut phone, "a", "a", &clock);
-    sync_device_in_process(&mut phone, &mut hub).unwrap();
-    let backup = phone.store().clone();
-    put(&mut phone, "b", "b", &clock);
-    sync_device_in_process(&mut phone, &mut hub).unwrap();
-    assert_eq!(hub.devices().cursor(phone.id()), Seq(2));
-    assert!(other.devices().cursor(phone.id()) < Seq(2), "the other member has not heard of b");
-    drop(phone);
-
-    let mut phone = open_device_in(backup, 100, &clock);
-    put(&mut phone, "new", "new", &clock);
-    session_cut_after_member_hello(&mut phone, &mut other);
+    let (mut hub, mut other, mut phone) = restored_phone_cut_at_the_other_member(&clock);
     let out = sync_device_in_process(&mut phone, &mut hub).unwrap();
     eprintln!("hub session: {:?}", out.member);
     for _ in 0..2 {
@@ -143,17 +154,7 @@ fn a_restored_devices_write_is_not_lost_when_its_first_session_is_cut_at_a_membe
 #[test]
 fn a_restored_devices_write_is_not_lost_at_a_member_that_has_the_claim_of_the_seq_it_reused() {
     let clock = ManualClock::new(T0);
-    let (mut hub, mut other, mut phone) = two_members_and_a_phone(&clock);
-    put(&mut phone, "a", "a", &clock);
-    sync_device_in_process(&mut phone, &mut hub).unwrap();
-    let backup = phone.store().clone();
-    put(&mut phone, "b", "b", &clock);
-    sync_device_in_process(&mut phone, &mut hub).unwrap();
-    drop(phone);
-
-    let mut phone = open_device_in(backup, 100, &clock);
-    put(&mut phone, "new", "new", &clock);
-    session_cut_after_member_hello(&mut phone, &mut other);
+    let (mut hub, mut other, mut phone) = restored_phone_cut_at_the_other_member(&clock);
     sync_in_process(&mut hub, &mut other, false).unwrap();
     assert_eq!(other.devices().cursor(phone.id()), Seq(2), "the other member has the hub's claim");
     assert!(other.devices().claim_of(phone.id(), other.id()) < Seq(2));
