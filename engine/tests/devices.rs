@@ -474,6 +474,7 @@ fn a_device_handshake_cannot_start_a_recovery_or_acknowledge_what_no_member_hold
             false,
             Vec::new(),
             None,
+            Vec::new(),
         );
         Message::DeviceHello(hello).encode().unwrap()
     };

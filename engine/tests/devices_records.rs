@@ -46,6 +46,7 @@ fn records_frames_are_cut_by_bytes_so_each_fits_the_frame_limit() {
             false,
             signed.signature,
             None,
+            Vec::new(),
         );
         let mut service = DeviceService::new(&mut hub, Some(device)).unwrap();
         service.handle(&mut hub, &Message::DeviceHello(hello).encode().unwrap()).unwrap();

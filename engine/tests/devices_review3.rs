@@ -253,13 +253,13 @@ fn a_removal_reaches_the_peer_after_a_second_restore_from_the_same_backup() {
 
 /// R3-4. Finding 8's fix carries the member's entry for a key it answered "refused", but the
 /// device takes it only under the covered-entries rule (`take_covered`: the member's vector
-/// covers the device's). The phone synced with the other member, which holds a write `z` the
+/// covers the device's). Fixed: the key stays unsettled at the device, named in each handshake,
+/// until a download from a member covering it completes. The phone synced with the other member, which holds a write `z` the
 /// hub has not seen; the hub (values of at most 16 bytes) refuses the phone's long value for
 /// `k`, the phone drops it and takes the hub's `old` as stale (covered, and the hub is behind
 /// it). Once the members have synced, no delta sends `old` again (the phone covers its dot):
 /// the phone holds nothing for `k` while both members hold `old`, until an anti-entropy session.
 #[test]
-#[ignore = "R3-4: known limit: a forced entry from a member behind the device is not taken; anti-entropy heals it (docs/design.md §8)"]
 fn after_a_refused_answer_from_a_member_behind_the_device_it_still_gets_the_members_value() {
     let clock = ManualClock::new(T0);
     let limits = lethe_engine::Limits { value_bytes_max: 16, ..lethe_engine::Limits::default() };
@@ -383,14 +383,14 @@ fn sync_cut_after_answers(d: &mut Replica<MemoryStore>, m: &mut Replica<MemorySt
     assert!(answered, "the answers arrived");
 }
 
-/// R3-5. Finding 8's fix sends the member's entry for a refused key in the same session's
+/// R3-5 (fixed as R3-4: the key stays unsettled until a complete download from a covering
+/// member). Finding 8's fix sends the member's entry for a refused key in the same session's
 /// download, but the device drops its refused (or known) write as soon as the answer arrives
 /// (`settle_uploads`), not at the end of a complete download as it does for a superseded one.
 /// A session cut between the answers and the download leaves the phone with nothing for `k`
 /// while the hub holds `old`, whose dot the phone's vector covers: no later session has the
 /// key to force (the write is gone from the queue), no delta sends `old` again.
 #[test]
-#[ignore = "R3-5: known limit: after a refused answer and a cut download the device lacks the key until anti-entropy (docs/design.md §8)"]
 fn after_a_refused_answer_and_a_cut_download_the_device_still_gets_the_members_value() {
     let clock = ManualClock::new(T0);
     let limits = lethe_engine::Limits { value_bytes_max: 16, ..lethe_engine::Limits::default() };
@@ -420,6 +420,60 @@ fn after_a_refused_answer_and_a_cut_download_the_device_still_gets_the_members_v
     );
     assert_eq!(after_deltas, Some(b"old".to_vec()), "the phone lost the hub's value");
     assert_eq!(phone.digest(), hub.digest());
+}
+
+/// The unsettled keys of R3-4/R3-5 come from the device: a handshake naming more than
+/// `UNSETTLED_KEYS_MAX` is refused as it is decoded, one naming a key longer than any key is
+/// refused by the member before anything changes (no acknowledgement, no last-seen time), and
+/// one naming keys the member holds only makes it send those entries.
+#[test]
+fn a_devices_unsettled_keys_are_bounded_and_only_make_the_member_send_its_entries() {
+    use lethe_engine::device::{DeviceHello, UNSETTLED_KEYS_MAX};
+    let clock = ManualClock::new(T0);
+    let mut hub = open_member(1, &clock);
+    let mut phone = open_device(100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    put(&mut hub, "k", "v", &clock);
+    sync_device_in_process(&mut phone, &mut hub).unwrap();
+    let vector = phone.members_vector();
+    let hello = |keys: Vec<serde_bytes::ByteBuf>| {
+        Message::DeviceHello(DeviceHello(
+            PROTOCOL_VERSION,
+            ReplicaId(100),
+            vector.clone(),
+            vector.clone(),
+            None,
+            false,
+            false,
+            T0,
+            false,
+            Vec::new(),
+            None,
+            keys,
+        ))
+        .encode()
+        .unwrap()
+    };
+    let key = |k: &[u8]| serde_bytes::ByteBuf::from(k.to_vec());
+    let too_many = hello((0..=UNSETTLED_KEYS_MAX).map(|i| key(format!("k{i}").as_bytes())).collect());
+    assert!(Message::decode(&too_many).is_err(), "more unsettled keys than the bound decoded");
+    let records_before = hub.devices().record(phone.id()).cloned();
+    let mut ms = DeviceService::new(&mut hub, Some(phone.id())).unwrap();
+    let err = ms.handle(&mut hub, &hello(vec![key(&[b'x'; lethe_engine::limits::KEY_BYTES_MAX + 1])])).unwrap_err();
+    eprintln!("an over-long unsettled key: {err}");
+    assert!(err.to_string().contains("unsettled key"), "{err}");
+    assert_eq!(hub.devices().record(phone.id()).cloned(), records_before, "a refused handshake changed the record");
+
+    // Idle otherwise, the member sends its entry for each named key it holds, and only those.
+    let mut ms = DeviceService::new(&mut hub, Some(phone.id())).unwrap();
+    ms.handle(&mut hub, &hello(vec![key(b"k"), key(b"absent")])).unwrap();
+    let mut sent = Vec::new();
+    while let Some(f) = ms.poll_transmit(&hub).unwrap() {
+        if let Message::Entries(entries) = Message::decode(&f).unwrap() {
+            sent.extend(entries.into_iter().map(|e| String::from_utf8(e.key).unwrap()));
+        }
+    }
+    assert_eq!(sent, ["k"]);
 }
 
 /// R3-6. One forged claim within the bound is enough to cut a device off from an honest member

@@ -257,6 +257,7 @@ fn signatures_beyond_the_bound_are_refused_as_they_decode() {
             false,
             signature,
             None,
+            Vec::new(),
         ))
     };
     assert!(Message::decode(&hello(fits).encode().unwrap()).is_ok());

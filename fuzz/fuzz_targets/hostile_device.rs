@@ -102,6 +102,21 @@ fn proof(u: &mut Unstructured<'_>) -> ArbResult<SeqProof> {
     Ok(SeqProof(s, time, signature))
 }
 
+/// Keys the hostile device names as unsettled: a few of the member's own, garbage, or one
+/// longer than any key (refused).
+fn unsettled(u: &mut Unstructured<'_>) -> ArbResult<Vec<serde_bytes::ByteBuf>> {
+    let n = u.int_in_range(0usize..=4)?;
+    let mut keys = Vec::with_capacity(n);
+    for _ in 0..n {
+        keys.push(serde_bytes::ByteBuf::from(match u.int_in_range(0u8..=7)? {
+            0 => vec![b'k'; lethe_engine::limits::KEY_BYTES_MAX + 1],
+            1 | 2 => bytes(u, 64)?,
+            _ => format!("k{:04}", u.int_in_range(0u16..=20)?).into_bytes(),
+        }));
+    }
+    Ok(keys)
+}
+
 fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
     Ok(match u.int_in_range(0u8..=4)? {
         0 | 1 => {
@@ -121,6 +136,7 @@ fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
                 u.arbitrary()?,
                 sig,
                 if u.arbitrary()? { Some(proof(u)?) } else { None },
+                unsettled(u)?,
             ))
         }
         2 => Message::Upload { entries: uploads(u)?, last: u.arbitrary()? },

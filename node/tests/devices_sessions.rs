@@ -52,6 +52,7 @@ async fn a_device_trickling_empty_uploads_loses_its_turn_at_the_device_session_t
         false,
         Vec::new(),
         None,
+        Vec::new(),
     );
     w.send(&Message::DeviceHello(hello).encode().unwrap()).await.unwrap();
     w.flush().await.unwrap();
@@ -360,6 +361,7 @@ async fn once_the_permit_holder_ends_a_device_that_timed_out_waiting_is_served()
         false,
         Vec::new(),
         None,
+        Vec::new(),
     );
     w.send(&Message::DeviceHello(hello).encode().unwrap()).await.unwrap();
     w.flush().await.unwrap();

@@ -52,6 +52,13 @@ pub struct DeviceHello(
     /// writes counts.
     #[serde(default)]
     pub Option<SeqProof>,
+    /// Keys whose own write a member answered "refused" or "known" and whose member entry the
+    /// device has not taken since ([`crate::device::DeviceState::unsettled`]): the member sends
+    /// its entry for each in the download, whatever the device's vector covers. At most
+    /// [`crate::device::UNSETTLED_KEYS_MAX`], each at most [`crate::limits::KEY_BYTES_MAX`]
+    /// bytes (checked by the member before it reads any).
+    #[serde(default, deserialize_with = "limits::bounded_vec::<_, _, { crate::device::UNSETTLED_KEYS_MAX }>")]
+    pub Vec<serde_bytes::ByteBuf>,
 );
 
 /// A member's signature over one seq of its own: `[seq, wall ms, signature]`, the signature

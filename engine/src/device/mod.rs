@@ -28,7 +28,7 @@ mod session;
 
 pub use message::{Admission, DeviceHello, MemberHello, SeqProof};
 pub(crate) use queue::Settle;
-pub use queue::{DeviceState, OpenPoint};
+pub use queue::{DeviceState, OpenPoint, UNSETTLED_KEYS_MAX};
 pub use records::{DEVICE_LEASE_MS_DEFAULT, DEVICES_MAX, DeviceRecord, Devices, EnrolError, TooManyDevices};
 pub use session::{
     DEVICE_ANTI_ENTROPY_MIN_MS, DeviceOutcome, DeviceService, DeviceSession, DeviceStats, UPLOADS_IN_FLIGHT,

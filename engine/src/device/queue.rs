@@ -57,7 +57,21 @@ pub struct DeviceState {
     /// (`Replica::renumber_uploads_past`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened: Option<OpenPoint>,
+    /// Keys whose own write a member answered "refused" or "known", so this device dropped it,
+    /// and whose member entry it has not taken yet from a member covering its vector (R3-4,
+    /// R3-5): its vector may cover that entry's dot, so no delta would send it again. Shown in
+    /// each handshake (the member sends its entry for each, whatever the vector covers), and
+    /// forgotten at the end of a complete download from a member whose vector covers this
+    /// device's. At most [`UNSETTLED_KEYS_MAX`]; past it, the key waits for an anti-entropy
+    /// session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsettled: Vec<serde_bytes::ByteBuf>,
 }
+
+/// A device remembers at most this many keys it dropped on a member's "refused" or "known"
+/// answer and has not settled since ([`DeviceState::unsettled`]); a handshake carries them all
+/// (at most 256 KiB of keys, [`crate::limits::KEY_BYTES_MAX`] each; none in the usual case).
+pub const UNSETTLED_KEYS_MAX: usize = 256;
 
 /// What a device run knew when it opened its store ([`DeviceState::opened`]): own writes above
 /// its counter, stamped above its clock, are the run's own.
@@ -211,9 +225,10 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Takes a member's answers to one of this device's uploads, durable when this returns: an
-    /// admitted write takes the member's dot and a known one is dropped (if it is still the
-    /// key's entry here); superseded and pending ones are noted in `settle`, for the end of the
-    /// download ([`Replica::settle_download`]).
+    /// admitted write takes the member's dot, and a known or refused one is dropped (if it is
+    /// still the key's entry here) and its key kept as unsettled in the same commit; superseded
+    /// and pending ones are noted in `settle`, for the end of the download
+    /// ([`Replica::settle_download`]).
     pub(crate) fn settle_uploads(
         &mut self,
         uploaded: &[Entry],
@@ -222,6 +237,7 @@ impl<S: Storage> Replica<S> {
     ) -> Result<()> {
         let snap = self.store().snapshot()?;
         let mut batch = Batch::new();
+        let mut state = self.device.clone();
         for (entry, answer) in uploaded.iter().zip(answers) {
             match answer {
                 Admission::Admitted(dot) => {
@@ -236,10 +252,17 @@ impl<S: Storage> Replica<S> {
                 // Refused by the member (over its limits): no member will hold it, so it goes
                 // too, and the queue moves past it. Either way the member sends its own entry
                 // for the key in this session's download (`Session::to_device`), which this
-                // device's vector may cover: taken as covered entries are.
+                // device's vector may cover: taken as covered entries are, so only from a member
+                // covering this device's vector. Until one such download completes, the key is
+                // unsettled: each handshake names it, and the member sends its entry again
+                // (a download cut short, or one from a member behind this device, R3-4/R3-5).
                 Admission::Known | Admission::Refused => {
                     if self.index.dot_of(&entry.key) == Some(entry.dot) {
                         batch.remove(entry.key.clone());
+                        let key = serde_bytes::ByteBuf::from(entry.key.clone());
+                        if !state.unsettled.contains(&key) && state.unsettled.len() < UNSETTLED_KEYS_MAX {
+                            state.unsettled.push(key);
+                        }
                     }
                 }
                 Admission::Superseded => settle.writes.push((entry.key.clone(), entry.dot)),
@@ -250,24 +273,30 @@ impl<S: Storage> Replica<S> {
             settle.answered = settle.answered.max(entry.dot.seq);
         }
         drop(snap);
+        if state != self.device {
+            batch.set_meta(Meta::Device, encode_cbor(&state));
+        }
         if !batch.ops.is_empty() {
             self.commit(&batch)?;
+            self.device = state;
         }
         Ok(())
     }
 
     /// At the end of a complete download from the member that answered this session's
-    /// uploads: every write it answered as superseded or known and still this device's entry
-    /// for its key is dropped (the member holds something newer, which this download brought,
-    /// or the write was replaced and collected since: either way it is dead here), and the
-    /// queue moves past every answered write but the first pending one. Durable when this
+    /// uploads: every write it answered as superseded and still this device's entry for its
+    /// key is dropped (the member holds something newer, which this download brought), and the
+    /// queue moves past every answered write but the first pending one. From a member whose
+    /// vector covered this device's (`covering`), the unsettled keys are settled: the download
+    /// carried that member's entry for each, and this device took it. Durable when this
     /// returns.
-    pub(crate) fn settle_download(&mut self, settle: &Settle) -> Result<()> {
+    pub(crate) fn settle_download(&mut self, settle: &Settle, covering: bool) -> Result<()> {
         let upto = match settle.pending_from {
             Some(p) => Seq(p.0.saturating_sub(1)).min(settle.answered),
             None => settle.answered,
         };
-        if settle.writes.is_empty() && upto <= self.device.answered {
+        let settles_keys = covering && !self.device.unsettled.is_empty();
+        if settle.writes.is_empty() && upto <= self.device.answered && !settles_keys {
             return Ok(());
         }
         let mut batch = Batch::new();
@@ -277,6 +306,9 @@ impl<S: Storage> Replica<S> {
             }
         }
         let mut state = self.device.clone();
+        if settles_keys {
+            state.unsettled.clear();
+        }
         state.answered = state.answered.max(upto);
         let first = state.answered.next();
         if let Some(i) = state.bases.iter().rposition(|(f, _)| *f <= first) {

@@ -179,6 +179,7 @@ impl DeviceSession {
             anti_entropy && !fresh,
             ack.signature,
             member.and_then(|m| replica.device_state().proofs.get(&m).cloned()),
+            replica.device_state().unsettled.clone(),
         );
         Ok(DeviceSession {
             member,
@@ -351,8 +352,10 @@ impl DeviceSession {
         // Before the download: a dead record the member collected must not beat what it sends
         // (a write that won there once the delete was gone, by the documented exception).
         replica.collect_garbage()?;
-        let receive = (self.has_uploads || self.anti_entropy || !replica.members_vector().dominates(&vector))
-            && replica.horizon().is_none_or(|h| vector.dominates(h));
+        let unsettled = !replica.device_state().unsettled.is_empty();
+        let receive =
+            (self.has_uploads || self.anti_entropy || unsettled || !replica.members_vector().dominates(&vector))
+                && replica.horizon().is_none_or(|h| vector.dominates(h));
         self.download =
             Some(Session::on_device(replica, member, &vector, receive, self.fresh, take_covered, proof_seq)?);
         Ok(())
@@ -371,9 +374,11 @@ pub struct DeviceService {
     uploads_open: bool,
     /// The dots this session admitted the device's writes under: not sent back.
     admitted: BTreeSet<Dot>,
-    /// The keys of the writes this session answered `Refused` or `Known`: the device drops
-    /// them, so the download sends this member's entry for each whatever the device's vector
-    /// covers (finding 8). At most [`UPLOADS_PER_SESSION_MAX`] keys.
+    /// The keys of the writes this session answered `Refused` or `Known`, and those the
+    /// device's handshake named as unsettled: the device dropped its write for each, so the
+    /// download sends this member's entry for each whatever the device's vector covers
+    /// (finding 8, R3-4, R3-5). At most [`UPLOADS_PER_SESSION_MAX`] +
+    /// [`crate::device::UNSETTLED_KEYS_MAX`] keys.
     unheld: BTreeSet<Vec<u8>>,
     /// This member's vector when it answered the handshake.
     hello_vector: VersionVector,
@@ -501,8 +506,20 @@ impl DeviceService {
         if self.peer.is_some() {
             return Err(SyncError::Unexpected { got: "DeviceHello", state: "after the device's handshake" });
         }
-        let DeviceHello(version, device, vector, ack, horizon, fresh, uploads, wall_ms, anti_entropy, signature, proof) =
-            hello;
+        let DeviceHello(
+            version,
+            device,
+            vector,
+            ack,
+            horizon,
+            fresh,
+            uploads,
+            wall_ms,
+            anti_entropy,
+            signature,
+            proof,
+            unsettled,
+        ) = hello;
         if version != PROTOCOL_VERSION {
             return Err(SyncError::Version { ours: PROTOCOL_VERSION, theirs: version });
         }
@@ -517,6 +534,13 @@ impl DeviceService {
             return Err(SyncError::Malformed(format!("device {device} acknowledges more than its vector holds")));
         }
         check_device_names(replica, device, &vector)?;
+        if let Some(key) = unsettled.iter().find(|k| k.len() > crate::limits::KEY_BYTES_MAX) {
+            return Err(SyncError::Malformed(format!(
+                "device {device} names an unsettled key of {} bytes, more than any key ({} bytes): handshake refused (a device names only keys it wrote)",
+                key.len(),
+                crate::limits::KEY_BYTES_MAX
+            )));
+        }
         // This member's own writes beyond what it knows it issued: evidence of a restore from
         // an older copy, but only with its own signature over them (docs/design.md §9, §10).
         // The proof itself first: the device may hold writes of this member up to the seq it
@@ -572,7 +596,9 @@ impl DeviceService {
             anti_entropy,
             Vec::new(),
             None,
+            Vec::new(),
         ));
+        self.unheld.extend(unsettled.into_iter().map(serde_bytes::ByteBuf::into_vec));
         self.hello_vector = replica.vector().clone();
         self.outbox.push_back(Message::MemberHello(member_hello));
         self.uploads_open = uploads;

@@ -348,8 +348,7 @@ impl Session {
         admitted: Option<&BTreeSet<Dot>>,
         unheld: &BTreeSet<Vec<u8>>,
     ) -> Result<Session, SyncError> {
-        let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms, anti_entropy, _, _) =
-            hello;
+        let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms, anti_entropy, ..) = hello;
         let (device, fresh, horizon) = (*device, *fresh, horizon.as_ref());
         replica.purge_expired()?;
         let mut s = Session::open(replica, Some(device), false)?;
@@ -365,7 +364,7 @@ impl Session {
         // Asked for, the device expects a download even if it is not granted: then a delta.
         let asked = *anti_entropy;
         let anti_entropy = asked && replica.grant_device_anti_entropy(device);
-        let idle = admitted.is_none() && !asked && vector.dominates(&v0);
+        let idle = admitted.is_none() && !asked && unheld.is_empty() && vector.dominates(&v0);
         let withheld = horizon.is_some_and(|h| !hello_vector.dominates(h));
         if idle || withheld {
             s.source = Source::Nothing;
@@ -553,9 +552,9 @@ impl Session {
                 };
                 replica.apply_remote(Vec::new(), complete.then_some((&vector, clock)))?;
                 let ack = match &self.download {
-                    Some(Download::OnDevice { fresh, settle, .. }) => {
+                    Some(Download::OnDevice { fresh, settle, take_covered, .. }) => {
                         if complete {
-                            replica.settle_download(settle)?;
+                            replica.settle_download(settle, *take_covered)?;
                             if *fresh {
                                 replica.set_horizon(vector)?;
                             }

@@ -1085,6 +1085,7 @@ impl<C: Choices> Sim<'_, C> {
                 false,
                 vec![],
                 None,
+                Vec::new(),
             ))
         };
         let forged = |stamped: ReplicaId, numbered: ReplicaId, hlc_ms: u64| Entry {
