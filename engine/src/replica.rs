@@ -243,6 +243,10 @@ pub struct Replica<S: Storage> {
     restore_epoch: u64,
     /// The clock when the replica was opened: own writes stamped above it were made by this run.
     pub(crate) opened_clock: Hlc,
+    /// The clock when this process opened the replica (`opened_clock` may be an earlier run's,
+    /// `DeviceState::opened`): own writes stamped above it were made by this process, and no
+    /// member can have handled them before its first handshake (R4-1).
+    pub(crate) run_clock: Hlc,
     /// The own counter when the replica was opened: seqs above it were issued by this run.
     pub(crate) opened_seq: Seq,
     /// On a device: the highest upload seq this run may have sent (every write queued when a
@@ -426,6 +430,7 @@ impl<S: Storage> Replica<S> {
                     recovery: durable.recovery,
                     restore_epoch: 0,
                     opened_clock,
+                    run_clock: durable.clock,
                     opened_seq,
                     uploads_sent_max: Seq(0),
                     handshake_sent: false,
@@ -471,6 +476,7 @@ impl<S: Storage> Replica<S> {
                     recovery: None,
                     restore_epoch: 0,
                     opened_clock: Hlc(0),
+                    run_clock: Hlc(0),
                     opened_seq: Seq(0),
                     uploads_sent_max: Seq(0),
                     handshake_sent: false,

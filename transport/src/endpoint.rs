@@ -168,7 +168,7 @@ impl Endpoint {
     }
 
     /// Binds `addr`; with `compression` false this endpoint neither offers nor accepts
-    /// compressed frames (ALPN `lethe/5` only), so every connection it makes or takes sends
+    /// compressed frames (ALPN `lethe/6` only), so every connection it makes or takes sends
     /// frames raw both ways and refuses compressed ones.
     pub fn bind_with_compression(
         addr: SocketAddr,

@@ -6,7 +6,7 @@
 //! A [`FrameWriter::compressing`] writer compresses frames of at least [`COMPRESS_BYTES_MIN`] at
 //! [`COMPRESSION_LEVEL`], and sends a frame raw when compressing it would not make it smaller;
 //! a [`FrameReader::decompressing`] reader takes both. Whether a connection compresses is
-//! settled in its TLS handshake (ALPN `lethe/5z` or `lethe/5`, see [`crate::endpoint`]); on one
+//! settled in its TLS handshake (ALPN `lethe/6z` or `lethe/6`, see [`crate::endpoint`]); on one
 //! that does not, writers send raw and readers ([`FrameReader::new`]) refuse a compressed frame.
 //!
 //! The reader trusts no length a peer sends. It checks the prefix's length against the limit

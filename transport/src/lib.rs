@@ -5,7 +5,7 @@
 //! - [`TrustList`]: the node ids allowed to connect. Peers are authenticated by pinned public
 //!   keys in a mutual TLS 1.3 handshake, never by address.
 //! - [`Endpoint`]: quinn endpoints with those verifiers, ALPN naming the protocol version and
-//!   whether frames may be compressed (`lethe/5z`, or `lethe/5` when either end refuses), and
+//!   whether frames may be compressed (`lethe/6z`, or `lethe/6` when either end refuses), and
 //!   flow-control windows that bound what a slow peer can make a node buffer.
 //! - [`Ed25519AckSigner`]: the engine's `AckSigner` with the node's key, verifying the replicas
 //!   it trusts (docs/design.md §9: acknowledgements about a third replica count only signed).
@@ -29,13 +29,13 @@ pub use identity::{Identity, NodeId};
 pub use tls::TrustList;
 
 /// The ALPN protocol name of a connection whose frames all go raw: `lethe/` and the engine's
-/// protocol version (`lethe/5`). A reader on such a connection refuses a compressed frame.
+/// protocol version (`lethe/6`). A reader on such a connection refuses a compressed frame.
 #[must_use]
 pub fn alpn_plain() -> Vec<u8> {
     format!("lethe/{}", lethe_engine::session::PROTOCOL_VERSION).into_bytes()
 }
 
-/// The ALPN protocol name of a connection whose frames may be compressed (`lethe/5z`).
+/// The ALPN protocol name of a connection whose frames may be compressed (`lethe/6z`).
 #[must_use]
 pub fn alpn_compressed() -> Vec<u8> {
     format!("lethe/{}z", lethe_engine::session::PROTOCOL_VERSION).into_bytes()

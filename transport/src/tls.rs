@@ -164,7 +164,7 @@ impl ClientCertVerifier for TrustedClients {
 }
 
 /// The server half: our certificate, clients checked against `trust`.
-/// `compression`: whether to accept `lethe/5z` (preferred) beside `lethe/5`.
+/// `compression`: whether to accept `lethe/6z` (preferred) beside `lethe/6`.
 pub(crate) fn server_config(
     identity: &Identity,
     trust: TrustList,
@@ -183,7 +183,7 @@ pub(crate) fn server_config(
 }
 
 /// The client half for dialing `expected`: our certificate as client authentication.
-/// `compression`: whether to offer `lethe/5z` beside `lethe/5`.
+/// `compression`: whether to offer `lethe/6z` beside `lethe/6`.
 /// The client's TLS configuration for dialing `expected`; if another node answers, its id is
 /// put in `found`.
 pub(crate) fn client_config(

@@ -147,7 +147,13 @@ impl<S: Storage> Replica<S> {
             });
             if upload_seq <= cursor && !lost_dot {
                 let answer = match &current {
-                    Some(cur) if cur.stamp == entry.stamp => Some(Admission::Admitted(cur.dot)),
+                    // The very write (stamp and content): its dot. A write under the same
+                    // stamp with other content is another write (a restored device's clock
+                    // re-issued a lost write's stamp, R4-4): given this dot, one dot would
+                    // name two writes, and the two replicas would never converge.
+                    Some(cur) if cur.stamp == entry.stamp && cur.payload == entry.payload => {
+                        Some(Admission::Admitted(cur.dot))
+                    }
                     Some(cur) if cur.wins_over(&entry) => Some(Admission::Superseded),
                     // Known only when it holds nothing for the key: had it seen the write
                     // applied, it would hold the write, what beat it, or nothing (collected
@@ -209,7 +215,16 @@ impl<S: Storage> Replica<S> {
         // not covering them took the write for one it had not seen applied, and applied it
         // again after its delete was collected).
         let counter = if seq > counter_before { seq.max(own_claim_at) } else { own_claim_at };
-        let claim = (own_claim.max(handled), counter, own_stamp.max(handled_stamp));
+        // A claim of its own from before claims carried a stamp (`Hlc::UNKNOWN`) becomes a
+        // stamped one now (R4-3: kept, it would reach every stamp for ever): every write it
+        // handled was stamped within `max_drift` of this member's clock then, so below the
+        // bound of now.
+        let claim_stamp = if own_stamp == Hlc::UNKNOWN {
+            handled_stamp.max(Hlc::new(wall_ms.saturating_add(self.config().max_drift_ms), 0))
+        } else {
+            own_stamp.max(handled_stamp)
+        };
+        let claim = (own_claim.max(handled), counter, claim_stamp);
         let record = self.devices().advanced_record(device, me, claim);
         if let Some(record) = &record {
             batch.set_device(device.0, crate::storage::encode_cbor(record));

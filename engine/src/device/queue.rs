@@ -355,11 +355,14 @@ impl<S: Storage> Replica<S> {
     /// "At open" is the open point kept in [`DeviceState::opened`] when a run wrote and
     /// restarted before its first handshake.
     ///
-    /// Only writes stamped above `cursor_stamp` (the highest stamp the members' claims
-    /// handled, [`Hlc::UNKNOWN`] when not known) move: one stamped at or below it is a write
-    /// the members processed, made by a run the copy holds the open point of (a backup taken
-    /// before that run's first session, finding 7); re-numbered, it would be admitted afresh
-    /// and come back after its delete was collected.
+    /// Of the writes found in the store when this process opened it, only those stamped above
+    /// `cursor_stamp` (the highest stamp the members' claims handled, [`Hlc::UNKNOWN`] when
+    /// not known) move: one stamped at or below it is a write the members processed, made by
+    /// a run the copy holds the open point of (a backup taken before that run's first session,
+    /// finding 7); re-numbered, it would be admitted afresh and come back after its delete was
+    /// collected. The writes this process made always move, whatever their stamps: no member
+    /// handled them, and a restored hybrid clock that ran ahead of wall time re-issues the
+    /// stamps of the writes the copy lost (R4-1), so a stamp does not tell them apart.
     pub(crate) fn renumber_uploads_past(&mut self, cursor: Seq, cursor_stamp: Hlc) -> Result<bool> {
         let me = self.id();
         if cursor <= self.opened_seq.max(self.uploads_sent_max) {
@@ -372,8 +375,10 @@ impl<S: Storage> Replica<S> {
         let mut seq = cursor.max(self.vector().get(me));
         let mut state = self.device.clone();
         let mut first_base = None;
-        let made_since =
-            |e: &Entry| e.stamp.hlc > self.opened_clock && (cursor_stamp == Hlc::UNKNOWN || e.stamp.hlc > cursor_stamp);
+        let made_since = |e: &Entry| {
+            e.stamp.hlc > self.opened_clock
+                && (e.stamp.hlc > self.run_clock || cursor_stamp == Hlc::UNKNOWN || e.stamp.hlc > cursor_stamp)
+        };
         for entry in queued.into_iter().filter(made_since) {
             first_base = first_base.or_else(|| self.device.base_of(entry.dot.seq).cloned());
             seq = seq.checked_next().ok_or_else(|| StorageError::Corrupt {

@@ -439,14 +439,18 @@ impl Devices {
     }
 
     /// The highest stamp among `device`'s writes that the members' cursor claims handled
-    /// (0: none; [`Hlc::UNKNOWN`] if a claim from before claims carried a stamp is among them,
-    /// or the cursor came with no claim).
+    /// (0: none; [`Hlc::UNKNOWN`] if the cursor came with no claim, or if a claim from before
+    /// claims carried a stamp reaches beyond every stamped one). A legacy claim below a
+    /// stamped one is left out (R4-3: kept for ever, it would make every member show
+    /// `UNKNOWN`): a device's stamps rise with its upload seqs, so the writes it handled are
+    /// stamped below the writes above them that the stamped claim handled.
     #[must_use]
     pub fn cursor_stamp(&self, device: ReplicaId) -> Hlc {
-        self.records.get(&device).map_or(Hlc(0), |r| match r.cursors.values().map(|c| c.4).max() {
-            None if r.cursor > Seq(0) => Hlc::UNKNOWN,
-            max => max.unwrap_or(Hlc(0)),
-        })
+        let Some(r) = self.records.get(&device) else { return Hlc(0) };
+        let stamped = r.cursors.values().filter(|c| c.4 != Hlc::UNKNOWN);
+        let (seq, stamp) = stamped.fold((Seq(0), Hlc(0)), |(s, h), c| (s.max(c.1), h.max(c.4)));
+        let legacy_beyond = r.cursors.values().any(|c| c.4 == Hlc::UNKNOWN && c.1 > seq);
+        if legacy_beyond || (r.cursors.is_empty() && r.cursor > Seq(0)) { Hlc::UNKNOWN } else { stamp }
     }
 
     /// The highest upload seq of `device` that member `by` claims to have handled (0: none).

@@ -17,8 +17,10 @@ use crate::vector::VersionVector;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-/// The protocol version carried in every handshake (and, by the transport, in ALPN). 5:
-/// acknowledgements are signed (`sign.rs`): a handshake's member records and a device's
+/// The protocol version carried in every handshake (and, by the transport, in ALPN). 6: a
+/// member's cursor claim carries the highest stamp it handled, a member's handshake to a device
+/// that stamp, a device's handshake its unsettled keys (a node of 5 reads none of them, so the
+/// two do not connect); 5: acknowledgements are signed (`sign.rs`): a handshake's member records and a device's
 /// handshake carry signatures, an `Ack` its proof, a device record its device's signature; 4: a
 /// batch of entries is columnar (keys, values and numbers in runs of their own, see
 /// [`super::batch`]) and may carry entries numbered by another replica than stamped them; the
@@ -26,7 +28,7 @@ use serde::{Deserialize, Serialize};
 /// between members (the handshake says how far the sender merged the receiver's); 3: the
 /// transport's frames may be compressed (a flag in the length prefix, zstd bodies); 2: the
 /// handshake carries the wall time and no frontier.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Device records per `Records` message, at most.
 pub const RECORDS_PER_MESSAGE_MAX: usize = 4096;
 /// Bytes of device records per `Records` message, at most (as the sender counts them, an upper
