@@ -467,10 +467,10 @@ fn a_node_of_the_previous_version_either_decodes_the_new_frames_or_is_refused_by
         use lethe_engine::device::{DeviceService, DeviceSession};
         let mut ds = DeviceSession::new(&mut phone, Some(hub.id())).unwrap();
         let mut ms = DeviceService::new(&mut hub, Some(phone.id())).unwrap();
-        while let Some(f) = ds.poll_transmit(&mut phone).unwrap() {
+        while let Some(f) = ds.poll_transmit(&phone).unwrap() {
             ms.handle(&mut hub, &f).unwrap();
         }
-        ms.poll_transmit(&mut hub).unwrap().expect("the member's handshake")
+        ms.poll_transmit(&hub).unwrap().expect("the member's handshake")
     };
     let device_reads = previous_version::decode(&hello);
     eprintln!("a phone of the previous version reads the hub's handshake: {device_reads:?}");
@@ -481,13 +481,13 @@ fn a_node_of_the_previous_version_either_decodes_the_new_frames_or_is_refused_by
         let mut sa = Session::new(&mut hub, Some(other.id())).unwrap();
         let mut sb = Session::new(&mut other, Some(hub.id())).unwrap();
         for _ in 0..10 {
-            while let Some(f) = sa.poll_transmit(&mut hub).unwrap() {
+            while let Some(f) = sa.poll_transmit(&hub).unwrap() {
                 if matches!(Message::decode(&f).unwrap(), Message::Records(..)) {
                     records.push(f.clone());
                 }
                 sb.handle(&mut other, &f).unwrap();
             }
-            while let Some(f) = sb.poll_transmit(&mut other).unwrap() {
+            while let Some(f) = sb.poll_transmit(&other).unwrap() {
                 sa.handle(&mut hub, &f).unwrap();
             }
         }
