@@ -37,6 +37,18 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// Whether this and `other` are copies of one write's payload: equal, or one the other's
+    /// value with its TTL passed (`Entry::settled_at`, or a purge, made it `Expired` at one
+    /// replica and not yet at another).
+    #[must_use]
+    pub fn is_copy_of(&self, other: &Payload) -> bool {
+        match (self, other) {
+            (Payload::Expired { expires_at_ms: t }, Payload::Value(v))
+            | (Payload::Value(v), Payload::Expired { expires_at_ms: t }) => v.expires_at_ms == Some(*t),
+            _ => self == other,
+        }
+    }
+
     /// Rank used to break ties between payloads with the same stamp (which only differ when one
     /// side purged an expired value): the more-forgotten state wins, so merge stays commutative.
     fn rank(&self) -> u8 {

@@ -269,6 +269,10 @@ pub struct Replica<S: Storage> {
     /// The members heard from since a recovery begun by a device began (memory only: after a
     /// restart they are heard again).
     recovery_heard: std::collections::BTreeSet<ReplicaId>,
+    /// The members that completed a transfer to this replica since its recovery began (memory
+    /// only): once every member has, the recovery ends whatever its target
+    /// (`replica/restore.rs`).
+    recovery_transferred: std::collections::BTreeSet<ReplicaId>,
     /// The store's failure, from a failed commit until a commit succeeds (`recovery.rs`).
     store_failure: Option<StoreFailure>,
     /// On a device: its upload queue's state (`device/queue.rs`).
@@ -452,6 +456,7 @@ impl<S: Storage> Replica<S> {
                     lost_others: durable.lost_others,
                     lost_unverified: 0,
                     recovery_heard: Default::default(),
+                    recovery_transferred: Default::default(),
                     store_failure: None,
                     device: durable.device,
                     devices: durable.devices,
@@ -498,6 +503,7 @@ impl<S: Storage> Replica<S> {
                     lost_others_union: BTreeMap::new(),
                     lost_unverified: 0,
                     recovery_heard: Default::default(),
+                    recovery_transferred: Default::default(),
                     store_failure: None,
                     device: DeviceState::default(),
                     devices: Devices::default(),
@@ -886,7 +892,7 @@ impl<S: Storage> Replica<S> {
                     if cur.dot.replica == self.id
                         && entry.dot.replica != self.id
                         && cur.stamp == entry.stamp
-                        && cur.payload == entry.payload
+                        && cur.payload.is_copy_of(&entry.payload)
                         && self.is_device() =>
                 {
                     report.applied += 1;

@@ -7,6 +7,8 @@
 //! its next admission; R4-4: the very write is its stamp and its content; R4-7: protocol
 //! version 6.
 
+mod common;
+
 use lethe_engine::Hlc;
 use lethe_engine::device::records::RecordWire;
 use lethe_engine::device::sync_device_in_process;
@@ -537,4 +539,31 @@ fn a_members_own_legacy_claim_takes_a_stamp_at_its_next_admission() {
     eprintln!("cursor stamp {stamp} after the admission of b (stamped {b})");
     assert!(stamp != Hlc::UNKNOWN && stamp >= b, "the claim took no stamp, or one below what it handled");
     assert!(stamp <= Hlc::new(T0 + 10 + Config::default().max_drift_ms, 0), "beyond the clock's bound");
+}
+
+/// R4-4's fix, with a TTL (seen in `lethe-sim --seeds 30000`, seed 2767: I11, one upload
+/// admitted twice). A write with a TTL whose answer was lost is uploaded again after its TTL
+/// passed: the device sends it expired (`settled_at`), the member holds it as the value. The
+/// two are copies of one write: answered with the dot it was admitted under, not admitted
+/// again under a new one.
+#[test]
+fn a_write_uploaded_again_after_its_ttl_passed_is_answered_with_its_dot() {
+    let clock = ManualClock::new(T0);
+    let mut hub = open_member_in(MemoryStore::new(), 1, &clock);
+    let mut phone = open_device_in(MemoryStore::new(), 100, &clock);
+    hub.enrol_device(phone.id()).unwrap();
+    let ttl = PutOptions { ttl_ms: Some(50), ..PutOptions::default() };
+    phone.put("t", b"v".to_vec(), ttl).unwrap();
+    common::sync_losing_answers(&mut phone, &mut hub);
+    assert_eq!(phone.pending_uploads().unwrap(), 1, "the answer was lost");
+    let counter = hub.own_counter();
+    clock.advance(100);
+    let out = sync_device_in_process(&mut phone, &mut hub).unwrap();
+    eprintln!(
+        "uploaded again: admitted {}, the hub's counter {counter} then {}",
+        out.member.admitted,
+        hub.own_counter()
+    );
+    assert_eq!(hub.own_counter(), counter, "the write was admitted again under a new dot");
+    assert_eq!(phone.pending_uploads().unwrap(), 0);
 }

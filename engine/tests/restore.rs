@@ -173,3 +173,60 @@ fn a_second_peer_holding_more_of_the_lost_writes_moves_the_reissued_ones_again()
         }
     }
 }
+
+/// A recovery whose target no member can meet any more: `a` learns from `b` that peers hold
+/// its writes up to seq 3 (a session cut after `b`'s handshake), then `b` is itself restored
+/// from a copy that holds none of them. No transfer can bring `a`'s own component back to 3;
+/// once every member (`b`, the only one) has completed a transfer since the recovery began,
+/// whatever members hold of `a`'s writes is at `a`, and the recovery ends: `a` takes writes
+/// again, under seqs it never issued (`lethe-sim --restores`, seed 910: a member waited for
+/// ever, refusing every write and every device upload).
+#[test]
+fn a_recovery_ends_once_every_member_has_transferred_even_if_none_holds_the_target() {
+    use lethe_engine::session::{Message, Session};
+    let clock = ManualClock::new(T0);
+    let mut a = open(MemoryStore::new(), 1, &clock);
+    let mut b = open(MemoryStore::new(), 2, &clock);
+    a.enrol_member(b.id()).unwrap();
+    b.enrol_member(a.id()).unwrap();
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    let a_copy = a.store().clone();
+    let b_copy = b.store().clone();
+    for k in ["x1", "x2", "x3"] {
+        put(&mut a, k, &clock);
+    }
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    assert_eq!(b.vector().get(a.id()).0, 3);
+    drop(a);
+
+    // a restored; only b's handshake reaches it.
+    let mut a = open(a_copy, 1, &clock);
+    {
+        let mut sb = Session::new(&mut b, Some(a.id())).unwrap();
+        let hello = sb.poll_transmit(&b).unwrap().unwrap();
+        assert!(matches!(Message::decode(&hello).unwrap(), Message::Hello(_)));
+        let mut sa = Session::new(&mut a, Some(b.id())).unwrap();
+        sa.handle(&mut a, &hello).unwrap();
+    }
+    let recovery = a.recovery().expect("a began a recovery");
+    eprintln!("a's recovery: {recovery:?}");
+    assert_eq!(recovery.target.0, 3);
+
+    // b restored from a copy with none of a's writes.
+    drop(b);
+    let mut b = open(b_copy, 2, &clock);
+    for _ in 0..2 {
+        sync_in_process(&mut a, &mut b, false).unwrap();
+    }
+    eprintln!(
+        "after two sessions: a's recovery {:?}, vector {:?}, b a member of a: {}",
+        a.recovery(),
+        a.vector(),
+        a.membership().contains(b.id())
+    );
+    assert!(a.recovery().is_none(), "a waits for ever for a target no member holds");
+    put(&mut a, "after", &clock);
+    sync_in_process(&mut a, &mut b, false).unwrap();
+    assert_eq!(keys(&b), ["after"]);
+    assert_eq!(keys(&a), ["after"]);
+}

@@ -953,6 +953,18 @@ impl<'c, C: Choices> Sim<'c, C> {
                 self.sync_pair(a, b, false)?;
             }
         }
+        if self.config.verbose {
+            for node in &self.nodes {
+                if let Some(r) = node.replica.as_ref() {
+                    eprintln!(
+                        "after the members' final rounds: {} vector {:?} recovery {:?}",
+                        node.id,
+                        r.vector(),
+                        r.recovery()
+                    );
+                }
+            }
+        }
         if !self.fleet.is_empty() {
             self.device_final_rounds()?;
         }

@@ -147,11 +147,11 @@ impl<S: Storage> Replica<S> {
             });
             if upload_seq <= cursor && !lost_dot {
                 let answer = match &current {
-                    // The very write (stamp and content): its dot. A write under the same
-                    // stamp with other content is another write (a restored device's clock
-                    // re-issued a lost write's stamp, R4-4): given this dot, one dot would
-                    // name two writes, and the two replicas would never converge.
-                    Some(cur) if cur.stamp == entry.stamp && cur.payload == entry.payload => {
+                    // The very write (stamp and content, its TTL passed or not): its dot. A
+                    // write under the same stamp with other content is another write (a
+                    // restored device's clock re-issued a lost write's stamp, R4-4): given this
+                    // dot, one dot would name two writes, and the two would never converge.
+                    Some(cur) if cur.stamp == entry.stamp && cur.payload.is_copy_of(&entry.payload) => {
                         Some(Admission::Admitted(cur.dot))
                     }
                     Some(cur) if cur.wins_over(&entry) => Some(Admission::Superseded),
@@ -179,7 +179,7 @@ impl<S: Storage> Replica<S> {
             // The very write, held already (uploaded again by a device that lost its answer,
             // or queued again after a restore): answered with its dot, never applied twice.
             let same_write =
-                current.as_ref().is_some_and(|cur| cur.stamp == entry.stamp && cur.payload == entry.payload);
+                current.as_ref().is_some_and(|cur| cur.stamp == entry.stamp && cur.payload.is_copy_of(&entry.payload));
             if let Some(cur) = current.as_ref().filter(|_| same_write && !lost_dot) {
                 answers.push(Admission::Admitted(cur.dot));
                 continue;

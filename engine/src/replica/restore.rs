@@ -250,19 +250,29 @@ impl<S: Storage> Replica<S> {
         Ok(())
     }
 
-    /// Whether a recovery begun by a device has heard from every other member since it began.
-    fn heard_every_member(&self) -> bool {
-        self.membership.iter().all(|(r, _)| self.recovery_heard.contains(&r))
-    }
-
-    /// Ends a recovery begun by a device once nothing is left to wait for: the own component
-    /// is back at what members showed, and every other member has been heard from.
-    fn end_recovery_if_done(&mut self) -> Result<()> {
-        let Some(recovery) = self.recovery.filter(|r| r.by_device) else { return Ok(()) };
-        let me = self.id();
-        if self.vector().get(me) < recovery.target || !self.heard_every_member() {
+    /// Notes that member `peer` completed a transfer to this replica (its `Done` merged) while
+    /// a recovery runs, and ends the recovery once every other member has since it began:
+    /// whatever any member still holds of this replica's writes is then here, even when no
+    /// member holds them up to the target any more (the member that showed it was itself
+    /// restored from an older copy since; `lethe-sim --restores`, seed 910, waited for ever).
+    pub(crate) fn note_recovery_transfer(&mut self, peer: ReplicaId) -> Result<()> {
+        let Some(recovery) = self.recovery else { return Ok(()) };
+        // With no member enrolled, no set of peers is known to be all of them: the target
+        // decides alone.
+        if !self.membership.contains(peer) {
             return Ok(());
         }
+        self.recovery_transferred.insert(peer);
+        if !self.membership.iter().all(|(r, _)| self.recovery_transferred.contains(&r)) {
+            return Ok(());
+        }
+        self.end_recovery(recovery)
+    }
+
+    /// Ends `recovery` now: the own component moves to its counter (covering the re-issued
+    /// writes), and writes resume. Durable when this returns.
+    fn end_recovery(&mut self, recovery: Recovery) -> Result<()> {
+        let me = self.id();
         let mut vector = self.vector().clone();
         vector.advance(me, recovery.counter);
         let mut batch = Batch::new();
@@ -272,7 +282,23 @@ impl<S: Storage> Replica<S> {
         self.vector = vector;
         self.recovery = None;
         self.recovery_heard.clear();
+        self.recovery_transferred.clear();
         Ok(())
+    }
+
+    /// Whether a recovery begun by a device has heard from every other member since it began.
+    fn heard_every_member(&self) -> bool {
+        self.membership.iter().all(|(r, _)| self.recovery_heard.contains(&r))
+    }
+
+    /// Ends a recovery begun by a device once nothing is left to wait for: the own component
+    /// is back at what members showed, and every other member has been heard from.
+    fn end_recovery_if_done(&mut self) -> Result<()> {
+        let Some(recovery) = self.recovery.filter(|r| r.by_device) else { return Ok(()) };
+        if self.vector().get(self.id()) < recovery.target || !self.heard_every_member() {
+            return Ok(());
+        }
+        self.end_recovery(recovery)
     }
 
     /// [`Replica::notice_own_seq`] for everything a handshake shows: the sender's vector and
@@ -374,6 +400,7 @@ impl<S: Storage> Replica<S> {
         self.recovery = Some(recovery);
         self.lost_own = lost;
         self.recovery_heard.clear();
+        self.recovery_transferred.clear();
         self.restore_epoch += 1;
         Ok(())
     }

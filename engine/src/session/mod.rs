@@ -551,6 +551,12 @@ impl Session {
                     _ => vector,
                 };
                 replica.apply_remote(Vec::new(), complete.then_some((&vector, clock)))?;
+                if complete
+                    && self.download.is_none()
+                    && let Some(peer) = self.peer
+                {
+                    replica.note_recovery_transfer(peer)?;
+                }
                 let ack = match &self.download {
                     Some(Download::OnDevice { fresh, settle, take_covered, .. }) => {
                         if complete {
@@ -673,6 +679,11 @@ impl Session {
         // of what members acknowledged decides what is re-issued (`replica/restore.rs`).
         replica.notice_own_seqs(&hello.vector, &hello.members)?;
         replica.note_recovery_heard(peer)?;
+        // A member holding nothing this replica lacks has nothing to transfer: as good as a
+        // complete transfer, for a recovery (`Replica::note_recovery_transfer`).
+        if replica.vector().dominates(&hello.vector) {
+            replica.note_recovery_transfer(peer)?;
+        }
         replica.merge_lost_gossip(peer, &hello.lost)?;
         // The handshake vector is durable state of the peer: an acknowledgement.
         replica.acknowledge(peer, &hello.vector);
