@@ -22,7 +22,10 @@
 //!    apart ([`Meta::Restore`]) until the recovery ends.
 //! 4. **End** once a complete transfer from a peer has brought the own component back to N: that
 //!    peer had seen every write this replica made up to N, so whatever of them is still live is
-//!    here. The vector then covers the re-issued writes too, and writes resume.
+//!    here. Or once every enrolled member has completed a transfer since the recovery began
+//!    (or shown a vector this replica covers): whatever members still hold of its writes is
+//!    here, even when none holds them up to N any more (the one that showed N was itself
+//!    restored since). The vector then covers the re-issued writes too, and writes resume.
 //!
 //! A session that was open when the recovery began ends without merging its sender's vector:
 //! the sender computed what to send against the handshake's old vector
@@ -31,8 +34,9 @@
 //! Limits (said where they bite): a restored replica that acknowledges more writes than it lost
 //! before it hears from any peer reaches a counter no peer exceeds, and the reuse goes unseen
 //! (the node takes its first writes only after its first handshakes, or a few seconds, to make
-//! this unlikely); writes made by a run before a restart on the copy are not re-issued; the
-//! recovery ends only when a peer holding the highest seq seen completes a session with it.
+//! this unlikely); writes made by a run before a restart on the copy are not re-issued; with no
+//! member enrolled, the recovery ends only when a peer holding the highest seq seen completes
+//! a session with it.
 
 use crate::error::{Error, Result, StorageError};
 use crate::ids::{Dot, ReplicaId, Seq};
