@@ -5,8 +5,7 @@
 use lethe_engine::Hlc;
 use lethe_engine::device::records::RecordWire;
 use lethe_engine::device::{DeviceSession, MemberHello, sync_device_in_process};
-use lethe_engine::membership::MemberInfo;
-use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session, SyncError, sync_in_process};
+use lethe_engine::session::{Message, PROTOCOL_VERSION, SyncError, sync_in_process};
 use lethe_engine::sign::CursorClaim;
 use lethe_engine::{Config, InsecureTestSigner, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role, Seq};
 use std::sync::Arc;
@@ -82,24 +81,6 @@ fn a_write_a_member_admitted_on_the_not_seen_path_is_not_applied_again_after_its
     assert!(other.get(b"w").unwrap().is_none(), "the write came back after its delete");
 }
 
-/// A hostile `b` opens a session with `a` and sends `records` as its device records.
-fn hostile_records(a: &mut Replica<MemoryStore>, b: &Replica<MemoryStore>, records: Vec<RecordWire>) {
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        replica: b.id(),
-        vector: b.vector().clone(),
-        members: vec![MemberInfo::from(b.sign_ack(b.vector().clone()))],
-        values: 1,
-        anti_entropy: false,
-        wall_ms: T0,
-        records_seen: b.records_seen(a.id()),
-        lost: Vec::new(),
-    };
-    let mut s = Session::new(a, Some(b.id())).unwrap();
-    s.handle(a, &Message::Hello(hello).encode().unwrap()).unwrap();
-    s.handle(a, &Message::Records(b.devices().clock() + 1, true, records).encode().unwrap()).unwrap();
-}
-
 /// Finding 9. A member relays the phone's record at epoch `u64::MAX`: taken, the operator's
 /// next removal and enrolment of the phone overflowed the epoch (a panic). An epoch that far
 /// ahead is refused and counted; the removal and enrolment work.
@@ -110,7 +91,11 @@ fn a_relayed_device_epoch_far_ahead_is_refused_and_re_enrolment_still_works() {
     let unknown = ReplicaId(101);
     for device in [phone.id(), unknown] {
         let refused = hub.claims_implausible();
-        hostile_records(&mut hub, &other, vec![RecordWire(device, u64::MAX, false, None, vec![], 0, 0, Vec::new())]);
+        common::hostile_records(
+            &mut hub,
+            &other,
+            vec![RecordWire(device, u64::MAX, false, None, vec![], 0, 0, Vec::new())],
+        );
         let taken = hub.devices().record(device).map_or(0, |r| r.epoch);
         hub.enrol_device(device).unwrap();
         assert!(hub.remove_device(device).unwrap());
@@ -121,7 +106,7 @@ fn a_relayed_device_epoch_far_ahead_is_refused_and_re_enrolment_still_works() {
     }
     // An epoch within the bound of what the hub holds is taken.
     let wire = RecordWire(unknown, 1 + (1 << 16), false, None, vec![], 0, 0, Vec::new());
-    hostile_records(&mut hub, &other, vec![wire]);
+    common::hostile_records(&mut hub, &other, vec![wire]);
     assert_eq!(hub.devices().record(unknown).map(|r| r.epoch), Some(1 + (1 << 16)));
 }
 
@@ -137,7 +122,11 @@ fn a_members_own_cursor_claim_far_ahead_is_refused_and_the_device_still_syncs() 
     put(&mut phone, "w", "w", &clock);
     let refused = hub.claims_implausible();
     let claim = CursorClaim(other.id(), Seq(u64::MAX), Seq(0), Vec::new(), Hlc::UNKNOWN);
-    hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![claim], 0, 0, Vec::new())]);
+    common::hostile_records(
+        &mut hub,
+        &other,
+        vec![RecordWire(phone.id(), 0, false, None, vec![claim], 0, 0, Vec::new())],
+    );
     assert_eq!(hub.devices().cursor(phone.id()), Seq(0), "the hub took a cursor claim of u64::MAX");
     assert_eq!(hub.claims_implausible(), refused + 1, "the refused claim was not counted");
     sync_device_in_process(&mut phone, &mut hub).unwrap();
@@ -240,7 +229,11 @@ fn one_members_claims_in_session_after_session_do_not_ratchet_the_cursor() {
     let gap = lethe_engine::limits::CURSOR_GAP_MAX;
     for k in 1..=3 {
         let claim = CursorClaim(other.id(), Seq(k * gap), Seq(0), Vec::new(), Hlc::UNKNOWN);
-        hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![claim], 0, 0, Vec::new())]);
+        common::hostile_records(
+            &mut hub,
+            &other,
+            vec![RecordWire(phone.id(), 0, false, None, vec![claim], 0, 0, Vec::new())],
+        );
     }
     assert_eq!(hub.devices().cursor(phone.id()), Seq(gap), "one member's claims ratcheted the cursor");
     assert_eq!(hub.claims_implausible(), 2);
@@ -275,8 +268,8 @@ fn a_device_shown_a_cursor_beyond_the_gap_ignores_it_and_still_syncs() {
             Vec::new(),
         )
     };
-    hostile_records(&mut hub, &other, vec![claim(other.id(), gap)]);
-    hostile_records(&mut hub, &fourth, vec![claim(fourth.id(), 2 * gap)]);
+    common::hostile_records(&mut hub, &other, vec![claim(other.id(), gap)]);
+    common::hostile_records(&mut hub, &fourth, vec![claim(fourth.id(), 2 * gap)]);
     assert_eq!(hub.devices().cursor(phone.id()), Seq(2 * gap), "colluding members leapfrog (a documented limit)");
     put(&mut phone, "w", "w", &clock);
     let out = sync_device_in_process(&mut phone, &mut hub).unwrap();

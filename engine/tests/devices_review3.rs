@@ -4,8 +4,7 @@
 use lethe_engine::Hlc;
 use lethe_engine::device::records::{RECORDS_CLOCK_GAP_MAX, RecordWire};
 use lethe_engine::device::{DeviceService, DeviceSession, sync_device_in_process};
-use lethe_engine::membership::MemberInfo;
-use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session, sync_in_process};
+use lethe_engine::session::{Message, PROTOCOL_VERSION, Session, sync_in_process};
 use lethe_engine::sign::CursorClaim;
 use lethe_engine::{
     Config, InsecureTestSigner, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role, Seq,
@@ -76,24 +75,6 @@ fn session_cut_after_member_hello(d: &mut Replica<MemoryStore>, m: &mut Replica<
     ds.handle(d, &f).unwrap();
     // The device's first upload may now be read from its queue; it never arrives.
     let _ = ds.poll_transmit(d).unwrap();
-}
-
-/// A hostile `b` opens a session with `a` and sends `records` as its device records.
-fn hostile_records(a: &mut Replica<MemoryStore>, b: &Replica<MemoryStore>, records: Vec<RecordWire>) {
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        replica: b.id(),
-        vector: b.vector().clone(),
-        members: vec![MemberInfo::from(b.sign_ack(b.vector().clone()))],
-        values: 1,
-        anti_entropy: false,
-        wall_ms: T0,
-        records_seen: b.records_seen(a.id()),
-        lost: Vec::new(),
-    };
-    let mut s = Session::new(a, Some(b.id())).unwrap();
-    s.handle(a, &Message::Hello(hello).encode().unwrap()).unwrap();
-    s.handle(a, &Message::Records(b.devices().clock() + 1, true, records).encode().unwrap()).unwrap();
 }
 
 /// R3-1's setting: the phone wrote `a` (seq 1, the backup taken then) and `b` (seq 2), both
@@ -193,7 +174,7 @@ fn cursor_claims_within_the_gap_bound_do_not_ratchet_the_cursor_and_cut_the_devi
             Vec::new(),
         )
     };
-    hostile_records(&mut hub, &other, vec![record(gap), record(2 * gap)]);
+    common::hostile_records(&mut hub, &other, vec![record(gap), record(2 * gap)]);
     let cursor = hub.devices().cursor(phone.id());
     eprintln!("hub cursor for the phone: {cursor}, claims refused as implausible: {}", hub.claims_implausible());
     let synced = sync_device_in_process(&mut phone, &mut hub);
@@ -508,7 +489,11 @@ fn one_forged_cursor_claim_within_the_bound_does_not_cut_the_device_off_from_a_m
 
     let gap = lethe_engine::limits::CURSOR_GAP_MAX;
     let forged = CursorClaim(other.id(), Seq(5 + gap), Seq(0), Vec::new(), Hlc::UNKNOWN);
-    hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![forged], 0, 0, Vec::new())]);
+    common::hostile_records(
+        &mut hub,
+        &other,
+        vec![RecordWire(phone.id(), 0, false, None, vec![forged], 0, 0, Vec::new())],
+    );
     assert_eq!(hub.devices().cursor(phone.id()), Seq(5 + gap), "within the bound: taken (a documented limit)");
     put(&mut phone, "w", "w", &clock);
     sync_device_in_process(&mut phone, &mut hub).unwrap();

@@ -12,8 +12,7 @@ mod common;
 use lethe_engine::Hlc;
 use lethe_engine::device::records::RecordWire;
 use lethe_engine::device::sync_device_in_process;
-use lethe_engine::membership::MemberInfo;
-use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session, sync_in_process};
+use lethe_engine::session::{Message, PROTOCOL_VERSION, Session, sync_in_process};
 use lethe_engine::sign::CursorClaim;
 use lethe_engine::{
     Config, InsecureTestSigner, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role, Seq,
@@ -91,24 +90,6 @@ fn a_restored_devices_write_is_not_lost_when_its_clock_had_observed_a_member_ahe
     assert_eq!(keys(&phone), ["a", "b", "new"]);
 }
 
-/// A hostile `b` opens a session with `a` and sends `records` as its device records.
-fn hostile_records(a: &mut Replica<MemoryStore>, b: &Replica<MemoryStore>, records: Vec<RecordWire>) {
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        replica: b.id(),
-        vector: b.vector().clone(),
-        members: vec![MemberInfo::from(b.sign_ack(b.vector().clone()))],
-        values: 1,
-        anti_entropy: false,
-        wall_ms: T0,
-        records_seen: b.records_seen(a.id()),
-        lost: Vec::new(),
-    };
-    let mut s = Session::new(a, Some(b.id())).unwrap();
-    s.handle(a, &Message::Hello(hello).encode().unwrap()).unwrap();
-    s.handle(a, &Message::Records(b.devices().clock() + 1, true, records).encode().unwrap()).unwrap();
-}
-
 /// The hub (honest) and a compromised member (id 2) that claims, at the hub, to have handled
 /// the phone's uploads up to 10 seqs past the hub's cursor, counter 1 (its one write, which
 /// the hub holds), stamped `stamp`; the
@@ -131,7 +112,11 @@ fn forged_claim_then_upload(stamp: Hlc) -> (bool, bool, String) {
     assert_eq!(hub.devices().cursor(phone.id()), Seq(3));
     put(&mut phone, "w", &clock);
     let forged = CursorClaim(other.id(), Seq(13), Seq(1), Vec::new(), stamp);
-    hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![forged], 0, 0, Vec::new())]);
+    common::hostile_records(
+        &mut hub,
+        &other,
+        vec![RecordWire(phone.id(), 0, false, None, vec![forged], 0, 0, Vec::new())],
+    );
     assert_eq!(hub.devices().cursor(phone.id()), Seq(13), "within the bound: taken (a documented limit)");
     let mut line = String::new();
     for _ in 0..2 {
@@ -191,7 +176,11 @@ fn a_backup_of_a_later_runs_unsent_writes_brings_back_no_collected_delete_after_
     // The other member handled the phone's upload of `a` too, before the upgrade: its claim
     // carries no stamp.
     let legacy = CursorClaim(other.id(), Seq(1), Seq(1), Vec::new(), Hlc::UNKNOWN);
-    hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![legacy], 0, 0, Vec::new())]);
+    common::hostile_records(
+        &mut hub,
+        &other,
+        vec![RecordWire(phone.id(), 0, false, None, vec![legacy], 0, 0, Vec::new())],
+    );
     assert_eq!(
         hub.devices().claim_at(phone.id(), other.id()),
         (Seq(1), Seq(1), Hlc::UNKNOWN),
@@ -316,7 +305,11 @@ fn a_removed_members_forged_cursor_stamp_does_not_make_a_restored_device_lose_a_
 
     let day_ahead = Hlc::new(T0 + 24 * 60 * 60 * 1000, 0);
     let forged = CursorClaim(other.id(), Seq(2), Seq(1), Vec::new(), day_ahead);
-    hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![forged], 0, 0, Vec::new())]);
+    common::hostile_records(
+        &mut hub,
+        &other,
+        vec![RecordWire(phone.id(), 0, false, None, vec![forged], 0, 0, Vec::new())],
+    );
     assert_eq!(hub.devices().cursor(phone.id()), Seq(2), "the cursor did not move");
     assert!(hub.remove_member(other.id()).unwrap(), "the operator removes the compromised member");
     eprintln!("cursor stamp after the removal: {:?} (forged: {day_ahead:?})", hub.devices().cursor_stamp(phone.id()));

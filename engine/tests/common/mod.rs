@@ -1,9 +1,12 @@
-//! Session drivers the device tests share: a device session whose answers are lost, and a
-//! member session cut after the device records. Each test crate uses part of it.
+//! Session drivers the device tests share: a device session whose answers are lost, a
+//! member session cut after the device records, and forged records from a member. Each test
+//! crate uses part of it.
 #![allow(dead_code)]
 
+use lethe_engine::device::records::RecordWire;
 use lethe_engine::device::{DeviceService, DeviceSession};
-use lethe_engine::session::{Message, Session};
+use lethe_engine::membership::MemberInfo;
+use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session};
 use lethe_engine::{MemoryStore, Replica};
 
 /// Runs a device session in which every frame from the member is lost once the member's
@@ -47,4 +50,22 @@ pub fn send_records_only(a: &mut Replica<MemoryStore>, b: &mut Replica<MemorySto
             _ => return,
         }
     }
+}
+
+/// A hostile `b` opens a session with `a` and sends `records` as its device records.
+pub fn hostile_records(a: &mut Replica<MemoryStore>, b: &Replica<MemoryStore>, records: Vec<RecordWire>) {
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        replica: b.id(),
+        vector: b.vector().clone(),
+        members: vec![MemberInfo::from(b.sign_ack(b.vector().clone()))],
+        values: 1,
+        anti_entropy: false,
+        wall_ms: 1_700_000_000_000,
+        records_seen: b.records_seen(a.id()),
+        lost: Vec::new(),
+    };
+    let mut s = Session::new(a, Some(b.id())).unwrap();
+    s.handle(a, &Message::Hello(hello).encode().unwrap()).unwrap();
+    s.handle(a, &Message::Records(b.devices().clock() + 1, true, records).encode().unwrap()).unwrap();
 }
