@@ -413,22 +413,9 @@ impl<S: Storage> Replica<S> {
                     batch.set_meta(Meta::Role, encode_role(config.role));
                     store.commit(&batch)?;
                 }
-                // A device resumes its clock past every stamp an earlier run of this store may
-                // have issued: a copy restored from a backup resumes at the copy's clock, and a
-                // run whose hybrid clock ran ahead of wall time (it observed a member up to
-                // `max_drift` ahead) issued stamps above it that the copy does not hold; its
-                // next writes would re-issue them, and a member could not tell a new write
-                // from a lost one it handled (R4-6). Every such stamp is within `max_drift` of
-                // that run's wall time, before now. Members recover from restores by their
-                // own path (`replica/restore.rs`).
-                let resume_at = if config.role == Role::Device && durable.clock > Hlc(0) {
-                    durable.clock.max(Hlc::new(wall.now_ms().saturating_add(config.max_drift_ms), 0))
-                } else {
-                    durable.clock
-                };
                 Replica {
                     id,
-                    clock: HybridClock::resume(resume_at, config.max_drift_ms),
+                    clock: HybridClock::resume(durable.clock, config.max_drift_ms),
                     wall,
                     vector: durable.vector,
                     config,

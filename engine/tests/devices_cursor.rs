@@ -155,6 +155,7 @@ fn a_device_refuses_a_member_handshake_with_an_implausible_cursor_before_changin
         None,
         Vec::new(),
         lethe_engine::Hlc::UNKNOWN,
+        false,
     );
     let err = ds.handle(&mut phone, &Message::MemberHello(hello).encode().unwrap()).unwrap_err();
     assert!(matches!(err, SyncError::Malformed(ref m) if m.contains("cursor")), "not a clear refusal: {err}");

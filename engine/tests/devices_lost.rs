@@ -118,6 +118,7 @@ fn hello_to_phone(phone: &mut Replica<MemoryStore>, member: &Replica<MemoryStore
         None,
         lost,
         lethe_engine::Hlc::UNKNOWN,
+        false,
     );
     ds.handle(phone, &Message::MemberHello(hello).encode().unwrap()).unwrap();
     ds.stats().requeued

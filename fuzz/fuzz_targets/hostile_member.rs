@@ -79,6 +79,7 @@ fn message(u: &mut Unstructured<'_>, offered: &Offered) -> ArbResult<Message> {
             if u.arbitrary()? { Some(SeqProof(seq(u)?, time_ms(u)?, bytes(u, 200)?)) } else { None },
             lost_ranges(u)?,
             hlc(u)?,
+            u.arbitrary()?,
         )),
         1 => Message::Admitted(admissions(u)?),
         2 => Message::Done(vector(u)?, hlc(u)?),

@@ -216,14 +216,11 @@ impl<S: Storage> Replica<S> {
         // again after its delete was collected).
         let counter = if seq > counter_before { seq.max(own_claim_at) } else { own_claim_at };
         // A claim of its own from before claims carried a stamp (`Hlc::UNKNOWN`) becomes a
-        // stamped one now (R4-3: kept, it would reach every stamp for ever): every write it
-        // handled was stamped within `max_drift` of this member's clock then, so below the
-        // bound of now.
-        let claim_stamp = if own_stamp == Hlc::UNKNOWN {
-            handled_stamp.max(Hlc::new(wall_ms.saturating_add(self.config().max_drift_ms), 0))
-        } else {
-            own_stamp.max(handled_stamp)
-        };
+        // stamped one now (R4-3: kept, it would reach every stamp for ever): the writes it
+        // handled before have lower upload seqs than this upload's, so lower stamps. Not a
+        // bound from the clock (R5-4: a stamp ahead of every write reaches a restored
+        // device's new one, which is then answered known and lost).
+        let claim_stamp = if own_stamp == Hlc::UNKNOWN { handled_stamp } else { own_stamp.max(handled_stamp) };
         let claim = (own_claim.max(handled), counter, claim_stamp);
         let record = self.devices().advanced_record(device, me, claim);
         if let Some(record) = &record {

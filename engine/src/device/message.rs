@@ -131,6 +131,13 @@ pub struct MemberHello(
     /// writes stamped above it, the others are ones members processed (finding 7).
     #[serde(default = "Hlc::unknown")]
     pub Hlc,
+    /// Whether this download carries the member's entry for every unsettled key the device's
+    /// handshake named: granted as an anti-entropy session is, at most once per
+    /// `Config::device_anti_entropy_min_ms` (R5-3: on the device's word alone, a device could
+    /// make a member send the same values in every session). Not granted, the device keeps
+    /// the keys and names them again.
+    #[serde(default)]
+    pub bool,
 );
 
 /// A member's answer to one uploaded write.

@@ -34,7 +34,7 @@ pub use session::{
     DEVICE_ANTI_ENTROPY_MIN_MS, DeviceOutcome, DeviceService, DeviceSession, DeviceStats, UPLOADS_IN_FLIGHT,
     UPLOADS_PER_SESSION_MAX, anti_entropy_device_in_process, sync_device_in_process,
 };
-pub(crate) use session::{cap_device_ack, capped_at, check_device_vector};
+pub(crate) use session::{cap_device_ack, capped_at, check_device_vector, known_names};
 
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

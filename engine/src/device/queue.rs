@@ -97,6 +97,12 @@ pub(crate) struct Settle {
     pub(crate) answered: Seq,
     /// The lowest upload seq answered as pending, if any: the queue stays there.
     pub(crate) pending_from: Option<Seq>,
+    /// The keys of the writes answered known or refused in this session: the member sends its
+    /// entry for each in this download.
+    pub(crate) unheld: Vec<Vec<u8>>,
+    /// Whether the member sends its entry for every unsettled key the handshake named
+    /// ([`crate::device::MemberHello`]).
+    pub(crate) named_sent: bool,
 }
 
 impl DeviceState {
@@ -257,6 +263,7 @@ impl<S: Storage> Replica<S> {
                 // unsettled: each handshake names it, and the member sends its entry again
                 // (a download cut short, or one from a member behind this device, R3-4/R3-5).
                 Admission::Known | Admission::Refused => {
+                    settle.unheld.push(entry.key.clone());
                     if self.index.dot_of(&entry.key) == Some(entry.dot) {
                         batch.remove(entry.key.clone());
                         let key = serde_bytes::ByteBuf::from(entry.key.clone());
@@ -287,15 +294,17 @@ impl<S: Storage> Replica<S> {
     /// uploads: every write it answered as superseded and still this device's entry for its
     /// key is dropped (the member holds something newer, which this download brought), and the
     /// queue moves past every answered write but the first pending one. From a member whose
-    /// vector covered this device's (`covering`), the unsettled keys are settled: the download
-    /// carried that member's entry for each, and this device took it. Durable when this
+    /// vector covered this device's (`covering`), the unsettled keys the download carried the
+    /// member's entry for are settled (this device took it): those answered known or refused
+    /// in this session, and all of them if the member sent the named ones. Durable when this
     /// returns.
     pub(crate) fn settle_download(&mut self, settle: &Settle, covering: bool) -> Result<()> {
         let upto = match settle.pending_from {
             Some(p) => Seq(p.0.saturating_sub(1)).min(settle.answered),
             None => settle.answered,
         };
-        let settles_keys = covering && !self.device.unsettled.is_empty();
+        let settled = |k: &serde_bytes::ByteBuf| covering && (settle.named_sent || settle.unheld.contains(k));
+        let settles_keys = self.device.unsettled.iter().any(settled);
         if settle.writes.is_empty() && upto <= self.device.answered && !settles_keys {
             return Ok(());
         }
@@ -306,9 +315,7 @@ impl<S: Storage> Replica<S> {
             }
         }
         let mut state = self.device.clone();
-        if settles_keys {
-            state.unsettled.clear();
-        }
+        state.unsettled.retain(|k| !settled(k));
         state.answered = state.answered.max(upto);
         let first = state.answered.next();
         if let Some(i) = state.bases.iter().rposition(|(f, _)| *f <= first) {

@@ -300,7 +300,8 @@ impl DeviceSession {
         if self.download.is_some() {
             return Err(SyncError::Unexpected { got: "MemberHello", state: "after the member's handshake" });
         }
-        let MemberHello(version, member, mut vector, collected, cursor, wall_ms, proof, lost, cursor_stamp) = hello;
+        let MemberHello(version, member, mut vector, collected, cursor, wall_ms, proof, lost, cursor_stamp, named_sent) =
+            hello;
         if version != PROTOCOL_VERSION {
             return Err(SyncError::Version { ours: PROTOCOL_VERSION, theirs: version });
         }
@@ -352,12 +353,14 @@ impl DeviceSession {
         // Before the download: a dead record the member collected must not beat what it sends
         // (a write that won there once the delete was gone, by the documented exception).
         replica.collect_garbage()?;
-        let unsettled = !replica.device_state().unsettled.is_empty();
         let receive =
-            (self.has_uploads || self.anti_entropy || unsettled || !replica.members_vector().dominates(&vector))
+            (self.has_uploads || self.anti_entropy || named_sent || !replica.members_vector().dominates(&vector))
                 && replica.horizon().is_none_or(|h| vector.dominates(h));
-        self.download =
-            Some(Session::on_device(replica, member, &vector, receive, self.fresh, take_covered, proof_seq)?);
+        let mut download = Session::on_device(replica, member, &vector, receive, self.fresh, take_covered, proof_seq)?;
+        if let Some(settle) = download.settle_mut() {
+            settle.named_sent = named_sent;
+        }
+        self.download = Some(download);
         Ok(())
     }
 }
@@ -533,7 +536,13 @@ impl DeviceService {
         if !vector.dominates(&ack) {
             return Err(SyncError::Malformed(format!("device {device} acknowledges more than its vector holds")));
         }
-        check_device_names(replica, device, &vector)?;
+        // Components of replicas this member knows no writes of (a member removed since, whose
+        // writes only the device holds) are left out, not refused (R5-9: refused, the device
+        // could never sync again, its queued writes never uploaded).
+        // Its signature covers the acknowledgement as sent: relayed only if nothing was left out.
+        let (vector, known_ack) = (known_names(replica, &vector), known_names(replica, &ack));
+        let relayable = known_ack == ack;
+        let ack = known_ack;
         if let Some(key) = unsettled.iter().find(|k| k.len() > crate::limits::KEY_BYTES_MAX) {
             return Err(SyncError::Malformed(format!(
                 "device {device} names an unsettled key of {} bytes, more than any key ({} bytes): handshake refused (a device names only keys it wrote)",
@@ -568,9 +577,16 @@ impl DeviceService {
         // taken as a peer clock: devices' clocks must not decide whether this member may write.
         let capped = cap_device_ack(replica, &ack);
         replica.acknowledge_device(device, &capped);
-        replica.note_device_signed(device, ack, Some(&crate::sign::AckProof(wall_ms, signature)));
+        let proof = crate::sign::AckProof(wall_ms, signature);
+        replica.note_device_signed(device, ack, relayable.then_some(&proof));
         let ack = capped;
         let cursor = replica.devices().cursor(device);
+        // The keys the device names as unsettled are its word: their entries go at most as
+        // often as an anti-entropy session would (R5-3).
+        let named_sent = !unsettled.is_empty() && replica.grant_device_anti_entropy(device);
+        if named_sent {
+            self.unheld.extend(unsettled.into_iter().map(serde_bytes::ByteBuf::into_vec));
+        }
         let proof = replica.own_seq_proof();
         self.hello_signed = proof.0;
         let member_hello = MemberHello(
@@ -583,6 +599,7 @@ impl DeviceService {
             Some(proof),
             replica.lost_gossip(),
             replica.devices().cursor_stamp(device),
+            named_sent,
         );
         self.hello = Some(DeviceHello(
             version,
@@ -598,7 +615,7 @@ impl DeviceService {
             None,
             Vec::new(),
         ));
-        self.unheld.extend(unsettled.into_iter().map(serde_bytes::ByteBuf::into_vec));
+
         self.hello_vector = replica.vector().clone();
         self.outbox.push_back(Message::MemberHello(member_hello));
         self.uploads_open = uploads;
@@ -642,8 +659,8 @@ fn next_frame<S: Storage>(
     }
 }
 
-/// Checks a vector a device sends (its handshake's, its `Ack`): it names members only, and none
-/// of this member's writes beyond what it issued. A device is no witness of a restore
+/// Checks a vector a device sends (its handshake's, its `Ack`): it names none of this member's
+/// writes beyond what it issued. A device is no witness of a restore
 /// (docs/design.md §9: it can change nothing but its own writes), so such a claim is refused,
 /// never acted on.
 pub(crate) fn check_device_vector<S: Storage>(
@@ -652,7 +669,6 @@ pub(crate) fn check_device_vector<S: Storage>(
     vector: &VersionVector,
 ) -> Result<(), SyncError> {
     let me = replica.id();
-    check_device_names(replica, device, vector)?;
     if vector.get(me) > replica.own_counter() {
         return Err(SyncError::Malformed(format!(
             "device {device} claims write {} of this member, which issued only {}: refused (a device is no witness \
@@ -664,24 +680,16 @@ pub(crate) fn check_device_vector<S: Storage>(
     Ok(())
 }
 
-/// Checks that a vector a device sends names only replicas this member knows as writers of
-/// dots: this member, its enrolled members, and any replica its own vector names (a member
-/// removed since, whose writes stay under its dots and whose component this member sent the
-/// device itself). So a device's vector stays within what members' vectors hold (I9).
-fn check_device_names<S: Storage>(
-    replica: &Replica<S>,
-    device: ReplicaId,
-    vector: &VersionVector,
-) -> Result<(), SyncError> {
+/// A vector a device sends, with only the replicas this member knows as writers of dots:
+/// this member, its enrolled members, and any replica its own vector names (a member removed
+/// since, whose writes stay under its dots and whose component this member sent the device
+/// itself). So what a member keeps of a device's vector stays within what members' vectors
+/// hold (I9), and a component of a member removed here (whose writes only the device holds)
+/// does not cut the device off.
+pub(crate) fn known_names<S: Storage>(replica: &Replica<S>, vector: &VersionVector) -> VersionVector {
     let me = replica.id();
     let known = |r: ReplicaId| r == me || replica.membership().is_enrolled(r) || replica.vector().get(r) > Seq(0);
-    if let Some((r, _)) = vector.iter().find(|(r, _)| !known(*r)) {
-        return Err(SyncError::Malformed(format!(
-            "device {device}'s vector names replica {r}, which is neither a member here nor a writer this member \
-             holds writes of"
-        )));
-    }
-    Ok(())
+    vector.iter().filter(|(r, _)| known(*r)).collect::<Vec<_>>().into()
 }
 
 /// `vector` with `replica`'s component at most `max`.

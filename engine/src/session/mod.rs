@@ -623,10 +623,14 @@ impl Session {
                     if self.download == Some(Download::ToDevice) {
                         // Checked and capped as the device's handshake was: a device is no
                         // witness of a restore, and acknowledges nothing no member holds.
+                        // Components of replicas it knows no writes of left out (R5-9), and
+                        // then the signature, which covers what was sent, not relayed.
                         crate::device::check_device_vector(replica, peer, &vector)?;
-                        let ack = crate::device::cap_device_ack(replica, &vector);
+                        let known = crate::device::known_names(replica, &vector);
+                        let ack = crate::device::cap_device_ack(replica, &known);
                         replica.acknowledge_device(peer, &ack);
-                        replica.note_device_signed(peer, vector, proof.as_ref());
+                        let proof = proof.filter(|_| known == vector);
+                        replica.note_device_signed(peer, known, proof.as_ref());
                     } else {
                         replica.notice_own_seq(vector.get(replica.id()))?;
                         replica.acknowledge_signed(peer, &vector, proof.as_ref());
