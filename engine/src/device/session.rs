@@ -383,6 +383,9 @@ pub struct DeviceService {
     /// (finding 8, R3-4, R3-5). At most [`UPLOADS_PER_SESSION_MAX`] +
     /// [`crate::device::UNSETTLED_KEYS_MAX`] keys.
     unheld: BTreeSet<Vec<u8>>,
+    /// Whether the handshake was granted what it asked for (anti-entropy, the entries of its
+    /// named unsettled keys): once per `Config::device_anti_entropy_min_ms`.
+    granted: bool,
     /// This member's vector when it answered the handshake.
     hello_vector: VersionVector,
     /// The own seq its handshake's proof signed.
@@ -406,6 +409,7 @@ impl DeviceService {
             uploads_open: false,
             admitted: BTreeSet::new(),
             unheld: BTreeSet::new(),
+            granted: false,
             hello_vector: VersionVector::new(),
             hello_signed: Seq(0),
             stats: DeviceStats::default(),
@@ -582,8 +586,11 @@ impl DeviceService {
         let ack = capped;
         let cursor = replica.devices().cursor(device);
         // The keys the device names as unsettled are its word: their entries go at most as
-        // often as an anti-entropy session would (R5-3).
-        let named_sent = !unsettled.is_empty() && replica.grant_device_anti_entropy(device);
+        // often as an anti-entropy session would (R5-3), and under the same grant, taken once
+        // for both (R6-2: taken for the keys first, the anti-entropy asked for was never
+        // granted again).
+        self.granted = (anti_entropy || !unsettled.is_empty()) && replica.grant_device_anti_entropy(device);
+        let named_sent = !unsettled.is_empty() && self.granted;
         if named_sent {
             self.unheld.extend(unsettled.into_iter().map(serde_bytes::ByteBuf::into_vec));
         }
@@ -629,7 +636,8 @@ impl DeviceService {
     fn start_download<S: Storage>(&mut self, replica: &mut Replica<S>, uploaded: bool) -> Result<(), SyncError> {
         let Some(hello) = self.hello.take() else { return Ok(()) };
         let admitted = uploaded.then_some(&self.admitted);
-        self.download = Some(Session::to_device(replica, &hello, &self.hello_vector, admitted, &self.unheld)?);
+        self.download =
+            Some(Session::to_device(replica, &hello, &self.hello_vector, admitted, &self.unheld, self.granted)?);
         // The download's vector may name own writes issued since the handshake's proof (this
         // session's admissions, or writes made meanwhile): the device caps what it takes of
         // them at what this member signed, so it signs again.

@@ -255,19 +255,22 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Notes that member `peer` completed a transfer to this replica (its `Done` merged) while
-    /// a recovery runs, and ends the recovery once every other member has since it began:
+    /// a recovery runs, and ends the recovery once every other enrolled replica has since it
+    /// began:
     /// whatever any member still holds of this replica's writes is then here, even when no
     /// member holds them up to the target any more (the member that showed it was itself
     /// restored from an older copy since; `lethe-sim --restores`, seed 910, waited for ever).
     pub(crate) fn note_recovery_transfer(&mut self, peer: ReplicaId) -> Result<()> {
         let Some(recovery) = self.recovery else { return Ok(()) };
-        // With no member enrolled, no set of peers is known to be all of them: the target
-        // decides alone.
-        if !self.membership.contains(peer) {
+        // Every enrolled replica, admitted as a member or not (R6-1: one enrolled and not yet
+        // admitted in the copy may hold the writes; R6-4: admissions persist only at a GC
+        // step, enrolments at once). With none enrolled, no set of peers is known to be all
+        // of them: the target decides alone.
+        if !self.membership.is_enrolled(peer) {
             return Ok(());
         }
         self.recovery_transferred.insert(peer);
-        if !self.membership.iter().all(|(r, _)| self.recovery_transferred.contains(&r)) {
+        if !self.membership.enrolled().all(|r| r == self.id() || self.recovery_transferred.contains(&r)) {
             return Ok(());
         }
         self.end_recovery(recovery)

@@ -347,6 +347,7 @@ impl Session {
         hello_vector: &VersionVector,
         admitted: Option<&BTreeSet<Dot>>,
         unheld: &BTreeSet<Vec<u8>>,
+        granted: bool,
     ) -> Result<Session, SyncError> {
         let crate::device::DeviceHello(_, device, vector, _, horizon, fresh, _, peer_wall_ms, anti_entropy, ..) = hello;
         let (device, fresh, horizon) = (*device, *fresh, horizon.as_ref());
@@ -363,7 +364,7 @@ impl Session {
         let v0 = replica.vector().clone();
         // Asked for, the device expects a download even if it is not granted: then a delta.
         let asked = *anti_entropy;
-        let anti_entropy = asked && replica.grant_device_anti_entropy(device);
+        let anti_entropy = asked && granted;
         let idle = admitted.is_none() && !asked && unheld.is_empty() && vector.dominates(&v0);
         let withheld = horizon.is_some_and(|h| !hello_vector.dominates(h));
         if idle || withheld {
