@@ -22,8 +22,8 @@
 //!    apart ([`Meta::Restore`]) until the recovery ends.
 //! 4. **End** once a complete transfer from a peer has brought the own component back to N: that
 //!    peer had seen every write this replica made up to N, so whatever of them is still live is
-//!    here. Or once every enrolled member has completed a transfer since the recovery began
-//!    (or shown a vector this replica covers): whatever members still hold of its writes is
+//!    here. Or once every enrolled replica has completed a transfer since the recovery began
+//!    (an anti-entropy session, for one whose vector this replica covers): whatever they hold of its writes is
 //!    here, even when none holds them up to N any more (the one that showed N was itself
 //!    restored since). The vector then covers the re-issued writes too, and writes resume.
 //!
@@ -256,7 +256,9 @@ impl<S: Storage> Replica<S> {
 
     /// Notes that member `peer` completed a transfer to this replica (its `Done` merged) while
     /// a recovery runs, and ends the recovery once every other enrolled replica has since it
-    /// began:
+    /// began (a peer whose vector this one covers transfers only in an anti-entropy session,
+    /// which reconciles whatever the vectors say: it may hold entries beyond its vector, from
+    /// a transfer cut short, `lethe-sim --restores` seed 566):
     /// whatever any member still holds of this replica's writes is then here, even when no
     /// member holds them up to the target any more (the member that showed it was itself
     /// restored from an older copy since; `lethe-sim --restores`, seed 910, waited for ever).

@@ -684,11 +684,6 @@ impl Session {
         // of what members acknowledged decides what is re-issued (`replica/restore.rs`).
         replica.notice_own_seqs(&hello.vector, &hello.members)?;
         replica.note_recovery_heard(peer)?;
-        // A member holding nothing this replica lacks has nothing to transfer: as good as a
-        // complete transfer, for a recovery (`Replica::note_recovery_transfer`).
-        if replica.vector().dominates(&hello.vector) {
-            replica.note_recovery_transfer(peer)?;
-        }
         replica.merge_lost_gossip(peer, &hello.lost)?;
         // The handshake vector is durable state of the peer: an acknowledgement.
         replica.acknowledge(peer, &hello.vector);
