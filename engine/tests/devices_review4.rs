@@ -8,40 +8,20 @@
 //! not); R4-7: protocol version 6. R4-6 is a known limit (ignored).
 
 mod common;
+use common::{keys, open_device_in, open_member_in};
 
 use lethe_engine::Hlc;
 use lethe_engine::device::records::RecordWire;
 use lethe_engine::device::sync_device_in_process;
 use lethe_engine::session::{Message, PROTOCOL_VERSION, Session, sync_in_process};
 use lethe_engine::sign::CursorClaim;
-use lethe_engine::{
-    Config, InsecureTestSigner, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role, Seq,
-};
-use std::sync::Arc;
+use lethe_engine::{Config, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, Seq};
 
 const T0: u64 = 1_700_000_000_000;
-
-fn signed(mut r: Replica<MemoryStore>) -> Replica<MemoryStore> {
-    r.set_signer(Arc::new(InsecureTestSigner::new(r.id())));
-    r
-}
-
-fn open_member_in(store: MemoryStore, id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
-    signed(Replica::open(store, ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap())
-}
-
-fn open_device_in(store: MemoryStore, id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
-    let config = Config { role: Role::Device, ..Config::default() };
-    signed(Replica::open(store, ReplicaId(id), config, Arc::new(clock.clone())).unwrap())
-}
 
 fn put(r: &mut Replica<MemoryStore>, key: &str, clock: &ManualClock) {
     clock.advance(1);
     r.put(key, key, PutOptions::default()).unwrap();
-}
-
-fn keys(r: &Replica<MemoryStore>) -> Vec<String> {
-    r.scan(&KeyRange::all(), usize::MAX).unwrap().into_iter().map(|i| String::from_utf8(i.key).unwrap()).collect()
 }
 
 /// R4-1. The hub's wall clock runs 900 ms ahead of the phone's (within `max_drift`, 1 s: an
@@ -502,7 +482,6 @@ fn a_node_of_the_previous_version_either_decodes_the_new_frames_or_is_refused_by
 /// its clock plus `max_drift`: from then on the claim reaches only what it handled.
 #[test]
 fn a_members_own_legacy_claim_takes_a_stamp_at_its_next_admission() {
-    use lethe_engine::{Batch, Storage};
     let clock = ManualClock::new(T0);
     let mut hub = open_member_in(MemoryStore::new(), 1, &clock);
     let mut phone = open_device_in(MemoryStore::new(), 100, &clock);
@@ -511,15 +490,7 @@ fn a_members_own_legacy_claim_takes_a_stamp_at_its_next_admission() {
     sync_device_in_process(&mut phone, &mut hub).unwrap();
 
     // The record as a member of the previous version stored it.
-    let mut record = hub.devices().record(phone.id()).cloned().unwrap();
-    record.cursors.get_mut(&hub.id()).unwrap().4 = Hlc::UNKNOWN;
-    let mut bytes = Vec::new();
-    ciborium::into_writer(&record, &mut bytes).unwrap();
-    let mut store = hub.store().clone();
-    drop(hub);
-    let mut batch = Batch::new();
-    batch.set_device(phone.id().0, bytes);
-    store.commit(&batch).unwrap();
+    let store = common::store_with_legacy_own_claim(hub, phone.id());
     let mut hub = open_member_in(store, 1, &clock);
     assert_eq!(hub.devices().cursor_stamp(phone.id()), Hlc::UNKNOWN, "the legacy claim reaches furthest");
 

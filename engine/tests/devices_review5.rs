@@ -7,32 +7,15 @@
 //! member leaves out a device's components of replicas it knows no writes of; R5-10: the TTL
 //! case of R4-4 (`Payload::is_copy_of`). R5-4, R5-5 and R5-8 are known limits (ignored).
 
+mod common;
+use common::{keys, open_device_in, open_member_in, signed};
+
 use lethe_engine::device::sync_device_in_process;
 use lethe_engine::session::sync_in_process;
-use lethe_engine::{
-    Config, Hlc, InsecureTestSigner, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role,
-};
+use lethe_engine::{Config, Hlc, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId, Role};
 use std::sync::Arc;
 
 const T0: u64 = 1_700_000_000_000;
-
-fn signed(mut r: Replica<MemoryStore>) -> Replica<MemoryStore> {
-    r.set_signer(Arc::new(InsecureTestSigner::new(r.id())));
-    r
-}
-
-fn open_member_in(store: MemoryStore, id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
-    signed(Replica::open(store, ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap())
-}
-
-fn open_device_in(store: MemoryStore, id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
-    let config = Config { role: Role::Device, ..Config::default() };
-    signed(Replica::open(store, ReplicaId(id), config, Arc::new(clock.clone())).unwrap())
-}
-
-fn keys(r: &Replica<MemoryStore>) -> Vec<String> {
-    r.scan(&KeyRange::all(), usize::MAX).unwrap().into_iter().map(|i| String::from_utf8(i.key).unwrap()).collect()
-}
 
 /// R5-1. The phone's wall clock runs 300 ms ahead of the hub's (well within `max_drift`, 1 s).
 /// Since 161a621 a device reopening its store resumes its hybrid clock at wall + `max_drift`,
@@ -215,7 +198,6 @@ fn a_device_cannot_make_a_member_resend_values_by_naming_keys_it_never_wrote_as_
 #[test]
 #[ignore = "R5-4: known limit (docs/design.md §8): a restored device whose clock ran ahead of wall time, restarted before its first session, re-issues a lost write's stamp"]
 fn a_restored_devices_write_is_not_lost_to_a_members_upgraded_legacy_claim() {
-    use lethe_engine::{Batch, Storage};
     let clock = ManualClock::new(T0);
     let hub_clock = ManualClock::new(T0 + 900);
     let mut hub = open_member_in(MemoryStore::new(), 1, &hub_clock);
@@ -225,15 +207,7 @@ fn a_restored_devices_write_is_not_lost_to_a_members_upgraded_legacy_claim() {
     sync_device_in_process(&mut phone, &mut hub).unwrap();
 
     // The hub's record as a member of the previous version stored it.
-    let mut record = hub.devices().record(phone.id()).cloned().unwrap();
-    record.cursors.get_mut(&hub.id()).unwrap().4 = Hlc::UNKNOWN;
-    let mut bytes = Vec::new();
-    ciborium::into_writer(&record, &mut bytes).unwrap();
-    let mut store = hub.store().clone();
-    drop(hub);
-    let mut batch = Batch::new();
-    batch.set_device(phone.id().0, bytes);
-    store.commit(&batch).unwrap();
+    let store = common::store_with_legacy_own_claim(hub, phone.id());
     let mut hub = open_member_in(store, 1, &hub_clock);
 
     let backup = phone.store().clone();

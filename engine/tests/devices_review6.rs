@@ -3,8 +3,11 @@
 //! grant per session for anti-entropy and the named unsettled keys together. R6-3 and R6-5 are
 //! known limits (ignored).
 
+mod common;
+use common::keys;
+
 use lethe_engine::session::{Message, Session, sync_in_process};
-use lethe_engine::{Config, InsecureTestSigner, KeyRange, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId};
+use lethe_engine::{Config, InsecureTestSigner, ManualClock, MemoryStore, PutOptions, Replica, ReplicaId};
 use std::sync::Arc;
 
 const T0: u64 = 1_700_000_000_000;
@@ -13,10 +16,6 @@ fn open(store: MemoryStore, id: u64, clock: &ManualClock) -> Replica<MemoryStore
     let mut r = Replica::open(store, ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap();
     r.set_signer(Arc::new(InsecureTestSigner::new(r.id())));
     r
-}
-
-fn keys(r: &Replica<MemoryStore>) -> Vec<String> {
-    r.scan(&KeyRange::all(), usize::MAX).unwrap().into_iter().map(|i| String::from_utf8(i.key).unwrap()).collect()
 }
 
 fn put(r: &mut Replica<MemoryStore>, key: &str, clock: &ManualClock) {

@@ -7,7 +7,10 @@ use lethe_engine::device::records::RecordWire;
 use lethe_engine::device::{DeviceService, DeviceSession};
 use lethe_engine::membership::MemberInfo;
 use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session};
-use lethe_engine::{MemoryStore, Replica};
+use lethe_engine::{
+    Batch, Config, Hlc, InsecureTestSigner, KeyRange, ManualClock, MemoryStore, Replica, ReplicaId, Role, Storage,
+};
+use std::sync::Arc;
 
 /// Runs a device session in which every frame from the member is lost once the member's
 /// handshake has gone (the answers to the uploads among them); the device's frames all arrive.
@@ -68,4 +71,41 @@ pub fn hostile_records(a: &mut Replica<MemoryStore>, b: &Replica<MemoryStore>, r
     let mut s = Session::new(a, Some(b.id())).unwrap();
     s.handle(a, &Message::Hello(hello).encode().unwrap()).unwrap();
     s.handle(a, &Message::Records(b.devices().clock() + 1, true, records).encode().unwrap()).unwrap();
+}
+
+/// `r` signing with the deterministic stand-in signer.
+pub fn signed(mut r: Replica<MemoryStore>) -> Replica<MemoryStore> {
+    r.set_signer(Arc::new(InsecureTestSigner::new(r.id())));
+    r
+}
+
+/// A signing member `id` on `store`, with the default configuration.
+pub fn open_member_in(store: MemoryStore, id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
+    signed(Replica::open(store, ReplicaId(id), Config::default(), Arc::new(clock.clone())).unwrap())
+}
+
+/// A signing device `id` on `store`.
+pub fn open_device_in(store: MemoryStore, id: u64, clock: &ManualClock) -> Replica<MemoryStore> {
+    let config = Config { role: Role::Device, ..Config::default() };
+    signed(Replica::open(store, ReplicaId(id), config, Arc::new(clock.clone())).unwrap())
+}
+
+/// The live keys of `r`, in order.
+pub fn keys(r: &Replica<MemoryStore>) -> Vec<String> {
+    r.scan(&KeyRange::all(), usize::MAX).unwrap().into_iter().map(|i| String::from_utf8(i.key).unwrap()).collect()
+}
+
+/// `member`'s store with its own cursor claim for `device` as a member of the previous version
+/// stored it (no stamp: `Hlc::UNKNOWN`); the member is closed, reopen it on the store.
+pub fn store_with_legacy_own_claim(member: Replica<MemoryStore>, device: ReplicaId) -> MemoryStore {
+    let mut record = member.devices().record(device).cloned().unwrap();
+    record.cursors.get_mut(&member.id()).unwrap().4 = Hlc::UNKNOWN;
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&record, &mut bytes).unwrap();
+    let mut store = member.store().clone();
+    drop(member);
+    let mut batch = Batch::new();
+    batch.set_device(device.0, bytes);
+    store.commit(&batch).unwrap();
+    store
 }
