@@ -60,10 +60,10 @@ pub struct DeviceState {
     /// Keys whose own write a member answered "refused" or "known", so this device dropped it,
     /// and whose member entry it has not taken yet from a member covering its vector (R3-4,
     /// R3-5): its vector may cover that entry's dot, so no delta would send it again. Shown in
-    /// each handshake (the member sends its entry for each, whatever the vector covers), and
-    /// forgotten at the end of a complete download from a member whose vector covers this
-    /// device's. At most [`UNSETTLED_KEYS_MAX`]; past it, the key waits for an anti-entropy
-    /// session.
+    /// each handshake (the member sends its entry for each, whatever the vector covers, at most
+    /// once per anti-entropy interval, and says whether it did), and forgotten at the end of a
+    /// complete download that carried it from a member whose vector covers this device's. At
+    /// most [`UNSETTLED_KEYS_MAX`]; past it, the key waits for an anti-entropy session.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsettled: Vec<serde_bytes::ByteBuf>,
 }
