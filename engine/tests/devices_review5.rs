@@ -240,30 +240,6 @@ fn a_restored_devices_write_is_not_lost_to_a_members_upgraded_legacy_claim() {
     assert_eq!(keys(&phone), ["a", "b", "w"]);
 }
 
-/// A hostile `b` opens a session with `a` and sends `records` as its device records.
-fn hostile_records(
-    a: &mut Replica<MemoryStore>,
-    b: &Replica<MemoryStore>,
-    records: Vec<lethe_engine::device::records::RecordWire>,
-) {
-    use lethe_engine::membership::MemberInfo;
-    use lethe_engine::session::{Hello, Message, PROTOCOL_VERSION, Session};
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        replica: b.id(),
-        vector: b.vector().clone(),
-        members: vec![MemberInfo::from(b.sign_ack(b.vector().clone()))],
-        values: 1,
-        anti_entropy: false,
-        wall_ms: T0,
-        records_seen: b.records_seen(a.id()),
-        lost: Vec::new(),
-    };
-    let mut s = Session::new(a, Some(b.id())).unwrap();
-    s.handle(a, &Message::Hello(hello).encode().unwrap()).unwrap();
-    s.handle(a, &Message::Records(b.devices().clock() + 1, true, records).encode().unwrap()).unwrap();
-}
-
 /// R5-5. The mitigation of the documented limit "a compromised member's own cursor claim is its
 /// word" is that a device shown a cursor beyond what it numbered (within `CURSOR_GAP_MAX`)
 /// re-numbers its queue past it; `run_clock` (R4-2) makes that hold for every write this
@@ -305,7 +281,11 @@ fn a_forged_cursor_does_not_lose_a_write_made_before_the_device_restarted() {
     phone.put("w", "w", PutOptions::default()).unwrap();
     let day_ahead = Hlc::new(T0 + 24 * 60 * 60 * 1000, 0);
     let forged = CursorClaim(other.id(), Seq(13), Seq(1), Vec::new(), day_ahead);
-    hostile_records(&mut hub, &other, vec![RecordWire(phone.id(), 0, false, None, vec![forged], 0, 0, Vec::new())]);
+    common::hostile_records(
+        &mut hub,
+        &other,
+        vec![RecordWire(phone.id(), 0, false, None, vec![forged], 0, 0, Vec::new())],
+    );
     assert_eq!(hub.devices().cursor(phone.id()), Seq(13));
     // The phone's app restarts before it syncs.
     let store = phone.into_store();
@@ -478,25 +458,6 @@ fn a_device_still_syncs_after_the_operator_removes_a_member_whose_writes_only_it
     result.expect("the phone's session with the hub failed");
 }
 
-/// A device session in which the member's answers never reach the device (the connection
-/// drops once the member admitted the upload): only the member's handshake arrives.
-fn session_answers_lost(d: &mut Replica<MemoryStore>, m: &mut Replica<MemoryStore>) {
-    use lethe_engine::device::{DeviceService, DeviceSession};
-    use lethe_engine::session::Message;
-    let mut ds = DeviceSession::new(d, Some(m.id())).unwrap();
-    let mut ms = DeviceService::new(m, Some(d.id())).unwrap();
-    for _ in 0..4 {
-        while let Some(f) = ds.poll_transmit(d).unwrap() {
-            ms.handle(m, &f).unwrap();
-        }
-        while let Some(f) = ms.poll_transmit(m).unwrap() {
-            if matches!(Message::decode(&f).unwrap(), Message::MemberHello(_)) {
-                ds.handle(d, &f).unwrap();
-            }
-        }
-    }
-}
-
 /// R5-10. R4-4 made "the very write" below the cursor its stamp and its payload, but a copy of
 /// one write changes payload as it expires (`settled_at`: a value past its TTL becomes an
 /// `Expired` record, same stamp). The phone writes `t` with a 1 s TTL; the hub admits it and
@@ -517,7 +478,7 @@ fn a_reuploaded_write_that_expired_meanwhile_is_not_admitted_twice() {
     hub.enrol_device(phone.id()).unwrap();
     clock.advance(1);
     phone.put("t", "v", PutOptions { ttl_ms: Some(1_000), ..PutOptions::default() }).unwrap();
-    session_answers_lost(&mut phone, &mut hub);
+    common::sync_losing_answers(&mut phone, &mut hub);
     let counter = hub.vector().get(hub.id());
     assert_eq!(counter.0, 1, "the hub admitted t once");
     clock.advance(2_000);
